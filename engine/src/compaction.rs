@@ -1,0 +1,213 @@
+//! Compaction: copying the live records of a mostly dead sealed segment forward, then deleting it.
+//!
+//! Crash safety, step by step: (1) copies go through the normal group commit, so they are
+//! durable before anything else happens; a crash here leaves both copies, and replay keeps the
+//! later one. (2) The segment leaves the in-memory map and a checkpoint without it is written;
+//! (3) the file is removed. A crash between (2) and (3) leaves a file the checkpoint does not
+//! list, which the next open deletes.
+//!
+//! Never resurrect: a tombstone is copied forward while any segment from the oldest one that may
+//! hold its put (recorded in the tombstone) up to its own still exists. A flag update is
+//! rewritten with the current flags only when the message's put is older than it (a newer put
+//! already carries the flags). Compaction runs one segment at a time per shard and reads at a
+//! bounded rate.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::error::{EngineError, Result};
+use crate::index::Location;
+use crate::record::RecordKind;
+use crate::scan::Scanner;
+use crate::segment::{self, SEGMENT_HEADER_BYTES};
+use crate::shard::{IndexOp, Inner, Outcome};
+use crate::signal::Completion;
+use crate::storage::Storage;
+
+/// What one compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub segment: u32,
+    pub records_read: u64,
+    pub records_copied: u64,
+    pub bytes_copied: u64,
+    pub elapsed_ms: u64,
+}
+
+/// Copies are awaited once this many are outstanding, bounding memory and queue use.
+const OUTSTANDING_COPIES_MAX: usize = 256;
+/// The rate limiter sleeps after each this many bytes read.
+const RATE_STEP_BYTES: u64 = 256 << 10;
+
+pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
+    loop {
+        glommio::timer::sleep(inner.config.compaction.check_interval).await;
+        if inner.state.borrow().closing {
+            return;
+        }
+        match compact_once(&inner).await {
+            Ok(Some(report)) => tracing::info!(shard = %inner.name, ?report, "compacted a segment"),
+            Ok(None) => {}
+            Err(EngineError::Closed) => return,
+            Err(error) => {
+                tracing::warn!(shard = %inner.name, %error, "compaction failed; will retry")
+            }
+        }
+    }
+}
+
+/// The sealed segment with the smallest live fraction below the threshold.
+fn pick<S: Storage>(inner: &Inner<S>) -> Option<u32> {
+    let state = inner.state.borrow();
+    let newest = state.append_seq.min(state.durable.0);
+    state
+        .segments
+        .iter()
+        .filter(|(seq, _)| **seq < newest)
+        .map(|(seq, slot)| {
+            let used = slot.end.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+            (*seq, state.index.live_bytes(*seq) as f64 / used as f64)
+        })
+        .filter(|(_, live)| *live < inner.config.compaction.live_fraction_min)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(seq, _)| seq)
+}
+
+pub(crate) async fn compact_once<S: Storage>(
+    inner: &Rc<Inner<S>>,
+) -> Result<Option<CompactionReport>> {
+    {
+        let mut state = inner.state.borrow_mut();
+        if state.compacting {
+            return Ok(None);
+        }
+        if let Some(cause) = &state.poisoned {
+            return Err(EngineError::Poisoned {
+                shard: inner.name.clone(),
+                cause: cause.clone(),
+            });
+        }
+        state.compacting = true;
+    }
+    let result = match pick(inner) {
+        Some(seq) => compact(inner, seq).await.map(Some),
+        None => Ok(None),
+    };
+    inner.state.borrow_mut().compacting = false;
+    result
+}
+
+async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<CompactionReport> {
+    let started = Instant::now();
+    let (file, end) = {
+        let state = inner.state.borrow();
+        let slot = state.segments.get(&seq).ok_or(EngineError::NotFound)?;
+        (slot.file.clone(), slot.end)
+    };
+    let mut report = CompactionReport {
+        segment: seq,
+        ..CompactionReport::default()
+    };
+    let mut outstanding: Vec<Rc<Completion<Outcome>>> = Vec::new();
+    let mut since_sleep = 0u64;
+    let rate = inner.config.compaction.rate_bytes_per_s.max(1);
+    let mut scanner = Scanner::new(&*file, SEGMENT_HEADER_BYTES, end, true);
+    while let Some((offset, view)) = scanner.next().await? {
+        report.records_read += 1;
+        since_sleep += view.encoded_len as u64;
+        let here = Location {
+            segment: seq,
+            offset: offset as u32,
+            len: view.encoded_len as u32,
+        };
+        let copy = {
+            let state = inner.state.borrow();
+            let id = view.meta.message_id;
+            match view.meta.kind {
+                RecordKind::Put => state
+                    .index
+                    .message(view.user, id)
+                    .filter(|m| m.location == here)
+                    .map(|m| (view.meta.aux, m.flags, IndexOp::Relocate { id, from: here })),
+                RecordKind::Delete => {
+                    let oldest = view.meta.aux;
+                    state
+                        .segments
+                        .range(oldest..seq)
+                        .next()
+                        .map(|_| (oldest, oldest, IndexOp::Nothing))
+                }
+                RecordKind::FlagUpdate => state
+                    .index
+                    .message(view.user, id)
+                    .filter(|m| m.location.segment < seq)
+                    .map(|m| (m.flags, m.flags, IndexOp::Nothing)),
+                RecordKind::ProfilePut => state
+                    .index
+                    .profile(view.user)
+                    .filter(|p| p.location == here)
+                    .map(|_| (0, 0, IndexOp::RelocateProfile { from: here })),
+            }
+        };
+        if let Some((_, aux, op)) = copy {
+            let (done, _, _) = inner
+                .submit(
+                    view.meta.kind,
+                    Some(view.meta.hlc),
+                    view.meta.message_id,
+                    aux,
+                    view.user,
+                    view.body,
+                    |_, _| op,
+                )
+                .await?;
+            report.records_copied += 1;
+            report.bytes_copied += view.encoded_len as u64;
+            outstanding.push(done);
+        }
+        if outstanding.len() >= OUTSTANDING_COPIES_MAX {
+            wait_all(inner, &mut outstanding).await?;
+        }
+        if since_sleep >= RATE_STEP_BYTES {
+            glommio::timer::sleep(Duration::from_secs_f64(since_sleep as f64 / rate as f64)).await;
+            since_sleep = 0;
+        }
+    }
+    drop(scanner);
+    wait_all(inner, &mut outstanding).await?;
+    {
+        let mut state = inner.state.borrow_mut();
+        if state.index.live_bytes(seq) != 0 {
+            return Err(EngineError::Corrupt {
+                path: segment::segment_path(&inner.dir, seq),
+                offset: 0,
+                reason: "records still point into the segment after compaction; it is kept".into(),
+            });
+        }
+        state.segments.remove(&seq);
+        state.index.forget_segment(seq);
+    }
+    crate::writer::checkpoint(inner).await?;
+    inner
+        .storage
+        .remove(&segment::segment_path(&inner.dir, seq))
+        .await?;
+    inner.storage.sync_dir(&inner.dir).await?;
+    {
+        let mut metrics = inner.metrics.borrow_mut();
+        metrics.compacted_segments += 1;
+        metrics.compacted_bytes += report.bytes_copied;
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+async fn wait_all<S: Storage>(
+    inner: &Inner<S>,
+    outstanding: &mut Vec<Rc<Completion<Outcome>>>,
+) -> Result<()> {
+    for done in outstanding.drain(..) {
+        done.wait().await.map_err(|f| f.to_error(&inner.name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Engine settings: every limit has a name with its unit and a sane default.
+
+use std::time::Duration;
+
+use crate::record::PAYLOAD_BYTES_MAX;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Fixed length of every segment file; a segment is sealed when the next record does not fit.
+    pub segment_bytes: u64,
+    /// A group-commit batch holds at most this many bytes (a larger record gets a batch alone).
+    pub batch_bytes_max: usize,
+    /// Appends wait (back-pressure) while this many bytes are queued and not yet durable.
+    pub queue_bytes_max: usize,
+    /// How long the writer lets a batch gather before writing it; zero writes as soon as the
+    /// previous batch is durable (batches then form from whatever arrived meanwhile).
+    pub commit_window: Duration,
+    /// Largest record (user name + body) accepted.
+    pub record_bytes_max: usize,
+    /// A checkpoint of the index is written after this many bytes of log.
+    pub checkpoint_every_bytes: u64,
+    /// Node id written into every record (0 on a single node).
+    pub node_id: u32,
+    pub compaction: CompactionConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct CompactionConfig {
+    /// Sealed segments whose live fraction falls below this are copied forward.
+    pub live_fraction_min: f64,
+    /// Bytes per second compaction may read; its writes are bounded by the same budget.
+    pub rate_bytes_per_s: u64,
+    /// How often a shard looks for a segment to compact; zero turns background compaction off.
+    pub check_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 128 << 20,
+            batch_bytes_max: 1 << 20,
+            queue_bytes_max: 64 << 20,
+            commit_window: Duration::ZERO,
+            record_bytes_max: PAYLOAD_BYTES_MAX,
+            checkpoint_every_bytes: 512 << 20,
+            node_id: 0,
+            compaction: CompactionConfig::default(),
+        }
+    }
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            live_fraction_min: 0.5,
+            rate_bytes_per_s: 32 << 20,
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the settings against each other; the message names the setting to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 64 * 1024 {
+            return Err(format!(
+                "segment_bytes must be a multiple of 4096 and at least 64 KiB (got {})",
+                self.segment_bytes
+            ));
+        }
+        let largest =
+            crate::record::encoded_len(crate::record::USER_BYTES_MAX, self.record_bytes_max);
+        if largest as u64 + crate::segment::SEGMENT_HEADER_BYTES > self.segment_bytes {
+            return Err(format!(
+                "record_bytes_max ({}) must fit in a segment (segment_bytes {})",
+                self.record_bytes_max, self.segment_bytes
+            ));
+        }
+        if self.record_bytes_max > PAYLOAD_BYTES_MAX {
+            return Err(format!(
+                "record_bytes_max may be at most {PAYLOAD_BYTES_MAX}"
+            ));
+        }
+        if self.batch_bytes_max < 4096 || self.queue_bytes_max < self.batch_bytes_max {
+            return Err("batch_bytes_max must be >= 4096 and <= queue_bytes_max".into());
+        }
+        if !(0.0..=1.0).contains(&self.compaction.live_fraction_min) {
+            return Err("compaction.live_fraction_min must be between 0 and 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! The engine's typed errors: what a caller can act on (retry, 452, 451, report) without parsing text.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything the engine can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The disk is full; nothing was written and the shard is intact. SMTP maps this to 452.
+    #[error("no space left on the device holding {path}")]
+    NoSpace { path: PathBuf },
+    /// An I/O operation failed (EIO and friends). SMTP maps this to 451.
+    #[error("{op} failed on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A write or sync failed earlier; the shard refuses writes rather than guess what reached
+    /// the disk. Reopening the shard (a restart) recovers from what is durable.
+    #[error("shard {shard} stopped accepting writes after a failed {cause}; restart the node to recover")]
+    Poisoned { shard: String, cause: String },
+    /// Bytes on disk failed a check; they are never served.
+    #[error("corrupt data in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("record of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("user name is empty, longer than {max} bytes or not valid")]
+    BadUser { max: usize },
+    #[error("no such message")]
+    NotFound,
+    /// The shard is shutting down.
+    #[error("shard is closed")]
+    Closed,
+    /// The I/O runtime could not start; the message says what to do.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl EngineError {
+    /// Classifies an I/O error from a path and an operation.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            EngineError::NoSpace { path }
+        } else {
+            EngineError::Io { op, path, source }
+        }
+    }
+
+    /// True when retrying later may succeed without operator action (SMTP 452 rather than 451).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, EngineError::NoSpace { .. } | EngineError::Closed)
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

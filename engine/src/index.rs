@@ -1,0 +1,252 @@
+//! A shard's in-memory index: user → messages (id, location, size, timestamp, flags), the
+//! newest profile of each user, and how many live bytes each segment holds (for compaction).
+//!
+//! The index is soft state: it is rebuilt from the log (or a checkpoint plus the log's tail)
+//! and is changed only by the writer, in log order, once the records are durable.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Where a record lies: segment, byte offset, and its encoded length (padding included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub segment: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// One stored message of a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageEntry {
+    pub id: u128,
+    pub location: Location,
+    pub body_len: u32,
+    pub hlc: u64,
+    pub flags: u32,
+    /// The oldest segment that may still hold a copy of this message's put record: a
+    /// tombstone for it must survive compaction while any segment from here on exists.
+    pub oldest_segment: u32,
+}
+
+/// The newest profile record of a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileEntry {
+    pub location: Location,
+    pub hlc: u64,
+    pub body_len: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    mailboxes: HashMap<Box<str>, Vec<MessageEntry>>,
+    profiles: HashMap<Box<str>, ProfileEntry>,
+    live_bytes: BTreeMap<u32, u64>,
+    message_count: u64,
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages of a user, oldest first.
+    pub fn messages(&self, user: &str) -> &[MessageEntry] {
+        self.mailboxes.get(user).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn message(&self, user: &str, id: u128) -> Option<&MessageEntry> {
+        self.messages(user).iter().find(|m| m.id == id)
+    }
+
+    pub fn profile(&self, user: &str) -> Option<&ProfileEntry> {
+        self.profiles.get(user)
+    }
+
+    /// Users with at least one message.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.mailboxes.keys().map(|u| &**u)
+    }
+
+    /// Users with a profile.
+    pub fn profile_users(&self) -> impl Iterator<Item = (&str, &ProfileEntry)> {
+        self.profiles.iter().map(|(u, p)| (&**u, p))
+    }
+
+    pub fn mailboxes(&self) -> impl Iterator<Item = (&str, &[MessageEntry])> {
+        self.mailboxes.iter().map(|(u, m)| (&**u, m.as_slice()))
+    }
+
+    pub fn message_count(&self) -> u64 {
+        self.message_count
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Bytes of records in `segment` that the index still points at.
+    pub fn live_bytes(&self, segment: u32) -> u64 {
+        self.live_bytes.get(&segment).copied().unwrap_or(0)
+    }
+
+    fn add_live(&mut self, location: Location) {
+        *self.live_bytes.entry(location.segment).or_default() += u64::from(location.len);
+    }
+
+    fn sub_live(&mut self, location: Location) {
+        if let Some(bytes) = self.live_bytes.get_mut(&location.segment) {
+            *bytes = bytes.saturating_sub(u64::from(location.len));
+        }
+    }
+
+    /// Forgets a segment's accounting once the segment is gone.
+    pub fn forget_segment(&mut self, segment: u32) {
+        self.live_bytes.remove(&segment);
+    }
+
+    /// Stores a message; a put of an id already present (a copy made by compaction, or a
+    /// re-delivery) replaces it and keeps the older `oldest_segment`.
+    pub fn put(&mut self, user: &str, mut entry: MessageEntry) {
+        self.add_live(entry.location);
+        let mailbox = match self.mailboxes.get_mut(user) {
+            Some(mailbox) => mailbox,
+            None => self.mailboxes.entry(user.into()).or_default(),
+        };
+        if let Some(existing) = mailbox.iter_mut().find(|m| m.id == entry.id) {
+            let old = *existing;
+            entry.oldest_segment = entry.oldest_segment.min(old.oldest_segment);
+            *existing = entry;
+            self.sub_live(old.location);
+        } else {
+            mailbox.push(entry);
+            self.message_count += 1;
+        }
+    }
+
+    /// Removes a message; returns it if it was there.
+    pub fn remove(&mut self, user: &str, id: u128) -> Option<MessageEntry> {
+        let mailbox = self.mailboxes.get_mut(user)?;
+        let at = mailbox.iter().position(|m| m.id == id)?;
+        let entry = mailbox.remove(at);
+        if mailbox.is_empty() {
+            self.mailboxes.remove(user);
+        }
+        self.message_count -= 1;
+        self.sub_live(entry.location);
+        Some(entry)
+    }
+
+    pub fn set_flags(&mut self, user: &str, id: u128, flags: u32) -> bool {
+        match self
+            .mailboxes
+            .get_mut(user)
+            .and_then(|m| m.iter_mut().find(|m| m.id == id))
+        {
+            Some(entry) => {
+                entry.flags = flags;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Points a message at its compacted copy, but only if it still lies at `from`: a delete
+    /// or a newer put that raced with compaction wins.
+    pub fn relocate(&mut self, user: &str, id: u128, from: Location, to: Location) -> bool {
+        let Some(entry) = self
+            .mailboxes
+            .get_mut(user)
+            .and_then(|m| m.iter_mut().find(|m| m.id == id))
+        else {
+            return false;
+        };
+        if entry.location != from {
+            return false;
+        }
+        entry.location = to;
+        self.sub_live(from);
+        self.add_live(to);
+        true
+    }
+
+    /// Records a profile; later records (in log order) win.
+    pub fn put_profile(&mut self, user: &str, entry: ProfileEntry) {
+        self.add_live(entry.location);
+        let old = match self.profiles.get_mut(user) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None => {
+                self.profiles.insert(user.into(), entry);
+                None
+            }
+        };
+        if let Some(old) = old {
+            self.sub_live(old.location);
+        }
+    }
+
+    pub fn relocate_profile(&mut self, user: &str, from: Location, to: Location) -> bool {
+        match self.profiles.get_mut(user) {
+            Some(entry) if entry.location == from => {
+                entry.location = to;
+                self.sub_live(from);
+                self.add_live(to);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(segment: u32, offset: u32) -> Location {
+        Location {
+            segment,
+            offset,
+            len: 100,
+        }
+    }
+
+    fn entry(id: u128, location: Location) -> MessageEntry {
+        MessageEntry {
+            id,
+            location,
+            body_len: 10,
+            hlc: 1,
+            flags: 0,
+            oldest_segment: location.segment,
+        }
+    }
+
+    #[test]
+    fn put_remove_and_accounting() {
+        let mut index = Index::new();
+        index.put("a", entry(1, loc(1, 0)));
+        index.put("a", entry(2, loc(1, 100)));
+        index.put("b", entry(3, loc(2, 0)));
+        assert_eq!(index.message_count(), 3);
+        assert_eq!(index.live_bytes(1), 200);
+        assert_eq!(index.remove("a", 1).map(|e| e.id), Some(1));
+        assert_eq!(index.remove("a", 1), None);
+        assert_eq!(index.live_bytes(1), 100);
+        assert_eq!(index.messages("a").len(), 1);
+        assert_eq!(index.message_count(), 2);
+    }
+
+    #[test]
+    fn relocation_loses_to_a_racing_delete_and_keeps_the_oldest_segment() {
+        let mut index = Index::new();
+        index.put("a", entry(1, loc(1, 0)));
+        assert!(index.relocate("a", 1, loc(1, 0), loc(3, 0)));
+        assert!(!index.relocate("a", 1, loc(1, 0), loc(4, 0)));
+        assert_eq!(index.message("a", 1).map(|e| e.location), Some(loc(3, 0)));
+        index.put("a", entry(1, loc(5, 0)));
+        assert_eq!(index.message("a", 1).map(|e| e.oldest_segment), Some(1));
+        assert_eq!(index.live_bytes(1), 0);
+        assert_eq!(index.live_bytes(3), 0);
+        assert_eq!(index.live_bytes(5), 100);
+        index.remove("a", 1);
+        assert!(!index.relocate("a", 1, loc(5, 0), loc(6, 0)));
+    }
+}

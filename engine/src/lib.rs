@@ -1,0 +1,37 @@
+//! porcupine's storage engine: per-core, append-only logs of mailbox fragments on io_uring.
+//!
+//! Layout of the crate, from the disk up:
+//! - [`storage`]: the disk edge (glommio DMA files) behind one small trait; fault injection.
+//! - [`record`]: the on-disk record format, defined once. [`segment`]: segment files.
+//! - [`writer`]: group commit. [`scan`] and [`recovery`]: reading the log back after a crash.
+//! - [`index`] and [`checkpoint`]: the in-memory index and its snapshot.
+//! - [`compaction`]: reclaiming dead space without losing or resurrecting anything.
+//! - [`shard`]: the API the node uses; [`placement`]: which shard holds a user;
+//!   [`runtime`]: starting executors with clear errors.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod checkpoint;
+pub mod compaction;
+pub mod config;
+pub mod error;
+pub mod hlc;
+pub mod index;
+pub mod metrics;
+pub mod placement;
+pub mod record;
+pub mod recovery;
+pub mod runtime;
+pub mod scan;
+pub mod segment;
+pub mod shard;
+mod signal;
+pub mod storage;
+pub mod writer;
+
+pub use config::{CompactionConfig, EngineConfig};
+pub use error::{EngineError, Result};
+pub use index::{Location, MessageEntry};
+pub use placement::Placement;
+pub use recovery::RecoveryReport;
+pub use shard::{Shard, ShardStats, StoredRecord};
+pub use storage::{DmaStorage, FaultyStorage, Storage};

@@ -1,0 +1,91 @@
+//! Starting the thread-per-core executors, with one clear message when io_uring or locked
+//! memory is not available instead of a panic deep inside the runtime.
+
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement as CpuPlacement};
+
+use crate::error::{EngineError, Result};
+
+/// glommio refuses to start below this much lockable memory.
+const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
+/// Registered I/O memory per executor never exceeds this.
+const IO_MEMORY_MAX_BYTES: u64 = 4 << 20;
+
+/// The soft `RLIMIT_MEMLOCK` of this process, in bytes (`u64::MAX` if unlimited).
+pub fn memlock_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        limit.rlim_cur
+    }
+}
+
+/// How much registered I/O memory each of `executors` gets so all of them fit the limit.
+pub fn io_memory_per_executor(executors: usize) -> Result<usize> {
+    let limit = memlock_limit();
+    if limit < MEMLOCK_MIN_BYTES {
+        return Err(EngineError::Setup(format!(
+            "locked-memory limit is {} KiB; io_uring needs at least {} KiB. Raise it with \
+             `ulimit -l {}` (or LimitMEMLOCK= in the systemd unit) and start again.",
+            limit / 1024,
+            MEMLOCK_MIN_BYTES / 1024,
+            MEMLOCK_MIN_BYTES / 1024 * 16
+        )));
+    }
+    // Half the limit for registered buffers; the rings themselves need the rest.
+    let share = (limit / 2 / executors.max(1) as u64).min(IO_MEMORY_MAX_BYTES);
+    Ok(share.max(64 << 10) as usize)
+}
+
+/// An executor builder for `core` of `executors`, pinned when `pin` is set.
+pub fn executor_builder(
+    name: &str,
+    core: usize,
+    executors: usize,
+    pin: bool,
+) -> Result<LocalExecutorBuilder> {
+    let placement = if pin {
+        CpuPlacement::Fixed(core)
+    } else {
+        CpuPlacement::Unbound
+    };
+    Ok(LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(io_memory_per_executor(executors)?)
+        .preempt_timer(Duration::from_millis(10)))
+}
+
+/// Turns an executor start-up failure into advice an operator can act on.
+pub fn explain_start_failure(error: impl std::fmt::Display) -> EngineError {
+    let text = error.to_string();
+    let hint = if text.contains("memlock") || text.contains("MemLock") || text.contains("ENOMEM") {
+        "raise the locked-memory limit (`ulimit -l`, or LimitMEMLOCK= for a systemd unit)"
+    } else if text.contains("ENOSYS") || text.contains("EPERM") || text.contains("not permitted") {
+        "io_uring is unavailable: use Linux 5.8 or newer, and allow io_uring_setup in the \
+         container's seccomp profile (or set kernel.io_uring_disabled=0)"
+    } else {
+        "check that io_uring is available (Linux 5.8+, kernel.io_uring_disabled=0) and the locked-memory limit"
+    };
+    EngineError::Setup(format!("cannot start the I/O runtime ({text}): {hint}"))
+}
+
+/// Runs `f` on a single, unpinned executor and returns its output: for tools and tests.
+pub fn run_local<T, F, Fut>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let builder = executor_builder("porcupine-local", 0, 1, false)?;
+    let handle = builder.spawn(f).map_err(explain_start_failure)?;
+    handle
+        .join()
+        .map_err(|e| EngineError::Setup(format!("executor stopped abnormally: {e}")))
+}

@@ -1,0 +1,579 @@
+//! A shard: one core's log in one data directory, its index, and the operations on mail.
+//!
+//! A shard lives on one executor thread and is reached only from there (other cores send it
+//! requests by channel). Appends are encoded straight into the pending group-commit batch
+//! (the body's one copy), then wait until the writer ([`crate::writer`]) has made the batch
+//! durable and applied it to the index. Reads go to the segment file by location and verify
+//! the record's CRC before returning it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::hlc::HybridClock;
+use crate::index::{Index, Location, MessageEntry, ProfileEntry};
+use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::record::{self, RecordKind, RecordMeta, USER_BYTES_MAX};
+use crate::recovery::{self, RecoveryReport};
+use crate::signal::{Completion, Notify};
+use crate::storage::{DmaStorage, Storage, StorageFile};
+
+/// A failure shared by every append of a batch (errors themselves are not `Clone`).
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    NoSpace(PathBuf),
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        errno: Option<i32>,
+        message: String,
+    },
+    Poisoned(String),
+    Closed,
+}
+
+impl Failure {
+    pub(crate) fn from_error(error: &EngineError) -> Self {
+        match error {
+            EngineError::NoSpace { path } => Failure::NoSpace(path.clone()),
+            EngineError::Io { op, path, source } => Failure::Io {
+                op,
+                path: path.clone(),
+                errno: source.raw_os_error(),
+                message: source.to_string(),
+            },
+            EngineError::Closed => Failure::Closed,
+            other => Failure::Poisoned(other.to_string()),
+        }
+    }
+
+    pub(crate) fn to_error(&self, shard: &str) -> EngineError {
+        match self {
+            Failure::NoSpace(path) => EngineError::NoSpace { path: path.clone() },
+            Failure::Io {
+                op,
+                path,
+                errno,
+                message,
+            } => EngineError::Io {
+                op,
+                path: path.clone(),
+                source: match errno {
+                    Some(errno) => io::Error::from_raw_os_error(*errno),
+                    None => io::Error::other(message.clone()),
+                },
+            },
+            Failure::Poisoned(cause) => EngineError::Poisoned {
+                shard: shard.to_owned(),
+                cause: cause.clone(),
+            },
+            Failure::Closed => EngineError::Closed,
+        }
+    }
+}
+
+pub(crate) type Outcome = std::result::Result<(), Failure>;
+
+/// Where the user name of an op lies inside its batch buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    pub at: u32,
+    pub len: u16,
+}
+
+/// What the writer does to the index once a record is durable.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IndexOp {
+    Put(MessageEntry),
+    Relocate { id: u128, from: Location },
+    Remove { id: u128 },
+    Flags { id: u128, flags: u32 },
+    Profile(ProfileEntry),
+    RelocateProfile { from: Location },
+    Nothing,
+}
+
+/// A group-commit batch: records for one segment, encoded in one aligned buffer.
+pub(crate) struct Batch<B> {
+    pub seq: u32,
+    /// Aligned file offset of `buf[0]`; the buffer starts with the bytes already in that block.
+    pub start: u64,
+    pub buf: Rc<B>,
+    pub capacity: usize,
+    pub used: usize,
+    pub ops: Vec<(Span, Location, IndexOp)>,
+    pub done: Rc<Completion<Outcome>>,
+}
+
+/// The bytes of the partly filled block at the end of what was handed to the writer.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TailBlock {
+    pub seq: u32,
+    pub start: u64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SegmentSlot<F> {
+    pub file: Rc<F>,
+    /// Offset just past the last durable record.
+    pub end: u64,
+}
+
+/// The spare segment prepared ahead of the writer.
+pub(crate) enum Spare<F> {
+    None,
+    Preparing(u32),
+    Ready(u32, Rc<F>),
+    Failed(u32, Failure),
+}
+
+pub(crate) struct State<F: StorageFile> {
+    pub index: Index,
+    pub segments: BTreeMap<u32, SegmentSlot<F>>,
+    pub clock: HybridClock,
+    pub append_seq: u32,
+    pub append_pos: u64,
+    pub durable: (u32, u64),
+    pub queue: VecDeque<Batch<F::Buffer>>,
+    pub queued_bytes: usize,
+    pub tail: TailBlock,
+    pub spare: Spare<F>,
+    pub poisoned: Option<String>,
+    pub closing: bool,
+    pub bytes_since_checkpoint: u64,
+    pub checkpoint_running: bool,
+    pub compacting: bool,
+}
+
+pub(crate) struct Inner<S: Storage> {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: EngineConfig,
+    pub storage: S,
+    pub state: RefCell<State<S::File>>,
+    pub writer_wake: Notify,
+    pub space_wake: Notify,
+    pub spare_wake: Notify,
+    pub writer_done: Completion<()>,
+    pub metrics: RefCell<ShardMetrics>,
+}
+
+/// A record read back from the log, verified.
+#[derive(Debug)]
+pub struct StoredRecord<R> {
+    buf: R,
+    pub meta: RecordMeta,
+    user: Range<usize>,
+    body: Range<usize>,
+}
+
+impl<R: std::ops::Deref<Target = [u8]>> StoredRecord<R> {
+    pub fn body(&self) -> &[u8] {
+        &self.buf[self.body.clone()]
+    }
+    pub fn user(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.user.clone()]).unwrap_or("")
+    }
+}
+
+/// Counts describing a shard now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStats {
+    pub messages: u64,
+    pub users: usize,
+    pub segments: usize,
+    pub active_segment: u32,
+    pub durable_offset: u64,
+    pub queued_bytes: usize,
+    pub poisoned: Option<String>,
+}
+
+/// A handle to a shard; cheap to clone, usable only on the thread that opened it.
+pub struct Shard<S: Storage = DmaStorage> {
+    pub(crate) inner: Rc<Inner<S>>,
+}
+
+impl<S: Storage> Clone for Shard<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Shard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+fn check_user(user: &str) -> Result<()> {
+    if user.is_empty() || user.len() > USER_BYTES_MAX || user.contains(['\0', '\r', '\n']) {
+        return Err(EngineError::BadUser {
+            max: USER_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+impl<S: Storage> Shard<S> {
+    /// Opens (creating if needed) the shard in `dir`: recovers the log, then starts its writer
+    /// and, if configured, its background compaction. Must run inside a glommio executor.
+    pub async fn open(
+        storage: S,
+        dir: &Path,
+        config: EngineConfig,
+        name: &str,
+    ) -> Result<(Self, RecoveryReport)> {
+        config.validate().map_err(EngineError::Setup)?;
+        let recovered = recovery::recover(&storage, dir, &config).await?;
+        let report = recovered.report.clone();
+        let mut clock = HybridClock::new();
+        clock.observe(recovered.clock);
+        let state = State {
+            index: recovered.index,
+            segments: recovered.segments,
+            clock,
+            append_seq: recovered.active,
+            append_pos: recovered.end,
+            durable: (recovered.active, recovered.end),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            tail: recovered.tail,
+            spare: Spare::None,
+            poisoned: None,
+            closing: false,
+            bytes_since_checkpoint: 0,
+            checkpoint_running: false,
+            compacting: false,
+        };
+        let inner = Rc::new(Inner {
+            name: name.to_owned(),
+            dir: dir.to_path_buf(),
+            config,
+            storage,
+            state: RefCell::new(state),
+            writer_wake: Notify::default(),
+            space_wake: Notify::default(),
+            spare_wake: Notify::default(),
+            writer_done: Completion::default(),
+            metrics: RefCell::new(ShardMetrics::new()),
+        });
+        glommio::spawn_local(crate::writer::run(inner.clone())).detach();
+        crate::writer::prepare_spare(&inner);
+        if !inner.config.compaction.check_interval.is_zero() {
+            glommio::spawn_local(crate::compaction::run(inner.clone())).detach();
+        }
+        Ok((Self { inner }, report))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Stores a message durably; returns its index entry once it is on disk.
+    pub async fn append_message(
+        &self,
+        user: &str,
+        id: u128,
+        body: &[u8],
+        flags: u32,
+    ) -> Result<MessageEntry> {
+        check_user(user)?;
+        let started = Instant::now();
+        let (done, location, meta) = self
+            .inner
+            .submit(
+                RecordKind::Put,
+                None,
+                id,
+                flags,
+                user,
+                body,
+                |location, meta| {
+                    IndexOp::Put(MessageEntry {
+                        id,
+                        location,
+                        body_len: body.len() as u32,
+                        hlc: meta.hlc,
+                        flags,
+                        oldest_segment: location.segment,
+                    })
+                },
+            )
+            .await?;
+        self.inner.finish(done, started).await?;
+        Ok(MessageEntry {
+            id,
+            location,
+            body_len: body.len() as u32,
+            hlc: meta.hlc,
+            flags,
+            oldest_segment: location.segment,
+        })
+    }
+
+    /// Deletes a message durably (a tombstone); `NotFound` if the user has no such message.
+    pub async fn delete_message(&self, user: &str, id: u128) -> Result<()> {
+        check_user(user)?;
+        let started = Instant::now();
+        let oldest = {
+            let state = self.inner.state.borrow();
+            state.index.message(user, id).map(|m| m.oldest_segment)
+        }
+        .ok_or(EngineError::NotFound)?;
+        let (done, _, _) = self
+            .inner
+            .submit(RecordKind::Delete, None, id, oldest, user, &[], |_, _| {
+                IndexOp::Remove { id }
+            })
+            .await?;
+        self.inner.finish(done, started).await
+    }
+
+    /// Replaces a message's flags durably.
+    pub async fn set_flags(&self, user: &str, id: u128, flags: u32) -> Result<()> {
+        check_user(user)?;
+        let started = Instant::now();
+        if self.inner.state.borrow().index.message(user, id).is_none() {
+            return Err(EngineError::NotFound);
+        }
+        let (done, _, _) = self
+            .inner
+            .submit(
+                RecordKind::FlagUpdate,
+                None,
+                id,
+                flags,
+                user,
+                &[],
+                |_, _| IndexOp::Flags { id, flags },
+            )
+            .await?;
+        self.inner.finish(done, started).await
+    }
+
+    /// Stores a user's profile (opaque bytes) durably; the newest one wins.
+    pub async fn put_profile(&self, user: &str, profile: &[u8]) -> Result<()> {
+        check_user(user)?;
+        let started = Instant::now();
+        let (done, _, _) = self
+            .inner
+            .submit(
+                RecordKind::ProfilePut,
+                None,
+                0,
+                0,
+                user,
+                profile,
+                |location, meta| {
+                    IndexOp::Profile(ProfileEntry {
+                        location,
+                        hlc: meta.hlc,
+                        body_len: profile.len() as u32,
+                    })
+                },
+            )
+            .await?;
+        self.inner.finish(done, started).await
+    }
+
+    /// The user's messages, oldest first.
+    pub fn messages(&self, user: &str) -> Vec<MessageEntry> {
+        self.inner.state.borrow().index.messages(user).to_vec()
+    }
+
+    /// Users with messages or a profile on this shard.
+    pub fn users(&self) -> Vec<String> {
+        let state = self.inner.state.borrow();
+        let mut users: Vec<String> = state.index.users().map(str::to_owned).collect();
+        users.extend(
+            state
+                .index
+                .profile_users()
+                .filter(|(u, _)| state.index.messages(u).is_empty())
+                .map(|(u, _)| u.to_owned()),
+        );
+        users
+    }
+
+    /// Reads and verifies the record at `location`.
+    pub async fn read(
+        &self,
+        location: Location,
+    ) -> Result<StoredRecord<<S::File as StorageFile>::ReadBuf>> {
+        let file = {
+            let state = self.inner.state.borrow();
+            state
+                .segments
+                .get(&location.segment)
+                .map(|slot| slot.file.clone())
+                .ok_or(EngineError::NotFound)?
+        };
+        let buf = file
+            .read_at(u64::from(location.offset), location.len as usize)
+            .await?;
+        let corrupt = |reason: String| EngineError::Corrupt {
+            path: file.path().to_path_buf(),
+            offset: u64::from(location.offset),
+            reason,
+        };
+        let view = record::decode(&buf).map_err(|e| corrupt(e.to_string()))?;
+        if view.encoded_len != location.len as usize {
+            return Err(corrupt("record length differs from the index".into()));
+        }
+        let meta = view.meta;
+        let user_start = record::HEADER_BYTES;
+        let user_end = user_start + view.user.len();
+        let body_end = user_end + view.body.len();
+        Ok(StoredRecord {
+            buf,
+            meta,
+            user: user_start..user_end,
+            body: user_end..body_end,
+        })
+    }
+
+    /// Reads one message of a user by id.
+    pub async fn read_message(
+        &self,
+        user: &str,
+        id: u128,
+    ) -> Result<StoredRecord<<S::File as StorageFile>::ReadBuf>> {
+        let location = {
+            let state = self.inner.state.borrow();
+            state.index.message(user, id).map(|m| m.location)
+        }
+        .ok_or(EngineError::NotFound)?;
+        self.read(location).await
+    }
+
+    /// The user's newest profile, if any.
+    pub async fn read_profile(&self, user: &str) -> Result<Option<Vec<u8>>> {
+        let location = self
+            .inner
+            .state
+            .borrow()
+            .index
+            .profile(user)
+            .map(|p| p.location);
+        match location {
+            None => Ok(None),
+            Some(location) => Ok(Some(self.read(location).await?.body().to_vec())),
+        }
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let state = self.inner.state.borrow();
+        ShardStats {
+            messages: state.index.message_count(),
+            users: state.index.user_count(),
+            segments: state.segments.len(),
+            active_segment: state.durable.0,
+            durable_offset: state.durable.1,
+            queued_bytes: state.queued_bytes,
+            poisoned: state.poisoned.clone(),
+        }
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.borrow().snapshot()
+    }
+
+    /// Writes an index checkpoint now.
+    pub async fn checkpoint(&self) -> Result<()> {
+        crate::writer::checkpoint(&self.inner).await
+    }
+
+    /// Compacts the emptiest eligible segment, if any; what background compaction does.
+    pub async fn compact_once(&self) -> Result<Option<crate::compaction::CompactionReport>> {
+        crate::compaction::compact_once(&self.inner).await
+    }
+
+    /// Stops accepting appends, lets queued ones finish, writes a checkpoint.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.state.borrow_mut().closing = true;
+        self.inner.writer_wake.notify();
+        self.inner.space_wake.notify();
+        self.inner.writer_done.wait().await;
+        let poisoned = self.inner.state.borrow().poisoned.is_some();
+        if poisoned {
+            return Ok(());
+        }
+        self.checkpoint().await
+    }
+}
+
+impl<S: Storage> Inner<S> {
+    /// Queues a record (waiting for queue space first) and returns what to wait on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn submit(
+        &self,
+        kind: RecordKind,
+        hlc: Option<u64>,
+        id: u128,
+        aux: u32,
+        user: &str,
+        body: &[u8],
+        op: impl FnOnce(Location, RecordMeta) -> IndexOp,
+    ) -> Result<(Rc<Completion<Outcome>>, Location, RecordMeta)> {
+        if body.len() + user.len() > self.config.record_bytes_max {
+            return Err(EngineError::TooLarge {
+                size: body.len() + user.len(),
+                max: self.config.record_bytes_max,
+            });
+        }
+        let len = record::encoded_len(user.len(), body.len());
+        loop {
+            let state = self.state.borrow();
+            if let Some(cause) = &state.poisoned {
+                return Err(Failure::Poisoned(cause.clone()).to_error(&self.name));
+            }
+            if state.closing {
+                return Err(EngineError::Closed);
+            }
+            if state.queued_bytes == 0 || state.queued_bytes + len <= self.config.queue_bytes_max {
+                break;
+            }
+            drop(state);
+            self.space_wake.notified().await;
+        }
+        let mut state = self.state.borrow_mut();
+        let meta = RecordMeta {
+            kind,
+            hlc: hlc.unwrap_or_else(|| state.clock.now()),
+            message_id: id,
+            node_id: self.config.node_id,
+            aux,
+        };
+        let (done, location) =
+            crate::writer::enqueue(self, &mut state, &meta, user, body, |loc| op(loc, meta))?;
+        drop(state);
+        self.writer_wake.notify();
+        Ok((done, location, meta))
+    }
+
+    /// Waits for a submitted record's batch and records the ack latency.
+    pub(crate) async fn finish(
+        &self,
+        done: Rc<Completion<Outcome>>,
+        started: Instant,
+    ) -> Result<()> {
+        let outcome = done.wait().await;
+        self.metrics.borrow_mut().record_ack(started.elapsed());
+        outcome.map_err(|f| f.to_error(&self.name))
+    }
+}

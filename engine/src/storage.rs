@@ -1,0 +1,311 @@
+//! The disk edge: the one small trait through which the engine touches files.
+//!
+//! [`DmaStorage`] is the real implementation (glommio DMA files: `O_DIRECT` through io_uring).
+//! [`FaultyStorage`] wraps any storage and injects the failures a disk can produce (EIO on a
+//! write or a sync, ENOSPC when a file is prepared) so tests exercise the real error paths on a
+//! real file system. Swapping the runtime later touches this file only.
+#![allow(async_fn_in_trait)] // single-threaded executors: futures are never sent across threads
+
+use std::cell::Cell;
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::error::{EngineError, Result};
+
+/// A buffer the disk can write from directly (aligned for `O_DIRECT`).
+pub trait IoBuffer: 'static {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Shortens the buffer to `len` bytes (an aligned length): a write takes the whole buffer.
+    fn truncate(&mut self, len: usize);
+}
+
+/// A file opened for direct I/O.
+pub trait StorageFile: 'static {
+    type Buffer: IoBuffer;
+    type ReadBuf: Deref<Target = [u8]> + 'static;
+
+    /// Offsets and lengths of writes must be multiples of this.
+    fn alignment(&self) -> usize;
+    /// An aligned buffer of `len` bytes; its contents are unspecified.
+    fn alloc_buffer(&self, len: usize) -> Self::Buffer;
+    /// Writes all of `buf` at `pos`; its length and `pos` are aligned. The caller keeps a
+    /// reference so it can read what it wrote once the write completes.
+    async fn write_at(&self, buf: Rc<Self::Buffer>, pos: u64) -> Result<()>;
+    /// Reads `len` bytes at `pos` (any alignment); fewer only at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf>;
+    /// `fdatasync`: written data reaches stable storage.
+    async fn sync_data(&self) -> Result<()>;
+    async fn len(&self) -> Result<u64>;
+    fn path(&self) -> &Path;
+}
+
+/// Files and directories.
+pub trait Storage: Clone + 'static {
+    type File: StorageFile;
+
+    /// Opens (optionally creating) a file for direct reads and writes.
+    async fn open(&self, path: &Path, create: bool) -> Result<Self::File>;
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()>;
+    async fn remove(&self, path: &Path) -> Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> Result<()>;
+    fn create_dir_all(&self, dir: &Path) -> Result<()>;
+    /// File names in `dir`.
+    fn list(&self, dir: &Path) -> Result<Vec<String>>;
+}
+
+impl IoBuffer for glommio::io::DmaBuffer {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_bytes_mut()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.trim_to_size(len);
+    }
+}
+
+/// Direct I/O through glommio (io_uring, `O_DIRECT`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DmaStorage;
+
+/// An open segment: an `O_DIRECT` descriptor for writes and a buffered one for reads.
+///
+/// Reads use the buffered descriptor because glommio reads `O_DIRECT` files into registered
+/// buffers (`IORING_OP_READ_FIXED`), which this kernel answers with EOPNOTSUPP; buffered reads
+/// never take that path. They stay coherent: the kernel invalidates cached pages of a range
+/// written with `O_DIRECT`, and the engine only reads records that are already durable.
+/// Recovery scans gain the kernel's readahead.
+#[derive(Debug)]
+pub struct DmaStorageFile {
+    file: glommio::io::DmaFile,
+    reader: glommio::io::BufferedFile,
+    path: PathBuf,
+}
+
+fn glommio_io<T>(
+    op: &'static str,
+    path: &Path,
+    r: std::result::Result<T, glommio::GlommioError<()>>,
+) -> Result<T> {
+    r.map_err(|e| EngineError::io(op, path, io::Error::from(e)))
+}
+
+impl StorageFile for DmaStorageFile {
+    type Buffer = glommio::io::DmaBuffer;
+    type ReadBuf = glommio::io::ReadResult;
+
+    fn alignment(&self) -> usize {
+        self.file.alignment() as usize
+    }
+
+    fn alloc_buffer(&self, len: usize) -> Self::Buffer {
+        self.file.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, buf: Rc<Self::Buffer>, pos: u64) -> Result<()> {
+        let len = buf.len();
+        let written = glommio_io("write", &self.path, self.file.write_rc_at(buf, pos).await)?;
+        if written != len {
+            return Err(EngineError::io(
+                "write",
+                &self.path,
+                io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {len} bytes"),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf> {
+        glommio_io("read", &self.path, self.reader.read_at(pos, len).await)
+    }
+
+    async fn sync_data(&self) -> Result<()> {
+        glommio_io("fdatasync", &self.path, self.file.fdatasync().await)
+    }
+
+    async fn len(&self) -> Result<u64> {
+        glommio_io("stat", &self.path, self.file.file_size().await)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Storage for DmaStorage {
+    type File = DmaStorageFile;
+
+    async fn open(&self, path: &Path, create: bool) -> Result<Self::File> {
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await;
+        let file = glommio_io("open", path, file)?;
+        let reader = glommio::io::OpenOptions::new()
+            .read(true)
+            .buffered_open(path)
+            .await;
+        Ok(DmaStorageFile {
+            file,
+            reader: glommio_io("open", path, reader)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        glommio_io("rename", from, glommio::io::rename(from, to).await)
+    }
+
+    async fn remove(&self, path: &Path) -> Result<()> {
+        glommio_io("remove", path, glommio::io::remove(path).await)
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> Result<()> {
+        let handle = glommio_io(
+            "open directory",
+            dir,
+            glommio::io::Directory::open(dir).await,
+        )?;
+        glommio_io("fsync directory", dir, handle.sync().await)?;
+        glommio_io("close directory", dir, handle.close().await)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::io("create directory", dir, e))
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io("list", dir, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| EngineError::io("list", dir, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// Which failures to inject; shared by every file of a [`FaultyStorage`].
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    /// Syncs that still succeed before every later sync fails with EIO (`None`: never fail).
+    pub syncs_before_eio: Cell<Option<u64>>,
+    /// Writes that still succeed before every later write fails with EIO.
+    pub writes_before_eio: Cell<Option<u64>>,
+    /// Creating a file fails with ENOSPC while this is set (a full disk).
+    pub disk_full: Cell<bool>,
+}
+
+impl FaultPlan {
+    fn take(counter: &Cell<Option<u64>>) -> bool {
+        match counter.get() {
+            None => false,
+            Some(0) => true,
+            Some(n) => {
+                counter.set(Some(n - 1));
+                false
+            }
+        }
+    }
+}
+
+/// Any storage with injected faults; everything not failed goes to the real disk.
+#[derive(Clone, Debug)]
+pub struct FaultyStorage<S> {
+    inner: S,
+    pub plan: Rc<FaultPlan>,
+}
+
+impl<S: Storage> FaultyStorage<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            plan: Rc::new(FaultPlan::default()),
+        }
+    }
+}
+
+/// A file of a [`FaultyStorage`].
+#[derive(Debug)]
+pub struct FaultyFile<F> {
+    inner: F,
+    plan: Rc<FaultPlan>,
+}
+
+fn injected(op: &'static str, path: &Path, errno: i32) -> EngineError {
+    EngineError::io(op, path, io::Error::from_raw_os_error(errno))
+}
+
+impl<F: StorageFile> StorageFile for FaultyFile<F> {
+    type Buffer = F::Buffer;
+    type ReadBuf = F::ReadBuf;
+
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn alloc_buffer(&self, len: usize) -> Self::Buffer {
+        self.inner.alloc_buffer(len)
+    }
+    async fn write_at(&self, buf: Rc<Self::Buffer>, pos: u64) -> Result<()> {
+        if FaultPlan::take(&self.plan.writes_before_eio) {
+            return Err(injected("write", self.path(), libc::EIO));
+        }
+        self.inner.write_at(buf, pos).await
+    }
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf> {
+        self.inner.read_at(pos, len).await
+    }
+    async fn sync_data(&self) -> Result<()> {
+        if FaultPlan::take(&self.plan.syncs_before_eio) {
+            return Err(injected("fdatasync", self.path(), libc::EIO));
+        }
+        self.inner.sync_data().await
+    }
+    async fn len(&self) -> Result<u64> {
+        self.inner.len().await
+    }
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+}
+
+impl<S: Storage> Storage for FaultyStorage<S> {
+    type File = FaultyFile<S::File>;
+
+    async fn open(&self, path: &Path, create: bool) -> Result<Self::File> {
+        if create && self.plan.disk_full.get() {
+            return Err(injected("create", path, libc::ENOSPC));
+        }
+        Ok(FaultyFile {
+            inner: self.inner.open(path, create).await?,
+            plan: self.plan.clone(),
+        })
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.inner.rename(from, to).await
+    }
+    async fn remove(&self, path: &Path) -> Result<()> {
+        self.inner.remove(path).await
+    }
+    async fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.inner.sync_dir(dir).await
+    }
+    fn create_dir_all(&self, dir: &Path) -> Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+}

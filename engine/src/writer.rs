@@ -1,0 +1,466 @@
+//! Group commit: how appends become durable.
+//!
+//! [`enqueue`] encodes a record straight into the newest batch of the shard's queue. One
+//! writer task per shard ([`run`]) takes every queued batch of one segment, writes each with one
+//! aligned DMA write, issues one `fdatasync` for all of them, applies their index updates in log
+//! order and wakes every append of those batches. While a sync is in flight new appends gather
+//! in the next batch, so the batch size follows the load with no timer.
+//!
+//! A batch starts at the aligned block holding the current end of the log and carries that
+//! block's earlier bytes, so each write rewrites the partly filled last block with the same
+//! bytes plus new ones. This relies on the device writing each 512-byte sector atomically (old
+//! or new, never torn within a sector): the already durable prefix is rewritten identically, so
+//! a torn write can only damage records that were never acknowledged.
+//!
+//! A failed write or sync poisons the shard: no retry (after a failed `fdatasync` the kernel may
+//! have dropped the dirty pages and a retry could report success for data that is gone). The
+//! shard then refuses appends until it is reopened, which recovers from what is on disk.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::checkpoint;
+use crate::error::{EngineError, Result};
+use crate::index::Location;
+use crate::record::{self, RecordMeta};
+use crate::segment::{self, SEGMENT_HEADER_BYTES};
+use crate::shard::{Batch, Failure, IndexOp, Inner, Outcome, Span, Spare, State, TailBlock};
+use crate::signal::Completion;
+use crate::storage::{IoBuffer, Storage, StorageFile};
+
+/// Writes are aligned to this (the largest logical block size in common use).
+pub const BLOCK_BYTES: usize = 4096;
+/// At most this many bytes of batches are written before one sync.
+pub(crate) const WRITE_GROUP_BYTES_MAX: usize = 8 << 20;
+
+fn align_down(value: u64) -> u64 {
+    value / BLOCK_BYTES as u64 * BLOCK_BYTES as u64
+}
+
+/// Encodes one record into the queue; returns the batch's completion and the record's place.
+pub(crate) fn enqueue<S: Storage>(
+    inner: &Inner<S>,
+    state: &mut State<S::File>,
+    meta: &RecordMeta,
+    user: &str,
+    body: &[u8],
+    op: impl FnOnce(Location) -> IndexOp,
+) -> Result<(Rc<Completion<Outcome>>, Location)> {
+    let len = record::encoded_len(user.len(), body.len());
+    if state.append_pos + len as u64 > inner.config.segment_bytes {
+        // Seal the segment: this record and those after it go to the next one.
+        state.append_seq += 1;
+        state.append_pos = SEGMENT_HEADER_BYTES;
+    }
+    let seq = state.append_seq;
+    let pos = state.append_pos;
+    let fits = state
+        .queue
+        .back()
+        .is_some_and(|b| b.seq == seq && b.used + len <= b.capacity);
+    if !fits {
+        let batch = new_batch(inner, state, seq, pos, len)?;
+        state.queue.push_back(batch);
+    }
+    let Some(batch) = state.queue.back_mut() else {
+        return Err(EngineError::Setup(
+            "internal: no batch after creating one".into(),
+        ));
+    };
+    debug_assert_eq!(batch.start + batch.used as u64, pos);
+    let at = batch.used;
+    let Some(buf) = Rc::get_mut(&mut batch.buf) else {
+        return Err(EngineError::Setup(
+            "internal: a queued batch buffer is shared".into(),
+        ));
+    };
+    record::encode_into(&mut buf.bytes_mut()[at..at + len], meta, user, body);
+    batch.used += len;
+    let location = Location {
+        segment: seq,
+        offset: pos as u32,
+        len: len as u32,
+    };
+    let span = Span {
+        at: (at + record::HEADER_BYTES) as u32,
+        len: user.len() as u16,
+    };
+    batch.ops.push((span, location, op(location)));
+    let done = batch.done.clone();
+    state.append_pos += len as u64;
+    state.queued_bytes += len;
+    Ok((done, location))
+}
+
+fn new_batch<S: Storage>(
+    inner: &Inner<S>,
+    state: &State<S::File>,
+    seq: u32,
+    pos: u64,
+    record_len: usize,
+) -> Result<Batch<<S::File as StorageFile>::Buffer>> {
+    let start = align_down(pos);
+    let prefix_len = (pos - start) as usize;
+    let capacity = inner.config.batch_bytes_max.max(prefix_len + record_len);
+    let alloc_len = capacity.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+    // Any segment's file can allocate: buffers depend only on alignment.
+    let file = state
+        .segments
+        .values()
+        .next_back()
+        .map(|slot| slot.file.clone())
+        .ok_or_else(|| EngineError::Setup("internal: shard has no segment".into()))?;
+    let mut buf = file.alloc_buffer(alloc_len);
+    if prefix_len > 0 {
+        let prefix: &[u8] = match state.queue.back() {
+            Some(prev) if prev.seq == seq => {
+                let prev_block = align_down(prev.start + prev.used as u64);
+                let from = (prev_block - prev.start) as usize;
+                &prev.buf.bytes()[from..prev.used]
+            }
+            _ if state.tail.seq == seq && state.tail.start == start => &state.tail.bytes,
+            _ => {
+                return Err(EngineError::Setup(
+                    "internal: tail block is not where the log ends".into(),
+                ))
+            }
+        };
+        if prefix.len() != prefix_len {
+            return Err(EngineError::Setup(
+                "internal: tail block length mismatch".into(),
+            ));
+        }
+        buf.bytes_mut()[..prefix_len].copy_from_slice(prefix);
+    }
+    Ok(Batch {
+        seq,
+        start,
+        buf: Rc::new(buf),
+        capacity,
+        used: prefix_len,
+        ops: Vec::new(),
+        done: Rc::new(Completion::default()),
+    })
+}
+
+/// The writer task of a shard.
+pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
+    loop {
+        loop {
+            let state = inner.state.borrow();
+            if !state.queue.is_empty() {
+                break;
+            }
+            if state.closing || state.poisoned.is_some() {
+                drop(state);
+                inner.writer_done.complete(());
+                return;
+            }
+            drop(state);
+            inner.writer_wake.notified().await;
+        }
+        if !inner.config.commit_window.is_zero() {
+            glommio::timer::sleep(inner.config.commit_window).await;
+        }
+        let group = take_group(&inner);
+        inner.space_wake.notify();
+        let Some(first) = group.first() else { continue };
+        let seq = first.seq;
+        let file = match file_for(&inner, seq).await {
+            Ok(file) => file,
+            Err(failure) => {
+                fail_segment(&inner, group, seq, failure);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut result = Ok(());
+        for batch in &group {
+            result = file.write_at(batch.buf.clone(), batch.start).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = file.sync_data().await;
+        }
+        let sync_time = started.elapsed();
+        match result {
+            Ok(()) => complete(&inner, group, sync_time),
+            Err(error) => poison(&inner, group, &error),
+        }
+    }
+}
+
+/// Takes the queued batches of the front segment (bounded), trims their buffers to whole
+/// blocks and remembers the last partly filled block for the next batch.
+fn take_group<S: Storage>(inner: &Inner<S>) -> Vec<Batch<<S::File as StorageFile>::Buffer>> {
+    let mut state = inner.state.borrow_mut();
+    let mut group = Vec::new();
+    let mut bytes = 0;
+    while let Some(front) = state.queue.front() {
+        if !group.is_empty()
+            && (front.seq != group_seq(&group) || bytes + front.used > WRITE_GROUP_BYTES_MAX)
+        {
+            break;
+        }
+        let Some(mut batch) = state.queue.pop_front() else {
+            break;
+        };
+        bytes += batch.used;
+        let padded = batch.used.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let tail_from = align_down(batch.used as u64) as usize;
+        if let Some(buf) = Rc::get_mut(&mut batch.buf) {
+            let bytes = buf.bytes_mut();
+            bytes[batch.used..padded].fill(0);
+            buf.truncate(padded);
+        }
+        state.tail = TailBlock {
+            seq: batch.seq,
+            start: batch.start + tail_from as u64,
+            bytes: batch.buf.bytes()[tail_from..batch.used].to_vec(),
+        };
+        let record_bytes: usize = batch.ops.iter().map(|(_, loc, _)| loc.len as usize).sum();
+        state.queued_bytes -= record_bytes;
+        group.push(batch);
+    }
+    group
+}
+
+fn group_seq<B>(group: &[Batch<B>]) -> u32 {
+    group.first().map_or(0, |b| b.seq)
+}
+
+/// The open file of segment `seq`, switching to the spare when the log moves to a new segment.
+async fn file_for<S: Storage>(
+    inner: &Rc<Inner<S>>,
+    seq: u32,
+) -> std::result::Result<Rc<S::File>, Failure> {
+    loop {
+        {
+            let mut state = inner.state.borrow_mut();
+            if let Some(slot) = state.segments.get(&seq) {
+                return Ok(slot.file.clone());
+            }
+            match std::mem::replace(&mut state.spare, Spare::None) {
+                Spare::Ready(spare_seq, file) if spare_seq == seq => {
+                    state.segments.insert(
+                        seq,
+                        crate::shard::SegmentSlot {
+                            file: file.clone(),
+                            end: SEGMENT_HEADER_BYTES,
+                        },
+                    );
+                    drop(state);
+                    prepare_spare(inner);
+                    return Ok(file);
+                }
+                Spare::Failed(spare_seq, failure) if spare_seq == seq => return Err(failure),
+                Spare::Preparing(spare_seq) => state.spare = Spare::Preparing(spare_seq),
+                other => {
+                    // A spare for another segment (cannot happen) or none: prepare this one.
+                    drop(other);
+                    drop(state);
+                    start_spare(inner, seq);
+                }
+            }
+        }
+        inner.spare_wake.notified().await;
+    }
+}
+
+/// Starts writing out the segment after the newest one, unless one is ready or on its way.
+pub(crate) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
+    let next = {
+        let state = inner.state.borrow();
+        if !matches!(state.spare, Spare::None) {
+            return;
+        }
+        state.segments.keys().next_back().map_or(1, |s| s + 1)
+    };
+    start_spare(inner, next);
+}
+
+fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
+    let hlc = {
+        let mut state = inner.state.borrow_mut();
+        state.spare = Spare::Preparing(seq);
+        state.clock.now()
+    };
+    let inner = inner.clone();
+    glommio::spawn_local(async move {
+        let result = segment::prepare(&inner.storage, &inner.dir, seq, inner.config.segment_bytes, hlc).await;
+        {
+            let mut state = inner.state.borrow_mut();
+            state.spare = match result {
+                Ok(file) => Spare::Ready(seq, file),
+                Err(error) => {
+                    tracing::warn!(shard = %inner.name, seq, %error, "could not prepare the next segment");
+                    Spare::Failed(seq, Failure::from_error(&error))
+                }
+            };
+        }
+        inner.spare_wake.notify();
+    })
+    .detach();
+}
+
+/// The next segment could not be prepared (a full disk): fail the appends bound for it, leave
+/// the shard healthy, and start the next append at the beginning of that segment again.
+fn fail_segment<S: Storage>(
+    inner: &Inner<S>,
+    group: Vec<Batch<<S::File as StorageFile>::Buffer>>,
+    seq: u32,
+    failure: Failure,
+) {
+    let mut failed = group;
+    {
+        let mut state = inner.state.borrow_mut();
+        while state.queue.front().is_some_and(|b| b.seq == seq) {
+            if let Some(batch) = state.queue.pop_front() {
+                let record_bytes: usize =
+                    batch.ops.iter().map(|(_, loc, _)| loc.len as usize).sum();
+                state.queued_bytes -= record_bytes;
+                failed.push(batch);
+            }
+        }
+        if state.append_seq == seq && state.queue.is_empty() {
+            state.append_pos = SEGMENT_HEADER_BYTES;
+            state.tail = TailBlock {
+                seq,
+                start: SEGMENT_HEADER_BYTES,
+                bytes: Vec::new(),
+            };
+        }
+    }
+    inner.metrics.borrow_mut().failed_batches += failed.len() as u64;
+    for batch in failed {
+        batch.done.complete(Err(failure.clone()));
+    }
+    inner.space_wake.notify();
+}
+
+fn poison<S: Storage>(
+    inner: &Inner<S>,
+    group: Vec<Batch<<S::File as StorageFile>::Buffer>>,
+    error: &EngineError,
+) {
+    tracing::error!(shard = %inner.name, %error, "write or sync failed: the shard stops accepting writes");
+    let failure = Failure::from_error(error);
+    let mut failed = group;
+    {
+        let mut state = inner.state.borrow_mut();
+        state.poisoned = Some(error.to_string());
+        failed.extend(state.queue.drain(..));
+        state.queued_bytes = 0;
+    }
+    inner.metrics.borrow_mut().failed_batches += failed.len() as u64;
+    for batch in failed {
+        batch.done.complete(Err(failure.clone()));
+    }
+    inner.space_wake.notify();
+}
+
+/// The group is durable: update the index in log order, then wake its appends.
+fn complete<S: Storage>(
+    inner: &Rc<Inner<S>>,
+    group: Vec<Batch<<S::File as StorageFile>::Buffer>>,
+    sync_time: std::time::Duration,
+) {
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    let checkpoint_due = {
+        let mut state = inner.state.borrow_mut();
+        for batch in &group {
+            let buf = batch.buf.bytes();
+            for (span, location, op) in &batch.ops {
+                let at = span.at as usize;
+                let user = std::str::from_utf8(&buf[at..at + span.len as usize]).unwrap_or("");
+                apply(&mut state, user, *location, *op);
+                records += 1;
+                bytes += u64::from(location.len);
+            }
+            let end = batch.start + batch.used as u64;
+            if let Some(slot) = state.segments.get_mut(&batch.seq) {
+                slot.end = slot.end.max(end);
+            }
+            state.durable = (batch.seq, end);
+        }
+        state.bytes_since_checkpoint += bytes;
+        let due = state.bytes_since_checkpoint >= inner.config.checkpoint_every_bytes
+            && !state.checkpoint_running;
+        if due {
+            state.checkpoint_running = true;
+        }
+        due
+    };
+    inner
+        .metrics
+        .borrow_mut()
+        .record_batch(group.len() as u64, records, bytes, sync_time);
+    for batch in group {
+        batch.done.complete(Ok(()));
+    }
+    if checkpoint_due {
+        let inner = inner.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = write_checkpoint(&inner).await {
+                tracing::warn!(shard = %inner.name, %error, "index checkpoint failed; the next restart scans more log");
+            }
+            inner.state.borrow_mut().checkpoint_running = false;
+        })
+        .detach();
+    }
+}
+
+pub(crate) fn apply<F: StorageFile>(
+    state: &mut State<F>,
+    user: &str,
+    location: Location,
+    op: IndexOp,
+) {
+    match op {
+        IndexOp::Put(entry) => state.index.put(user, entry),
+        IndexOp::Relocate { id, from } => {
+            state.index.relocate(user, id, from, location);
+        }
+        IndexOp::Remove { id } => {
+            state.index.remove(user, id);
+        }
+        IndexOp::Flags { id, flags } => {
+            state.index.set_flags(user, id, flags);
+        }
+        IndexOp::Profile(entry) => state.index.put_profile(user, entry),
+        IndexOp::RelocateProfile { from } => {
+            state.index.relocate_profile(user, from, location);
+        }
+        IndexOp::Nothing => {}
+    }
+}
+
+/// Snapshots the index at the durable position and writes it as the shard's checkpoint.
+async fn write_checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
+    let bytes = {
+        let mut state = inner.state.borrow_mut();
+        let segments: Vec<(u32, u64)> = state
+            .segments
+            .iter()
+            .map(|(seq, slot)| (*seq, slot.end))
+            .collect();
+        let clock = state.clock.now();
+        state.bytes_since_checkpoint = 0;
+        checkpoint::encode(&state.index, &segments, state.durable, clock)
+    };
+    checkpoint::write(&inner.storage, &inner.dir, &bytes).await
+}
+
+/// Writes a checkpoint unless one is being written (then waits for the writer to be idle).
+pub(crate) async fn checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
+    while inner.state.borrow().checkpoint_running {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    inner.state.borrow_mut().checkpoint_running = true;
+    let result = write_checkpoint(inner).await;
+    inner.state.borrow_mut().checkpoint_running = false;
+    result
+}
