@@ -509,6 +509,14 @@ impl<S: Storage> Shard<S> {
         self.inner.writer_wake.notify();
         self.inner.space_wake.notify();
         self.inner.writer_done.wait().await;
+        // No background file work may outlive the shard (glommio cannot cope with a directory
+        // removed under a file it is opening).
+        while matches!(self.inner.state.borrow().spare, Spare::Preparing(_)) {
+            self.inner.spare_wake.notified().await;
+        }
+        while self.inner.state.borrow().compacting {
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
         let poisoned = self.inner.state.borrow().poisoned.is_some();
         if poisoned {
             return Ok(());
