@@ -49,6 +49,7 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             Ok(Some(report)) => tracing::info!(shard = %inner.name, ?report, "compacted a segment"),
             Ok(None) => {}
             Err(EngineError::Closed) => return,
+            Err(EngineError::Busy { .. }) => {}
             Err(error) => {
                 tracing::warn!(shard = %inner.name, %error, "compaction failed; will retry")
             }
@@ -120,47 +121,55 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
             offset: offset as u32,
             len: view.encoded_len as u32,
         };
-        let copy = {
-            let state = inner.state.borrow();
-            let id = view.meta.message_id;
-            match view.meta.kind {
+        let id = view.meta.message_id;
+        let user = view.user;
+        let kind = view.meta.kind;
+        let aux = view.meta.aux;
+        // Decided at the moment the copy is encoded (see `Inner::submit`).
+        let decide = |state: &crate::shard::State<S::File>| -> Option<u32> {
+            if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate)
+                && state.pending_changes.contains_key(&id)
+            {
+                // A queued change is not in the index yet; copying now could order the copy
+                // after it. Skip: the segment keeps live bytes and is compacted again later.
+                return None;
+            }
+            match kind {
                 RecordKind::Put => state
                     .index
-                    .message(view.user, id)
+                    .message(user, id)
                     .filter(|m| m.location == here)
-                    .map(|m| (view.meta.aux, m.flags, IndexOp::Relocate { id, from: here })),
-                RecordKind::Delete => {
-                    let oldest = view.meta.aux;
-                    state
-                        .segments
-                        .range(oldest..seq)
-                        .next()
-                        .map(|_| (oldest, oldest, IndexOp::Nothing))
-                }
+                    .map(|m| m.flags),
+                RecordKind::Delete => state.segments.range(aux..seq).next().map(|_| aux),
                 RecordKind::FlagUpdate => state
                     .index
-                    .message(view.user, id)
+                    .message(user, id)
                     .filter(|m| m.location.segment < seq)
-                    .map(|m| (m.flags, m.flags, IndexOp::Nothing)),
+                    .map(|m| m.flags),
                 RecordKind::ProfilePut => state
                     .index
-                    .profile(view.user)
+                    .profile(user)
                     .filter(|p| p.location == here)
-                    .map(|_| (0, 0, IndexOp::RelocateProfile { from: here })),
+                    .map(|_| 0),
             }
         };
-        if let Some((_, aux, op)) = copy {
-            let (done, _, _) = inner
-                .submit(
-                    view.meta.kind,
-                    Some(view.meta.hlc),
-                    view.meta.message_id,
-                    aux,
-                    view.user,
-                    view.body,
-                    |_, _| op,
-                )
-                .await?;
+        let op = match kind {
+            RecordKind::Put => IndexOp::Relocate { id, from: here },
+            RecordKind::ProfilePut => IndexOp::RelocateProfile { from: here },
+            RecordKind::Delete | RecordKind::FlagUpdate => IndexOp::Nothing,
+        };
+        let submitted = inner
+            .submit(
+                kind,
+                Some(view.meta.hlc),
+                id,
+                user,
+                view.body,
+                decide,
+                |_, _| op,
+            )
+            .await?;
+        if let Some((done, _, _)) = submitted {
             report.records_copied += 1;
             report.bytes_copied += view.encoded_len as u64;
             outstanding.push(done);
@@ -178,11 +187,8 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
     {
         let mut state = inner.state.borrow_mut();
         if state.index.live_bytes(seq) != 0 {
-            return Err(EngineError::Corrupt {
-                path: segment::segment_path(&inner.dir, seq),
-                offset: 0,
-                reason: "records still point into the segment after compaction; it is kept".into(),
-            });
+            // A message changed while it was being copied; try this segment again later.
+            return Err(EngineError::Busy { segment: seq });
         }
         state.segments.remove(&seq);
         state.index.forget_segment(seq);

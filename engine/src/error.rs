@@ -35,6 +35,9 @@ pub enum EngineError {
     BadUser { max: usize },
     #[error("no such message")]
     NotFound,
+    /// Compaction of a segment met a concurrent change and left the segment for a later pass.
+    #[error("segment {segment} changed while it was compacted; it will be compacted later")]
+    Busy { segment: u32 },
     /// The shard is shutting down.
     #[error("shard is closed")]
     Closed,

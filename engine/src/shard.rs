@@ -150,6 +150,9 @@ pub(crate) struct State<F: StorageFile> {
     pub bytes_since_checkpoint: u64,
     pub checkpoint_running: bool,
     pub compacting: bool,
+    /// Messages with a delete or flag update queued but not yet durable (count per id): the
+    /// index does not show those changes yet, so compaction must not copy such a message now.
+    pub pending_changes: std::collections::HashMap<u128, u32>,
 }
 
 pub(crate) struct Inner<S: Storage> {
@@ -255,6 +258,7 @@ impl<S: Storage> Shard<S> {
             bytes_since_checkpoint: 0,
             checkpoint_running: false,
             compacting: false,
+            pending_changes: std::collections::HashMap::new(),
         };
         let inner = Rc::new(Inner {
             name: name.to_owned(),
@@ -294,53 +298,45 @@ impl<S: Storage> Shard<S> {
     ) -> Result<MessageEntry> {
         check_user(user)?;
         let started = Instant::now();
-        let (done, location, meta) = self
-            .inner
-            .submit(
-                RecordKind::Put,
-                None,
-                id,
-                flags,
-                user,
-                body,
-                |location, meta| {
-                    IndexOp::Put(MessageEntry {
-                        id,
-                        location,
-                        body_len: body.len() as u32,
-                        hlc: meta.hlc,
-                        flags,
-                        oldest_segment: location.segment,
-                    })
-                },
-            )
-            .await?;
-        self.inner.finish(done, started).await?;
-        Ok(MessageEntry {
+        let entry = |location: Location, meta: RecordMeta| MessageEntry {
             id,
             location,
             body_len: body.len() as u32,
             hlc: meta.hlc,
             flags,
             oldest_segment: location.segment,
-        })
+        };
+        let submitted = self
+            .inner
+            .submit(
+                RecordKind::Put,
+                None,
+                id,
+                user,
+                body,
+                |_| Some(flags),
+                |location, meta| IndexOp::Put(entry(location, meta)),
+            )
+            .await?;
+        let (done, location, meta) = submitted.ok_or(EngineError::NotFound)?;
+        self.inner.finish(done, started).await?;
+        Ok(entry(location, meta))
     }
 
     /// Deletes a message durably (a tombstone); `NotFound` if the user has no such message.
     pub async fn delete_message(&self, user: &str, id: u128) -> Result<()> {
         check_user(user)?;
         let started = Instant::now();
-        let oldest = {
-            let state = self.inner.state.borrow();
-            state.index.message(user, id).map(|m| m.oldest_segment)
-        }
-        .ok_or(EngineError::NotFound)?;
-        let (done, _, _) = self
+        // The tombstone carries the oldest segment that may hold the put (see compaction).
+        let oldest =
+            |state: &State<S::File>| state.index.message(user, id).map(|m| m.oldest_segment);
+        let submitted = self
             .inner
-            .submit(RecordKind::Delete, None, id, oldest, user, &[], |_, _| {
+            .submit(RecordKind::Delete, None, id, user, &[], oldest, |_, _| {
                 IndexOp::Remove { id }
             })
             .await?;
+        let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
         self.inner.finish(done, started).await
     }
 
@@ -348,21 +344,20 @@ impl<S: Storage> Shard<S> {
     pub async fn set_flags(&self, user: &str, id: u128, flags: u32) -> Result<()> {
         check_user(user)?;
         let started = Instant::now();
-        if self.inner.state.borrow().index.message(user, id).is_none() {
-            return Err(EngineError::NotFound);
-        }
-        let (done, _, _) = self
+        let present = |state: &State<S::File>| state.index.message(user, id).map(|_| flags);
+        let submitted = self
             .inner
             .submit(
                 RecordKind::FlagUpdate,
                 None,
                 id,
-                flags,
                 user,
                 &[],
+                present,
                 |_, _| IndexOp::Flags { id, flags },
             )
             .await?;
+        let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
         self.inner.finish(done, started).await
     }
 
@@ -370,15 +365,15 @@ impl<S: Storage> Shard<S> {
     pub async fn put_profile(&self, user: &str, profile: &[u8]) -> Result<()> {
         check_user(user)?;
         let started = Instant::now();
-        let (done, _, _) = self
+        let submitted = self
             .inner
             .submit(
                 RecordKind::ProfilePut,
                 None,
                 0,
-                0,
                 user,
                 profile,
+                |_| Some(0),
                 |location, meta| {
                     IndexOp::Profile(ProfileEntry {
                         location,
@@ -388,6 +383,7 @@ impl<S: Storage> Shard<S> {
                 },
             )
             .await?;
+        let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
         self.inner.finish(done, started).await
     }
 
@@ -527,17 +523,22 @@ impl<S: Storage> Shard<S> {
 
 impl<S: Storage> Inner<S> {
     /// Queues a record (waiting for queue space first) and returns what to wait on.
+    ///
+    /// `decide` runs in the same borrow that encodes the record, after any wait, and returns
+    /// the record's `aux` field, or `None` to write nothing. A check of the index made there
+    /// cannot be overtaken by another record: a compaction copy can never land behind the
+    /// tombstone of the message it copies.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn submit(
         &self,
         kind: RecordKind,
         hlc: Option<u64>,
         id: u128,
-        aux: u32,
         user: &str,
         body: &[u8],
+        decide: impl FnOnce(&State<S::File>) -> Option<u32>,
         op: impl FnOnce(Location, RecordMeta) -> IndexOp,
-    ) -> Result<(Rc<Completion<Outcome>>, Location, RecordMeta)> {
+    ) -> Result<Option<(Rc<Completion<Outcome>>, Location, RecordMeta)>> {
         if body.len() + user.len() > self.config.record_bytes_max {
             return Err(EngineError::TooLarge {
                 size: body.len() + user.len(),
@@ -560,6 +561,9 @@ impl<S: Storage> Inner<S> {
             self.space_wake.notified().await;
         }
         let mut state = self.state.borrow_mut();
+        let Some(aux) = decide(&state) else {
+            return Ok(None);
+        };
         let meta = RecordMeta {
             kind,
             hlc: hlc.unwrap_or_else(|| state.clock.now()),
@@ -571,7 +575,7 @@ impl<S: Storage> Inner<S> {
             crate::writer::enqueue(self, &mut state, &meta, user, body, |loc| op(loc, meta))?;
         drop(state);
         self.writer_wake.notify();
-        Ok((done, location, meta))
+        Ok(Some((done, location, meta)))
     }
 
     /// Waits for a submitted record's batch and records the ack latency.

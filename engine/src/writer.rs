@@ -85,7 +85,11 @@ pub(crate) fn enqueue<S: Storage>(
         at: (at + record::HEADER_BYTES) as u32,
         len: user.len() as u16,
     };
-    batch.ops.push((span, location, op(location)));
+    let op = op(location);
+    if let IndexOp::Remove { id } | IndexOp::Flags { id, .. } = op {
+        *state.pending_changes.entry(id).or_default() += 1;
+    }
+    batch.ops.push((span, location, op));
     let done = batch.done.clone();
     state.append_pos += len as u64;
     state.queued_bytes += len;
@@ -333,6 +337,14 @@ fn fail_segment<S: Storage>(
             };
         }
     }
+    {
+        let mut state = inner.state.borrow_mut();
+        for batch in &failed {
+            for (_, _, op) in &batch.ops {
+                settle(&mut state, op);
+            }
+        }
+    }
     inner.metrics.borrow_mut().failed_batches += failed.len() as u64;
     for batch in failed {
         batch.done.complete(Err(failure.clone()));
@@ -413,12 +425,25 @@ fn complete<S: Storage>(
     }
 }
 
+/// A queued delete or flag update is no longer pending (applied or failed).
+fn settle<F: StorageFile>(state: &mut State<F>, op: &IndexOp) {
+    if let IndexOp::Remove { id } | IndexOp::Flags { id, .. } = *op {
+        if let Some(count) = state.pending_changes.get_mut(&id) {
+            *count -= 1;
+            if *count == 0 {
+                state.pending_changes.remove(&id);
+            }
+        }
+    }
+}
+
 pub(crate) fn apply<F: StorageFile>(
     state: &mut State<F>,
     user: &str,
     location: Location,
     op: IndexOp,
 ) {
+    settle(state, &op);
     match op {
         IndexOp::Put(entry) => state.index.put(user, entry),
         IndexOp::Relocate { id, from } => {
