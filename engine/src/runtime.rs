@@ -76,6 +76,31 @@ pub fn explain_start_failure(error: impl std::fmt::Display) -> EngineError {
     EngineError::Setup(format!("cannot start the I/O runtime ({text}): {hint}"))
 }
 
+/// Raises the open-file limit to its hard maximum: each segment holds two descriptors (a
+/// direct one for writes, a buffered one for reads). Returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return wanted.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Runs `f` on a single, unpinned executor and returns its output: for tools and tests.
 pub fn run_local<T, F, Fut>(f: F) -> Result<T>
 where
@@ -83,6 +108,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T> + 'static,
 {
+    raise_fd_limit();
     let builder = executor_builder("porcupine-local", 0, 1, false)?;
     let handle = builder.spawn(f).map_err(explain_start_failure)?;
     handle

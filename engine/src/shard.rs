@@ -514,10 +514,18 @@ impl<S: Storage> Shard<S> {
             glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
         }
         let poisoned = self.inner.state.borrow().poisoned.is_some();
-        if poisoned {
-            return Ok(());
-        }
-        self.checkpoint().await
+        let result = if poisoned {
+            Ok(())
+        } else {
+            self.checkpoint().await
+        };
+        // Release files and memory now: a background task asleep on a timer may hold the
+        // shard until its executor is gone.
+        let mut state = self.inner.state.borrow_mut();
+        state.segments.clear();
+        state.spare = Spare::None;
+        state.index = Index::new();
+        result
     }
 }
 

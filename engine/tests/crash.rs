@@ -22,8 +22,8 @@ const CHILD_SEED_ENV: &str = "PORCUPINE_CRASH_CHILD_SEED";
 
 fn crash_config() -> EngineConfig {
     let mut config = small_config();
-    config.segment_bytes = 128 << 10;
-    config.checkpoint_every_bytes = 96 << 10;
+    config.segment_bytes = 512 << 10;
+    config.checkpoint_every_bytes = 256 << 10;
     config.compaction.check_interval = Duration::from_millis(20);
     config.compaction.live_fraction_min = 0.6;
     config
