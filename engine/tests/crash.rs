@@ -22,7 +22,7 @@ const CHILD_SEED_ENV: &str = "PORCUPINE_CRASH_CHILD_SEED";
 
 fn crash_config() -> EngineConfig {
     let mut config = small_config();
-    config.segment_bytes = 512 << 10;
+    config.segment_bytes = 1 << 20;
     config.checkpoint_every_bytes = 256 << 10;
     config.compaction.check_interval = Duration::from_millis(20);
     config.compaction.live_fraction_min = 0.6;
@@ -205,7 +205,7 @@ fn crash_cycles() {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line == "READY" {
+                if line.ends_with("READY") {
                     let _ = ready_tx.send(());
                 }
                 lines.push(line);
@@ -215,7 +215,7 @@ fn crash_cycles() {
         // Once the child has recovered, kill it at a random moment.
         let started = Instant::now();
         let _ = ready_rx.recv_timeout(Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..200)));
         let _ = process.kill();
         let _ = process.wait();
         let lines = reader.join().unwrap();
