@@ -238,6 +238,8 @@ impl<S: Storage> Shard<S> {
         name: &str,
     ) -> Result<(Self, RecoveryReport)> {
         config.validate().map_err(EngineError::Setup)?;
+        // glommio cannot open a directory by a relative path (EBADF): work with absolute ones.
+        let dir = &std::path::absolute(dir).map_err(|e| EngineError::io("resolve path", dir, e))?;
         let recovered = recovery::recover(&storage, dir, &config).await?;
         let report = recovered.report.clone();
         let mut clock = HybridClock::new();
