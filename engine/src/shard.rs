@@ -557,17 +557,19 @@ impl<S: Storage> Inner<S> {
         }
         let len = record::encoded_len(user.len(), body.len());
         loop {
-            let state = self.state.borrow();
-            if let Some(cause) = &state.poisoned {
-                return Err(Failure::Poisoned(cause.clone()).to_error(&self.name));
-            }
-            if state.closing {
-                return Err(EngineError::Closed);
-            }
-            if state.queued_bytes == 0 || state.queued_bytes + len <= self.config.queue_bytes_max {
+            let has_space = {
+                let state = self.state.borrow();
+                if let Some(cause) = &state.poisoned {
+                    return Err(Failure::Poisoned(cause.clone()).to_error(&self.name));
+                }
+                if state.closing {
+                    return Err(EngineError::Closed);
+                }
+                state.queued_bytes == 0 || state.queued_bytes + len <= self.config.queue_bytes_max
+            };
+            if has_space {
                 break;
             }
-            drop(state);
             self.space_wake.notified().await;
         }
         let mut state = self.state.borrow_mut();

@@ -23,6 +23,7 @@ pub trait IoBuffer: 'static {
 }
 
 /// A file opened for direct I/O.
+#[allow(clippy::len_without_is_empty)] // a file's length, not a collection's
 pub trait StorageFile: 'static {
     type Buffer: IoBuffer;
     type ReadBuf: Deref<Target = [u8]> + 'static;

@@ -151,16 +151,20 @@ fn new_batch<S: Storage>(
 pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
     loop {
         loop {
-            let state = inner.state.borrow();
-            if !state.queue.is_empty() {
+            let (has_work, stopping) = {
+                let state = inner.state.borrow();
+                (
+                    !state.queue.is_empty(),
+                    state.closing || state.poisoned.is_some(),
+                )
+            };
+            if has_work {
                 break;
             }
-            if state.closing || state.poisoned.is_some() {
-                drop(state);
+            if stopping {
                 inner.writer_done.complete(());
                 return;
             }
-            drop(state);
             inner.writer_wake.notified().await;
         }
         if !inner.config.commit_window.is_zero() {
