@@ -282,6 +282,14 @@ impl<S: Storage> Shard<S> {
         Ok((Self { inner }, report))
     }
 
+    /// Waits until background preparation of the next segment has finished (benchmarks use
+    /// this so a measurement does not start while 128 MiB of zeros are still being written).
+    pub async fn settled(&self) {
+        while matches!(self.inner.state.borrow().spare, Spare::Preparing(_)) {
+            self.inner.spare_wake.notified().await;
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -509,9 +517,7 @@ impl<S: Storage> Shard<S> {
         self.inner.writer_done.wait().await;
         // No background file work may outlive the shard (glommio cannot cope with a directory
         // removed under a file it is opening).
-        while matches!(self.inner.state.borrow().spare, Spare::Preparing(_)) {
-            self.inner.spare_wake.notified().await;
-        }
+        self.settled().await;
         while self.inner.state.borrow().compacting {
             glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
         }

@@ -31,6 +31,9 @@ struct Args {
     /// Directory on the disk to measure (a temporary directory inside it is used and removed).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Alternating engine and raw runs; medians are reported (the machine is noisy).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -57,13 +60,37 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot create a directory in {}", args.dir.display()))?;
     let root = work.path().to_path_buf();
     let bench_args = args.clone();
-    let (engine, raw) = runtime::run_local(move || async move {
-        let engine = engine_run(&bench_args, &root.join("engine")).await?;
-        let raw = raw_run(&bench_args, &root.join("raw.dat"), engine.syncs).await?;
-        Ok::<_, anyhow::Error>((engine, raw))
+    let runs = runtime::run_local(move || async move {
+        let mut runs = Vec::new();
+        for round in 0..bench_args.repeat.max(1) {
+            let engine_dir = root.join(format!("engine-{round}"));
+            let engine = engine_run(&bench_args, &engine_dir).await?;
+            std::fs::remove_dir_all(&engine_dir)?;
+            let raw_path = root.join(format!("raw-{round}.dat"));
+            let raw = raw_run(&bench_args, &raw_path, engine.syncs).await?;
+            std::fs::remove_file(&raw_path)?;
+            runs.push((engine, raw));
+        }
+        Ok::<_, anyhow::Error>(runs)
     })??;
+    for (round, (engine, raw)) in runs.iter().enumerate() {
+        eprintln!(
+            "round {round}: engine {:.3} s, raw {:.3} s, ratio {:.3}",
+            engine.seconds,
+            raw.seconds,
+            raw.seconds / engine.seconds
+        );
+    }
+    let engine = median(runs.iter().map(|r| r.0).collect());
+    let raw = median(runs.iter().map(|r| r.1).collect());
     report(&args, engine, raw);
     Ok(())
+}
+
+/// The run with the median time.
+fn median(mut runs: Vec<Measured>) -> Measured {
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    runs[runs.len() / 2]
 }
 
 async fn engine_run(args: &Args, dir: &Path) -> Result<Measured> {
@@ -77,7 +104,7 @@ async fn engine_run(args: &Args, dir: &Path) -> Result<Measured> {
     };
     let (shard, _) = Shard::open(DmaStorage, dir, config, "bench").await?;
     // Let the first spare segment be written before timing, as on a running node.
-    glommio::timer::sleep(Duration::from_millis(200)).await;
+    shard.settled().await;
     let body = Rc::new(vec![b'm'; args.size]);
     let per_writer = args.count / args.writers;
     let started = Instant::now();
@@ -206,6 +233,7 @@ fn report(args: &Args, engine: Measured, raw: Measured) {
             "size": args.size,
             "count": records as u64,
             "writers": args.writers,
+            "repeat": args.repeat.max(1),
             "engine_msgs_per_s": engine_rate,
             "engine_mb_per_s": mb(engine_rate),
             "raw_msgs_per_s": raw_rate,
