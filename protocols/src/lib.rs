@@ -1,2 +1,13 @@
-//! Sans-IO mail protocol sessions (SMTP, POP3; later IMAP, LMTP): bytes in, replies and
-//! storage requests out, with no sockets inside. Filled by issue 3; nothing here yet.
+//! Sans-IO mail protocol sessions: bytes in, replies and storage requests out, no sockets.
+//!
+//! - [`smtp`]: the SMTP server session (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//!   ENHANCEDSTATUSCODES, SMTPUTF8).
+//! - [`pop3`]: the POP3 server session (RFC 1939, RFC 2449 CAPA, RESP-CODES).
+//! - [`address`]: mail addresses as SMTP carries them.
+//! - [`date`]: RFC 5322 dates, for `Received:` headers.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod address;
+pub mod date;
+pub mod pop3;
+pub mod smtp;

@@ -1,0 +1,89 @@
+use super::*;
+
+const MESSAGES: [&[u8]; 2] = [
+    b"Subject: one\r\n\r\nline 1\r\n.dot line\r\nline 3\r\n",
+    b"Subject: two\r\n\r\nbody",
+];
+
+/// Runs a script in chunks; the password is "pw"; returns output and the committed deletions.
+fn drive(script: &[u8], chunk: usize) -> (String, Option<Vec<usize>>) {
+    let mut s = Pop3Session::new(Pop3Limits::default());
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    let mut committed = None;
+    'feed: for piece in script.chunks(chunk) {
+        s.push(piece);
+        loop {
+            match s.step(&mut out) {
+                Step::NeedInput => break,
+                Step::Close => break 'feed,
+                Step::Authenticate { password, .. } => {
+                    let outcome = if password == "pw" {
+                        AuthOutcome::Ok(
+                            MESSAGES
+                                .iter()
+                                .enumerate()
+                                .map(|(i, m)| MaildropEntry {
+                                    uid: format!("uid{i}"),
+                                    size: m.len() as u64,
+                                })
+                                .collect(),
+                        )
+                    } else {
+                        AuthOutcome::BadCredentials
+                    };
+                    s.authenticated(outcome, &mut out);
+                }
+                Step::Fetch { index, top } => {
+                    s.fetched(index, top, Some(MESSAGES[index]), &mut out)
+                }
+                Step::Commit { delete } => {
+                    committed = Some(delete);
+                    s.committed(true, &mut out);
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), committed)
+}
+
+const SCRIPT: &[u8] = b"STAT\r\nUSER a\r\nPASS wrong\r\nUSER a\r\nPASS pw\r\nSTAT\r\nUIDL\r\nRETR 1\r\nTOP 1 1\r\nDELE 2\r\nLIST\r\nRETR 2\r\nRSET\r\nDELE 1\r\nQUIT\r\n";
+
+#[test]
+fn any_chunking_gives_the_same_session() {
+    let (expected, committed) = drive(SCRIPT, SCRIPT.len());
+    assert_eq!(committed, Some(vec![0]));
+    assert!(expected.contains("-ERR [AUTH] authenticate first"));
+    assert!(expected.contains("-ERR [AUTH] invalid user name or password"));
+    assert!(expected.contains("+OK maildrop has 2 messages"));
+    assert!(expected.contains("1 uid0\r\n2 uid1\r\n.\r\n"));
+    assert!(
+        expected.contains("line 1\r\n..dot line\r\nline 3\r\n.\r\n"),
+        "dot-stuffed RETR"
+    );
+    assert!(
+        expected.contains("Subject: one\r\n\r\nline 1\r\n.\r\n"),
+        "TOP 1 1"
+    );
+    assert!(expected.contains("+OK listing follows\r\n1 "));
+    assert!(expected.contains("-ERR message already deleted"));
+    for chunk in [1, 2, 3, 4, 8, 16, 64] {
+        assert_eq!(
+            drive(SCRIPT, chunk),
+            (expected.clone(), committed.clone()),
+            "chunk {chunk}"
+        );
+    }
+}
+
+#[test]
+fn a_message_without_final_newline_is_terminated_properly() {
+    let (out, _) = drive(b"USER a\r\nPASS pw\r\nRETR 2\r\nQUIT\r\n", 3);
+    assert!(out.contains("Subject: two\r\n\r\nbody\r\n.\r\n"));
+}
+
+#[test]
+fn dropping_before_quit_commits_nothing() {
+    let (_, committed) = drive(b"USER a\r\nPASS pw\r\nDELE 1\r\n", 5);
+    assert_eq!(committed, None);
+}

@@ -1,0 +1,575 @@
+//! The SMTP server session (RFC 5321), sans-IO: bytes in, replies and requests out.
+//!
+//! The caller [`push`](SmtpSession::push)es whatever it read and calls
+//! [`step`](SmtpSession::step) until it returns [`Step::NeedInput`]. Replies are appended to
+//! the caller's output buffer. When the session needs the outside world it returns a request
+//! ([`Step::CheckRecipient`], [`Step::Deliver`]) and waits for the matching answer
+//! ([`recipient_checked`](SmtpSession::recipient_checked),
+//! [`delivered`](SmtpSession::delivered)) before going on, so pipelined commands are answered
+//! in order. No sockets, no clocks, no storage inside.
+//!
+//! Extensions: PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 (8-bit and UTF-8 bytes
+//! are accepted and stored as they are). The message is the client's bytes after dot-unstuffing,
+//! exactly; the node prepends a `Received:` header ([`received_header`]).
+
+use crate::address::{parse_path, Mailbox};
+
+/// Limits of a session, each with the default a demanding operator would expect.
+#[derive(Clone, Debug)]
+pub struct SmtpLimits {
+    /// Longest command line, CRLF included (RFC 5321 says at least 512).
+    pub command_line_bytes_max: usize,
+    /// Largest message (announced by SIZE; enforced at MAIL and during DATA).
+    pub message_bytes_max: usize,
+    /// Recipients accepted per message (RFC 5321 requires at least 100).
+    pub recipients_max: usize,
+    /// Errors tolerated before the connection is closed with 421.
+    pub errors_max: u32,
+}
+
+impl Default for SmtpLimits {
+    fn default() -> Self {
+        Self {
+            command_line_bytes_max: 4096,
+            message_bytes_max: 32 << 20,
+            recipients_max: 100,
+            errors_max: 10,
+        }
+    }
+}
+
+/// What the session needs from its caller next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Everything buffered is handled: write the output, read more.
+    NeedInput,
+    /// Is this a local user? Answer with `recipient_checked`.
+    CheckRecipient(Mailbox),
+    /// Store the message for every recipient, durably; answer with `delivered`.
+    Deliver(Envelope),
+    /// Write the output, then close the connection.
+    Close,
+}
+
+/// A message ready to be stored.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The HELO/EHLO name the client gave.
+    pub helo: String,
+    /// Reverse path; empty for the null sender `<>`.
+    pub from: String,
+    pub recipients: Vec<Mailbox>,
+    /// The message exactly as sent, dot-unstuffing undone, CRLFs kept.
+    pub data: Vec<u8>,
+}
+
+/// The answer to [`Step::CheckRecipient`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecipientCheck {
+    Local,
+    Unknown,
+    /// The user directory could not be reached (a storage error): 451, try later.
+    Unavailable,
+}
+
+/// The answer to [`Step::Deliver`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Durable for every recipient; the string names the message in the 250 reply.
+    Stored(String),
+    /// Out of space: 452, the client retries later.
+    NoSpace,
+    /// Any other storage failure: 451, the client retries later.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for EHLO/HELO.
+    Connected,
+    /// Greeted, no transaction.
+    Ready,
+    /// MAIL accepted, recipients being collected.
+    Transaction,
+    /// Receiving message data.
+    Data,
+    /// A request is out; nothing is processed until it is answered.
+    Waiting(Pending),
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Recipient,
+    Delivery,
+}
+
+/// One SMTP connection.
+#[derive(Debug)]
+pub struct SmtpSession {
+    limits: SmtpLimits,
+    hostname: String,
+    local_domains: Vec<String>,
+    state: State,
+    input: Vec<u8>,
+    /// Bytes of `input` already handled.
+    consumed: usize,
+    /// A command line too long: skip to its end.
+    discarding_line: bool,
+    errors: u32,
+    helo: String,
+    from: String,
+    recipients: Vec<Mailbox>,
+    pending_recipient: Option<Mailbox>,
+    data: Vec<u8>,
+    data_too_big: bool,
+    /// The last data line ended in CRLF (so a "." line may end the message).
+    data_at_line_start: bool,
+}
+
+/// Formats a 2- or 3-part reply line.
+fn reply(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+impl SmtpSession {
+    pub fn new(limits: SmtpLimits, hostname: &str, local_domains: &[String]) -> Self {
+        Self {
+            limits,
+            hostname: hostname.to_owned(),
+            local_domains: local_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            state: State::Connected,
+            input: Vec::new(),
+            consumed: 0,
+            discarding_line: false,
+            errors: 0,
+            helo: String::new(),
+            from: String::new(),
+            recipients: Vec::new(),
+            pending_recipient: None,
+            data: Vec::new(),
+            data_too_big: false,
+            data_at_line_start: true,
+        }
+    }
+
+    /// The 220 banner, to send first.
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        reply(out, &format!("220 {} ESMTP porcupine ready", self.hostname));
+    }
+
+    /// The 421 to send when the node shuts down or a client idles too long.
+    pub fn goodbye(&mut self, out: &mut Vec<u8>, why: &str) {
+        reply(out, &format!("421 4.4.2 {} {why}", self.hostname));
+        self.state = State::Closed;
+    }
+
+    /// Adds bytes read from the client.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.consumed > 0 && self.consumed == self.input.len() {
+            self.input.clear();
+            self.consumed = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// True while a DATA transfer is in progress (a dropped connection then stores nothing).
+    pub fn in_data(&self) -> bool {
+        self.state == State::Data
+    }
+
+    /// Handles buffered input until it is used up or the caller must act.
+    pub fn step(&mut self, out: &mut Vec<u8>) -> Step {
+        loop {
+            match self.state {
+                State::Closed => return Step::Close,
+                State::Waiting(_) => return Step::NeedInput,
+                State::Data => {
+                    if let Some(step) = self.step_data(out) {
+                        return step;
+                    }
+                }
+                _ => {
+                    let Some(line) = self.next_line(out) else {
+                        self.compact();
+                        return Step::NeedInput;
+                    };
+                    if let Some(step) = self.command(&line, out) {
+                        return step;
+                    }
+                }
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.consumed > 0 {
+            self.input.drain(..self.consumed);
+            self.consumed = 0;
+        }
+    }
+
+    /// The next complete command line (without CRLF), handling over-long lines.
+    fn next_line(&mut self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+        loop {
+            let rest = &self.input[self.consumed..];
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let line = rest[..end].to_vec();
+                    self.consumed += end + 1;
+                    if self.discarding_line {
+                        self.discarding_line = false;
+                        continue;
+                    }
+                    if line.len() + 1 > self.limits.command_line_bytes_max {
+                        self.error(out, "500 5.5.6 Line too long");
+                        continue;
+                    }
+                    let mut line = line;
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    return Some(line);
+                }
+                None => {
+                    if rest.len() > self.limits.command_line_bytes_max {
+                        if !self.discarding_line {
+                            self.error(out, "500 5.5.6 Line too long");
+                        }
+                        self.discarding_line = true;
+                        self.consumed = self.input.len();
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Sends an error reply and counts it; too many close the connection.
+    fn error(&mut self, out: &mut Vec<u8>, text: &str) {
+        reply(out, text);
+        self.errors += 1;
+        if self.errors >= self.limits.errors_max && self.state != State::Closed {
+            reply(
+                out,
+                &format!("421 4.7.0 {} Too many errors, closing", self.hostname),
+            );
+            self.state = State::Closed;
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.from.clear();
+        self.recipients.clear();
+        self.data = Vec::new();
+        self.data_too_big = false;
+    }
+
+    fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Step> {
+        if line.contains(&0) {
+            self.error(out, "500 5.5.2 NUL byte in command");
+            return None;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            self.error(out, "500 5.5.2 Command is not valid UTF-8");
+            return None;
+        };
+        let (verb, arg) = match text.find(' ') {
+            Some(i) => (&text[..i], text[i + 1..].trim()),
+            None => (text.trim(), ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" | "HELO" if arg.is_empty() => self.error(out, "501 5.5.4 Syntax: EHLO hostname"),
+            "EHLO" => {
+                self.helo = arg.to_owned();
+                self.reset_transaction();
+                self.state = State::Ready;
+                let h = &self.hostname;
+                let max = self.limits.message_bytes_max;
+                out.extend_from_slice(
+                    format!(
+                        "250-{h} greets {arg}\r\n250-PIPELINING\r\n250-SIZE {max}\r\n250-8BITMIME\r\n\
+                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 HELP\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+            "HELO" => {
+                self.helo = arg.to_owned();
+                self.reset_transaction();
+                self.state = State::Ready;
+                reply(out, &format!("250 {}", self.hostname));
+            }
+            "MAIL" => self.mail(arg, out),
+            "RCPT" => return self.rcpt(arg, out),
+            "DATA" => {
+                if !arg.is_empty() {
+                    self.error(out, "501 5.5.4 DATA takes no argument");
+                } else if self.state == State::Connected || self.state == State::Ready {
+                    self.error(out, "503 5.5.1 Need MAIL and RCPT first");
+                } else if self.recipients.is_empty() {
+                    self.error(out, "554 5.5.1 No valid recipients");
+                } else {
+                    reply(out, "354 Start mail input; end with <CRLF>.<CRLF>");
+                    self.state = State::Data;
+                    self.data_at_line_start = true;
+                }
+            }
+            "RSET" => {
+                self.reset_transaction();
+                if self.state != State::Connected {
+                    self.state = State::Ready;
+                }
+                reply(out, "250 2.0.0 Ok");
+            }
+            "NOOP" => reply(out, "250 2.0.0 Ok"),
+            "QUIT" => {
+                reply(
+                    out,
+                    &format!("221 2.0.0 {} closing connection", self.hostname),
+                );
+                self.state = State::Closed;
+                return Some(Step::Close);
+            }
+            "VRFY" => reply(
+                out,
+                "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            "EXPN" => self.error(out, "502 5.5.1 EXPN not supported"),
+            "HELP" => reply(
+                out,
+                "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            ),
+            "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" => {
+                self.error(out, "502 5.5.1 Command not implemented")
+            }
+            _ => self.error(out, "500 5.5.2 Command not recognized"),
+        }
+        None
+    }
+
+    fn mail(&mut self, arg: &str, out: &mut Vec<u8>) {
+        match self.state {
+            State::Connected => return self.error(out, "503 5.5.1 Send EHLO or HELO first"),
+            State::Transaction => return self.error(out, "503 5.5.1 Nested MAIL command"),
+            _ => {}
+        }
+        let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
+            return self.error(out, "501 5.5.4 Syntax: MAIL FROM:<address>");
+        };
+        let (path, params) = split_path(rest.trim_start());
+        let from = match parse_path(path, true) {
+            Ok(from) => from,
+            Err(_) => return self.error(out, "501 5.1.7 Bad sender address syntax"),
+        };
+        for param in params.split_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" => match value.parse::<u64>() {
+                    Ok(size) if size > self.limits.message_bytes_max as u64 => {
+                        return self.error(
+                            out,
+                            "552 5.3.4 Message size exceeds fixed maximum message size",
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.error(out, "501 5.5.4 Bad SIZE value"),
+                },
+                "BODY" => {
+                    if !matches!(value.to_ascii_uppercase().as_str(), "7BIT" | "8BITMIME") {
+                        return self.error(out, "501 5.5.4 BODY must be 7BIT or 8BITMIME");
+                    }
+                }
+                "SMTPUTF8" => {}
+                _ => return self.error(out, "555 5.5.4 Unsupported MAIL parameter"),
+            }
+        }
+        self.reset_transaction();
+        self.from = from.map(|m| m.to_string()).unwrap_or_default();
+        self.state = State::Transaction;
+        reply(out, "250 2.1.0 Ok");
+    }
+
+    fn rcpt(&mut self, arg: &str, out: &mut Vec<u8>) -> Option<Step> {
+        if self.state != State::Transaction {
+            self.error(out, "503 5.5.1 Need MAIL before RCPT");
+            return None;
+        }
+        let Some(rest) = strip_prefix_ci(arg, "TO:") else {
+            self.error(out, "501 5.5.4 Syntax: RCPT TO:<address>");
+            return None;
+        };
+        let (path, params) = split_path(rest.trim_start());
+        if !params.trim().is_empty() {
+            self.error(out, "555 5.5.4 Unsupported RCPT parameter");
+            return None;
+        }
+        let mailbox = match parse_path(path, false) {
+            Ok(Some(mailbox)) => mailbox,
+            _ => {
+                self.error(out, "501 5.1.3 Bad recipient address syntax");
+                return None;
+            }
+        };
+        if self.recipients.len() >= self.limits.recipients_max {
+            // Not counted as an error: the client is expected to send the rest in another transaction.
+            reply(out, "452 4.5.3 Too many recipients");
+            return None;
+        }
+        if !self
+            .local_domains
+            .iter()
+            .any(|d| *d == mailbox.domain_lowercase())
+        {
+            self.error(out, "550 5.7.1 Relaying denied: not a local domain");
+            return None;
+        }
+        self.pending_recipient = Some(mailbox.clone());
+        self.state = State::Waiting(Pending::Recipient);
+        Some(Step::CheckRecipient(mailbox))
+    }
+
+    /// The answer to [`Step::CheckRecipient`].
+    pub fn recipient_checked(&mut self, check: RecipientCheck, out: &mut Vec<u8>) {
+        if self.state != State::Waiting(Pending::Recipient) {
+            return;
+        }
+        self.state = State::Transaction;
+        let Some(mailbox) = self.pending_recipient.take() else {
+            return;
+        };
+        match check {
+            RecipientCheck::Local => {
+                if !self.recipients.contains(&mailbox) {
+                    self.recipients.push(mailbox);
+                }
+                reply(out, "250 2.1.5 Ok");
+            }
+            RecipientCheck::Unknown => self.error(out, "550 5.1.1 No such user here"),
+            RecipientCheck::Unavailable => {
+                reply(out, "451 4.3.0 User directory unavailable, try again later")
+            }
+        }
+    }
+
+    /// Consumes message data; returns a step when the message ends.
+    fn step_data(&mut self, out: &mut Vec<u8>) -> Option<Step> {
+        loop {
+            let rest = &self.input[self.consumed..];
+            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                // Keep a partial line buffered (it may be the terminator), unless it is huge.
+                if rest.len() > 64 << 10 {
+                    let take = rest.len();
+                    self.append_data(take);
+                }
+                self.compact();
+                return Some(Step::NeedInput);
+            };
+            let line_len = end + 1;
+            let line = &rest[..line_len];
+            if self.data_at_line_start && line == b".\r\n" {
+                self.consumed += line_len;
+                return self.end_of_data(out);
+            }
+            let unstuff = usize::from(self.data_at_line_start && line.first() == Some(&b'.'));
+            let ends_with_crlf = line.ends_with(b"\r\n");
+            self.consumed += unstuff;
+            self.append_data(line_len - unstuff);
+            self.data_at_line_start = ends_with_crlf;
+        }
+    }
+
+    /// Moves `len` bytes from input to the message, minding the size limit.
+    fn append_data(&mut self, len: usize) {
+        let bytes = &self.input[self.consumed..self.consumed + len];
+        if !self.data_too_big {
+            if self.data.len() + bytes.len() > self.limits.message_bytes_max {
+                self.data_too_big = true;
+                self.data = Vec::new();
+            } else {
+                self.data.extend_from_slice(bytes);
+            }
+        }
+        if len > 0 {
+            self.data_at_line_start = false;
+        }
+        self.consumed += len;
+    }
+
+    /// `None` when the message was refused and the session goes on with the next command.
+    fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Step> {
+        self.state = State::Ready;
+        if self.data_too_big {
+            self.reset_transaction();
+            reply(
+                out,
+                "552 5.3.4 Message size exceeds fixed maximum message size",
+            );
+            return None;
+        }
+        self.state = State::Waiting(Pending::Delivery);
+        Some(Step::Deliver(Envelope {
+            helo: self.helo.clone(),
+            from: std::mem::take(&mut self.from),
+            recipients: std::mem::take(&mut self.recipients),
+            data: std::mem::take(&mut self.data),
+        }))
+    }
+
+    /// The answer to [`Step::Deliver`]: a 250 only when the message is durable.
+    pub fn delivered(&mut self, outcome: DeliveryOutcome, out: &mut Vec<u8>) {
+        if self.state != State::Waiting(Pending::Delivery) {
+            return;
+        }
+        self.state = State::Ready;
+        self.reset_transaction();
+        match outcome {
+            DeliveryOutcome::Stored(id) => reply(out, &format!("250 2.0.0 Ok: queued as {id}")),
+            DeliveryOutcome::NoSpace => reply(out, "452 4.3.1 Insufficient system storage"),
+            DeliveryOutcome::Failed => {
+                reply(out, "451 4.3.0 Local error in processing, try again later")
+            }
+        }
+    }
+}
+
+fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// Splits `<path> params` at the closing `>` (or the first space for a bare address).
+fn split_path(text: &str) -> (&str, &str) {
+    if text.starts_with('<') {
+        match text.find('>') {
+            Some(end) => (&text[..=end], &text[end + 1..]),
+            None => (text, ""),
+        }
+    } else {
+        match text.find(' ') {
+            Some(i) => (&text[..i], &text[i..]),
+            None => (text, ""),
+        }
+    }
+}
+
+/// The `Received:` header the node prepends (RFC 5321 §4.4); `date` is RFC 5322 text.
+pub fn received_header(
+    helo: &str,
+    peer: &str,
+    hostname: &str,
+    id: &str,
+    recipient: &str,
+    date: &str,
+) -> String {
+    let helo: String = helo.chars().filter(|c| !c.is_control()).take(255).collect();
+    format!("Received: from {helo} ({peer})\r\n\tby {hostname} (porcupine) with ESMTP id {id}\r\n\tfor <{recipient}>; {date}\r\n")
+}
+
+#[cfg(test)]
+mod tests;

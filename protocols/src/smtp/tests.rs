@@ -1,0 +1,143 @@
+use super::*;
+
+fn session() -> SmtpSession {
+    let limits = SmtpLimits {
+        message_bytes_max: 1000,
+        recipients_max: 3,
+        errors_max: 5,
+        ..SmtpLimits::default()
+    };
+    SmtpSession::new(limits, "mx.test", &["localhost".to_owned()])
+}
+
+/// Drives a session over `script` fed in chunks of `chunk` bytes; every local part starting
+/// with "u" exists; deliveries succeed. Returns the output and the delivered envelopes.
+fn drive(script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
+    let mut s = session();
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    let mut delivered = Vec::new();
+    'feed: for piece in script.chunks(chunk) {
+        s.push(piece);
+        loop {
+            match s.step(&mut out) {
+                Step::NeedInput => break,
+                Step::Close => break 'feed,
+                Step::CheckRecipient(m) => {
+                    let check = if m.local.to_lowercase().starts_with('u') {
+                        RecipientCheck::Local
+                    } else {
+                        RecipientCheck::Unknown
+                    };
+                    s.recipient_checked(check, &mut out);
+                }
+                Step::Deliver(envelope) => {
+                    delivered.push(envelope);
+                    s.delivered(DeliveryOutcome::Stored("X1".into()), &mut out);
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), delivered)
+}
+
+fn codes(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| l[..3].to_owned())
+        .collect()
+}
+
+const SCRIPT: &[u8] =
+    b"EHLO client\r\nMAIL FROM:<a@b> SIZE=100 BODY=8BITMIME\r\nRCPT TO:<u1@localhost>\r\n\
+RCPT TO:<nobody@localhost>\r\nRCPT TO:<u2@other.org>\r\nRCPT TO:<U1@localhost>\r\nDATA\r\n\
+..leading dot\r\n.\r\nQUIT\r\n";
+
+#[test]
+fn the_same_script_in_any_chunking_gives_the_same_result() {
+    let (expected, envelopes) = drive(SCRIPT, SCRIPT.len());
+    assert_eq!(
+        codes(&expected),
+        ["220", "250", "250", "250", "550", "550", "250", "354", "250", "221"]
+    );
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].data, b".leading dot\r\n");
+    for chunk in [1, 2, 3, 4, 8, 16, 64, 512] {
+        let (output, again) = drive(SCRIPT, chunk);
+        assert_eq!(output, expected, "chunk {chunk}");
+        assert_eq!(again, envelopes, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn data_is_stored_exactly_after_unstuffing() {
+    let body: &[u8] = b"Subject: t\r\n\r\n..two dots\r\n.\r\nnot the end: a lone dot line was stuffed\r\n\xff\xfe 8-bit\r\n";
+    let mut stuffed = Vec::new();
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    let mut script = b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n".to_vec();
+    script.extend_from_slice(&stuffed);
+    script.extend_from_slice(b".\r\nQUIT\r\n");
+    for chunk in [1, 5, 4096] {
+        let (_, envelopes) = drive(&script, chunk);
+        assert_eq!(envelopes.len(), 1);
+        assert_eq!(envelopes[0].data, body, "chunk {chunk}");
+        assert_eq!(envelopes[0].from, "");
+    }
+}
+
+#[test]
+fn limits_and_order() {
+    let (out, _) = drive(b"MAIL FROM:<a@b>\r\nEHLO x\r\nRCPT TO:<u@localhost>\r\nDATA\r\nMAIL FROM:<a@b> SIZE=5000\r\nQUIT\r\n", 7);
+    assert_eq!(
+        codes(&out),
+        ["220", "503", "250", "503", "503", "552", "221"]
+    );
+    let (out, _) = drive(
+        b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\nRCPT TO:<u2@localhost>\r\nRCPT TO:<u3@localhost>\r\nRCPT TO:<u4@localhost>\r\nQUIT\r\n",
+        3,
+    );
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "250", "452", "221"]
+    );
+    let mut big = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b"0123456789\r\n".to_vec(), 200).flatten());
+    big.extend_from_slice(b".\r\nQUIT\r\n");
+    let (out, envelopes) = drive(&big, 100);
+    assert!(envelopes.is_empty());
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "552", "221"]
+    );
+}
+
+#[test]
+fn garbage_long_lines_and_too_many_errors_close_the_connection() {
+    let mut script = vec![b'A'; 10_000];
+    script.extend_from_slice(
+        b"\r\nNOOP\r\n\x00\x01\x02\r\nBOGUS\r\nBOGUS\r\nBOGUS\r\nBOGUS\r\nNOOP\r\n",
+    );
+    let (out, _) = drive(&script, 1000);
+    let c = codes(&out);
+    assert_eq!(c[..3], ["220", "500", "250"]);
+    assert_eq!(c.last().map(String::as_str), Some("421"));
+    assert!(
+        !c[3..].contains(&"250".to_owned()),
+        "nothing is served after 421: {c:?}"
+    );
+}
+
+#[test]
+fn bare_lf_dot_does_not_end_data() {
+    // SMTP smuggling: "\n.\r\n" must not end the message.
+    let script = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@localhost>\r\nDATA\r\nx\n.\r\nMAIL FROM:<evil@x>\r\n\r\n.\r\nQUIT\r\n";
+    let (_, envelopes) = drive(script, 4);
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].data, b"x\n.\r\nMAIL FROM:<evil@x>\r\n\r\n");
+}
