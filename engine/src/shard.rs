@@ -467,6 +467,16 @@ impl<S: Storage> Shard<S> {
         self.read(location).await
     }
 
+    /// Whether the user has a profile on this shard (that is, exists), without reading it.
+    pub fn has_profile(&self, user: &str) -> bool {
+        self.inner.state.borrow().index.profile(user).is_some()
+    }
+
+    /// Number of users with a profile on this shard.
+    pub fn profile_count(&self) -> usize {
+        self.inner.state.borrow().index.profile_users().count()
+    }
+
     /// The user's newest profile, if any.
     pub async fn read_profile(&self, user: &str) -> Result<Option<Vec<u8>>> {
         let location = self

@@ -558,17 +558,11 @@ fn split_path(text: &str) -> (&str, &str) {
     }
 }
 
-/// The `Received:` header the node prepends (RFC 5321 §4.4); `date` is RFC 5322 text.
-pub fn received_header(
-    helo: &str,
-    peer: &str,
-    hostname: &str,
-    id: &str,
-    recipient: &str,
-    date: &str,
-) -> String {
+/// The `Received:` header the node prepends (RFC 5321 §4.4); `date` is RFC 5322 text. It names
+/// no recipient, so one stored copy serves every recipient's mailbox.
+pub fn received_header(helo: &str, peer: &str, hostname: &str, id: &str, date: &str) -> String {
     let helo: String = helo.chars().filter(|c| !c.is_control()).take(255).collect();
-    format!("Received: from {helo} ({peer})\r\n\tby {hostname} (porcupine) with ESMTP id {id}\r\n\tfor <{recipient}>; {date}\r\n")
+    format!("Received: from {helo} ({peer})\r\n\tby {hostname} (porcupine) with ESMTP id {id};\r\n\t{date}\r\n")
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
-//! `porcupine`: the mail node. Today `serve` runs the storage engine on every core (recovering
-//! each shard, then holding it open) until SIGTERM or SIGINT; SMTP and POP3 arrive with issue 3.
+//! `porcupine`: the mail node (`serve`) and its administration (`user`, `status`).
 
+#[path = "../admin_client.rs"]
+mod admin_client;
+
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use porcupine_engine::{runtime, DmaStorage, EngineConfig, Placement, Shard};
+use porcupine_cluster::node::{self, NodeConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,24 +28,117 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a node: open (and recover) every shard, serve until SIGTERM/SIGINT, then close cleanly.
-    Serve(ServeArgs),
+    /// Run a node: SMTP, POP3 and the admin endpoint, on every core, until SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
+    /// Manage users on a running node.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        /// The node's admin endpoint.
+        #[arg(long, global = true, default_value = "127.0.0.1:8025")]
+        admin: SocketAddr,
+    },
+    /// Show a running node's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "127.0.0.1:8025")]
+        admin: SocketAddr,
+    },
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add a user; the password is read from standard input.
+    Add {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Add users from a file of `EMAIL PASSWORD` lines (`#` starts a comment).
+    Import { file: PathBuf },
+    /// Add COUNT users PREFIX<n>@DOMAIN (n = 1..=COUNT) sharing one password.
+    Bulk {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// List users.
+    List,
+}
+
+/// `serve`'s flags; each may also come from the TOML file given by `--config` (flags win).
+#[derive(clap::Args, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ServeArgs {
-    /// Data directory; repeat for one per disk (each gets a shard per core).
-    #[arg(long = "data", default_value = "./porcupine-data")]
+    /// A TOML file with the same keys as these flags (e.g. `smtp = "127.0.0.1:2525"`).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Data directory; repeat for one per disk (each gets a shard per core). Default ./porcupine-data
+    #[arg(long = "data")]
+    #[serde(default)]
     data: Vec<PathBuf>,
-    /// Executors (one per core); default: every core.
+    /// SMTP listen address [default: 127.0.0.1:2525]
+    #[arg(long)]
+    smtp: Option<SocketAddr>,
+    /// POP3 listen address [default: 127.0.0.1:1110]
+    #[arg(long)]
+    pop3: Option<SocketAddr>,
+    /// IMAP listen address (accepted; IMAP is not implemented yet)
+    #[arg(long)]
+    imap: Option<SocketAddr>,
+    /// Admin HTTP address [default: 127.0.0.1:8025]
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Cluster address (accepted; the cluster arrives with issue 5) [default: 127.0.0.1:7946]
+    #[arg(long)]
+    cluster: Option<SocketAddr>,
+    /// Seeds to join (accepted; the cluster arrives with issue 5)
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    join: Vec<SocketAddr>,
+    /// A local mail domain; repeat for several [default: localhost]
+    #[arg(long = "domain")]
+    #[serde(default)]
+    domain: Vec<String>,
+    /// Replication factor (accepted; 1 on a single node until issue 6)
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Executors, one per core [default: every core]
     #[arg(long)]
     cores: Option<usize>,
-    /// Segment file size in MiB.
-    #[arg(long, default_value_t = 128)]
-    segment_mib: u64,
-    /// Do not pin executors to cores (for shared or small machines).
+    /// The host name in the SMTP banner and Received headers [default: the first domain]
     #[arg(long)]
+    hostname: Option<String>,
+    /// Largest message in bytes [default: 33554432]
+    #[arg(long)]
+    message_bytes_max: Option<usize>,
+    /// Recipients per message [default: 100]
+    #[arg(long)]
+    recipients_max: Option<usize>,
+    /// Open SMTP+POP3 connections per node [default: 4096]
+    #[arg(long)]
+    connections_max: Option<usize>,
+    /// Seconds an idle SMTP session is kept [default: 300]
+    #[arg(long)]
+    smtp_idle_s: Option<u64>,
+    /// Segment file size in MiB [default: 128]
+    #[arg(long)]
+    segment_mib: Option<u64>,
+    /// Do not pin executors to cores
+    #[arg(long)]
+    #[serde(default)]
     no_pin: bool,
+    /// Do not create a first user on an empty node
+    #[arg(long)]
+    #[serde(default)]
+    no_first_user: bool,
 }
 
 fn main() {
@@ -54,7 +151,9 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::User { command, admin } => user(command, admin),
+        Command::Status { json, admin } => status(json, admin),
     };
     if let Err(error) = result {
         eprintln!("porcupine: {error:#}");
@@ -62,128 +161,244 @@ fn main() {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    let available = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+fn merge(flags: ServeArgs) -> Result<ServeArgs> {
+    let Some(path) = &flags.config else {
+        return Ok(flags);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: ServeArgs =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    Ok(ServeArgs {
+        config: flags.config,
+        data: if flags.data.is_empty() {
+            file.data
+        } else {
+            flags.data
+        },
+        smtp: flags.smtp.or(file.smtp),
+        pop3: flags.pop3.or(file.pop3),
+        imap: flags.imap.or(file.imap),
+        admin: flags.admin.or(file.admin),
+        cluster: flags.cluster.or(file.cluster),
+        join: if flags.join.is_empty() {
+            file.join
+        } else {
+            flags.join
+        },
+        domain: if flags.domain.is_empty() {
+            file.domain
+        } else {
+            flags.domain
+        },
+        replicas: flags.replicas.or(file.replicas),
+        cores: flags.cores.or(file.cores),
+        hostname: flags.hostname.or(file.hostname),
+        message_bytes_max: flags.message_bytes_max.or(file.message_bytes_max),
+        recipients_max: flags.recipients_max.or(file.recipients_max),
+        connections_max: flags.connections_max.or(file.connections_max),
+        smtp_idle_s: flags.smtp_idle_s.or(file.smtp_idle_s),
+        segment_mib: flags.segment_mib.or(file.segment_mib),
+        no_pin: flags.no_pin || file.no_pin,
+        no_first_user: flags.no_first_user || file.no_first_user,
+    })
+}
+
+fn serve(flags: ServeArgs) -> Result<()> {
+    let args = merge(flags)?;
+    let defaults = NodeConfig::default();
+    let available = defaults.cores;
     let cores = args.cores.unwrap_or(available);
     if cores == 0 || cores > available {
         bail!("--cores must be between 1 and {available} on this machine (got {cores})");
     }
-    let config = EngineConfig {
-        segment_bytes: args.segment_mib << 20,
-        ..EngineConfig::default()
+    if args.imap.is_some() {
+        tracing::warn!("--imap is accepted but IMAP is not implemented yet");
+    }
+    if !args.join.is_empty() || args.replicas.is_some_and(|r| r > 1) {
+        tracing::warn!(
+            "--join/--replicas are accepted but this build runs a single node (cluster: issue 5)"
+        );
+    }
+    let domains: Vec<String> = if args.domain.is_empty() {
+        defaults.domains.clone()
+    } else {
+        args.domain.iter().map(|d| d.to_lowercase()).collect()
     };
-    config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("invalid settings")?;
-    for dir in &args.data {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    }
-    let fds = runtime::raise_fd_limit();
-    let placement = Placement::new(cores, args.data.clone());
-    let (stop_tx, stop_rx) = flume::unbounded::<()>();
-    let (ready_tx, ready_rx) = flume::unbounded::<Result<String, String>>();
-    let mut executors = Vec::new();
-    for core in 0..cores {
-        let builder =
-            runtime::executor_builder(&format!("porcupine-{core}"), core, cores, !args.no_pin)?;
-        let shards = placement.shards_of_core(core);
-        let config = config.clone();
-        let stop_rx = stop_rx.clone();
-        let ready_tx = ready_tx.clone();
-        let handle = builder
-            .spawn(move || async move { run_core(core, shards, config, stop_rx, ready_tx).await })
-            .map_err(runtime::explain_start_failure)?;
-        executors.push(handle);
-    }
-    drop(ready_tx);
-    for _ in 0..cores {
-        match ready_rx.recv() {
-            Ok(Ok(summary)) => tracing::info!("{summary}"),
-            Ok(Err(error)) => {
-                drop(stop_tx);
-                bail!("{error}");
-            }
-            Err(_) => bail!("an executor stopped during start-up"),
-        }
-    }
-    tracing::info!(
+    let mut config = NodeConfig {
+        data_dirs: if args.data.is_empty() {
+            defaults.data_dirs.clone()
+        } else {
+            args.data.clone()
+        },
         cores,
-        shards = placement.shard_count(),
-        open_files_limit = fds,
-        "porcupine storage node is up; SMTP and POP3 arrive with the protocol layer (issue 3). Stop with SIGTERM or Ctrl-C."
-    );
+        pin: !args.no_pin,
+        smtp: args.smtp.unwrap_or(defaults.smtp),
+        pop3: args.pop3.unwrap_or(defaults.pop3),
+        admin: args.admin.unwrap_or(defaults.admin),
+        cluster: args.cluster.unwrap_or(defaults.cluster),
+        join: args.join.clone(),
+        hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
+        domains,
+        first_user: !args.no_first_user,
+        ..defaults
+    };
+    if let Some(bytes) = args.message_bytes_max {
+        config.smtp_limits.message_bytes_max = bytes;
+    }
+    if let Some(n) = args.recipients_max {
+        if n < 100 {
+            bail!("--recipients-max must be at least 100 (RFC 5321 §4.5.3.1.8)");
+        }
+        config.smtp_limits.recipients_max = n;
+    }
+    if let Some(n) = args.connections_max {
+        config.connections_max = n;
+    }
+    if let Some(s) = args.smtp_idle_s {
+        config.smtp_idle_timeout = Duration::from_secs(s);
+    }
+    if let Some(mib) = args.segment_mib {
+        config.engine.segment_bytes = mib << 20;
+    }
+    config.engine.record_bytes_max = config
+        .engine
+        .record_bytes_max
+        .max(config.smtp_limits.message_bytes_max + 4096);
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .context("cannot install signal handlers")?;
+    let handle = node::start(config.clone())?;
+    if let Some((email, password)) = &handle.first_user {
+        println!("created the first user: {email} with password {password}");
+    }
+    println!(
+        "porcupine is serving on {} cores: SMTP {}, POP3 {}, admin http://{} (domains: {})",
+        config.cores,
+        config.smtp,
+        config.pop3,
+        config.admin,
+        config.domains.join(", ")
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
     if let Some(signal) = signals.forever().next() {
         tracing::info!(
             signal,
-            "stopping: finishing queued writes and writing checkpoints"
+            "stopping: closing listeners, finishing sessions, flushing"
         );
     }
-    drop(stop_tx);
-    for handle in executors {
-        handle
-            .join()
-            .map_err(|e| anyhow::anyhow!("executor failed: {e}"))?
-            .map_err(anyhow::Error::msg)?;
-    }
+    handle.stop()?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn run_core(
-    core: usize,
-    addresses: Vec<porcupine_engine::placement::ShardAddress>,
-    config: EngineConfig,
-    stop: flume::Receiver<()>,
-    ready: flume::Sender<Result<String, String>>,
-) -> Result<(), String> {
-    let mut shards = Vec::new();
-    let mut summary = Vec::new();
-    for address in addresses {
-        let name = format!("shard-{}", address.shard);
-        match Shard::open(DmaStorage, &address.dir, config.clone(), &name).await {
-            Ok((shard, report)) => {
-                summary.push(format!(
-                    "{name} at {}: {} messages in {} segments, recovered in {:?}{}",
-                    address.dir.display(),
-                    report.messages,
-                    report.segments,
-                    report.elapsed,
-                    if report.from_checkpoint {
-                        " from checkpoint"
-                    } else {
-                        ""
-                    }
-                ));
-                shards.push(shard);
+fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
+    let long = Duration::from_secs(3600);
+    let (status, body) = match command {
+        UserCommand::Add {
+            email,
+            password_stdin,
+        } => {
+            if !password_stdin {
+                bail!("give the password on standard input with --password-stdin (it never goes on a command line)");
             }
-            Err(error) => {
-                let message = format!(
-                    "core {core}: cannot open {}: {error}",
-                    address.dir.display()
-                );
-                let _ = ready.send(Err(message.clone()));
-                return Err(message);
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("empty password on standard input");
             }
+            admin_client::request(
+                admin,
+                "POST",
+                "/users",
+                format!("{email}\n{password}").as_bytes(),
+                long,
+            )?
         }
-    }
-    let _ = ready.send(Ok(format!("core {core}: {}", summary.join("; "))));
-    // Every sender dropped means: stop.
-    let _ = stop.recv_async().await;
-    let mut failure = None;
-    for shard in shards {
-        if let Err(error) = shard.close().await {
-            failure = Some(format!("closing {}: {error}", shard.name()));
+        UserCommand::Import { file } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            admin_client::request(admin, "POST", "/users/import", &body, long)?
         }
+        UserCommand::Bulk {
+            count,
+            prefix,
+            domain,
+            password,
+        } => {
+            let body = serde_json::json!({ "count": count, "prefix": prefix, "domain": domain, "password": password });
+            admin_client::request(
+                admin,
+                "POST",
+                "/users/bulk",
+                body.to_string().as_bytes(),
+                long,
+            )?
+        }
+        UserCommand::List => admin_client::request(admin, "GET", "/users", b"", long)?,
+    };
+    print!("{body}");
+    if !body.ends_with('\n') && !body.is_empty() {
+        println!();
     }
-    glommio::timer::sleep(Duration::from_millis(1)).await;
-    failure.map_or(Ok(()), Err)
+    if !(200..300).contains(&status) {
+        bail!("the node answered {status}");
+    }
+    Ok(())
+}
+
+fn status(json: bool, admin: SocketAddr) -> Result<()> {
+    let (code, body) =
+        admin_client::request(admin, "GET", "/status", b"", Duration::from_secs(30))?;
+    if code != 200 {
+        bail!("the node answered {code}: {body}");
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("the node's status is not JSON")?;
+    let node = &v["node"];
+    println!(
+        "node {} (porcupine {}), {} cores, up {} s",
+        node["hostname"].as_str().unwrap_or("?"),
+        node["version"].as_str().unwrap_or("?"),
+        node["cores"],
+        node["uptime_s"]
+    );
+    println!(
+        "SMTP {}  POP3 {}  admin {}",
+        node["smtp"].as_str().unwrap_or("?"),
+        node["pop3"].as_str().unwrap_or("?"),
+        node["admin"].as_str().unwrap_or("?")
+    );
+    println!("domains: {}", node["domains"]);
+    println!("users: {}  messages: {}", v["users"], v["messages"]);
+    println!("members: {}", v["members"]);
+    for shard in v["shards"].as_array().into_iter().flatten() {
+        println!(
+            "  {} core {} {}: {} messages, {} users, {} segments, {} fsyncs, ack p99 {} µs{}",
+            shard["name"].as_str().unwrap_or("?"),
+            shard["core"],
+            shard["dir"].as_str().unwrap_or("?"),
+            shard["messages"],
+            shard["users"],
+            shard["segments"],
+            shard["fsyncs"],
+            shard["ack_p99_us"],
+            if shard["poisoned"].is_null() {
+                String::new()
+            } else {
+                format!("  POISONED: {}", shard["poisoned"])
+            }
+        );
+    }
+    Ok(())
 }

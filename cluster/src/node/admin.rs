@@ -1,0 +1,406 @@
+//! The admin endpoint: a small HTTP/1.1 server on loopback (one request per connection).
+//!
+//! | method | path            | body                                   | answer |
+//! |--------|-----------------|----------------------------------------|--------|
+//! | GET    | `/status`       |                                        | JSON: node, epoch, members, shards, users |
+//! | GET    | `/metrics`      |                                        | Prometheus text |
+//! | GET    | `/users`        |                                        | one address per line |
+//! | POST   | `/users`        | `EMAIL\nPASSWORD`                      | 201, 409 if it exists, 400 if invalid |
+//! | POST   | `/users/import` | lines `EMAIL PASSWORD` (`#` comments)  | JSON counts |
+//! | POST   | `/users/bulk`   | JSON `{count, prefix, domain, password}` | JSON counts; users `PREFIX<n>@DOMAIN`, n from 1; one hash shared by all |
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::metrics::NodeMetrics;
+use super::users;
+use super::NodeContext;
+
+const HEAD_BYTES_MAX: usize = 16 << 10;
+const BODY_BYTES_MAX: usize = 256 << 20;
+/// Profile writes in flight during bulk creation.
+const BULK_PARALLELISM: usize = 1024;
+
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+fn text(status: u16, body: impl Into<String>) -> Response {
+    Response {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.into().into_bytes(),
+    }
+}
+
+fn json(status: u16, value: serde_json::Value) -> Response {
+    Response {
+        status,
+        content_type: "application/json",
+        body: value.to_string().into_bytes(),
+    }
+}
+
+pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>) {
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    let response = match read_request(&mut stream).await {
+        Ok(request) => route(request, &context).await,
+        Err(response) => response,
+    };
+    let reason = match response.status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&response.body).await;
+    let _ = stream.flush().await;
+    let _ = stream.close().await;
+}
+
+async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let head_end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if data.len() > HEAD_BYTES_MAX {
+            return Err(text(413, "request head too large\n"));
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Err(text(400, "incomplete request\n")),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let method = request_line.next().unwrap_or("").to_owned();
+    let path = request_line.next().unwrap_or("").to_owned();
+    let mut length = 0usize;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| text(400, "bad Content-Length\n"))?;
+            }
+        }
+    }
+    if length > BODY_BYTES_MAX {
+        return Err(text(413, "body too large\n"));
+    }
+    let mut body = data[head_end + 4..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Err(text(400, "incomplete body\n")),
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    body.truncate(length);
+    Ok(Request { method, path, body })
+}
+
+async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
+    let path = request.path.split('?').next().unwrap_or("");
+    match (request.method.as_str(), path) {
+        ("GET", "/status") => json(200, status(context).await),
+        ("GET", "/metrics") => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: metrics(context).await.into_bytes(),
+        },
+        ("GET", "/users") => {
+            let mut body = context.router.list_users().await.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            text(200, body)
+        }
+        ("POST", "/users") => {
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            let (email, password) = body.split_once('\n').unwrap_or((body.as_str(), ""));
+            let password = password.strip_suffix('\n').unwrap_or(password);
+            match add_user(context, email.trim(), password, None).await {
+                Ok(()) => text(201, format!("created {}\n", email.trim().to_lowercase())),
+                Err((status, message)) => text(status, message),
+            }
+        }
+        ("POST", "/users/import") => import(context, &request.body).await,
+        ("POST", "/users/bulk") => bulk(context, &request.body).await,
+        _ => text(404, "not found: try /status, /metrics, /users\n"),
+    }
+}
+
+/// Creates a user; `hash` reuses an existing password hash (bulk creation).
+async fn add_user(
+    context: &NodeContext,
+    email: &str,
+    password: &str,
+    hash: Option<&str>,
+) -> Result<(), (u16, String)> {
+    let email = email.to_lowercase();
+    if !users::valid_user(&email) {
+        return Err((400, format!("invalid address {email:?}\n")));
+    }
+    if password.is_empty() {
+        return Err((400, "empty password\n".into()));
+    }
+    match context.router.user_exists(&email).await {
+        Ok(true) => return Err((409, format!("{email} exists\n"))),
+        Ok(false) => {}
+        Err(_) => return Err((500, "storage unavailable\n".into())),
+    }
+    let phc = match hash {
+        Some(hash) => hash.to_owned(),
+        None => users::hash_password(password).map_err(|e| (500, e))?,
+    };
+    context
+        .router
+        .put_profile(&email, Arc::new(users::encode_profile(&phc)))
+        .await
+        .map_err(|e| (500, format!("storage error: {e:?}\n")))
+}
+
+async fn import(context: &NodeContext, body: &[u8]) -> Response {
+    let text_body = String::from_utf8_lossy(body);
+    let (mut created, mut failed) = (0u64, Vec::new());
+    for (n, line) in text_body.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(email), Some(password)) = (fields.next(), fields.next()) else {
+            failed.push(format!("line {}: expected `EMAIL PASSWORD`", n + 1));
+            continue;
+        };
+        match add_user(context, email, password, None).await {
+            Ok(()) => created += 1,
+            Err((_, message)) => failed.push(format!("line {}: {}", n + 1, message.trim())),
+        }
+    }
+    json(
+        200,
+        serde_json::json!({ "created": created, "failed": failed }),
+    )
+}
+
+async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
+    #[derive(serde::Deserialize)]
+    struct Bulk {
+        count: u64,
+        prefix: String,
+        domain: String,
+        password: String,
+    }
+    let spec: Bulk = match serde_json::from_slice(body) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return text(
+                400,
+                format!("expected JSON {{count, prefix, domain, password}}: {e}\n"),
+            )
+        }
+    };
+    if spec.password.is_empty() || !users::valid_user(&format!("{}1@{}", spec.prefix, spec.domain))
+    {
+        return text(400, "invalid prefix, domain or password\n");
+    }
+    let started = Instant::now();
+    let phc = match users::hash_password(&spec.password) {
+        Ok(phc) => Arc::new(users::encode_profile(&phc)),
+        Err(e) => return text(500, e),
+    };
+    let mut in_flight = std::collections::VecDeque::new();
+    let (mut created, mut failed) = (0u64, 0u64);
+    for n in 1..=spec.count {
+        let email = format!("{}{n}@{}", spec.prefix, spec.domain).to_lowercase();
+        let router = context.router.clone();
+        let profile = phc.clone();
+        in_flight.push_back(glommio::spawn_local(async move {
+            router.put_profile(&email, profile).await
+        }));
+        if in_flight.len() >= BULK_PARALLELISM {
+            if let Some(task) = in_flight.pop_front() {
+                match task.await {
+                    Ok(()) => created += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+    }
+    for task in in_flight {
+        match task.await {
+            Ok(()) => created += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    json(
+        200,
+        serde_json::json!({ "created": created, "failed": failed, "seconds": started.elapsed().as_secs_f64() }),
+    )
+}
+
+async fn status(context: &NodeContext) -> serde_json::Value {
+    let shards = context.router.reports().await;
+    let users: usize = shards.iter().map(|s| s.users).sum();
+    let messages: u64 = shards.iter().map(|s| s.messages).sum();
+    let config = &context.config;
+    serde_json::json!({
+        "node": {
+            "hostname": config.hostname,
+            "version": env!("CARGO_PKG_VERSION"),
+            "cores": context.router.cores(),
+            "domains": config.domains,
+            "smtp": config.smtp.to_string(),
+            "pop3": config.pop3.to_string(),
+            "admin": config.admin.to_string(),
+            "uptime_s": context.started.elapsed().as_secs(),
+        },
+        "epoch": null,
+        "members": [{ "address": config.cluster.to_string(), "load": 0, "self": true }],
+        "buckets": { "total": 0, "owned": 0, "note": "single node: the cluster layer arrives with issue 5" },
+        "users": users,
+        "messages": messages,
+        "shards": shards,
+    })
+}
+
+async fn metrics(context: &NodeContext) -> String {
+    use std::fmt::Write;
+    let m = &context.metrics;
+    let mut out = String::new();
+    let counters = [
+        (
+            "porcupine_smtp_sessions_total",
+            "SMTP connections accepted",
+            &m.smtp_sessions,
+        ),
+        (
+            "porcupine_pop3_sessions_total",
+            "POP3 connections accepted",
+            &m.pop3_sessions,
+        ),
+        (
+            "porcupine_sessions_refused_total",
+            "connections refused over the limit",
+            &m.sessions_refused,
+        ),
+        (
+            "porcupine_deliveries_total",
+            "messages accepted with 250",
+            &m.messages_accepted,
+        ),
+        (
+            "porcupine_recipients_delivered_total",
+            "mailbox copies stored",
+            &m.recipients_delivered,
+        ),
+        (
+            "porcupine_delivered_bytes_total",
+            "bytes of messages accepted",
+            &m.bytes_accepted,
+        ),
+        (
+            "porcupine_pop3_retrieved_total",
+            "messages retrieved by POP3",
+            &m.messages_retrieved,
+        ),
+        (
+            "porcupine_pop3_deleted_total",
+            "messages deleted by POP3",
+            &m.messages_deleted,
+        ),
+        (
+            "porcupine_pop3_errors_total",
+            "POP3 -ERR replies",
+            &m.pop3_errors,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            NodeMetrics::get(counter)
+        );
+    }
+    let _ = writeln!(out, "# HELP porcupine_smtp_replies_total SMTP replies by code\n# TYPE porcupine_smtp_replies_total counter");
+    for (code, count) in m.smtp_replies() {
+        let _ = writeln!(
+            out,
+            "porcupine_smtp_replies_total{{code=\"{code}\"}} {count}"
+        );
+    }
+    let shards = context.router.reports().await;
+    let per_shard: [(&str, &str, fn(&super::service::ShardReport) -> f64); 8] = [
+        ("porcupine_shard_messages", "messages stored", |s| {
+            s.messages as f64
+        }),
+        (
+            "porcupine_shard_appended_bytes_total",
+            "bytes appended to the log",
+            |s| s.appended_bytes as f64,
+        ),
+        (
+            "porcupine_shard_fsyncs_total",
+            "group-commit fdatasyncs",
+            |s| s.fsyncs as f64,
+        ),
+        (
+            "porcupine_shard_records_per_fsync_mean",
+            "mean records per fdatasync",
+            |s| s.records_per_fsync_mean,
+        ),
+        (
+            "porcupine_shard_fsync_p50_seconds",
+            "fdatasync latency p50",
+            |s| s.fsync_p50_us as f64 / 1e6,
+        ),
+        (
+            "porcupine_shard_fsync_p99_seconds",
+            "fdatasync latency p99",
+            |s| s.fsync_p99_us as f64 / 1e6,
+        ),
+        (
+            "porcupine_shard_ack_p99_seconds",
+            "append-to-durable latency p99",
+            |s| s.ack_p99_us as f64 / 1e6,
+        ),
+        (
+            "porcupine_shard_ack_p999_seconds",
+            "append-to-durable latency p99.9",
+            |s| s.ack_p999_us as f64 / 1e6,
+        ),
+    ];
+    for (name, help, value) in per_shard {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in &shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.name, value(s));
+        }
+    }
+    out
+}

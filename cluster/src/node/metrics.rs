@@ -1,0 +1,77 @@
+//! Node-wide counters for `/metrics`: relaxed atomics, one increment per event, no locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug)]
+pub struct NodeMetrics {
+    pub smtp_sessions: AtomicU64,
+    pub pop3_sessions: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub recipients_delivered: AtomicU64,
+    pub bytes_accepted: AtomicU64,
+    pub messages_retrieved: AtomicU64,
+    pub messages_deleted: AtomicU64,
+    /// SMTP replies by code (200–599); index = code.
+    smtp_replies: Vec<AtomicU64>,
+    pub pop3_errors: AtomicU64,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self {
+            smtp_sessions: AtomicU64::new(0),
+            pop3_sessions: AtomicU64::new(0),
+            sessions_refused: AtomicU64::new(0),
+            messages_accepted: AtomicU64::new(0),
+            recipients_delivered: AtomicU64::new(0),
+            bytes_accepted: AtomicU64::new(0),
+            messages_retrieved: AtomicU64::new(0),
+            messages_deleted: AtomicU64::new(0),
+            smtp_replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            pop3_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl NodeMetrics {
+    /// Counts the final reply lines ("NNN ") found in freshly written SMTP output.
+    pub fn count_smtp_replies(&self, output: &[u8]) {
+        for line in output.split(|&b| b == b'\n') {
+            if line.len() >= 4 && line[3] == b' ' && line[..3].iter().all(u8::is_ascii_digit) {
+                let code = usize::from(line[0] - b'0') * 100
+                    + usize::from(line[1] - b'0') * 10
+                    + usize::from(line[2] - b'0');
+                if let Some(counter) = self.smtp_replies.get(code) {
+                    add(counter, 1);
+                }
+            }
+        }
+    }
+
+    pub fn count_pop3_errors(&self, output: &[u8]) {
+        let errors = output
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"-ERR"))
+            .count();
+        add(&self.pop3_errors, errors as u64);
+    }
+
+    /// (code, count) for every SMTP reply code seen.
+    pub fn smtp_replies(&self) -> Vec<(usize, u64)> {
+        self.smtp_replies
+            .iter()
+            .enumerate()
+            .map(|(code, c)| (code, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

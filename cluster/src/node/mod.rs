@@ -1,0 +1,432 @@
+//! One node: an executor per core, each owning its shards and accepting its own SMTP and POP3
+//! connections (SO_REUSEPORT); the admin endpoint on core 0. Cores share nothing but channels.
+//!
+//! Start: every core opens (recovers) its shards, then all cores start listening. Stop
+//! ([`NodeHandle::stop`]): listeners close, idle sessions get 421 / -ERR, sessions in DATA may
+//! finish within the grace period, then every shard closes (queued writes finish, checkpoints
+//! are written).
+
+pub mod admin;
+pub mod conn;
+pub mod metrics;
+pub mod pop3_conn;
+pub mod service;
+pub mod smtp_conn;
+pub mod users;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use porcupine_engine::{runtime, DmaStorage, EngineConfig, Placement, Shard};
+use porcupine_protocols::pop3::Pop3Limits;
+use porcupine_protocols::smtp::SmtpLimits;
+
+use self::conn::ConnectionCount;
+use self::metrics::NodeMetrics;
+use self::service::{CoreService, Request, Router};
+
+/// Everything a node needs to know; defaults as in DESIGN.md §6.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dirs: Vec<PathBuf>,
+    pub cores: usize,
+    pub pin: bool,
+    pub smtp: SocketAddr,
+    pub pop3: SocketAddr,
+    pub admin: SocketAddr,
+    /// Accepted and shown; the cluster layer arrives with issue 5.
+    pub cluster: SocketAddr,
+    pub join: Vec<SocketAddr>,
+    pub domains: Vec<String>,
+    pub hostname: String,
+    pub engine: EngineConfig,
+    pub smtp_limits: SmtpLimits,
+    pub pop3_limits: Pop3Limits,
+    pub smtp_idle_timeout: Duration,
+    pub pop3_idle_timeout: Duration,
+    /// Open SMTP + POP3 connections per node.
+    pub connections_max: usize,
+    /// How long sessions may take to finish after a stop.
+    pub shutdown_grace: Duration,
+    /// Create a first user (and print its password) when the node has none.
+    pub first_user: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let addr = |text: &str| {
+            text.parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
+        Self {
+            data_dirs: vec![PathBuf::from("./porcupine-data")],
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            pin: true,
+            smtp: addr("127.0.0.1:2525"),
+            pop3: addr("127.0.0.1:1110"),
+            admin: addr("127.0.0.1:8025"),
+            cluster: addr("127.0.0.1:7946"),
+            join: Vec::new(),
+            domains: vec!["localhost".into()],
+            hostname: "localhost".into(),
+            engine: EngineConfig::default(),
+            smtp_limits: SmtpLimits::default(),
+            pop3_limits: Pop3Limits::default(),
+            smtp_idle_timeout: Duration::from_secs(300),
+            pop3_idle_timeout: Duration::from_secs(600),
+            connections_max: 4096,
+            shutdown_grace: Duration::from_secs(20),
+            first_user: true,
+        }
+    }
+}
+
+/// What every connection handler reads: configuration, routing, counters.
+#[derive(Debug)]
+pub struct NodeContext {
+    pub config: NodeConfig,
+    pub router: Router,
+    pub metrics: NodeMetrics,
+    pub started: Instant,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    stop: Option<flume::Sender<()>>,
+    drained: flume::Receiver<()>,
+    context: Arc<NodeContext>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The first user's address and password, if this start created one.
+    pub first_user: Option<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Start(String),
+}
+
+fn start_error(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Start(e.to_string())
+}
+
+/// Starts a node and returns once it accepts connections.
+pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    if config.cores == 0 {
+        return Err(NodeError::Start("cores must be at least 1".into()));
+    }
+    config.engine.validate().map_err(start_error)?;
+    for dir in &config.data_dirs {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            start_error(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    runtime::raise_fd_limit();
+    // Bind once here so a taken port is a clear error before anything starts.
+    for (name, addr) in [
+        ("SMTP", config.smtp),
+        ("POP3", config.pop3),
+        ("admin", config.admin),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| start_error(format!("cannot listen for {name} on {addr}: {e}")))?;
+    }
+    let placement = Placement::new(config.cores, config.data_dirs.clone());
+    let (request_txs, request_rxs): (Vec<_>, Vec<_>) = (0..config.cores)
+        .map(|_| flume::unbounded::<Request>())
+        .unzip();
+    let context = Arc::new(NodeContext {
+        config: config.clone(),
+        router: Router::new(placement.clone(), request_txs),
+        metrics: NodeMetrics::default(),
+        started: Instant::now(),
+    });
+    let (stop_tx, stop_rx) = flume::unbounded::<()>();
+    let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
+    let (listen_tx, listen_rx) = flume::unbounded::<()>();
+    let (drained_tx, drained_rx) = flume::unbounded::<()>();
+    let mut executors = Vec::new();
+    for (core, requests) in request_rxs.into_iter().enumerate() {
+        let builder =
+            runtime::executor_builder(&format!("porcupine-{core}"), core, config.cores, config.pin)
+                .map_err(start_error)?;
+        let (context, placement, stop, ready, listen, drained) = (
+            context.clone(),
+            placement.clone(),
+            stop_rx.clone(),
+            ready_tx.clone(),
+            listen_rx.clone(),
+            drained_tx.clone(),
+        );
+        let handle = builder
+            .spawn(move || async move {
+                run_core(
+                    core, placement, context, requests, stop, ready, listen, drained,
+                )
+                .await
+            })
+            .map_err(|e| start_error(runtime::explain_start_failure(e)))?;
+        executors.push(handle);
+    }
+    drop((ready_tx, drained_tx));
+    let mut failure = None;
+    for _ in 0..config.cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("an executor stopped during start-up".into()),
+        }
+    }
+    if let Some(error) = failure {
+        drop(stop_tx);
+        drop(listen_rx);
+        let _ = context.router.clone();
+        return Err(NodeError::Start(error));
+    }
+    let first_user = if config.first_user {
+        ensure_first_user(&context)?
+    } else {
+        None
+    };
+    // Everything is open: start accepting.
+    drop(listen_rx);
+    let _ = &listen_tx;
+    drop(listen_tx);
+    Ok(NodeHandle {
+        stop: Some(stop_tx),
+        drained: drained_rx,
+        context,
+        executors,
+        first_user,
+    })
+}
+
+/// Creates `postmaster@<first domain>` with a random password if the node has no user.
+fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, String)>, NodeError> {
+    let router = context.router.clone();
+    let domain = context
+        .config
+        .domains
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let done = runtime::run_local(move || async move {
+        if !router.list_users().await.is_empty() {
+            return Ok(None);
+        }
+        let password: String = {
+            use rand::Rng;
+            const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+            let mut rng = rand::thread_rng();
+            (0..16)
+                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+                .collect()
+        };
+        let email = format!("postmaster@{domain}");
+        let phc = users::hash_password(&password)?;
+        router
+            .put_profile(&email, Arc::new(users::encode_profile(&phc)))
+            .await
+            .map_err(|e| format!("cannot store the first user: {e:?}"))?;
+        Ok::<_, String>(Some((email, password)))
+    })
+    .map_err(start_error)?;
+    done.map_err(NodeError::Start)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_core(
+    core: usize,
+    placement: Placement,
+    context: Arc<NodeContext>,
+    requests: flume::Receiver<Request>,
+    stop: flume::Receiver<()>,
+    ready: flume::Sender<Result<(), String>>,
+    listen: flume::Receiver<()>,
+    drained: flume::Sender<()>,
+) {
+    let mut shards = HashMap::new();
+    for address in placement.shards_of_core(core) {
+        let name = format!("shard-{}", address.shard);
+        match Shard::open(
+            DmaStorage,
+            &address.dir,
+            context.config.engine.clone(),
+            &name,
+        )
+        .await
+        {
+            Ok((shard, report)) => {
+                tracing::info!(
+                    shard = name, dir = %address.dir.display(), messages = report.messages, segments = report.segments,
+                    from_checkpoint = report.from_checkpoint, elapsed = ?report.elapsed, "shard open"
+                );
+                shards.insert(address.shard, shard);
+            }
+            Err(error) => {
+                let _ = ready.send(Err(format!(
+                    "core {core}: cannot open {}: {error}",
+                    address.dir.display()
+                )));
+                return;
+            }
+        }
+    }
+    let service = CoreService::new(core, placement, shards);
+    let service_task = glommio::spawn_local(service.run(requests));
+    let _ = ready.send(Ok(()));
+    // Wait until every core is ready (the sender side is dropped), then listen.
+    let _ = listen.recv_async().await;
+    let config = &context.config;
+    let listeners = [
+        (Protocol::Smtp, TcpListener::bind(config.smtp)),
+        (Protocol::Pop3, TcpListener::bind(config.pop3)),
+    ];
+    let count = ConnectionCount::default();
+    let per_core_max = (config.connections_max / config.cores).max(1);
+    let mut accept_tasks = Vec::new();
+    for (protocol, listener) in listeners {
+        match listener {
+            Ok(listener) => accept_tasks.push(glommio::spawn_local(accept_loop(
+                protocol,
+                listener,
+                context.clone(),
+                stop.clone(),
+                count.clone(),
+                per_core_max,
+                core,
+            ))),
+            Err(error) => tracing::error!(core, ?protocol, %error, "cannot listen"),
+        }
+    }
+    if core == 0 {
+        match TcpListener::bind(config.admin) {
+            Ok(listener) => accept_tasks.push(glommio::spawn_local(accept_loop(
+                Protocol::Admin,
+                listener,
+                context.clone(),
+                stop.clone(),
+                count.clone(),
+                usize::MAX,
+                core,
+            ))),
+            Err(error) => tracing::error!(%error, "cannot listen for admin"),
+        }
+    }
+    for task in accept_tasks {
+        task.await;
+    }
+    // Listeners are closed; let sessions finish within the grace period.
+    let deadline = Instant::now() + config.shutdown_grace;
+    while count.open() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if count.open() > 0 {
+        tracing::warn!(
+            core,
+            open = count.open(),
+            "sessions still open after the grace period"
+        );
+    }
+    let _ = drained.send(());
+    // The shard service keeps answering other cores until the node tells it to shut down.
+    service_task.await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Smtp,
+    Pop3,
+    Admin,
+}
+
+async fn accept_loop(
+    protocol: Protocol,
+    listener: TcpListener,
+    context: Arc<NodeContext>,
+    stop: flume::Receiver<()>,
+    count: ConnectionCount,
+    max: usize,
+    core: usize,
+) {
+    loop {
+        let accepting = async { Some(listener.accept().await) };
+        let stopping = async {
+            let _ = stop.recv_async().await;
+            None
+        };
+        let Some(accepted) = futures_lite::future::or(accepting, stopping).await else {
+            return;
+        };
+        let mut stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(?protocol, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(guard) = count.try_enter(max) else {
+            metrics::add(&context.metrics.sessions_refused, 1);
+            let refusal: &[u8] = match protocol {
+                Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
+                Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections\r\n",
+                Protocol::Admin => b"",
+            };
+            glommio::spawn_local(async move {
+                use futures_lite::AsyncWriteExt;
+                let _ = stream.write_all(refusal).await;
+                let _ = stream.close().await;
+            })
+            .detach();
+            continue;
+        };
+        let (context, stop) = (context.clone(), stop.clone());
+        glommio::spawn_local(async move {
+            match protocol {
+                Protocol::Smtp => smtp_conn::serve(stream, context, stop, core).await,
+                Protocol::Pop3 => pop3_conn::serve(stream, context, stop).await,
+                Protocol::Admin => admin::serve(stream, context).await,
+            }
+            drop(guard);
+        })
+        .detach();
+    }
+}
+
+impl NodeHandle {
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.context
+    }
+
+    /// Stops accepting, lets sessions finish, closes every shard, joins the executors.
+    pub fn stop(mut self) -> Result<(), NodeError> {
+        drop(self.stop.take());
+        for _ in 0..self.executors.len() {
+            let _ = self.drained.recv();
+        }
+        // Every core has drained its sessions: now close the shards.
+        for core in 0..self.context.router.cores() {
+            let (tx, rx) = flume::bounded(1);
+            if self.context.router.send_shutdown(core, tx) {
+                let _ = rx.recv();
+            }
+        }
+        for handle in self.executors.drain(..) {
+            handle
+                .join()
+                .map_err(|e| start_error(format!("executor failed: {e}")))?;
+        }
+        Ok(())
+    }
+}

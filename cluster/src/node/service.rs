@@ -1,0 +1,461 @@
+//! The shard service: each core owns its shards and answers requests about the users they
+//! hold, from any core, over a flume channel. Nothing is shared between cores but channels.
+//!
+//! A user's mail and profile live on shard `placement.shard_of(user)`, owned by core
+//! `shard % cores`. [`Router`] sends a request to that core and awaits the answer. The service
+//! runs each request in its own task so concurrent deliveries share group commits.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use porcupine_engine::{EngineError, Placement, Shard};
+
+use super::users;
+
+/// What a storage request can fail with, as a protocol needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Full disk: SMTP 452.
+    NoSpace,
+    /// Any other failure: SMTP 451, POP3 -ERR [SYS/TEMP].
+    Failed,
+}
+
+impl From<&EngineError> for StoreError {
+    fn from(error: &EngineError) -> Self {
+        if matches!(error, EngineError::NoSpace { .. }) {
+            StoreError::NoSpace
+        } else {
+            StoreError::Failed
+        }
+    }
+}
+
+/// The answer to a login.
+#[derive(Debug)]
+pub enum Login {
+    /// Authenticated and locked: the maildrop (message id, size), oldest first.
+    Ok(Vec<(u128, u64)>),
+    BadCredentials,
+    InUse,
+    Unavailable,
+}
+
+/// Summary of one shard for `/status` and `/metrics`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShardReport {
+    pub name: String,
+    pub core: usize,
+    pub dir: String,
+    pub messages: u64,
+    pub users: usize,
+    pub segments: usize,
+    pub poisoned: Option<String>,
+    pub appended_records: u64,
+    pub appended_bytes: u64,
+    pub fsyncs: u64,
+    pub records_per_fsync_mean: f64,
+    pub fsync_p50_us: u64,
+    pub fsync_p99_us: u64,
+    pub ack_p50_us: u64,
+    pub ack_p99_us: u64,
+    pub ack_p999_us: u64,
+}
+
+type Reply<T> = flume::Sender<T>;
+
+/// A request to the core that owns `user`'s shard.
+pub enum Request {
+    Deliver {
+        user: String,
+        id: u128,
+        message: Arc<Vec<u8>>,
+        reply: Reply<Result<(), StoreError>>,
+    },
+    UserExists {
+        user: String,
+        reply: Reply<Result<bool, StoreError>>,
+    },
+    Login {
+        user: String,
+        password: String,
+        reply: Reply<Login>,
+    },
+    Unlock {
+        user: String,
+    },
+    Fetch {
+        user: String,
+        id: u128,
+        reply: Reply<Result<Vec<u8>, StoreError>>,
+    },
+    Delete {
+        user: String,
+        ids: Vec<u128>,
+        reply: Reply<Result<(), StoreError>>,
+    },
+    PutProfile {
+        user: String,
+        profile: Arc<Vec<u8>>,
+        reply: Reply<Result<(), StoreError>>,
+    },
+    ListUsers {
+        reply: Reply<Vec<String>>,
+    },
+    Report {
+        reply: Reply<Vec<ShardReport>>,
+    },
+    /// Stop: close the shards (finishing queued writes) and answer when done.
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+/// Sends requests to the core that owns a user. Cheap to clone; `Send`.
+#[derive(Clone, Debug)]
+pub struct Router {
+    placement: Placement,
+    cores: Vec<flume::Sender<Request>>,
+}
+
+impl Router {
+    pub fn new(placement: Placement, cores: Vec<flume::Sender<Request>>) -> Self {
+        Self { placement, cores }
+    }
+
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    fn core_of(&self, user: &str) -> usize {
+        self.placement.shard_of(user) % self.cores.len()
+    }
+
+    async fn ask<T>(&self, core: usize, make: impl FnOnce(Reply<T>) -> Request) -> Option<T> {
+        let (tx, rx) = flume::bounded(1);
+        self.cores.get(core)?.send_async(make(tx)).await.ok()?;
+        rx.recv_async().await.ok()
+    }
+
+    pub async fn deliver(
+        &self,
+        user: &str,
+        id: u128,
+        message: Arc<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::Deliver {
+            user,
+            id,
+            message,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
+    }
+
+    pub async fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::UserExists {
+            user,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Login {
+        let (user, password) = (user.to_owned(), password.to_owned());
+        self.ask(self.core_of(&user), |reply| Request::Login {
+            user,
+            password,
+            reply,
+        })
+        .await
+        .unwrap_or(Login::Unavailable)
+    }
+
+    pub fn unlock(&self, user: &str) {
+        if let Some(core) = self.cores.get(self.core_of(user)) {
+            let _ = core.send(Request::Unlock {
+                user: user.to_owned(),
+            });
+        }
+    }
+
+    pub async fn fetch(&self, user: &str, id: u128) -> Result<Vec<u8>, StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::Fetch {
+            user,
+            id,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
+    }
+
+    pub async fn delete(&self, user: &str, ids: Vec<u128>) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::Delete {
+            user,
+            ids,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
+    }
+
+    pub async fn put_profile(&self, user: &str, profile: Arc<Vec<u8>>) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::PutProfile {
+            user,
+            profile,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
+    }
+
+    pub async fn list_users(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        for core in 0..self.cores.len() {
+            users.extend(
+                self.ask(core, |reply| Request::ListUsers { reply })
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        users.sort();
+        users
+    }
+
+    pub async fn reports(&self) -> Vec<ShardReport> {
+        let mut reports = Vec::new();
+        for core in 0..self.cores.len() {
+            reports.extend(
+                self.ask(core, |reply| Request::Report { reply })
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        reports
+    }
+
+    /// Asks `core` to close its shards; the answer arrives on `reply` (usable from any thread).
+    pub fn send_shutdown(&self, core: usize, reply: Reply<()>) -> bool {
+        self.cores
+            .get(core)
+            .is_some_and(|c| c.send(Request::Shutdown { reply }).is_ok())
+    }
+}
+
+/// The shards of one core and the maildrop locks of their users.
+#[derive(Debug)]
+pub struct CoreService {
+    core: usize,
+    placement: Placement,
+    /// Shard index → shard, for the shards this core owns.
+    shards: HashMap<usize, Shard>,
+    locked: RefCell<HashSet<String>>,
+}
+
+impl CoreService {
+    pub fn new(core: usize, placement: Placement, shards: HashMap<usize, Shard>) -> Rc<Self> {
+        Rc::new(Self {
+            core,
+            placement,
+            shards,
+            locked: RefCell::new(HashSet::new()),
+        })
+    }
+
+    fn shard(&self, user: &str) -> Option<&Shard> {
+        self.shards.get(&self.placement.shard_of(user))
+    }
+
+    /// Serves requests until a `Shutdown` has been handled.
+    pub async fn run(self: Rc<Self>, requests: flume::Receiver<Request>) {
+        while let Ok(request) = requests.recv_async().await {
+            if let Request::Shutdown { reply } = request {
+                for shard in self.shards.values() {
+                    if let Err(error) = shard.close().await {
+                        tracing::error!(shard = shard.name(), %error, "closing shard");
+                    }
+                }
+                let _ = reply.send(());
+                return;
+            }
+            let service = self.clone();
+            glommio::spawn_local(async move { service.handle(request).await }).detach();
+        }
+    }
+
+    async fn handle(&self, request: Request) {
+        match request {
+            Request::Deliver {
+                user,
+                id,
+                message,
+                reply,
+            } => {
+                let result = match self.shard(&user) {
+                    Some(shard) => shard
+                        .append_message(&user, id, &message, 0)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            tracing::warn!(%user, error = %e, "delivery failed");
+                            StoreError::from(&e)
+                        }),
+                    None => Err(StoreError::Failed),
+                };
+                let _ = reply.send(result);
+            }
+            Request::UserExists { user, reply } => {
+                let _ = reply.send(
+                    self.shard(&user)
+                        .map(|s| s.has_profile(&user))
+                        .ok_or(StoreError::Failed),
+                );
+            }
+            Request::Login {
+                user,
+                password,
+                reply,
+            } => {
+                let _ = reply.send(self.login(&user, &password).await);
+            }
+            Request::Unlock { user } => {
+                self.locked.borrow_mut().remove(&user);
+            }
+            Request::Fetch { user, id, reply } => {
+                let result = match self.shard(&user) {
+                    Some(shard) => shard
+                        .read_message(&user, id)
+                        .await
+                        .map(|r| r.body().to_vec())
+                        .map_err(|e| {
+                            tracing::warn!(%user, error = %e, "read failed");
+                            StoreError::from(&e)
+                        }),
+                    None => Err(StoreError::Failed),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Delete { user, ids, reply } => {
+                let result = match self.shard(&user) {
+                    Some(shard) => {
+                        let mut result = Ok(());
+                        for id in ids {
+                            match shard.delete_message(&user, id).await {
+                                Ok(()) | Err(EngineError::NotFound) => {}
+                                Err(e) => result = Err(StoreError::from(&e)),
+                            }
+                        }
+                        result
+                    }
+                    None => Err(StoreError::Failed),
+                };
+                let _ = reply.send(result);
+            }
+            Request::PutProfile {
+                user,
+                profile,
+                reply,
+            } => {
+                let result = match self.shard(&user) {
+                    Some(shard) => shard
+                        .put_profile(&user, &profile)
+                        .await
+                        .map_err(|e| StoreError::from(&e)),
+                    None => Err(StoreError::Failed),
+                };
+                let _ = reply.send(result);
+            }
+            Request::ListUsers { reply } => {
+                let mut users = Vec::new();
+                for shard in self.shards.values() {
+                    users.extend(shard.users().into_iter().filter(|u| shard.has_profile(u)));
+                }
+                let _ = reply.send(users);
+            }
+            Request::Report { reply } => {
+                let _ = reply.send(self.reports());
+            }
+            Request::Shutdown { .. } => {}
+        }
+    }
+
+    async fn login(&self, user: &str, password: &str) -> Login {
+        let Some(shard) = self.shard(user) else {
+            return Login::Unavailable;
+        };
+        let profile = match shard.read_profile(user).await {
+            Ok(Some(profile)) => profile,
+            Ok(None) => {
+                // Spend comparable time so a missing user is not told apart by timing.
+                let _ = users::verify_password(DUMMY_HASH, password);
+                return Login::BadCredentials;
+            }
+            Err(_) => return Login::Unavailable,
+        };
+        let Some(phc) = users::password_of(&profile) else {
+            return Login::Unavailable;
+        };
+        if !users::verify_password(&phc, password) {
+            return Login::BadCredentials;
+        }
+        if !self.locked.borrow_mut().insert(user.to_owned()) {
+            return Login::InUse;
+        }
+        Login::Ok(
+            shard
+                .messages(user)
+                .iter()
+                .map(|m| (m.id, u64::from(m.body_len)))
+                .collect(),
+        )
+    }
+
+    fn reports(&self) -> Vec<ShardReport> {
+        let mut reports: Vec<ShardReport> = self
+            .shards
+            .values()
+            .map(|shard| {
+                let stats = shard.stats();
+                let m = shard.metrics();
+                ShardReport {
+                    name: shard.name().to_owned(),
+                    core: self.core,
+                    dir: shard.dir().display().to_string(),
+                    messages: stats.messages,
+                    users: shard.profile_count(),
+                    segments: stats.segments,
+                    poisoned: stats.poisoned,
+                    appended_records: m.records,
+                    appended_bytes: m.bytes,
+                    fsyncs: m.syncs,
+                    records_per_fsync_mean: m.records_per_sync.mean,
+                    fsync_p50_us: m.sync_micros.p50,
+                    fsync_p99_us: m.sync_micros.p99,
+                    ack_p50_us: m.ack_micros.p50,
+                    ack_p99_us: m.ack_micros.p99,
+                    ack_p999_us: m.ack_micros.p999,
+                }
+            })
+            .collect();
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        reports
+    }
+}
+
+/// A valid argon2id hash of a random password, verified against when a user does not exist.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$+ZSbd0Eo3mHNJ1SL9ZFfbN3IaudrldSkHQsHs2YeHhk";

@@ -1,0 +1,157 @@
+//! The SMTP edge: a glommio socket on one side, the sans-IO [`SmtpSession`] on the other.
+//!
+//! A message for several recipients is stored once per recipient, each copy in that
+//! recipient's mailbox on the shard that owns the user (possibly on another core); the 250 is
+//! sent only after every copy is durable. If any copy fails the client gets 451/452 and retries
+//! the whole message, so recipients already stored may receive it twice (Porcupine's known
+//! duplicate anomaly); never zero times after a 250.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use porcupine_protocols::smtp::{DeliveryOutcome, RecipientCheck, SmtpSession, Step};
+
+use super::conn::{self, Read};
+use super::metrics::add;
+use super::service::StoreError;
+use super::NodeContext;
+
+pub async fn serve(
+    mut stream: TcpStream,
+    context: Arc<NodeContext>,
+    stop: flume::Receiver<()>,
+    core: usize,
+) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let config = &context.config;
+    let _ = stream.set_read_timeout(Some(config.smtp_idle_timeout));
+    add(&context.metrics.smtp_sessions, 1);
+    let mut session = SmtpSession::new(
+        config.smtp_limits.clone(),
+        &config.hostname,
+        &config.domains,
+    );
+    let mut out = Vec::with_capacity(1024);
+    session.greeting(&mut out);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut stopping = false;
+    loop {
+        loop {
+            match session.step(&mut out) {
+                Step::NeedInput => break,
+                Step::Close => {
+                    flush(&mut stream, &mut out, &context).await;
+                    let _ = stream.close().await;
+                    return;
+                }
+                Step::CheckRecipient(mailbox) => {
+                    // Flush what is answered so far: a pipelining client waits for nothing, but
+                    // a lookup on another core should not hold earlier replies back.
+                    let check = match context.router.user_exists(&mailbox.canonical()).await {
+                        Ok(true) => RecipientCheck::Local,
+                        Ok(false) => RecipientCheck::Unknown,
+                        Err(_) => RecipientCheck::Unavailable,
+                    };
+                    session.recipient_checked(check, &mut out);
+                }
+                Step::Deliver(envelope) => {
+                    let outcome = deliver(&context, &peer, core, envelope).await;
+                    session.delivered(outcome, &mut out);
+                }
+            }
+        }
+        if !flush(&mut stream, &mut out, &context).await {
+            return;
+        }
+        if stopping && !session.in_data() {
+            session.goodbye(&mut out, "shutting down");
+            flush(&mut stream, &mut out, &context).await;
+            let _ = stream.close().await;
+            return;
+        }
+        match conn::read(&mut stream, &mut buf, &stop).await {
+            Read::Bytes(n) => session.push(&buf[..n]),
+            Read::Closed => return, // mid-DATA: nothing was stored
+            Read::Stop => stopping = true,
+        }
+    }
+}
+
+/// Writes pending output; false if the peer is gone.
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, context: &NodeContext) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    context.metrics.count_smtp_replies(out);
+    let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
+    out.clear();
+    ok
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A node-unique message id: microseconds since the epoch, core and a counter.
+fn new_message_id(core: usize) -> u128 {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let counter = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (micros << 32) | ((core as u128 & 0xff) << 24) | u128::from(counter & 0x00ff_ffff)
+}
+
+async fn deliver(
+    context: &Arc<NodeContext>,
+    peer: &str,
+    core: usize,
+    envelope: porcupine_protocols::smtp::Envelope,
+) -> DeliveryOutcome {
+    let id = new_message_id(core);
+    let id_text = format!("{id:032x}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let header = porcupine_protocols::smtp::received_header(
+        &envelope.helo,
+        peer,
+        &context.config.hostname,
+        &id_text,
+        &porcupine_protocols::date::rfc5322(now),
+    );
+    let mut message = Vec::with_capacity(header.len() + envelope.data.len());
+    message.extend_from_slice(header.as_bytes());
+    message.extend_from_slice(&envelope.data);
+    let message = Arc::new(message);
+    let mut tasks = Vec::with_capacity(envelope.recipients.len());
+    for recipient in &envelope.recipients {
+        let router = context.router.clone();
+        let user = recipient.canonical();
+        let message = message.clone();
+        tasks.push(glommio::spawn_local(async move {
+            router.deliver(&user, id, message).await
+        }));
+    }
+    let mut outcome = DeliveryOutcome::Stored(id_text);
+    for task in tasks {
+        match task.await {
+            Ok(()) => add(&context.metrics.recipients_delivered, 1),
+            Err(StoreError::NoSpace) => outcome = DeliveryOutcome::NoSpace,
+            Err(StoreError::Failed) => {
+                if outcome != DeliveryOutcome::NoSpace {
+                    outcome = DeliveryOutcome::Failed;
+                }
+            }
+        }
+    }
+    if matches!(outcome, DeliveryOutcome::Stored(_)) {
+        add(&context.metrics.messages_accepted, 1);
+        add(&context.metrics.bytes_accepted, message.len() as u64);
+    }
+    outcome
+}
