@@ -89,10 +89,11 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, stop: flume
             }
         }
     }
-    flush(&mut stream, &mut out, &context).await;
+    // Unlock before the last reply, so a client that reconnects at once finds the maildrop free.
     if let Some((user, _)) = locked {
-        context.router.unlock(&user);
+        context.router.unlock(&user).await;
     }
+    flush(&mut stream, &mut out, &context).await;
     let _ = stream.close().await;
 }
 

@@ -85,6 +85,7 @@ pub enum Request {
     },
     Unlock {
         user: String,
+        reply: Reply<()>,
     },
     Fetch {
         user: String,
@@ -183,12 +184,12 @@ impl Router {
         .unwrap_or(Login::Unavailable)
     }
 
-    pub fn unlock(&self, user: &str) {
-        if let Some(core) = self.cores.get(self.core_of(user)) {
-            let _ = core.send(Request::Unlock {
-                user: user.to_owned(),
-            });
-        }
+    /// Releases a maildrop lock; returns once the owning core has released it.
+    pub async fn unlock(&self, user: &str) {
+        let user = user.to_owned();
+        let _ = self
+            .ask(self.core_of(&user), |reply| Request::Unlock { user, reply })
+            .await;
     }
 
     pub async fn fetch(&self, user: &str, id: u128) -> Result<Vec<u8>, StoreError> {
@@ -333,8 +334,9 @@ impl CoreService {
             } => {
                 let _ = reply.send(self.login(&user, &password).await);
             }
-            Request::Unlock { user } => {
+            Request::Unlock { user, reply } => {
                 self.locked.borrow_mut().remove(&user);
+                let _ = reply.send(());
             }
             Request::Fetch { user, id, reply } => {
                 let result = match self.shard(&user) {

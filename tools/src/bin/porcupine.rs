@@ -261,10 +261,15 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if let Some(mib) = args.segment_mib {
         config.engine.segment_bytes = mib << 20;
     }
-    config.engine.record_bytes_max = config
-        .engine
-        .record_bytes_max
-        .max(config.smtp_limits.message_bytes_max + 4096);
+    // A stored message is the client's bytes plus the Received header the node prepends.
+    config.engine.record_bytes_max = config.smtp_limits.message_bytes_max + (64 << 10);
+    if config.engine.validate().is_err() {
+        bail!(
+            "--segment-mib ({} MiB) must hold the largest message (--message-bytes-max {} bytes) plus 1 MiB",
+            config.engine.segment_bytes >> 20,
+            config.smtp_limits.message_bytes_max
+        );
+    }
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,

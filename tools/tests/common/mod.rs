@@ -1,0 +1,166 @@
+//! Starting the real `porcupine` binary for tests: free ports, a fresh data directory,
+//! users added through the CLI, and Python clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Node {
+    pub child: Child,
+    pub smtp: u16,
+    pub pop3: u16,
+    pub admin: u16,
+    pub data: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_porcupine")
+}
+
+impl Node {
+    /// Starts a node on fresh ports with `data` as its data directory and waits until it serves.
+    pub fn start(data: &Path, extra: &[&str]) -> Node {
+        let (smtp, pop3, admin) = (free_port(), free_port(), free_port());
+        Self::start_on(data, smtp, pop3, admin, extra)
+    }
+
+    pub fn start_on(data: &Path, smtp: u16, pop3: u16, admin: u16, extra: &[&str]) -> Node {
+        let mut child = Command::new(binary())
+            .args([
+                "serve",
+                "--no-pin",
+                "--no-first-user",
+                "--segment-mib",
+                "40",
+                "--data",
+            ])
+            .arg(data)
+            .args([
+                "--smtp",
+                &format!("127.0.0.1:{smtp}"),
+                "--pop3",
+                &format!("127.0.0.1:{pop3}"),
+            ])
+            .args(["--admin", &format!("127.0.0.1:{admin}"), "--cores", "2"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::File::create(data.with_extension("log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .spawn()
+            .expect("start porcupine");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("porcupine is serving") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+            panic!("node did not start:\n{log}");
+        }
+        Node {
+            child,
+            smtp,
+            pop3,
+            admin,
+            data: data.to_path_buf(),
+        }
+    }
+
+    pub fn admin_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.admin)
+    }
+
+    /// `porcupine user add EMAIL --password-stdin`
+    pub fn add_user(&self, email: &str) {
+        let mut cli = Command::new(binary())
+            .args([
+                "user",
+                "add",
+                email,
+                "--password-stdin",
+                "--admin",
+                &self.admin_addr(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        cli.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .unwrap();
+        let out = cli.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tests/py/<script>` with `args`; panics with its output if it fails.
+pub fn python(script: &str, args: &[String]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}

@@ -1,0 +1,25 @@
+//! The real `porcupine` binary with stock clients (Python's smtplib and poplib).
+
+mod common;
+
+use common::{python, Node, PASSWORD};
+
+#[test]
+fn byte_exact_round_trips_uidl_top_and_deletion_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let users = ["alice@localhost", "bob@localhost", "carol@localhost"];
+    for u in users {
+        node.add_user(u);
+    }
+    let mut args = vec![
+        node.smtp.to_string(),
+        node.pop3.to_string(),
+        PASSWORD.to_string(),
+    ];
+    args.extend(users.iter().map(|u| u.to_string()));
+    let out = python("roundtrip.py", &args);
+    assert!(out.contains("roundtrip ok"), "{out}");
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM exit status {status:?}");
+}
