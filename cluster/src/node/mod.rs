@@ -138,7 +138,7 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         ("POP3", config.pop3),
         ("admin", config.admin),
     ] {
-        std::net::TcpListener::bind(addr)
+        probe_listen(addr)
             .map_err(|e| start_error(format!("cannot listen for {name} on {addr}: {e}")))?;
     }
     let placement = Placement::new(config.cores, config.data_dirs.clone());
@@ -209,6 +209,28 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         executors,
         first_user,
     })
+}
+
+/// Checks that `addr` can be listened on. The listeners use SO_REUSEPORT (one per core), and
+/// so do the connections they accepted; sockets of a crashed node linger in TIME_WAIT or
+/// FIN_WAIT and only a socket with the same options may bind beside them. SO_REUSEPORT would
+/// also let two nodes share a port, so a live listener is detected by connecting to it.
+fn probe_listen(addr: SocketAddr) -> std::io::Result<()> {
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another process is listening there",
+        ));
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)
 }
 
 /// Creates `postmaster@<first domain>` with a random password if the node has no user.
