@@ -23,3 +23,23 @@ fn byte_exact_round_trips_uidl_top_and_deletion_semantics() {
     let status = node.terminate();
     assert!(status.success(), "SIGTERM exit status {status:?}");
 }
+
+#[test]
+fn bad_input_gets_standard_replies_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    node.add_user("victim@localhost");
+    node.bulk_users(1000, "r");
+    let out = python(
+        "bad_input.py",
+        &[
+            node.smtp.to_string(),
+            node.pop3.to_string(),
+            "victim@localhost".into(),
+            PASSWORD.into(),
+        ],
+    );
+    eprintln!("{out}");
+    assert!(out.contains("bad input ok"), "{out}");
+    assert!(node.terminate().success());
+}

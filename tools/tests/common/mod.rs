@@ -119,6 +119,27 @@ impl Node {
         );
     }
 
+    /// `porcupine user bulk --count N --prefix P --domain localhost --password PASSWORD`
+    pub fn bulk_users(&self, count: u64, prefix: &str) -> String {
+        let out = Command::new(binary())
+            .args([
+                "user",
+                "bulk",
+                "--count",
+                &count.to_string(),
+                "--prefix",
+                prefix,
+                "--domain",
+                "localhost",
+            ])
+            .args(["--password", PASSWORD, "--admin", &self.admin_addr()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "user bulk failed: {text}");
+        text
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
