@@ -101,10 +101,10 @@ pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock
         body.extend_from_slice(&end.to_le_bytes());
     }
     body.extend_from_slice(&(index.user_count() as u32).to_le_bytes());
-    for (user, messages) in index.mailboxes() {
+    for (user, count, messages) in index.mailboxes() {
         body.extend_from_slice(&(user.len() as u16).to_le_bytes());
         body.extend_from_slice(user.as_bytes());
-        body.extend_from_slice(&(messages.len() as u32).to_le_bytes());
+        body.extend_from_slice(&(count as u32).to_le_bytes());
         for m in messages {
             let record = MessageRecord {
                 id: m.id.to_le_bytes(),

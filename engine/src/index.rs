@@ -35,9 +35,12 @@ pub struct ProfileEntry {
     pub body_len: u32,
 }
 
+/// One user's messages, by id: O(1) put, lookup and delete however large the mailbox grows.
+type Mailbox = HashMap<u128, MessageEntry>;
+
 #[derive(Debug, Default)]
 pub struct Index {
-    mailboxes: HashMap<Box<str>, Vec<MessageEntry>>,
+    mailboxes: HashMap<Box<str>, Mailbox>,
     profiles: HashMap<Box<str>, ProfileEntry>,
     live_bytes: BTreeMap<u32, u64>,
     message_count: u64,
@@ -48,13 +51,23 @@ impl Index {
         Self::default()
     }
 
-    /// Messages of a user, oldest first.
-    pub fn messages(&self, user: &str) -> &[MessageEntry] {
-        self.mailboxes.get(user).map(Vec::as_slice).unwrap_or(&[])
+    /// Messages of a user, oldest first (by timestamp, then id).
+    pub fn messages(&self, user: &str) -> Vec<MessageEntry> {
+        let mut messages: Vec<MessageEntry> = self
+            .mailboxes
+            .get(user)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default();
+        messages.sort_unstable_by_key(|m| (m.hlc, m.id));
+        messages
+    }
+
+    pub fn has_messages(&self, user: &str) -> bool {
+        self.mailboxes.contains_key(user)
     }
 
     pub fn message(&self, user: &str, id: u128) -> Option<&MessageEntry> {
-        self.messages(user).iter().find(|m| m.id == id)
+        self.mailboxes.get(user)?.get(&id)
     }
 
     pub fn profile(&self, user: &str) -> Option<&ProfileEntry> {
@@ -71,8 +84,13 @@ impl Index {
         self.profiles.iter().map(|(u, p)| (&**u, p))
     }
 
-    pub fn mailboxes(&self) -> impl Iterator<Item = (&str, &[MessageEntry])> {
-        self.mailboxes.iter().map(|(u, m)| (&**u, m.as_slice()))
+    /// Every mailbox, its messages in no particular order.
+    pub fn mailboxes(
+        &self,
+    ) -> impl Iterator<Item = (&str, usize, impl Iterator<Item = &MessageEntry>)> {
+        self.mailboxes
+            .iter()
+            .map(|(u, m)| (&**u, m.len(), m.values()))
     }
 
     pub fn message_count(&self) -> u64 {
@@ -111,22 +129,20 @@ impl Index {
             Some(mailbox) => mailbox,
             None => self.mailboxes.entry(user.into()).or_default(),
         };
-        if let Some(existing) = mailbox.iter_mut().find(|m| m.id == entry.id) {
-            let old = *existing;
-            entry.oldest_segment = entry.oldest_segment.min(old.oldest_segment);
-            *existing = entry;
-            self.sub_live(old.location);
-        } else {
-            mailbox.push(entry);
-            self.message_count += 1;
+        match mailbox.insert(entry.id, entry) {
+            Some(old) => {
+                entry.oldest_segment = entry.oldest_segment.min(old.oldest_segment);
+                mailbox.insert(entry.id, entry);
+                self.sub_live(old.location);
+            }
+            None => self.message_count += 1,
         }
     }
 
     /// Removes a message; returns it if it was there.
     pub fn remove(&mut self, user: &str, id: u128) -> Option<MessageEntry> {
         let mailbox = self.mailboxes.get_mut(user)?;
-        let at = mailbox.iter().position(|m| m.id == id)?;
-        let entry = mailbox.remove(at);
+        let entry = mailbox.remove(&id)?;
         if mailbox.is_empty() {
             self.mailboxes.remove(user);
         }
@@ -136,11 +152,7 @@ impl Index {
     }
 
     pub fn set_flags(&mut self, user: &str, id: u128, flags: u32) -> bool {
-        match self
-            .mailboxes
-            .get_mut(user)
-            .and_then(|m| m.iter_mut().find(|m| m.id == id))
-        {
+        match self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) {
             Some(entry) => {
                 entry.flags = flags;
                 true
@@ -152,11 +164,7 @@ impl Index {
     /// Points a message at its compacted copy, but only if it still lies at `from`: a delete
     /// or a newer put that raced with compaction wins.
     pub fn relocate(&mut self, user: &str, id: u128, from: Location, to: Location) -> bool {
-        let Some(entry) = self
-            .mailboxes
-            .get_mut(user)
-            .and_then(|m| m.iter_mut().find(|m| m.id == id))
-        else {
+        let Some(entry) = self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) else {
             return false;
         };
         if entry.location != from {

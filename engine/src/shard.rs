@@ -399,7 +399,7 @@ impl<S: Storage> Shard<S> {
 
     /// The user's messages, oldest first.
     pub fn messages(&self, user: &str) -> Vec<MessageEntry> {
-        self.inner.state.borrow().index.messages(user).to_vec()
+        self.inner.state.borrow().index.messages(user)
     }
 
     /// Users with messages or a profile on this shard.
@@ -410,7 +410,7 @@ impl<S: Storage> Shard<S> {
             state
                 .index
                 .profile_users()
-                .filter(|(u, _)| state.index.messages(u).is_empty())
+                .filter(|(u, _)| !state.index.has_messages(u))
                 .map(|(u, _)| u.to_owned()),
         );
         users
