@@ -290,6 +290,9 @@ async fn status(context: &NodeContext) -> serde_json::Value {
     })
 }
 
+/// A per-shard gauge: name, help text, and how to read it from a report.
+type ShardGauge = (&'static str, &'static str, fn(&super::service::ShardReport) -> f64);
+
 async fn metrics(context: &NodeContext) -> String {
     use std::fmt::Write;
     let m = &context.metrics;
@@ -356,7 +359,7 @@ async fn metrics(context: &NodeContext) -> String {
         );
     }
     let shards = context.router.reports().await;
-    let per_shard: [(&str, &str, fn(&super::service::ShardReport) -> f64); 8] = [
+    let per_shard: [ShardGauge; 8] = [
         ("porcupine_shard_messages", "messages stored", |s| {
             s.messages as f64
         }),
