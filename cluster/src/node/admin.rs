@@ -291,7 +291,11 @@ async fn status(context: &NodeContext) -> serde_json::Value {
 }
 
 /// A per-shard gauge: name, help text, and how to read it from a report.
-type ShardGauge = (&'static str, &'static str, fn(&super::service::ShardReport) -> f64);
+type ShardGauge = (
+    &'static str,
+    &'static str,
+    fn(&super::service::ShardReport) -> f64,
+);
 
 async fn metrics(context: &NodeContext) -> String {
     use std::fmt::Write;

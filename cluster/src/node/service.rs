@@ -266,7 +266,15 @@ pub struct CoreService {
     /// Shard index → shard, for the shards this core owns.
     shards: HashMap<usize, Shard>,
     locked: RefCell<HashSet<String>>,
+    /// Credentials verified recently: user → keyed hash of (stored hash, password). Argon2 costs
+    /// tens of milliseconds of CPU by design; paying it on every POP login would stall this core.
+    verified: RefCell<HashMap<String, u64>>,
+    /// Secret key of those hashes, fresh per process.
+    verified_key: u64,
 }
+
+/// Entries kept in the verified-credentials cache before it is cleared.
+const VERIFIED_CACHE_MAX: usize = 1 << 20;
 
 impl CoreService {
     pub fn new(core: usize, placement: Placement, shards: HashMap<usize, Shard>) -> Rc<Self> {
@@ -275,6 +283,8 @@ impl CoreService {
             placement,
             shards,
             locked: RefCell::new(HashSet::new()),
+            verified: RefCell::new(HashMap::new()),
+            verified_key: rand::random(),
         })
     }
 
@@ -404,7 +414,10 @@ impl CoreService {
             Ok(Some(profile)) => profile,
             Ok(None) => {
                 // Spend comparable time so a missing user is not told apart by timing.
-                let _ = users::verify_password(DUMMY_HASH, password);
+                let password = password.to_owned();
+                let _ = glommio::executor()
+                    .spawn_blocking(move || users::verify_password(DUMMY_HASH, &password))
+                    .await;
                 return Login::BadCredentials;
             }
             Err(_) => return Login::Unavailable,
@@ -412,8 +425,27 @@ impl CoreService {
         let Some(phc) = users::password_of(&profile) else {
             return Login::Unavailable;
         };
-        if !users::verify_password(&phc, password) {
-            return Login::BadCredentials;
+        let tag = {
+            let mut material = Vec::with_capacity(phc.len() + 1 + password.len());
+            material.extend_from_slice(phc.as_bytes());
+            material.push(0);
+            material.extend_from_slice(password.as_bytes());
+            xxhash_rust::xxh3::xxh3_64_with_seed(&material, self.verified_key)
+        };
+        if self.verified.borrow().get(user) != Some(&tag) {
+            // Verify off the executor: argon2 would otherwise stall every session on this core.
+            let password_owned = password.to_owned();
+            let ok = glommio::executor()
+                .spawn_blocking(move || users::verify_password(&phc, &password_owned))
+                .await;
+            if !ok {
+                return Login::BadCredentials;
+            }
+            let mut verified = self.verified.borrow_mut();
+            if verified.len() >= VERIFIED_CACHE_MAX {
+                verified.clear();
+            }
+            verified.insert(user.to_owned(), tag);
         }
         if !self.locked.borrow_mut().insert(user.to_owned()) {
             return Login::InUse;

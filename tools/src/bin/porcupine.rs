@@ -1,8 +1,5 @@
 //! `porcupine`: the mail node (`serve`) and its administration (`user`, `status`).
 
-#[path = "../admin_client.rs"]
-mod admin_client;
-
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use porcupine_cluster::node::{self, NodeConfig};
+use porcupine_tools::admin_client;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

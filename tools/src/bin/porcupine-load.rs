@@ -1,0 +1,201 @@
+//! `porcupine-load`: the paper's workload (90% SMTP deliveries, 10% POP sessions, Zipf users,
+//! sizes with mean 4.7 KB) against any SMTP + POP3 service, counting lost and corrupt mail.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use porcupine_tools::load::{self, workload::SizeDistribution, LoadConfig, Progress};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "porcupine-load",
+    version,
+    about = "The Porcupine workload against any SMTP + POP3 service"
+)]
+struct Args {
+    /// SMTP targets (connections are spread over them).
+    #[arg(long, value_delimiter = ',', required = true)]
+    smtp: Vec<SocketAddr>,
+    /// POP3 targets; without them only deliveries run and lost mail is not counted.
+    #[arg(long, value_delimiter = ',')]
+    pop3: Vec<SocketAddr>,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    #[arg(long, default_value = "user{n}@localhost")]
+    user_format: String,
+    #[arg(long, default_value = "pw")]
+    password: String,
+    /// SMTP deliveries : POP sessions.
+    #[arg(long, default_value = "90:10")]
+    mix: String,
+    /// Zipf exponent for choosing users (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Fixed message size in bytes; default: the paper's distribution (mean 4.7 KB, tail to 1 MB).
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Load threads (one executor each) [default: every core].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Deliveries per second in total (open loop); default closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run time, e.g. 30s, 2m.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many deliveries.
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Skip the final sweep that empties the mailboxes and counts lost mail.
+    #[arg(long)]
+    no_sweep: bool,
+    /// Write the report as JSON to FILE, or `-` for the last line of standard output.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("bad duration unit in {text:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn main() {
+    if let Err(error) = real_main() {
+        eprintln!("porcupine-load: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args = Args::parse();
+    let (smtp_share, pop_share) = args
+        .mix
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .context("--mix must look like 90:10")?;
+    if args.duration.is_none() && args.messages.is_none() {
+        bail!("give --duration or --messages");
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let config = LoadConfig {
+        smtp: args.smtp,
+        pop_share: if args.pop3.is_empty() { 0 } else { pop_share },
+        pop3: args.pop3,
+        users: args.users,
+        user_format: args.user_format,
+        password: args.password,
+        zipf: args.zipf,
+        smtp_share,
+        size: args
+            .size
+            .map_or(SizeDistribution::Paper, SizeDistribution::Fixed),
+        connections: args.connections,
+        threads,
+        rate: args.rate,
+        duration: args.duration,
+        messages: args.messages,
+        sweep: !args.no_sweep,
+        sender: "load@porcupine-load.invalid".into(),
+    };
+    let progress = Arc::new(Progress::default());
+    let display = std::thread::spawn({
+        let progress = progress.clone();
+        let (duration, messages) = (config.duration, config.messages);
+        move || show_progress(&progress, duration, messages)
+    });
+    let report = load::run(config, progress.clone());
+    progress.done.store(true, Ordering::Relaxed);
+    let _ = display.join();
+    let report = report?;
+    print!("{}", load::table(&report));
+    if let Some(target) = args.json {
+        let json = serde_json::to_string(&report)?;
+        if target == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(&target, json).with_context(|| format!("cannot write {target}"))?;
+        }
+    }
+    if report.lost > 0 || report.corrupt > 0 {
+        bail!(
+            "{} lost and {} corrupt messages",
+            report.lost,
+            report.corrupt
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; a plain line every 5 s otherwise.
+fn show_progress(progress: &Progress, duration: Option<Duration>, messages: Option<u64>) {
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| {
+        let total = messages.unwrap_or_else(|| duration.map_or(0, |d| d.as_secs()));
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_print = started;
+    while !progress.done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        let delivered = progress.delivered.load(Ordering::Relaxed);
+        let rate = delivered as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let errors = progress.errors.load(Ordering::Relaxed);
+        match &bar {
+            Some(bar) => {
+                bar.set_position(if messages.is_some() {
+                    delivered
+                } else {
+                    started.elapsed().as_secs()
+                });
+                bar.set_message(format!(
+                    "{delivered} delivered, {rate:.0}/s, {errors} errors"
+                ));
+            }
+            None if last_print.elapsed() >= Duration::from_secs(5) => {
+                last_print = std::time::Instant::now();
+                eprintln!(
+                    "[{:>5.1}s] {delivered} delivered, {rate:.0}/s, {errors} errors",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            None => {}
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}

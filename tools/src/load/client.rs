@@ -1,0 +1,272 @@
+//! Minimal SMTP and POP3 clients for load generation: connection reuse, PIPELINING when the
+//! server offers it, and POP3 retrieval with dot-unstuffing. Errors are reply codes or I/O.
+
+use std::net::SocketAddr;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+#[derive(Debug)]
+pub enum ClientError {
+    Io(std::io::Error),
+    /// The server answered with this code (SMTP) or `-ERR` (POP3, code 0).
+    Reply(u16, String),
+    Protocol(String),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl ClientError {
+    /// A short label for error counts: the reply code, or the kind of failure.
+    pub fn label(&self) -> String {
+        match self {
+            ClientError::Io(e) => format!("io:{:?}", e.kind()),
+            ClientError::Reply(0, text) => match text.split_whitespace().nth(1) {
+                Some(code) if code.starts_with('[') => format!("pop3:{code}"),
+                _ => "pop3:-ERR".into(),
+            },
+            ClientError::Reply(code, _) => code.to_string(),
+            ClientError::Protocol(_) => "protocol".into(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// A buffered line reader over a socket.
+struct Lines {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Lines {
+    async fn connect(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::Io(e.into()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(64 << 10),
+            start: 0,
+        })
+    }
+
+    /// The next line without its CRLF.
+    async fn line(&mut self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(end) = self.buf[self.start..].windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[self.start..self.start + end].to_vec();
+                self.start += end + 2;
+                return Ok(line);
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let have = self.buf.len();
+            self.buf.resize(have + (32 << 10), 0);
+            let n = self.stream.read(&mut self.buf[have..]).await?;
+            self.buf.truncate(have + n);
+            if n == 0 {
+                return Err(ClientError::Protocol("connection closed".into()));
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// One SMTP reply (possibly multi-line): (code, text of the last line).
+    async fn reply(&mut self) -> Result<(u16, String)> {
+        loop {
+            let line = self.line().await?;
+            if line.len() < 3 {
+                return Err(ClientError::Protocol(format!("short reply {line:?}")));
+            }
+            let code: u16 = std::str::from_utf8(&line[..3])
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| ClientError::Protocol("reply without a code".into()))?;
+            if line.get(3) != Some(&b'-') {
+                return Ok((code, String::from_utf8_lossy(&line).into_owned()));
+            }
+        }
+    }
+
+    async fn expect(&mut self, want: u16) -> Result<String> {
+        let (code, text) = self.reply().await?;
+        if code == want {
+            Ok(text)
+        } else {
+            Err(ClientError::Reply(code, text))
+        }
+    }
+}
+
+pub struct SmtpClient {
+    lines: Lines,
+    pipelining: bool,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for SmtpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpClient")
+            .field("pipelining", &self.pipelining)
+            .finish()
+    }
+}
+
+impl SmtpClient {
+    pub async fn connect(addr: SocketAddr, helo: &str) -> Result<Self> {
+        let mut lines = Lines::connect(addr).await?;
+        lines.expect(220).await?;
+        lines.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let mut pipelining = false;
+        loop {
+            let line = lines.line().await?;
+            if line.len() >= 4 && line[4..].eq_ignore_ascii_case(b"PIPELINING") {
+                pipelining = true;
+            }
+            if line.len() < 4 || line[3] != b'-' {
+                if !line.starts_with(b"250") {
+                    return Err(ClientError::Reply(
+                        0,
+                        String::from_utf8_lossy(&line).into_owned(),
+                    ));
+                }
+                break;
+            }
+        }
+        Ok(Self {
+            lines,
+            pipelining,
+            out: Vec::with_capacity(8 << 10),
+        })
+    }
+
+    /// Sends one message; Ok on 250.
+    pub async fn send(&mut self, from: &str, to: &str, message: &[u8]) -> Result<()> {
+        let envelope = format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+        if self.pipelining {
+            self.lines.write(envelope.as_bytes()).await?;
+            let mail = self.lines.reply().await?;
+            let rcpt = self.lines.reply().await?;
+            let data = self.lines.reply().await?;
+            if mail.0 != 250 || rcpt.0 != 250 || data.0 != 354 {
+                let failed = [mail, rcpt, data]
+                    .into_iter()
+                    .find(|r| r.0 >= 400)
+                    .unwrap_or((0, "unexpected".into()));
+                if data_started(&failed) {
+                    self.lines.write(b".\r\n").await?;
+                    let _ = self.lines.reply().await?;
+                }
+                self.lines.write(b"RSET\r\n").await?;
+                self.lines.expect(250).await?;
+                return Err(ClientError::Reply(failed.0, failed.1));
+            }
+        } else {
+            let mut parts = envelope.split_inclusive("\r\n");
+            for want in [250, 250, 354] {
+                self.lines
+                    .write(parts.next().unwrap_or_default().as_bytes())
+                    .await?;
+                if let Err(e) = self.lines.expect(want).await {
+                    self.lines.write(b"RSET\r\n").await?;
+                    let _ = self.lines.reply().await;
+                    return Err(e);
+                }
+            }
+        }
+        self.out.clear();
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                self.out.push(b'.');
+            }
+            self.out.extend_from_slice(line);
+        }
+        if !self.out.ends_with(b"\r\n") {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b".\r\n");
+        let out = std::mem::take(&mut self.out);
+        let written = self.lines.write(&out).await;
+        self.out = out;
+        written?;
+        self.lines.expect(250).await.map(|_| ())
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.lines.write(b"QUIT\r\n").await;
+        let _ = self.lines.reply().await;
+        let _ = self.lines.stream.close().await;
+    }
+}
+
+fn data_started(reply: &(u16, String)) -> bool {
+    reply.0 == 354
+}
+
+/// Logs in, retrieves every message, deletes them all, quits (the paper's POP session).
+/// Returns the messages retrieved; deletions are committed only if QUIT succeeds.
+pub async fn pop_session(addr: SocketAddr, user: &str, password: &str) -> Result<Vec<Vec<u8>>> {
+    let mut lines = Lines::connect(addr).await?;
+    let ok = |line: Vec<u8>| -> Result<Vec<u8>> {
+        if line.starts_with(b"+OK") {
+            Ok(line)
+        } else {
+            Err(ClientError::Reply(
+                0,
+                String::from_utf8_lossy(&line).into_owned(),
+            ))
+        }
+    };
+    ok(lines.line().await?)?;
+    lines.write(format!("USER {user}\r\n").as_bytes()).await?;
+    ok(lines.line().await?)?;
+    lines
+        .write(format!("PASS {password}\r\n").as_bytes())
+        .await?;
+    ok(lines.line().await?)?;
+    lines.write(b"STAT\r\n").await?;
+    let stat = ok(lines.line().await?)?;
+    let count: usize = String::from_utf8_lossy(&stat)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ClientError::Protocol("bad STAT".into()))?;
+    let mut messages = Vec::with_capacity(count);
+    for n in 1..=count {
+        lines.write(format!("RETR {n}\r\n").as_bytes()).await?;
+        ok(lines.line().await?)?;
+        let mut message = Vec::new();
+        loop {
+            let line = lines.line().await?;
+            if line == b"." {
+                break;
+            }
+            let line = line.strip_prefix(b".").unwrap_or(&line);
+            message.extend_from_slice(line);
+            message.extend_from_slice(b"\r\n");
+        }
+        messages.push(message);
+        lines.write(format!("DELE {n}\r\n").as_bytes()).await?;
+        ok(lines.line().await?)?;
+    }
+    lines.write(b"QUIT\r\n").await?;
+    ok(lines.line().await?)?;
+    let _ = lines.stream.close().await;
+    Ok(messages)
+}

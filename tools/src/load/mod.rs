@@ -1,0 +1,561 @@
+//! `porcupine-load`: the paper's workload against any SMTP + POP3 service.
+//!
+//! One glommio executor per thread (`--threads`, default every core), each running its share of
+//! the `--connections` workers. A worker repeats, until the duration or message count is reached:
+//! with probability `smtp/(smtp+pop)` deliver one message over its persistent SMTP connection to a
+//! Zipf-chosen user, otherwise run a POP session for a Zipf-chosen user (retrieve everything,
+//! verify, delete, quit). Closed loop by default; `--rate` paces deliveries (open loop).
+//!
+//! Integrity: every acknowledged message is remembered; every message retrieved (during the run
+//! and by the final sweep, which empties every mailbox that got mail) is checked against its
+//! checksum. Lost = acknowledged but never retrieved; duplicated = retrieved twice; corrupt =
+//! checksum mismatch.
+
+pub mod client;
+pub mod workload;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+
+use self::client::{pop_session, ClientError, SmtpClient};
+use self::workload::{Checked, SizeDistribution, Zipf};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub smtp: Vec<SocketAddr>,
+    pub pop3: Vec<SocketAddr>,
+    pub users: usize,
+    /// `{n}` is replaced by the user number (1-based).
+    pub user_format: String,
+    pub password: String,
+    pub zipf: f64,
+    pub smtp_share: u32,
+    pub pop_share: u32,
+    pub size: SizeDistribution,
+    pub connections: usize,
+    pub threads: usize,
+    /// Deliveries per second in total (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    pub duration: Option<Duration>,
+    pub messages: Option<u64>,
+    /// Empty every mailbox that received mail at the end, to count lost mail.
+    pub sweep: bool,
+    pub sender: String,
+}
+
+/// Live counters the progress display reads.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub delivered: AtomicU64,
+    pub errors: AtomicU64,
+    pub pop_sessions: AtomicU64,
+    pub started: AtomicU64,
+    pub done: AtomicBool,
+}
+
+/// What one thread measured.
+#[derive(Debug)]
+struct ThreadResult {
+    delivered: u64,
+    delivered_bytes: u64,
+    pop_sessions: u64,
+    retrieved: u64,
+    errors: BTreeMap<String, u64>,
+    smtp_latency: Histogram<u64>,
+    pop_latency: Histogram<u64>,
+    acked: HashMap<u64, u32>,
+    seen: HashMap<u64, u32>,
+    corrupt: u64,
+}
+
+impl ThreadResult {
+    fn new() -> Self {
+        Self {
+            delivered: 0,
+            delivered_bytes: 0,
+            pop_sessions: 0,
+            retrieved: 0,
+            errors: BTreeMap::new(),
+            smtp_latency: latency_histogram(),
+            pop_latency: latency_histogram(),
+            acked: HashMap::new(),
+            seen: HashMap::new(),
+            corrupt: 0,
+        }
+    }
+
+    fn error(&mut self, e: &ClientError, progress: &Progress) {
+        *self.errors.entry(e.label()).or_default() += 1;
+        progress.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records retrieved messages of this run (`run` is its id prefix).
+    fn account(&mut self, run: &str, messages: &[Vec<u8>]) {
+        for m in messages {
+            self.retrieved += 1;
+            let (id, intact) = match workload::check(m) {
+                Checked::Intact(id) => (id, true),
+                Checked::Corrupt(id) => (id, false),
+                Checked::Foreign => continue,
+            };
+            let Some(key) = id
+                .strip_prefix(run)
+                .and_then(|k| u64::from_str_radix(k, 16).ok())
+            else {
+                continue; // an earlier run's mail
+            };
+            if !intact {
+                self.corrupt += 1;
+            }
+            *self.seen.entry(key).or_default() += 1;
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+}
+
+/// Latency quantiles in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Latency {
+        count: h.len(),
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: h.max() as f64 / 1000.0,
+    }
+}
+
+/// The run's outcome, printed as a table and as JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub seconds: f64,
+    pub connections: usize,
+    pub threads: usize,
+    pub delivered: u64,
+    pub msgs_per_s: f64,
+    pub mb_per_s: f64,
+    pub mean_message_bytes: f64,
+    pub pop_sessions: u64,
+    pub retrieved: u64,
+    pub smtp: Latency,
+    pub pop: Latency,
+    pub errors: BTreeMap<String, u64>,
+    /// Whether every acknowledged message was looked for (POP3 given and the sweep ran).
+    pub verified: bool,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupt: u64,
+}
+
+fn user_name(format: &str, n: usize) -> String {
+    format.replace("{n}", &n.to_string())
+}
+
+/// Runs the workload; `progress` is updated as it goes.
+pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report> {
+    anyhow::ensure!(!config.smtp.is_empty(), "give at least one --smtp target");
+    anyhow::ensure!(
+        config.connections >= 1 && config.threads >= 1,
+        "--connections and --threads must be at least 1"
+    );
+    anyhow::ensure!(config.users >= 1, "--users must be at least 1");
+    anyhow::ensure!(
+        config.user_format.contains("{n}"),
+        "--user-format must contain {{n}}"
+    );
+    anyhow::ensure!(
+        config.duration.is_some() || config.messages.is_some(),
+        "give --duration or --messages"
+    );
+    let threads = config.threads.min(config.connections);
+    let run_id = format!("{:08x}-", rand::thread_rng().gen::<u32>());
+    let zipf = Arc::new(Zipf::new(config.users, config.zipf));
+    let config = Arc::new(config);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let workers: Vec<usize> = (0..config.connections)
+            .filter(|w| w % threads == thread)
+            .collect();
+        let (config, zipf, progress, run_id) = (
+            config.clone(),
+            zipf.clone(),
+            progress.clone(),
+            run_id.clone(),
+        );
+        let builder = porcupine_engine::runtime::executor_builder(
+            &format!("load-{thread}"),
+            thread,
+            threads,
+            false,
+        )?;
+        handles.push(
+            builder
+                .spawn(move || async move {
+                    run_thread(thread, workers, config, zipf, progress, run_id, started).await
+                })
+                .map_err(porcupine_engine::runtime::explain_start_failure)?,
+        );
+    }
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(
+            handle
+                .join()
+                .map_err(|e| anyhow::anyhow!("load thread failed: {e}"))?,
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.done.store(true, Ordering::Relaxed);
+
+    // Merge, then sweep every mailbox that received mail.
+    let mut total = ThreadResult::new();
+    let mut recipients: HashSet<usize> = HashSet::new();
+    for r in results {
+        let (result, users) = r;
+        total.delivered += result.delivered;
+        total.delivered_bytes += result.delivered_bytes;
+        total.pop_sessions += result.pop_sessions;
+        total.retrieved += result.retrieved;
+        total.corrupt += result.corrupt;
+        for (k, v) in result.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+        total.smtp_latency.add(&result.smtp_latency).ok();
+        total.pop_latency.add(&result.pop_latency).ok();
+        total.acked.extend(result.acked);
+        for (k, v) in result.seen {
+            *total.seen.entry(k).or_default() += v;
+        }
+        recipients.extend(users);
+    }
+    let verified = config.sweep && !config.pop3.is_empty();
+    if verified {
+        let swept = sweep(&config, recipients.into_iter().collect(), threads, &run_id)?;
+        total.retrieved += swept.retrieved;
+        total.corrupt += swept.corrupt;
+        for (k, v) in swept.seen {
+            *total.seen.entry(k).or_default() += v;
+        }
+        for (k, v) in swept.errors {
+            *total.errors.entry(format!("sweep:{k}")).or_default() += v;
+        }
+    }
+    let lost = if verified {
+        total
+            .acked
+            .keys()
+            .filter(|k| !total.seen.contains_key(k))
+            .count() as u64
+    } else {
+        0
+    };
+    let duplicated = total.seen.values().filter(|&&n| n > 1).count() as u64;
+    Ok(Report {
+        seconds,
+        connections: config.connections,
+        threads,
+        delivered: total.delivered,
+        msgs_per_s: total.delivered as f64 / seconds,
+        mb_per_s: total.delivered_bytes as f64 / seconds / 1e6,
+        mean_message_bytes: if total.delivered > 0 {
+            total.delivered_bytes as f64 / total.delivered as f64
+        } else {
+            0.0
+        },
+        pop_sessions: total.pop_sessions,
+        retrieved: total.retrieved,
+        smtp: latency(&total.smtp_latency),
+        pop: latency(&total.pop_latency),
+        errors: total.errors,
+        verified,
+        lost,
+        duplicated,
+        corrupt: total.corrupt,
+    })
+}
+
+async fn run_thread(
+    thread: usize,
+    workers: Vec<usize>,
+    config: Arc<LoadConfig>,
+    zipf: Arc<Zipf>,
+    progress: Arc<Progress>,
+    run_id: String,
+    started: Instant,
+) -> (ThreadResult, HashSet<usize>) {
+    let result = std::rc::Rc::new(std::cell::RefCell::new(ThreadResult::new()));
+    let recipients = std::rc::Rc::new(std::cell::RefCell::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for worker in workers {
+        let (config, zipf, progress, run_id) = (
+            config.clone(),
+            zipf.clone(),
+            progress.clone(),
+            run_id.clone(),
+        );
+        let (result, recipients) = (result.clone(), recipients.clone());
+        tasks.push(glommio::spawn_local(async move {
+            worker_loop(
+                thread,
+                worker,
+                &config,
+                &zipf,
+                &progress,
+                &run_id,
+                started,
+                &result,
+                &recipients,
+            )
+            .await
+        }));
+    }
+    for task in tasks {
+        task.await;
+    }
+    let result = std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
+    let recipients = std::mem::take(&mut *recipients.borrow_mut());
+    (result, recipients)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker_loop(
+    thread: usize,
+    worker: usize,
+    config: &LoadConfig,
+    zipf: &Zipf,
+    progress: &Progress,
+    run_id: &str,
+    started: Instant,
+    result: &std::cell::RefCell<ThreadResult>,
+    recipients: &std::cell::RefCell<HashSet<usize>>,
+) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::thread_rng().gen());
+    let smtp_target = config.smtp[worker % config.smtp.len()];
+    let pop_target = config.pop3.get(worker % config.pop3.len().max(1)).copied();
+    let share_total = (config.smtp_share + config.pop_share).max(1);
+    let mut smtp: Option<SmtpClient> = None;
+    let mut message = Vec::new();
+    let bodies = workload::BodySource::new(&mut rng);
+    let mut seq: u64 = 0;
+    let mut deliveries: u64 = 0;
+    loop {
+        if config.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        let is_pop = pop_target.is_some() && rng.gen_range(0..share_total) >= config.smtp_share;
+        if !is_pop {
+            let n = progress.started.fetch_add(1, Ordering::Relaxed);
+            if config.messages.is_some_and(|m| n >= m) {
+                break;
+            }
+            if let Some(rate) = config.rate {
+                // Open loop: delivery k of this worker is due at (k * connections + worker) / rate.
+                let due = (deliveries as f64 * config.connections as f64 + worker as f64) / rate;
+                let wait = due - started.elapsed().as_secs_f64();
+                if wait > 0.0 {
+                    glommio::timer::sleep(Duration::from_secs_f64(wait)).await;
+                }
+            }
+            deliveries += 1;
+        }
+        let user_number = zipf.sample(&mut rng);
+        let user = user_name(&config.user_format, user_number);
+        if is_pop {
+            let Some(target) = pop_target else { continue };
+            let began = Instant::now();
+            match pop_session(target, &user, &config.password).await {
+                Ok(messages) => {
+                    let mut r = result.borrow_mut();
+                    let _ = r
+                        .pop_latency
+                        .record((began.elapsed().as_micros() as u64).max(1));
+                    r.pop_sessions += 1;
+                    r.account(run_id, &messages);
+                    progress.pop_sessions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => result.borrow_mut().error(&e, progress),
+            }
+            continue;
+        }
+        seq += 1;
+        let key =
+            ((thread as u64) << 56) | ((worker as u64 & 0xff_ffff) << 32) | (seq & 0xffff_ffff);
+        let id = format!("{run_id}{key:x}");
+        let size = config.size.sample(&mut rng);
+        workload::message(&id, size, &bodies, &mut rng, &mut message);
+        if smtp.is_none() {
+            match SmtpClient::connect(smtp_target, "porcupine-load").await {
+                Ok(client) => smtp = Some(client),
+                Err(e) => {
+                    result.borrow_mut().error(&e, progress);
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(client) = smtp.as_mut() else {
+            continue;
+        };
+        let began = Instant::now();
+        match client.send(&config.sender, &user, &message).await {
+            Ok(()) => {
+                let mut r = result.borrow_mut();
+                let _ = r
+                    .smtp_latency
+                    .record((began.elapsed().as_micros() as u64).max(1));
+                r.delivered += 1;
+                r.delivered_bytes += message.len() as u64;
+                r.acked.insert(key, user_number as u32);
+                recipients.borrow_mut().insert(user_number);
+                progress.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let broken = matches!(e, ClientError::Io(_) | ClientError::Protocol(_));
+                result.borrow_mut().error(&e, progress);
+                if broken {
+                    smtp = None;
+                }
+            }
+        }
+    }
+    if let Some(client) = smtp {
+        client.quit().await;
+    }
+}
+
+/// Empties the mailboxes of `users`, accounting for what it finds.
+fn sweep(
+    config: &Arc<LoadConfig>,
+    users: Vec<usize>,
+    threads: usize,
+    run_id: &str,
+) -> anyhow::Result<ThreadResult> {
+    let users = Arc::new(users);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let (config, users, run_id) = (config.clone(), users.clone(), run_id.to_owned());
+        let builder = porcupine_engine::runtime::executor_builder(
+            &format!("sweep-{thread}"),
+            thread,
+            threads,
+            false,
+        )?;
+        handles.push(
+            builder
+                .spawn(move || async move {
+                    let mut result = ThreadResult::new();
+                    let progress = Progress::default();
+                    for (i, n) in users.iter().enumerate() {
+                        if i % threads != thread {
+                            continue;
+                        }
+                        let user = user_name(&config.user_format, *n);
+                        let target = config.pop3[i % config.pop3.len()];
+                        // A mailbox may be briefly locked by a session that just ended.
+                        for attempt in 0..50 {
+                            match pop_session(target, &user, &config.password).await {
+                                Ok(messages) => {
+                                    result.account(&run_id, &messages);
+                                    break;
+                                }
+                                Err(e) if attempt == 49 => result.error(&e, &progress),
+                                Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
+                            }
+                        }
+                    }
+                    result
+                })
+                .map_err(porcupine_engine::runtime::explain_start_failure)?,
+        );
+    }
+    let mut total = ThreadResult::new();
+    for handle in handles {
+        let r = handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("sweep thread failed: {e}"))?;
+        total.retrieved += r.retrieved;
+        total.corrupt += r.corrupt;
+        for (k, v) in r.seen {
+            *total.seen.entry(k).or_default() += v;
+        }
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    Ok(total)
+}
+
+/// The summary table.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "{} deliveries in {:.1} s over {} connections: {:.0} msg/s, {:.2} MB/s (mean {:.0} B)",
+        report.delivered,
+        report.seconds,
+        report.connections,
+        report.msgs_per_s,
+        report.mb_per_s,
+        report.mean_message_bytes
+    );
+    let _ = writeln!(
+        out,
+        "{:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "count", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms"
+    );
+    for (name, l) in [("smtp", &report.smtp), ("pop", &report.pop)] {
+        let _ = writeln!(
+            out,
+            "{name:<6} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+        );
+    }
+    let _ = writeln!(
+        out,
+        "POP sessions {}, messages retrieved {}",
+        report.pop_sessions, report.retrieved
+    );
+    if report.errors.is_empty() {
+        let _ = writeln!(out, "errors: none");
+    } else {
+        let _ = writeln!(out, "errors: {:?}", report.errors);
+    }
+    if report.verified {
+        let _ = writeln!(
+            out,
+            "integrity: lost {}, duplicated {}, corrupt {}",
+            report.lost, report.duplicated, report.corrupt
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "integrity: not verified (no --pop3, or --no-sweep); corrupt among retrieved {}",
+            report.corrupt
+        );
+    }
+    out
+}
