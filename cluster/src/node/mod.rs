@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Create a first user (and print its password) when the node has none.
     pub first_user: bool,
+    /// The paper's "infinitely fast disk" experiment: acknowledge deliveries without storing
+    /// them. Mail is lost by design; never for production.
+    pub discard_bodies: bool,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +86,7 @@ impl Default for NodeConfig {
             connections_max: 4096,
             shutdown_grace: Duration::from_secs(20),
             first_user: true,
+            discard_bodies: false,
         }
     }
 }

@@ -59,6 +59,10 @@ struct Args {
     /// Skip the final sweep that empties the mailboxes and counts lost mail.
     #[arg(long)]
     no_sweep: bool,
+    /// How long the sweep keeps looking for acknowledged mail not yet in its mailbox (servers
+    /// that deliver after the 250, like Postfix, need this).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    sweep_timeout: Duration,
     /// Write the report as JSON to FILE, or `-` for the last line of standard output.
     #[arg(long)]
     json: Option<String>,
@@ -122,6 +126,7 @@ fn real_main() -> Result<()> {
         duration: args.duration,
         messages: args.messages,
         sweep: !args.no_sweep,
+        sweep_timeout: args.sweep_timeout,
         sender: "load@porcupine-load.invalid".into(),
     };
     let progress = Arc::new(Progress::default());

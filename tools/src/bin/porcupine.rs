@@ -137,6 +137,11 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(default)]
     no_first_user: bool,
+    /// Experiment only: acknowledge deliveries without storing them (the paper's "infinitely
+    /// fast disk"); every message is lost
+    #[arg(long)]
+    #[serde(default)]
+    discard_bodies: bool,
 }
 
 fn main() {
@@ -199,6 +204,7 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         segment_mib: flags.segment_mib.or(file.segment_mib),
         no_pin: flags.no_pin || file.no_pin,
         no_first_user: flags.no_first_user || file.no_first_user,
+        discard_bodies: flags.discard_bodies || file.discard_bodies,
     })
 }
 
@@ -239,8 +245,14 @@ fn serve(flags: ServeArgs) -> Result<()> {
         hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
         domains,
         first_user: !args.no_first_user,
+        discard_bodies: args.discard_bodies,
         ..defaults
     };
+    if config.discard_bodies {
+        tracing::warn!(
+            "--discard-bodies: deliveries are acknowledged and NOT stored (experiment mode)"
+        );
+    }
     if let Some(bytes) = args.message_bytes_max {
         config.smtp_limits.message_bytes_max = bytes;
     }

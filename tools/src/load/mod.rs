@@ -47,6 +47,9 @@ pub struct LoadConfig {
     pub messages: Option<u64>,
     /// Empty every mailbox that received mail at the end, to count lost mail.
     pub sweep: bool,
+    /// Keep sweeping the mailboxes that still miss acknowledged mail for up to this long (for
+    /// servers that deliver after their 250, like Postfix).
+    pub sweep_timeout: Duration,
     pub sender: String,
 }
 
@@ -253,14 +256,30 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
     }
     let verified = config.sweep && !config.pop3.is_empty();
     if verified {
-        let swept = sweep(&config, recipients.into_iter().collect(), threads, &run_id)?;
-        total.retrieved += swept.retrieved;
-        total.corrupt += swept.corrupt;
-        for (k, v) in swept.seen {
-            *total.seen.entry(k).or_default() += v;
-        }
-        for (k, v) in swept.errors {
-            *total.errors.entry(format!("sweep:{k}")).or_default() += v;
+        let sweep_started = Instant::now();
+        let mut users: Vec<usize> = recipients.into_iter().collect();
+        loop {
+            let swept = sweep(&config, users, threads, &run_id)?;
+            total.retrieved += swept.retrieved;
+            total.corrupt += swept.corrupt;
+            for (k, v) in swept.seen {
+                *total.seen.entry(k).or_default() += v;
+            }
+            for (k, v) in swept.errors {
+                *total.errors.entry(format!("sweep:{k}")).or_default() += v;
+            }
+            // Users whose acknowledged mail has not shown up yet.
+            let missing: HashSet<usize> = total
+                .acked
+                .iter()
+                .filter(|(k, _)| !total.seen.contains_key(k))
+                .map(|(_, user)| *user as usize)
+                .collect();
+            if missing.is_empty() || sweep_started.elapsed() >= config.sweep_timeout {
+                break;
+            }
+            users = missing.into_iter().collect();
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
     let lost = if verified {

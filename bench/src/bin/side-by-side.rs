@@ -1,0 +1,568 @@
+//! Side by side, one machine, one run: the same `porcupine-load` workload against
+//! (a) porcupine, (b) Postfix + Dovecot (Maildir), (c) Postfix's `smtp-sink` (SMTP only, no disk:
+//! the protocol ceiling) and (d) porcupine with `--discard-bodies` (the paper's "infinitely fast
+//! disk"), for several connection counts. Writes `bench/results/<name>.md` and `<name>.svg`; with
+//! `--json` its last line holds the best delivered rates and the total of lost or corrupt mail.
+//!
+//! It installs Postfix and Dovecot (Debian packages) if missing, configures them on loopback
+//! high ports only (Postfix's system instance is reconfigured: run it on a test machine), and
+//! stops every server it started, by pid.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DOMAIN: &str = "sbs.test";
+const PASSWORD: &str = "pw";
+const PORCUPINE: (u16, u16, u16) = (2525, 1110, 8025);
+const DISCARD: (u16, u16, u16) = (2535, 1120, 8035);
+const POSTFIX_SMTP: u16 = 2626;
+const DOVECOT_POP3: u16 = 1210;
+const SINK_SMTP: u16 = 2727;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Users (the same in every system).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Connection counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    connections: Vec<usize>,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Message size: `paper` (mean 4.7 KB, heavy tail) or bytes.
+    #[arg(long, default_value = "4700")]
+    size: String,
+    /// Name of the result files in bench/results/.
+    #[arg(long, default_value = "side-by-side")]
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Run {
+    system: &'static str,
+    connections: usize,
+    msgs_per_s: f64,
+    accepted_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    lost: u64,
+    corrupt: u64,
+    verified: bool,
+}
+
+/// Servers to stop at the end, whatever happens.
+#[derive(Default)]
+struct Servers {
+    children: Vec<(String, Child)>,
+    pids: Vec<(String, u32)>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("stopped {name} (pid {})", child.id());
+        }
+        for (name, pid) in &self.pids {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            eprintln!("stopped {name} (pid {pid})");
+        }
+    }
+}
+
+fn sh(command: &str) -> Result<String> {
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .with_context(|| format!("running {command}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{command}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on port {port} after 30 s")
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = workspace_root()?;
+    let bins = root.join("target/release");
+    eprintln!("building porcupine and porcupine-load (release)…");
+    sh(&format!(
+        "cd {} && cargo build --release -q -p porcupine-tools --bins",
+        root.display()
+    ))?;
+    ensure_packages()?;
+    let work = tempfile::Builder::new()
+        .prefix("porcupine-side-by-side")
+        .tempdir_in("/var/tmp")?;
+    let base = work.path().to_path_buf();
+    let mut servers = Servers::default();
+
+    // (a) porcupine and (d) porcupine discarding bodies.
+    for (name, (smtp, pop3, admin), discard) in [
+        ("porcupine", PORCUPINE, false),
+        ("porcupine-discard", DISCARD, true),
+    ] {
+        let mut command = Command::new(bins.join("porcupine"));
+        command
+            .args(["serve", "--no-first-user", "--domain", DOMAIN, "--data"])
+            .arg(base.join(name))
+            .args([
+                "--smtp",
+                &format!("127.0.0.1:{smtp}"),
+                "--pop3",
+                &format!("127.0.0.1:{pop3}"),
+            ])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if discard {
+            command.arg("--discard-bodies");
+        }
+        servers.children.push((
+            name.into(),
+            command
+                .spawn()
+                .with_context(|| format!("starting {name}"))?,
+        ));
+        wait_port(admin)?;
+        sh(&format!(
+            "{} user bulk --count {} --prefix user --domain {DOMAIN} --password {PASSWORD} --admin 127.0.0.1:{admin}",
+            bins.join("porcupine").display(),
+            args.users
+        ))?;
+    }
+
+    // (b) Postfix + Dovecot with the same users.
+    let (uid, gid) = vmail_user()?;
+    configure_postfix_dovecot(&base, args.users, uid, gid)?;
+    sh("postfix start")?;
+    let master = sh("cat /var/spool/postfix/pid/master.pid")?
+        .trim()
+        .parse::<u32>()
+        .context("postfix master pid")?;
+    servers.pids.push(("postfix".into(), master));
+    sh(&format!("dovecot -c {}/dovecot.conf", base.display()))?;
+    let dovecot = std::fs::read_to_string(base.join("dovecot-run/master.pid"))?
+        .trim()
+        .parse::<u32>()?;
+    servers.pids.push(("dovecot".into(), dovecot));
+    wait_port(POSTFIX_SMTP)?;
+    wait_port(DOVECOT_POP3)?;
+
+    // (c) smtp-sink.
+    let sink = Command::new("smtp-sink")
+        .args([
+            "-u",
+            "nobody",
+            "-c",
+            &format!("127.0.0.1:{SINK_SMTP}"),
+            "1000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting smtp-sink")?;
+    servers.children.push(("smtp-sink".into(), sink));
+    wait_port(SINK_SMTP)?;
+
+    let mut runs = Vec::new();
+    for &c in &args.connections {
+        runs.push(load(
+            &bins,
+            "porcupine",
+            PORCUPINE.0,
+            Some(PORCUPINE.1),
+            c,
+            &args,
+            None,
+        )?);
+        runs.push(load(
+            &bins,
+            "postfix+dovecot",
+            POSTFIX_SMTP,
+            Some(DOVECOT_POP3),
+            c,
+            &args,
+            Some(&base),
+        )?);
+        runs.push(load(&bins, "smtp-sink", SINK_SMTP, None, c, &args, None)?);
+        runs.push(load(
+            &bins,
+            "porcupine-discard",
+            DISCARD.0,
+            None,
+            c,
+            &args,
+            None,
+        )?);
+        for r in &runs[runs.len() - 4..] {
+            eprintln!(
+                "{:>18} c={:<3} {:>9.0} msg/s (accepted {:>9.0}/s) p99 {:>8.2} ms lost {} corrupt {}",
+                r.system, r.connections, r.msgs_per_s, r.accepted_per_s, r.p99_ms, r.lost, r.corrupt
+            );
+        }
+    }
+    drop(servers);
+    let _ = sh("postfix stop");
+
+    let results = root.join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    std::fs::write(
+        results.join(format!("{}.md", args.name)),
+        table(&runs, &args),
+    )?;
+    plot(&runs, &results.join(format!("{}.svg", args.name)))?;
+    eprintln!("wrote bench/results/{0}.md and {0}.svg", args.name);
+    let best = |system: &str| {
+        runs.iter()
+            .filter(|r| r.system == system)
+            .map(|r| r.msgs_per_s)
+            .fold(0.0, f64::max)
+    };
+    let lost: u64 = runs.iter().map(|r| r.lost + r.corrupt).sum();
+    print!("{}", table(&runs, &args));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "porcupine": best("porcupine"),
+                "postfix_dovecot": best("postfix+dovecot"),
+                "smtp_sink": best("smtp-sink"),
+                "porcupine_discard": best("porcupine-discard"),
+                "lost": lost,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("bench/ has a parent")?
+        .to_path_buf())
+}
+
+fn ensure_packages() -> Result<()> {
+    let have = |bin: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have("postfix") && have("dovecot") && have("smtp-sink") {
+        return Ok(());
+    }
+    eprintln!("installing postfix, dovecot-core, dovecot-pop3d…");
+    sh("echo 'postfix postfix/main_mailer_type select Local only' | debconf-set-selections")?;
+    sh("echo 'postfix postfix/mailname string localhost' | debconf-set-selections")?;
+    sh("apt-get update -qq")?;
+    sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix dovecot-core dovecot-pop3d")?;
+    Ok(())
+}
+
+fn vmail_user() -> Result<(u32, u32)> {
+    if sh("id -u porcupine-vmail").is_err() {
+        sh("useradd --system --no-create-home --shell /usr/sbin/nologin porcupine-vmail")?;
+    }
+    let uid = sh("id -u porcupine-vmail")?.trim().parse()?;
+    let gid = sh("id -g porcupine-vmail")?.trim().parse()?;
+    Ok((uid, gid))
+}
+
+fn configure_postfix_dovecot(base: &Path, users: usize, uid: u32, gid: u32) -> Result<()> {
+    let b = base.display();
+    std::fs::create_dir_all(base.join("mail"))?;
+    std::fs::create_dir_all(base.join("dovecot-run"))?;
+    std::fs::create_dir_all(base.join("dovecot-state"))?;
+    let mut vmailbox = String::new();
+    let mut passwd = String::new();
+    for n in 1..=users {
+        let _ = writeln!(vmailbox, "user{n}@{DOMAIN} {DOMAIN}/user{n}/");
+        let _ = writeln!(passwd, "user{n}@{DOMAIN}:{{PLAIN}}{PASSWORD}");
+    }
+    std::fs::write(base.join("vmailbox"), vmailbox)?;
+    std::fs::write(base.join("users"), passwd)?;
+    sh(&format!("chown -R {uid}:{gid} {b}/mail && chmod 755 {b}"))?;
+    let settings = [
+        "inet_interfaces = loopback-only".to_string(),
+        "inet_protocols = ipv4".into(),
+        "mydestination = localhost".into(),
+        format!("virtual_mailbox_domains = {DOMAIN}"),
+        format!("virtual_mailbox_base = {b}/mail"),
+        format!("virtual_mailbox_maps = texthash:{b}/vmailbox"),
+        format!("virtual_uid_maps = static:{uid}"),
+        format!("virtual_gid_maps = static:{gid}"),
+        format!("maillog_file = {b}/postfix.log"),
+        "message_size_limit = 33554432".into(),
+        "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination".into(),
+    ];
+    for s in settings {
+        sh(&format!("postconf -e '{s}'"))?;
+    }
+    let _ = sh("postconf -MX smtp/inet");
+    let _ = sh(&format!("postconf -MX 127.0.0.1:{POSTFIX_SMTP}/inet"));
+    sh(&format!(
+        "postconf -M '127.0.0.1:{POSTFIX_SMTP}/inet=127.0.0.1:{POSTFIX_SMTP} inet n - n - - smtpd'"
+    ))?;
+    sh("postconf -F '*/*/chroot = n'")?;
+    let _ = sh("postfix stop");
+    let conf = format!(
+        "protocols = pop3\nlisten = 127.0.0.1\nbase_dir = {b}/dovecot-run\nstate_dir = {b}/dovecot-state\n\
+         log_path = {b}/dovecot.log\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain\n\
+         mail_location = maildir:{b}/mail/%d/%n\nfirst_valid_uid = {uid}\n\
+         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {b}/users\n}}\n\
+         userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={b}/mail/%d/%n\n}}\n\
+         service pop3-login {{\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {DOVECOT_POP3}\n  }}\n}}\n\
+         service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
+    );
+    std::fs::write(base.join("dovecot.conf"), conf)?;
+    Ok(())
+}
+
+/// Runs porcupine-load against one system. For Postfix, "delivered" counts until the queue has
+/// drained into the Maildirs, not until the 250.
+fn load(
+    bins: &Path,
+    system: &'static str,
+    smtp: u16,
+    pop3: Option<u16>,
+    connections: usize,
+    args: &Args,
+    postfix: Option<&Path>,
+) -> Result<Run> {
+    let json = tempfile::NamedTempFile::new()?;
+    let mut command = Command::new(bins.join("porcupine-load"));
+    command
+        .args([
+            "--smtp",
+            &format!("127.0.0.1:{smtp}"),
+            "--users",
+            &args.users.to_string(),
+        ])
+        .args([
+            "--user-format",
+            &format!("user{{n}}@{DOMAIN}"),
+            "--password",
+            PASSWORD,
+        ])
+        .args([
+            "--connections",
+            &connections.to_string(),
+            "--duration",
+            &format!("{}s", args.seconds),
+        ])
+        .arg("--json")
+        .arg(json.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if args.size != "paper" {
+        command.args(["--size", &args.size]);
+    }
+    match pop3 {
+        Some(port) => {
+            command.args([
+                "--pop3",
+                &format!("127.0.0.1:{port}"),
+                "--sweep-timeout",
+                "300s",
+            ]);
+        }
+        None => {
+            command.args(["--mix", "100:0", "--no-sweep"]);
+        }
+    }
+    let started = Instant::now();
+    let mut child = command.spawn().context("starting porcupine-load")?;
+    let mut drained_at = None;
+    if postfix.is_some() {
+        // The queue drains into the Maildirs after the 250s; delivered = when it is empty.
+        std::thread::sleep(Duration::from_secs(args.seconds));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            let queue = sh("postqueue -p").unwrap_or_default();
+            if queue.contains("Mail queue is empty") {
+                drained_at = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let status = child.wait()?;
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json.path())?)
+        .with_context(|| {
+            format!("porcupine-load against {system} wrote no report (exit {status})")
+        })?;
+    let delivered = report["delivered"].as_f64().unwrap_or(0.0);
+    let seconds = report["seconds"].as_f64().unwrap_or(1.0);
+    let accepted_per_s = delivered / seconds;
+    let msgs_per_s = match drained_at {
+        Some(t) => delivered / t.as_secs_f64().max(seconds),
+        None => accepted_per_s,
+    };
+    Ok(Run {
+        system,
+        connections,
+        msgs_per_s,
+        accepted_per_s,
+        p50_ms: report["smtp"]["p50_ms"].as_f64().unwrap_or(0.0),
+        p99_ms: report["smtp"]["p99_ms"].as_f64().unwrap_or(0.0),
+        lost: report["lost"].as_u64().unwrap_or(0),
+        corrupt: report["corrupt"].as_u64().unwrap_or(0),
+        verified: report["verified"].as_bool().unwrap_or(false),
+    })
+}
+
+fn table(runs: &[Run], args: &Args) -> String {
+    let mut out = String::new();
+    let machine = sh("nproc").unwrap_or_default().trim().to_owned();
+    let _ = writeln!(
+        out,
+        "# Side by side: porcupine, Postfix + Dovecot, smtp-sink\n"
+    );
+    let _ = writeln!(
+        out,
+        "Machine: {machine} cores, `uname -r` {}. Workload: `porcupine-load`, {} users (Zipf 1.0), \
+         size {}, mix 90:10 where POP3 exists (SMTP only for smtp-sink and discard), {} s per run.\n",
+        sh("uname -r").unwrap_or_default().trim(),
+        args.users,
+        args.size,
+        args.seconds
+    );
+    let _ = writeln!(out, "How each system syncs before its 250:");
+    let _ = writeln!(out, "- porcupine: the message is appended to the user's shard log and `fdatasync`ed (group commit) before the 250; POP3 deletes are durable tombstones before `+OK`.");
+    let _ = writeln!(out, "- Postfix: fsyncs the queue file before the 250; the local/virtual delivery agent fsyncs the Maildir file before moving it into `new/` (delivered = when the queue has drained). Dovecot reads those Maildirs.");
+    let _ = writeln!(out, "- smtp-sink: no disk at all (the protocol ceiling).");
+    let _ = writeln!(out, "- porcupine-discard: `--discard-bodies`, nothing stored (the paper's \"infinitely fast disk\").\n");
+    let _ = writeln!(out, "| system | connections | delivered msg/s | accepted msg/s | SMTP p50 ms | SMTP p99 ms | lost | corrupt | verified |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            r.system,
+            r.connections,
+            r.msgs_per_s,
+            r.accepted_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.lost,
+            r.corrupt,
+            r.verified
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| connections | porcupine / Postfix+Dovecot | porcupine / smtp-sink |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|");
+    for &c in &args.connections {
+        let rate = |s: &str| {
+            runs.iter()
+                .find(|r| r.system == s && r.connections == c)
+                .map_or(0.0, |r| r.msgs_per_s)
+        };
+        let p = rate("porcupine");
+        let _ = writeln!(
+            out,
+            "| {c} | {:.2}× | {:.2}× |",
+            p / rate("postfix+dovecot").max(f64::MIN_POSITIVE),
+            p / rate("smtp-sink").max(f64::MIN_POSITIVE)
+        );
+    }
+    out
+}
+
+fn plot(runs: &[Run], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let systems = [
+        "porcupine",
+        "postfix+dovecot",
+        "smtp-sink",
+        "porcupine-discard",
+    ];
+    let colors = [RED, BLUE, BLACK, MAGENTA];
+    let max_c = runs.iter().map(|r| r.connections).max().unwrap_or(1) as f64;
+    for (area, title, value) in [
+        (
+            &left,
+            "delivered msg/s vs connections",
+            (|r: &Run| r.msgs_per_s) as fn(&Run) -> f64,
+        ),
+        (&right, "SMTP p99 latency (ms) vs connections", |r: &Run| {
+            r.p99_ms
+        }),
+    ] {
+        let max_y = runs.iter().map(value).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max_c * 1.05, 0.0..max_y)?;
+        chart.configure_mesh().x_desc("connections").draw()?;
+        for (system, color) in systems.iter().zip(colors) {
+            let points: Vec<(f64, f64)> = runs
+                .iter()
+                .filter(|r| r.system == *system)
+                .map(|r| (r.connections as f64, value(r)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(*system)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
