@@ -106,6 +106,21 @@ fn sh(command: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Starts a daemon that detaches: its stdio must not be our pipes, or we would wait on them forever.
+fn start_daemon(command: &str) -> Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {command}"))?;
+    if !status.success() {
+        bail!("`{command}` failed ({status})");
+    }
+    Ok(())
+}
+
 fn wait_port(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -171,13 +186,13 @@ fn main() -> Result<()> {
     // (b) Postfix + Dovecot with the same users.
     let (uid, gid) = vmail_user()?;
     configure_postfix_dovecot(&base, args.users, uid, gid)?;
-    sh("postfix start")?;
+    start_daemon("postfix start")?;
     let master = sh("cat /var/spool/postfix/pid/master.pid")?
         .trim()
         .parse::<u32>()
         .context("postfix master pid")?;
     servers.pids.push(("postfix".into(), master));
-    sh(&format!("dovecot -c {}/dovecot.conf", base.display()))?;
+    start_daemon(&format!("dovecot -c {}/dovecot.conf", base.display()))?;
     let dovecot = std::fs::read_to_string(base.join("dovecot-run/master.pid"))?
         .trim()
         .parse::<u32>()?;
@@ -239,7 +254,7 @@ fn main() -> Result<()> {
         }
     }
     drop(servers);
-    let _ = sh("postfix stop");
+    let _ = start_daemon("postfix stop");
 
     let results = root.join("bench/results");
     std::fs::create_dir_all(&results)?;
@@ -343,7 +358,7 @@ fn configure_postfix_dovecot(base: &Path, users: usize, uid: u32, gid: u32) -> R
         "postconf -M '127.0.0.1:{POSTFIX_SMTP}/inet=127.0.0.1:{POSTFIX_SMTP} inet n - n - - smtpd'"
     ))?;
     sh("postconf -F '*/*/chroot = n'")?;
-    let _ = sh("postfix stop");
+    let _ = start_daemon("postfix stop");
     let conf = format!(
         "protocols = pop3\nlisten = 127.0.0.1\nbase_dir = {b}/dovecot-run\nstate_dir = {b}/dovecot-state\n\
          log_path = {b}/dovecot.log\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain\n\
