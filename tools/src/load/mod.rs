@@ -99,6 +99,27 @@ impl ThreadResult {
         progress.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds another thread's (or a sweep's) result; `error_prefix` labels its errors.
+    fn merge(&mut self, other: ThreadResult, error_prefix: &str) {
+        self.delivered += other.delivered;
+        self.delivered_bytes += other.delivered_bytes;
+        self.pop_sessions += other.pop_sessions;
+        self.retrieved += other.retrieved;
+        self.corrupt += other.corrupt;
+        for (label, count) in other.errors {
+            *self
+                .errors
+                .entry(format!("{error_prefix}{label}"))
+                .or_default() += count;
+        }
+        self.smtp_latency.add(&other.smtp_latency).ok();
+        self.pop_latency.add(&other.pop_latency).ok();
+        self.acked.extend(other.acked);
+        for (key, count) in other.seen {
+            *self.seen.entry(key).or_default() += count;
+        }
+    }
+
     /// Records retrieved messages of this run (`run` is its id prefix).
     fn account(&mut self, run: &str, messages: &[Vec<u8>]) {
         for m in messages {
@@ -236,22 +257,8 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
     // Merge, then sweep every mailbox that received mail.
     let mut total = ThreadResult::new();
     let mut recipients: HashSet<usize> = HashSet::new();
-    for r in results {
-        let (result, users) = r;
-        total.delivered += result.delivered;
-        total.delivered_bytes += result.delivered_bytes;
-        total.pop_sessions += result.pop_sessions;
-        total.retrieved += result.retrieved;
-        total.corrupt += result.corrupt;
-        for (k, v) in result.errors {
-            *total.errors.entry(k).or_default() += v;
-        }
-        total.smtp_latency.add(&result.smtp_latency).ok();
-        total.pop_latency.add(&result.pop_latency).ok();
-        total.acked.extend(result.acked);
-        for (k, v) in result.seen {
-            *total.seen.entry(k).or_default() += v;
-        }
+    for (result, users) in results {
+        total.merge(result, "");
         recipients.extend(users);
     }
     let verified = config.sweep && !config.pop3.is_empty();
@@ -260,14 +267,7 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         let mut users: Vec<usize> = recipients.into_iter().collect();
         loop {
             let swept = sweep(&config, users, threads, &run_id)?;
-            total.retrieved += swept.retrieved;
-            total.corrupt += swept.corrupt;
-            for (k, v) in swept.seen {
-                *total.seen.entry(k).or_default() += v;
-            }
-            for (k, v) in swept.errors {
-                *total.errors.entry(format!("sweep:{k}")).or_default() += v;
-            }
+            total.merge(swept, "sweep:");
             // Users whose acknowledged mail has not shown up yet.
             let missing: HashSet<usize> = total
                 .acked
@@ -515,14 +515,7 @@ fn sweep(
         let r = handle
             .join()
             .map_err(|e| anyhow::anyhow!("sweep thread failed: {e}"))?;
-        total.retrieved += r.retrieved;
-        total.corrupt += r.corrupt;
-        for (k, v) in r.seen {
-            *total.seen.entry(k).or_default() += v;
-        }
-        for (k, v) in r.errors {
-            *total.errors.entry(k).or_default() += v;
-        }
+        total.merge(r, "");
     }
     Ok(total)
 }
