@@ -93,15 +93,22 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, context: &NodeContext)
     ok
 }
 
-static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+thread_local! {
+    /// Per-core id counter: the core number is part of the id, so cores need not share one.
+    static NEXT_ID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
-/// A node-unique message id: microseconds since the epoch, core and a counter.
+/// A node-unique message id: microseconds since the epoch, core and a per-core counter.
 fn new_message_id(core: usize) -> u128 {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0);
-    let counter = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let counter = NEXT_ID.with(|next| {
+        let value = next.get();
+        next.set(value.wrapping_add(1));
+        value
+    });
     (micros << 32) | ((core as u128 & 0xff) << 24) | u128::from(counter & 0x00ff_ffff)
 }
 
