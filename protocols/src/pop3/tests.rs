@@ -87,3 +87,25 @@ fn dropping_before_quit_commits_nothing() {
     let (_, committed) = drive(b"USER a\r\nPASS pw\r\nDELE 1\r\n", 5);
     assert_eq!(committed, None);
 }
+
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the session; every answer starts with +OK or -ERR or is
+        /// part of a multi-line response; nothing is committed without a QUIT in the input.
+        #[test]
+        fn arbitrary_input_is_answered_not_panicked(
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+            chunk in 1usize..64,
+        ) {
+            let mut script = b"USER a\r\nPASS pw\r\n".to_vec();
+            script.extend_from_slice(&bytes);
+            let (out, committed) = drive(&script, chunk);
+            prop_assert!(out.starts_with("+OK"));
+            let has_quit = bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"QUIT"));
+            prop_assert!(committed.is_none() || has_quit);
+        }
+    }
+}

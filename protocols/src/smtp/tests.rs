@@ -141,3 +141,43 @@ fn bare_lf_dot_does_not_end_data() {
     assert_eq!(envelopes.len(), 1);
     assert_eq!(envelopes[0].data, b"x\n.\r\nMAIL FROM:<evil@x>\r\n\r\n");
 }
+
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes in arbitrary chunks never panic the session, every reply line is a
+        /// well-formed code, and nothing is delivered without a DATA command in the input.
+        #[test]
+        fn arbitrary_input_is_answered_not_panicked(
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+            chunk in 1usize..64,
+        ) {
+            let mut s = session();
+            let mut out = Vec::new();
+            s.greeting(&mut out);
+            let mut delivered = false;
+            'feed: for piece in bytes.chunks(chunk) {
+                s.push(piece);
+                loop {
+                    match s.step(&mut out) {
+                        Step::NeedInput => break,
+                        Step::Close => break 'feed,
+                        Step::CheckRecipient(_) => s.recipient_checked(RecipientCheck::Local, &mut out),
+                        Step::Deliver(_) => {
+                            delivered = true;
+                            s.delivered(DeliveryOutcome::Stored("x".into()), &mut out);
+                        }
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&out);
+            for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                prop_assert!(line.len() >= 4 && line[..3].bytes().all(|b| b.is_ascii_digit()), "bad reply line {line:?}");
+            }
+            let has_data = bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"DATA"));
+            prop_assert!(!delivered || has_data);
+        }
+    }
+}
