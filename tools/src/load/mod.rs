@@ -218,39 +218,26 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
     let zipf = Arc::new(Zipf::new(config.users, config.zipf));
     let config = Arc::new(config);
     let started = Instant::now();
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let workers: Vec<usize> = (0..config.connections)
-            .filter(|w| w % threads == thread)
-            .collect();
+    let results = {
         let (config, zipf, progress, run_id) = (
             config.clone(),
             zipf.clone(),
             progress.clone(),
             run_id.clone(),
         );
-        let builder = porcupine_engine::runtime::executor_builder(
-            &format!("load-{thread}"),
-            thread,
-            threads,
-            false,
-        )?;
-        handles.push(
-            builder
-                .spawn(move || async move {
-                    run_thread(thread, workers, config, zipf, progress, run_id, started).await
-                })
-                .map_err(porcupine_engine::runtime::explain_start_failure)?,
-        );
-    }
-    let mut results = Vec::new();
-    for handle in handles {
-        results.push(
-            handle
-                .join()
-                .map_err(|e| anyhow::anyhow!("load thread failed: {e}"))?,
-        );
-    }
+        on_executors("load", threads, move |thread| {
+            let workers: Vec<usize> = (0..config.connections)
+                .filter(|w| w % threads == thread)
+                .collect();
+            let (config, zipf, progress, run_id) = (
+                config.clone(),
+                zipf.clone(),
+                progress.clone(),
+                run_id.clone(),
+            );
+            async move { run_thread(thread, workers, config, zipf, progress, run_id, started).await }
+        })?
+    };
     let seconds = started.elapsed().as_secs_f64();
     progress.done.store(true, Ordering::Relaxed);
 
@@ -465,6 +452,38 @@ async fn worker_loop(
     }
 }
 
+/// Runs `task(thread)` on `threads` executors, one each, and returns their outputs in order.
+fn on_executors<T, F, Fut>(name: &str, threads: usize, task: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let task = Arc::new(task);
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let builder = porcupine_engine::runtime::executor_builder(
+            &format!("{name}-{thread}"),
+            thread,
+            threads,
+            false,
+        )?;
+        let task = task.clone();
+        handles.push(
+            builder
+                .spawn(move || task(thread))
+                .map_err(porcupine_engine::runtime::explain_start_failure)?,
+        );
+    }
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|e| anyhow::anyhow!("{name} thread failed: {e}"))
+        })
+        .collect()
+}
+
 /// Empties the mailboxes of `users`, accounting for what it finds.
 fn sweep(
     config: &Arc<LoadConfig>,
@@ -473,49 +492,36 @@ fn sweep(
     run_id: &str,
 ) -> anyhow::Result<ThreadResult> {
     let users = Arc::new(users);
-    let mut handles = Vec::new();
-    for thread in 0..threads {
-        let (config, users, run_id) = (config.clone(), users.clone(), run_id.to_owned());
-        let builder = porcupine_engine::runtime::executor_builder(
-            &format!("sweep-{thread}"),
-            thread,
-            threads,
-            false,
-        )?;
-        handles.push(
-            builder
-                .spawn(move || async move {
-                    let mut result = ThreadResult::new();
-                    let progress = Progress::default();
-                    for (i, n) in users.iter().enumerate() {
-                        if i % threads != thread {
-                            continue;
+    let (config, run_id) = (config.clone(), run_id.to_owned());
+    let results = on_executors("sweep", threads, move |thread| {
+        let (config, users, run_id) = (config.clone(), users.clone(), run_id.clone());
+        async move {
+            let mut result = ThreadResult::new();
+            let progress = Progress::default();
+            for (i, n) in users.iter().enumerate() {
+                if i % threads != thread {
+                    continue;
+                }
+                let user = user_name(&config.user_format, *n);
+                let target = config.pop3[i % config.pop3.len()];
+                // A mailbox may be briefly locked by a session that just ended.
+                for attempt in 0..50 {
+                    match pop_session(target, &user, &config.password).await {
+                        Ok(messages) => {
+                            result.account(&run_id, &messages);
+                            break;
                         }
-                        let user = user_name(&config.user_format, *n);
-                        let target = config.pop3[i % config.pop3.len()];
-                        // A mailbox may be briefly locked by a session that just ended.
-                        for attempt in 0..50 {
-                            match pop_session(target, &user, &config.password).await {
-                                Ok(messages) => {
-                                    result.account(&run_id, &messages);
-                                    break;
-                                }
-                                Err(e) if attempt == 49 => result.error(&e, &progress),
-                                Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
-                            }
-                        }
+                        Err(e) if attempt == 49 => result.error(&e, &progress),
+                        Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
                     }
-                    result
-                })
-                .map_err(porcupine_engine::runtime::explain_start_failure)?,
-        );
-    }
+                }
+            }
+            result
+        }
+    })?;
     let mut total = ThreadResult::new();
-    for handle in handles {
-        let r = handle
-            .join()
-            .map_err(|e| anyhow::anyhow!("sweep thread failed: {e}"))?;
-        total.merge(r, "");
+    for result in results {
+        total.merge(result, "");
     }
     Ok(total)
 }
