@@ -25,7 +25,7 @@ use porcupine_engine::{runtime, DmaStorage, EngineConfig, Placement, Shard};
 use porcupine_protocols::pop3::Pop3Limits;
 use porcupine_protocols::smtp::SmtpLimits;
 
-use self::conn::ConnectionCount;
+use self::conn::{ConnectionCount, SessionWatch};
 use self::metrics::NodeMetrics;
 use self::service::{CoreService, Request, Router};
 
@@ -319,6 +319,8 @@ async fn run_core(
         (Protocol::Pop3, TcpListener::bind(config.pop3)),
     ];
     let count = ConnectionCount::default();
+    let watch = SessionWatch::default();
+    glommio::spawn_local(watch.clone().run(stop.clone())).detach();
     let per_core_max = (config.connections_max / config.cores).max(1);
     let mut accept_tasks = Vec::new();
     for (protocol, listener) in listeners {
@@ -328,6 +330,7 @@ async fn run_core(
                 listener,
                 context.clone(),
                 stop.clone(),
+                watch.clone(),
                 count.clone(),
                 per_core_max,
                 core,
@@ -342,6 +345,7 @@ async fn run_core(
                 listener,
                 context.clone(),
                 stop.clone(),
+                watch.clone(),
                 count.clone(),
                 usize::MAX,
                 core,
@@ -376,11 +380,13 @@ enum Protocol {
     Admin,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     protocol: Protocol,
     listener: TcpListener,
     context: Arc<NodeContext>,
     stop: flume::Receiver<()>,
+    watch: SessionWatch,
     count: ConnectionCount,
     max: usize,
     core: usize,
@@ -417,11 +423,16 @@ async fn accept_loop(
             .detach();
             continue;
         };
-        let (context, stop) = (context.clone(), stop.clone());
+        let context = context.clone();
+        let idle = match protocol {
+            Protocol::Pop3 => context.config.pop3_idle_timeout,
+            _ => context.config.smtp_idle_timeout,
+        };
+        let clock = watch.register(idle);
         glommio::spawn_local(async move {
             match protocol {
-                Protocol::Smtp => smtp_conn::serve(stream, context, stop, core).await,
-                Protocol::Pop3 => pop3_conn::serve(stream, context, stop).await,
+                Protocol::Smtp => smtp_conn::serve(stream, context, clock, core).await,
+                Protocol::Pop3 => pop3_conn::serve(stream, context, clock).await,
                 Protocol::Admin => admin::serve(stream, context).await,
             }
             drop(guard);

@@ -2,19 +2,19 @@
 //! The maildrop lock is held by the user's core from login until the connection ends, however
 //! it ends; deletions happen only on QUIT.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Pop3Session, Step};
 
-use super::conn::{self, Read};
+use super::conn::{self, Read, SessionClock};
 use super::metrics::add;
 use super::service::Login;
 use super::NodeContext;
 
-pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, stop: flume::Receiver<()>) {
-    let _ = stream.set_read_timeout(Some(context.config.pop3_idle_timeout));
+pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<SessionClock>) {
     add(&context.metrics.pop3_sessions, 1);
     let mut session = Pop3Session::new(context.config.pop3_limits.clone());
     let mut out = Vec::with_capacity(1024);
@@ -77,10 +77,10 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, stop: flume
                 }
             }
         }
-        if !flush(&mut stream, &mut out, &context).await {
+        if !flush(&mut stream, &mut out, &context, &clock).await {
             break;
         }
-        match conn::read(&mut stream, &mut buf, &stop).await {
+        match conn::read(&mut stream, &mut buf, &clock).await {
             Read::Bytes(n) => session.push(&buf[..n]),
             Read::Closed => break,
             Read::Stop => {
@@ -93,14 +93,20 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, stop: flume
     if let Some((user, _)) = locked {
         context.router.unlock(&user).await;
     }
-    flush(&mut stream, &mut out, &context).await;
+    flush(&mut stream, &mut out, &context, &clock).await;
     let _ = stream.close().await;
 }
 
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, context: &NodeContext) -> bool {
+async fn flush(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    context: &NodeContext,
+    clock: &SessionClock,
+) -> bool {
     if out.is_empty() {
         return true;
     }
+    clock.touch();
     context.metrics.count_pop3_errors(out);
     let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
     out.clear();

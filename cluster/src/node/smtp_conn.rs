@@ -6,6 +6,7 @@
 //! the whole message, so recipients already stored may receive it twice (Porcupine's known
 //! duplicate anomaly); never zero times after a 250.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use porcupine_protocols::smtp::{DeliveryOutcome, RecipientCheck, SmtpSession, Step};
 
-use super::conn::{self, Read};
+use super::conn::{self, Read, SessionClock};
 use super::metrics::add;
 use super::service::StoreError;
 use super::NodeContext;
@@ -21,7 +22,7 @@ use super::NodeContext;
 pub async fn serve(
     mut stream: TcpStream,
     context: Arc<NodeContext>,
-    stop: flume::Receiver<()>,
+    clock: Rc<SessionClock>,
     core: usize,
 ) {
     let peer = stream
@@ -29,7 +30,6 @@ pub async fn serve(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
     let config = &context.config;
-    let _ = stream.set_read_timeout(Some(config.smtp_idle_timeout));
     add(&context.metrics.smtp_sessions, 1);
     let mut session = SmtpSession::new(
         config.smtp_limits.clone(),
@@ -45,7 +45,7 @@ pub async fn serve(
             match session.step(&mut out) {
                 Step::NeedInput => break,
                 Step::Close => {
-                    flush(&mut stream, &mut out, &context).await;
+                    flush(&mut stream, &mut out, &context, &clock).await;
                     let _ = stream.close().await;
                     return;
                 }
@@ -65,16 +65,16 @@ pub async fn serve(
                 }
             }
         }
-        if !flush(&mut stream, &mut out, &context).await {
+        if !flush(&mut stream, &mut out, &context, &clock).await {
             return;
         }
         if stopping && !session.in_data() {
             session.goodbye(&mut out, "shutting down");
-            flush(&mut stream, &mut out, &context).await;
+            flush(&mut stream, &mut out, &context, &clock).await;
             let _ = stream.close().await;
             return;
         }
-        match conn::read(&mut stream, &mut buf, &stop).await {
+        match conn::read(&mut stream, &mut buf, &clock).await {
             Read::Bytes(n) => session.push(&buf[..n]),
             Read::Closed => return, // mid-DATA: nothing was stored
             Read::Stop => stopping = true,
@@ -83,10 +83,16 @@ pub async fn serve(
 }
 
 /// Writes pending output; false if the peer is gone.
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, context: &NodeContext) -> bool {
+async fn flush(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    context: &NodeContext,
+    clock: &SessionClock,
+) -> bool {
     if out.is_empty() {
         return true;
     }
+    clock.touch();
     context.metrics.count_smtp_replies(out);
     let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
     out.clear();

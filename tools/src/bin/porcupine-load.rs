@@ -63,6 +63,10 @@ struct Args {
     /// that deliver after the 250, like Postfix, need this).
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     sweep_timeout: Duration,
+    /// Before timing, log in once as every user (steady state for servers that cache
+    /// verified credentials).
+    #[arg(long)]
+    warm_logins: bool,
     /// Write the report as JSON to FILE, or `-` for the last line of standard output.
     #[arg(long)]
     json: Option<String>,
@@ -128,6 +132,7 @@ fn real_main() -> Result<()> {
         sweep: !args.no_sweep,
         sweep_timeout: args.sweep_timeout,
         sender: "load@porcupine-load.invalid".into(),
+        warm_logins: args.warm_logins,
     };
     let progress = Arc::new(Progress::default());
     let display = std::thread::spawn({

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use self::client::{pop_session, ClientError, SmtpClient};
+use self::client::{pop_login, pop_session, ClientError, SmtpClient};
 use self::workload::{Checked, SizeDistribution, Zipf};
 
 /// What to run.
@@ -51,6 +51,9 @@ pub struct LoadConfig {
     /// servers that deliver after their 250, like Postfix).
     pub sweep_timeout: Duration,
     pub sender: String,
+    /// Before the timed run, log in once as every user (servers that cache verified
+    /// credentials then run in their steady state, as a server with active users does).
+    pub warm_logins: bool,
 }
 
 /// Live counters the progress display reads.
@@ -217,6 +220,15 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
     let run_id = format!("{:08x}-", rand::thread_rng().gen::<u32>());
     let zipf = Arc::new(Zipf::new(config.users, config.zipf));
     let config = Arc::new(config);
+    if config.warm_logins && !config.pop3.is_empty() {
+        let warm_started = Instant::now();
+        let failed = warm_logins(&config, threads)?;
+        eprintln!(
+            "warm-up: {} logins in {:.1} s ({failed} failed)",
+            config.users,
+            warm_started.elapsed().as_secs_f64()
+        );
+    }
     let started = Instant::now();
     let results = {
         let (config, zipf, progress, run_id) = (
@@ -524,6 +536,41 @@ fn sweep(
         total.merge(result, "");
     }
     Ok(total)
+}
+
+/// Logs in once as every user, a few sessions at a time per thread; returns the failures.
+fn warm_logins(config: &Arc<LoadConfig>, threads: usize) -> anyhow::Result<u64> {
+    const SESSIONS_PER_THREAD: usize = 8;
+    let config = config.clone();
+    let failures = on_executors("warm", threads, move |thread| {
+        let config = config.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for lane in 0..SESSIONS_PER_THREAD {
+                let config = config.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let mut failed = 0u64;
+                    let stride = threads * SESSIONS_PER_THREAD;
+                    let mut n = 1 + thread * SESSIONS_PER_THREAD + lane;
+                    while n <= config.users {
+                        let user = user_name(&config.user_format, n);
+                        let target = config.pop3[n % config.pop3.len()];
+                        if pop_login(target, &user, &config.password).await.is_err() {
+                            failed += 1;
+                        }
+                        n += stride;
+                    }
+                    failed
+                }));
+            }
+            let mut failed = 0;
+            for task in tasks {
+                failed += task.await;
+            }
+            failed
+        }
+    })?;
+    Ok(failures.into_iter().sum())
 }
 
 /// The summary table.

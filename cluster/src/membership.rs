@@ -1,0 +1,527 @@
+//! Membership: which nodes form the cluster, as a sans-IO state machine (events in, actions out).
+//!
+//! The paper's three-round protocol:
+//! - every member pings its successor in node-id order (the highest pings the lowest); a
+//!   successor silent for `suspect_after` makes the pinger suspect it and coordinate;
+//! - round 1: the coordinator sends `NewGroup(epoch)` to every node it knows of, where
+//!   epoch = (clock, coordinator id) and a larger epoch wins among concurrent coordinators;
+//! - round 2: nodes answer `Accept` (only for an epoch larger than any they accepted);
+//! - round 3: after `round_timeout` the coordinator sends `Commit(epoch, members, user map)` to
+//!   those who accepted, and installs it itself.
+//!
+//! A booting node is a one-node group that probes its seeds; every node probes known nodes that
+//! are not members, so partitions merge once they can talk. A node that hears from a node
+//! outside its group, or in another epoch, coordinates. A coordinator commits each of its
+//! epochs at most once, so no two nodes install different memberships for the same epoch.
+//! Time is milliseconds, given by the caller (a real or simulated clock).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::usermap::UserMap;
+
+pub type NodeId = u64;
+
+/// A membership generation; larger wins.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch {
+    pub clock: u64,
+    pub coordinator: NodeId,
+}
+
+/// A node and the address of its cluster port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// An installed membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub epoch: Epoch,
+    /// Sorted by id.
+    pub members: Vec<Member>,
+    pub map: UserMap,
+}
+
+impl View {
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+/// Membership messages (one-way frames).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    Ping {
+        from: Member,
+        epoch: Epoch,
+    },
+    Pong {
+        from: Member,
+        epoch: Epoch,
+    },
+    /// `known`: every cluster address the sender knows, so knowledge of nodes spreads.
+    Probe {
+        from: Member,
+        epoch: Epoch,
+        known: Vec<String>,
+    },
+    NewGroup {
+        coordinator: Member,
+        epoch: Epoch,
+    },
+    Accept {
+        from: Member,
+        epoch: Epoch,
+        known: Vec<String>,
+    },
+    Commit {
+        view: View,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub ping_interval_ms: u64,
+    /// Silence from the successor after which it is suspected.
+    pub suspect_after_ms: u64,
+    pub probe_interval_ms: u64,
+    /// How long a coordinator collects accepts.
+    pub round_timeout_ms: u64,
+    /// How long an accepted round may wait for its commit before this node coordinates.
+    pub commit_timeout_ms: u64,
+    pub buckets: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 50,
+            suspect_after_ms: 200,
+            probe_interval_ms: 250,
+            round_timeout_ms: 60,
+            commit_timeout_ms: 300,
+            buckets: crate::usermap::BUCKETS_DEFAULT,
+        }
+    }
+}
+
+/// What the caller must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        to: String,
+        msg: Msg,
+    },
+    /// A new view was installed here.
+    Installed(View),
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Stable,
+    Coordinating {
+        epoch: Epoch,
+        accepted: BTreeMap<NodeId, Member>,
+        deadline: u64,
+    },
+    Accepted {
+        deadline: u64,
+    },
+}
+
+#[derive(Debug)]
+pub struct Membership {
+    me: Member,
+    settings: Settings,
+    view: View,
+    phase: Phase,
+    /// The largest epoch this node accepted or proposed: smaller proposals are ignored.
+    promised: Epoch,
+    /// Every node ever heard of, by address (probed while not a member).
+    known: BTreeMap<String, Option<NodeId>>,
+    successor_heard: u64,
+    /// Since when a member has shown a newer epoch than ours (its commit may still be on its
+    /// way here; if it does not come, coordinate).
+    behind_since: Option<u64>,
+    next_ping: u64,
+    next_probe: u64,
+    now: u64,
+}
+
+impl Membership {
+    /// A one-node group at time `now` that will probe `seeds`.
+    pub fn new(me: Member, seeds: &[String], settings: Settings, now: u64) -> Self {
+        let epoch = Epoch {
+            clock: now,
+            coordinator: me.id,
+        };
+        let view = View {
+            epoch,
+            members: vec![me.clone()],
+            map: UserMap::single(me.id, settings.buckets, epoch),
+        };
+        let known = seeds
+            .iter()
+            .filter(|s| **s != me.addr)
+            .map(|s| (s.clone(), None))
+            .collect();
+        Self {
+            me,
+            settings,
+            view,
+            phase: Phase::Stable,
+            promised: epoch,
+            known,
+            successor_heard: now,
+            behind_since: None,
+            next_ping: now,
+            next_probe: now,
+            now,
+        }
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Whether a membership round is under way here.
+    pub fn settled(&self) -> bool {
+        matches!(self.phase, Phase::Stable)
+    }
+
+    fn successor(&self) -> Option<&Member> {
+        if self.view.members.len() < 2 {
+            return None;
+        }
+        self.view
+            .members
+            .iter()
+            .find(|m| m.id > self.me.id)
+            .or_else(|| self.view.members.first())
+            .filter(|m| m.id != self.me.id)
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.view.members.iter().any(|m| m.id == id)
+    }
+
+    fn learn(&mut self, member: &Member) {
+        if member.id != self.me.id {
+            self.known.insert(member.addr.clone(), Some(member.id));
+        }
+    }
+
+    fn known_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self.known.keys().cloned().collect();
+        addrs.push(self.me.addr.clone());
+        addrs
+    }
+
+    /// Addresses heard of from another node. A coordinator collecting accepts invites the new
+    /// ones into its round at once.
+    fn learn_addrs(&mut self, addrs: Vec<String>, out: &mut Vec<Action>) {
+        for addr in addrs {
+            if addr == self.me.addr || self.known.contains_key(&addr) {
+                continue;
+            }
+            self.known.insert(addr.clone(), None);
+            if let Phase::Coordinating { epoch, .. } = &self.phase {
+                out.push(Action::Send {
+                    to: addr,
+                    msg: Msg::NewGroup {
+                        coordinator: self.me.clone(),
+                        epoch: *epoch,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Time passes.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        match &self.phase {
+            Phase::Coordinating { deadline, .. } if now >= *deadline => self.commit(out),
+            Phase::Accepted { deadline } if now >= *deadline => self.coordinate(out),
+            Phase::Stable => {
+                if self.behind_since.is_some_and(|since| {
+                    now.saturating_sub(since) > self.settings.commit_timeout_ms
+                }) {
+                    tracing::info!(
+                        node = self.me.id,
+                        "a member is in a newer epoch; coordinating"
+                    );
+                    self.coordinate(out);
+                    return;
+                }
+                if let Some(successor) = self.successor().cloned() {
+                    if now.saturating_sub(self.successor_heard) > self.settings.suspect_after_ms {
+                        tracing::info!(
+                            node = self.me.id,
+                            suspect = successor.id,
+                            "successor silent; coordinating"
+                        );
+                        self.coordinate(out);
+                        return;
+                    }
+                    if now >= self.next_ping {
+                        self.next_ping = now + self.settings.ping_interval_ms;
+                        out.push(Action::Send {
+                            to: successor.addr.clone(),
+                            msg: Msg::Ping {
+                                from: self.me.clone(),
+                                epoch: self.view.epoch,
+                            },
+                        });
+                    }
+                }
+                if now >= self.next_probe {
+                    self.next_probe = now + self.settings.probe_interval_ms;
+                    let members: BTreeSet<&str> =
+                        self.view.members.iter().map(|m| m.addr.as_str()).collect();
+                    let known = self.known_addrs();
+                    for addr in self.known.keys() {
+                        if !members.contains(addr.as_str()) {
+                            out.push(Action::Send {
+                                to: addr.clone(),
+                                msg: Msg::Probe {
+                                    from: self.me.clone(),
+                                    epoch: self.view.epoch,
+                                    known: known.clone(),
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message arrived.
+    pub fn receive(&mut self, now: u64, msg: Msg, out: &mut Vec<Action>) {
+        self.now = self.now.max(now);
+        match msg {
+            Msg::Ping { from, epoch } => {
+                self.learn(&from);
+                out.push(Action::Send {
+                    to: from.addr.clone(),
+                    msg: Msg::Pong {
+                        from: self.me.clone(),
+                        epoch: self.view.epoch,
+                    },
+                });
+                self.compare(from.id, epoch, out);
+            }
+            Msg::Pong { from, epoch } => {
+                self.learn(&from);
+                if self.successor().is_some_and(|s| s.id == from.id) {
+                    self.successor_heard = self.now;
+                }
+                self.compare(from.id, epoch, out);
+            }
+            Msg::Probe { from, epoch, known } => {
+                self.learn(&from);
+                self.learn_addrs(known, out);
+                self.compare(from.id, epoch, out);
+            }
+            Msg::NewGroup { coordinator, epoch } => {
+                self.learn(&coordinator);
+                if epoch > self.promised {
+                    self.promised = epoch;
+                    self.phase = Phase::Accepted {
+                        deadline: self.now + self.settings.commit_timeout_ms,
+                    };
+                    out.push(Action::Send {
+                        to: coordinator.addr.clone(),
+                        msg: Msg::Accept {
+                            from: self.me.clone(),
+                            epoch,
+                            known: self.known_addrs(),
+                        },
+                    });
+                }
+            }
+            Msg::Accept { from, epoch, known } => {
+                self.learn(&from);
+                self.learn_addrs(known, out);
+                if let Phase::Coordinating {
+                    epoch: mine,
+                    accepted,
+                    ..
+                } = &mut self.phase
+                {
+                    if *mine == epoch {
+                        accepted.insert(from.id, from);
+                    }
+                }
+            }
+            Msg::Commit { view } => {
+                for member in &view.members {
+                    self.learn(member);
+                }
+                let includes_me = view.members.iter().any(|m| m.id == self.me.id);
+                if includes_me && view.epoch >= self.promised && view.epoch > self.view.epoch {
+                    self.install(view, out);
+                }
+            }
+        }
+    }
+
+    /// Another node's epoch. A node outside the group makes this node coordinate (a join or a
+    /// merge); a member in a newer epoch does after a grace period, in case its commit is still
+    /// on the way; a member in an older one will learn ours from our next message.
+    fn compare(&mut self, from: NodeId, epoch: Epoch, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Stable) || epoch == self.view.epoch {
+            return;
+        }
+        if !self.is_member(from) {
+            self.coordinate(out);
+        } else if epoch > self.view.epoch && self.behind_since.is_none() {
+            self.behind_since = Some(self.now);
+        }
+    }
+
+    fn coordinate(&mut self, out: &mut Vec<Action>) {
+        let epoch = Epoch {
+            clock: self
+                .now
+                .max(self.promised.clock + 1)
+                .max(self.view.epoch.clock + 1),
+            coordinator: self.me.id,
+        };
+        self.promised = epoch;
+        let mut accepted = BTreeMap::new();
+        accepted.insert(self.me.id, self.me.clone());
+        let mut targets: BTreeSet<String> = self.known.keys().cloned().collect();
+        targets.extend(self.view.members.iter().map(|m| m.addr.clone()));
+        targets.remove(&self.me.addr);
+        for to in targets {
+            out.push(Action::Send {
+                to,
+                msg: Msg::NewGroup {
+                    coordinator: self.me.clone(),
+                    epoch,
+                },
+            });
+        }
+        self.phase = Phase::Coordinating {
+            epoch,
+            accepted,
+            deadline: self.now + self.settings.round_timeout_ms,
+        };
+    }
+
+    fn commit(&mut self, out: &mut Vec<Action>) {
+        let Phase::Coordinating {
+            epoch, accepted, ..
+        } = std::mem::replace(&mut self.phase, Phase::Stable)
+        else {
+            return;
+        };
+        let members: Vec<Member> = accepted.into_values().collect();
+        let ids: Vec<NodeId> = members.iter().map(|m| m.id).collect();
+        let view = View {
+            epoch,
+            map: self.view.map.reassign(&ids, epoch),
+            members,
+        };
+        for member in &view.members {
+            if member.id != self.me.id {
+                out.push(Action::Send {
+                    to: member.addr.clone(),
+                    msg: Msg::Commit { view: view.clone() },
+                });
+            }
+        }
+        self.install(view, out);
+    }
+
+    fn install(&mut self, view: View, out: &mut Vec<Action>) {
+        tracing::info!(
+            node = self.me.id,
+            epoch = ?view.epoch,
+            members = ?view.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            "membership installed"
+        );
+        self.view = view;
+        self.phase = Phase::Stable;
+        self.behind_since = None;
+        self.successor_heard = self.now;
+        self.next_ping = self.now;
+        out.push(Action::Installed(self.view.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64) -> Member {
+        Member {
+            id,
+            addr: format!("n{id}"),
+        }
+    }
+
+    #[test]
+    fn a_new_node_is_a_one_node_group_owning_every_bucket() {
+        let m = Membership::new(member(1), &[], Settings::default(), 1000);
+        assert_eq!(m.view().members, vec![member(1)]);
+        assert_eq!(m.view().map.summary()[&1], 1024);
+    }
+
+    #[test]
+    fn a_smaller_epoch_is_not_accepted_after_a_larger_one() {
+        let mut m = Membership::new(member(1), &[], Settings::default(), 1000);
+        let mut out = Vec::new();
+        let big = Epoch {
+            clock: 5000,
+            coordinator: 3,
+        };
+        let small = Epoch {
+            clock: 4000,
+            coordinator: 9,
+        };
+        m.receive(
+            1001,
+            Msg::NewGroup {
+                coordinator: member(3),
+                epoch: big,
+            },
+            &mut out,
+        );
+        m.receive(
+            1002,
+            Msg::NewGroup {
+                coordinator: member(9),
+                epoch: small,
+            },
+            &mut out,
+        );
+        let accepts: Vec<_> = out
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        msg: Msg::Accept { .. },
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(accepts.len(), 1);
+    }
+}

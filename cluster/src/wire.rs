@@ -1,0 +1,308 @@
+//! The cluster wire format: every frame between nodes, defined here and nowhere else.
+//!
+//! A frame is a 32-byte little-endian header followed by `payload_len` bytes of payload, the
+//! postcard encoding of a [`Body`].
+//!
+//! | offset | size | field         | meaning                                                      |
+//! |-------:|-----:|---------------|--------------------------------------------------------------|
+//! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
+//! | 4      | 1    | `version`     | frame format version, currently 1; other versions are refused |
+//! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
+//! | 6      | 2    | `flags`       | zero in version 1                                            |
+//! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
+//! | 12     | 4    | `crc32`       | CRC-32 of the header with this field zeroed, then the payload |
+//! | 16     | 8    | `request_id`  | pairs a reply with its request; 0 for one-way frames          |
+//! | 24     | 4    | `load`        | the sender's load (pending disk operations), on every frame   |
+//! | 28     | 4    | `sender`      | low 32 bits of the sender's node id (diagnostics)             |
+//!
+//! A peer that sends a bad magic, version, length or CRC is disconnected with a log line.
+//! Changing this layout requires a version bump and a test.
+
+use serde::{Deserialize, Serialize};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::membership;
+
+pub const FRAME_MAGIC: u32 = 0x5043_4c55;
+pub const FRAME_VERSION: u8 = 1;
+pub const HEADER_BYTES: usize = 32;
+/// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
+pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Request = 1,
+    Reply = 2,
+    OneWay = 3,
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+#[repr(C)]
+struct RawHeader {
+    magic: U32,
+    version: u8,
+    kind: u8,
+    flags: U16,
+    payload_len: U32,
+    crc32: U32,
+    request_id: U64,
+    load: U32,
+    sender: U32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_BYTES);
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: FrameKind,
+    pub payload_len: usize,
+    crc32: u32,
+    pub request_id: u64,
+    pub load: u32,
+    pub sender: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("bad frame magic {0:#x}")]
+    Magic(u32),
+    #[error("frame version {0} (this node speaks {FRAME_VERSION})")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("frame payload of {0} bytes exceeds the limit")]
+    TooLong(usize),
+    #[error("frame CRC mismatch")]
+    Crc,
+    #[error("undecodable payload: {0}")]
+    Payload(String),
+}
+
+/// Encodes one frame into `out` (appended).
+pub fn encode(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    request_id: u64,
+    load: u32,
+    sender: u64,
+    body: &Body,
+) -> Result<(), WireError> {
+    let start = out.len();
+    out.resize(start + HEADER_BYTES, 0);
+    let out_len_before = out.len();
+    let mut writer = std::mem::take(out);
+    writer = postcard::to_extend(body, writer).map_err(|e| WireError::Payload(e.to_string()))?;
+    *out = writer;
+    let payload_len = out.len() - out_len_before;
+    if payload_len > PAYLOAD_BYTES_MAX {
+        out.truncate(start);
+        return Err(WireError::TooLong(payload_len));
+    }
+    let mut raw = RawHeader {
+        magic: FRAME_MAGIC.into(),
+        version: FRAME_VERSION,
+        kind: kind as u8,
+        flags: 0.into(),
+        payload_len: (payload_len as u32).into(),
+        crc32: 0.into(),
+        request_id: request_id.into(),
+        load: load.into(),
+        sender: (sender as u32).into(),
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(raw.as_bytes());
+    hasher.update(&out[out_len_before..]);
+    raw.crc32 = hasher.finalize().into();
+    out[start..start + HEADER_BYTES].copy_from_slice(raw.as_bytes());
+    Ok(())
+}
+
+/// Decodes a header (the CRC is checked with the payload by [`decode_payload`]).
+pub fn decode_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, WireError> {
+    let raw = RawHeader::read_from_bytes(bytes).map_err(|_| WireError::Magic(0))?;
+    if raw.magic.get() != FRAME_MAGIC {
+        return Err(WireError::Magic(raw.magic.get()));
+    }
+    if raw.version != FRAME_VERSION {
+        return Err(WireError::Version(raw.version));
+    }
+    let kind = match raw.kind {
+        1 => FrameKind::Request,
+        2 => FrameKind::Reply,
+        3 => FrameKind::OneWay,
+        other => return Err(WireError::Kind(other)),
+    };
+    let payload_len = raw.payload_len.get() as usize;
+    if payload_len > PAYLOAD_BYTES_MAX {
+        return Err(WireError::TooLong(payload_len));
+    }
+    Ok(Header {
+        kind,
+        payload_len,
+        crc32: raw.crc32.get(),
+        request_id: raw.request_id.get(),
+        load: raw.load.get(),
+        sender: raw.sender.get(),
+    })
+}
+
+/// Verifies the frame's CRC and decodes its body.
+pub fn decode_payload(
+    header_bytes: &[u8; HEADER_BYTES],
+    header: &Header,
+    payload: &[u8],
+) -> Result<Body, WireError> {
+    let mut zeroed = *header_bytes;
+    zeroed[12..16].fill(0);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&zeroed);
+    hasher.update(payload);
+    if hasher.finalize() != header.crc32 {
+        return Err(WireError::Crc);
+    }
+    postcard::from_bytes(payload).map_err(|e| WireError::Payload(e.to_string()))
+}
+
+/// Why a remote operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// The disk is full there (SMTP 452).
+    NoSpace,
+    /// Anything else (SMTP 451).
+    Failed,
+    /// The bucket's mail map is being rebuilt, or the addressee is not its manager: ask again.
+    TryAgain,
+    /// The maildrop is locked by another session.
+    InUse,
+    NotFound,
+}
+
+/// What nodes say to each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Membership protocol (one-way).
+    Membership(membership::Msg),
+    /// Manager: where should a new message for `user` go (and remember it there).
+    Place {
+        user: String,
+    },
+    Placed {
+        node: u64,
+    },
+    /// Store a message in the user's fragment on the receiving node.
+    Store {
+        user: String,
+        id: u128,
+        message: Vec<u8>,
+    },
+    /// The user's fragment on the receiving node: (id, size), oldest first.
+    List {
+        user: String,
+    },
+    Listed {
+        messages: Vec<(u128, u64)>,
+    },
+    Fetch {
+        user: String,
+        id: u128,
+    },
+    Fetched {
+        message: Vec<u8>,
+    },
+    Delete {
+        user: String,
+        ids: Vec<u128>,
+    },
+    /// Manager: lock the maildrop for a POP session; the answer lists the fragment nodes.
+    Lock {
+        user: String,
+        owner: (u64, u64),
+    },
+    Locked {
+        fragments: Vec<u64>,
+    },
+    Unlock {
+        user: String,
+        owner: (u64, u64),
+    },
+    /// Profiles to store (every node holds every profile): (user, profile, version).
+    Profiles {
+        profiles: Vec<(String, Vec<u8>, u64)>,
+    },
+    /// After a commit: the users this node holds fragments for, in buckets the receiver manages.
+    Fragments {
+        epoch: membership::Epoch,
+        node: u64,
+        users: Vec<String>,
+    },
+    /// Manager: a message for `user` was stored on `node` (outside a placement it made).
+    Noted {
+        user: String,
+        node: u64,
+    },
+    Done,
+    Error(Failure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(body: &Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, FrameKind::Request, 7, 3, 42, body).expect("encodes");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<(Header, Body), WireError> {
+        let header_bytes: [u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().expect("header");
+        let header = decode_header(&header_bytes)?;
+        let body = decode_payload(&header_bytes, &header, &bytes[HEADER_BYTES..])?;
+        Ok((header, body))
+    }
+
+    #[test]
+    fn a_frame_round_trips() {
+        let body = Body::Store {
+            user: "a@x".into(),
+            id: 9,
+            message: b"hello".to_vec(),
+        };
+        let (header, decoded) = decode(&frame(&body)).expect("decodes");
+        assert_eq!(decoded, body);
+        assert_eq!(
+            (header.kind, header.request_id, header.load),
+            (FrameKind::Request, 7, 3)
+        );
+    }
+
+    #[test]
+    fn other_versions_and_magic_are_refused() {
+        let mut bytes = frame(&Body::Done);
+        bytes[4] = 2;
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(2));
+        let mut bytes = frame(&Body::Done);
+        bytes[0] ^= 1;
+        assert!(matches!(decode(&bytes), Err(WireError::Magic(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn any_flipped_bit_is_caught(byte in 0usize..64, bit in 0u8..8) {
+            let bytes = frame(&Body::Fetch { user: "someone@example.org".into(), id: u128::MAX });
+            let mut damaged = bytes.clone();
+            let at = byte % damaged.len();
+            damaged[at] ^= 1 << bit;
+            prop_assert!(decode(&damaged).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), HEADER_BYTES..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+}
