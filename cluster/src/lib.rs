@@ -4,9 +4,13 @@
 //! - [`wire`]: the frame format between nodes.
 //! - [`membership`]: the three-round membership protocol (sans-IO).
 //! - [`usermap`]: buckets of users and their managers.
+//! - [`manager`]: a bucket manager's mail map and maildrop locks (sans-IO).
+//! - [`transport`]: framed TCP connections between nodes (the glommio edge).
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod manager;
 pub mod membership;
 pub mod node;
+pub mod transport;
 pub mod usermap;
 pub mod wire;

@@ -228,9 +228,11 @@ pub enum Body {
         user: String,
         owner: (u64, u64),
     },
-    /// Profiles to store (every node holds every profile): (user, profile, version).
+    /// Profiles to store (every node holds every profile). `overwrite`: a new user or a new
+    /// password; otherwise only users missing on the receiver are filled in.
     Profiles {
-        profiles: Vec<(String, Vec<u8>, u64)>,
+        profiles: Vec<(String, Vec<u8>)>,
+        overwrite: bool,
     },
     /// After a commit: the users this node holds fragments for, in buckets the receiver manages.
     Fragments {

@@ -467,6 +467,11 @@ impl<S: Storage> Shard<S> {
         self.read(location).await
     }
 
+    /// Whether the user has at least one message on this shard.
+    pub fn has_messages(&self, user: &str) -> bool {
+        self.inner.state.borrow().index.has_messages(user)
+    }
+
     /// Whether the user has a profile on this shard (that is, exists), without reading it.
     pub fn has_profile(&self, user: &str) -> bool {
         self.inner.state.borrow().index.profile(user).is_some()

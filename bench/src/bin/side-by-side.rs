@@ -167,6 +167,7 @@ fn main() -> Result<()> {
                 &format!("127.0.0.1:{pop3}"),
             ])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--cluster", &format!("127.0.0.1:{}", admin + 1000)])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if discard {

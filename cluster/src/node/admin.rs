@@ -178,11 +178,14 @@ async fn add_user(
         Some(hash) => hash.to_owned(),
         None => users::hash_password(password).map_err(|e| (500, e))?,
     };
+    let profile = users::encode_profile(&phc);
     context
         .router
-        .put_profile(&email, Arc::new(users::encode_profile(&phc)))
+        .put_profile(&email, Arc::new(profile.clone()), false)
         .await
-        .map_err(|e| (500, format!("storage error: {e:?}\n")))
+        .map_err(|e| (500, format!("storage error: {e:?}\n")))?;
+    super::cluster_driver::replicate_profiles(context, vec![(email, profile)]).await;
+    Ok(())
 }
 
 async fn import(context: &NodeContext, body: &[u8]) -> Response {
@@ -242,7 +245,7 @@ async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
         let router = context.router.clone();
         let profile = phc.clone();
         in_flight.push_back(glommio::spawn_local(async move {
-            router.put_profile(&email, profile).await
+            router.put_profile(&email, profile, false).await
         }));
         if in_flight.len() >= BULK_PARALLELISM {
             if let Some(task) = in_flight.pop_front() {
@@ -259,6 +262,17 @@ async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
             Err(_) => failed += 1,
         }
     }
+    if context.cluster.clustered() {
+        let everyone = (1..=spec.count)
+            .map(|n| {
+                (
+                    format!("{}{n}@{}", spec.prefix, spec.domain).to_lowercase(),
+                    phc.to_vec(),
+                )
+            })
+            .collect();
+        super::cluster_driver::replicate_profiles(context, everyone).await;
+    }
     json(
         200,
         serde_json::json!({ "created": created, "failed": failed, "seconds": started.elapsed().as_secs_f64() }),
@@ -270,6 +284,27 @@ async fn status(context: &NodeContext) -> serde_json::Value {
     let users: usize = shards.iter().map(|s| s.users).sum();
     let messages: u64 = shards.iter().map(|s| s.messages).sum();
     let config = &context.config;
+    let view = context.cluster.view.load_full();
+    let owned = view.map.summary();
+    let peers = super::cluster_state::peers(&context.cluster);
+    let members: Vec<serde_json::Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            let me = m.id == context.cluster.me.id;
+            let load = if me {
+                Some(
+                    context
+                        .cluster
+                        .load
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
+            } else {
+                peers.heard_load(m.id).map(|h| h.load)
+            };
+            serde_json::json!({ "id": m.id, "address": m.addr, "load": load, "self": me })
+        })
+        .collect();
     serde_json::json!({
         "node": {
             "hostname": config.hostname,
@@ -281,9 +316,14 @@ async fn status(context: &NodeContext) -> serde_json::Value {
             "admin": config.admin.to_string(),
             "uptime_s": context.started.elapsed().as_secs(),
         },
-        "epoch": null,
-        "members": [{ "address": config.cluster.to_string(), "load": 0, "self": true }],
-        "buckets": { "total": 0, "owned": 0, "note": "single node: the cluster layer arrives with issue 5" },
+        "node_id": context.cluster.me.id,
+        "epoch": { "clock": view.epoch.clock, "coordinator": view.epoch.coordinator },
+        "members": members,
+        "buckets": {
+            "total": view.map.buckets(),
+            "owned": owned.get(&context.cluster.me.id).copied().unwrap_or(0),
+            "by_node": owned,
+        },
         "users": users,
         "messages": messages,
         "shards": shards,

@@ -7,9 +7,12 @@
 //! are written).
 
 pub mod admin;
+pub mod cluster_driver;
+pub mod cluster_state;
 pub mod conn;
 pub mod metrics;
 pub mod pop3_conn;
+pub mod proxy;
 pub mod service;
 pub mod smtp_conn;
 pub mod users;
@@ -38,9 +41,12 @@ pub struct NodeConfig {
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
     pub admin: SocketAddr,
-    /// Accepted and shown; the cluster layer arrives with issue 5.
+    /// The cluster port (framed TCP between nodes); other nodes reach this node there.
     pub cluster: SocketAddr,
+    /// Seeds: cluster addresses of nodes to join.
     pub join: Vec<SocketAddr>,
+    /// Membership timing and the number of user-map buckets.
+    pub membership: crate::membership::Settings,
     pub domains: Vec<String>,
     pub hostname: String,
     pub engine: EngineConfig,
@@ -76,6 +82,7 @@ impl Default for NodeConfig {
             admin: addr("127.0.0.1:8025"),
             cluster: addr("127.0.0.1:7946"),
             join: Vec::new(),
+            membership: crate::membership::Settings::default(),
             domains: vec!["localhost".into()],
             hostname: "localhost".into(),
             engine: EngineConfig::default(),
@@ -96,6 +103,7 @@ impl Default for NodeConfig {
 pub struct NodeContext {
     pub config: NodeConfig,
     pub router: Router,
+    pub cluster: cluster_state::ClusterShared,
     pub metrics: NodeMetrics,
     pub started: Instant,
 }
@@ -141,6 +149,7 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         ("SMTP", config.smtp),
         ("POP3", config.pop3),
         ("admin", config.admin),
+        ("the cluster", config.cluster),
     ] {
         probe_listen(addr)
             .map_err(|e| start_error(format!("cannot listen for {name} on {addr}: {e}")))?;
@@ -149,9 +158,25 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (request_txs, request_rxs): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::unbounded::<Request>())
         .unzip();
+    let first_dir = config
+        .data_dirs
+        .first()
+        .ok_or_else(|| NodeError::Start("no data directory".into()))?;
+    let node_id = cluster_state::node_id(first_dir).map_err(|e| {
+        start_error(format!(
+            "cannot read or create the node id in {}: {e}",
+            first_dir.display()
+        ))
+    })?;
+    let (core_zero_tx, core_zero_rx) = flume::unbounded();
+    let me = crate::membership::Member {
+        id: node_id,
+        addr: config.cluster.to_string(),
+    };
     let context = Arc::new(NodeContext {
         config: config.clone(),
         router: Router::new(placement.clone(), request_txs),
+        cluster: cluster_state::ClusterShared::new(me, config.membership.buckets, core_zero_tx),
         metrics: NodeMetrics::default(),
         started: Instant::now(),
     });
@@ -172,10 +197,19 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             listen_rx.clone(),
             drained_tx.clone(),
         );
+        let cluster_inbox = (core == 0).then(|| core_zero_rx.clone());
         let handle = builder
             .spawn(move || async move {
                 run_core(
-                    core, placement, context, requests, stop, ready, listen, drained,
+                    core,
+                    placement,
+                    context,
+                    requests,
+                    cluster_inbox,
+                    stop,
+                    ready,
+                    listen,
+                    drained,
                 )
                 .await
             })
@@ -261,7 +295,7 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
         let email = format!("postmaster@{domain}");
         let phc = users::hash_password(&password)?;
         router
-            .put_profile(&email, Arc::new(users::encode_profile(&phc)))
+            .put_profile(&email, Arc::new(users::encode_profile(&phc)), false)
             .await
             .map_err(|e| format!("cannot store the first user: {e:?}"))?;
         Ok::<_, String>(Some((email, password)))
@@ -276,6 +310,7 @@ async fn run_core(
     placement: Placement,
     context: Arc<NodeContext>,
     requests: flume::Receiver<Request>,
+    cluster_inbox: Option<flume::Receiver<cluster_state::ToCoreZero>>,
     stop: flume::Receiver<()>,
     ready: flume::Sender<Result<(), String>>,
     listen: flume::Receiver<()>,
@@ -318,6 +353,20 @@ async fn run_core(
         (Protocol::Smtp, TcpListener::bind(config.smtp)),
         (Protocol::Pop3, TcpListener::bind(config.pop3)),
     ];
+    if let Some(inbox) = cluster_inbox {
+        glommio::spawn_local(cluster_driver::run(context.clone(), inbox, stop.clone())).detach();
+    }
+    let peer_listener = match TcpListener::bind(config.cluster) {
+        Ok(listener) => Some(glommio::spawn_local(cluster_driver::accept_peers(
+            listener,
+            context.clone(),
+            stop.clone(),
+        ))),
+        Err(error) => {
+            tracing::error!(core, %error, "cannot listen on the cluster port");
+            None
+        }
+    };
     let count = ConnectionCount::default();
     let watch = SessionWatch::default();
     glommio::spawn_local(watch.clone().run(stop.clone())).detach();
@@ -354,6 +403,9 @@ async fn run_core(
         }
     }
     for task in accept_tasks {
+        task.await;
+    }
+    if let Some(task) = peer_listener {
         task.await;
     }
     // Listeners are closed; let sessions finish within the grace period.

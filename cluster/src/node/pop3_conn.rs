@@ -1,6 +1,7 @@
 //! The POP3 edge: a glommio socket on one side, the sans-IO [`Pop3Session`] on the other.
-//! The maildrop lock is held by the user's core from login until the connection ends, however
-//! it ends; deletions happen only on QUIT.
+//! The maildrop lock (the user's core on a lone node, the bucket manager in a cluster) is held
+//! from login until the connection ends, however it ends; deletions happen only on QUIT, on the
+//! nodes holding the messages ([`super::proxy`]).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Pop3Session, Step};
 
 use super::conn::{self, Read, SessionClock};
 use super::metrics::add;
-use super::service::Login;
+use super::proxy::{self, OpenFailure};
 use super::NodeContext;
 
 pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<SessionClock>) {
@@ -20,7 +21,7 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
-    let mut locked: Option<(String, Vec<u128>)> = None;
+    let mut locked: Option<proxy::Maildrop> = None;
     'session: loop {
         loop {
             match session.step(&mut out) {
@@ -28,30 +29,28 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
                 Step::Close => break 'session,
                 Step::Authenticate { user, password } => {
                     let user = user.to_lowercase();
-                    let outcome = match context.router.login(&user, &password).await {
-                        Login::Ok(messages) => {
-                            let entries = messages
+                    let outcome = match proxy::open(&context, &user, &password).await {
+                        Ok(maildrop) => {
+                            let entries = maildrop
+                                .messages
                                 .iter()
-                                .map(|(id, size)| MaildropEntry {
+                                .map(|(id, size, _)| MaildropEntry {
                                     uid: format!("{id:032x}"),
                                     size: *size,
                                 })
                                 .collect();
-                            locked = Some((user, messages.into_iter().map(|(id, _)| id).collect()));
+                            locked = Some(maildrop);
                             AuthOutcome::Ok(entries)
                         }
-                        Login::BadCredentials => AuthOutcome::BadCredentials,
-                        Login::InUse => AuthOutcome::InUse,
-                        Login::Unavailable => AuthOutcome::Unavailable,
+                        Err(OpenFailure::BadCredentials) => AuthOutcome::BadCredentials,
+                        Err(OpenFailure::InUse) => AuthOutcome::InUse,
+                        Err(OpenFailure::Unavailable) => AuthOutcome::Unavailable,
                     };
                     session.authenticated(outcome, &mut out);
                 }
                 Step::Fetch { index, top } => {
                     let message = match &locked {
-                        Some((user, ids)) => match ids.get(index) {
-                            Some(id) => context.router.fetch(user, *id).await.ok(),
-                            None => None,
-                        },
+                        Some(maildrop) => proxy::fetch(&context, maildrop, index).await,
                         None => None,
                     };
                     if message.is_some() {
@@ -61,13 +60,10 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
                 }
                 Step::Commit { delete } => {
                     let ok = match &locked {
-                        Some((user, ids)) => {
-                            let doomed: Vec<u128> =
-                                delete.iter().filter_map(|i| ids.get(*i).copied()).collect();
-                            let count = doomed.len() as u64;
-                            let result = context.router.delete(user, doomed).await;
+                        Some(maildrop) => {
+                            let result = proxy::delete(&context, maildrop, &delete).await;
                             if result.is_ok() {
-                                add(&context.metrics.messages_deleted, count);
+                                add(&context.metrics.messages_deleted, delete.len() as u64);
                             }
                             result.is_ok()
                         }
@@ -90,8 +86,8 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
         }
     }
     // Unlock before the last reply, so a client that reconnects at once finds the maildrop free.
-    if let Some((user, _)) = locked {
-        context.router.unlock(&user).await;
+    if let Some(maildrop) = &locked {
+        proxy::close(&context, maildrop).await;
     }
     flush(&mut stream, &mut out, &context, &clock).await;
     let _ = stream.close().await;

@@ -43,6 +43,15 @@ pub enum Login {
     Unavailable,
 }
 
+/// Where a POP3 login takes the maildrop lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// On the core that owns the user (a node alone).
+    Local,
+    /// Not here: the cluster's bucket manager holds it.
+    Elsewhere,
+}
+
 /// Summary of one shard for `/status` and `/metrics`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ShardReport {
@@ -81,7 +90,21 @@ pub enum Request {
     Login {
         user: String,
         password: String,
+        lock: LockMode,
         reply: Reply<Login>,
+    },
+    /// The user's local fragment: (id, size), oldest first.
+    List {
+        user: String,
+        reply: Reply<Vec<(u128, u64)>>,
+    },
+    /// Users with at least one message on this core's shards.
+    FragmentUsers {
+        reply: Reply<Vec<String>>,
+    },
+    /// Every profile on this core's shards.
+    Profiles {
+        reply: Reply<Vec<(String, Vec<u8>)>>,
     },
     Unlock {
         user: String,
@@ -100,6 +123,8 @@ pub enum Request {
     PutProfile {
         user: String,
         profile: Arc<Vec<u8>>,
+        /// Only if the user has no profile here yet (filling in from another node).
+        only_if_missing: bool,
         reply: Reply<Result<(), StoreError>>,
     },
     ListUsers {
@@ -173,15 +198,50 @@ impl Router {
         .unwrap_or(Err(StoreError::Failed))
     }
 
-    pub async fn login(&self, user: &str, password: &str) -> Login {
+    pub async fn login(&self, user: &str, password: &str, lock: LockMode) -> Login {
         let (user, password) = (user.to_owned(), password.to_owned());
         self.ask(self.core_of(&user), |reply| Request::Login {
             user,
             password,
+            lock,
             reply,
         })
         .await
         .unwrap_or(Login::Unavailable)
+    }
+
+    /// The user's fragment on this node.
+    pub async fn list(&self, user: &str) -> Result<Vec<(u128, u64)>, StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::List { user, reply })
+            .await
+            .ok_or(StoreError::Failed)
+    }
+
+    /// Users with mail on this node.
+    pub async fn fragment_users(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        for core in 0..self.cores.len() {
+            users.extend(
+                self.ask(core, |reply| Request::FragmentUsers { reply })
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        users
+    }
+
+    /// Every profile on this node.
+    pub async fn profiles(&self) -> Vec<(String, Vec<u8>)> {
+        let mut profiles = Vec::new();
+        for core in 0..self.cores.len() {
+            profiles.extend(
+                self.ask(core, |reply| Request::Profiles { reply })
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        profiles
     }
 
     /// Releases a maildrop lock; returns once the owning core has released it.
@@ -214,11 +274,17 @@ impl Router {
         .unwrap_or(Err(StoreError::Failed))
     }
 
-    pub async fn put_profile(&self, user: &str, profile: Arc<Vec<u8>>) -> Result<(), StoreError> {
+    pub async fn put_profile(
+        &self,
+        user: &str,
+        profile: Arc<Vec<u8>>,
+        only_if_missing: bool,
+    ) -> Result<(), StoreError> {
         let user = user.to_owned();
         self.ask(self.core_of(&user), |reply| Request::PutProfile {
             user,
             profile,
+            only_if_missing,
             reply,
         })
         .await
@@ -340,9 +406,37 @@ impl CoreService {
             Request::Login {
                 user,
                 password,
+                lock,
                 reply,
             } => {
-                let _ = reply.send(self.login(&user, &password).await);
+                let _ = reply.send(self.login(&user, &password, lock).await);
+            }
+            Request::List { user, reply } => {
+                let _ = reply.send(self.shard(&user).map_or_else(Vec::new, |shard| {
+                    shard
+                        .messages(&user)
+                        .iter()
+                        .map(|m| (m.id, u64::from(m.body_len)))
+                        .collect()
+                }));
+            }
+            Request::FragmentUsers { reply } => {
+                let mut users = Vec::new();
+                for shard in self.shards.values() {
+                    users.extend(shard.users().into_iter().filter(|u| shard.has_messages(u)));
+                }
+                let _ = reply.send(users);
+            }
+            Request::Profiles { reply } => {
+                let mut profiles = Vec::new();
+                for shard in self.shards.values() {
+                    for user in shard.users() {
+                        if let Ok(Some(profile)) = shard.read_profile(&user).await {
+                            profiles.push((user, profile));
+                        }
+                    }
+                }
+                let _ = reply.send(profiles);
             }
             Request::Unlock { user, reply } => {
                 self.locked.borrow_mut().remove(&user);
@@ -381,9 +475,11 @@ impl CoreService {
             Request::PutProfile {
                 user,
                 profile,
+                only_if_missing,
                 reply,
             } => {
                 let result = match self.shard(&user) {
+                    Some(shard) if only_if_missing && shard.has_profile(&user) => Ok(()),
                     Some(shard) => shard
                         .put_profile(&user, &profile)
                         .await
@@ -406,7 +502,7 @@ impl CoreService {
         }
     }
 
-    async fn login(&self, user: &str, password: &str) -> Login {
+    async fn login(&self, user: &str, password: &str, lock: LockMode) -> Login {
         let Some(shard) = self.shard(user) else {
             return Login::Unavailable;
         };
@@ -447,7 +543,7 @@ impl CoreService {
             }
             verified.insert(user.to_owned(), tag);
         }
-        if !self.locked.borrow_mut().insert(user.to_owned()) {
+        if lock == LockMode::Local && !self.locked.borrow_mut().insert(user.to_owned()) {
             return Login::InUse;
         }
         Login::Ok(

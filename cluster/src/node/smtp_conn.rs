@@ -1,7 +1,7 @@
 //! The SMTP edge: a glommio socket on one side, the sans-IO [`SmtpSession`] on the other.
 //!
-//! A message for several recipients is stored once per recipient, each copy in that
-//! recipient's mailbox on the shard that owns the user (possibly on another core); the 250 is
+//! A message for several recipients is stored once per recipient, each copy in a fragment of
+//! that recipient's mailbox, on the node the cluster places it ([`super::proxy`]); the 250 is
 //! sent only after every copy is durable. If any copy fails the client gets 451/452 and retries
 //! the whole message, so recipients already stored may receive it twice (Porcupine's known
 //! duplicate anomaly); never zero times after a 250.
@@ -149,11 +149,11 @@ async fn deliver(
     }
     let mut tasks = Vec::with_capacity(envelope.recipients.len());
     for recipient in &envelope.recipients {
-        let router = context.router.clone();
+        let context = context.clone();
         let user = recipient.canonical();
         let message = message.clone();
         tasks.push(glommio::spawn_local(async move {
-            router.deliver(&user, id, message).await
+            super::proxy::deliver(&context, &user, id, message).await
         }));
     }
     let mut outcome = DeliveryOutcome::Stored(id_text);

@@ -94,10 +94,10 @@ struct ServeArgs {
     /// Admin HTTP address [default: 127.0.0.1:8025]
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// Cluster address (accepted; the cluster arrives with issue 5) [default: 127.0.0.1:7946]
+    /// Cluster address: other nodes reach this one here [default: 127.0.0.1:7946]
     #[arg(long)]
     cluster: Option<SocketAddr>,
-    /// Seeds to join (accepted; the cluster arrives with issue 5)
+    /// Cluster addresses of nodes to join (comma-separated); implies --no-first-user
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
     join: Vec<SocketAddr>,
@@ -126,6 +126,12 @@ struct ServeArgs {
     /// Seconds an idle SMTP session is kept [default: 300]
     #[arg(long)]
     smtp_idle_s: Option<u64>,
+    /// Milliseconds between membership pings to the ring successor [default: 50]
+    #[arg(long)]
+    ping_ms: Option<u64>,
+    /// Milliseconds of silence after which the successor is suspected dead [default: 200]
+    #[arg(long)]
+    suspect_ms: Option<u64>,
     /// Segment file size in MiB [default: 128]
     #[arg(long)]
     segment_mib: Option<u64>,
@@ -201,6 +207,8 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         recipients_max: flags.recipients_max.or(file.recipients_max),
         connections_max: flags.connections_max.or(file.connections_max),
         smtp_idle_s: flags.smtp_idle_s.or(file.smtp_idle_s),
+        ping_ms: flags.ping_ms.or(file.ping_ms),
+        suspect_ms: flags.suspect_ms.or(file.suspect_ms),
         segment_mib: flags.segment_mib.or(file.segment_mib),
         no_pin: flags.no_pin || file.no_pin,
         no_first_user: flags.no_first_user || file.no_first_user,
@@ -219,9 +227,9 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if args.imap.is_some() {
         tracing::warn!("--imap is accepted but IMAP is not implemented yet");
     }
-    if !args.join.is_empty() || args.replicas.is_some_and(|r| r > 1) {
+    if args.replicas.is_some_and(|r| r > 1) {
         tracing::warn!(
-            "--join/--replicas are accepted but this build runs a single node (cluster: issue 5)"
+            "--replicas is accepted but mail is not replicated yet (issue 6): each message lives on one node"
         );
     }
     let domains: Vec<String> = if args.domain.is_empty() {
@@ -244,7 +252,8 @@ fn serve(flags: ServeArgs) -> Result<()> {
         join: args.join.clone(),
         hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
         domains,
-        first_user: !args.no_first_user,
+        // A joining node gets its users from the cluster.
+        first_user: !args.no_first_user && args.join.is_empty(),
         discard_bodies: args.discard_bodies,
         ..defaults
     };
@@ -264,6 +273,18 @@ fn serve(flags: ServeArgs) -> Result<()> {
     }
     if let Some(n) = args.connections_max {
         config.connections_max = n;
+    }
+    if let Some(ms) = args.ping_ms {
+        if ms == 0 {
+            bail!("--ping-ms must be at least 1");
+        }
+        config.membership.ping_interval_ms = ms;
+    }
+    if let Some(ms) = args.suspect_ms {
+        if ms <= config.membership.ping_interval_ms {
+            bail!("--suspect-ms must exceed --ping-ms");
+        }
+        config.membership.suspect_after_ms = ms;
     }
     if let Some(s) = args.smtp_idle_s {
         config.smtp_idle_timeout = Duration::from_secs(s);

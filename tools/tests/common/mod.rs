@@ -55,6 +55,11 @@ impl Node {
                 &format!("127.0.0.1:{pop3}"),
             ])
             .args(["--admin", &format!("127.0.0.1:{admin}"), "--cores", "2"])
+            .args(if extra.contains(&"--cluster") {
+                Vec::new()
+            } else {
+                vec!["--cluster".to_owned(), format!("127.0.0.1:{}", free_port())]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(

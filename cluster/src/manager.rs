@@ -1,0 +1,259 @@
+//! A bucket manager's soft state: the mail map (user → nodes holding a fragment of the user's
+//! mailbox) and the maildrop locks of POP sessions, for the buckets this node manages.
+//!
+//! Nothing here is stored: after every membership commit the map starts empty and each member
+//! reports the users it holds fragments for, from its shards' in-memory indexes. Until every
+//! member of the epoch has reported, lookups answer "try again". Sans-IO: requests in, replies
+//! out.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::membership::{Epoch, NodeId, View};
+use crate::wire::{Body, Failure};
+
+#[derive(Debug, Default)]
+pub struct Manager {
+    me: NodeId,
+    view: Option<View>,
+    mail_map: HashMap<String, Vec<NodeId>>,
+    reported: HashSet<NodeId>,
+    locks: HashMap<String, (u64, u64)>,
+    /// Round-robin tie break among equally loaded nodes.
+    turn: usize,
+}
+
+impl Manager {
+    pub fn new(me: NodeId) -> Self {
+        Self {
+            me,
+            ..Self::default()
+        }
+    }
+
+    /// A new membership: the map is rebuilt from reports; locks of departed nodes are released.
+    pub fn install(&mut self, view: &View) {
+        self.mail_map.clear();
+        self.reported.clear();
+        self.locks
+            .retain(|_, (node, _)| view.members.iter().any(|m| m.id == *node));
+        self.view = Some(view.clone());
+    }
+
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.view.as_ref().map(|v| v.epoch)
+    }
+
+    /// Whether every member has reported its fragments for this epoch.
+    pub fn complete(&self) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.members.iter().all(|m| self.reported.contains(&m.id)))
+    }
+
+    fn manages(&self, user: &str) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.map.manager_of(user) == self.me)
+    }
+
+    fn live_fragments(&self, user: &str) -> Vec<NodeId> {
+        let Some(view) = &self.view else {
+            return Vec::new();
+        };
+        self.mail_map
+            .get(user)
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| view.member(*n).is_some())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Answers one request; `load_of` gives the last load heard from a node.
+    pub fn handle(&mut self, body: Body, load_of: impl Fn(NodeId) -> u32) -> Body {
+        match body {
+            Body::Fragments { epoch, node, users } => {
+                match self.epoch() {
+                    Some(mine) if mine == epoch => {
+                        for user in users {
+                            if self.manages(&user) {
+                                let nodes = self.mail_map.entry(user).or_default();
+                                if !nodes.contains(&node) {
+                                    nodes.push(node);
+                                }
+                            }
+                        }
+                        self.reported.insert(node);
+                        Body::Done
+                    }
+                    // Not installed here yet: the sender retries.
+                    Some(mine) if mine < epoch => Body::Error(Failure::TryAgain),
+                    // A report for an old epoch is moot.
+                    _ => Body::Done,
+                }
+            }
+            Body::Place { user } => {
+                if !self.manages(&user) || !self.complete() {
+                    return Body::Error(Failure::TryAgain);
+                }
+                let holders = self.live_fragments(&user);
+                let candidates: Vec<NodeId> = if holders.is_empty() {
+                    self.view
+                        .as_ref()
+                        .map(|v| v.members.iter().map(|m| m.id).collect())
+                        .unwrap_or_default()
+                } else {
+                    holders
+                };
+                let Some(node) = self.least_loaded(&candidates, load_of) else {
+                    return Body::Error(Failure::TryAgain);
+                };
+                let nodes = self.mail_map.entry(user).or_default();
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+                Body::Placed { node }
+            }
+            Body::Noted { user, node } => {
+                if self.manages(&user) {
+                    let nodes = self.mail_map.entry(user).or_default();
+                    if !nodes.contains(&node) {
+                        nodes.push(node);
+                    }
+                }
+                Body::Done
+            }
+            Body::Lock { user, owner } => {
+                if !self.manages(&user) || !self.complete() {
+                    return Body::Error(Failure::TryAgain);
+                }
+                match self.locks.get(&user) {
+                    Some(held) if *held != owner => Body::Error(Failure::InUse),
+                    _ => {
+                        let fragments = self.live_fragments(&user);
+                        self.locks.insert(user, owner);
+                        Body::Locked { fragments }
+                    }
+                }
+            }
+            Body::Unlock { user, owner } => {
+                if self.locks.get(&user) == Some(&owner) {
+                    self.locks.remove(&user);
+                }
+                Body::Done
+            }
+            _ => Body::Error(Failure::Failed),
+        }
+    }
+
+    fn least_loaded(
+        &mut self,
+        candidates: &[NodeId],
+        load_of: impl Fn(NodeId) -> u32,
+    ) -> Option<NodeId> {
+        let lowest = candidates.iter().map(|&n| load_of(n)).min()?;
+        let tied: Vec<NodeId> = candidates
+            .iter()
+            .copied()
+            .filter(|&n| load_of(n) == lowest)
+            .collect();
+        self.turn = self.turn.wrapping_add(1);
+        tied.get(self.turn % tied.len()).copied()
+    }
+
+    /// Users in the mail map (for status).
+    pub fn users(&self) -> usize {
+        self.mail_map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Member;
+    use crate::usermap::UserMap;
+
+    fn view(members: &[u64]) -> View {
+        let epoch = Epoch {
+            clock: 10,
+            coordinator: members[0],
+        };
+        View {
+            epoch,
+            members: members
+                .iter()
+                .map(|&id| Member {
+                    id,
+                    addr: format!("n{id}"),
+                })
+                .collect(),
+            map: UserMap::single(members[0], 16, epoch).reassign(&[members[0]], epoch),
+        }
+    }
+
+    #[test]
+    fn lookups_wait_for_every_report_then_prefer_fragment_holders() {
+        let v = view(&[1, 2, 3]);
+        let mut m = Manager::new(1);
+        m.install(&v);
+        let place = |m: &mut Manager| m.handle(Body::Place { user: "a@x".into() }, |_| 0);
+        assert_eq!(place(&mut m), Body::Error(Failure::TryAgain));
+        for node in [1, 2] {
+            m.handle(
+                Body::Fragments {
+                    epoch: v.epoch,
+                    node,
+                    users: vec![],
+                },
+                |_| 0,
+            );
+        }
+        assert_eq!(place(&mut m), Body::Error(Failure::TryAgain));
+        m.handle(
+            Body::Fragments {
+                epoch: v.epoch,
+                node: 3,
+                users: vec!["a@x".into()],
+            },
+            |_| 0,
+        );
+        assert_eq!(place(&mut m), Body::Placed { node: 3 });
+    }
+
+    #[test]
+    fn a_maildrop_has_one_lock_holder() {
+        let v = view(&[1]);
+        let mut m = Manager::new(1);
+        m.install(&v);
+        m.handle(
+            Body::Fragments {
+                epoch: v.epoch,
+                node: 1,
+                users: vec![],
+            },
+            |_| 0,
+        );
+        let lock = |m: &mut Manager, owner| {
+            m.handle(
+                Body::Lock {
+                    user: "a@x".into(),
+                    owner,
+                },
+                |_| 0,
+            )
+        };
+        assert!(matches!(lock(&mut m, (1, 1)), Body::Locked { .. }));
+        assert_eq!(lock(&mut m, (1, 2)), Body::Error(Failure::InUse));
+        m.handle(
+            Body::Unlock {
+                user: "a@x".into(),
+                owner: (1, 1),
+            },
+            |_| 0,
+        );
+        assert!(matches!(lock(&mut m, (1, 2)), Body::Locked { .. }));
+    }
+}

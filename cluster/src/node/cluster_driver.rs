@@ -1,0 +1,335 @@
+//! Core 0's cluster duties: it drives the membership state machine (ticks, messages from
+//! every core's peer connections), answers as bucket manager, publishes each installed view
+//! to every core, and after each commit reports this node's fragments to the new managers and
+//! sends its profiles to nodes that just joined. Also the cluster port's accept loop (every
+//! core) and the handler of peers' requests.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::net::{TcpListener, TcpStream};
+
+use super::cluster_state::{peers, ToCoreZero};
+use super::service::StoreError;
+use super::NodeContext;
+use crate::manager::Manager;
+use crate::membership::{Action, Membership, NodeId, View};
+use crate::transport::{read_frame, write_frames};
+use crate::wire::{Body, Failure, FrameKind};
+
+const TICK: Duration = Duration::from_millis(5);
+/// A load heard longer ago than this is not trusted (treated as idle).
+const LOAD_MAX_AGE: Duration = Duration::from_secs(5);
+const REPORT_RETRY: Duration = Duration::from_millis(20);
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+const PROFILE_BATCH: usize = 2000;
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs on core 0 until the node stops.
+pub async fn run(
+    context: Arc<NodeContext>,
+    inbox: flume::Receiver<ToCoreZero>,
+    stop: flume::Receiver<()>,
+) {
+    let shared = &context.cluster;
+    let peers = peers(shared);
+    let seeds: Vec<String> = context.config.join.iter().map(|a| a.to_string()).collect();
+    let mut membership = Membership::new(
+        shared.me.clone(),
+        &seeds,
+        context.config.membership.clone(),
+        wall_ms(),
+    );
+    let mut manager = Manager::new(shared.me.id);
+    let mut out = vec![Action::Installed(membership.view().clone())];
+    loop {
+        for action in out.drain(..) {
+            match action {
+                Action::Send { to, msg } => peers.send(&to, &Body::Membership(msg)),
+                Action::Installed(view) => {
+                    let previous = shared.view.swap(Arc::new(view.clone()));
+                    manager.install(&view);
+                    glommio::spawn_local(after_install(context.clone(), previous, view)).detach();
+                }
+            }
+        }
+        let next = async { inbox.recv_async().await.ok() };
+        let pause = async {
+            glommio::timer::sleep(TICK).await;
+            None
+        };
+        let stopping = async {
+            let _ = stop.recv_async().await;
+            Some(None)
+        };
+        let event = futures_lite::future::or(stopping, async {
+            Some(futures_lite::future::or(next, pause).await)
+        })
+        .await;
+        match event {
+            Some(Some(ToCoreZero::Membership(msg))) => membership.receive(wall_ms(), msg, &mut out),
+            Some(Some(ToCoreZero::Manager { body, reply })) => {
+                let me = shared.me.id;
+                let own_load = shared.load.load(Ordering::Relaxed);
+                let answer = manager.handle(body, |node| {
+                    if node == me {
+                        return own_load;
+                    }
+                    peers
+                        .heard_load(node)
+                        .filter(|h| h.at.elapsed() < LOAD_MAX_AGE)
+                        .map_or(0, |h| h.load)
+                });
+                let _ = reply.send(answer);
+            }
+            Some(None) => {}
+            None => return,
+        }
+        membership.tick(wall_ms(), &mut out);
+    }
+}
+
+/// After a commit: report fragments to the managers, send profiles to newcomers.
+async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: View) {
+    let shared = &context.cluster;
+    let me = shared.me.id;
+    let started = Instant::now();
+    let users = context.router.fragment_users().await;
+    let mut by_manager: BTreeMap<NodeId, Vec<String>> =
+        view.members.iter().map(|m| (m.id, Vec::new())).collect();
+    for user in users {
+        if let Some(list) = by_manager.get_mut(&view.map.manager_of(&user)) {
+            list.push(user);
+        }
+    }
+    let mut reports = Vec::new();
+    for (manager, users) in by_manager {
+        let context = context.clone();
+        let view = view.clone();
+        reports.push(glommio::spawn_local(async move {
+            report(&context, &view, manager, users).await;
+        }));
+    }
+    for task in reports {
+        task.await;
+    }
+    tracing::info!(epoch = ?view.epoch, elapsed = ?started.elapsed(), "fragments reported to bucket managers");
+
+    let before: HashSet<NodeId> = previous.members.iter().map(|m| m.id).collect();
+    let newcomers: Vec<_> = view
+        .members
+        .iter()
+        .filter(|m| m.id != me && !before.contains(&m.id))
+        .cloned()
+        .collect();
+    if newcomers.is_empty() {
+        return;
+    }
+    let profiles = context.router.profiles().await;
+    let peers = peers(shared);
+    for newcomer in newcomers {
+        for chunk in profiles.chunks(PROFILE_BATCH) {
+            let body = Body::Profiles {
+                profiles: chunk.to_vec(),
+                overwrite: false,
+            };
+            if peers
+                .request(&newcomer.addr, &body, Duration::from_secs(30))
+                .await
+                .is_err()
+            {
+                tracing::warn!(node = newcomer.id, "profile sync to a new member failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Reports `users` to `manager`, retrying until it takes them or a newer view replaces `view`.
+async fn report(context: &NodeContext, view: &View, manager: NodeId, users: Vec<String>) {
+    let shared = &context.cluster;
+    let body = Body::Fragments {
+        epoch: view.epoch,
+        node: shared.me.id,
+        users,
+    };
+    loop {
+        if shared.view.load().epoch != view.epoch {
+            return;
+        }
+        let answer = if manager == shared.me.id {
+            shared.ask_local_manager(body.clone()).await
+        } else {
+            match view.member(manager) {
+                Some(m) => peers(shared)
+                    .request(&m.addr, &body, PEER_TIMEOUT)
+                    .await
+                    .ok(),
+                None => return,
+            }
+        };
+        if answer == Some(Body::Done) {
+            return;
+        }
+        glommio::timer::sleep(REPORT_RETRY).await;
+    }
+}
+
+/// Accepts peers on the cluster port until the node stops.
+pub async fn accept_peers(
+    listener: TcpListener,
+    context: Arc<NodeContext>,
+    stop: flume::Receiver<()>,
+) {
+    loop {
+        let accepting = async { Some(listener.accept().await) };
+        let stopping = async {
+            let _ = stop.recv_async().await;
+            None
+        };
+        match futures_lite::future::or(accepting, stopping).await {
+            None => return,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(serve_peer(stream, context.clone())).detach();
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cluster accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let peers = peers(&context.cluster);
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (replies, queue) = flume::unbounded::<Vec<u8>>();
+    let reading = async {
+        loop {
+            let (header, body) = match read_frame(&mut reader).await {
+                Ok(frame) => frame,
+                Err(crate::transport::FrameError::Io(_)) => return,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "dropping a peer that sent a bad frame");
+                    return;
+                }
+            };
+            peers.note_load(&header);
+            match (header.kind, body) {
+                (FrameKind::OneWay, Body::Membership(msg)) => {
+                    let _ = context.cluster.core_zero.send(ToCoreZero::Membership(msg));
+                }
+                (FrameKind::Request, body) => {
+                    let (context, replies, peers) =
+                        (context.clone(), replies.clone(), peers.clone());
+                    glommio::spawn_local(async move {
+                        let answer = handle(&context, body).await;
+                        if let Some(frame) = peers.reply_frame(header.request_id, &answer) {
+                            let _ = replies.send(frame);
+                        }
+                    })
+                    .detach();
+                }
+                _ => {}
+            }
+        }
+    };
+    futures_lite::future::or(reading, write_frames(writer, &queue)).await;
+}
+
+fn failure(error: StoreError) -> Body {
+    Body::Error(match error {
+        StoreError::NoSpace => Failure::NoSpace,
+        StoreError::Failed => Failure::Failed,
+    })
+}
+
+/// Answers a peer's request on this core.
+async fn handle(context: &NodeContext, body: Body) -> Body {
+    let router = &context.router;
+    match body {
+        Body::Store { user, id, message } => {
+            match super::proxy::store_here(context, &user, id, Arc::new(message)).await {
+                Ok(()) => Body::Done,
+                Err(e) => failure(e),
+            }
+        }
+        Body::List { user } => match router.list(&user).await {
+            Ok(messages) => Body::Listed { messages },
+            Err(e) => failure(e),
+        },
+        Body::Fetch { user, id } => match router.fetch(&user, id).await {
+            Ok(message) => Body::Fetched { message },
+            Err(e) => failure(e),
+        },
+        Body::Delete { user, ids } => match router.delete(&user, ids).await {
+            Ok(()) => Body::Done,
+            Err(e) => failure(e),
+        },
+        Body::Profiles {
+            profiles,
+            overwrite,
+        } => {
+            let mut result = Body::Done;
+            for (user, profile) in profiles {
+                if let Err(e) = router
+                    .put_profile(&user, Arc::new(profile), !overwrite)
+                    .await
+                {
+                    result = failure(e);
+                }
+            }
+            result
+        }
+        body @ (Body::Place { .. }
+        | Body::Lock { .. }
+        | Body::Unlock { .. }
+        | Body::Fragments { .. }
+        | Body::Noted { .. }) => context
+            .cluster
+            .ask_local_manager(body)
+            .await
+            .unwrap_or(Body::Error(Failure::Failed)),
+        _ => Body::Error(Failure::Failed),
+    }
+}
+
+/// Sends new or changed profiles to every other member (each node holds every profile).
+pub async fn replicate_profiles(context: &NodeContext, profiles: Vec<(String, Vec<u8>)>) {
+    let shared = &context.cluster;
+    let view = shared.view.load_full();
+    let peers = peers(shared);
+    for member in view.members.iter().filter(|m| m.id != shared.me.id) {
+        for chunk in profiles.chunks(PROFILE_BATCH) {
+            let body = Body::Profiles {
+                profiles: chunk.to_vec(),
+                overwrite: true,
+            };
+            if !matches!(
+                peers
+                    .request(&member.addr, &body, Duration::from_secs(30))
+                    .await,
+                Ok(Body::Done)
+            ) {
+                tracing::warn!(
+                    node = member.id,
+                    "a member did not take new profiles; it gets them when it next joins"
+                );
+                break;
+            }
+        }
+    }
+}

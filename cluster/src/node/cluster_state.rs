@@ -1,0 +1,114 @@
+//! What every core knows of the cluster: this node's identity, the installed view (swapped
+//! atomically by core 0, read lock-free by every session), this node's load, and the channel to
+//! core 0, where membership and the bucket manager run. Also each core's [`Peers`].
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::membership::{Member, Msg, NodeId, View};
+use crate::transport::Peers;
+use crate::usermap::UserMap;
+use crate::wire::Body;
+
+/// Work for core 0.
+#[derive(Debug)]
+pub enum ToCoreZero {
+    Membership(Msg),
+    Manager {
+        body: Body,
+        reply: flume::Sender<Body>,
+    },
+}
+
+#[derive(Debug)]
+pub struct ClusterShared {
+    pub me: Member,
+    pub view: ArcSwap<View>,
+    /// Pending operations that may touch this node's disks (piggybacked on every frame).
+    pub load: Arc<AtomicU32>,
+    pub core_zero: flume::Sender<ToCoreZero>,
+    /// POP session numbers, for maildrop lock owners.
+    next_session: AtomicU64,
+}
+
+impl ClusterShared {
+    pub fn new(me: Member, buckets: usize, core_zero: flume::Sender<ToCoreZero>) -> Self {
+        let epoch = crate::membership::Epoch {
+            clock: 0,
+            coordinator: me.id,
+        };
+        let view = View {
+            epoch,
+            members: vec![me.clone()],
+            map: UserMap::single(me.id, buckets, epoch),
+        };
+        Self {
+            me,
+            view: ArcSwap::from_pointee(view),
+            load: Arc::new(AtomicU32::new(0)),
+            core_zero,
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether other nodes are in the view (else everything is local, as on a lone node).
+    pub fn clustered(&self) -> bool {
+        self.view.load().members.len() > 1
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Asks this node's bucket manager (on core 0).
+    pub async fn ask_local_manager(&self, body: Body) -> Option<Body> {
+        let (reply, answer) = flume::bounded(1);
+        self.core_zero
+            .send_async(ToCoreZero::Manager { body, reply })
+            .await
+            .ok()?;
+        answer.recv_async().await.ok()
+    }
+}
+
+thread_local! {
+    static PEERS: RefCell<Option<Rc<Peers>>> = const { RefCell::new(None) };
+}
+
+/// This core's connections to the other nodes (created on first use).
+pub fn peers(shared: &ClusterShared) -> Rc<Peers> {
+    PEERS.with(|slot| {
+        slot.borrow_mut()
+            .get_or_insert_with(|| Peers::new(shared.me.id, shared.load.clone()))
+            .clone()
+    })
+}
+
+/// This node's id: kept in `node-id` in the first data directory, created at first start.
+/// Ids fit in 32 bits so that every frame header can name its sender.
+pub fn node_id(dir: &Path) -> std::io::Result<NodeId> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} does not hold a node id", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id: NodeId = rand::Rng::gen_range(&mut rand::thread_rng(), 1..u64::from(u32::MAX));
+            let tmp = dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,283 @@
+//! The cluster transport edge: framed TCP between nodes, on the glommio executors.
+//!
+//! Each core keeps its own connection to each peer ([`Peers`], one per core, never shared):
+//! requests carry ids and wait for their reply with a timeout; a connection that fails is
+//! dropped with its waiters and redialled on demand, with exponential backoff per address.
+//! Frames queued while a write is under way go out together (natural batching, and the
+//! queue is the back-pressure). Every frame carries the sender's load; the loads heard from
+//! peers are kept with their age. The server side reads frames from a peer and hands each to
+//! a handler; a peer that sends garbage or another version is dropped with a log line.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::wire::{self, Body, FrameKind, Header, WireError, HEADER_BYTES};
+
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum TransportError {
+    #[error("peer unreachable")]
+    Unreachable,
+    #[error("no reply in time")]
+    Timeout,
+    #[error("connection lost")]
+    Closed,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Bytes of queued frames written in one go at most.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+struct Conn {
+    frames: flume::Sender<Vec<u8>>,
+    pending: RefCell<HashMap<u64, flume::Sender<Body>>>,
+}
+
+/// A peer's load and when it was heard.
+#[derive(Clone, Copy, Debug)]
+pub struct HeardLoad {
+    pub load: u32,
+    pub at: Instant,
+}
+
+/// This core's connections to other nodes.
+pub struct Peers {
+    me: u64,
+    load: Arc<AtomicU32>,
+    conns: RefCell<HashMap<String, Rc<Conn>>>,
+    backoff: RefCell<HashMap<String, (Instant, Duration)>>,
+    next_id: Cell<u64>,
+    loads: RefCell<HashMap<u32, HeardLoad>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("me", &self.me)
+            .field("connections", &self.conns.borrow().len())
+            .finish()
+    }
+}
+
+impl Peers {
+    pub fn new(me: u64, load: Arc<AtomicU32>) -> Rc<Self> {
+        Rc::new(Self {
+            me,
+            load,
+            conns: RefCell::new(HashMap::new()),
+            backoff: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            loads: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The load last heard from a node (by the low 32 bits of its id), if any.
+    pub fn heard_load(&self, node: u64) -> Option<HeardLoad> {
+        self.loads.borrow().get(&(node as u32)).copied()
+    }
+
+    pub fn note_load(&self, header: &Header) {
+        self.loads.borrow_mut().insert(
+            header.sender,
+            HeardLoad {
+                load: header.load,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn frame(&self, kind: FrameKind, request_id: u64, body: &Body) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match wire::encode(
+            &mut out,
+            kind,
+            request_id,
+            self.load.load(Ordering::Relaxed),
+            self.me,
+            body,
+        ) {
+            Ok(()) => Some(out),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a cluster frame");
+                None
+            }
+        }
+    }
+
+    fn conn(self: &Rc<Self>, addr: &str) -> Option<Rc<Conn>> {
+        if let Some(conn) = self.conns.borrow().get(addr) {
+            return Some(conn.clone());
+        }
+        if let Some((until, _)) = self.backoff.borrow().get(addr) {
+            if Instant::now() < *until {
+                return None;
+            }
+        }
+        let target: SocketAddr = addr.parse().ok()?;
+        let (frames, queue) = flume::unbounded();
+        let conn = Rc::new(Conn {
+            frames,
+            pending: RefCell::new(HashMap::new()),
+        });
+        self.conns
+            .borrow_mut()
+            .insert(addr.to_owned(), conn.clone());
+        let peers = self.clone();
+        let (addr, task_conn) = (addr.to_owned(), conn.clone());
+        glommio::spawn_local(async move {
+            peers.run(addr, target, task_conn, queue).await;
+        })
+        .detach();
+        Some(conn)
+    }
+
+    async fn run(
+        self: Rc<Self>,
+        addr: String,
+        target: SocketAddr,
+        conn: Rc<Conn>,
+        queue: flume::Receiver<Vec<u8>>,
+    ) {
+        match TcpStream::connect_timeout(target, CONNECT_TIMEOUT).await {
+            Ok(stream) => {
+                self.backoff.borrow_mut().remove(&addr);
+                let _ = stream.set_nodelay(true);
+                let (reader, writer) = futures_lite::io::split(stream);
+                let reading = async {
+                    let mut reader = reader;
+                    loop {
+                        match read_frame(&mut reader).await {
+                            Ok((header, body)) => {
+                                self.note_load(&header);
+                                if header.kind == FrameKind::Reply {
+                                    let waiter =
+                                        conn.pending.borrow_mut().remove(&header.request_id);
+                                    if let Some(waiter) = waiter {
+                                        let _ = waiter.send(body);
+                                    }
+                                }
+                            }
+                            Err(error) => {
+                                log_read_error(&addr, &error);
+                                return;
+                            }
+                        }
+                    }
+                };
+                futures_lite::future::or(reading, write_frames(writer, &queue)).await;
+            }
+            Err(error) => {
+                let mut backoff = self.backoff.borrow_mut();
+                let next = backoff
+                    .get(&addr)
+                    .map_or(BACKOFF_MIN, |(_, d)| (*d * 2).min(BACKOFF_MAX));
+                backoff.insert(addr.clone(), (Instant::now() + next, next));
+                tracing::debug!(%addr, %error, "cannot reach peer");
+            }
+        }
+        let mut conns = self.conns.borrow_mut();
+        if conns.get(&addr).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+            conns.remove(&addr);
+        }
+        conn.pending.borrow_mut().clear();
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn request(
+        self: &Rc<Self>,
+        addr: &str,
+        body: &Body,
+        timeout: Duration,
+    ) -> Result<Body, TransportError> {
+        let conn = self.conn(addr).ok_or(TransportError::Unreachable)?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let frame = self
+            .frame(FrameKind::Request, id, body)
+            .ok_or(TransportError::Closed)?;
+        let (tx, rx) = flume::bounded(1);
+        conn.pending.borrow_mut().insert(id, tx);
+        if conn.frames.send(frame).is_err() {
+            conn.pending.borrow_mut().remove(&id);
+            return Err(TransportError::Closed);
+        }
+        let waiting = async { rx.recv_async().await.map_err(|_| TransportError::Closed) };
+        let expiring = async {
+            glommio::timer::sleep(timeout).await;
+            Err(TransportError::Timeout)
+        };
+        let result = futures_lite::future::or(waiting, expiring).await;
+        conn.pending.borrow_mut().remove(&id);
+        result
+    }
+
+    /// Sends a one-way frame; lost if the peer cannot be reached.
+    pub fn send(self: &Rc<Self>, addr: &str, body: &Body) {
+        if let (Some(conn), Some(frame)) = (self.conn(addr), self.frame(FrameKind::OneWay, 0, body))
+        {
+            let _ = conn.frames.send(frame);
+        }
+    }
+
+    /// A reply frame for an incoming request.
+    pub fn reply_frame(&self, request_id: u64, body: &Body) -> Option<Vec<u8>> {
+        self.frame(FrameKind::Reply, request_id, body)
+    }
+}
+
+fn log_read_error(addr: &str, error: &FrameError) {
+    match error {
+        FrameError::Io(_) => tracing::debug!(%addr, %error, "cluster connection closed"),
+        FrameError::Wire(_) => {
+            tracing::warn!(%addr, %error, "dropping a cluster connection that sent a bad frame")
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+/// Reads one frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<(Header, Body), FrameError> {
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    reader.read_exact(&mut header_bytes).await?;
+    let header = wire::decode_header(&header_bytes)?;
+    let mut payload = vec![0u8; header.payload_len];
+    reader.read_exact(&mut payload).await?;
+    let body = wire::decode_payload(&header_bytes, &header, &payload)?;
+    Ok((header, body))
+}
+
+/// Writes queued frames until the queue closes or the socket fails.
+pub async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, queue: &flume::Receiver<Vec<u8>>) {
+    let mut batch = Vec::new();
+    while let Ok(frame) = queue.recv_async().await {
+        batch.extend_from_slice(&frame);
+        while batch.len() < WRITE_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
