@@ -33,7 +33,7 @@ pub enum TransportError {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Bytes of queued frames written in one go at most.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 

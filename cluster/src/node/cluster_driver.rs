@@ -68,7 +68,7 @@ pub async fn run(
         };
         let stopping = async {
             let _ = stop.recv_async().await;
-            Some(None)
+            None
         };
         let event = futures_lite::future::or(stopping, async {
             Some(futures_lite::future::or(next, pause).await)

@@ -175,21 +175,13 @@ pub async fn open(
         let listed = if node == me {
             context.router.list(user).await.ok()
         } else {
-            match view.member(node) {
-                Some(member) => match peers
-                    .request(
-                        &member.addr,
-                        &Body::List {
-                            user: user.to_owned(),
-                        },
-                        PEER_TIMEOUT,
-                    )
-                    .await
-                {
-                    Ok(Body::Listed { messages }) => Some(messages),
-                    _ => None,
-                },
-                None => None,
+            let list = Body::List {
+                user: user.to_owned(),
+            };
+            let addr = view.member(node).map(|m| m.addr.clone());
+            match remote(&peers, addr, &list).await {
+                Some(Body::Listed { messages }) => Some(messages),
+                _ => None,
             }
         };
         match listed {
@@ -215,8 +207,18 @@ fn member_addr(context: &NodeContext, node: NodeId) -> Option<String> {
         .map(|m| m.addr.clone())
 }
 
+/// A request to another node, retried while it cannot be reached (it may be restarting, or
+/// this core may still be backing off from it) until [`PATIENCE`] runs out.
 async fn remote(peers: &Rc<Peers>, addr: Option<String>, body: &Body) -> Option<Body> {
-    peers.request(&addr?, body, PEER_TIMEOUT).await.ok()
+    let addr = addr?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match peers.request(&addr, body, PEER_TIMEOUT).await {
+            Ok(answer) => return Some(answer),
+            Err(_) if Instant::now() < deadline => glommio::timer::sleep(RETRY_PAUSE).await,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// The message at `index` of the maildrop.

@@ -20,6 +20,7 @@ pub fn free_port() -> u16 {
 
 pub struct Node {
     pub child: Child,
+    pub ip: String,
     pub smtp: u16,
     pub pop3: u16,
     pub admin: u16,
@@ -38,6 +39,19 @@ impl Node {
     }
 
     pub fn start_on(data: &Path, smtp: u16, pop3: u16, admin: u16, extra: &[&str]) -> Node {
+        Self::start_at(data, "127.0.0.1", smtp, pop3, admin, extra)
+    }
+
+    /// Starts a node listening on `ip` (each node of a cluster test has its own loopback
+    /// address, the same ports).
+    pub fn start_at(
+        data: &Path,
+        ip: &str,
+        smtp: u16,
+        pop3: u16,
+        admin: u16,
+        extra: &[&str],
+    ) -> Node {
         let mut child = Command::new(binary())
             .args([
                 "serve",
@@ -50,20 +64,23 @@ impl Node {
             .arg(data)
             .args([
                 "--smtp",
-                &format!("127.0.0.1:{smtp}"),
+                &format!("{ip}:{smtp}"),
                 "--pop3",
-                &format!("127.0.0.1:{pop3}"),
+                &format!("{ip}:{pop3}"),
             ])
-            .args(["--admin", &format!("127.0.0.1:{admin}"), "--cores", "2"])
+            .args(["--admin", &format!("{ip}:{admin}"), "--cores", "2"])
             .args(if extra.contains(&"--cluster") {
                 Vec::new()
             } else {
-                vec!["--cluster".to_owned(), format!("127.0.0.1:{}", free_port())]
+                vec!["--cluster".to_owned(), format!("{ip}:{}", free_port())]
             })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(
-                std::fs::File::create(data.with_extension("log"))
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(data.with_extension("log"))
                     .map(Stdio::from)
                     .unwrap_or(Stdio::null()),
             )
@@ -85,6 +102,7 @@ impl Node {
         }
         Node {
             child,
+            ip: ip.to_owned(),
             smtp,
             pop3,
             admin,
@@ -93,7 +111,7 @@ impl Node {
     }
 
     pub fn admin_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.admin)
+        format!("{}:{}", self.ip, self.admin)
     }
 
     /// `porcupine user add EMAIL --password-stdin`

@@ -1,0 +1,138 @@
+//! Three real `porcupine` processes on 127.0.0.11–13 (the same ports on each) form a cluster
+//! from `--join`; mail goes in through one node and out through another (Python's smtplib and
+//! poplib); a node killed with SIGKILL is dropped and every user takes new mail again; when it
+//! restarts it rejoins and the mail it holds is visible again, each message exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{free_port, python, Node, PASSWORD};
+
+const USERS: u64 = 60;
+
+struct Ports {
+    smtp: u16,
+    pop3: u16,
+    admin: u16,
+    cluster: u16,
+}
+
+fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
+    let ip = format!("127.0.0.{}", 10 + n);
+    let cluster = format!("{ip}:{}", ports.cluster);
+    let seeds = format!("127.0.0.11:{0},127.0.0.12:{0}", ports.cluster);
+    Node::start_at(
+        &dir.join(format!("node{n}")),
+        &ip,
+        ports.smtp,
+        ports.pop3,
+        ports.admin,
+        &["--cluster", &cluster, "--join", &seeds],
+    )
+}
+
+fn status(node: &Node) -> serde_json::Value {
+    let out = std::process::Command::new(common::binary())
+        .args(["status", "--json", "--admin", &node.admin_addr()])
+        .output()
+        .expect("porcupine status");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn member_count(node: &Node) -> usize {
+    status(node)["members"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits until every node in `nodes` sees exactly `count` members; returns how long it took.
+fn wait_members(nodes: &[&Node], count: usize) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    while nodes.iter().any(|n| member_count(n) != count) {
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge on {count} members: {:?}",
+            nodes
+                .iter()
+                .map(|n| status(n)["members"].clone())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+fn deliver(node: &Node, tag: &str) {
+    let out = python(
+        "cluster_mail.py",
+        &[
+            "deliver".into(),
+            node.ip.clone(),
+            node.smtp.to_string(),
+            tag.into(),
+            USERS.to_string(),
+        ],
+    );
+    assert!(out.contains(&format!("delivered {USERS}")), "{out}");
+}
+
+fn check(node: &Node, tags: &[&str]) {
+    let mut args = vec![
+        "check".into(),
+        node.ip.clone(),
+        node.pop3.to_string(),
+        PASSWORD.into(),
+        USERS.to_string(),
+    ];
+    args.extend(tags.iter().map(|t| t.to_string()));
+    let out = python("cluster_mail.py", &args);
+    assert!(
+        out.contains(&format!("check ok {}", USERS as usize * tags.len())),
+        "{out}"
+    );
+}
+
+#[test]
+fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports {
+        smtp: free_port(),
+        pop3: free_port(),
+        admin: free_port(),
+        cluster: free_port(),
+    };
+    let n1 = start(dir.path(), 1, &ports);
+    let n2 = start(dir.path(), 2, &ports);
+    let n3 = start(dir.path(), 3, &ports);
+    wait_members(&[&n1, &n2, &n3], 3);
+    let view = status(&n2);
+    assert_eq!(view["buckets"]["total"], 1024);
+    assert_eq!(
+        view["buckets"]["by_node"].as_object().map(|o| o.len()),
+        Some(3),
+        "{view}"
+    );
+
+    // Users created through one node exist on every node.
+    n1.bulk_users(USERS, "user");
+    deliver(&n2, "first");
+    check(&n3, &["first"]);
+    check(&n1, &["first"]);
+
+    // SIGKILL one node: it is dropped, and every user takes new mail again.
+    n3.kill();
+    let detected = wait_members(&[&n1, &n2], 2);
+    deliver(&n1, "second");
+    check(&n2, &["second"]);
+
+    // It comes back: the mail it held is visible again, each message exactly once.
+    let n3 = start(dir.path(), 3, &ports);
+    wait_members(&[&n1, &n2, &n3], 3);
+    check(&n1, &["first", "second"]);
+    check(&n3, &["first", "second"]);
+    eprintln!("death detected and committed in {detected:?}");
+    for node in [n1, n2, n3] {
+        assert!(node.terminate().success());
+    }
+}

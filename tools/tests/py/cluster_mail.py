@@ -1,0 +1,53 @@
+"""Mail through a cluster with stock clients (smtplib, poplib).
+
+deliver HOST SMTP_PORT TAG USERS       one message "TAG n" to each of user1..userN@localhost
+check HOST POP3_PORT PASSWORD USERS TAG...
+    every user's maildrop holds exactly one "TAG n" per tag given, nothing else of those
+    tags, and every message is byte-exact; nothing is deleted
+"""
+import poplib
+import smtplib
+import sys
+
+
+def body(tag, n):
+    return f"Subject: {tag} {n}\r\nX-Check: {tag}-{n}\r\n\r\nmessage {tag} for user{n}\r\n..a dotted line\r\n"
+
+
+def deliver(host, port, tag, users):
+    client = smtplib.SMTP(host, int(port), timeout=30)
+    for n in range(1, int(users) + 1):
+        client.sendmail("sender@example.org", [f"user{n}@localhost"], body(tag, n))
+    client.quit()
+    print(f"delivered {users}")
+
+
+def check(host, port, password, users, tags):
+    seen = 0
+    for n in range(1, int(users) + 1):
+        pop = poplib.POP3(host, int(port), timeout=30)
+        pop.user(f"user{n}@localhost")
+        pop.pass_(password)
+        count = len(pop.list()[1])
+        found = {}
+        for k in range(1, count + 1):
+            lines = pop.retr(k)[1]
+            text = b"\r\n".join(lines).decode()
+            for tag in tags:
+                if f"X-Check: {tag}-{n}\r\n" in text:
+                    found[tag] = found.get(tag, 0) + 1
+                    expected = body(tag, n).split("\r\n\r\n", 1)[1]
+                    got = text.split("\r\n\r\n", 1)[1] + "\r\n"
+                    assert got == expected, (n, tag, got, expected)
+        pop.quit()
+        for tag in tags:
+            assert found.get(tag) == 1, f"user{n}: {tag} seen {found.get(tag, 0)} times"
+        seen += sum(found.values())
+    print(f"check ok {seen}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "deliver":
+        deliver(*sys.argv[2:6])
+    else:
+        check(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
