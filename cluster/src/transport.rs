@@ -39,8 +39,13 @@ const WRITE_BATCH_BYTES: usize = 1 << 20;
 
 struct Conn {
     frames: flume::Sender<Vec<u8>>,
-    pending: RefCell<HashMap<u64, flume::Sender<Body>>>,
+    /// Waiting requests and when they give up (a sweeper drops the expired ones, so no
+    /// per-request timer has to be armed and cancelled).
+    pending: RefCell<HashMap<u64, (flume::Sender<Body>, Instant)>>,
 }
+
+/// How often expired requests are dropped.
+const SWEEP_EVERY: Duration = Duration::from_millis(25);
 
 /// A peer's load and when it was heard.
 #[derive(Clone, Copy, Debug)]
@@ -69,15 +74,31 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
+    /// This core's peers; call on an executor (it starts the timeout sweeper there).
     pub fn new(me: u64, load: Arc<AtomicU32>) -> Rc<Self> {
-        Rc::new(Self {
+        let peers = Rc::new(Self {
             me,
             load,
             conns: RefCell::new(HashMap::new()),
             backoff: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             loads: RefCell::new(HashMap::new()),
+        });
+        let weak = Rc::downgrade(&peers);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(SWEEP_EVERY).await;
+                let Some(peers) = weak.upgrade() else { return };
+                let now = Instant::now();
+                for conn in peers.conns.borrow().values() {
+                    conn.pending
+                        .borrow_mut()
+                        .retain(|_, (_, deadline)| *deadline > now);
+                }
+            }
         })
+        .detach();
+        peers
     }
 
     /// The load last heard from a node (by the low 32 bits of its id), if any.
@@ -161,7 +182,7 @@ impl Peers {
                                 if header.kind == FrameKind::Reply {
                                     let waiter =
                                         conn.pending.borrow_mut().remove(&header.request_id);
-                                    if let Some(waiter) = waiter {
+                                    if let Some((waiter, _)) = waiter {
                                         let _ = waiter.send(body);
                                     }
                                 }
@@ -205,19 +226,20 @@ impl Peers {
             .frame(FrameKind::Request, id, body)
             .ok_or(TransportError::Closed)?;
         let (tx, rx) = flume::bounded(1);
-        conn.pending.borrow_mut().insert(id, tx);
+        let deadline = Instant::now() + timeout;
+        conn.pending.borrow_mut().insert(id, (tx, deadline));
         if conn.frames.send(frame).is_err() {
             conn.pending.borrow_mut().remove(&id);
             return Err(TransportError::Closed);
         }
-        let waiting = async { rx.recv_async().await.map_err(|_| TransportError::Closed) };
-        let expiring = async {
-            glommio::timer::sleep(timeout).await;
-            Err(TransportError::Timeout)
-        };
-        let result = futures_lite::future::or(waiting, expiring).await;
-        conn.pending.borrow_mut().remove(&id);
-        result
+        // The sweeper (or a lost connection) drops the sender; which one, the clock tells.
+        rx.recv_async().await.map_err(|_| {
+            if Instant::now() >= deadline {
+                TransportError::Timeout
+            } else {
+                TransportError::Closed
+            }
+        })
     }
 
     /// Sends a one-way frame; lost if the peer cannot be reached.

@@ -178,6 +178,8 @@ pub enum Failure {
     /// The maildrop is locked by another session.
     InUse,
     NotFound,
+    /// Wrong user or password.
+    BadCredentials,
 }
 
 /// What nodes say to each other.
@@ -196,6 +198,7 @@ pub enum Body {
     Store {
         user: String,
         id: u128,
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
     /// The user's fragment on the receiving node: (id, size), oldest first.
@@ -210,11 +213,17 @@ pub enum Body {
         id: u128,
     },
     Fetched {
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
     Delete {
         user: String,
         ids: Vec<u128>,
+    },
+    /// Manager: check a POP3 login (one verified-credentials cache per user in the cluster).
+    Authenticate {
+        user: String,
+        password: String,
     },
     /// Manager: lock the maildrop for a POP session; the answer lists the fragment nodes.
     Lock {

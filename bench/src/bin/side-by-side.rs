@@ -10,11 +10,12 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use porcupine_bench::Servers;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,36 +61,6 @@ struct Run {
     lost: u64,
     corrupt: u64,
     verified: bool,
-}
-
-/// Servers to stop at the end, whatever happens.
-#[derive(Default)]
-struct Servers {
-    children: Vec<(String, Child)>,
-    pids: Vec<(String, u32)>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (name, child) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("stopped {name} (pid {})", child.id());
-        }
-        for (name, pid) in &self.pids {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            eprintln!("stopped {name} (pid {pid})");
-        }
-    }
 }
 
 fn sh(command: &str) -> Result<String> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::cluster_state::{peers, ToCoreZero};
-use super::service::StoreError;
+use super::service::{LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, NodeId, View};
@@ -25,12 +25,20 @@ const LOAD_MAX_AGE: Duration = Duration::from_secs(5);
 const REPORT_RETRY: Duration = Duration::from_millis(20);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const PROFILE_BATCH: usize = 2000;
+/// Profile writes in flight while storing a batch from a peer.
+const PROFILE_PARALLELISM: usize = 512;
 
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+enum Event {
+    Tick,
+    Work(ToCoreZero),
+    Stop,
 }
 
 /// Runs on core 0 until the node stops.
@@ -50,6 +58,11 @@ pub async fn run(
     );
     let mut manager = Manager::new(shared.me.id);
     let mut out = vec![Action::Installed(membership.view().clone())];
+    // Kept across iterations: a timer or a channel wait dropped half-way would be cancelled
+    // and re-armed for every message.
+    let mut tick = Box::pin(glommio::timer::sleep(TICK));
+    let mut stopping = Box::pin(stop.recv_async());
+    let mut next = Box::pin(inbox.recv_async());
     loop {
         for action in out.drain(..) {
             match action {
@@ -61,22 +74,32 @@ pub async fn run(
                 }
             }
         }
-        let next = async { inbox.recv_async().await.ok() };
-        let pause = async {
-            glommio::timer::sleep(TICK).await;
-            None
-        };
-        let stopping = async {
-            let _ = stop.recv_async().await;
-            None
-        };
-        let event = futures_lite::future::or(stopping, async {
-            Some(futures_lite::future::or(next, pause).await)
+        let event = futures_lite::future::poll_fn(|cx| {
+            use std::future::Future;
+            use std::task::Poll;
+            if stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
+            }
+            if tick.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+            match next.as_mut().poll(cx) {
+                Poll::Ready(Ok(work)) => Poll::Ready(Event::Work(work)),
+                Poll::Ready(Err(_)) => Poll::Ready(Event::Stop),
+                Poll::Pending => Poll::Pending,
+            }
         })
         .await;
         match event {
-            Some(Some(ToCoreZero::Membership(msg))) => membership.receive(wall_ms(), msg, &mut out),
-            Some(Some(ToCoreZero::Manager { body, reply })) => {
+            Event::Tick => {
+                tick = Box::pin(glommio::timer::sleep(TICK));
+            }
+            Event::Work(ToCoreZero::Membership(msg)) => {
+                next = Box::pin(inbox.recv_async());
+                membership.receive(wall_ms(), msg, &mut out);
+            }
+            Event::Work(ToCoreZero::Manager { body, reply }) => {
+                next = Box::pin(inbox.recv_async());
                 let me = shared.me.id;
                 let own_load = shared.load.load(Ordering::Relaxed);
                 let answer = manager.handle(body, |node| {
@@ -90,8 +113,7 @@ pub async fn run(
                 });
                 let _ = reply.send(answer);
             }
-            Some(None) => {}
-            None => return,
+            Event::Stop => return,
         }
         membership.tick(wall_ms(), &mut out);
     }
@@ -267,6 +289,13 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
                 Err(e) => failure(e),
             }
         }
+        Body::Authenticate { user, password } => {
+            match router.login(&user, &password, LockMode::Elsewhere).await {
+                Login::Ok(_) => Body::Done,
+                Login::BadCredentials => Body::Error(Failure::BadCredentials),
+                Login::InUse | Login::Unavailable => Body::Error(Failure::Failed),
+            }
+        }
         Body::List { user } => match router.list(&user).await {
             Ok(messages) => Body::Listed { messages },
             Err(e) => failure(e),
@@ -283,12 +312,26 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             profiles,
             overwrite,
         } => {
+            // Many at once, so they share group commits.
             let mut result = Body::Done;
+            let mut in_flight = std::collections::VecDeque::new();
             for (user, profile) in profiles {
-                if let Err(e) = router
-                    .put_profile(&user, Arc::new(profile), !overwrite)
-                    .await
-                {
+                let router = router.clone();
+                in_flight.push_back(glommio::spawn_local(async move {
+                    router
+                        .put_profile(&user, Arc::new(profile), !overwrite)
+                        .await
+                }));
+                if in_flight.len() >= PROFILE_PARALLELISM {
+                    if let Some(task) = in_flight.pop_front() {
+                        if let Err(e) = task.await {
+                            result = failure(e);
+                        }
+                    }
+                }
+            }
+            for task in in_flight {
+                if let Err(e) = task.await {
                     result = failure(e);
                 }
             }

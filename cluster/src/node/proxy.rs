@@ -9,6 +9,8 @@
 //! is local. A manager that is rebuilding its mail map answers "try again", and the proxy does,
 //! for a bounded time.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use super::cluster_driver::PEER_TIMEOUT;
 use super::cluster_state::peers;
 use super::service::{LockMode, Login, StoreError};
 use super::NodeContext;
-use crate::membership::{NodeId, View};
+use crate::membership::{Epoch, NodeId, View};
 use crate::transport::Peers;
 use crate::wire::{Body, Failure};
 
@@ -54,6 +56,47 @@ async fn ask_manager(context: &NodeContext, view: &View, user: &str, body: &Body
         .ok()
 }
 
+/// Placements this core made recently: user → (node, epoch). A user's next message goes to
+/// the same node without asking the manager again (the manager recorded the fragment when it
+/// placed it), until the membership changes.
+struct PlacementCache {
+    entries: HashMap<String, (NodeId, Epoch)>,
+}
+
+/// Entries before the cache starts over (bounded memory).
+const PLACEMENT_CACHE_MAX: usize = 1 << 18;
+
+thread_local! {
+    static PLACEMENTS: RefCell<PlacementCache> = RefCell::new(PlacementCache {
+        entries: HashMap::new(),
+    });
+}
+
+fn cached_placement(user: &str, epoch: Epoch) -> Option<NodeId> {
+    PLACEMENTS.with(|cache| {
+        cache
+            .borrow()
+            .entries
+            .get(user)
+            .filter(|(_, at)| *at == epoch)
+            .map(|(node, _)| *node)
+    })
+}
+
+fn remember_placement(user: &str, node: NodeId, epoch: Epoch) {
+    PLACEMENTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.entries.len() >= PLACEMENT_CACHE_MAX {
+            cache.entries.clear();
+        }
+        cache.entries.insert(user.to_owned(), (node, epoch));
+    });
+}
+
+fn forget_placement(user: &str) {
+    PLACEMENTS.with(|cache| cache.borrow_mut().entries.remove(user));
+}
+
 /// Delivers one copy of a message to `user`, wherever the cluster places it.
 pub async fn deliver(
     context: &NodeContext,
@@ -68,13 +111,26 @@ pub async fn deliver(
         if view.members.len() <= 1 {
             return store_here(context, user, id, message).await;
         }
-        let place = Body::Place {
-            user: user.to_owned(),
+        let placed = match cached_placement(user, view.epoch) {
+            Some(node) => Some(node),
+            None => {
+                let place = Body::Place {
+                    user: user.to_owned(),
+                };
+                match ask_manager(context, &view, user, &place).await {
+                    Some(Body::Placed { node }) => {
+                        remember_placement(user, node, view.epoch);
+                        Some(node)
+                    }
+                    _ => None,
+                }
+            }
         };
-        if let Some(Body::Placed { node }) = ask_manager(context, &view, user, &place).await {
+        if let Some(node) = placed {
             if node == shared.me.id {
                 return store_here(context, user, id, message).await;
             }
+            forget_placement(user);
             if let Some(member) = view.member(node) {
                 let store = Body::Store {
                     user: user.to_owned(),
@@ -85,7 +141,10 @@ pub async fn deliver(
                     .request(&member.addr, &store, PEER_TIMEOUT)
                     .await
                 {
-                    Ok(Body::Done) => return Ok(()),
+                    Ok(Body::Done) => {
+                        remember_placement(user, node, view.epoch);
+                        return Ok(());
+                    }
                     Ok(Body::Error(Failure::NoSpace)) => return Err(StoreError::NoSpace),
                     Ok(Body::Error(Failure::TryAgain)) | Err(_) => {}
                     Ok(_) => return Err(StoreError::Failed),
@@ -140,16 +199,7 @@ pub async fn open(
             Login::Unavailable => Err(OpenFailure::Unavailable),
         };
     }
-    match context
-        .router
-        .login(user, password, LockMode::Elsewhere)
-        .await
-    {
-        Login::Ok(_) => {}
-        Login::BadCredentials => return Err(OpenFailure::BadCredentials),
-        Login::InUse => return Err(OpenFailure::InUse),
-        Login::Unavailable => return Err(OpenFailure::Unavailable),
-    }
+    authenticate(context, user, password).await?;
     let owner = (me, shared.session_id());
     let lock = Body::Lock {
         user: user.to_owned(),
@@ -196,6 +246,42 @@ pub async fn open(
     maildrop.messages.sort_by_key(|m| m.0);
     maildrop.messages.dedup_by_key(|m| m.0);
     Ok(maildrop)
+}
+
+/// Checks the password where the user's bucket is managed, so that one node's cache of
+/// verified credentials serves the user whichever node the client connects to.
+async fn authenticate(
+    context: &NodeContext,
+    user: &str,
+    password: &str,
+) -> Result<(), OpenFailure> {
+    let shared = &context.cluster;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        let manager = view.map.manager_of(user);
+        if manager == shared.me.id || view.member(manager).is_none() {
+            return match context
+                .router
+                .login(user, password, LockMode::Elsewhere)
+                .await
+            {
+                Login::Ok(_) => Ok(()),
+                Login::BadCredentials => Err(OpenFailure::BadCredentials),
+                Login::InUse | Login::Unavailable => Err(OpenFailure::Unavailable),
+            };
+        }
+        let body = Body::Authenticate {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        };
+        match ask_manager(context, &view, user, &body).await {
+            Some(Body::Done) => return Ok(()),
+            Some(Body::Error(Failure::BadCredentials)) => return Err(OpenFailure::BadCredentials),
+            _ if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
+            _ => glommio::timer::sleep(RETRY_PAUSE).await,
+        }
+    }
 }
 
 fn member_addr(context: &NodeContext, node: NodeId) -> Option<String> {
