@@ -117,12 +117,15 @@ impl Manager {
                 }
                 Body::Placed { node }
             }
-            Body::Noted { user, node } => {
-                if self.manages(&user) {
-                    let nodes = self.mail_map.entry(user).or_default();
-                    if !nodes.contains(&node) {
-                        nodes.push(node);
-                    }
+            Body::Noted { user, node, epoch } => {
+                if self.epoch() != Some(epoch) || !self.manages(&user) {
+                    // The noting node and this one disagree on the membership: it asks again
+                    // with its newer view, or this one installs its own first.
+                    return Body::Error(Failure::TryAgain);
+                }
+                let nodes = self.mail_map.entry(user).or_default();
+                if !nodes.contains(&node) {
+                    nodes.push(node);
                 }
                 Body::Done
             }

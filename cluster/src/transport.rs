@@ -101,6 +101,12 @@ impl Peers {
         peers
     }
 
+    /// Forgets a failed connection attempt: the node at `addr` was just heard from, so it is
+    /// reachable again (a restarted node must not wait out a backoff from while it was down).
+    pub fn clear_backoff(&self, addr: &str) {
+        self.backoff.borrow_mut().remove(addr);
+    }
+
     /// The load last heard from a node (by the low 32 bits of its id), if any.
     pub fn heard_load(&self, node: u64) -> Option<HeardLoad> {
         self.loads.borrow().get(&(node as u32)).copied()

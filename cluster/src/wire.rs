@@ -195,9 +195,11 @@ pub enum Body {
         node: u64,
     },
     /// Store a message in the user's fragment on the receiving node.
+    /// `epoch`: the membership in which the placement was made.
     Store {
         user: String,
         id: u128,
+        epoch: membership::Epoch,
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
@@ -253,6 +255,7 @@ pub enum Body {
     Noted {
         user: String,
         node: u64,
+        epoch: membership::Epoch,
     },
     Done,
     Error(Failure),
@@ -281,6 +284,7 @@ mod tests {
         let body = Body::Store {
             user: "a@x".into(),
             id: 9,
+            epoch: membership::Epoch::default(),
             message: b"hello".to_vec(),
         };
         let (header, decoded) = decode(&frame(&body)).expect("decodes");

@@ -60,7 +60,37 @@ fn wait_members(nodes: &[&Node], count: usize) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    started.elapsed()
+    let took = started.elapsed();
+    wait_settled(nodes, count);
+    took
+}
+
+/// Waits until the nodes have shared one epoch of `count` members for half a second (a node
+/// that was slow to answer a ping on a loaded machine may be dropped and merged back).
+fn wait_settled(nodes: &[&Node], count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut since: Option<(serde_json::Value, Instant)> = None;
+    loop {
+        let views: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
+        let epoch = views[0]["epoch"].clone();
+        let agreed = views
+            .iter()
+            .all(|v| v["epoch"] == epoch && v["members"].as_array().map_or(0, Vec::len) == count);
+        match (&since, agreed) {
+            (Some((e, at)), true) if *e == epoch => {
+                if at.elapsed() >= Duration::from_millis(500) {
+                    return;
+                }
+            }
+            (_, true) => since = Some((epoch, Instant::now())),
+            (_, false) => since = None,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "membership did not settle: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn deliver(node: &Node, tag: &str) {
@@ -95,16 +125,17 @@ fn check(node: &Node, tags: &[&str]) {
 
 #[test]
 fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
     let ports = Ports {
         smtp: free_port(),
         pop3: free_port(),
         admin: free_port(),
         cluster: free_port(),
     };
-    let n1 = start(dir.path(), 1, &ports);
-    let n2 = start(dir.path(), 2, &ports);
-    let n3 = start(dir.path(), 3, &ports);
+    let n1 = start(&dir, 1, &ports);
+    let n2 = start(&dir, 2, &ports);
+    let n3 = start(&dir, 3, &ports);
     wait_members(&[&n1, &n2, &n3], 3);
     let view = status(&n2);
     assert_eq!(view["buckets"]["total"], 1024);
@@ -127,7 +158,7 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     check(&n2, &["second"]);
 
     // It comes back: the mail it held is visible again, each message exactly once.
-    let n3 = start(dir.path(), 3, &ports);
+    let n3 = start(&dir, 3, &ports);
     wait_members(&[&n1, &n2, &n3], 3);
     check(&n1, &["first", "second"]);
     check(&n3, &["first", "second"]);

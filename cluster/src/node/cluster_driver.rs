@@ -15,7 +15,7 @@ use super::cluster_state::{peers, ToCoreZero};
 use super::service::{LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::manager::Manager;
-use crate::membership::{Action, Membership, NodeId, View};
+use crate::membership::{Action, Membership, Msg, NodeId, View};
 use crate::transport::{read_frame, write_frames};
 use crate::wire::{Body, Failure, FrameKind};
 
@@ -96,6 +96,20 @@ pub async fn run(
             }
             Event::Work(ToCoreZero::Membership(msg)) => {
                 next = Box::pin(inbox.recv_async());
+                match &msg {
+                    Msg::Ping { from, .. }
+                    | Msg::Pong { from, .. }
+                    | Msg::Probe { from, .. }
+                    | Msg::Accept { from, .. }
+                    | Msg::NewGroup {
+                        coordinator: from, ..
+                    } => peers.clear_backoff(&from.addr),
+                    Msg::Commit { view } => {
+                        for member in &view.members {
+                            peers.clear_backoff(&member.addr);
+                        }
+                    }
+                }
                 membership.receive(wall_ms(), msg, &mut out);
             }
             Event::Work(ToCoreZero::Manager { body, reply }) => {
@@ -124,6 +138,7 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
     let shared = &context.cluster;
     let me = shared.me.id;
     let started = Instant::now();
+    shared.snapshots.fetch_add(1, Ordering::SeqCst);
     let users = context.router.fragment_users().await;
     let mut by_manager: BTreeMap<NodeId, Vec<String>> =
         view.members.iter().map(|m| (m.id, Vec::new())).collect();
@@ -283,12 +298,15 @@ fn failure(error: StoreError) -> Body {
 async fn handle(context: &NodeContext, body: Body) -> Body {
     let router = &context.router;
     match body {
-        Body::Store { user, id, message } => {
-            match super::proxy::store_here(context, &user, id, Arc::new(message)).await {
-                Ok(()) => Body::Done,
-                Err(e) => failure(e),
-            }
-        }
+        Body::Store {
+            user,
+            id,
+            epoch,
+            message,
+        } => match super::proxy::store_here(context, &user, id, Arc::new(message), epoch).await {
+            Ok(()) => Body::Done,
+            Err(e) => failure(e),
+        },
         Body::Authenticate { user, password } => {
             match router.login(&user, &password, LockMode::Elsewhere).await {
                 Login::Ok(_) => Body::Done,

@@ -34,6 +34,9 @@ pub struct ClusterShared {
     pub core_zero: flume::Sender<ToCoreZero>,
     /// POP session numbers, for maildrop lock owners.
     next_session: AtomicU64,
+    /// Bumped each time this node snapshots its fragment users for the managers: a store that
+    /// spans a snapshot may be missing from it and is noted to the manager separately.
+    pub snapshots: AtomicU64,
 }
 
 impl ClusterShared {
@@ -53,6 +56,7 @@ impl ClusterShared {
             load: Arc::new(AtomicU32::new(0)),
             core_zero,
             next_session: AtomicU64::new(1),
+            snapshots: AtomicU64::new(0),
         }
     }
 

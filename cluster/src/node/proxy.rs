@@ -29,17 +29,51 @@ const PATIENCE: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Stores a message in the user's fragment on this node, counting it in this node's load.
+/// `placed`: the membership epoch in which the manager chose this node. If the membership
+/// changed since, or this node reported its fragments while the store was under way, the
+/// current manager may not know of this fragment: it is told before the store counts as done.
 pub async fn store_here(
     context: &NodeContext,
     user: &str,
     id: u128,
     message: Arc<Vec<u8>>,
+    placed: Epoch,
 ) -> Result<(), StoreError> {
-    let load = &context.cluster.load;
-    load.fetch_add(1, Ordering::Relaxed);
+    let shared = &context.cluster;
+    let snapshots = shared.snapshots.load(Ordering::SeqCst);
+    shared.load.fetch_add(1, Ordering::Relaxed);
     let result = context.router.deliver(user, id, message).await;
-    load.fetch_sub(1, Ordering::Relaxed);
+    shared.load.fetch_sub(1, Ordering::Relaxed);
+    if result.is_ok()
+        && shared.clustered()
+        && (shared.view.load().epoch != placed
+            || shared.snapshots.load(Ordering::SeqCst) != snapshots)
+    {
+        note(context, user).await;
+    }
     result
+}
+
+/// Tells the user's current manager that this node holds a fragment of the user's mailbox.
+async fn note(context: &NodeContext, user: &str) {
+    let shared = &context.cluster;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        let body = Body::Noted {
+            user: user.to_owned(),
+            node: shared.me.id,
+            epoch: view.epoch,
+        };
+        if ask_manager(context, &view, user, &body).await == Some(Body::Done) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(%user, "could not tell the manager about a new fragment; it is found at the next membership change");
+            return;
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
+    }
 }
 
 /// Asks the manager of `user`'s bucket; `None` if it cannot be reached.
@@ -109,7 +143,7 @@ pub async fn deliver(
     loop {
         let view = shared.view.load_full();
         if view.members.len() <= 1 {
-            return store_here(context, user, id, message).await;
+            return store_here(context, user, id, message, view.epoch).await;
         }
         let placed = match cached_placement(user, view.epoch) {
             Some(node) => Some(node),
@@ -128,13 +162,14 @@ pub async fn deliver(
         };
         if let Some(node) = placed {
             if node == shared.me.id {
-                return store_here(context, user, id, message).await;
+                return store_here(context, user, id, message, view.epoch).await;
             }
             forget_placement(user);
             if let Some(member) = view.member(node) {
                 let store = Body::Store {
                     user: user.to_owned(),
                     id,
+                    epoch: view.epoch,
                     message: message.to_vec(),
                 };
                 match peers(shared)
