@@ -3,8 +3,8 @@
 //! Each core keeps its own connection to each peer ([`Peers`], one per core, never shared):
 //! requests carry ids and wait for their reply with a timeout; a connection that fails is
 //! dropped with its waiters and redialled on demand, with exponential backoff per address.
-//! Frames queued while a write is under way go out together (natural batching, and the
-//! queue is the back-pressure). Every frame carries the sender's load; the loads heard from
+//! Frames queued while a write is under way go out together (natural batching); the queue is
+//! bounded, and a full one makes requesters wait (back-pressure). Every frame carries the sender's load; the loads heard from
 //! peers are kept with their age. The server side reads frames from a peer and hands each to
 //! a handler; a peer that sends garbage or another version is dropped with a log line.
 
@@ -34,6 +34,8 @@ pub enum TransportError {
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Frames queued to one peer before senders wait.
+pub const QUEUED_FRAMES_MAX: usize = 4096;
 /// Bytes of queued frames written in one go at most.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 
@@ -150,7 +152,7 @@ impl Peers {
             }
         }
         let target: SocketAddr = addr.parse().ok()?;
-        let (frames, queue) = flume::unbounded();
+        let (frames, queue) = flume::bounded(QUEUED_FRAMES_MAX);
         let conn = Rc::new(Conn {
             frames,
             pending: RefCell::new(HashMap::new()),
@@ -234,7 +236,8 @@ impl Peers {
         let (tx, rx) = flume::bounded(1);
         let deadline = Instant::now() + timeout;
         conn.pending.borrow_mut().insert(id, (tx, deadline));
-        if conn.frames.send(frame).is_err() {
+        // A full queue makes the caller wait: back-pressure from a slow peer.
+        if conn.frames.send_async(frame).await.is_err() {
             conn.pending.borrow_mut().remove(&id);
             return Err(TransportError::Closed);
         }
@@ -252,7 +255,8 @@ impl Peers {
     pub fn send(self: &Rc<Self>, addr: &str, body: &Body) {
         if let (Some(conn), Some(frame)) = (self.conn(addr), self.frame(FrameKind::OneWay, 0, body))
         {
-            let _ = conn.frames.send(frame);
+            // Membership traffic is periodic: a frame that does not fit is dropped.
+            let _ = conn.frames.try_send(frame);
         }
     }
 

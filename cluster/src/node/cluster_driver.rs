@@ -253,7 +253,7 @@ async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
     let _ = stream.set_nodelay(true);
     let peers = peers(&context.cluster);
     let (mut reader, writer) = futures_lite::io::split(stream);
-    let (replies, queue) = flume::unbounded::<Vec<u8>>();
+    let (replies, queue) = flume::bounded::<Vec<u8>>(crate::transport::QUEUED_FRAMES_MAX);
     let reading = async {
         loop {
             let (header, body) = match read_frame(&mut reader).await {
@@ -275,7 +275,7 @@ async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
                     glommio::spawn_local(async move {
                         let answer = handle(&context, body).await;
                         if let Some(frame) = peers.reply_frame(header.request_id, &answer) {
-                            let _ = replies.send(frame);
+                            let _ = replies.send_async(frame).await;
                         }
                     })
                     .detach();

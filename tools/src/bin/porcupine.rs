@@ -97,7 +97,8 @@ struct ServeArgs {
     /// Cluster address: other nodes reach this one here [default: 127.0.0.1:7946]
     #[arg(long)]
     cluster: Option<SocketAddr>,
-    /// Cluster addresses of nodes to join (comma-separated); implies --no-first-user
+    /// Cluster addresses of nodes to join (comma-separated); a node that joins others creates
+    /// no first user (it receives the cluster's users)
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
     join: Vec<SocketAddr>,
@@ -252,8 +253,12 @@ fn serve(flags: ServeArgs) -> Result<()> {
         join: args.join.clone(),
         hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
         domains,
-        // A joining node gets its users from the cluster.
-        first_user: !args.no_first_user && args.join.is_empty(),
+        // A node joining others gets its users from the cluster.
+        first_user: !args.no_first_user
+            && args
+                .join
+                .iter()
+                .all(|seed| Some(*seed) == args.cluster.or(Some(defaults.cluster))),
         discard_bodies: args.discard_bodies,
         ..defaults
     };
@@ -417,7 +422,29 @@ fn status(json: bool, admin: SocketAddr) -> Result<()> {
     );
     println!("domains: {}", node["domains"]);
     println!("users: {}  messages: {}", v["users"], v["messages"]);
-    println!("members: {}", v["members"]);
+    println!(
+        "node id {}, epoch {} (coordinator {}), {} of {} buckets managed here",
+        v["node_id"],
+        v["epoch"]["clock"],
+        v["epoch"]["coordinator"],
+        v["buckets"]["owned"],
+        v["buckets"]["total"]
+    );
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    println!("members: {}", members.len());
+    for member in &members {
+        println!(
+            "  {} {} load {}{}",
+            member["id"],
+            member["address"].as_str().unwrap_or("?"),
+            member["load"],
+            if member["self"] == true {
+                "  (this node)"
+            } else {
+                ""
+            }
+        );
+    }
     for shard in v["shards"].as_array().into_iter().flatten() {
         println!(
             "  {} core {} {}: {} messages, {} users, {} segments, {} fsyncs, ack p99 {} µs{}",
