@@ -167,3 +167,157 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
         assert!(node.terminate().success());
     }
 }
+
+/// Network namespaces joined by a bridge: node `n` lives in its own namespace at 10.77.x.n and
+/// its link to the bridge can be cut. Everything is removed on drop.
+struct Netns {
+    tag: String,
+    bridge: String,
+    subnet: u8,
+}
+
+fn ip_cmd(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Netns {
+    fn new(nodes: usize) -> Option<Netns> {
+        let pid = std::process::id();
+        let tag = format!("pc{}", pid % 100_000);
+        let net = Netns {
+            bridge: format!("{tag}br"),
+            subnet: (pid % 200) as u8 + 20,
+            tag,
+        };
+        let subnet = net.subnet;
+        let ok = ip_cmd(&["link", "add", &net.bridge, "type", "bridge"])
+            && ip_cmd(&[
+                "addr",
+                "add",
+                &format!("10.77.{subnet}.254/24"),
+                "dev",
+                &net.bridge,
+            ])
+            && ip_cmd(&["link", "set", &net.bridge, "up"]);
+        if !ok {
+            return None;
+        }
+        for n in 1..=nodes {
+            let (ns, host, inner) = (net.ns(n), net.veth(n), format!("{}i{n}", net.tag));
+            let ok = ip_cmd(&["netns", "add", &ns])
+                && ip_cmd(&["link", "add", &host, "type", "veth", "peer", "name", &inner])
+                && ip_cmd(&["link", "set", &inner, "netns", &ns])
+                && ip_cmd(&["link", "set", &host, "master", &net.bridge])
+                && ip_cmd(&["link", "set", &host, "up"])
+                && ip_cmd(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+                && ip_cmd(&[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", net.ip(n)),
+                    "dev",
+                    &inner,
+                ])
+                && ip_cmd(&["netns", "exec", &ns, "ip", "link", "set", &inner, "up"]);
+            if !ok {
+                return None;
+            }
+        }
+        Some(net)
+    }
+
+    fn ns(&self, n: usize) -> String {
+        format!("{}n{n}", self.tag)
+    }
+
+    fn veth(&self, n: usize) -> String {
+        format!("{}h{n}", self.tag)
+    }
+
+    fn ip(&self, n: usize) -> String {
+        format!("10.77.{}.{n}", self.subnet)
+    }
+
+    /// Cuts (or restores) node `n`'s link to everyone else.
+    fn link(&self, n: usize, up: bool) {
+        assert!(ip_cmd(&[
+            "link",
+            "set",
+            &self.veth(n),
+            if up { "up" } else { "down" }
+        ]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in 1..=3 {
+            ip_cmd(&["link", "del", &self.veth(n)]);
+            ip_cmd(&["netns", "del", &self.ns(n)]);
+        }
+        ip_cmd(&["link", "del", &self.bridge]);
+    }
+}
+
+#[test]
+fn a_partitioned_node_is_dropped_and_merges_back_when_the_network_heals() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        eprintln!("skipped: the partition test needs root (ip netns, veth, bridge)");
+        return;
+    }
+    let Some(net) = Netns::new(3) else {
+        eprintln!("skipped: cannot create network namespaces here (ip netns / veth / bridge)");
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let ports = Ports {
+        smtp: free_port(),
+        pop3: free_port(),
+        admin: free_port(),
+        cluster: free_port(),
+    };
+    let seeds = format!("{}:{2},{}:{2}", net.ip(1), net.ip(2), ports.cluster);
+    let start = |n: usize| {
+        let cluster = format!("{}:{}", net.ip(n), ports.cluster);
+        Node::start_in(
+            Some(&net.ns(n)),
+            &temp.path().join(format!("node{n}")),
+            &net.ip(n),
+            ports.smtp,
+            ports.pop3,
+            ports.admin,
+            &["--cluster", &cluster, "--join", &seeds],
+        )
+    };
+    let (n1, n2, n3) = (start(1), start(2), start(3));
+    wait_members(&[&n1, &n2, &n3], 3);
+    n1.bulk_users(USERS, "user");
+    deliver(&n3, "before");
+
+    // Cut node 3 off: the majority drops it and keeps taking mail for every user.
+    net.link(3, false);
+    wait_members(&[&n1, &n2], 2);
+    deliver(&n1, "during");
+    check(&n2, &["during"]);
+
+    // Heal: one cluster again, and every message is visible exactly once from any node.
+    net.link(3, true);
+    wait_members(&[&n1, &n2, &n3], 3);
+    check(&n3, &["before", "during"]);
+    check(&n1, &["before", "during"]);
+    for node in [n1, n2, n3] {
+        assert!(node.terminate().success());
+    }
+}

@@ -52,7 +52,28 @@ impl Node {
         admin: u16,
         extra: &[&str],
     ) -> Node {
-        let mut child = Command::new(binary())
+        Self::start_in(None, data, ip, smtp, pop3, admin, extra)
+    }
+
+    /// Starts a node, inside network namespace `netns` if given (`ip netns exec`).
+    pub fn start_in(
+        netns: Option<&str>,
+        data: &Path,
+        ip: &str,
+        smtp: u16,
+        pop3: u16,
+        admin: u16,
+        extra: &[&str],
+    ) -> Node {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, binary()]);
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--no-pin",
