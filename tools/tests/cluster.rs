@@ -145,6 +145,21 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
         "{view}"
     );
 
+    // A peer that speaks garbage, or another frame version, is dropped; the node serves on.
+    for bytes in [b"GET / HTTP/1.0\r\n\r\n".to_vec(), {
+        let mut frame = vec![0x55, 0x4c, 0x43, 0x50, 2, 1, 0, 0];
+        frame.extend_from_slice(&[0u8; 24]);
+        frame
+    }] {
+        use std::io::{Read, Write};
+        let mut peer = std::net::TcpStream::connect(("127.0.0.11", ports.cluster)).unwrap();
+        peer.write_all(&bytes).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let _ = peer.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "a bad peer got an answer: {rest:?}");
+    }
+
     // Users created through one node exist on every node.
     n1.bulk_users(USERS, "user");
     deliver(&n2, "first");
