@@ -136,6 +136,10 @@ struct ServeArgs {
     /// Segment file size in MiB [default: 128]
     #[arg(long)]
     segment_mib: Option<u64>,
+    /// Microseconds a group commit waits for more appends before writing [default: 0: write
+    /// as soon as the previous group is durable]
+    #[arg(long)]
+    commit_window_us: Option<u64>,
     /// Do not pin executors to cores
     #[arg(long)]
     #[serde(default)]
@@ -211,6 +215,7 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         ping_ms: flags.ping_ms.or(file.ping_ms),
         suspect_ms: flags.suspect_ms.or(file.suspect_ms),
         segment_mib: flags.segment_mib.or(file.segment_mib),
+        commit_window_us: flags.commit_window_us.or(file.commit_window_us),
         no_pin: flags.no_pin || file.no_pin,
         no_first_user: flags.no_first_user || file.no_first_user,
         discard_bodies: flags.discard_bodies || file.discard_bodies,
@@ -296,6 +301,9 @@ fn serve(flags: ServeArgs) -> Result<()> {
     }
     if let Some(mib) = args.segment_mib {
         config.engine.segment_bytes = mib << 20;
+    }
+    if let Some(us) = args.commit_window_us {
+        config.engine.commit_window = Duration::from_micros(us);
     }
     // A stored message is the client's bytes plus the Received header the node prepends.
     config.engine.record_bytes_max = config.smtp_limits.message_bytes_max + (64 << 10);
