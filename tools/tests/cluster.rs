@@ -23,7 +23,8 @@ fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
     let ip = format!("127.0.0.{}", 10 + n);
     let cluster = format!("{ip}:{}", ports.cluster);
     let seeds = format!("127.0.0.11:{0},127.0.0.12:{0}", ports.cluster);
-    Node::start_at(
+    Node::start_in(
+        None,
         &dir.join(format!("node{n}")),
         &ip,
         ports.smtp,

@@ -205,56 +205,34 @@ fn main() -> Result<()> {
     let mut runs = Vec::new();
     for &c in &args.connections {
         let first = runs.len();
-        runs.push(load(
-            &bins,
-            "porcupine",
-            PORCUPINE.0,
-            Some(PORCUPINE.1),
-            Mix::Paper,
-            c,
-            &args,
-            None,
-        )?);
-        runs.push(load(
-            &bins,
-            "postfix+dovecot",
-            POSTFIX_SMTP,
-            Some(DOVECOT_POP3),
-            Mix::Paper,
-            c,
-            &args,
-            Some(&base),
-        )?);
-        runs.push(load(
-            &bins,
-            "porcupine-smtp",
-            SMTP_ONLY.0,
-            Some(SMTP_ONLY.1),
-            Mix::SmtpOnly,
-            c,
-            &args,
-            None,
-        )?);
-        runs.push(load(
-            &bins,
-            "smtp-sink",
-            SINK_SMTP,
-            None,
-            Mix::SmtpOnly,
-            c,
-            &args,
-            None,
-        )?);
-        runs.push(load(
-            &bins,
-            "porcupine-discard",
-            DISCARD.0,
-            None,
-            Mix::SmtpOnly,
-            c,
-            &args,
-            None,
-        )?);
+        let plan: [Target; 5] = [
+            (
+                "porcupine",
+                PORCUPINE.0,
+                Some(PORCUPINE.1),
+                Mix::Paper,
+                None,
+            ),
+            (
+                "postfix+dovecot",
+                POSTFIX_SMTP,
+                Some(DOVECOT_POP3),
+                Mix::Paper,
+                Some(&base),
+            ),
+            (
+                "porcupine-smtp",
+                SMTP_ONLY.0,
+                Some(SMTP_ONLY.1),
+                Mix::SmtpOnly,
+                None,
+            ),
+            ("smtp-sink", SINK_SMTP, None, Mix::SmtpOnly, None),
+            ("porcupine-discard", DISCARD.0, None, Mix::SmtpOnly, None),
+        ];
+        for (system, smtp, pop3, mix, postfix) in plan {
+            runs.push(load(&bins, system, smtp, pop3, mix, c, &args, postfix)?);
+        }
         for r in &runs[first..] {
             eprintln!(
                 "{:>18} c={:<3} {:>9.0} msg/s (accepted {:>9.0}/s) p99 {:>8.2} ms lost {} corrupt {}",
@@ -381,6 +359,9 @@ fn configure_postfix_dovecot(base: &Path, users: usize, uid: u32, gid: u32) -> R
     std::fs::write(base.join("dovecot.conf"), conf)?;
     Ok(())
 }
+
+/// A system to load: name, SMTP port, POP3 port, workload, Postfix base dir (drain wait).
+type Target<'a> = (&'static str, u16, Option<u16>, Mix, Option<&'a Path>);
 
 /// What a run does.
 #[derive(Clone, Copy, Debug)]

@@ -10,7 +10,7 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 /// What a read produced.
@@ -177,6 +177,23 @@ pub async fn read(stream: &mut TcpStream, buf: &mut [u8], clock: &SessionClock) 
     let result = futures_lite::future::or(reading, watching).await;
     clock.touch();
     result
+}
+
+/// Writes pending output (counted by `count` first); false if the peer is gone.
+pub async fn flush(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    clock: &SessionClock,
+    count: impl FnOnce(&[u8]),
+) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    clock.touch();
+    count(out);
+    let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
+    out.clear();
+    ok
 }
 
 /// Counts open connections on one core; a guard per connection.

@@ -73,7 +73,11 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
                 }
             }
         }
-        if !flush(&mut stream, &mut out, &context, &clock).await {
+        if !conn::flush(&mut stream, &mut out, &clock, |o| {
+            context.metrics.count_pop3_errors(o)
+        })
+        .await
+        {
             break;
         }
         match conn::read(&mut stream, &mut buf, &clock).await {
@@ -89,22 +93,9 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
     if let Some(maildrop) = &locked {
         proxy::close(&context, maildrop).await;
     }
-    flush(&mut stream, &mut out, &context, &clock).await;
+    conn::flush(&mut stream, &mut out, &clock, |o| {
+        context.metrics.count_pop3_errors(o)
+    })
+    .await;
     let _ = stream.close().await;
-}
-
-async fn flush(
-    stream: &mut TcpStream,
-    out: &mut Vec<u8>,
-    context: &NodeContext,
-    clock: &SessionClock,
-) -> bool {
-    if out.is_empty() {
-        return true;
-    }
-    clock.touch();
-    context.metrics.count_pop3_errors(out);
-    let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
-    out.clear();
-    ok
 }

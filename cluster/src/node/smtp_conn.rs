@@ -45,7 +45,10 @@ pub async fn serve(
             match session.step(&mut out) {
                 Step::NeedInput => break,
                 Step::Close => {
-                    flush(&mut stream, &mut out, &context, &clock).await;
+                    conn::flush(&mut stream, &mut out, &clock, |o| {
+                        context.metrics.count_smtp_replies(o)
+                    })
+                    .await;
                     let _ = stream.close().await;
                     return;
                 }
@@ -65,12 +68,19 @@ pub async fn serve(
                 }
             }
         }
-        if !flush(&mut stream, &mut out, &context, &clock).await {
+        if !conn::flush(&mut stream, &mut out, &clock, |o| {
+            context.metrics.count_smtp_replies(o)
+        })
+        .await
+        {
             return;
         }
         if stopping && !session.in_data() {
             session.goodbye(&mut out, "shutting down");
-            flush(&mut stream, &mut out, &context, &clock).await;
+            conn::flush(&mut stream, &mut out, &clock, |o| {
+                context.metrics.count_smtp_replies(o)
+            })
+            .await;
             let _ = stream.close().await;
             return;
         }
@@ -80,23 +90,6 @@ pub async fn serve(
             Read::Stop => stopping = true,
         }
     }
-}
-
-/// Writes pending output; false if the peer is gone.
-async fn flush(
-    stream: &mut TcpStream,
-    out: &mut Vec<u8>,
-    context: &NodeContext,
-    clock: &SessionClock,
-) -> bool {
-    if out.is_empty() {
-        return true;
-    }
-    clock.touch();
-    context.metrics.count_smtp_replies(out);
-    let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
-    out.clear();
-    ok
 }
 
 thread_local! {

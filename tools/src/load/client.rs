@@ -219,16 +219,22 @@ fn data_started(reply: &(u16, String)) -> bool {
     reply.0 == 354
 }
 
-/// Logs in and quits at once (no mailbox changes).
-pub async fn pop_login(addr: SocketAddr, user: &str, password: &str) -> Result<()> {
-    let mut lines = Lines::connect(addr).await?;
-    ok(lines.line().await?)?;
+/// USER and PASS.
+async fn authenticate(lines: &mut Lines, user: &str, password: &str) -> Result<()> {
     lines.write(format!("USER {user}\r\n").as_bytes()).await?;
     ok(lines.line().await?)?;
     lines
         .write(format!("PASS {password}\r\n").as_bytes())
         .await?;
     ok(lines.line().await?)?;
+    Ok(())
+}
+
+/// Logs in and quits at once (no mailbox changes).
+pub async fn pop_login(addr: SocketAddr, user: &str, password: &str) -> Result<()> {
+    let mut lines = Lines::connect(addr).await?;
+    ok(lines.line().await?)?;
+    authenticate(&mut lines, user, password).await?;
     lines.write(b"QUIT\r\n").await?;
     ok(lines.line().await?)?;
     let _ = lines.stream.close().await;
@@ -257,12 +263,7 @@ pub async fn pop_session(addr: SocketAddr, user: &str, password: &str) -> Result
             pipelining |= line.eq_ignore_ascii_case(b"PIPELINING");
         }
     }
-    lines.write(format!("USER {user}\r\n").as_bytes()).await?;
-    ok(lines.line().await?)?;
-    lines
-        .write(format!("PASS {password}\r\n").as_bytes())
-        .await?;
-    ok(lines.line().await?)?;
+    authenticate(&mut lines, user, password).await?;
     lines.write(b"STAT\r\n").await?;
     let stat = ok(lines.line().await?)?;
     let count: usize = String::from_utf8_lossy(&stat)

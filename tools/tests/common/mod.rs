@@ -39,23 +39,11 @@ impl Node {
     }
 
     pub fn start_on(data: &Path, smtp: u16, pop3: u16, admin: u16, extra: &[&str]) -> Node {
-        Self::start_at(data, "127.0.0.1", smtp, pop3, admin, extra)
+        Self::start_in(None, data, "127.0.0.1", smtp, pop3, admin, extra)
     }
 
-    /// Starts a node listening on `ip` (each node of a cluster test has its own loopback
-    /// address, the same ports).
-    pub fn start_at(
-        data: &Path,
-        ip: &str,
-        smtp: u16,
-        pop3: u16,
-        admin: u16,
-        extra: &[&str],
-    ) -> Node {
-        Self::start_in(None, data, ip, smtp, pop3, admin, extra)
-    }
-
-    /// Starts a node, inside network namespace `netns` if given (`ip netns exec`).
+    /// Starts a node listening on `ip` (each node of a cluster test has its own address, the
+    /// same ports), inside network namespace `netns` if given (`ip netns exec`).
     pub fn start_in(
         netns: Option<&str>,
         data: &Path,
