@@ -459,9 +459,20 @@ impl CoreService {
             Request::Delete { user, ids, reply } => {
                 let result = match self.shard(&user) {
                     Some(shard) => {
+                        // All at once, so one group commit (one fdatasync) carries them.
+                        let user = Rc::new(user);
+                        let tasks: Vec<_> = ids
+                            .into_iter()
+                            .map(|id| {
+                                let (shard, user) = (shard.clone(), user.clone());
+                                glommio::spawn_local(async move {
+                                    shard.delete_message(&user, id).await
+                                })
+                            })
+                            .collect();
                         let mut result = Ok(());
-                        for id in ids {
-                            match shard.delete_message(&user, id).await {
+                        for task in tasks {
+                            match task.await {
                                 Ok(()) | Err(EngineError::NotFound) => {}
                                 Err(e) => result = Err(StoreError::from(&e)),
                             }
