@@ -37,12 +37,16 @@ impl ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
-/// A buffered line reader over a socket.
+/// A buffered line reader over a socket. The buffer is zeroed once and reused: bytes between
+/// `start` and `end` are unread.
 struct Lines {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
+
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 impl Lines {
     async fn connect(addr: SocketAddr) -> Result<Self> {
@@ -54,30 +58,41 @@ impl Lines {
             .map_err(|e| ClientError::Io(e.into()))?;
         Ok(Self {
             stream,
-            buf: Vec::with_capacity(64 << 10),
+            buf: vec![0; READ_BUFFER_BYTES],
             start: 0,
+            end: 0,
         })
     }
 
     /// The next line without its CRLF.
     async fn line(&mut self) -> Result<Vec<u8>> {
+        let mut searched: usize = 0;
         loop {
-            if let Some(end) = self.buf[self.start..].windows(2).position(|w| w == b"\r\n") {
-                let line = self.buf[self.start..self.start + end].to_vec();
-                self.start += end + 2;
+            let unread = &self.buf[self.start..self.end];
+            if let Some(at) = unread[searched.saturating_sub(1)..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+            {
+                let at = at + searched.saturating_sub(1);
+                let line = unread[..at].to_vec();
+                self.start += at + 2;
                 return Ok(line);
             }
+            searched = unread.len();
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
-            let have = self.buf.len();
-            self.buf.resize(have + (32 << 10), 0);
-            let n = self.stream.read(&mut self.buf[have..]).await?;
-            self.buf.truncate(have + n);
+            if self.end == self.buf.len() {
+                // A line longer than the buffer: grow (zeroing only the new part).
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let n = self.stream.read(&mut self.buf[self.end..]).await?;
             if n == 0 {
                 return Err(ClientError::Protocol("connection closed".into()));
             }
+            self.end += n;
         }
     }
 

@@ -326,8 +326,13 @@ async fn run_thread(
 ) -> (ThreadResult, HashSet<usize>) {
     let result = std::rc::Rc::new(std::cell::RefCell::new(ThreadResult::new()));
     let recipients = std::rc::Rc::new(std::cell::RefCell::new(HashSet::new()));
+    // One body source per thread (2 MiB of text), shared by its workers.
+    let bodies = std::rc::Rc::new(workload::BodySource::new(
+        &mut rand::rngs::SmallRng::seed_from_u64(rand::thread_rng().gen()),
+    ));
     let mut tasks = Vec::new();
     for worker in workers {
+        let bodies = bodies.clone();
         let (config, zipf, progress, run_id) = (
             config.clone(),
             zipf.clone(),
@@ -344,6 +349,7 @@ async fn run_thread(
                 &progress,
                 &run_id,
                 started,
+                &bodies,
                 &result,
                 &recipients,
             )
@@ -367,6 +373,7 @@ async fn worker_loop(
     progress: &Progress,
     run_id: &str,
     started: Instant,
+    bodies: &workload::BodySource,
     result: &std::cell::RefCell<ThreadResult>,
     recipients: &std::cell::RefCell<HashSet<usize>>,
 ) {
@@ -376,7 +383,6 @@ async fn worker_loop(
     let share_total = (config.smtp_share + config.pop_share).max(1);
     let mut smtp: Option<SmtpClient> = None;
     let mut message = Vec::new();
-    let bodies = workload::BodySource::new(&mut rng);
     let mut seq: u64 = 0;
     let mut deliveries: u64 = 0;
     loop {
@@ -423,7 +429,7 @@ async fn worker_loop(
             ((thread as u64) << 56) | ((worker as u64 & 0xff_ffff) << 32) | (seq & 0xffff_ffff);
         let id = format!("{run_id}{key:x}");
         let size = config.size.sample(&mut rng);
-        workload::message(&id, size, &bodies, &mut rng, &mut message);
+        workload::message(&id, size, bodies, &mut rng, &mut message);
         if smtp.is_none() {
             match SmtpClient::connect(smtp_target, "porcupine-load").await {
                 Ok(client) => smtp = Some(client),
