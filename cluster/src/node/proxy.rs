@@ -139,6 +139,11 @@ pub async fn deliver(
     message: Arc<Vec<u8>>,
 ) -> Result<(), StoreError> {
     let shared = &context.cluster;
+    if !shared.clustered() {
+        // A lone node: no manager to ask (and no shared reference count to bump per message).
+        let epoch = shared.view.load().epoch;
+        return store_here(context, user, id, message, epoch).await;
+    }
     let deadline = Instant::now() + PATIENCE;
     loop {
         let view = shared.view.load_full();
