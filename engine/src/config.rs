@@ -19,7 +19,7 @@ pub struct EngineConfig {
     pub record_bytes_max: usize,
     /// A checkpoint of the index is written after this many bytes of log.
     pub checkpoint_every_bytes: u64,
-    /// Node id written into every record (0 on a single node).
+    /// Node id written into every record (the node sets its own; 0 in engine-only tools).
     pub node_id: u32,
     pub compaction: CompactionConfig,
 }

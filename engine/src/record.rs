@@ -15,7 +15,7 @@
 //! | 16     | 8    | `hlc`          | hybrid logical clock timestamp of the update ([`crate::hlc`])      |
 //! | 24     | 16   | `message_id`   | object id: a message id, or 0 for a profile                        |
 //! | 40     | 8    | `user_key`     | xxh3-64 of the user name: shard placement and a cheap check       |
-//! | 48     | 4    | `node_id`      | node that made the update (HLC tie break; 0 on a single node)     |
+//! | 48     | 4    | `node_id`      | node that made the update (HLC tie break; 0 from engine-only tools)|
 //! | 52     | 4    | `aux`          | put / flag update: message flags; delete: the oldest segment that may hold the put |
 //! | 56     | 8    | `reserved`     | zero in version 1; a reader rejects a record where it is not      |
 //!

@@ -130,7 +130,7 @@ fn start_error(e: impl std::fmt::Display) -> NodeError {
 }
 
 /// Starts a node and returns once it accepts connections.
-pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     if config.cores == 0 {
         return Err(NodeError::Start("cores must be at least 1".into()));
     }
@@ -168,6 +168,8 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             first_dir.display()
         ))
     })?;
+    // Every record names the node that wrote it (node ids fit in 32 bits by construction).
+    config.engine.node_id = node_id as u32;
     let (core_zero_tx, core_zero_rx) = flume::unbounded();
     let me = crate::membership::Member {
         id: node_id,
