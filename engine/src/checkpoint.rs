@@ -10,7 +10,7 @@
 //! | offset | size | field            | meaning                                         |
 //! |-------:|-----:|------------------|-------------------------------------------------|
 //! | 0      | 4    | `magic`          | `0x504b_4350` (`"PCKP"` on disk)               |
-//! | 4      | 1    | `version`        | 1                                               |
+//! | 4      | 1    | `version`        | 2 (a version-1 checkpoint is ignored: the log is scanned) |
 //! | 5      | 3    | `reserved`       | zero                                            |
 //! | 8      | 4    | `crc32`          | CRC-32 of this header (this field zeroed) and the body |
 //! | 12     | 4    | `covered_segment`| the log up to (`covered_segment`, `covered_offset`) is in the snapshot |
@@ -21,8 +21,9 @@
 //!
 //! Body: `u32` segment count, then per segment (`u32` seq, `u64` end offset); `u32` mailbox
 //! count, then per mailbox `u16` user length, the user, `u32` message count and that many
-//! 48-byte [`MessageRecord`]s; `u32` profile count, then per profile `u16` user length, the user
-//! and a 24-byte [`ProfileRecord`].
+//! 72-byte [`MessageRecord`]s; `u32` profile count, then per profile `u16` user length, the user
+//! and a 24-byte [`ProfileRecord`]; `u32` pending-update count, then per update `u16` user
+//! length, the user and a 48-byte [`PendingRecord`].
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -31,11 +32,12 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::{EngineError, Result};
-use crate::index::{Index, Location, MessageEntry, ProfileEntry};
+use crate::index::{Index, Location, MessageEntry, PendingUpdate, ProfileEntry, UpdateKind};
+use crate::record::{ReplicaSet, REPLICAS_MAX};
 use crate::storage::{IoBuffer, Storage, StorageFile};
 
 pub const CHECKPOINT_MAGIC: u32 = 0x504b_4350;
-pub const CHECKPOINT_VERSION: u8 = 1;
+pub const CHECKPOINT_VERSION: u8 = 2;
 pub const CHECKPOINT_FILE: &str = "index.ckpt";
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -64,8 +66,39 @@ struct MessageRecord {
     hlc: U64,
     flags: U32,
     oldest_segment: U32,
+    origin: U32,
+    replica_count: U32,
+    replicas: [U32; REPLICAS_MAX],
 }
-const _: () = assert!(std::mem::size_of::<MessageRecord>() == 48);
+const _: () = assert!(std::mem::size_of::<MessageRecord>() == 72);
+
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct PendingRecord {
+    id: [u8; 16],
+    hlc: U64,
+    origin: U32,
+    /// 1: put, 2: delete (the record kinds).
+    kind: u8,
+    replica_count: u8,
+    reserved: [u8; 2],
+    replicas: [U32; REPLICAS_MAX],
+}
+const _: () = assert!(std::mem::size_of::<PendingRecord>() == 48);
+
+fn replica_words(set: &ReplicaSet) -> (U32, [U32; REPLICAS_MAX]) {
+    let mut words = [U32::new(0); REPLICAS_MAX];
+    for (word, node) in words.iter_mut().zip(set.as_slice()) {
+        *word = U32::new(*node);
+    }
+    (U32::new(set.len() as u32), words)
+}
+
+fn replica_set(count: u32, words: &[U32; REPLICAS_MAX]) -> Option<ReplicaSet> {
+    let count = usize::try_from(count).ok().filter(|&c| c <= REPLICAS_MAX)?;
+    let set = ReplicaSet::new(words[..count].iter().map(|w| w.get()));
+    (set.len() == count).then_some(set)
+}
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -106,6 +139,7 @@ pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock
         body.extend_from_slice(user.as_bytes());
         body.extend_from_slice(&(count as u32).to_le_bytes());
         for m in messages {
+            let (replica_count, replicas) = replica_words(&m.replicas);
             let record = MessageRecord {
                 id: m.id.to_le_bytes(),
                 segment: U32::new(m.location.segment),
@@ -115,6 +149,9 @@ pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock
                 hlc: U64::new(m.hlc),
                 flags: U32::new(m.flags),
                 oldest_segment: U32::new(m.oldest_segment),
+                origin: U32::new(m.origin),
+                replica_count,
+                replicas,
             };
             body.extend_from_slice(record.as_bytes());
         }
@@ -130,6 +167,25 @@ pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock
             len: U32::new(p.location.len),
             body_len: U32::new(p.body_len),
             hlc: U64::new(p.hlc),
+        };
+        body.extend_from_slice(record.as_bytes());
+    }
+    body.extend_from_slice(&(index.pending_count() as u32).to_le_bytes());
+    for p in index.pending_updates() {
+        body.extend_from_slice(&(p.user.len() as u16).to_le_bytes());
+        body.extend_from_slice(p.user.as_bytes());
+        let (replica_count, replicas) = replica_words(&p.replicas);
+        let record = PendingRecord {
+            id: p.id.to_le_bytes(),
+            hlc: U64::new(p.hlc),
+            origin: U32::new(p.origin),
+            kind: match p.kind {
+                UpdateKind::Put => 1,
+                UpdateKind::Delete => 2,
+            },
+            replica_count: replica_count.get() as u8,
+            reserved: [0; 2],
+            replicas,
         };
         body.extend_from_slice(record.as_bytes());
     }
@@ -209,8 +265,8 @@ pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
     for _ in 0..r.u32()? {
         let user = r.user()?;
         for _ in 0..r.u32()? {
-            let (m, _) = MessageRecord::read_from_prefix(r.take(48)?).ok()?;
-            index.put(
+            let (m, _) = MessageRecord::read_from_prefix(r.take(72)?).ok()?;
+            index.restore(
                 user,
                 MessageEntry {
                     id: u128::from_le_bytes(m.id),
@@ -223,6 +279,8 @@ pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
                     hlc: m.hlc.get(),
                     flags: m.flags.get(),
                     oldest_segment: m.oldest_segment.get(),
+                    origin: m.origin.get(),
+                    replicas: replica_set(m.replica_count.get(), &m.replicas)?,
                 },
             );
         }
@@ -242,6 +300,23 @@ pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
                 body_len: p.body_len.get(),
             },
         );
+    }
+    for _ in 0..r.u32()? {
+        let user = r.user()?;
+        let (p, _) = PendingRecord::read_from_prefix(r.take(48)?).ok()?;
+        let kind = match p.kind {
+            1 => UpdateKind::Put,
+            2 => UpdateKind::Delete,
+            _ => return None,
+        };
+        index.note_pending(PendingUpdate {
+            user: user.into(),
+            id: u128::from_le_bytes(p.id),
+            kind,
+            hlc: p.hlc.get(),
+            origin: p.origin.get(),
+            replicas: replica_set(u32::from(p.replica_count), &p.replicas)?,
+        });
     }
     Some(Snapshot {
         index,
@@ -307,6 +382,17 @@ mod tests {
                 hlc: 5,
                 flags: 1,
                 oldest_segment: 1,
+                origin: 3,
+                replicas: ReplicaSet::new([3, 4]),
+            },
+        );
+        index.delete(
+            "ann@x",
+            12,
+            crate::index::Tomb {
+                hlc: 8,
+                origin: 4,
+                replicas: ReplicaSet::new([4, 3]),
             },
         );
         index.put_profile(
@@ -324,6 +410,16 @@ mod tests {
         assert_eq!(snap.segments, vec![(1, 9000), (2, 5000)]);
         assert_eq!(snap.index.messages("bob@x")[0].oldest_segment, 1);
         assert_eq!(snap.index.profile("bob@x").map(|p| p.hlc), Some(6));
+        assert_eq!(
+            snap.index.messages("bob@x")[0].replicas,
+            ReplicaSet::new([3, 4])
+        );
+        assert_eq!(snap.index.pending_count(), 2);
+        assert_eq!(
+            snap.index.pending("bob@x", 77).map(|p| p.kind),
+            Some(UpdateKind::Put)
+        );
+        assert!(snap.index.is_tombstoned("ann@x", 12));
         for at in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x40;

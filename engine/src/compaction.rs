@@ -20,7 +20,7 @@ use crate::index::Location;
 use crate::record::RecordKind;
 use crate::scan::Scanner;
 use crate::segment::{self, SEGMENT_HEADER_BYTES};
-use crate::shard::{IndexOp, Inner, Outcome};
+use crate::shard::{IndexOp, Inner, Outcome, Stamp};
 use crate::signal::Completion;
 use crate::storage::Storage;
 
@@ -125,6 +125,7 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
         let user = view.user;
         let kind = view.meta.kind;
         let aux = view.meta.aux;
+        let view_hlc = view.meta.hlc;
         // Decided at the moment the copy is encoded (see `Inner::submit`).
         let decide = |state: &crate::shard::State<S::File>| -> Option<u32> {
             if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate)
@@ -140,7 +141,18 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
                     .message(user, id)
                     .filter(|m| m.location == here)
                     .map(|m| m.flags),
+                // A tombstone still pending replication stays: a replica may yet need it.
+                RecordKind::Delete
+                    if state
+                        .index
+                        .pending(user, id)
+                        .is_some_and(|p| p.hlc == view_hlc) =>
+                {
+                    Some(aux)
+                }
                 RecordKind::Delete => state.segments.range(aux..seq).next().map(|_| aux),
+                // Retirements already took effect in the index (and a checkpoint follows).
+                RecordKind::Retire => None,
                 RecordKind::FlagUpdate => state
                     .index
                     .message(user, id)
@@ -156,12 +168,16 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
         let op = match kind {
             RecordKind::Put => IndexOp::Relocate { id, from: here },
             RecordKind::ProfilePut => IndexOp::RelocateProfile { from: here },
-            RecordKind::Delete | RecordKind::FlagUpdate => IndexOp::Nothing,
+            RecordKind::Delete | RecordKind::FlagUpdate | RecordKind::Retire => IndexOp::Nothing,
         };
         let submitted = inner
             .submit(
                 kind,
-                Some(view.meta.hlc),
+                Some(Stamp {
+                    hlc: view.meta.hlc,
+                    origin: view.meta.node_id,
+                }),
+                view.meta.replicas,
                 id,
                 user,
                 view.body,

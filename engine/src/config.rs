@@ -68,8 +68,11 @@ impl EngineConfig {
                 self.segment_bytes
             ));
         }
-        let largest =
-            crate::record::encoded_len(crate::record::USER_BYTES_MAX, self.record_bytes_max);
+        let largest = crate::record::encoded_len(
+            crate::record::USER_BYTES_MAX,
+            crate::record::REPLICAS_MAX,
+            self.record_bytes_max,
+        );
         if largest as u64 + crate::segment::SEGMENT_HEADER_BYTES > self.segment_bytes {
             return Err(format!(
                 "record_bytes_max ({}) must fit in a segment (segment_bytes {})",

@@ -1,10 +1,13 @@
-//! A shard's in-memory index: user → messages (id, location, size, timestamp, flags), the
-//! newest profile of each user, and how many live bytes each segment holds (for compaction).
+//! A shard's in-memory index: user → messages (id, location, size, timestamp, flags, replica
+//! set), the newest profile of each user, how many live bytes each segment holds (for
+//! compaction), and the replicated updates not yet acknowledged by every replica (pending).
 //!
 //! The index is soft state: it is rebuilt from the log (or a checkpoint plus the log's tail)
 //! and is changed only by the writer, in log order, once the records are durable.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::record::{user_key, ReplicaSet, Retired};
 
 /// Where a record lies: segment, byte offset, and its encoded length (padding included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +28,37 @@ pub struct MessageEntry {
     /// The oldest segment that may still hold a copy of this message's put record: a
     /// tombstone for it must survive compaction while any segment from here on exists.
     pub oldest_segment: u32,
+    /// The node that coordinated the put.
+    pub origin: u32,
+    /// Where the put was replicated (empty if it was not).
+    pub replicas: ReplicaSet,
+}
+
+/// What a replicated update did to its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateKind {
+    Put,
+    Delete,
+}
+
+/// A replicated update that not every replica has acknowledged yet: the update log's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpdate {
+    pub user: Box<str>,
+    pub id: u128,
+    pub kind: UpdateKind,
+    pub hlc: u64,
+    /// The node that coordinated the update.
+    pub origin: u32,
+    pub replicas: ReplicaSet,
+}
+
+/// A tombstone's replication: when, by whom, and to which nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tomb {
+    pub hlc: u64,
+    pub origin: u32,
+    pub replicas: ReplicaSet,
 }
 
 /// The newest profile record of a user.
@@ -44,6 +78,8 @@ pub struct Index {
     profiles: HashMap<Box<str>, ProfileEntry>,
     live_bytes: BTreeMap<u32, u64>,
     message_count: u64,
+    /// (user key, message id) → the newest pending update of that message.
+    pending: HashMap<(u64, u128), PendingUpdate>,
 }
 
 impl Index {
@@ -121,9 +157,81 @@ impl Index {
         self.live_bytes.remove(&segment);
     }
 
+    /// The pending replicated update of a message, if any.
+    pub fn pending(&self, user: &str, id: u128) -> Option<&PendingUpdate> {
+        self.pending.get(&(user_key(user), id))
+    }
+
+    /// Whether a tombstone of this message is still pending (so a put of it must not land).
+    pub fn is_tombstoned(&self, user: &str, id: u128) -> bool {
+        self.pending(user, id)
+            .is_some_and(|p| p.kind == UpdateKind::Delete)
+    }
+
+    /// Every pending replicated update.
+    pub fn pending_updates(&self) -> impl Iterator<Item = &PendingUpdate> {
+        self.pending.values()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Records a replicated update as pending. A delete supersedes a put of the same message;
+    /// a put never supersedes a delete; otherwise the newer update wins.
+    pub fn note_pending(&mut self, update: PendingUpdate) {
+        if !update.replicas.is_replicated() {
+            return;
+        }
+        let key = (user_key(&update.user), update.id);
+        let replace = match self.pending.get(&key) {
+            None => true,
+            Some(old) => match (old.kind, update.kind) {
+                (UpdateKind::Delete, UpdateKind::Put) => false,
+                (UpdateKind::Put, UpdateKind::Delete) => true,
+                _ => update.hlc > old.hlc,
+            },
+        };
+        if replace {
+            self.pending.insert(key, update);
+        }
+    }
+
+    /// Retires a pending update if it is still the one pending; returns whether it was.
+    pub fn retire(&mut self, retired: &Retired) -> bool {
+        let key = (retired.user_key, retired.message_id);
+        match self.pending.get(&key) {
+            Some(p) if p.hlc == retired.hlc => {
+                self.pending.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Stores a message; a put of an id already present (a copy made by compaction, or a
-    /// re-delivery) replaces it and keeps the older `oldest_segment`.
-    pub fn put(&mut self, user: &str, mut entry: MessageEntry) {
+    /// re-delivery) replaces it and keeps the older `oldest_segment`. A replicated put of a new
+    /// message is pending until retired.
+    pub fn put(&mut self, user: &str, entry: MessageEntry) {
+        if self.insert(user, entry) {
+            self.note_pending(PendingUpdate {
+                user: user.into(),
+                id: entry.id,
+                kind: UpdateKind::Put,
+                hlc: entry.hlc,
+                origin: entry.origin,
+                replicas: entry.replicas,
+            });
+        }
+    }
+
+    /// Stores a message as a checkpoint had it (its pending state is restored separately).
+    pub fn restore(&mut self, user: &str, entry: MessageEntry) {
+        self.insert(user, entry);
+    }
+
+    /// Inserts or replaces a message; returns whether it is new.
+    fn insert(&mut self, user: &str, mut entry: MessageEntry) -> bool {
         self.add_live(entry.location);
         let mailbox = match self.mailboxes.get_mut(user) {
             Some(mailbox) => mailbox,
@@ -134,9 +242,28 @@ impl Index {
                 entry.oldest_segment = entry.oldest_segment.min(old.oldest_segment);
                 mailbox.insert(entry.id, entry);
                 self.sub_live(old.location);
+                false
             }
-            None => self.message_count += 1,
+            None => {
+                self.message_count += 1;
+                true
+            }
         }
+    }
+
+    /// Applies a tombstone: removes the message, and if the delete is replicated, keeps it
+    /// pending until every replica has it.
+    pub fn delete(&mut self, user: &str, id: u128, tomb: Tomb) -> Option<MessageEntry> {
+        let removed = self.remove(user, id);
+        self.note_pending(PendingUpdate {
+            user: user.into(),
+            id,
+            kind: UpdateKind::Delete,
+            hlc: tomb.hlc,
+            origin: tomb.origin,
+            replicas: tomb.replicas,
+        });
+        removed
     }
 
     /// Removes a message; returns it if it was there.
@@ -224,7 +351,77 @@ mod tests {
             hlc: 1,
             flags: 0,
             oldest_segment: location.segment,
+            origin: 0,
+            replicas: ReplicaSet::NONE,
         }
+    }
+
+    #[test]
+    fn replicated_updates_are_pending_until_retired_and_deletes_win() {
+        let mut index = Index::new();
+        let replicas = ReplicaSet::new([1, 2]);
+        index.put(
+            "a",
+            MessageEntry {
+                replicas,
+                origin: 1,
+                hlc: 5,
+                ..entry(1, loc(1, 0))
+            },
+        );
+        assert_eq!(index.pending("a", 1).map(|p| p.kind), Some(UpdateKind::Put));
+        // A copy of the same message (compaction) does not make it pending again.
+        let retired = Retired {
+            user_key: user_key("a"),
+            message_id: 1,
+            hlc: 5,
+        };
+        assert!(index.retire(&retired));
+        index.put(
+            "a",
+            MessageEntry {
+                replicas,
+                origin: 1,
+                hlc: 5,
+                ..entry(1, loc(2, 0))
+            },
+        );
+        assert_eq!(index.pending_count(), 0);
+        index.delete(
+            "a",
+            1,
+            Tomb {
+                hlc: 9,
+                origin: 2,
+                replicas,
+            },
+        );
+        assert!(index.is_tombstoned("a", 1));
+        // An older put does not replace the pending tombstone; a stale retire does not retire it.
+        index.note_pending(PendingUpdate {
+            user: "a".into(),
+            id: 1,
+            kind: UpdateKind::Put,
+            hlc: 20,
+            origin: 1,
+            replicas,
+        });
+        assert!(index.is_tombstoned("a", 1));
+        assert!(!index.retire(&retired));
+        assert!(index.retire(&Retired { hlc: 9, ..retired }));
+        assert!(!index.is_tombstoned("a", 1));
+        // Unreplicated updates are never pending.
+        index.put("b", entry(3, loc(3, 0)));
+        index.delete(
+            "b",
+            3,
+            Tomb {
+                hlc: 1,
+                origin: 1,
+                replicas: ReplicaSet::new([1]),
+            },
+        );
+        assert_eq!(index.pending_count(), 0);
     }
 
     #[test]

@@ -1,28 +1,36 @@
 //! The log record: the one on-disk unit of the engine, defined here and nowhere else.
 //!
 //! Every record is a 64-byte little-endian header followed by `payload_len` bytes of payload
-//! (the user name, then the body), padded with zeros to the next multiple of 8 bytes so that a
-//! scan can resynchronise on 8-byte boundaries.
+//! (the user name, then the replica set, then the body), padded with zeros to the next multiple
+//! of 8 bytes so that a scan can resynchronise on 8-byte boundaries.
 //!
 //! | offset | size | field          | meaning                                                          |
 //! |-------:|-----:|----------------|------------------------------------------------------------------|
 //! | 0      | 4    | `magic`        | `0x5043_5252` (`"RRCP"` on disk); 0 marks the end of a segment     |
-//! | 4      | 1    | `version`      | format version, currently 1                                       |
+//! | 4      | 1    | `version`      | format version, currently 2 (1 is read: it has no replica sets)  |
 //! | 5      | 1    | `kind`         | [`RecordKind`]                                                    |
 //! | 6      | 2    | `user_len`     | bytes of user name at the start of the payload (UTF-8)            |
-//! | 8      | 4    | `payload_len`  | user name + body bytes that follow the header                     |
+//! | 8      | 4    | `payload_len`  | user name + replica set + body bytes that follow the header       |
 //! | 12     | 4    | `crc32`        | CRC-32 (IEEE, crc32fast) of the header with this field zeroed, then the payload |
 //! | 16     | 8    | `hlc`          | hybrid logical clock timestamp of the update ([`crate::hlc`])      |
-//! | 24     | 16   | `message_id`   | object id: a message id, or 0 for a profile                        |
+//! | 24     | 16   | `message_id`   | object id: a message id, or 0 for a profile and a retire record    |
 //! | 40     | 8    | `user_key`     | xxh3-64 of the user name: shard placement and a cheap check       |
-//! | 48     | 4    | `node_id`      | node that made the update (HLC tie break; 0 from engine-only tools)|
+//! | 48     | 4    | `node_id`      | node that made the update: the replication coordinator (HLC tie break; 0 from engine-only tools) |
 //! | 52     | 4    | `aux`          | put / flag update: message flags; delete: the oldest segment that may hold the put |
-//! | 56     | 8    | `reserved`     | zero in version 1; a reader rejects a record where it is not      |
+//! | 56     | 1    | `replica_count`| nodes in the update's replica set (0 or 1: not replicated), at most [`REPLICAS_MAX`] |
+//! | 57     | 7    | `reserved`     | zero; a reader rejects a record where it is not                   |
 //!
-//! Kinds 1–4 are defined; 5–15 are reserved for replication records (ack, retire) so that a
-//! version-1 reader can tell "a kind I do not know" from garbage.
+//! The payload is the user name (`user_len` bytes), then `replica_count` little-endian `u32`
+//! node ids (the replica set, coordinator first), then the body.
 //!
-//! Changing this layout requires a version bump and a test of the old version's bytes.
+//! Kinds 1–5 are defined; 6–15 are reserved. A *retire* record (kind 5) has an empty user and
+//! no replica set; its body is a list of 32-byte entries (`u64` user key, `u128` message id,
+//! `u64` HLC of the update): those replicated updates are acknowledged by every replica and no
+//! longer pending (DESIGN.md §1, "the log is the update log").
+//!
+//! Version 1 had `reserved` (8 bytes of zeros) where version 2 has `replica_count` and 7
+//! reserved bytes, so a version-1 record is a version-2 record without a replica set; both are
+//! read. Changing this layout requires a version bump and a test of the old version's bytes.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -30,7 +38,13 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Marks the start of a record; chosen to be unlikely in mail text and never zero.
 pub const RECORD_MAGIC: u32 = 0x5043_5252;
 /// The record format written by this build.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
+/// The oldest record format this build reads.
+pub const RECORD_VERSION_MIN: u8 = 1;
+/// Largest replica set a record can carry.
+pub const REPLICAS_MAX: usize = 4;
+/// Bytes of one entry in a retire record's body.
+pub const RETIRE_ENTRY_BYTES: usize = 32;
 /// Bytes in a record header.
 pub const HEADER_BYTES: usize = 64;
 /// Records start on multiples of this many bytes.
@@ -52,6 +66,8 @@ pub enum RecordKind {
     FlagUpdate = 3,
     /// The user's profile (opaque to the engine) is the body; the newest one wins.
     ProfilePut = 4,
+    /// Replicated updates that every replica has acknowledged (see the module table).
+    Retire = 5,
 }
 
 impl RecordKind {
@@ -61,6 +77,7 @@ impl RecordKind {
             2 => Some(Self::Delete),
             3 => Some(Self::FlagUpdate),
             4 => Some(Self::ProfilePut),
+            5 => Some(Self::Retire),
             _ => None,
         }
     }
@@ -81,10 +98,62 @@ pub struct RecordHeader {
     pub user_key: U64,
     pub node_id: U32,
     pub aux: U32,
-    pub reserved: [u8; 8],
+    pub replica_count: u8,
+    pub reserved: [u8; 7],
 }
 
 const _: () = assert!(std::mem::size_of::<RecordHeader>() == HEADER_BYTES);
+
+/// The nodes an update goes to, its coordinator first; fixed size so that it costs no heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplicaSet {
+    len: u8,
+    ids: [u32; REPLICAS_MAX],
+}
+
+impl ReplicaSet {
+    /// No replica set: an update that is not replicated.
+    pub const NONE: Self = Self {
+        len: 0,
+        ids: [0; REPLICAS_MAX],
+    };
+
+    /// The first [`REPLICAS_MAX`] distinct nodes of `nodes`, in order.
+    pub fn new(nodes: impl IntoIterator<Item = u32>) -> Self {
+        let mut set = Self::NONE;
+        for node in nodes {
+            if usize::from(set.len) == REPLICAS_MAX {
+                break;
+            }
+            if !set.contains(node) {
+                set.ids[usize::from(set.len)] = node;
+                set.len += 1;
+            }
+        }
+        set
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.ids[..usize::from(self.len)]
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the update has other replicas to reach (more than one node).
+    pub fn is_replicated(&self) -> bool {
+        self.len > 1
+    }
+
+    pub fn contains(&self, node: u32) -> bool {
+        self.as_slice().contains(&node)
+    }
+}
 
 /// The fields of a record that a caller chooses; the codec derives the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +163,45 @@ pub struct RecordMeta {
     pub message_id: u128,
     pub node_id: u32,
     pub aux: u32,
+    pub replicas: ReplicaSet,
+}
+
+/// One entry of a retire record: the replicated update (user key, message id, HLC) that every
+/// replica holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Retired {
+    pub user_key: u64,
+    pub message_id: u128,
+    pub hlc: u64,
+}
+
+/// Encodes retire entries as a retire record's body.
+pub fn encode_retired(entries: &[Retired]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(entries.len() * RETIRE_ENTRY_BYTES);
+    for entry in entries {
+        body.extend_from_slice(&entry.user_key.to_le_bytes());
+        body.extend_from_slice(&entry.message_id.to_le_bytes());
+        body.extend_from_slice(&entry.hlc.to_le_bytes());
+    }
+    body
+}
+
+/// The entries of a retire record's body; a trailing partial entry is ignored (the CRC has
+/// already vouched for the bytes, so there is none in anything this engine wrote).
+pub fn decode_retired(body: &[u8]) -> impl Iterator<Item = Retired> + '_ {
+    body.chunks_exact(RETIRE_ENTRY_BYTES).map(|chunk| {
+        let mut user_key = [0u8; 8];
+        let mut id = [0u8; 16];
+        let mut hlc = [0u8; 8];
+        user_key.copy_from_slice(&chunk[..8]);
+        id.copy_from_slice(&chunk[8..24]);
+        hlc.copy_from_slice(&chunk[24..32]);
+        Retired {
+            user_key: u64::from_le_bytes(user_key),
+            message_id: u128::from_le_bytes(id),
+            hlc: u64::from_le_bytes(hlc),
+        }
+    })
 }
 
 /// Why bytes are not a valid record.
@@ -113,6 +221,8 @@ pub enum DecodeError {
     BadLength { user_len: usize, payload_len: usize },
     #[error("reserved bytes are not zero")]
     BadReserved,
+    #[error("replica set of {0} nodes is larger than the format allows")]
+    BadReplicas(u8),
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
     #[error("user name is not UTF-8 or does not match its key")]
@@ -134,20 +244,28 @@ pub fn user_key(user: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(user.as_bytes())
 }
 
-/// Bytes a record with this user and body occupies in the log, padding included.
-pub fn encoded_len(user_len: usize, body_len: usize) -> usize {
-    align_up(HEADER_BYTES + user_len + body_len, RECORD_ALIGN)
+/// Bytes a record with this user, replica count and body occupies in the log, padding included.
+pub fn encoded_len(user_len: usize, replicas: usize, body_len: usize) -> usize {
+    align_up(
+        HEADER_BYTES + user_len + 4 * replicas + body_len,
+        RECORD_ALIGN,
+    )
 }
 
 pub(crate) fn align_up(value: usize, align: usize) -> usize {
     value.div_ceil(align) * align
 }
 
-/// Writes a record into `out`, which must be exactly `encoded_len(user.len(), body.len())`
-/// bytes. Padding is zeroed here so stale buffer contents never reach the disk.
+/// Writes a record into `out`, which must be exactly
+/// `encoded_len(user.len(), meta.replicas.len(), body.len())` bytes. Padding is zeroed here so
+/// stale buffer contents never reach the disk.
 pub fn encode_into(out: &mut [u8], meta: &RecordMeta, user: &str, body: &[u8]) {
-    let payload_len = user.len() + body.len();
-    debug_assert_eq!(out.len(), encoded_len(user.len(), body.len()));
+    let replicas = meta.replicas.as_slice();
+    let payload_len = user.len() + 4 * replicas.len() + body.len();
+    debug_assert_eq!(
+        out.len(),
+        encoded_len(user.len(), replicas.len(), body.len())
+    );
     debug_assert!(user.len() <= USER_BYTES_MAX && payload_len <= PAYLOAD_BYTES_MAX);
     let mut header = RecordHeader {
         magic: U32::new(RECORD_MAGIC),
@@ -161,17 +279,23 @@ pub fn encode_into(out: &mut [u8], meta: &RecordMeta, user: &str, body: &[u8]) {
         user_key: U64::new(user_key(user)),
         node_id: U32::new(meta.node_id),
         aux: U32::new(meta.aux),
-        reserved: [0; 8],
+        replica_count: replicas.len() as u8,
+        reserved: [0; 7],
     };
     let (head, rest) = out.split_at_mut(HEADER_BYTES);
     let (user_out, rest) = rest.split_at_mut(user.len());
+    let (replicas_out, rest) = rest.split_at_mut(4 * replicas.len());
     let (body_out, padding) = rest.split_at_mut(body.len());
     user_out.copy_from_slice(user.as_bytes());
+    for (slot, node) in replicas_out.chunks_exact_mut(4).zip(replicas) {
+        slot.copy_from_slice(&node.to_le_bytes());
+    }
     body_out.copy_from_slice(body);
     padding.fill(0);
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(header.as_bytes());
     hasher.update(user.as_bytes());
+    hasher.update(replicas_out);
     hasher.update(body);
     header.crc32 = U32::new(hasher.finalize());
     head.copy_from_slice(header.as_bytes());
@@ -179,7 +303,7 @@ pub fn encode_into(out: &mut [u8], meta: &RecordMeta, user: &str, body: &[u8]) {
 
 /// Encodes a record into a fresh vector (tests, tools; the write path encodes in place).
 pub fn encode(meta: &RecordMeta, user: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![0; encoded_len(user.len(), body.len())];
+    let mut out = vec![0; encoded_len(user.len(), meta.replicas.len(), body.len())];
     encode_into(&mut out, meta, user, body);
     out
 }
@@ -203,24 +327,28 @@ pub fn check_header(bytes: &[u8]) -> Result<(RecordHeader, usize), DecodeError> 
         }
         return Err(DecodeError::BadMagic(magic));
     }
-    if header.version != RECORD_VERSION {
+    if !(RECORD_VERSION_MIN..=RECORD_VERSION).contains(&header.version) {
         return Err(DecodeError::BadVersion(header.version));
     }
     if RecordKind::from_u8(header.kind).is_none() {
         return Err(DecodeError::BadKind(header.kind));
     }
+    if header.reserved != [0; 7] || (header.version == 1 && header.replica_count != 0) {
+        return Err(DecodeError::BadReserved);
+    }
+    if usize::from(header.replica_count) > REPLICAS_MAX {
+        return Err(DecodeError::BadReplicas(header.replica_count));
+    }
     let user_len = header.user_len.get() as usize;
+    let prefix_len = user_len + 4 * usize::from(header.replica_count);
     let payload_len = header.payload_len.get() as usize;
-    if user_len > USER_BYTES_MAX || user_len > payload_len || payload_len > PAYLOAD_BYTES_MAX {
+    if user_len > USER_BYTES_MAX || prefix_len > payload_len || payload_len > PAYLOAD_BYTES_MAX {
         return Err(DecodeError::BadLength {
             user_len,
             payload_len,
         });
     }
-    if header.reserved != [0; 8] {
-        return Err(DecodeError::BadReserved);
-    }
-    Ok((header, encoded_len(user_len, payload_len - user_len)))
+    Ok((header, align_up(HEADER_BYTES + payload_len, RECORD_ALIGN)))
 }
 
 /// Decodes and fully verifies the record at the start of `bytes`.
@@ -243,7 +371,17 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
     if computed != stored {
         return Err(DecodeError::BadCrc { stored, computed });
     }
-    let (user_bytes, body) = payload.split_at(header.user_len.get() as usize);
+    let (user_bytes, rest) = payload.split_at(header.user_len.get() as usize);
+    let (replica_bytes, body) = rest.split_at(4 * usize::from(header.replica_count));
+    let replicas = ReplicaSet::new(replica_bytes.chunks_exact(4).map(|chunk| {
+        let mut id = [0u8; 4];
+        id.copy_from_slice(chunk);
+        u32::from_le_bytes(id)
+    }));
+    if replicas.len() != usize::from(header.replica_count) {
+        // Repeated nodes: no writer makes such a set.
+        return Err(DecodeError::BadReplicas(header.replica_count));
+    }
     let user = std::str::from_utf8(user_bytes).map_err(|_| DecodeError::BadUser)?;
     if user_key(user) != header.user_key.get() {
         return Err(DecodeError::BadUser);
@@ -256,6 +394,7 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
             message_id: u128::from_le_bytes(header.message_id),
             node_id: header.node_id.get(),
             aux: header.aux.get(),
+            replicas,
         },
         user,
         body,
@@ -274,6 +413,7 @@ mod tests {
             Just(RecordKind::Delete),
             Just(RecordKind::FlagUpdate),
             Just(RecordKind::ProfilePut),
+            Just(RecordKind::Retire),
         ]
     }
 
@@ -285,10 +425,12 @@ mod tests {
             message_id: u128,
             node_id: u32,
             aux: u32,
+            replica_nodes in proptest::collection::vec(any::<u32>(), 0..=REPLICAS_MAX),
             user in "[a-z0-9.@_-]{0,64}",
             body in proptest::collection::vec(any::<u8>(), 0..5000),
         ) {
-            let meta = RecordMeta { kind, hlc, message_id, node_id, aux };
+            let replicas = ReplicaSet::new(replica_nodes);
+            let meta = RecordMeta { kind, hlc, message_id, node_id, aux, replicas };
             let bytes = encode(&meta, &user, &body);
             prop_assert_eq!(bytes.len() % RECORD_ALIGN, 0);
             let view = decode(&bytes).unwrap();
@@ -304,9 +446,10 @@ mod tests {
             flip_at: prop::sample::Index,
             flip in 1u8..=255,
         ) {
-            let meta = RecordMeta { kind: RecordKind::Put, hlc: 7, message_id: 9, node_id: 1, aux: 0 };
+            let replicas = ReplicaSet::new([4, 9]);
+            let meta = RecordMeta { kind: RecordKind::Put, hlc: 7, message_id: 9, node_id: 1, aux: 0, replicas };
             let mut bytes = encode(&meta, "alice@localhost", &body);
-            let payload_end = HEADER_BYTES + "alice@localhost".len() + body.len();
+            let payload_end = HEADER_BYTES + "alice@localhost".len() + 8 + body.len();
             let at = flip_at.index(payload_end);
             bytes[at] ^= flip;
             prop_assert!(decode(&bytes).is_err());
@@ -323,28 +466,98 @@ mod tests {
         assert_eq!(decode(&[0; 100]).unwrap_err(), DecodeError::End);
     }
 
+    /// The bytes a version-1 writer produced for a delete of message 0x11 of user "u".
+    fn version_one_delete() -> Vec<u8> {
+        let mut bytes = vec![0u8; 72];
+        bytes[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        bytes[4] = 1;
+        bytes[5] = 2;
+        bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        bytes[16..24].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        bytes[24] = 0x11;
+        bytes[40..48].copy_from_slice(&user_key("u").to_le_bytes());
+        bytes[48..52].copy_from_slice(&3u32.to_le_bytes());
+        bytes[52..56].copy_from_slice(&5u32.to_le_bytes());
+        bytes[64] = b'u';
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes[..65]);
+        let crc = hasher.finalize();
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
     #[test]
-    fn version_one_layout_is_stable() {
-        // The exact bytes of a version-1 record: a change here is a format change.
+    fn version_one_records_are_still_read() {
+        let bytes = version_one_delete();
+        let view = decode(&bytes).unwrap();
+        assert_eq!(view.meta.kind, RecordKind::Delete);
+        assert_eq!(view.meta.hlc, 0x0102_0304_0506_0708);
+        assert_eq!(view.meta.message_id, 0x11);
+        assert_eq!(view.meta.node_id, 3);
+        assert_eq!(view.meta.aux, 5);
+        assert!(view.meta.replicas.is_empty());
+        assert_eq!(view.user, "u");
+        assert_eq!(view.encoded_len, 72);
+    }
+
+    #[test]
+    fn version_two_layout_is_stable() {
+        // The exact bytes of a version-2 record: a change here is a format change.
         let meta = RecordMeta {
-            kind: RecordKind::Delete,
+            kind: RecordKind::Put,
             hlc: 0x0102_0304_0506_0708,
             message_id: 0x11,
             node_id: 3,
             aux: 5,
+            replicas: ReplicaSet::new([3, 0x0a0b_0c0d]),
         };
-        let bytes = encode(&meta, "u", b"");
-        assert_eq!(bytes.len(), 72);
+        let bytes = encode(&meta, "u", b"xy");
+        assert_eq!(bytes.len(), 80);
         assert_eq!(&bytes[0..4], &RECORD_MAGIC.to_le_bytes());
-        assert_eq!(bytes[4], 1);
-        assert_eq!(bytes[5], 2);
+        assert_eq!(bytes[4], 2);
+        assert_eq!(bytes[5], 1);
         assert_eq!(&bytes[6..8], &1u16.to_le_bytes());
-        assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &11u32.to_le_bytes());
         assert_eq!(&bytes[16..24], &0x0102_0304_0506_0708u64.to_le_bytes());
         assert_eq!(bytes[24], 0x11);
         assert_eq!(&bytes[48..52], &3u32.to_le_bytes());
         assert_eq!(&bytes[52..56], &5u32.to_le_bytes());
+        assert_eq!(bytes[56], 2);
+        assert!(bytes[57..64].iter().all(|&b| b == 0));
         assert_eq!(bytes[64], b'u');
-        assert!(bytes[65..].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[65..69], &3u32.to_le_bytes());
+        assert_eq!(&bytes[69..73], &0x0a0b_0c0du32.to_le_bytes());
+        assert_eq!(&bytes[73..75], b"xy");
+        assert!(bytes[75..].iter().all(|&b| b == 0));
+        let view = decode(&bytes).unwrap();
+        assert_eq!(view.meta, meta);
+        assert_eq!(view.body, b"xy");
+    }
+
+    #[test]
+    fn a_version_one_record_with_a_replica_count_is_rejected() {
+        let mut bytes = version_one_delete();
+        bytes[56] = 1;
+        assert_eq!(decode(&bytes).unwrap_err(), DecodeError::BadReserved);
+    }
+
+    #[test]
+    fn retire_entries_round_trip() {
+        let entries = [
+            Retired {
+                user_key: 1,
+                message_id: u128::MAX,
+                hlc: 3,
+            },
+            Retired {
+                user_key: u64::MAX,
+                message_id: 7,
+                hlc: 0,
+            },
+        ];
+        let body = encode_retired(&entries);
+        assert_eq!(body.len(), 2 * RETIRE_ENTRY_BYTES);
+        assert_eq!(decode_retired(&body).collect::<Vec<_>>(), entries);
     }
 }

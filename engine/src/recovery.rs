@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::index::{Index, Location, MessageEntry, ProfileEntry};
+use crate::index::{Index, Location, MessageEntry, ProfileEntry, Tomb};
 use crate::record::{RecordKind, RecordView};
 use crate::scan::{ScanStop, Scanner, SkippedRange};
 use crate::segment::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -280,10 +280,25 @@ pub(crate) fn apply_recovered(index: &mut Index, seq: u32, offset: u64, view: &R
                 hlc: view.meta.hlc,
                 flags: view.meta.aux,
                 oldest_segment: seq,
+                origin: view.meta.node_id,
+                replicas: view.meta.replicas,
             },
         ),
         RecordKind::Delete => {
-            index.remove(view.user, id);
+            index.delete(
+                view.user,
+                id,
+                Tomb {
+                    hlc: view.meta.hlc,
+                    origin: view.meta.node_id,
+                    replicas: view.meta.replicas,
+                },
+            );
+        }
+        RecordKind::Retire => {
+            for retired in crate::record::decode_retired(view.body) {
+                index.retire(&retired);
+            }
         }
         RecordKind::FlagUpdate => {
             index.set_flags(view.user, id, view.meta.aux);

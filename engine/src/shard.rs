@@ -18,8 +18,9 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::hlc::HybridClock;
 use crate::index::{Index, Location, MessageEntry, ProfileEntry};
+use crate::index::{PendingUpdate, Tomb};
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
-use crate::record::{self, RecordKind, RecordMeta, USER_BYTES_MAX};
+use crate::record::{self, RecordKind, RecordMeta, ReplicaSet, Retired, USER_BYTES_MAX};
 use crate::recovery::{self, RecoveryReport};
 use crate::signal::{Completion, Notify};
 use crate::storage::{DmaStorage, Storage, StorageFile};
@@ -92,7 +93,7 @@ pub(crate) struct Span {
 pub(crate) enum IndexOp {
     Put(MessageEntry),
     Relocate { id: u128, from: Location },
-    Remove { id: u128 },
+    Remove { id: u128, tomb: Tomb },
     Flags { id: u128, flags: u32 },
     Profile(ProfileEntry),
     RelocateProfile { from: Location },
@@ -185,6 +186,48 @@ impl<R: std::ops::Deref<Target = [u8]>> StoredRecord<R> {
         std::str::from_utf8(&self.buf[self.user.clone()]).unwrap_or("")
     }
 }
+
+/// Who made an update and when: given for an update made on another node (a replica's copy
+/// keeps its coordinator's timestamp), absent for one made here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub hlc: u64,
+    pub origin: u32,
+}
+
+/// How [`Shard::put_message`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Written now.
+    Stored(MessageEntry),
+    /// The message was here already; nothing was written.
+    AlreadyHere(MessageEntry),
+    /// The message was deleted here (its tombstone is pending): a late put, not written.
+    Deleted,
+}
+
+impl PutOutcome {
+    /// The timestamp of the stored message (0 if it was deleted).
+    pub fn hlc(&self) -> u64 {
+        match self {
+            Self::Stored(entry) | Self::AlreadyHere(entry) => entry.hlc,
+            Self::Deleted => 0,
+        }
+    }
+}
+
+/// How [`Shard::delete_replicated`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted(Tomb),
+    /// A tombstone of the message is here already.
+    AlreadyDeleted,
+    /// No such message here (a delete made here only).
+    NotFound,
+}
+
+/// Retire entries per retire record (32 KiB of body).
+const RETIRE_ENTRIES_PER_RECORD: usize = 1024;
 
 /// Counts describing a shard now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,12 +358,15 @@ impl<S: Storage> Shard<S> {
             hlc: meta.hlc,
             flags,
             oldest_segment: location.segment,
+            origin: meta.node_id,
+            replicas: meta.replicas,
         };
         let submitted = self
             .inner
             .submit(
                 RecordKind::Put,
                 None,
+                ReplicaSet::NONE,
                 id,
                 user,
                 body,
@@ -342,9 +388,23 @@ impl<S: Storage> Shard<S> {
             |state: &State<S::File>| state.index.message(user, id).map(|m| m.oldest_segment);
         let submitted = self
             .inner
-            .submit(RecordKind::Delete, None, id, user, &[], oldest, |_, _| {
-                IndexOp::Remove { id }
-            })
+            .submit(
+                RecordKind::Delete,
+                None,
+                ReplicaSet::NONE,
+                id,
+                user,
+                &[],
+                oldest,
+                |_, meta| IndexOp::Remove {
+                    id,
+                    tomb: Tomb {
+                        hlc: meta.hlc,
+                        origin: meta.node_id,
+                        replicas: meta.replicas,
+                    },
+                },
+            )
             .await?;
         let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
         self.inner.finish(done, started).await
@@ -360,6 +420,7 @@ impl<S: Storage> Shard<S> {
             .submit(
                 RecordKind::FlagUpdate,
                 None,
+                ReplicaSet::NONE,
                 id,
                 user,
                 &[],
@@ -373,17 +434,36 @@ impl<S: Storage> Shard<S> {
 
     /// Stores a user's profile (opaque bytes) durably; the newest one wins.
     pub async fn put_profile(&self, user: &str, profile: &[u8]) -> Result<()> {
+        self.put_profile_stamped(user, profile, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Stores a profile made here (`stamp` `None`: a fresh timestamp) or on another node (its
+    /// stamp), unless the profile here is newer. Returns the stored update's timestamp, or
+    /// `None` if the profile here was newer or the same.
+    pub async fn put_profile_stamped(
+        &self,
+        user: &str,
+        profile: &[u8],
+        stamp: Option<Stamp>,
+    ) -> Result<Option<u64>> {
         check_user(user)?;
         let started = Instant::now();
+        let newer = |state: &State<S::File>| match (stamp, state.index.profile(user)) {
+            (Some(stamp), Some(here)) if here.hlc >= stamp.hlc => None,
+            _ => Some(0),
+        };
         let submitted = self
             .inner
             .submit(
                 RecordKind::ProfilePut,
-                None,
+                stamp,
+                ReplicaSet::NONE,
                 0,
                 user,
                 profile,
-                |_| Some(0),
+                newer,
                 |location, meta| {
                     IndexOp::Profile(ProfileEntry {
                         location,
@@ -393,8 +473,195 @@ impl<S: Storage> Shard<S> {
                 },
             )
             .await?;
-        let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
-        self.inner.finish(done, started).await
+        let Some((done, _, meta)) = submitted else {
+            return Ok(None);
+        };
+        self.inner.finish(done, started).await?;
+        Ok(Some(meta.hlc))
+    }
+
+    /// The timestamp of the user's profile here, if any.
+    pub fn profile_hlc(&self, user: &str) -> Option<u64> {
+        self.inner.state.borrow().index.profile(user).map(|p| p.hlc)
+    }
+
+    /// Stores a message unless it is here already or deleted: a put coordinated here
+    /// (`stamp` `None`) or one pushed by its coordinator (its stamp). `replicas` is the
+    /// update's replica set ([`ReplicaSet::NONE`] when not replicated); a replicated put stays
+    /// pending in the index until [`Shard::retire`].
+    pub async fn put_message(
+        &self,
+        user: &str,
+        id: u128,
+        body: &[u8],
+        flags: u32,
+        replicas: ReplicaSet,
+        stamp: Option<Stamp>,
+    ) -> Result<PutOutcome> {
+        check_user(user)?;
+        let started = Instant::now();
+        let found = std::cell::Cell::new(None);
+        let decide = |state: &State<S::File>| {
+            if state.index.is_tombstoned(user, id) {
+                found.set(Some(PutOutcome::Deleted));
+                return None;
+            }
+            if let Some(entry) = state.index.message(user, id) {
+                found.set(Some(PutOutcome::AlreadyHere(*entry)));
+                return None;
+            }
+            Some(flags)
+        };
+        let entry = |location: Location, meta: RecordMeta| MessageEntry {
+            id,
+            location,
+            body_len: body.len() as u32,
+            hlc: meta.hlc,
+            flags,
+            oldest_segment: location.segment,
+            origin: meta.node_id,
+            replicas: meta.replicas,
+        };
+        let submitted = self
+            .inner
+            .submit(
+                RecordKind::Put,
+                stamp,
+                replicas,
+                id,
+                user,
+                body,
+                decide,
+                |location, meta| IndexOp::Put(entry(location, meta)),
+            )
+            .await?;
+        let Some((done, location, meta)) = submitted else {
+            return found.take().ok_or(EngineError::NotFound);
+        };
+        self.inner.finish(done, started).await?;
+        Ok(PutOutcome::Stored(entry(location, meta)))
+    }
+
+    /// Deletes a message with a tombstone that replicates. `pushed` `None`: a delete made here,
+    /// of a message that must be here, replicated to the message's own replica set. `pushed`
+    /// `Some`: a tombstone from another replica, written even if the put never arrived here so
+    /// that a late put cannot land. A replicated tombstone stays pending until retired.
+    pub async fn delete_replicated(
+        &self,
+        user: &str,
+        id: u128,
+        pushed: Option<(Stamp, ReplicaSet)>,
+    ) -> Result<DeleteOutcome> {
+        check_user(user)?;
+        let started = Instant::now();
+        let already = std::cell::Cell::new(false);
+        let replicas = std::cell::Cell::new(ReplicaSet::NONE);
+        let decide = |state: &State<S::File>| {
+            if state.index.is_tombstoned(user, id) {
+                already.set(true);
+                return None;
+            }
+            let message = state.index.message(user, id);
+            match (pushed, message) {
+                (None, None) => None,
+                (None, Some(m)) => {
+                    replicas.set(m.replicas);
+                    Some(m.oldest_segment)
+                }
+                (Some((_, set)), m) => {
+                    replicas.set(set);
+                    Some(m.map_or(state.append_seq, |m| m.oldest_segment))
+                }
+            }
+        };
+        // The replica set is read from the index in the same borrow that encodes the record.
+        let submitted = self
+            .inner
+            .submit_with(
+                RecordKind::Delete,
+                pushed.map(|(stamp, _)| stamp),
+                id,
+                user,
+                &[],
+                |state| decide(state).map(|aux| (aux, replicas.get())),
+                |_, meta| IndexOp::Remove {
+                    id,
+                    tomb: Tomb {
+                        hlc: meta.hlc,
+                        origin: meta.node_id,
+                        replicas: meta.replicas,
+                    },
+                },
+            )
+            .await?;
+        let Some((done, _, meta)) = submitted else {
+            return Ok(if already.get() {
+                DeleteOutcome::AlreadyDeleted
+            } else {
+                DeleteOutcome::NotFound
+            });
+        };
+        self.inner.finish(done, started).await?;
+        Ok(DeleteOutcome::Deleted(Tomb {
+            hlc: meta.hlc,
+            origin: meta.node_id,
+            replicas: meta.replicas,
+        }))
+    }
+
+    /// Marks replicated updates as acknowledged by every replica: they leave the pending set
+    /// now and a retire record makes that durable (entries of updates no longer pending, or
+    /// superseded by a newer one, are ignored).
+    pub async fn retire(&self, entries: &[Retired]) -> Result<()> {
+        let entries: Vec<Retired> = {
+            let mut state = self.inner.state.borrow_mut();
+            entries
+                .iter()
+                .filter(|e| state.index.retire(e))
+                .copied()
+                .collect()
+        };
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        for chunk in entries.chunks(RETIRE_ENTRIES_PER_RECORD) {
+            let body = record::encode_retired(chunk);
+            let submitted = self
+                .inner
+                .submit(
+                    RecordKind::Retire,
+                    None,
+                    ReplicaSet::NONE,
+                    0,
+                    "",
+                    &body,
+                    |_| Some(0),
+                    |_, _| IndexOp::Nothing,
+                )
+                .await?;
+            if let Some((done, _, _)) = submitted {
+                waits.push(done);
+            }
+        }
+        for done in waits {
+            self.inner.finish(done, started).await?;
+        }
+        Ok(())
+    }
+
+    /// The replicated updates not yet acknowledged by every replica.
+    pub fn pending_updates(&self) -> Vec<PendingUpdate> {
+        self.inner
+            .state
+            .borrow()
+            .index
+            .pending_updates()
+            .cloned()
+            .collect()
+    }
+
+    /// The message's index entry, if it is here.
+    pub fn message(&self, user: &str, id: u128) -> Option<MessageEntry> {
+        self.inner.state.borrow().index.message(user, id).copied()
     }
 
     /// The user's messages, oldest first.
@@ -563,11 +830,36 @@ impl<S: Storage> Inner<S> {
     pub(crate) async fn submit(
         &self,
         kind: RecordKind,
-        hlc: Option<u64>,
+        stamp: Option<Stamp>,
+        replicas: ReplicaSet,
         id: u128,
         user: &str,
         body: &[u8],
         decide: impl FnOnce(&State<S::File>) -> Option<u32>,
+        op: impl FnOnce(Location, RecordMeta) -> IndexOp,
+    ) -> Result<Option<(Rc<Completion<Outcome>>, Location, RecordMeta)>> {
+        self.submit_with(
+            kind,
+            stamp,
+            id,
+            user,
+            body,
+            |state| decide(state).map(|aux| (aux, replicas)),
+            op,
+        )
+        .await
+    }
+
+    /// [`Inner::submit`], with the replica set decided alongside `aux`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn submit_with(
+        &self,
+        kind: RecordKind,
+        stamp: Option<Stamp>,
+        id: u128,
+        user: &str,
+        body: &[u8],
+        decide: impl FnOnce(&State<S::File>) -> Option<(u32, ReplicaSet)>,
         op: impl FnOnce(Location, RecordMeta) -> IndexOp,
     ) -> Result<Option<(Rc<Completion<Outcome>>, Location, RecordMeta)>> {
         if body.len() + user.len() > self.config.record_bytes_max {
@@ -576,7 +868,8 @@ impl<S: Storage> Inner<S> {
                 max: self.config.record_bytes_max,
             });
         }
-        let len = record::encoded_len(user.len(), body.len());
+        // Room for the largest replica set: the set is decided only once there is room.
+        let len = record::encoded_len(user.len(), record::REPLICAS_MAX, body.len());
         loop {
             let has_space = {
                 let state = self.state.borrow();
@@ -594,15 +887,23 @@ impl<S: Storage> Inner<S> {
             self.space_wake.notified().await;
         }
         let mut state = self.state.borrow_mut();
-        let Some(aux) = decide(&state) else {
+        let Some((aux, replicas)) = decide(&state) else {
             return Ok(None);
+        };
+        let (hlc, node_id) = match stamp {
+            Some(stamp) => {
+                state.clock.observe(stamp.hlc);
+                (stamp.hlc, stamp.origin)
+            }
+            None => (state.clock.now(), self.config.node_id),
         };
         let meta = RecordMeta {
             kind,
-            hlc: hlc.unwrap_or_else(|| state.clock.now()),
+            hlc,
             message_id: id,
-            node_id: self.config.node_id,
+            node_id,
             aux,
+            replicas,
         };
         let (done, location) =
             crate::writer::enqueue(self, &mut state, &meta, user, body, |loc| op(loc, meta))?;

@@ -46,7 +46,7 @@ pub(crate) fn enqueue<S: Storage>(
     body: &[u8],
     op: impl FnOnce(Location) -> IndexOp,
 ) -> Result<(Rc<Completion<Outcome>>, Location)> {
-    let len = record::encoded_len(user.len(), body.len());
+    let len = record::encoded_len(user.len(), meta.replicas.len(), body.len());
     if state.append_pos + len as u64 > inner.config.segment_bytes {
         // Seal the segment: this record and those after it go to the next one.
         state.append_seq += 1;
@@ -86,7 +86,7 @@ pub(crate) fn enqueue<S: Storage>(
         len: user.len() as u16,
     };
     let op = op(location);
-    if let IndexOp::Remove { id } | IndexOp::Flags { id, .. } = op {
+    if let IndexOp::Remove { id, .. } | IndexOp::Flags { id, .. } = op {
         *state.pending_changes.entry(id).or_default() += 1;
     }
     batch.ops.push((span, location, op));
@@ -431,7 +431,7 @@ fn complete<S: Storage>(
 
 /// A queued delete or flag update is no longer pending (applied or failed).
 fn settle<F: StorageFile>(state: &mut State<F>, op: &IndexOp) {
-    if let IndexOp::Remove { id } | IndexOp::Flags { id, .. } = *op {
+    if let IndexOp::Remove { id, .. } | IndexOp::Flags { id, .. } = *op {
         if let Some(count) = state.pending_changes.get_mut(&id) {
             *count -= 1;
             if *count == 0 {
@@ -453,8 +453,8 @@ pub(crate) fn apply<F: StorageFile>(
         IndexOp::Relocate { id, from } => {
             state.index.relocate(user, id, from, location);
         }
-        IndexOp::Remove { id } => {
-            state.index.remove(user, id);
+        IndexOp::Remove { id, tomb } => {
+            state.index.delete(user, id, tomb);
         }
         IndexOp::Flags { id, flags } => {
             state.index.set_flags(user, id, flags);

@@ -140,7 +140,7 @@ async fn engine_run(args: &Args, dir: &Path) -> Result<Measured> {
 /// equal sequential batches, each one aligned write then one fdatasync.
 async fn raw_run(args: &Args, path: &Path, syncs: u64) -> Result<Measured> {
     let user_len = "user0000@bench".len();
-    let record = porcupine_engine::record::encoded_len(user_len, args.size);
+    let record = porcupine_engine::record::encoded_len(user_len, 0, args.size);
     let per_writer = args.count / args.writers;
     let total_records = per_writer * args.writers;
     let syncs = syncs.max(1) as usize;
@@ -202,7 +202,7 @@ fn io(error: glommio::GlommioError<()>) -> std::io::Error {
 fn report(args: &Args, engine: Measured, raw: Measured) {
     let records = (args.count / args.writers * args.writers) as f64;
     let record_bytes =
-        porcupine_engine::record::encoded_len("user0000@bench".len(), args.size) as f64;
+        porcupine_engine::record::encoded_len("user0000@bench".len(), 0, args.size) as f64;
     let engine_rate = records / engine.seconds;
     let raw_rate = records / raw.seconds;
     let mb = |rate: f64| rate * record_bytes / 1e6;

@@ -1,0 +1,223 @@
+//! The engine side of replication: the log is the update log. Replicated puts and tombstones
+//! stay pending until retired, across a reopen from the checkpoint or from the log alone;
+//! deletes win over late puts; compaction keeps pending tombstones.
+
+mod common;
+
+use common::{body_for, run, small_config};
+use porcupine_engine::record::user_key;
+use porcupine_engine::{
+    DeleteOutcome, DmaStorage, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind,
+};
+
+fn pending_kinds(shard: &Shard) -> Vec<(String, u128, UpdateKind)> {
+    let mut pending: Vec<_> = shard
+        .pending_updates()
+        .into_iter()
+        .map(|p| (p.user.to_string(), p.id, p.kind))
+        .collect();
+    pending.sort_by_key(|p| p.1);
+    pending
+}
+
+#[test]
+fn pending_updates_survive_reopen_until_retired_and_deletes_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            .await
+            .unwrap();
+        let pair = ReplicaSet::new([7, 9]);
+        // 1: coordinated here; 2: a copy pushed by node 9; 3: not replicated.
+        let put = shard
+            .put_message("a@x", 1, &body_for(1, 900), 0, pair, None)
+            .await
+            .unwrap();
+        assert!(matches!(put, PutOutcome::Stored(_)));
+        let pushed = Stamp {
+            hlc: 1 << 40,
+            origin: 9,
+        };
+        shard
+            .put_message(
+                "a@x",
+                2,
+                &body_for(2, 900),
+                0,
+                ReplicaSet::new([9, 7]),
+                Some(pushed),
+            )
+            .await
+            .unwrap();
+        shard
+            .put_message("a@x", 3, &body_for(3, 900), 0, ReplicaSet::NONE, None)
+            .await
+            .unwrap();
+        // A second put of the same message writes nothing.
+        let again = shard
+            .put_message("a@x", 1, &body_for(1, 900), 0, pair, None)
+            .await
+            .unwrap();
+        assert!(matches!(again, PutOutcome::AlreadyHere(_)));
+        let copy = shard.message("a@x", 2).unwrap();
+        assert_eq!((copy.hlc, copy.origin), (1 << 40, 9));
+        // A tombstone pushed for a message that never arrived: a late put of it is refused.
+        let tomb_stamp = Stamp {
+            hlc: (1 << 40) + 5,
+            origin: 9,
+        };
+        let tomb = shard
+            .delete_replicated("a@x", 4, Some((tomb_stamp, pair)))
+            .await
+            .unwrap();
+        assert!(matches!(tomb, DeleteOutcome::Deleted(_)));
+        let late = shard
+            .put_message(
+                "a@x",
+                4,
+                &body_for(4, 900),
+                0,
+                pair,
+                Some(Stamp {
+                    hlc: 1 << 40,
+                    origin: 9,
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(late, PutOutcome::Deleted);
+        // A delete made here takes the message's own replica set.
+        let DeleteOutcome::Deleted(local) = shard.delete_replicated("a@x", 1, None).await.unwrap()
+        else {
+            panic!("message 1 was there")
+        };
+        assert_eq!(local.replicas, pair);
+        assert_eq!(
+            shard.delete_replicated("a@x", 1, None).await.unwrap(),
+            DeleteOutcome::AlreadyDeleted
+        );
+        assert_eq!(
+            pending_kinds(&shard),
+            vec![
+                ("a@x".into(), 1, UpdateKind::Delete),
+                ("a@x".into(), 2, UpdateKind::Put),
+                ("a@x".into(), 4, UpdateKind::Delete),
+            ]
+        );
+        // Retire the copy of 2 (with a stale entry for 1 that must not retire its tombstone).
+        let put_hlc_2 = shard.message("a@x", 2).unwrap().hlc;
+        shard
+            .retire(&[
+                Retired {
+                    user_key: user_key("a@x"),
+                    message_id: 2,
+                    hlc: put_hlc_2,
+                },
+                Retired {
+                    user_key: user_key("a@x"),
+                    message_id: 1,
+                    hlc: put.hlc(),
+                },
+            ])
+            .await
+            .unwrap();
+        shard.close().await.unwrap();
+
+        for round in 0..2 {
+            if round == 1 {
+                std::fs::remove_file(path.join("index.ckpt")).unwrap();
+            }
+            let (shard, report) = Shard::open(DmaStorage, &path, small_config(), "t")
+                .await
+                .unwrap();
+            assert_eq!(report.from_checkpoint, round == 0);
+            assert_eq!(
+                pending_kinds(&shard),
+                vec![
+                    ("a@x".into(), 1, UpdateKind::Delete),
+                    ("a@x".into(), 4, UpdateKind::Delete),
+                ],
+                "round {round}"
+            );
+            let mut ids: Vec<u128> = shard.messages("a@x").iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![2, 3], "round {round}");
+            // Compaction of every sealed segment keeps the pending tombstones.
+            while shard.compact_once().await.unwrap().is_some() {}
+            shard.close().await.unwrap();
+        }
+        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            .await
+            .unwrap();
+        std::fs::remove_file(path.join("index.ckpt")).unwrap();
+        assert_eq!(pending_kinds(&shard).len(), 2);
+        let tombs: Vec<Retired> = shard
+            .pending_updates()
+            .iter()
+            .map(|p| Retired {
+                user_key: user_key(&p.user),
+                message_id: p.id,
+                hlc: p.hlc,
+            })
+            .collect();
+        shard.retire(&tombs).await.unwrap();
+        assert!(shard.pending_updates().is_empty());
+        shard.close().await.unwrap();
+        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            .await
+            .unwrap();
+        assert!(shard.pending_updates().is_empty());
+        shard.close().await.unwrap();
+    });
+}
+
+#[test]
+fn profiles_keep_the_newest_stamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            .await
+            .unwrap();
+        let hlc = shard
+            .put_profile_stamped("p@x", b"new", None)
+            .await
+            .unwrap()
+            .unwrap();
+        let older = Stamp {
+            hlc: hlc - 1,
+            origin: 3,
+        };
+        assert_eq!(
+            shard
+                .put_profile_stamped("p@x", b"old", Some(older))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(shard.read_profile("p@x").await.unwrap().unwrap(), b"new");
+        let newer = Stamp {
+            hlc: hlc + 10,
+            origin: 3,
+        };
+        assert_eq!(
+            shard
+                .put_profile_stamped("p@x", b"newer", Some(newer))
+                .await
+                .unwrap(),
+            Some(hlc + 10)
+        );
+        assert_eq!(shard.read_profile("p@x").await.unwrap().unwrap(), b"newer");
+        // The clock moved past what it saw.
+        assert!(
+            shard
+                .put_profile_stamped("p@x", b"x", None)
+                .await
+                .unwrap()
+                .unwrap()
+                > hlc + 10
+        );
+        shard.close().await.unwrap();
+    });
+}
