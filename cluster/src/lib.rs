@@ -6,11 +6,13 @@
 //! - [`usermap`]: buckets of users and their managers.
 //! - [`manager`]: a bucket manager's mail map and maildrop locks (sans-IO).
 //! - [`transport`]: framed TCP connections between nodes (the glommio edge).
+//! - [`replication`]: the replication manager of a core: pushes, acks, retirement (sans-IO).
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod manager;
 pub mod membership;
 pub mod node;
+pub mod replication;
 pub mod transport;
 pub mod usermap;
 pub mod wire;
