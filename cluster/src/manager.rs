@@ -95,27 +95,21 @@ impl Manager {
                     _ => Body::Done,
                 }
             }
-            Body::Place { user } => {
+            Body::Place { user, replicas } => {
                 if !self.manages(&user) || !self.complete() {
                     return Body::Error(Failure::TryAgain);
                 }
-                let holders = self.live_fragments(&user);
-                let candidates: Vec<NodeId> = if holders.is_empty() {
-                    self.view
-                        .as_ref()
-                        .map(|v| v.members.iter().map(|m| m.id).collect())
-                        .unwrap_or_default()
-                } else {
-                    holders
-                };
-                let Some(node) = self.least_loaded(&candidates, load_of) else {
+                let nodes = self.place(&user, usize::from(replicas.max(1)), load_of);
+                if nodes.is_empty() {
                     return Body::Error(Failure::TryAgain);
-                };
-                let nodes = self.mail_map.entry(user).or_default();
-                if !nodes.contains(&node) {
-                    nodes.push(node);
                 }
-                Body::Placed { node }
+                let known = self.mail_map.entry(user).or_default();
+                for node in &nodes {
+                    if !known.contains(node) {
+                        known.push(*node);
+                    }
+                }
+                Body::Placed { nodes }
             }
             Body::Noted { user, node, epoch } => {
                 if self.epoch() != Some(epoch) || !self.manages(&user) {
@@ -152,10 +146,42 @@ impl Manager {
         }
     }
 
+    /// The nodes a new message of `user` goes to, the coordinator first: the nodes already
+    /// holding a fragment of the user's mailbox, least loaded first (affinity), then the least
+    /// loaded other live nodes, until there are `replicas` (or every live node).
+    fn place(
+        &mut self,
+        user: &str,
+        replicas: usize,
+        load_of: impl Fn(NodeId) -> u32,
+    ) -> Vec<NodeId> {
+        let Some(view) = &self.view else {
+            return Vec::new();
+        };
+        let holders = self.live_fragments(user);
+        let others: Vec<NodeId> = view
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| !holders.contains(id))
+            .collect();
+        let mut chosen = Vec::with_capacity(replicas);
+        for mut group in [holders, others] {
+            while chosen.len() < replicas {
+                let Some(node) = self.least_loaded(&group, &load_of) else {
+                    break;
+                };
+                group.retain(|n| *n != node);
+                chosen.push(node);
+            }
+        }
+        chosen
+    }
+
     fn least_loaded(
         &mut self,
         candidates: &[NodeId],
-        load_of: impl Fn(NodeId) -> u32,
+        load_of: &impl Fn(NodeId) -> u32,
     ) -> Option<NodeId> {
         let lowest = candidates.iter().map(|&n| load_of(n)).min()?;
         let tied: Vec<NodeId> = candidates
@@ -202,7 +228,15 @@ mod tests {
         let v = view(&[1, 2, 3]);
         let mut m = Manager::new(1);
         m.install(&v);
-        let place = |m: &mut Manager| m.handle(Body::Place { user: "a@x".into() }, |_| 0);
+        let place = |m: &mut Manager| {
+            m.handle(
+                Body::Place {
+                    user: "a@x".into(),
+                    replicas: 1,
+                },
+                |_| 0,
+            )
+        };
         assert_eq!(place(&mut m), Body::Error(Failure::TryAgain));
         for node in [1, 2] {
             m.handle(
@@ -223,7 +257,31 @@ mod tests {
             },
             |_| 0,
         );
-        assert_eq!(place(&mut m), Body::Placed { node: 3 });
+        assert_eq!(place(&mut m), Body::Placed { nodes: vec![3] });
+        // Two replicas: the holder first, then the least loaded other node.
+        let placed = m.handle(
+            Body::Place {
+                user: "a@x".into(),
+                replicas: 2,
+            },
+            |n| if n == 1 { 5 } else { 1 },
+        );
+        assert_eq!(placed, Body::Placed { nodes: vec![3, 2] });
+        // More replicas than live nodes: every node once.
+        let placed = m.handle(
+            Body::Place {
+                user: "b@x".into(),
+                replicas: 9,
+            },
+            |_| 0,
+        );
+        match placed {
+            Body::Placed { mut nodes } => {
+                nodes.sort_unstable();
+                assert_eq!(nodes, vec![1, 2, 3]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

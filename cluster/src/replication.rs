@@ -498,7 +498,13 @@ mod tests {
 
     #[test]
     fn pushes_in_flight_are_bounded_and_retention_drops_old_updates() {
-        let mut r = Replicator::new(1, Settings { pushes_in_flight_max: 2, ..settings() });
+        let mut r = Replicator::new(
+            1,
+            Settings {
+                pushes_in_flight_max: 2,
+                ..settings()
+            },
+        );
         r.view_changed(&[1, 2], 0);
         let mut pushed = 0;
         for id in 0..5 {

@@ -25,7 +25,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::membership;
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -187,21 +187,38 @@ pub enum Failure {
 pub enum Body {
     /// Membership protocol (one-way).
     Membership(membership::Msg),
-    /// Manager: where should a new message for `user` go (and remember it there).
+    /// Manager: which `replicas` nodes should a new message for `user` go to (remembered
+    /// there). The answer names the coordinator first.
     Place {
         user: String,
+        replicas: u8,
     },
     Placed {
-        node: u64,
+        nodes: Vec<u64>,
     },
-    /// Store a message in the user's fragment on the receiving node.
-    /// `epoch`: the membership in which the placement was made.
+    /// Store a message in the user's fragment on the receiving node, which coordinates its
+    /// replication to `replicas` (itself first). `epoch`: the membership of the placement.
     Store {
         user: String,
         id: u128,
         epoch: membership::Epoch,
+        replicas: Vec<u64>,
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
+    },
+    /// A replicated update pushed by the node driving it: store it and answer `Done` once it
+    /// is durable here (or a newer update of the message is).
+    Replicate {
+        user: String,
+        id: u128,
+        hlc: u64,
+        origin: u64,
+        replicas: Vec<u64>,
+        update: ReplicaUpdate,
+    },
+    /// One-way: these updates (user, message id, HLC) reached every replica; retire them.
+    Retired {
+        entries: Vec<(String, u128, u64)>,
     },
     /// The user's fragment on the receiving node: (id, size), oldest first.
     List {
@@ -239,11 +256,10 @@ pub enum Body {
         user: String,
         owner: (u64, u64),
     },
-    /// Profiles to store (every node holds every profile). `overwrite`: a new user or a new
-    /// password; otherwise only users missing on the receiver are filled in.
+    /// Profiles to store (every node holds every profile): (user, HLC of the update, profile).
+    /// The newest update of a user's profile wins on every node.
     Profiles {
-        profiles: Vec<(String, Vec<u8>)>,
-        overwrite: bool,
+        profiles: Vec<(String, u64, Vec<u8>)>,
     },
     /// After a commit: the users this node holds fragments for, in buckets the receiver manages.
     Fragments {
@@ -259,6 +275,16 @@ pub enum Body {
     },
     Done,
     Error(Failure),
+}
+
+/// What a [`Body::Replicate`] carries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ReplicaUpdate {
+    Put {
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
+    Delete,
 }
 
 #[cfg(test)]
@@ -285,6 +311,7 @@ mod tests {
             user: "a@x".into(),
             id: 9,
             epoch: membership::Epoch::default(),
+            replicas: vec![1, 2],
             message: b"hello".to_vec(),
         };
         let (header, decoded) = decode(&frame(&body)).expect("decodes");
@@ -298,8 +325,8 @@ mod tests {
     #[test]
     fn other_versions_and_magic_are_refused() {
         let mut bytes = frame(&Body::Done);
-        bytes[4] = 2;
-        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(2));
+        bytes[4] = 1;
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(1));
         let mut bytes = frame(&Body::Done);
         bytes[0] ^= 1;
         assert!(matches!(decode(&bytes), Err(WireError::Magic(_))));

@@ -659,6 +659,11 @@ impl<S: Storage> Shard<S> {
             .collect()
     }
 
+    /// How many replicated updates are pending here.
+    pub fn pending_count(&self) -> usize {
+        self.inner.state.borrow().index.pending_count()
+    }
+
     /// The message's index entry, if it is here.
     pub fn message(&self, user: &str, id: u128) -> Option<MessageEntry> {
         self.inner.state.borrow().index.message(user, id).copied()
@@ -711,12 +716,13 @@ impl<S: Storage> Shard<S> {
         let meta = view.meta;
         let user_start = record::HEADER_BYTES;
         let user_end = user_start + view.user.len();
-        let body_end = user_end + view.body.len();
+        let body_start = user_end + 4 * meta.replicas.len();
+        let body_end = body_start + view.body.len();
         Ok(StoredRecord {
             buf,
             meta,
             user: user_start..user_end,
-            body: user_end..body_end,
+            body: body_start..body_end,
         })
     }
 

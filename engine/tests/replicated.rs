@@ -62,6 +62,10 @@ fn pending_updates_survive_reopen_until_retired_and_deletes_win() {
         assert!(matches!(again, PutOutcome::AlreadyHere(_)));
         let copy = shard.message("a@x", 2).unwrap();
         assert_eq!((copy.hlc, copy.origin), (1 << 40, 9));
+        let read = shard.read_message("a@x", 2).await.unwrap();
+        assert_eq!(read.body(), &body_for(2, 900)[..]);
+        assert_eq!(read.user(), "a@x");
+        assert_eq!(read.meta.replicas, ReplicaSet::new([9, 7]));
         // A tombstone pushed for a message that never arrived: a late put of it is refused.
         let tomb_stamp = Stamp {
             hlc: (1 << 40) + 5,

@@ -148,7 +148,7 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
 
     // A peer that speaks garbage, or another frame version, is dropped; the node serves on.
     for bytes in [b"GET / HTTP/1.0\r\n\r\n".to_vec(), {
-        let mut frame = vec![0x55, 0x4c, 0x43, 0x50, 2, 1, 0, 0];
+        let mut frame = vec![0x55, 0x4c, 0x43, 0x50, 9, 1, 0, 0];
         frame.extend_from_slice(&[0u8; 24]);
         frame
     }] {

@@ -16,6 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::metrics::NodeMetrics;
+use super::service::StoreError;
 use super::users;
 use super::NodeContext;
 
@@ -179,12 +180,18 @@ async fn add_user(
         None => users::hash_password(password).map_err(|e| (500, e))?,
     };
     let profile = users::encode_profile(&phc);
-    context
+    let hlc = context
         .router
-        .put_profile(&email, Arc::new(profile.clone()), false)
+        .put_profile(&email, Arc::new(profile.clone()), None)
         .await
-        .map_err(|e| (500, format!("storage error: {e:?}\n")))?;
-    super::cluster_driver::replicate_profiles(context, vec![(email, profile)]).await;
+        .map_err(|e| (500, format!("storage error: {e:?}\n")))?
+        .ok_or_else(|| {
+            (
+                500,
+                "storage error: the profile was not written\n".to_string(),
+            )
+        })?;
+    super::cluster_driver::replicate_profiles(context, vec![(email, hlc, profile)]).await;
     Ok(())
 }
 
@@ -240,38 +247,37 @@ async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
     };
     let mut in_flight = std::collections::VecDeque::new();
     let (mut created, mut failed) = (0u64, 0u64);
+    // What was stored, with each update's timestamp, for the other members.
+    let mut stored: Vec<(String, u64, Vec<u8>)> = Vec::new();
+    let clustered = context.cluster.clustered();
+    let mut tally = |(email, outcome): (String, Result<Option<u64>, StoreError>)| match outcome {
+        Ok(Some(hlc)) => {
+            created += 1;
+            if clustered {
+                stored.push((email, hlc, phc.to_vec()));
+            }
+        }
+        Ok(None) | Err(_) => failed += 1,
+    };
     for n in 1..=spec.count {
         let email = format!("{}{n}@{}", spec.prefix, spec.domain).to_lowercase();
         let router = context.router.clone();
         let profile = phc.clone();
         in_flight.push_back(glommio::spawn_local(async move {
-            router.put_profile(&email, profile, false).await
+            let stored = router.put_profile(&email, profile, None).await;
+            (email, stored)
         }));
         if in_flight.len() >= BULK_PARALLELISM {
             if let Some(task) = in_flight.pop_front() {
-                match task.await {
-                    Ok(()) => created += 1,
-                    Err(_) => failed += 1,
-                }
+                tally(task.await);
             }
         }
     }
     for task in in_flight {
-        match task.await {
-            Ok(()) => created += 1,
-            Err(_) => failed += 1,
-        }
+        tally(task.await);
     }
     if context.cluster.clustered() {
-        let everyone = (1..=spec.count)
-            .map(|n| {
-                (
-                    format!("{}{n}@{}", spec.prefix, spec.domain).to_lowercase(),
-                    phc.to_vec(),
-                )
-            })
-            .collect();
-        super::cluster_driver::replicate_profiles(context, everyone).await;
+        super::cluster_driver::replicate_profiles(context, stored).await;
     }
     json(
         200,
@@ -326,6 +332,14 @@ async fn status(context: &NodeContext) -> serde_json::Value {
         },
         "users": users,
         "messages": messages,
+        "replication": {
+            "replicas": config.replicas,
+            "ack": match config.ack_policy {
+                super::replicas::AckPolicy::AllReplicas => "all",
+                super::replicas::AckPolicy::Coordinator => "coordinator",
+            },
+            "pending_updates": shards.iter().map(|s| s.pending_updates).sum::<usize>(),
+        },
         "shards": shards,
     })
 }
@@ -403,7 +417,12 @@ async fn metrics(context: &NodeContext) -> String {
         );
     }
     let shards = context.router.reports().await;
-    let per_shard: [ShardGauge; 8] = [
+    let per_shard: [ShardGauge; 9] = [
+        (
+            "porcupine_shard_replication_pending",
+            "replicated updates not yet on every replica",
+            |s| s.pending_updates as f64,
+        ),
         ("porcupine_shard_messages", "messages stored", |s| {
             s.messages as f64
         }),

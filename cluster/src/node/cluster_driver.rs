@@ -16,8 +16,10 @@ use super::service::{LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, Msg, NodeId, View};
+use crate::replication::Update;
 use crate::transport::{read_frame, write_frames};
-use crate::wire::{Body, Failure, FrameKind};
+use crate::wire::{Body, Failure, FrameKind, ReplicaUpdate};
+use porcupine_engine::{Stamp, UpdateKind};
 
 const TICK: Duration = Duration::from_millis(5);
 /// A load heard longer ago than this is not trusted (treated as idle).
@@ -176,7 +178,6 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
         for chunk in profiles.chunks(PROFILE_BATCH) {
             let body = Body::Profiles {
                 profiles: chunk.to_vec(),
-                overwrite: false,
             };
             if peers
                 .request(&newcomer.addr, &body, Duration::from_secs(30))
@@ -269,6 +270,9 @@ async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
                 (FrameKind::OneWay, Body::Membership(msg)) => {
                     let _ = context.cluster.core_zero.send(ToCoreZero::Membership(msg));
                 }
+                (FrameKind::OneWay, Body::Retired { entries }) => {
+                    context.router.retired(entries);
+                }
                 (FrameKind::Request, body) => {
                     let (context, replies, peers) =
                         (context.clone(), replies.clone(), peers.clone());
@@ -291,6 +295,7 @@ fn failure(error: StoreError) -> Body {
     Body::Error(match error {
         StoreError::NoSpace => Failure::NoSpace,
         StoreError::Failed => Failure::Failed,
+        StoreError::Unavailable => Failure::TryAgain,
     })
 }
 
@@ -302,11 +307,41 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             user,
             id,
             epoch,
+            replicas,
             message,
-        } => match super::proxy::store_here(context, &user, id, Arc::new(message), epoch).await {
-            Ok(()) => Body::Done,
-            Err(e) => failure(e),
-        },
+        } => {
+            match super::proxy::store_here(context, &user, id, Arc::new(message), epoch, replicas)
+                .await
+            {
+                Ok(()) => Body::Done,
+                Err(e) => failure(e),
+            }
+        }
+        Body::Replicate {
+            user,
+            id,
+            hlc,
+            origin,
+            replicas,
+            update,
+        } => {
+            let (kind, message) = match update {
+                ReplicaUpdate::Put { message } => (UpdateKind::Put, Some(message)),
+                ReplicaUpdate::Delete => (UpdateKind::Delete, None),
+            };
+            let update = Update {
+                user,
+                id,
+                kind,
+                hlc,
+                origin,
+                replicas,
+            };
+            match router.replicate(update, message).await {
+                Ok(()) => Body::Done,
+                Err(e) => failure(e),
+            }
+        }
         Body::Authenticate { user, password } => {
             match router.login(&user, &password, LockMode::Elsewhere).await {
                 Login::Ok(_) => Body::Done,
@@ -326,18 +361,16 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             Ok(()) => Body::Done,
             Err(e) => failure(e),
         },
-        Body::Profiles {
-            profiles,
-            overwrite,
-        } => {
-            // Many at once, so they share group commits.
+        Body::Profiles { profiles } => {
+            // Many at once, so they share group commits. The newest update of each wins.
             let mut result = Body::Done;
             let mut in_flight = std::collections::VecDeque::new();
-            for (user, profile) in profiles {
+            for (user, hlc, profile) in profiles {
                 let router = router.clone();
+                let stamp = Stamp { hlc, origin: 0 };
                 in_flight.push_back(glommio::spawn_local(async move {
                     router
-                        .put_profile(&user, Arc::new(profile), !overwrite)
+                        .put_profile(&user, Arc::new(profile), Some(stamp))
                         .await
                 }));
                 if in_flight.len() >= PROFILE_PARALLELISM {
@@ -368,8 +401,10 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
     }
 }
 
-/// Sends new or changed profiles to every other member (each node holds every profile).
-pub async fn replicate_profiles(context: &NodeContext, profiles: Vec<(String, Vec<u8>)>) {
+/// Sends new or changed profiles, each with the timestamp of its update, to every other member
+/// (each node holds every profile; the newest update wins). A member that misses them gets
+/// them when it next joins: every member sends its profiles to a node that (re)joins.
+pub async fn replicate_profiles(context: &NodeContext, profiles: Vec<(String, u64, Vec<u8>)>) {
     let shared = &context.cluster;
     let view = shared.view.load_full();
     let peers = peers(shared);
@@ -377,7 +412,6 @@ pub async fn replicate_profiles(context: &NodeContext, profiles: Vec<(String, Ve
         for chunk in profiles.chunks(PROFILE_BATCH) {
             let body = Body::Profiles {
                 profiles: chunk.to_vec(),
-                overwrite: true,
             };
             if !matches!(
                 peers

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod metrics;
 pub mod pop3_conn;
 pub mod proxy;
+pub mod replicas;
 pub mod service;
 pub mod smtp_conn;
 pub mod users;
@@ -63,6 +64,12 @@ pub struct NodeConfig {
     /// The paper's "infinitely fast disk" experiment: acknowledge deliveries without storing
     /// them. Mail is lost by design; never for production.
     pub discard_bodies: bool,
+    /// Nodes each message is stored on (capped by the live node count); 1 on a lone node.
+    pub replicas: usize,
+    /// When a delivery is acknowledged: once every replica has it, or once the coordinator has.
+    pub ack_policy: replicas::AckPolicy,
+    /// Replication timing and the log retention.
+    pub replication: crate::replication::Settings,
 }
 
 impl Default for NodeConfig {
@@ -94,6 +101,9 @@ impl Default for NodeConfig {
             shutdown_grace: Duration::from_secs(20),
             first_user: true,
             discard_bodies: false,
+            replicas: 2,
+            ack_policy: replicas::AckPolicy::AllReplicas,
+            replication: crate::replication::Settings::default(),
         }
     }
 }
@@ -297,7 +307,7 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
         let email = format!("postmaster@{domain}");
         let phc = users::hash_password(&password)?;
         router
-            .put_profile(&email, Arc::new(users::encode_profile(&phc)), false)
+            .put_profile(&email, Arc::new(users::encode_profile(&phc)), None)
             .await
             .map_err(|e| format!("cannot store the first user: {e:?}"))?;
         Ok::<_, String>(Some((email, password)))
@@ -345,7 +355,8 @@ async fn run_core(
             }
         }
     }
-    let service = CoreService::new(core, placement, shards);
+    let service = CoreService::new(core, placement, shards, context.clone());
+    glommio::spawn_local(service.replication().run(stop.clone())).detach();
     let service_task = glommio::spawn_local(service.run(requests));
     let _ = ready.send(Ok(()));
     // Wait until every core is ready (the sender side is dropped), then listen.

@@ -34,9 +34,9 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
                             let entries = maildrop
                                 .messages
                                 .iter()
-                                .map(|(id, size, _)| MaildropEntry {
-                                    uid: format!("{id:032x}"),
-                                    size: *size,
+                                .map(|m| MaildropEntry {
+                                    uid: format!("{:032x}", m.id),
+                                    size: m.size,
                                 })
                                 .collect();
                             locked = Some(maildrop);

@@ -1,13 +1,15 @@
 //! Delivery and retrieval proxies: what a session on any node does to store mail for a user,
 //! or to open the user's maildrop, wherever the user's fragments are.
 //!
-//! Delivery: user → bucket manager (user map) → the manager picks the target (a node holding a
-//! fragment of the user's mailbox, else the least loaded live node) → store there (locally, or
-//! a store request that the target makes durable before answering). Retrieval: the manager
-//! locks the maildrop and names the fragment nodes; each lists its fragment; messages are
-//! fetched from the node that holds them and deleted there at QUIT. On a lone node all of this
-//! is local. A manager that is rebuilding its mail map answers "try again", and the proxy does,
-//! for a bounded time.
+//! Delivery: user → bucket manager (user map) → the manager picks the replicas (nodes holding a
+//! fragment of the user's mailbox first, then the least loaded live nodes) → the first of them,
+//! the coordinator, stores the message and replicates it (locally, or a store request that the
+//! coordinator answers under the ack policy). A replica that fails makes the proxy place the
+//! message again, under the same id, so no copy is counted twice. Retrieval: the manager locks
+//! the maildrop and names the fragment nodes; each lists its fragment; copies are deduplicated
+//! by message id; each message is fetched from a holder (this node, else the least loaded) and
+//! deleted on every holder at QUIT. On a lone node all of this is local. A manager that is
+//! rebuilding its mail map answers "try again", and the proxy does, for a bounded time.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,22 +30,22 @@ use crate::wire::{Body, Failure};
 const PATIENCE: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
-/// Stores a message in the user's fragment on this node, counting it in this node's load.
-/// `placed`: the membership epoch in which the manager chose this node. If the membership
-/// changed since, or this node reported its fragments while the store was under way, the
-/// current manager may not know of this fragment: it is told before the store counts as done.
+/// Stores a message in the user's fragment on this node and replicates it to `replicas` (this
+/// node first; empty: not replicated). `placed`: the membership epoch in which the manager chose
+/// this node. If the membership changed since, or this node reported its fragments while the
+/// store was under way, the current manager may not know of this fragment: it is told before
+/// the store counts as done.
 pub async fn store_here(
     context: &NodeContext,
     user: &str,
     id: u128,
     message: Arc<Vec<u8>>,
     placed: Epoch,
+    replicas: Vec<NodeId>,
 ) -> Result<(), StoreError> {
     let shared = &context.cluster;
     let snapshots = shared.snapshots.load(Ordering::SeqCst);
-    shared.load.fetch_add(1, Ordering::Relaxed);
-    let result = context.router.deliver(user, id, message).await;
-    shared.load.fetch_sub(1, Ordering::Relaxed);
+    let result = context.router.deliver(user, id, message, replicas).await;
     if result.is_ok()
         && shared.clustered()
         && (shared.view.load().epoch != placed
@@ -55,7 +57,7 @@ pub async fn store_here(
 }
 
 /// Tells the user's current manager that this node holds a fragment of the user's mailbox.
-async fn note(context: &NodeContext, user: &str) {
+pub(crate) async fn note(context: &NodeContext, user: &str) {
     let shared = &context.cluster;
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -90,11 +92,11 @@ async fn ask_manager(context: &NodeContext, view: &View, user: &str, body: &Body
         .ok()
 }
 
-/// Placements this core made recently: user → (node, epoch). A user's next message goes to
-/// the same node without asking the manager again (the manager recorded the fragment when it
-/// placed it), until the membership changes.
+/// Placements this core made recently: user → (replicas, epoch). A user's next message goes
+/// to the same nodes without asking the manager again (the manager recorded the fragments when
+/// it placed them), until the membership changes.
 struct PlacementCache {
-    entries: HashMap<String, (NodeId, Epoch)>,
+    entries: HashMap<String, (Rc<[NodeId]>, Epoch)>,
 }
 
 /// Entries before the cache starts over (bounded memory).
@@ -104,31 +106,54 @@ thread_local! {
     static PLACEMENTS: RefCell<PlacementCache> = RefCell::new(PlacementCache {
         entries: HashMap::new(),
     });
+    /// The epoch in which this core last warned that there are fewer nodes than replicas.
+    static WARNED_FEW_NODES: RefCell<Option<Epoch>> = const { RefCell::new(None) };
 }
 
-fn cached_placement(user: &str, epoch: Epoch) -> Option<NodeId> {
+fn cached_placement(user: &str, epoch: Epoch) -> Option<Rc<[NodeId]>> {
     PLACEMENTS.with(|cache| {
         cache
             .borrow()
             .entries
             .get(user)
             .filter(|(_, at)| *at == epoch)
-            .map(|(node, _)| *node)
+            .map(|(nodes, _)| nodes.clone())
     })
 }
 
-fn remember_placement(user: &str, node: NodeId, epoch: Epoch) {
+fn remember_placement(user: &str, nodes: Rc<[NodeId]>, epoch: Epoch) {
     PLACEMENTS.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.entries.len() >= PLACEMENT_CACHE_MAX {
             cache.entries.clear();
         }
-        cache.entries.insert(user.to_owned(), (node, epoch));
+        cache.entries.insert(user.to_owned(), (nodes, epoch));
     });
 }
 
 fn forget_placement(user: &str) {
     PLACEMENTS.with(|cache| cache.borrow_mut().entries.remove(user));
+}
+
+/// Replicas per message in `view`: the setting, capped by the live node count (with a warning,
+/// once per membership on each core).
+fn replicas_wanted(context: &NodeContext, view: &View) -> usize {
+    let wanted = context.config.replicas.max(1);
+    let live = view.members.len();
+    if wanted > live {
+        WARNED_FEW_NODES.with(|warned| {
+            let mut warned = warned.borrow_mut();
+            if *warned != Some(view.epoch) {
+                *warned = Some(view.epoch);
+                tracing::warn!(
+                    replicas = wanted,
+                    live,
+                    "fewer live nodes than replicas: each message is stored on every live node"
+                );
+            }
+        });
+    }
+    wanted.min(live)
 }
 
 /// Delivers one copy of a message to `user`, wherever the cluster places it.
@@ -142,53 +167,62 @@ pub async fn deliver(
     if !shared.clustered() {
         // A lone node: no manager to ask (and no shared reference count to bump per message).
         let epoch = shared.view.load().epoch;
-        return store_here(context, user, id, message, epoch).await;
+        return store_here(context, user, id, message, epoch, Vec::new()).await;
     }
+    let me = shared.me.id;
     let deadline = Instant::now() + PATIENCE;
     loop {
         let view = shared.view.load_full();
         if view.members.len() <= 1 {
-            return store_here(context, user, id, message, view.epoch).await;
-        }
-        let placed = match cached_placement(user, view.epoch) {
-            Some(node) => Some(node),
-            None => {
-                let place = Body::Place {
-                    user: user.to_owned(),
-                };
-                match ask_manager(context, &view, user, &place).await {
-                    Some(Body::Placed { node }) => {
-                        remember_placement(user, node, view.epoch);
-                        Some(node)
-                    }
-                    _ => None,
-                }
+            match store_here(context, user, id, message.clone(), view.epoch, Vec::new()).await {
+                Err(StoreError::Unavailable) => {}
+                done => return done,
             }
-        };
-        if let Some(node) = placed {
-            if node == shared.me.id {
-                return store_here(context, user, id, message, view.epoch).await;
-            }
-            forget_placement(user);
-            if let Some(member) = view.member(node) {
-                let store = Body::Store {
-                    user: user.to_owned(),
+        } else if let Some(nodes) = placement(context, &view, user).await {
+            let coordinator = nodes[0];
+            let outcome = if coordinator == me {
+                store_here(
+                    context,
+                    user,
                     id,
-                    epoch: view.epoch,
-                    message: message.to_vec(),
-                };
-                match peers(shared)
-                    .request(&member.addr, &store, PEER_TIMEOUT)
-                    .await
-                {
-                    Ok(Body::Done) => {
-                        remember_placement(user, node, view.epoch);
-                        return Ok(());
+                    message.clone(),
+                    view.epoch,
+                    nodes.to_vec(),
+                )
+                .await
+            } else {
+                match view.member(coordinator) {
+                    Some(member) => {
+                        let store = Body::Store {
+                            user: user.to_owned(),
+                            id,
+                            epoch: view.epoch,
+                            replicas: nodes.to_vec(),
+                            message: message.to_vec(),
+                        };
+                        match peers(shared)
+                            .request(&member.addr, &store, PEER_TIMEOUT)
+                            .await
+                        {
+                            Ok(Body::Done) => Ok(()),
+                            Ok(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
+                            Ok(Body::Error(Failure::TryAgain)) | Err(_) => {
+                                Err(StoreError::Unavailable)
+                            }
+                            Ok(_) => Err(StoreError::Failed),
+                        }
                     }
-                    Ok(Body::Error(Failure::NoSpace)) => return Err(StoreError::NoSpace),
-                    Ok(Body::Error(Failure::TryAgain)) | Err(_) => {}
-                    Ok(_) => return Err(StoreError::Failed),
+                    None => Err(StoreError::Unavailable),
                 }
+            };
+            match outcome {
+                Ok(()) => {
+                    remember_placement(user, nodes, view.epoch);
+                    return Ok(());
+                }
+                // Placed again with a fresh answer from the manager, under the same id.
+                Err(StoreError::Unavailable) => forget_placement(user),
+                Err(error) => return Err(error),
             }
         }
         if Instant::now() >= deadline {
@@ -198,12 +232,43 @@ pub async fn deliver(
     }
 }
 
+/// The replicas of a new message of `user`, the coordinator first (this node when it is one
+/// of them, to save a hop); `None` if the manager cannot answer now.
+async fn placement(context: &NodeContext, view: &View, user: &str) -> Option<Rc<[NodeId]>> {
+    if let Some(nodes) = cached_placement(user, view.epoch) {
+        return Some(nodes);
+    }
+    let place = Body::Place {
+        user: user.to_owned(),
+        replicas: replicas_wanted(context, view).min(usize::from(u8::MAX)) as u8,
+    };
+    match ask_manager(context, view, user, &place).await {
+        Some(Body::Placed { mut nodes }) if !nodes.is_empty() => {
+            let me = context.cluster.me.id;
+            if let Some(at) = nodes.iter().position(|&n| n == me) {
+                nodes.swap(0, at);
+            }
+            Some(nodes.into())
+        }
+        _ => None,
+    }
+}
+
+/// One message of an open maildrop.
+#[derive(Debug)]
+pub struct MaildropMessage {
+    pub id: u128,
+    pub size: u64,
+    /// The nodes that listed it (its live replicas).
+    pub holders: Vec<NodeId>,
+}
+
 /// An open (locked) maildrop: its messages and where each is.
 #[derive(Debug)]
 pub struct Maildrop {
     pub user: String,
-    /// (id, size, node holding it), oldest first, each id once.
-    pub messages: Vec<(u128, u64, NodeId)>,
+    /// Oldest first, each id once.
+    pub messages: Vec<MaildropMessage>,
     /// The lock owner at the manager, if the lock is the cluster's.
     cluster_owner: Option<(u64, u64)>,
 }
@@ -230,7 +295,11 @@ pub async fn open(
                 user: user.to_owned(),
                 messages: messages
                     .into_iter()
-                    .map(|(id, size)| (id, size, me))
+                    .map(|(id, size)| MaildropMessage {
+                        id,
+                        size,
+                        holders: vec![me],
+                    })
                     .collect(),
                 cluster_owner: None,
             }),
@@ -261,6 +330,7 @@ pub async fn open(
         cluster_owner: Some(owner),
     };
     let peers = peers(shared);
+    let mut by_id: std::collections::BTreeMap<u128, MaildropMessage> = Default::default();
     for node in fragments {
         let listed = if node == me {
             context.router.list(user).await.ok()
@@ -275,16 +345,27 @@ pub async fn open(
             }
         };
         match listed {
-            Some(messages) => maildrop
-                .messages
-                .extend(messages.into_iter().map(|(id, size)| (id, size, node))),
-            // Mail on a node that cannot answer stays there; it shows up once it does.
+            Some(messages) => {
+                for (id, size) in messages {
+                    by_id
+                        .entry(id)
+                        .or_insert_with(|| MaildropMessage {
+                            id,
+                            size,
+                            holders: Vec::new(),
+                        })
+                        .holders
+                        .push(node);
+                }
+            }
+            // Mail on a node that cannot answer is on its other replicas, or shows up once it
+            // answers again.
             None => tracing::warn!(%user, node, "a fragment node did not list its messages"),
         }
     }
-    // Ids begin with their arrival time: sorting keeps the maildrop oldest first.
-    maildrop.messages.sort_by_key(|m| m.0);
-    maildrop.messages.dedup_by_key(|m| m.0);
+    // Ids begin with their arrival time: in id order the maildrop is oldest first, and each
+    // message appears once however many replicas listed it.
+    maildrop.messages = by_id.into_values().collect();
     Ok(maildrop)
 }
 
@@ -347,23 +428,46 @@ async fn remote(peers: &Rc<Peers>, addr: Option<String>, body: &Body) -> Option<
     }
 }
 
-/// The message at `index` of the maildrop.
-pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> Option<Vec<u8>> {
-    let &(id, _, node) = maildrop.messages.get(index)?;
-    if node == context.cluster.me.id {
-        return context.router.fetch(&maildrop.user, id).await.ok();
-    }
-    let body = Body::Fetch {
-        user: maildrop.user.clone(),
-        id,
-    };
-    match remote(&peers(&context.cluster), member_addr(context, node), &body).await {
-        Some(Body::Fetched { message }) => Some(message),
-        _ => None,
-    }
+/// The holders of a message in the order to read from: this node, then by load heard.
+fn read_order(context: &NodeContext, holders: &[NodeId]) -> Vec<NodeId> {
+    let me = context.cluster.me.id;
+    let peers = peers(&context.cluster);
+    let mut order = holders.to_vec();
+    order.sort_by_key(|&node| {
+        if node == me {
+            (0, 0)
+        } else {
+            (1, peers.heard_load(node).map_or(u32::MAX, |h| h.load))
+        }
+    });
+    order
 }
 
-/// Deletes the messages at `indices`, each on the node that holds it.
+/// The message at `index` of the maildrop, from the first holder that answers.
+pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> Option<Vec<u8>> {
+    let message = maildrop.messages.get(index)?;
+    for node in read_order(context, &message.holders) {
+        if node == context.cluster.me.id {
+            if let Ok(body) = context.router.fetch(&maildrop.user, message.id).await {
+                return Some(body);
+            }
+            continue;
+        }
+        let body = Body::Fetch {
+            user: maildrop.user.clone(),
+            id: message.id,
+        };
+        if let Some(Body::Fetched { message }) =
+            remote(&peers(&context.cluster), member_addr(context, node), &body).await
+        {
+            return Some(message);
+        }
+    }
+    None
+}
+
+/// Deletes the messages at `indices` on every node that holds them. Each holder's tombstone
+/// also goes to the message's replicas that did not answer, once they are back.
 pub async fn delete(
     context: &NodeContext,
     maildrop: &Maildrop,
@@ -371,12 +475,15 @@ pub async fn delete(
 ) -> Result<(), StoreError> {
     let mut by_node: std::collections::BTreeMap<NodeId, Vec<u128>> = Default::default();
     for &index in indices {
-        if let Some(&(id, _, node)) = maildrop.messages.get(index) {
-            by_node.entry(node).or_default().push(id);
+        if let Some(message) = maildrop.messages.get(index) {
+            for &node in &message.holders {
+                by_node.entry(node).or_default().push(message.id);
+            }
         }
     }
     let peers = peers(&context.cluster);
-    let mut result = Ok(());
+    let mut failure = None;
+    let mut deleted_on = Vec::new();
     for (node, ids) in by_node {
         let outcome = if node == context.cluster.me.id {
             context.router.delete(&maildrop.user, ids).await
@@ -391,11 +498,23 @@ pub async fn delete(
                 _ => Err(StoreError::Failed),
             }
         };
-        if outcome.is_err() {
-            result = outcome;
+        match outcome {
+            Ok(()) => deleted_on.push(node),
+            Err(error) => failure = Some(error),
         }
     }
-    result
+    // Done when every message has a durable tombstone on at least one of its holders: that
+    // holder replicates it to the others.
+    let all_deleted = indices.iter().all(|&index| {
+        maildrop
+            .messages
+            .get(index)
+            .is_none_or(|m| m.holders.iter().any(|h| deleted_on.contains(h)))
+    });
+    match failure {
+        Some(error) if !all_deleted => Err(error),
+        _ => Ok(()),
+    }
 }
 
 /// Releases the maildrop's lock.

@@ -10,9 +10,13 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use porcupine_engine::{EngineError, Placement, Shard};
+use porcupine_engine::{DeleteOutcome, EngineError, Placement, Shard, Stamp};
 
+use super::replicas::CoreReplication;
 use super::users;
+use super::NodeContext;
+use crate::membership::NodeId;
+use crate::replication::Update;
 
 /// What a storage request can fail with, as a protocol needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +25,8 @@ pub enum StoreError {
     NoSpace,
     /// Any other failure: SMTP 451, POP3 -ERR [SYS/TEMP].
     Failed,
+    /// A replica could not take the message in time: placed again by the proxy, else 451.
+    Unavailable,
 }
 
 impl From<&EngineError> for StoreError {
@@ -71,17 +77,32 @@ pub struct ShardReport {
     pub ack_p50_us: u64,
     pub ack_p99_us: u64,
     pub ack_p999_us: u64,
+    /// Replicated updates here not yet acknowledged by every replica.
+    pub pending_updates: usize,
 }
 
 type Reply<T> = flume::Sender<T>;
 
 /// A request to the core that owns `user`'s shard.
 pub enum Request {
+    /// Store a message here and coordinate its replication to `replicas` (this node first;
+    /// empty or this node alone: not replicated).
     Deliver {
         user: String,
         id: u128,
         message: Arc<Vec<u8>>,
+        replicas: Vec<NodeId>,
         reply: Reply<Result<(), StoreError>>,
+    },
+    /// A replicated update pushed by another node.
+    Replicate {
+        update: Update,
+        message: Option<Vec<u8>>,
+        reply: Reply<Result<(), StoreError>>,
+    },
+    /// Updates the node driving them retired: (user, id, HLC).
+    Retired {
+        entries: Vec<(String, u128, u64)>,
     },
     UserExists {
         user: String,
@@ -102,9 +123,9 @@ pub enum Request {
     FragmentUsers {
         reply: Reply<Vec<String>>,
     },
-    /// Every profile on this core's shards.
+    /// Every profile on this core's shards, with the timestamp of its update.
     Profiles {
-        reply: Reply<Vec<(String, Vec<u8>)>>,
+        reply: Reply<Vec<(String, u64, Vec<u8>)>>,
     },
     Unlock {
         user: String,
@@ -120,12 +141,13 @@ pub enum Request {
         ids: Vec<u128>,
         reply: Reply<Result<(), StoreError>>,
     },
+    /// Store a profile: made here (`stamp` `None`) or on another node; the newest wins.
+    /// The answer is the stored update's timestamp (`None`: the profile here was newer).
     PutProfile {
         user: String,
         profile: Arc<Vec<u8>>,
-        /// Only if the user has no profile here yet (filling in from another node).
-        only_if_missing: bool,
-        reply: Reply<Result<(), StoreError>>,
+        stamp: Option<Stamp>,
+        reply: Reply<Result<Option<u64>, StoreError>>,
     },
     ListUsers {
         reply: Reply<Vec<String>>,
@@ -171,21 +193,56 @@ impl Router {
         rx.recv_async().await.ok()
     }
 
+    /// Stores a message here, replicated to `replicas` (this node first) if there are others.
     pub async fn deliver(
         &self,
         user: &str,
         id: u128,
         message: Arc<Vec<u8>>,
+        replicas: Vec<NodeId>,
     ) -> Result<(), StoreError> {
         let user = user.to_owned();
         self.ask(self.core_of(&user), |reply| Request::Deliver {
             user,
             id,
             message,
+            replicas,
             reply,
         })
         .await
         .unwrap_or(Err(StoreError::Failed))
+    }
+
+    /// Applies an update pushed by the node driving it.
+    pub async fn replicate(
+        &self,
+        update: Update,
+        message: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let core = self.core_of(&update.user);
+        self.ask(core, |reply| Request::Replicate {
+            update,
+            message,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
+    }
+
+    /// Retires updates that the node driving them retired.
+    pub fn retired(&self, entries: Vec<(String, u128, u64)>) {
+        let mut by_core: HashMap<usize, Vec<(String, u128, u64)>> = HashMap::new();
+        for entry in entries {
+            by_core
+                .entry(self.core_of(&entry.0))
+                .or_default()
+                .push(entry);
+        }
+        for (core, entries) in by_core {
+            if let Some(sender) = self.cores.get(core) {
+                let _ = sender.send(Request::Retired { entries });
+            }
+        }
     }
 
     pub async fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
@@ -231,8 +288,8 @@ impl Router {
         users
     }
 
-    /// Every profile on this node.
-    pub async fn profiles(&self) -> Vec<(String, Vec<u8>)> {
+    /// Every profile on this node, with the timestamp of its update.
+    pub async fn profiles(&self) -> Vec<(String, u64, Vec<u8>)> {
         let mut profiles = Vec::new();
         for core in 0..self.cores.len() {
             profiles.extend(
@@ -274,17 +331,19 @@ impl Router {
         .unwrap_or(Err(StoreError::Failed))
     }
 
+    /// Stores a profile made here (`stamp` `None`) or elsewhere; the newest update wins.
+    /// Returns the stored update's timestamp, `None` if the profile here was newer.
     pub async fn put_profile(
         &self,
         user: &str,
         profile: Arc<Vec<u8>>,
-        only_if_missing: bool,
-    ) -> Result<(), StoreError> {
+        stamp: Option<Stamp>,
+    ) -> Result<Option<u64>, StoreError> {
         let user = user.to_owned();
         self.ask(self.core_of(&user), |reply| Request::PutProfile {
             user,
             profile,
-            only_if_missing,
+            stamp,
             reply,
         })
         .await
@@ -337,13 +396,20 @@ pub struct CoreService {
     verified: RefCell<HashMap<String, u64>>,
     /// Secret key of those hashes, fresh per process.
     verified_key: u64,
+    replication: Rc<CoreReplication>,
 }
 
 /// Entries kept in the verified-credentials cache before it is cleared.
 const VERIFIED_CACHE_MAX: usize = 1 << 20;
 
 impl CoreService {
-    pub fn new(core: usize, placement: Placement, shards: HashMap<usize, Shard>) -> Rc<Self> {
+    pub fn new(
+        core: usize,
+        placement: Placement,
+        shards: HashMap<usize, Shard>,
+        context: Arc<NodeContext>,
+    ) -> Rc<Self> {
+        let replication = CoreReplication::new(context, placement.clone(), shards.clone());
         Rc::new(Self {
             core,
             placement,
@@ -351,7 +417,13 @@ impl CoreService {
             locked: RefCell::new(HashSet::new()),
             verified: RefCell::new(HashMap::new()),
             verified_key: rand::random(),
+            replication,
         })
+    }
+
+    /// This core's replication edge (its timer task runs beside the service).
+    pub fn replication(&self) -> Rc<CoreReplication> {
+        self.replication.clone()
     }
 
     fn shard(&self, user: &str) -> Option<&Shard> {
@@ -381,21 +453,23 @@ impl CoreService {
                 user,
                 id,
                 message,
+                replicas,
                 reply,
             } => {
-                let result = match self.shard(&user) {
-                    Some(shard) => shard
-                        .append_message(&user, id, &message, 0)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| {
-                            tracing::warn!(%user, error = %e, "delivery failed");
-                            StoreError::from(&e)
-                        }),
-                    None => Err(StoreError::Failed),
-                };
+                let result = self
+                    .replication
+                    .coordinate_put(&user, id, message, &replicas)
+                    .await;
                 let _ = reply.send(result);
             }
+            Request::Replicate {
+                update,
+                message,
+                reply,
+            } => {
+                let _ = reply.send(self.replication.apply(update, message).await);
+            }
+            Request::Retired { entries } => self.replication.retired(entries).await,
             Request::UserExists { user, reply } => {
                 let _ = reply.send(
                     self.shard(&user)
@@ -431,8 +505,11 @@ impl CoreService {
                 let mut profiles = Vec::new();
                 for shard in self.shards.values() {
                     for user in shard.users() {
+                        let Some(hlc) = shard.profile_hlc(&user) else {
+                            continue;
+                        };
                         if let Ok(Some(profile)) = shard.read_profile(&user).await {
-                            profiles.push((user, profile));
+                            profiles.push((user, hlc, profile));
                         }
                     }
                 }
@@ -466,15 +543,18 @@ impl CoreService {
                             .map(|id| {
                                 let (shard, user) = (shard.clone(), user.clone());
                                 glommio::spawn_local(async move {
-                                    shard.delete_message(&user, id).await
+                                    (id, shard.delete_replicated(&user, id, None).await)
                                 })
                             })
                             .collect();
                         let mut result = Ok(());
                         for task in tasks {
                             match task.await {
-                                Ok(()) | Err(EngineError::NotFound) => {}
-                                Err(e) => result = Err(StoreError::from(&e)),
+                                (id, Ok(DeleteOutcome::Deleted(tomb))) => {
+                                    self.replication.deleted(&user, id, tomb);
+                                }
+                                (_, Ok(_)) | (_, Err(EngineError::NotFound)) => {}
+                                (_, Err(e)) => result = Err(StoreError::from(&e)),
                             }
                         }
                         result
@@ -486,17 +566,20 @@ impl CoreService {
             Request::PutProfile {
                 user,
                 profile,
-                only_if_missing,
+                stamp,
                 reply,
             } => {
                 let result = match self.shard(&user) {
-                    Some(shard) if only_if_missing && shard.has_profile(&user) => Ok(()),
                     Some(shard) => shard
-                        .put_profile(&user, &profile)
+                        .put_profile_stamped(&user, &profile, stamp)
                         .await
                         .map_err(|e| StoreError::from(&e)),
                     None => Err(StoreError::Failed),
                 };
+                if result.is_ok() {
+                    // A changed password must be verified again.
+                    self.verified.borrow_mut().remove(&user);
+                }
                 let _ = reply.send(result);
             }
             Request::ListUsers { reply } => {
@@ -590,6 +673,7 @@ impl CoreService {
                     ack_p50_us: m.ack_micros.p50,
                     ack_p99_us: m.ack_micros.p99,
                     ack_p999_us: m.ack_micros.p999,
+                    pending_updates: shard.pending_count(),
                 }
             })
             .collect();

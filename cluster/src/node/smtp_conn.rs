@@ -154,7 +154,7 @@ async fn deliver(
         match task.await {
             Ok(()) => add(&context.metrics.recipients_delivered, 1),
             Err(StoreError::NoSpace) => outcome = DeliveryOutcome::NoSpace,
-            Err(StoreError::Failed) => {
+            Err(StoreError::Failed | StoreError::Unavailable) => {
                 if outcome != DeliveryOutcome::NoSpace {
                     outcome = DeliveryOutcome::Failed;
                 }

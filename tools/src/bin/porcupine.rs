@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use porcupine_cluster::node::replicas::AckPolicy;
 use porcupine_cluster::node::{self, NodeConfig};
 use porcupine_tools::admin_client;
 
@@ -71,6 +72,14 @@ enum UserCommand {
 }
 
 /// `serve`'s flags; each may also come from the TOML file given by `--config` (flags win).
+/// `--ack`: when a delivery is acknowledged.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AckArg {
+    All,
+    Coordinator,
+}
+
 #[derive(clap::Args, Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ServeArgs {
@@ -106,9 +115,18 @@ struct ServeArgs {
     #[arg(long = "domain")]
     #[serde(default)]
     domain: Vec<String>,
-    /// Replication factor (accepted; 1 on a single node until issue 6)
+    /// Nodes each message is stored on, capped by the live node count (with a warning)
+    /// [default: 2; a lone node stores one copy]
     #[arg(long)]
     replicas: Option<u32>,
+    /// When a delivery gets its 250: `all` (every chosen replica has the message durably) or
+    /// `coordinator` (the first replica has it; the others follow) [default: all]
+    #[arg(long)]
+    ack: Option<AckArg>,
+    /// Hours a replicated update waits for a replica that is down before it is dropped; a node
+    /// down longer rejoins as a new node [default: 168 (a week)]
+    #[arg(long)]
+    log_retention_h: Option<u64>,
     /// Executors, one per core [default: every core]
     #[arg(long)]
     cores: Option<usize>,
@@ -206,6 +224,8 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
             flags.domain
         },
         replicas: flags.replicas.or(file.replicas),
+        ack: flags.ack.or(file.ack),
+        log_retention_h: flags.log_retention_h.or(file.log_retention_h),
         cores: flags.cores.or(file.cores),
         hostname: flags.hostname.or(file.hostname),
         message_bytes_max: flags.message_bytes_max.or(file.message_bytes_max),
@@ -233,10 +253,16 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if args.imap.is_some() {
         tracing::warn!("--imap is accepted but IMAP is not implemented yet");
     }
-    if args.replicas.is_some_and(|r| r > 1) {
-        tracing::warn!(
-            "--replicas is accepted but mail is not replicated yet (issue 6): each message lives on one node"
+    let replicas = args.replicas.unwrap_or(defaults.replicas as u32) as usize;
+    if replicas == 0 || replicas > porcupine_engine::record::REPLICAS_MAX {
+        bail!(
+            "--replicas must be between 1 and {} (got {replicas})",
+            porcupine_engine::record::REPLICAS_MAX
         );
+    }
+    let retention_h = args.log_retention_h.unwrap_or(7 * 24);
+    if retention_h == 0 {
+        bail!("--log-retention-h must be at least 1");
     }
     let domains: Vec<String> = if args.domain.is_empty() {
         defaults.domains.clone()
@@ -265,6 +291,15 @@ fn serve(flags: ServeArgs) -> Result<()> {
                 .iter()
                 .all(|seed| Some(*seed) == args.cluster.or(Some(defaults.cluster))),
         discard_bodies: args.discard_bodies,
+        replicas,
+        ack_policy: match args.ack.unwrap_or(AckArg::All) {
+            AckArg::All => AckPolicy::AllReplicas,
+            AckArg::Coordinator => AckPolicy::Coordinator,
+        },
+        replication: porcupine_cluster::replication::Settings {
+            retention_ms: retention_h.saturating_mul(3600 * 1000),
+            ..defaults.replication
+        },
         ..defaults
     };
     if config.discard_bodies {

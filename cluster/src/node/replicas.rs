@@ -1,0 +1,480 @@
+//! The replication edge of one core: runs the core's [`Replicator`] against its shards and the
+//! network. It coordinates the puts stored here (first pushes with the body still in memory,
+//! and the ack policy), applies updates pushed by other nodes, replicates tombstones, and on a
+//! timer makes the pushes and retirements the replicator asks for.
+//!
+//! The log is the update log: what is pending lives in the shards' indexes (replica sets in the
+//! put and delete records, retire records), so after a restart the replicator is refilled from
+//! [`porcupine_engine::Shard::pending_updates`] and carries on.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use porcupine_engine::record::user_key;
+use porcupine_engine::{
+    DeleteOutcome, Placement, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind,
+};
+
+use super::cluster_driver::PEER_TIMEOUT;
+use super::cluster_state::peers;
+use super::service::StoreError;
+use super::NodeContext;
+use crate::membership::{Epoch, NodeId};
+use crate::replication::{Action, Replicator, Update};
+use crate::wire::{Body, ReplicaUpdate};
+
+/// When a delivery's 250 may be sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// Once every chosen replica has the message durably (the default).
+    #[default]
+    AllReplicas,
+    /// Once the coordinator has it durably; the other replicas follow in the background.
+    Coordinator,
+}
+
+/// How often the replicator is looked at for due pushes and retirements.
+const TICK: Duration = Duration::from_millis(25);
+
+/// One core's replication: its replicator and what it needs to act.
+pub struct CoreReplication {
+    context: Arc<NodeContext>,
+    placement: Placement,
+    shards: HashMap<usize, Shard>,
+    replicator: RefCell<Replicator>,
+    seen_epoch: Cell<Option<Epoch>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for CoreReplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreReplication")
+            .field("pending", &self.replicator.borrow().pending())
+            .finish()
+    }
+}
+
+fn to_set(nodes: &[NodeId]) -> ReplicaSet {
+    ReplicaSet::new(nodes.iter().map(|&n| n as u32))
+}
+
+impl CoreReplication {
+    /// Creates the edge and loads every update still pending in the shards' logs.
+    pub fn new(
+        context: Arc<NodeContext>,
+        placement: Placement,
+        shards: HashMap<usize, Shard>,
+    ) -> Rc<Self> {
+        let me = context.cluster.me.id;
+        let settings = context.config.replication;
+        let edge = Rc::new(Self {
+            context,
+            placement,
+            shards,
+            replicator: RefCell::new(Replicator::new(me, settings)),
+            seen_epoch: Cell::new(None),
+            started: Instant::now(),
+        });
+        let mut loaded = 0usize;
+        for shard in edge.shards.values() {
+            for pending in shard.pending_updates() {
+                let update = Update {
+                    user: pending.user.to_string(),
+                    id: pending.id,
+                    kind: pending.kind,
+                    hlc: pending.hlc,
+                    origin: NodeId::from(pending.origin),
+                    replicas: pending
+                        .replicas
+                        .as_slice()
+                        .iter()
+                        .map(|&n| NodeId::from(n))
+                        .collect(),
+                };
+                edge.replicator.borrow_mut().add(update, &[], 0);
+                loaded += 1;
+            }
+        }
+        if loaded > 0 {
+            tracing::info!(
+                pending = loaded,
+                "replicated updates still pending in the log"
+            );
+        }
+        edge
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn shard(&self, user: &str) -> Option<&Shard> {
+        self.shards.get(&self.placement.shard_of(user))
+    }
+
+    /// Updates pending on this core.
+    pub fn pending(&self) -> usize {
+        self.replicator.borrow().pending()
+    }
+
+    /// Tells the replicator the live members if the view changed since it last looked.
+    fn sync_view(&self) {
+        let view = self.context.cluster.view.load();
+        if self.seen_epoch.get() == Some(view.epoch) {
+            return;
+        }
+        self.seen_epoch.set(Some(view.epoch));
+        let live: Vec<NodeId> = view.members.iter().map(|m| m.id).collect();
+        let now = self.now();
+        self.replicator.borrow_mut().view_changed(&live, now);
+    }
+
+    /// Stores a message delivered here and coordinates its replication to `replicas` (this
+    /// node first). Under [`AckPolicy::AllReplicas`] it returns only once every replica holds
+    /// the message durably; a replica that cannot take it makes it `Unavailable` (the proxy
+    /// then places the message again, under the same id).
+    pub async fn coordinate_put(
+        self: &Rc<Self>,
+        user: &str,
+        id: u128,
+        message: Arc<Vec<u8>>,
+        replicas: &[NodeId],
+    ) -> Result<(), StoreError> {
+        let shard = self.shard(user).ok_or(StoreError::Failed)?;
+        let set = if replicas.len() > 1 {
+            to_set(replicas)
+        } else {
+            ReplicaSet::NONE
+        };
+        let load = &self.context.cluster.load;
+        load.fetch_add(1, Ordering::Relaxed);
+        let stored = shard.put_message(user, id, &message, 0, set, None).await;
+        load.fetch_sub(1, Ordering::Relaxed);
+        let (entry, fresh) = match stored {
+            Ok(PutOutcome::Stored(entry)) => (entry, true),
+            Ok(PutOutcome::AlreadyHere(entry)) => (entry, false),
+            // Deleted already: this is a retry of a message its owner has read and deleted.
+            Ok(PutOutcome::Deleted) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(%user, %error, "delivery failed");
+                return Err(StoreError::from(&error));
+            }
+        };
+        if !set.is_replicated() {
+            return Ok(());
+        }
+        let update = Update {
+            user: user.to_owned(),
+            id,
+            kind: UpdateKind::Put,
+            hlc: entry.hlc,
+            origin: NodeId::from(entry.origin),
+            replicas: replicas.to_vec(),
+        };
+        self.sync_view();
+        let pushes: Vec<NodeId> = if fresh {
+            let actions = self
+                .replicator
+                .borrow_mut()
+                .add(update.clone(), &[], self.now());
+            actions
+                .into_iter()
+                .filter_map(|action| match action {
+                    Action::Push { to, .. } => Some(to),
+                    Action::Retire { .. } => None,
+                })
+                .collect()
+        } else {
+            // A retry: the message is here from an earlier attempt (perhaps with another
+            // replica set); this attempt's replicas get it directly.
+            let me = self.context.cluster.me.id;
+            replicas.iter().copied().filter(|&n| n != me).collect()
+        };
+        let expected = replicas.len() - 1;
+        let tasks: Vec<_> = pushes
+            .into_iter()
+            .map(|to| {
+                let (edge, update, message) = (self.clone(), update.clone(), message.clone());
+                glommio::spawn_local(async move { edge.push(to, update, Some(message)).await })
+            })
+            .collect();
+        if self.context.config.ack_policy == AckPolicy::Coordinator {
+            for task in tasks {
+                task.detach();
+            }
+            return Ok(());
+        }
+        let mut held = 0;
+        for task in tasks {
+            if task.await {
+                held += 1;
+            }
+        }
+        if held == expected {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    /// Pushes one update to `to` (reading the body from the log unless given); feeds the
+    /// answer back to the replicator. Returns whether `to` holds it.
+    async fn push(self: Rc<Self>, to: NodeId, update: Update, body: Option<Arc<Vec<u8>>>) -> bool {
+        let held = self.push_once(to, &update, body).await;
+        let now = self.now();
+        let actions = {
+            let mut replicator = self.replicator.borrow_mut();
+            if held {
+                replicator.acked(&update.user, update.id, update.hlc, to, now)
+            } else {
+                replicator.failed(&update.user, update.id, to, now);
+                Vec::new()
+            }
+        };
+        self.execute(actions);
+        held
+    }
+
+    async fn push_once(&self, to: NodeId, update: &Update, body: Option<Arc<Vec<u8>>>) -> bool {
+        let Some(addr) = self
+            .context
+            .cluster
+            .view
+            .load()
+            .member(to)
+            .map(|m| m.addr.clone())
+        else {
+            return false;
+        };
+        let carried = match update.kind {
+            UpdateKind::Delete => ReplicaUpdate::Delete,
+            UpdateKind::Put => {
+                let message = match body {
+                    Some(body) => body.to_vec(),
+                    None => {
+                        let Some(shard) = self.shard(&update.user) else {
+                            return false;
+                        };
+                        match shard.read_message(&update.user, update.id).await {
+                            Ok(record) => record.body().to_vec(),
+                            Err(error) => {
+                                tracing::warn!(user = %update.user, %error, "cannot read a pending message to push it");
+                                return false;
+                            }
+                        }
+                    }
+                };
+                ReplicaUpdate::Put { message }
+            }
+        };
+        let body = Body::Replicate {
+            user: update.user.clone(),
+            id: update.id,
+            hlc: update.hlc,
+            origin: update.origin,
+            replicas: update.replicas.clone(),
+            update: carried,
+        };
+        matches!(
+            peers(&self.context.cluster)
+                .request(&addr, &body, PEER_TIMEOUT)
+                .await,
+            Ok(Body::Done)
+        )
+    }
+
+    /// Carries out what the replicator decided: pushes run as tasks; retirements of one round
+    /// go to the log together and to the other replicas in one notice per node.
+    fn execute(self: &Rc<Self>, actions: Vec<Action>) {
+        let mut retiring = Vec::new();
+        for action in actions {
+            match action {
+                Action::Push { to, update } => {
+                    glommio::spawn_local(self.clone().push(to, update, None)).detach();
+                }
+                Action::Retire { update, notify } => retiring.push((update, notify)),
+            }
+        }
+        if !retiring.is_empty() {
+            glommio::spawn_local(self.clone().retire(retiring)).detach();
+        }
+    }
+
+    async fn retire(self: Rc<Self>, retiring: Vec<(Update, Vec<NodeId>)>) {
+        let mut by_shard: BTreeMap<usize, Vec<Retired>> = BTreeMap::new();
+        let mut notices: BTreeMap<NodeId, Vec<(String, u128, u64)>> = BTreeMap::new();
+        for (update, notify) in retiring {
+            by_shard
+                .entry(self.placement.shard_of(&update.user))
+                .or_default()
+                .push(Retired {
+                    user_key: user_key(&update.user),
+                    message_id: update.id,
+                    hlc: update.hlc,
+                });
+            for node in notify {
+                notices
+                    .entry(node)
+                    .or_default()
+                    .push((update.user.clone(), update.id, update.hlc));
+            }
+        }
+        for (index, entries) in by_shard {
+            if let Some(shard) = self.shards.get(&index) {
+                if let Err(error) = shard.retire(&entries).await {
+                    // Not retired on disk: after a restart they are pushed again (harmless).
+                    tracing::warn!(shard = shard.name(), %error, "cannot write retirements");
+                }
+            }
+        }
+        let view = self.context.cluster.view.load_full();
+        let peers = peers(&self.context.cluster);
+        for (node, entries) in notices {
+            if let Some(member) = view.member(node) {
+                peers.send(&member.addr, &Body::Retired { entries });
+            }
+        }
+    }
+
+    /// Applies an update pushed by the node driving it; `Ok` once it (or a newer update of the
+    /// message) is durable here.
+    pub async fn apply(
+        self: &Rc<Self>,
+        update: Update,
+        message: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let shard = self.shard(&update.user).ok_or(StoreError::Failed)?;
+        let stamp = Stamp {
+            hlc: update.hlc,
+            origin: update.origin as u32,
+        };
+        let set = to_set(&update.replicas);
+        let shared = &self.context.cluster;
+        let applied = match (update.kind, message) {
+            (UpdateKind::Put, Some(message)) => {
+                let known_before = shard.has_messages(&update.user);
+                let snapshots = shared.snapshots.load(Ordering::SeqCst);
+                let epoch = shared.view.load().epoch;
+                shared.load.fetch_add(1, Ordering::Relaxed);
+                let stored = shard
+                    .put_message(&update.user, update.id, &message, 0, set, Some(stamp))
+                    .await;
+                shared.load.fetch_sub(1, Ordering::Relaxed);
+                match stored {
+                    Ok(PutOutcome::Stored(_)) => {
+                        let unknown = !known_before
+                            || shared.snapshots.load(Ordering::SeqCst) != snapshots
+                            || shared.view.load().epoch != epoch;
+                        if unknown && shared.clustered() {
+                            // The user's manager may not know this node holds mail of theirs.
+                            let (context, user) = (self.context.clone(), update.user.clone());
+                            glommio::spawn_local(async move {
+                                super::proxy::note(&context, &user).await;
+                            })
+                            .detach();
+                        }
+                        true
+                    }
+                    Ok(PutOutcome::AlreadyHere(_) | PutOutcome::Deleted) => false,
+                    Err(error) => return Err(StoreError::from(&error)),
+                }
+            }
+            (UpdateKind::Put, None) => return Err(StoreError::Failed),
+            (UpdateKind::Delete, _) => {
+                match shard
+                    .delete_replicated(&update.user, update.id, Some((stamp, set)))
+                    .await
+                {
+                    Ok(DeleteOutcome::Deleted(_)) => true,
+                    Ok(DeleteOutcome::AlreadyDeleted | DeleteOutcome::NotFound) => false,
+                    Err(error) => return Err(StoreError::from(&error)),
+                }
+            }
+        };
+        if applied {
+            self.sync_view();
+            let origin = update.origin;
+            let actions = self
+                .replicator
+                .borrow_mut()
+                .add(update, &[origin], self.now());
+            self.execute(actions);
+        }
+        Ok(())
+    }
+
+    /// A tombstone made here: it goes to the message's other replicas.
+    pub fn deleted(self: &Rc<Self>, user: &str, id: u128, tomb: porcupine_engine::Tomb) {
+        if !tomb.replicas.is_replicated() {
+            return;
+        }
+        let update = Update {
+            user: user.to_owned(),
+            id,
+            kind: UpdateKind::Delete,
+            hlc: tomb.hlc,
+            origin: NodeId::from(tomb.origin),
+            replicas: tomb
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|&n| NodeId::from(n))
+                .collect(),
+        };
+        self.sync_view();
+        let actions = self.replicator.borrow_mut().add(update, &[], self.now());
+        self.execute(actions);
+    }
+
+    /// The node driving these updates retired them: they are retired here too.
+    pub async fn retired(self: &Rc<Self>, entries: Vec<(String, u128, u64)>) {
+        let retiring: Vec<(Update, Vec<NodeId>)> = {
+            let mut replicator = self.replicator.borrow_mut();
+            entries
+                .into_iter()
+                .filter(|(user, id, hlc)| replicator.retired(user, *id, *hlc))
+                .map(|(user, id, hlc)| {
+                    (
+                        Update {
+                            user,
+                            id,
+                            kind: UpdateKind::Put,
+                            hlc,
+                            origin: 0,
+                            replicas: Vec::new(),
+                        },
+                        Vec::new(),
+                    )
+                })
+                .collect()
+        };
+        if !retiring.is_empty() {
+            self.clone().retire(retiring).await;
+        }
+    }
+
+    /// Makes due pushes and retirements until the node stops.
+    pub async fn run(self: Rc<Self>, stop: flume::Receiver<()>) {
+        loop {
+            let sleeping = async {
+                glommio::timer::sleep(TICK).await;
+                true
+            };
+            let stopping = async {
+                let _ = stop.recv_async().await;
+                false
+            };
+            if !futures_lite::future::or(sleeping, stopping).await {
+                return;
+            }
+            self.sync_view();
+            let now = self.now();
+            let actions = self.replicator.borrow_mut().tick(now);
+            self.execute(actions);
+        }
+    }
+}
