@@ -30,12 +30,13 @@ impl Manager {
         }
     }
 
-    /// A new membership: the map is rebuilt from reports; locks of departed nodes are released.
+    /// A new membership: the map and the maildrop locks are rebuilt from the members' reports
+    /// (so a lock follows its bucket to a new manager, and locks of departed nodes are gone).
+    /// Until every member has reported, no lock is granted.
     pub fn install(&mut self, view: &View) {
         self.mail_map.clear();
         self.reported.clear();
-        self.locks
-            .retain(|_, (node, _)| view.members.iter().any(|m| m.id == *node));
+        self.locks.clear();
         self.view = Some(view.clone());
     }
 
@@ -75,9 +76,19 @@ impl Manager {
     /// Answers one request; `load_of` gives the last load heard from a node.
     pub fn handle(&mut self, body: Body, load_of: impl Fn(NodeId) -> u32) -> Body {
         match body {
-            Body::Fragments { epoch, node, users } => {
+            Body::Fragments {
+                epoch,
+                node,
+                users,
+                locks,
+            } => {
                 match self.epoch() {
                     Some(mine) if mine == epoch => {
+                        for (user, owner) in locks {
+                            if self.manages(&user) {
+                                self.locks.insert(user, owner);
+                            }
+                        }
                         for user in users {
                             if self.manages(&user) {
                                 let nodes = self.mail_map.entry(user).or_default();
@@ -244,6 +255,7 @@ mod tests {
                     epoch: v.epoch,
                     node,
                     users: vec![],
+                    locks: vec![],
                 },
                 |_| 0,
             );
@@ -254,6 +266,7 @@ mod tests {
                 epoch: v.epoch,
                 node: 3,
                 users: vec!["a@x".into()],
+                locks: vec![],
             },
             |_| 0,
         );
@@ -294,6 +307,7 @@ mod tests {
                 epoch: v.epoch,
                 node: 1,
                 users: vec![],
+                locks: vec![],
             },
             |_| 0,
         );

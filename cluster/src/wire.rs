@@ -261,11 +261,13 @@ pub enum Body {
     Profiles {
         profiles: Vec<(String, u64, Vec<u8>)>,
     },
-    /// After a commit: the users this node holds fragments for, in buckets the receiver manages.
+    /// After a commit: the users this node holds fragments for, and the maildrops its POP
+    /// sessions hold locked (user, lock owner), in buckets the receiver manages.
     Fragments {
         epoch: membership::Epoch,
         node: u64,
         users: Vec<String>,
+        locks: Vec<(String, (u64, u64))>,
     },
     /// Manager: a message for `user` was stored on `node` (outside a placement it made).
     Noted {

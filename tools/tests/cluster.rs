@@ -6,92 +6,15 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, python, Node, PASSWORD};
+use common::cluster::{start_member, status, wait_members, Ports};
+use common::{python, Node, PASSWORD};
 
 const USERS: u64 = 60;
 
-struct Ports {
-    smtp: u16,
-    pop3: u16,
-    admin: u16,
-    cluster: u16,
-}
-
 fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
-    let ip = format!("127.0.0.{}", 10 + n);
-    let cluster = format!("{ip}:{}", ports.cluster);
-    let seeds = format!("127.0.0.11:{0},127.0.0.12:{0}", ports.cluster);
-    Node::start_in(
-        None,
-        &dir.join(format!("node{n}")),
-        &ip,
-        ports.smtp,
-        ports.pop3,
-        ports.admin,
-        &["--cluster", &cluster, "--join", &seeds],
-    )
-}
-
-fn status(node: &Node) -> serde_json::Value {
-    let out = std::process::Command::new(common::binary())
-        .args(["status", "--json", "--admin", &node.admin_addr()])
-        .output()
-        .expect("porcupine status");
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-fn member_count(node: &Node) -> usize {
-    status(node)["members"].as_array().map_or(0, Vec::len)
-}
-
-/// Waits until every node in `nodes` sees exactly `count` members; returns how long it took.
-fn wait_members(nodes: &[&Node], count: usize) -> Duration {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(30);
-    while nodes.iter().any(|n| member_count(n) != count) {
-        assert!(
-            Instant::now() < deadline,
-            "nodes did not converge on {count} members: {:?}",
-            nodes
-                .iter()
-                .map(|n| status(n)["members"].clone())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = started.elapsed();
-    wait_settled(nodes, count);
-    took
-}
-
-/// Waits until the nodes have shared one epoch of `count` members for half a second (a node
-/// that was slow to answer a ping on a loaded machine may be dropped and merged back).
-fn wait_settled(nodes: &[&Node], count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut since: Option<(serde_json::Value, Instant)> = None;
-    loop {
-        let views: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
-        let epoch = views[0]["epoch"].clone();
-        let agreed = views
-            .iter()
-            .all(|v| v["epoch"] == epoch && v["members"].as_array().map_or(0, Vec::len) == count);
-        match (&since, agreed) {
-            (Some((e, at)), true) if *e == epoch => {
-                if at.elapsed() >= Duration::from_millis(500) {
-                    return;
-                }
-            }
-            (_, true) => since = Some((epoch, Instant::now())),
-            (_, false) => since = None,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "membership did not settle: {views:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    start_member(dir, "127.0.0", 10, n, ports, &[])
 }
 
 fn deliver(node: &Node, tag: &str) {
@@ -128,12 +51,7 @@ fn check(node: &Node, tags: &[&str]) {
 fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().to_path_buf();
-    let ports = Ports {
-        smtp: free_port(),
-        pop3: free_port(),
-        admin: free_port(),
-        cluster: free_port(),
-    };
+    let ports = Ports::free();
     let n1 = start(&dir, 1, &ports);
     let n2 = start(&dir, 2, &ports);
     let n3 = start(&dir, 3, &ports);
@@ -299,12 +217,7 @@ fn a_partitioned_node_is_dropped_and_merges_back_when_the_network_heals() {
         return;
     };
     let temp = tempfile::tempdir().unwrap();
-    let ports = Ports {
-        smtp: free_port(),
-        pop3: free_port(),
-        admin: free_port(),
-        cluster: free_port(),
-    };
+    let ports = Ports::free();
     let seeds = format!("{}:{2},{}:{2}", net.ip(1), net.ip(2), ports.cluster);
     let start = |n: usize| {
         let cluster = format!("{}:{}", net.ip(n), ports.cluster);

@@ -149,12 +149,20 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
             list.push(user);
         }
     }
+    let mut locks_by_manager: BTreeMap<NodeId, Vec<(String, (u64, u64))>> = BTreeMap::new();
+    for (user, owner) in shared.maildrop_locks() {
+        locks_by_manager
+            .entry(view.map.manager_of(&user))
+            .or_default()
+            .push((user, owner));
+    }
     let mut reports = Vec::new();
     for (manager, users) in by_manager {
         let context = context.clone();
         let view = view.clone();
+        let locks = locks_by_manager.remove(&manager).unwrap_or_default();
         reports.push(glommio::spawn_local(async move {
-            report(&context, &view, manager, users).await;
+            report(&context, &view, manager, users, locks).await;
         }));
     }
     for task in reports {
@@ -192,12 +200,19 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
 }
 
 /// Reports `users` to `manager`, retrying until it takes them or a newer view replaces `view`.
-async fn report(context: &NodeContext, view: &View, manager: NodeId, users: Vec<String>) {
+async fn report(
+    context: &NodeContext,
+    view: &View,
+    manager: NodeId,
+    users: Vec<String>,
+    locks: Vec<(String, (u64, u64))>,
+) {
     let shared = &context.cluster;
     let body = Body::Fragments {
         epoch: view.epoch,
         node: shared.me.id,
         users,
+        locks,
     };
     loop {
         if shared.view.load().epoch != view.epoch {

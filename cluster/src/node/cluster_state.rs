@@ -37,6 +37,10 @@ pub struct ClusterShared {
     /// Bumped each time this node snapshots its fragment users for the managers: a store that
     /// spans a snapshot may be missing from it and is noted to the manager separately.
     pub snapshots: AtomicU64,
+    /// Maildrops locked by this node's POP sessions: user → lock owner. Reported to the bucket
+    /// managers after every membership change, so a lock follows its bucket. Touched once per
+    /// POP session, never per message.
+    pub open_maildrops: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 impl ClusterShared {
@@ -57,12 +61,35 @@ impl ClusterShared {
             core_zero,
             next_session: AtomicU64::new(1),
             snapshots: AtomicU64::new(0),
+            open_maildrops: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
     /// Whether other nodes are in the view (else everything is local, as on a lone node).
     pub fn clustered(&self) -> bool {
         self.view.load().members.len() > 1
+    }
+
+    /// Remembers (`Some`) or forgets (`None`) a maildrop lock held by a session here.
+    pub fn note_maildrop(&self, user: &str, owner: Option<(u64, u64)>) {
+        if let Ok(mut open) = self.open_maildrops.lock() {
+            match owner {
+                Some(owner) => {
+                    open.insert(user.to_owned(), owner);
+                }
+                None => {
+                    open.remove(user);
+                }
+            }
+        }
+    }
+
+    /// The maildrop locks held by sessions here.
+    pub fn maildrop_locks(&self) -> Vec<(String, (u64, u64))> {
+        self.open_maildrops
+            .lock()
+            .map(|open| open.iter().map(|(u, o)| (u.clone(), *o)).collect())
+            .unwrap_or_default()
     }
 
     pub fn session_id(&self) -> u64 {

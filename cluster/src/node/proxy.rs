@@ -318,7 +318,10 @@ pub async fn open(
     let (view, fragments) = loop {
         let view = shared.view.load_full();
         match ask_manager(context, &view, user, &lock).await {
-            Some(Body::Locked { fragments }) => break (view, fragments),
+            Some(Body::Locked { fragments }) => {
+                shared.note_maildrop(user, Some(owner));
+                break (view, fragments);
+            }
             Some(Body::Error(Failure::InUse)) => return Err(OpenFailure::InUse),
             _ if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
             _ => glommio::timer::sleep(RETRY_PAUSE).await,
@@ -522,6 +525,7 @@ pub async fn close(context: &NodeContext, maildrop: &Maildrop) {
     match maildrop.cluster_owner {
         None => context.router.unlock(&maildrop.user).await,
         Some(owner) => {
+            context.cluster.note_maildrop(&maildrop.user, None);
             let view = context.cluster.view.load_full();
             let unlock = Body::Unlock {
                 user: maildrop.user.clone(),

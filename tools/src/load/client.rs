@@ -264,7 +264,38 @@ const POP_WINDOW: usize = 32;
 /// Logs in, retrieves every message, deletes them all, quits (the paper's POP session).
 /// Returns the messages retrieved; deletions are committed only if QUIT succeeds. When the
 /// server lists PIPELINING in CAPA (RFC 2449), RETR and DELE go out a window at a time.
-pub async fn pop_session(addr: SocketAddr, user: &str, password: &str) -> Result<Vec<Vec<u8>>> {
+/// A POP session that failed: the error, and if QUIT had been sent, what the session had
+/// retrieved (the server may or may not have deleted it: the client cannot tell).
+#[derive(Debug)]
+pub struct PopFailure {
+    pub error: ClientError,
+    pub after_quit: Option<Vec<Vec<u8>>>,
+}
+
+/// One POP session: retrieve and delete every message, then QUIT.
+pub async fn pop_session(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> std::result::Result<Vec<Vec<u8>>, PopFailure> {
+    let mut messages = Vec::new();
+    let mut quit_sent = false;
+    match pop_session_steps(addr, user, password, &mut messages, &mut quit_sent).await {
+        Ok(()) => Ok(messages),
+        Err(error) => Err(PopFailure {
+            error,
+            after_quit: quit_sent.then_some(messages),
+        }),
+    }
+}
+
+async fn pop_session_steps(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    messages: &mut Vec<Vec<u8>>,
+    quit_sent: &mut bool,
+) -> Result<()> {
     let mut lines = Lines::connect(addr).await?;
     ok(lines.line().await?)?;
     lines.write(b"CAPA\r\n").await?;
@@ -287,7 +318,7 @@ pub async fn pop_session(addr: SocketAddr, user: &str, password: &str) -> Result
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| ClientError::Protocol("bad STAT".into()))?;
     let window = if pipelining { POP_WINDOW } else { 1 };
-    let mut messages = Vec::with_capacity(count);
+    messages.reserve(count);
     let mut commands = Vec::with_capacity(window * 24);
     let mut first = 1;
     while first <= count {
@@ -304,10 +335,11 @@ pub async fn pop_session(addr: SocketAddr, user: &str, password: &str) -> Result
         }
         first = last + 1;
     }
+    *quit_sent = true;
     lines.write(b"QUIT\r\n").await?;
     ok(lines.line().await?)?;
     let _ = lines.stream.close().await;
-    Ok(messages)
+    Ok(())
 }
 
 fn ok(line: Vec<u8>) -> Result<Vec<u8>> {

@@ -9,7 +9,9 @@
 //! Integrity: every acknowledged message is remembered; every message retrieved (during the run
 //! and by the final sweep, which empties every mailbox that got mail) is checked against its
 //! checksum. Lost = acknowledged but never retrieved; duplicated = retrieved twice; corrupt =
-//! checksum mismatch.
+//! checksum mismatch. A POP session that fails after its QUIT was sent (the server died, or
+//! answered -ERR) may or may not have deleted what it retrieved: those messages are
+//! *uncertain*, neither lost if they never show up again nor duplicated if they do.
 
 pub mod client;
 pub mod workload;
@@ -78,6 +80,8 @@ struct ThreadResult {
     pop_latency: Histogram<u64>,
     acked: HashMap<u64, u32>,
     seen: HashMap<u64, u32>,
+    /// Retrieved by sessions whose QUIT may or may not have taken effect.
+    uncertain: HashSet<u64>,
     corrupt: u64,
 }
 
@@ -93,6 +97,7 @@ impl ThreadResult {
             pop_latency: latency_histogram(),
             acked: HashMap::new(),
             seen: HashMap::new(),
+            uncertain: HashSet::new(),
             corrupt: 0,
         }
     }
@@ -118,8 +123,24 @@ impl ThreadResult {
         self.smtp_latency.add(&other.smtp_latency).ok();
         self.pop_latency.add(&other.pop_latency).ok();
         self.acked.extend(other.acked);
+        self.uncertain.extend(other.uncertain);
         for (key, count) in other.seen {
             *self.seen.entry(key).or_default() += count;
+        }
+    }
+
+    /// Records messages of this run retrieved by a session whose QUIT may not have taken
+    /// effect.
+    fn account_uncertain(&mut self, run: &str, messages: &[Vec<u8>]) {
+        for m in messages {
+            if let Checked::Intact(id) | Checked::Corrupt(id) = workload::check(m) {
+                if let Some(key) = id
+                    .strip_prefix(run)
+                    .and_then(|k| u64::from_str_radix(k, 16).ok())
+                {
+                    self.uncertain.insert(key);
+                }
+            }
         }
     }
 
@@ -194,6 +215,10 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub corrupt: u64,
+    /// Messages retrieved by POP sessions that failed after QUIT was sent.
+    pub uncertain: u64,
+    /// Up to 20 lost messages: "<message id> user<n>", to look for them on the servers.
+    pub lost_sample: Vec<String>,
 }
 
 fn user_name(format: &str, n: usize) -> String {
@@ -285,12 +310,23 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         total
             .acked
             .keys()
-            .filter(|k| !total.seen.contains_key(k))
+            .filter(|k| !total.seen.contains_key(k) && !total.uncertain.contains(k))
             .count() as u64
     } else {
         0
     };
     let duplicated = total.seen.values().filter(|&&n| n > 1).count() as u64;
+    let lost_sample = if verified {
+        total
+            .acked
+            .iter()
+            .filter(|(k, _)| !total.seen.contains_key(k) && !total.uncertain.contains(k))
+            .take(20)
+            .map(|(key, user)| format!("{run_id}{key:x} user{user}"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         seconds,
         connections: config.connections,
@@ -312,6 +348,8 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         lost,
         duplicated,
         corrupt: total.corrupt,
+        uncertain: total.uncertain.len() as u64,
+        lost_sample,
     })
 }
 
@@ -420,7 +458,13 @@ async fn worker_loop(
                     r.account(run_id, &messages);
                     progress.pop_sessions.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => result.borrow_mut().error(&e, progress),
+                Err(failure) => {
+                    let mut r = result.borrow_mut();
+                    r.error(&failure.error, progress);
+                    if let Some(messages) = failure.after_quit {
+                        r.account_uncertain(run_id, &messages);
+                    }
+                }
             }
             continue;
         }
@@ -529,7 +573,19 @@ fn sweep(
                             result.account(&run_id, &messages);
                             break;
                         }
-                        Err(e) if attempt == 49 => result.error(&e, &progress),
+                        Err(failure) if attempt == 49 => {
+                            result.error(&failure.error, &progress);
+                            if let Some(messages) = failure.after_quit {
+                                result.account_uncertain(&run_id, &messages);
+                            }
+                            break;
+                        }
+                        Err(failure) if failure.after_quit.is_some() => {
+                            if let Some(messages) = failure.after_quit {
+                                result.account_uncertain(&run_id, &messages);
+                            }
+                            glommio::timer::sleep(Duration::from_millis(20)).await
+                        }
                         Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
                     }
                 }
@@ -618,8 +674,8 @@ pub fn table(report: &Report) -> String {
     if report.verified {
         let _ = writeln!(
             out,
-            "integrity: lost {}, duplicated {}, corrupt {}",
-            report.lost, report.duplicated, report.corrupt
+            "integrity: lost {}, duplicated {}, corrupt {} (uncertain: {} retrieved by sessions cut off after QUIT)",
+            report.lost, report.duplicated, report.corrupt, report.uncertain
         );
     } else {
         let _ = writeln!(

@@ -4,6 +4,8 @@ deliver HOST SMTP_PORT TAG USERS       one message "TAG n" to each of user1..use
 check HOST POP3_PORT PASSWORD USERS TAG...
     every user's maildrop holds exactly one "TAG n" per tag given, nothing else of those
     tags, and every message is byte-exact; nothing is deleted
+empty HOST POP3_PORT PASSWORD USERS
+    every user's maildrop is empty (nothing deleted has come back); nothing is deleted
 """
 import poplib
 import smtplib
@@ -46,8 +48,24 @@ def check(host, port, password, users, tags):
     print(f"check ok {seen}")
 
 
+def empty(host, port, password, users):
+    found = []
+    for n in range(1, int(users) + 1):
+        pop = poplib.POP3(host, int(port), timeout=30)
+        pop.user(f"user{n}@localhost")
+        pop.pass_(password)
+        count, _ = pop.stat()
+        if count:
+            found.append((n, count))
+        pop.quit()
+    assert not found, f"maildrops not empty (user, messages): {found[:20]}"
+    print(f"empty ok {users}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "deliver":
         deliver(*sys.argv[2:6])
+    elif sys.argv[1] == "empty":
+        empty(*sys.argv[2:6])
     else:
         check(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])

@@ -1,0 +1,117 @@
+//! Test clusters of real `porcupine` processes, each node on its own loopback address with the
+//! same ports: starting members, reading their status, waiting for the membership to settle.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{free_port, Node};
+
+/// The ports every node of a test cluster uses (each node has its own address).
+pub struct Ports {
+    pub smtp: u16,
+    pub pop3: u16,
+    pub admin: u16,
+    pub cluster: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports {
+            smtp: free_port(),
+            pop3: free_port(),
+            admin: free_port(),
+            cluster: free_port(),
+        }
+    }
+}
+
+/// Starts member `n` (1, 2, …) at `{net}.{base + n}` in `dir/node{n}`, seeded with members 1
+/// and 2.
+pub fn start_member(
+    dir: &Path,
+    net: &str,
+    base: u8,
+    n: usize,
+    ports: &Ports,
+    extra: &[&str],
+) -> Node {
+    let ip = format!("{net}.{}", usize::from(base) + n);
+    let cluster = format!("{ip}:{}", ports.cluster);
+    let seeds = format!(
+        "{net}.{}:{2},{net}.{}:{2}",
+        base + 1,
+        base + 2,
+        ports.cluster
+    );
+    let mut args = vec!["--cluster", &cluster, "--join", &seeds];
+    args.extend_from_slice(extra);
+    Node::start_in(
+        None,
+        &dir.join(format!("node{n}")),
+        &ip,
+        ports.smtp,
+        ports.pop3,
+        ports.admin,
+        &args,
+    )
+}
+
+pub fn status(node: &Node) -> serde_json::Value {
+    let out = std::process::Command::new(super::binary())
+        .args(["status", "--json", "--admin", &node.admin_addr()])
+        .output()
+        .expect("porcupine status");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn member_count(node: &Node) -> usize {
+    status(node)["members"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits until every node in `nodes` sees exactly `count` members; returns how long it took.
+pub fn wait_members(nodes: &[&Node], count: usize) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    while nodes.iter().any(|n| member_count(n) != count) {
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge on {count} members: {:?}",
+            nodes
+                .iter()
+                .map(|n| status(n)["members"].clone())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    wait_settled(nodes, count);
+    took
+}
+
+/// Waits until the nodes have shared one epoch of `count` members for half a second (a node
+/// that was slow to answer a ping on a loaded machine may be dropped and merged back).
+pub fn wait_settled(nodes: &[&Node], count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut since: Option<(serde_json::Value, Instant)> = None;
+    loop {
+        let views: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
+        let epoch = views[0]["epoch"].clone();
+        let agreed = views
+            .iter()
+            .all(|v| v["epoch"] == epoch && v["members"].as_array().map_or(0, Vec::len) == count);
+        match (&since, agreed) {
+            (Some((e, at)), true) if *e == epoch => {
+                if at.elapsed() >= Duration::from_millis(500) {
+                    return;
+                }
+            }
+            (_, true) => since = Some((epoch, Instant::now())),
+            (_, false) => since = None,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "membership did not settle: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
