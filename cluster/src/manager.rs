@@ -143,7 +143,10 @@ impl Manager {
                     _ => {
                         let fragments = self.live_fragments(&user);
                         self.locks.insert(user, owner);
-                        Body::Locked { fragments }
+                        Body::Locked {
+                            fragments,
+                            epoch: self.epoch().unwrap_or_default(),
+                        }
                     }
                 }
             }

@@ -224,8 +224,11 @@ pub enum Body {
     List {
         user: String,
     },
+    /// `deleted`: the user's messages deleted on this node whose tombstones have not reached
+    /// every replica yet; other replicas' copies of them are not to be shown.
     Listed {
         messages: Vec<(u128, u64)>,
+        deleted: Vec<u128>,
     },
     Fetch {
         user: String,
@@ -235,9 +238,12 @@ pub enum Body {
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
+    /// Delete these messages of the user here; `fragments`: every node the manager knew to hold
+    /// mail of the user, which the tombstones also go to (a copy may be on one of them).
     Delete {
         user: String,
         ids: Vec<u128>,
+        fragments: Vec<u64>,
     },
     /// Manager: check a POP3 login (one verified-credentials cache per user in the cluster).
     Authenticate {
@@ -249,8 +255,12 @@ pub enum Body {
         user: String,
         owner: (u64, u64),
     },
+    /// `epoch`: the manager's membership when it granted the lock (a lock granted in another
+    /// epoch than the session's may have missed the report that carries locks to a new
+    /// manager: the session locks again).
     Locked {
         fragments: Vec<u64>,
+        epoch: membership::Epoch,
     },
     Unlock {
         user: String,

@@ -80,7 +80,17 @@ pub struct Index {
     message_count: u64,
     /// (user key, message id) → the newest pending update of that message.
     pending: HashMap<(u64, u128), PendingUpdate>,
+    /// User → ids of messages whose tombstone is pending (so a listing can leave out copies
+    /// that other replicas still show).
+    pending_tombstones: HashMap<Box<str>, Vec<u128>>,
+    /// Tombstones retired recently (oldest first): a put of such a message still on its way
+    /// (a retried push, a placement retried elsewhere) is refused for a while after.
+    retired_tombstones: std::collections::VecDeque<(u64, u128)>,
+    retired_tombstone_set: std::collections::HashSet<(u64, u128)>,
 }
+
+/// Retired tombstones remembered (in memory only) to refuse late puts.
+const RETIRED_TOMBSTONES_KEPT: usize = 1 << 16;
 
 impl Index {
     pub fn new() -> Self {
@@ -162,10 +172,48 @@ impl Index {
         self.pending.get(&(user_key(user), id))
     }
 
-    /// Whether a tombstone of this message is still pending (so a put of it must not land).
+    /// Whether a tombstone of this message is pending or was retired recently (so a put of it
+    /// must not land).
     pub fn is_tombstoned(&self, user: &str, id: u128) -> bool {
         self.pending(user, id)
             .is_some_and(|p| p.kind == UpdateKind::Delete)
+            || self.retired_tombstone_set.contains(&(user_key(user), id))
+    }
+
+    /// Ids of the user's messages deleted here whose tombstones are still pending.
+    pub fn pending_tombstones(&self, user: &str) -> &[u128] {
+        self.pending_tombstones
+            .get(user)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Users with at least one pending tombstone.
+    pub fn tombstoned_users(&self) -> impl Iterator<Item = &str> {
+        self.pending_tombstones.keys().map(|u| &**u)
+    }
+
+    fn track_tombstone(&mut self, update: &PendingUpdate, pending: bool) {
+        if update.kind != UpdateKind::Delete {
+            return;
+        }
+        if pending {
+            let ids = match self.pending_tombstones.get_mut(&update.user) {
+                Some(ids) => ids,
+                None => self
+                    .pending_tombstones
+                    .entry(update.user.clone())
+                    .or_default(),
+            };
+            if !ids.contains(&update.id) {
+                ids.push(update.id);
+            }
+        } else if let Some(ids) = self.pending_tombstones.get_mut(&update.user) {
+            ids.retain(|id| *id != update.id);
+            if ids.is_empty() {
+                self.pending_tombstones.remove(&update.user);
+            }
+        }
     }
 
     /// Every pending replicated update.
@@ -193,6 +241,7 @@ impl Index {
             },
         };
         if replace {
+            self.track_tombstone(&update, true);
             self.pending.insert(key, update);
         }
     }
@@ -202,7 +251,17 @@ impl Index {
         let key = (retired.user_key, retired.message_id);
         match self.pending.get(&key) {
             Some(p) if p.hlc == retired.hlc => {
-                self.pending.remove(&key);
+                if let Some(update) = self.pending.remove(&key) {
+                    self.track_tombstone(&update, false);
+                    if update.kind == UpdateKind::Delete && self.retired_tombstone_set.insert(key) {
+                        self.retired_tombstones.push_back(key);
+                        if self.retired_tombstones.len() > RETIRED_TOMBSTONES_KEPT {
+                            if let Some(oldest) = self.retired_tombstones.pop_front() {
+                                self.retired_tombstone_set.remove(&oldest);
+                            }
+                        }
+                    }
+                }
                 true
             }
             _ => false,
@@ -409,7 +468,12 @@ mod tests {
         assert!(index.is_tombstoned("a", 1));
         assert!(!index.retire(&retired));
         assert!(index.retire(&Retired { hlc: 9, ..retired }));
-        assert!(!index.is_tombstoned("a", 1));
+        assert!(index.pending("a", 1).is_none());
+        assert!(
+            index.is_tombstoned("a", 1),
+            "remembered for a while after retirement"
+        );
+        assert!(index.pending_tombstones("a").is_empty());
         // Unreplicated updates are never pending.
         index.put("b", entry(3, loc(3, 0)));
         index.delete(

@@ -543,14 +543,16 @@ impl<S: Storage> Shard<S> {
     }
 
     /// Deletes a message with a tombstone that replicates. `pushed` `None`: a delete made here,
-    /// of a message that must be here, replicated to the message's own replica set. `pushed`
-    /// `Some`: a tombstone from another replica, written even if the put never arrived here so
-    /// that a late put cannot land. A replicated tombstone stays pending until retired.
+    /// of a message that must be here, replicated to the message's own replica set and to the
+    /// nodes in `also` (others that may hold a copy), as far as a set holds. `pushed` `Some`: a
+    /// tombstone from another replica, written even if the put never arrived here so that a
+    /// late put cannot land. A replicated tombstone stays pending until retired.
     pub async fn delete_replicated(
         &self,
         user: &str,
         id: u128,
         pushed: Option<(Stamp, ReplicaSet)>,
+        also: ReplicaSet,
     ) -> Result<DeleteOutcome> {
         check_user(user)?;
         let started = Instant::now();
@@ -565,7 +567,11 @@ impl<S: Storage> Shard<S> {
             match (pushed, message) {
                 (None, None) => None,
                 (None, Some(m)) => {
-                    replicas.set(m.replicas);
+                    if m.replicas.is_replicated() {
+                        replicas.set(ReplicaSet::new(
+                            m.replicas.as_slice().iter().chain(also.as_slice()).copied(),
+                        ));
+                    }
                     Some(m.oldest_segment)
                 }
                 (Some((_, set)), m) => {
@@ -657,6 +663,31 @@ impl<S: Storage> Shard<S> {
             .pending_updates()
             .cloned()
             .collect()
+    }
+
+    /// Ids of the user's messages deleted here whose tombstones have not reached every replica.
+    pub fn pending_tombstones(&self, user: &str) -> Vec<u128> {
+        self.inner
+            .state
+            .borrow()
+            .index
+            .pending_tombstones(user)
+            .to_vec()
+    }
+
+    /// Users with messages here, or with deletes here that not every replica has yet (their
+    /// managers must ask this node, whose tombstones hide copies elsewhere).
+    pub fn fragment_users(&self) -> Vec<String> {
+        let state = self.inner.state.borrow();
+        let mut users: Vec<String> = state.index.users().map(str::to_owned).collect();
+        users.extend(
+            state
+                .index
+                .tombstoned_users()
+                .filter(|u| !state.index.has_messages(u))
+                .map(str::to_owned),
+        );
+        users
     }
 
     /// How many replicated updates are pending here.

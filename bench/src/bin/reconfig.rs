@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use porcupine_bench::cluster::{Bins, Layout};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -55,81 +56,26 @@ struct Args {
     json: bool,
 }
 
-fn ip(n: usize) -> String {
-    format!("127.0.0.{}", 30 + n)
-}
+const LAYOUT: Layout = Layout {
+    net: "127.0.0",
+    base: 30,
+    smtp: SMTP,
+    pop3: POP3,
+    admin: ADMIN,
+    cluster: CLUSTER,
+    domain: DOMAIN,
+};
 
-struct Bins {
-    porcupine: PathBuf,
-    load: PathBuf,
+fn ip(n: usize) -> String {
+    LAYOUT.ip(n)
 }
 
 fn start_node(bins: &Bins, servers: &mut Servers, base: &Path, n: usize, join: bool) -> Result<()> {
-    let host = ip(n);
-    let mut command = Command::new(&bins.porcupine);
-    command
-        .args(["serve", "--no-first-user", "--no-pin", "--domain", DOMAIN])
-        .arg("--data")
-        .arg(base.join(format!("node{n}")))
-        .args(["--smtp", &format!("{host}:{SMTP}")])
-        .args(["--pop3", &format!("{host}:{POP3}")])
-        .args(["--admin", &format!("{host}:{ADMIN}")])
-        .args(["--cluster", &format!("{host}:{CLUSTER}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(base.join(format!("node{n}.log")))
-                .map(Stdio::from)
-                .unwrap_or(Stdio::null()),
-        );
-    if join {
-        command.args([
-            "--join",
-            &format!("{}:{CLUSTER},{}:{CLUSTER}", ip(1), ip(2)),
-        ]);
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting node {n}"))?;
-    servers.children.push((format!("node{n}"), child));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect((host.as_str(), ADMIN)).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "node {n} did not start; see {}",
-                base.join(format!("node{n}.log")).display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn status(n: usize) -> Option<serde_json::Value> {
-    let mut stream = TcpStream::connect((ip(n).as_str(), ADMIN)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET /status HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
-}
-
-fn members(n: usize) -> usize {
-    status(n)
-        .and_then(|s| s["members"].as_array().map(Vec::len))
-        .unwrap_or(0)
+    LAYOUT.start_node(bins, servers, base, n, join, &[])
 }
 
 fn wait_members(nodes: &[usize], count: usize, limit: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    while nodes.iter().any(|&n| members(n) != count) {
-        if started.elapsed() > limit {
-            bail!("nodes {nodes:?} did not converge on {count} members");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(started.elapsed())
+    LAYOUT.wait_members(nodes, count, limit)
 }
 
 /// One blocking SMTP delivery (a fresh connection); true on 250.
@@ -220,25 +166,7 @@ fn main() -> Result<()> {
         .parent()
         .context("workspace root")?
         .to_path_buf();
-    eprintln!("building porcupine and porcupine-load (release)…");
-    let built = Command::new("cargo")
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "porcupine-tools",
-            "--bins",
-        ])
-        .status()?;
-    if !built.success() {
-        bail!("cargo build failed");
-    }
-    let bins = Bins {
-        porcupine: root.join("target/release/porcupine"),
-        load: root.join("target/release/porcupine-load"),
-    };
+    let bins = Bins::build(&root)?;
     let work = tempfile::Builder::new()
         .prefix("porcupine-reconfig")
         .tempdir_in("/var/tmp")?;
@@ -394,20 +322,5 @@ fn main() -> Result<()> {
 }
 
 fn add_users(bins: &Bins, node: usize, count: usize) -> Result<()> {
-    let out = Command::new(&bins.porcupine)
-        .args([
-            "user",
-            "bulk",
-            "--count",
-            &count.to_string(),
-            "--prefix",
-            "user",
-        ])
-        .args(["--domain", DOMAIN, "--password", PASSWORD])
-        .args(["--admin", &format!("{}:{ADMIN}", ip(node))])
-        .output()?;
-    if !out.status.success() {
-        bail!("user bulk failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    LAYOUT.add_users(bins, node, count, PASSWORD)
 }

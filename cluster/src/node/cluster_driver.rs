@@ -60,6 +60,17 @@ pub async fn run(
     );
     let mut manager = Manager::new(shared.me.id);
     let mut out = vec![Action::Installed(membership.view().clone())];
+    // A node told to join others serves no session on its own until it has joined, or until
+    // no seed has answered for a while (it is alone): sessions on a one-node view that is
+    // about to merge would take maildrop locks and place mail behind the cluster's back.
+    let started = Instant::now();
+    let alone_after = Duration::from_millis(
+        3 * context
+            .config
+            .membership
+            .probe_interval_ms
+            .max(context.config.membership.suspect_after_ms),
+    );
     // Kept across iterations: a timer or a channel wait dropped half-way would be cancelled
     // and re-armed for every message.
     let mut tick = Box::pin(glommio::timer::sleep(TICK));
@@ -70,6 +81,9 @@ pub async fn run(
             match action {
                 Action::Send { to, msg } => peers.send(&to, &Body::Membership(msg)),
                 Action::Installed(view) => {
+                    if view.members.len() > 1 && shared.is_joining() {
+                        shared.joined();
+                    }
                     let previous = shared.view.swap(Arc::new(view.clone()));
                     manager.install(&view);
                     glommio::spawn_local(after_install(context.clone(), previous, view)).detach();
@@ -95,6 +109,13 @@ pub async fn run(
         match event {
             Event::Tick => {
                 tick = Box::pin(glommio::timer::sleep(TICK));
+                if shared.is_joining() && started.elapsed() >= alone_after {
+                    tracing::warn!(
+                        seeds = ?seeds,
+                        "no seed answered: serving alone (the cluster merges when they do)"
+                    );
+                    shared.joined();
+                }
             }
             Event::Work(ToCoreZero::Membership(msg)) => {
                 next = Box::pin(inbox.recv_async());
@@ -135,6 +156,9 @@ pub async fn run(
     }
 }
 
+/// A maildrop locked by a POP session of this node: (user, lock owner).
+type MaildropLock = (String, (u64, u64));
+
 /// After a commit: report fragments to the managers, send profiles to newcomers.
 async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: View) {
     let shared = &context.cluster;
@@ -149,7 +173,7 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
             list.push(user);
         }
     }
-    let mut locks_by_manager: BTreeMap<NodeId, Vec<(String, (u64, u64))>> = BTreeMap::new();
+    let mut locks_by_manager: BTreeMap<NodeId, Vec<MaildropLock>> = BTreeMap::new();
     for (user, owner) in shared.maildrop_locks() {
         locks_by_manager
             .entry(view.map.manager_of(&user))
@@ -205,7 +229,7 @@ async fn report(
     view: &View,
     manager: NodeId,
     users: Vec<String>,
-    locks: Vec<(String, (u64, u64))>,
+    locks: Vec<MaildropLock>,
 ) {
     let shared = &context.cluster;
     let body = Body::Fragments {
@@ -365,14 +389,21 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             }
         }
         Body::List { user } => match router.list(&user).await {
-            Ok(messages) => Body::Listed { messages },
+            Ok(fragment) => Body::Listed {
+                messages: fragment.messages,
+                deleted: fragment.deleted,
+            },
             Err(e) => failure(e),
         },
         Body::Fetch { user, id } => match router.fetch(&user, id).await {
             Ok(message) => Body::Fetched { message },
             Err(e) => failure(e),
         },
-        Body::Delete { user, ids } => match router.delete(&user, ids).await {
+        Body::Delete {
+            user,
+            ids,
+            fragments,
+        } => match router.delete(&user, ids, fragments).await {
             Ok(()) => Body::Done,
             Err(e) => failure(e),
         },

@@ -41,10 +41,17 @@ pub struct ClusterShared {
     /// managers after every membership change, so a lock follows its bucket. Touched once per
     /// POP session, never per message.
     pub open_maildrops: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Set while a node started with seeds has not joined them yet (sessions wait).
+    joining: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterShared {
-    pub fn new(me: Member, buckets: usize, core_zero: flume::Sender<ToCoreZero>) -> Self {
+    pub fn new(
+        me: Member,
+        buckets: usize,
+        core_zero: flume::Sender<ToCoreZero>,
+        joining: bool,
+    ) -> Self {
         let epoch = crate::membership::Epoch {
             clock: 0,
             coordinator: me.id,
@@ -62,12 +69,30 @@ impl ClusterShared {
             next_session: AtomicU64::new(1),
             snapshots: AtomicU64::new(0),
             open_maildrops: std::sync::Mutex::new(std::collections::HashMap::new()),
+            joining: std::sync::atomic::AtomicBool::new(joining),
         }
     }
 
     /// Whether other nodes are in the view (else everything is local, as on a lone node).
     pub fn clustered(&self) -> bool {
         self.view.load().members.len() > 1
+    }
+
+    /// Whether this node is still joining its seeds (see `cluster_driver::run`).
+    pub fn is_joining(&self) -> bool {
+        self.joining.load(Ordering::Acquire)
+    }
+
+    pub fn joined(&self) {
+        self.joining.store(false, Ordering::Release);
+    }
+
+    /// Waits (bounded) while this node is still joining its seeds.
+    pub async fn wait_joined(&self, patience: std::time::Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        while self.is_joining() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Remembers (`Some`) or forgets (`None`) a maildrop lock held by a session here.

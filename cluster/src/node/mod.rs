@@ -188,7 +188,12 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let context = Arc::new(NodeContext {
         config: config.clone(),
         router: Router::new(placement.clone(), request_txs),
-        cluster: cluster_state::ClusterShared::new(me, config.membership.buckets, core_zero_tx),
+        cluster: cluster_state::ClusterShared::new(
+            me,
+            config.membership.buckets,
+            core_zero_tx,
+            config.join.iter().any(|seed| *seed != config.cluster),
+        ),
         metrics: NodeMetrics::default(),
         started: Instant::now(),
     });

@@ -164,6 +164,9 @@ pub async fn deliver(
     message: Arc<Vec<u8>>,
 ) -> Result<(), StoreError> {
     let shared = &context.cluster;
+    if shared.is_joining() {
+        shared.wait_joined(PATIENCE).await;
+    }
     if !shared.clustered() {
         // A lone node: no manager to ask (and no shared reference count to bump per message).
         let epoch = shared.view.load().epoch;
@@ -269,6 +272,8 @@ pub struct Maildrop {
     pub user: String,
     /// Oldest first, each id once.
     pub messages: Vec<MaildropMessage>,
+    /// Every node the manager knew to hold mail of the user when the maildrop opened.
+    fragments: Vec<NodeId>,
     /// The lock owner at the manager, if the lock is the cluster's.
     cluster_owner: Option<(u64, u64)>,
 }
@@ -289,6 +294,9 @@ pub async fn open(
 ) -> Result<Maildrop, OpenFailure> {
     let shared = &context.cluster;
     let me = shared.me.id;
+    if shared.is_joining() {
+        shared.wait_joined(PATIENCE).await;
+    }
     if !shared.clustered() {
         return match context.router.login(user, password, LockMode::Local).await {
             Login::Ok(messages) => Ok(Maildrop {
@@ -301,6 +309,7 @@ pub async fn open(
                         holders: vec![me],
                     })
                     .collect(),
+                fragments: Vec::new(),
                 cluster_owner: None,
             }),
             Login::BadCredentials => Err(OpenFailure::BadCredentials),
@@ -318,9 +327,17 @@ pub async fn open(
     let (view, fragments) = loop {
         let view = shared.view.load_full();
         match ask_manager(context, &view, user, &lock).await {
-            Some(Body::Locked { fragments }) => {
+            Some(Body::Locked { fragments, epoch }) => {
                 shared.note_maildrop(user, Some(owner));
-                break (view, fragments);
+                // Granted in the membership this node now has: any later change finds the
+                // lock among this node's reports. Otherwise lock again (same owner).
+                if epoch == view.epoch && shared.view.load().epoch == epoch {
+                    break (view, fragments);
+                }
+                if Instant::now() >= deadline {
+                    shared.note_maildrop(user, None);
+                    return Err(OpenFailure::Unavailable);
+                }
             }
             Some(Body::Error(Failure::InUse)) => return Err(OpenFailure::InUse),
             _ if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
@@ -330,25 +347,33 @@ pub async fn open(
     let mut maildrop = Maildrop {
         user: user.to_owned(),
         messages: Vec::new(),
+        fragments: fragments.clone(),
         cluster_owner: Some(owner),
     };
     let peers = peers(shared);
     let mut by_id: std::collections::BTreeMap<u128, MaildropMessage> = Default::default();
+    let mut tombstoned: Vec<u128> = Vec::new();
     for node in fragments {
         let listed = if node == me {
-            context.router.list(user).await.ok()
+            context
+                .router
+                .list(user)
+                .await
+                .ok()
+                .map(|f| (f.messages, f.deleted))
         } else {
             let list = Body::List {
                 user: user.to_owned(),
             };
             let addr = view.member(node).map(|m| m.addr.clone());
             match remote(&peers, addr, &list).await {
-                Some(Body::Listed { messages }) => Some(messages),
+                Some(Body::Listed { messages, deleted }) => Some((messages, deleted)),
                 _ => None,
             }
         };
         match listed {
-            Some(messages) => {
+            Some((messages, deleted)) => {
+                tombstoned.extend(deleted);
                 for (id, size) in messages {
                     by_id
                         .entry(id)
@@ -365,6 +390,10 @@ pub async fn open(
             // answers again.
             None => tracing::warn!(%user, node, "a fragment node did not list its messages"),
         }
+    }
+    // A copy on a replica that its tombstone has not reached yet is deleted all the same.
+    for id in tombstoned {
+        by_id.remove(&id);
     }
     // Ids begin with their arrival time: in id order the maildrop is oldest first, and each
     // message appears once however many replicas listed it.
@@ -488,12 +517,18 @@ pub async fn delete(
     let mut failure = None;
     let mut deleted_on = Vec::new();
     for (node, ids) in by_node {
+        // Each holder's tombstones also go to every fragment node: a copy may lie on one that
+        // did not answer the listing (down, or slow), outside the holder's replica set.
         let outcome = if node == context.cluster.me.id {
-            context.router.delete(&maildrop.user, ids).await
+            context
+                .router
+                .delete(&maildrop.user, ids, maildrop.fragments.clone())
+                .await
         } else {
             let body = Body::Delete {
                 user: maildrop.user.clone(),
                 ids,
+                fragments: maildrop.fragments.clone(),
             };
             match remote(&peers, member_addr(context, node), &body).await {
                 Some(Body::Done) => Ok(()),

@@ -386,7 +386,12 @@ impl CoreReplication {
             (UpdateKind::Put, None) => return Err(StoreError::Failed),
             (UpdateKind::Delete, _) => {
                 match shard
-                    .delete_replicated(&update.user, update.id, Some((stamp, set)))
+                    .delete_replicated(
+                        &update.user,
+                        update.id,
+                        Some((stamp, set)),
+                        ReplicaSet::NONE,
+                    )
                     .await
                 {
                     Ok(DeleteOutcome::Deleted(_)) => true,

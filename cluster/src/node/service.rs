@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use porcupine_engine::{DeleteOutcome, EngineError, Placement, Shard, Stamp};
+use porcupine_engine::{DeleteOutcome, EngineError, Placement, ReplicaSet, Shard, Stamp};
 
 use super::replicas::CoreReplication;
 use super::users;
@@ -83,6 +83,15 @@ pub struct ShardReport {
 
 type Reply<T> = flume::Sender<T>;
 
+/// A user's mail on this node.
+#[derive(Debug, Default)]
+pub struct Fragment {
+    /// (id, size), oldest first.
+    pub messages: Vec<(u128, u64)>,
+    /// Messages deleted here whose tombstones are still on their way to other replicas.
+    pub deleted: Vec<u128>,
+}
+
 /// A request to the core that owns `user`'s shard.
 pub enum Request {
     /// Store a message here and coordinate its replication to `replicas` (this node first;
@@ -114,12 +123,12 @@ pub enum Request {
         lock: LockMode,
         reply: Reply<Login>,
     },
-    /// The user's local fragment: (id, size), oldest first.
+    /// The user's local fragment.
     List {
         user: String,
-        reply: Reply<Vec<(u128, u64)>>,
+        reply: Reply<Fragment>,
     },
-    /// Users with at least one message on this core's shards.
+    /// Users with messages, or with deletes not yet on every replica, on this core's shards.
     FragmentUsers {
         reply: Reply<Vec<String>>,
     },
@@ -136,9 +145,12 @@ pub enum Request {
         id: u128,
         reply: Reply<Result<Vec<u8>, StoreError>>,
     },
+    /// Delete messages here; their tombstones also go to `fragments` (nodes that may hold
+    /// copies), beside each message's replica set.
     Delete {
         user: String,
         ids: Vec<u128>,
+        fragments: Vec<NodeId>,
         reply: Reply<Result<(), StoreError>>,
     },
     /// Store a profile: made here (`stamp` `None`) or on another node; the newest wins.
@@ -268,7 +280,7 @@ impl Router {
     }
 
     /// The user's fragment on this node.
-    pub async fn list(&self, user: &str) -> Result<Vec<(u128, u64)>, StoreError> {
+    pub async fn list(&self, user: &str) -> Result<Fragment, StoreError> {
         let user = user.to_owned();
         self.ask(self.core_of(&user), |reply| Request::List { user, reply })
             .await
@@ -320,11 +332,17 @@ impl Router {
         .unwrap_or(Err(StoreError::Failed))
     }
 
-    pub async fn delete(&self, user: &str, ids: Vec<u128>) -> Result<(), StoreError> {
+    pub async fn delete(
+        &self,
+        user: &str,
+        ids: Vec<u128>,
+        fragments: Vec<NodeId>,
+    ) -> Result<(), StoreError> {
         let user = user.to_owned();
         self.ask(self.core_of(&user), |reply| Request::Delete {
             user,
             ids,
+            fragments,
             reply,
         })
         .await
@@ -486,18 +504,21 @@ impl CoreService {
                 let _ = reply.send(self.login(&user, &password, lock).await);
             }
             Request::List { user, reply } => {
-                let _ = reply.send(self.shard(&user).map_or_else(Vec::new, |shard| {
-                    shard
-                        .messages(&user)
-                        .iter()
-                        .map(|m| (m.id, u64::from(m.body_len)))
-                        .collect()
+                let _ = reply.send(self.shard(&user).map_or_else(Fragment::default, |shard| {
+                    Fragment {
+                        messages: shard
+                            .messages(&user)
+                            .iter()
+                            .map(|m| (m.id, u64::from(m.body_len)))
+                            .collect(),
+                        deleted: shard.pending_tombstones(&user),
+                    }
                 }));
             }
             Request::FragmentUsers { reply } => {
                 let mut users = Vec::new();
                 for shard in self.shards.values() {
-                    users.extend(shard.users().into_iter().filter(|u| shard.has_messages(u)));
+                    users.extend(shard.fragment_users());
                 }
                 let _ = reply.send(users);
             }
@@ -533,7 +554,13 @@ impl CoreService {
                 };
                 let _ = reply.send(result);
             }
-            Request::Delete { user, ids, reply } => {
+            Request::Delete {
+                user,
+                ids,
+                fragments,
+                reply,
+            } => {
+                let also = ReplicaSet::new(fragments.iter().map(|&n| n as u32));
                 let result = match self.shard(&user) {
                     Some(shard) => {
                         // All at once, so one group commit (one fdatasync) carries them.
@@ -543,7 +570,7 @@ impl CoreService {
                             .map(|id| {
                                 let (shard, user) = (shard.clone(), user.clone());
                                 glommio::spawn_local(async move {
-                                    (id, shard.delete_replicated(&user, id, None).await)
+                                    (id, shard.delete_replicated(&user, id, None, also).await)
                                 })
                             })
                             .collect();

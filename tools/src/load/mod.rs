@@ -219,6 +219,8 @@ pub struct Report {
     pub uncertain: u64,
     /// Up to 20 lost messages: "<message id> user<n>", to look for them on the servers.
     pub lost_sample: Vec<String>,
+    /// Up to 20 messages retrieved more than once: "<message id> user<n> ×<times>".
+    pub duplicated_sample: Vec<String>,
 }
 
 fn user_name(format: &str, n: usize) -> String {
@@ -350,6 +352,16 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         corrupt: total.corrupt,
         uncertain: total.uncertain.len() as u64,
         lost_sample,
+        duplicated_sample: total
+            .seen
+            .iter()
+            .filter(|(_, &n)| n > 1)
+            .take(20)
+            .map(|(key, n)| {
+                let user = total.acked.get(key).map_or(-1, |u| i64::from(*u));
+                format!("{run_id}{key:x} user{user} x{n}")
+            })
+            .collect(),
     })
 }
 

@@ -1,0 +1,234 @@
+//! Replication cost, on one machine, in one run: three nodes on 127.0.0.51–53 take SMTP
+//! deliveries of 4.7 KB messages from `porcupine-load` (connections spread over the nodes),
+//! once with `--replicas 1`, once with 2, once with 3 (a fresh cluster each time).
+//!
+//! For each factor: delivered msgs/s, and write amplification = bytes the nodes appended to
+//! their logs (every record: the copies, their headers and replica sets, the Received header
+//! the node adds, retire records) per byte the clients sent. The goal (issue 6) is replicas ×
+//! message bytes + under 5 %. Also reported: `disk_write_amplification`, what the kernel
+//! counted as written by the node processes (`/proc/<pid>/io` write_bytes), which adds segment
+//! preparation (zeros written ahead of the log) and index checkpoints.
+//!
+//! Writes `bench/results/<name>.md`; with `--json` the last stdout line is
+//! `{"r1": {"msgs_per_s", "write_amplification", "disk_write_amplification"}, "r2": …, "r3": …}`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use porcupine_bench::cluster::{Bins, Layout};
+use porcupine_bench::Servers;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PASSWORD: &str = "pw";
+const USERS: usize = 1000;
+const LAYOUT: Layout = Layout {
+    net: "127.0.0",
+    base: 50,
+    smtp: 3625,
+    pop3: 3210,
+    admin: 3125,
+    cluster: 4046,
+    domain: "replication.test",
+};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Seconds of load per replication factor.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Client connections, spread over the three nodes.
+    #[arg(long, default_value_t = 48)]
+    connections: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4700)]
+    size: usize,
+    #[arg(long, default_value = "replication")]
+    name: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one node has appended to its logs, from `/metrics`.
+fn appended_bytes(n: usize) -> Result<f64> {
+    let metrics = LAYOUT
+        .admin_get(n, "/metrics")
+        .with_context(|| format!("node {n}: no /metrics"))?;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("porcupine_shard_appended_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Bytes the kernel counted as written by a process (to storage, including O_DIRECT).
+fn process_write_bytes(pid: u32) -> Result<f64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("reading /proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no write_bytes in /proc/<pid>/io")
+}
+
+struct Measured {
+    msgs_per_s: f64,
+    accepted_bytes: f64,
+    appended_bytes: f64,
+    disk_bytes: f64,
+    lost: u64,
+    errors: serde_json::Value,
+}
+
+fn measure(bins: &Bins, args: &Args, base: &std::path::Path, replicas: usize) -> Result<Measured> {
+    let mut servers = Servers::default();
+    let flag = replicas.to_string();
+    for n in 1..=3 {
+        LAYOUT.start_node(
+            bins,
+            &mut servers,
+            &base.join(format!("r{replicas}")),
+            n,
+            true,
+            &["--replicas", &flag],
+        )?;
+    }
+    LAYOUT.wait_members(&[1, 2, 3], 3, Duration::from_secs(30))?;
+    LAYOUT.add_users(bins, 1, USERS, PASSWORD)?;
+    // Segments are prepared at start: let that finish before the baseline is read.
+    std::thread::sleep(Duration::from_secs(2));
+    let pids: Vec<u32> = servers.children.iter().map(|(_, c)| c.id()).collect();
+    let appended_before: f64 = (1..=3).map(appended_bytes).sum::<Result<f64>>()?;
+    let disk_before: f64 = pids
+        .iter()
+        .map(|&p| process_write_bytes(p))
+        .sum::<Result<f64>>()?;
+    let json = tempfile::NamedTempFile::new()?;
+    let smtp: Vec<String> = (1..=3)
+        .map(|n| format!("{}:{}", LAYOUT.ip(n), LAYOUT.smtp))
+        .collect();
+    let status = Command::new(&bins.load)
+        .args(["--smtp", &smtp.join(",")])
+        .args(["--users", &USERS.to_string()])
+        .args([
+            "--user-format",
+            &format!("user{{n}}@{}", LAYOUT.domain),
+            "--password",
+            PASSWORD,
+        ])
+        .args([
+            "--mix",
+            "100:0",
+            "--no-sweep",
+            "--size",
+            &args.size.to_string(),
+        ])
+        .args(["--connections", &args.connections.to_string()])
+        .args(["--duration", &format!("{}s", args.seconds)])
+        .arg("--json")
+        .arg(json.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json.path())?)
+        .with_context(|| format!("porcupine-load wrote no report (exit {status})"))?;
+    // Retirements follow the acknowledgements by the straggler wait: let them land.
+    std::thread::sleep(Duration::from_secs(2));
+    let appended_after: f64 = (1..=3).map(appended_bytes).sum::<Result<f64>>()?;
+    let disk_after: f64 = pids
+        .iter()
+        .map(|&p| process_write_bytes(p))
+        .sum::<Result<f64>>()?;
+    let delivered = report["delivered"].as_f64().unwrap_or(0.0);
+    let accepted_bytes = delivered * report["mean_message_bytes"].as_f64().unwrap_or(0.0);
+    drop(servers);
+    Ok(Measured {
+        msgs_per_s: report["msgs_per_s"].as_f64().unwrap_or(0.0),
+        accepted_bytes,
+        appended_bytes: appended_after - appended_before,
+        disk_bytes: disk_after - disk_before,
+        lost: report["lost"].as_u64().unwrap_or(0) + report["corrupt"].as_u64().unwrap_or(0),
+        errors: report["errors"].clone(),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let bins = Bins::build(&root)?;
+    let work = tempfile::Builder::new()
+        .prefix("porcupine-replication")
+        .tempdir_in("/var/tmp")?;
+    let mut rows = Vec::new();
+    let mut json = serde_json::Map::new();
+    for replicas in 1..=3 {
+        let m = measure(&bins, &args, work.path(), replicas)?;
+        let amplification = m.appended_bytes / m.accepted_bytes.max(1.0);
+        let disk = m.disk_bytes / m.accepted_bytes.max(1.0);
+        eprintln!(
+            "replicas {replicas}: {:.0} msg/s, log bytes / accepted {amplification:.3}, disk {disk:.3}, errors {}",
+            m.msgs_per_s, m.errors
+        );
+        json.insert(
+            format!("r{replicas}"),
+            serde_json::json!({
+                "msgs_per_s": m.msgs_per_s,
+                "write_amplification": amplification,
+                "disk_write_amplification": disk,
+                "lost": m.lost,
+            }),
+        );
+        rows.push((replicas, m, amplification, disk));
+    }
+    let mut md = String::new();
+    let _ = writeln!(md, "# Replication: throughput and write amplification\n");
+    let _ = writeln!(
+        md,
+        "Machine: {} cores; three nodes on 127.0.0.51–53 of this one machine. SMTP only, {} B \
+         messages, {} connections spread over the nodes, {} s per factor, a fresh cluster each \
+         time. Every 250 waits for every replica (`--ack all`).\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.size,
+        args.connections,
+        args.seconds
+    );
+    let _ = writeln!(
+        md,
+        "| replicas | msgs/s | vs 1 replica | log bytes / accepted byte | over replicas × 1 | disk bytes / accepted byte | lost |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+    let base = rows.first().map_or(1.0, |r| r.1.msgs_per_s.max(1.0));
+    for (replicas, m, amplification, disk) in &rows {
+        let _ = writeln!(
+            md,
+            "| {replicas} | {:.0} | {:.2} | {amplification:.3} | {:+.1} % | {disk:.3} | {} |",
+            m.msgs_per_s,
+            m.msgs_per_s / base,
+            (amplification / *replicas as f64 - 1.0) * 100.0,
+            m.lost
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nLog bytes are every record the nodes appended: each copy with its 64-byte header, user \
+         name and replica set, the Received header the receiving node prepends, and the retire \
+         records. Disk bytes are the node processes' write_bytes in /proc: they add the zeros \
+         written ahead of the log when a segment is prepared, and index checkpoints."
+    );
+    let results = root.join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    std::fs::write(results.join(format!("{}.md", args.name)), &md)?;
+    print!("{md}");
+    if args.json {
+        println!("{}", serde_json::Value::Object(json));
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Clusters of real `porcupine` processes for experiments: each node on its own loopback
+//! address with the same ports, started, watched through its admin endpoint, stopped by
+//! [`crate::Servers`].
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::Servers;
+
+/// The release binaries an experiment runs.
+#[derive(Debug)]
+pub struct Bins {
+    pub porcupine: PathBuf,
+    pub load: PathBuf,
+}
+
+impl Bins {
+    /// Builds `porcupine` and `porcupine-load` (release) in the workspace at `root`.
+    pub fn build(root: &Path) -> Result<Bins> {
+        eprintln!("building porcupine and porcupine-load (release)…");
+        let built = Command::new("cargo")
+            .current_dir(root)
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "porcupine-tools",
+                "--bins",
+            ])
+            .status()?;
+        if !built.success() {
+            bail!("cargo build failed");
+        }
+        Ok(Bins {
+            porcupine: root.join("target/release/porcupine"),
+            load: root.join("target/release/porcupine-load"),
+        })
+    }
+}
+
+/// Where the nodes of one experiment listen: node `n` (1, 2, …) at `{net}.{base + n}`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub net: &'static str,
+    pub base: u8,
+    pub smtp: u16,
+    pub pop3: u16,
+    pub admin: u16,
+    pub cluster: u16,
+    pub domain: &'static str,
+}
+
+impl Layout {
+    pub fn ip(&self, n: usize) -> String {
+        format!("{}.{}", self.net, usize::from(self.base) + n)
+    }
+
+    /// Starts node `n` with data in `base/node<n>` (log beside it); `join`: seeded with nodes
+    /// 1 and 2. Returns once its admin endpoint answers.
+    pub fn start_node(
+        &self,
+        bins: &Bins,
+        servers: &mut Servers,
+        base: &Path,
+        n: usize,
+        join: bool,
+        extra: &[&str],
+    ) -> Result<()> {
+        let host = self.ip(n);
+        let mut command = Command::new(&bins.porcupine);
+        command
+            .args([
+                "serve",
+                "--no-first-user",
+                "--no-pin",
+                "--domain",
+                self.domain,
+            ])
+            .arg("--data")
+            .arg(base.join(format!("node{n}")))
+            .args(["--smtp", &format!("{host}:{}", self.smtp)])
+            .args(["--pop3", &format!("{host}:{}", self.pop3)])
+            .args(["--admin", &format!("{host}:{}", self.admin)])
+            .args(["--cluster", &format!("{host}:{}", self.cluster)])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(base.join(format!("node{n}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            );
+        if join {
+            command.args([
+                "--join",
+                &format!("{}:{2},{}:{2}", self.ip(1), self.ip(2), self.cluster),
+            ]);
+        }
+        std::fs::create_dir_all(base)?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting node {n}"))?;
+        servers.children.push((format!("node{n}"), child));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect((host.as_str(), self.admin)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "node {n} did not start; see {}",
+                    base.join(format!("node{n}.log")).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// GET `path` from node `n`'s admin endpoint; the body.
+    pub fn admin_get(&self, n: usize, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect((self.ip(n).as_str(), self.admin)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
+        Some(text.split_once("\r\n\r\n")?.1.to_owned())
+    }
+
+    pub fn status(&self, n: usize) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.admin_get(n, "/status")?).ok()
+    }
+
+    pub fn members(&self, n: usize) -> usize {
+        self.status(n)
+            .and_then(|s| s["members"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+
+    /// Waits until every node of `nodes` sees `count` members; how long that took.
+    pub fn wait_members(&self, nodes: &[usize], count: usize, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        while nodes.iter().any(|&n| self.members(n) != count) {
+            if started.elapsed() > limit {
+                bail!("nodes {nodes:?} did not converge on {count} members");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(started.elapsed())
+    }
+
+    /// `porcupine user bulk` through node `n`: user1..user<count>@domain, password `password`.
+    pub fn add_users(&self, bins: &Bins, n: usize, count: usize, password: &str) -> Result<()> {
+        let out = Command::new(&bins.porcupine)
+            .args([
+                "user",
+                "bulk",
+                "--count",
+                &count.to_string(),
+                "--prefix",
+                "user",
+            ])
+            .args(["--domain", self.domain, "--password", password])
+            .args(["--admin", &format!("{}:{}", self.ip(n), self.admin)])
+            .output()?;
+        if !out.status.success() {
+            bail!("user bulk failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
