@@ -81,6 +81,7 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
 
     // Users created through one node exist on every node.
     n1.bulk_users(USERS, "user");
+    n1.add_user("changer@localhost");
     deliver(&n2, "first");
     check(&n3, &["first"]);
     check(&n1, &["first"]);
@@ -91,6 +92,8 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     let detected = wait_members(&[&n1, &n2], 2);
     deliver(&n1, "second");
     check(&n2, &["first", "second"]);
+    // A password changes while node 3 is down.
+    n1.set_password("changer@localhost", "new secret");
 
     // It comes back: every message is visible exactly once, from any node.
     let n3 = start(&dir, 3, &ports);
@@ -98,9 +101,31 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     check(&n1, &["first", "second"]);
     check(&n3, &["first", "second"]);
     eprintln!("death detected and committed in {detected:?}");
-    for node in [n1, n2, n3] {
+
+    // Node 3 got the new password when it rejoined: alone, it checks passwords itself.
+    for node in [n1, n2] {
         assert!(node.terminate().success());
     }
+    let login = |password: &str| {
+        python(
+            "cluster_mail.py",
+            &[
+                "login".into(),
+                n3.ip.clone(),
+                n3.pop3.to_string(),
+                "changer@localhost".into(),
+                password.into(),
+            ],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status(&n3)["members"].as_array().map_or(0, Vec::len) != 1 {
+        assert!(std::time::Instant::now() < deadline, "node 3 never saw itself alone");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(login("new secret").contains("login ok"));
+    assert!(login(PASSWORD).contains("login refused"));
+    assert!(n3.terminate().success());
 }
 
 /// Network namespaces joined by a bridge: node `n` lives in its own namespace at 10.77.x.n and

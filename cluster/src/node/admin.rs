@@ -150,10 +150,47 @@ async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
                 Err((status, message)) => text(status, message),
             }
         }
+        ("POST", "/users/password") => {
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            let (email, password) = body.split_once('\n').unwrap_or((body.as_str(), ""));
+            let password = password.strip_suffix('\n').unwrap_or(password);
+            match set_password(context, email.trim(), password).await {
+                Ok(()) => text(200, format!("password changed for {}\n", email.trim().to_lowercase())),
+                Err((status, message)) => text(status, message),
+            }
+        }
         ("POST", "/users/import") => import(context, &request.body).await,
         ("POST", "/users/bulk") => bulk(context, &request.body).await,
         _ => text(404, "not found: try /status, /metrics, /users\n"),
     }
+}
+
+/// Changes an existing user's password, here and on every other member (the newest update of
+/// a profile wins everywhere; a member that is down gets it when it rejoins).
+async fn set_password(
+    context: &NodeContext,
+    email: &str,
+    password: &str,
+) -> Result<(), (u16, String)> {
+    let email = email.to_lowercase();
+    if password.is_empty() {
+        return Err((400, "empty password\n".into()));
+    }
+    match context.router.user_exists(&email).await {
+        Ok(true) => {}
+        Ok(false) => return Err((404, format!("no user {email}\n"))),
+        Err(_) => return Err((500, "storage unavailable\n".into())),
+    }
+    let phc = users::hash_password(password).map_err(|e| (500, e))?;
+    let profile = users::encode_profile(&phc);
+    let hlc = context
+        .router
+        .put_profile(&email, Arc::new(profile.clone()), None)
+        .await
+        .map_err(|e| (500, format!("storage error: {e:?}\n")))?
+        .ok_or_else(|| (500, "storage error: the profile was not written\n".to_string()))?;
+    super::cluster_driver::replicate_profiles(context, vec![(email, hlc, profile)]).await;
+    Ok(())
 }
 
 /// Creates a user; `hash` reuses an existing password hash (bulk creation).

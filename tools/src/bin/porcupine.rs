@@ -54,6 +54,12 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Change a user's password (on every node); the new one is read from standard input.
+    Passwd {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Add users from a file of `EMAIL PASSWORD` lines (`#` starts a comment).
     Import { file: PathBuf },
     /// Add COUNT users PREFIX<n>@DOMAIN (n = 1..=COUNT) sharing one password.
@@ -379,6 +385,22 @@ fn serve(flags: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The password given on standard input (never on a command line).
+fn password_from_stdin(password_stdin: bool) -> Result<String> {
+    if !password_stdin {
+        bail!("give the password on standard input with --password-stdin (it never goes on a command line)");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        bail!("empty password on standard input");
+    }
+    Ok(password)
+}
+
 fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
     let long = Duration::from_secs(3600);
     let (status, body) = match command {
@@ -386,21 +408,24 @@ fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
             email,
             password_stdin,
         } => {
-            if !password_stdin {
-                bail!("give the password on standard input with --password-stdin (it never goes on a command line)");
-            }
-            let mut password = String::new();
-            std::io::stdin()
-                .read_to_string(&mut password)
-                .context("reading the password from standard input")?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                bail!("empty password on standard input");
-            }
+            let password = password_from_stdin(password_stdin)?;
             admin_client::request(
                 admin,
                 "POST",
                 "/users",
+                format!("{email}\n{password}").as_bytes(),
+                long,
+            )?
+        }
+        UserCommand::Passwd {
+            email,
+            password_stdin,
+        } => {
+            let password = password_from_stdin(password_stdin)?;
+            admin_client::request(
+                admin,
+                "POST",
+                "/users/password",
                 format!("{email}\n{password}").as_bytes(),
                 long,
             )?

@@ -174,6 +174,29 @@ impl Node {
         text
     }
 
+    /// `porcupine user passwd EMAIL --password-stdin`
+    pub fn set_password(&self, email: &str, password: &str) {
+        let mut child = Command::new(binary())
+            .args(["user", "passwd", email, "--password-stdin"])
+            .args(["--admin", &self.admin_addr()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "user passwd failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -6,6 +6,8 @@ check HOST POP3_PORT PASSWORD USERS TAG...
     tags, and every message is byte-exact; nothing is deleted
 empty HOST POP3_PORT PASSWORD USERS
     every user's maildrop is empty (nothing deleted has come back); nothing is deleted
+login HOST POP3_PORT USER PASSWORD
+    prints "login ok" or "login refused"
 """
 import poplib
 import smtplib
@@ -62,10 +64,24 @@ def empty(host, port, password, users):
     print(f"empty ok {users}")
 
 
+def login(host, port, user, password):
+    pop = poplib.POP3(host, int(port), timeout=30)
+    pop.user(user)
+    try:
+        pop.pass_(password)
+    except poplib.error_proto as refused:
+        print(f"login refused {refused}")
+        return
+    pop.quit()
+    print("login ok")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "deliver":
         deliver(*sys.argv[2:6])
     elif sys.argv[1] == "empty":
         empty(*sys.argv[2:6])
+    elif sys.argv[1] == "login":
+        login(*sys.argv[2:6])
     else:
         check(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
