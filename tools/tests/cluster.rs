@@ -120,7 +120,10 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while status(&n3)["members"].as_array().map_or(0, Vec::len) != 1 {
-        assert!(std::time::Instant::now() < deadline, "node 3 never saw itself alone");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 never saw itself alone"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(login("new secret").contains("login ok"));

@@ -155,7 +155,10 @@ async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
             let (email, password) = body.split_once('\n').unwrap_or((body.as_str(), ""));
             let password = password.strip_suffix('\n').unwrap_or(password);
             match set_password(context, email.trim(), password).await {
-                Ok(()) => text(200, format!("password changed for {}\n", email.trim().to_lowercase())),
+                Ok(()) => text(
+                    200,
+                    format!("password changed for {}\n", email.trim().to_lowercase()),
+                ),
                 Err((status, message)) => text(status, message),
             }
         }
@@ -188,7 +191,12 @@ async fn set_password(
         .put_profile(&email, Arc::new(profile.clone()), None)
         .await
         .map_err(|e| (500, format!("storage error: {e:?}\n")))?
-        .ok_or_else(|| (500, "storage error: the profile was not written\n".to_string()))?;
+        .ok_or_else(|| {
+            (
+                500,
+                "storage error: the profile was not written\n".to_string(),
+            )
+        })?;
     super::cluster_driver::replicate_profiles(context, vec![(email, hlc, profile)]).await;
     Ok(())
 }

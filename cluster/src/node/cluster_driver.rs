@@ -64,6 +64,7 @@ pub async fn run(
     // no seed has answered for a while (it is alone): sessions on a one-node view that is
     // about to merge would take maildrop locks and place mail behind the cluster's back.
     let started = Instant::now();
+    let mut last_noted = Instant::now();
     let alone_after = Duration::from_millis(
         3 * context
             .config
@@ -83,6 +84,9 @@ pub async fn run(
                 Action::Installed(view) => {
                     if view.members.len() > 1 && shared.is_joining() {
                         shared.joined();
+                    }
+                    if view.members.len() > 1 {
+                        note_membership(&context, &mut last_noted);
                     }
                     let previous = shared.view.swap(Arc::new(view.clone()));
                     manager.install(&view);
@@ -109,6 +113,9 @@ pub async fn run(
         match event {
             Event::Tick => {
                 tick = Box::pin(glommio::timer::sleep(TICK));
+                if shared.clustered() && last_noted.elapsed() >= MEMBERSHIP_NOTE_EVERY {
+                    note_membership(&context, &mut last_noted);
+                }
                 if shared.is_joining() && started.elapsed() >= alone_after {
                     tracing::warn!(
                         seeds = ?seeds,
@@ -153,6 +160,19 @@ pub async fn run(
             Event::Stop => return,
         }
         membership.tick(wall_ms(), &mut out);
+    }
+}
+
+/// How often a member records that it still is one (see `retire_if_away_too_long`).
+const MEMBERSHIP_NOTE_EVERY: Duration = Duration::from_secs(60);
+
+/// Records in the first data directory that this node is a cluster member now.
+fn note_membership(context: &NodeContext, last: &mut Instant) {
+    *last = Instant::now();
+    if let Some(dir) = context.config.data_dirs.first() {
+        if let Err(error) = super::cluster_state::note_membership(dir, wall_ms()) {
+            tracing::warn!(%error, "cannot record the membership time");
+        }
     }
 }
 

@@ -145,6 +145,55 @@ pub fn peers(shared: &ClusterShared) -> Rc<Peers> {
     })
 }
 
+/// File in the first data directory: when this node was last a member of a cluster of more
+/// than one node (Unix milliseconds).
+const LAST_MEMBER_FILE: &str = "last-member";
+
+/// Records that this node is a member of a cluster now.
+pub fn note_membership(dir: &Path, now_ms: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{LAST_MEMBER_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{now_ms}\n"))?;
+    std::fs::rename(&tmp, dir.join(LAST_MEMBER_FILE))
+}
+
+/// A node that was away from its cluster longer than the log retention may have missed
+/// deletes and updates that no replica keeps for it any more: it rejoins as a new node. Its
+/// mail (`shard-*` in every data directory) is moved aside to `stale-<time>/` (kept for an
+/// operator, never served), and its node id is dropped so a fresh one is made; the cluster's
+/// other replicas still hold the mail, and profiles come back with the join. Returns whether
+/// that happened.
+pub fn retire_if_away_too_long(
+    dirs: &[std::path::PathBuf],
+    retention_ms: u64,
+    now_ms: u64,
+) -> std::io::Result<bool> {
+    let Some(first) = dirs.first() else {
+        return Ok(false);
+    };
+    let Ok(text) = std::fs::read_to_string(first.join(LAST_MEMBER_FILE)) else {
+        return Ok(false);
+    };
+    let Ok(last) = text.trim().parse::<u64>() else {
+        return Ok(false);
+    };
+    if now_ms.saturating_sub(last) <= retention_ms {
+        return Ok(false);
+    }
+    for dir in dirs {
+        let aside = dir.join(format!("stale-{now_ms}"));
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("shard-") {
+                std::fs::create_dir_all(&aside)?;
+                std::fs::rename(entry.path(), aside.join(entry.file_name()))?;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(first.join("node-id"));
+    std::fs::remove_file(first.join(LAST_MEMBER_FILE))?;
+    Ok(true)
+}
+
 /// This node's id: kept in `node-id` in the first data directory, created at first start.
 /// Ids fit in 32 bits so that every frame header can name its sender.
 pub fn node_id(dir: &Path) -> std::io::Result<NodeId> {
@@ -166,5 +215,31 @@ pub fn node_id(dir: &Path) -> std::io::Result<NodeId> {
             Ok(id)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_away_longer_than_the_retention_rejoins_as_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("shard-0")).unwrap();
+        std::fs::write(root.join("shard-0/1.log"), b"x").unwrap();
+        let id = node_id(&root).unwrap();
+        note_membership(&root, 1_000).unwrap();
+        // Within the retention: nothing changes.
+        assert!(!retire_if_away_too_long(&[root.clone()], 500, 1_400).unwrap());
+        assert!(root.join("shard-0").exists());
+        assert_eq!(node_id(&root).unwrap(), id);
+        // Away longer: the mail is set aside, and a new id is made.
+        assert!(retire_if_away_too_long(&[root.clone()], 500, 2_000).unwrap());
+        assert!(!root.join("shard-0").exists());
+        assert!(root.join("stale-2000/shard-0/1.log").exists());
+        assert_ne!(node_id(&root).unwrap(), id);
+        // Never recorded as a member: nothing to do.
+        assert!(!retire_if_away_too_long(&[root], 500, 9_000).unwrap());
     }
 }

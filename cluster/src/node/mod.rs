@@ -172,6 +172,29 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .data_dirs
         .first()
         .ok_or_else(|| NodeError::Start("no data directory".into()))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // Only a node with a cluster to rejoin gives up its data (a lone node keeps its own).
+    let has_seeds = config.join.iter().any(|seed| *seed != config.cluster);
+    let away = if has_seeds {
+        cluster_state::retire_if_away_too_long(
+            &config.data_dirs,
+            config.replication.retention_ms,
+            now_ms,
+        )
+    } else {
+        Ok(false)
+    };
+    match away {
+        Ok(true) => tracing::warn!(
+            retention_ms = config.replication.retention_ms,
+            "this node was away from its cluster longer than the log retention: its mail was \
+             moved aside (stale-*/ in the data directories) and it rejoins as a new node"
+        ),
+        Ok(false) => {}
+        Err(e) => return Err(start_error(format!("cannot retire stale data: {e}"))),
+    }
     let node_id = cluster_state::node_id(first_dir).map_err(|e| {
         start_error(format!(
             "cannot read or create the node id in {}: {e}",
