@@ -97,8 +97,10 @@ thread_local! {
     static NEXT_ID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// A node-unique message id: microseconds since the epoch, core and a per-core counter.
-fn new_message_id(core: usize) -> u128 {
+/// A cluster-unique message id: microseconds since the epoch (high bits, so ids sort by arrival
+/// time), then the node id, the core and a per-core counter. Copies of one message on several
+/// replicas share it, and retrieval deduplicates by it, so two messages must never share one.
+fn new_message_id(node: u64, core: usize) -> u128 {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
@@ -108,7 +110,10 @@ fn new_message_id(core: usize) -> u128 {
         next.set(value.wrapping_add(1));
         value
     });
-    (micros << 32) | ((core as u128 & 0xff) << 24) | u128::from(counter & 0x00ff_ffff)
+    (micros << 64)
+        | (u128::from(node as u32) << 32)
+        | ((core as u128 & 0xff) << 24)
+        | u128::from(counter & 0x00ff_ffff)
 }
 
 async fn deliver(
@@ -117,7 +122,7 @@ async fn deliver(
     core: usize,
     envelope: porcupine_protocols::smtp::Envelope,
 ) -> DeliveryOutcome {
-    let id = new_message_id(core);
+    let id = new_message_id(context.cluster.me.id, core);
     let id_text = format!("{id:032x}");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
