@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use porcupine_engine::index::supersedes;
 use porcupine_engine::UpdateKind;
 
 use crate::membership::NodeId;
@@ -154,12 +155,7 @@ impl Replicator {
         }
         let key = (update.user.clone(), update.id);
         if let Some(old) = self.entries.get(&key) {
-            let replace = match (old.update.kind, update.kind) {
-                (UpdateKind::Delete, UpdateKind::Put) => false,
-                (UpdateKind::Put, UpdateKind::Delete) => true,
-                _ => update.hlc > old.update.hlc,
-            };
-            if !replace {
+            if !supersedes((old.update.kind, old.update.hlc), (update.kind, update.hlc)) {
                 return Vec::new();
             }
             self.remove(&key);

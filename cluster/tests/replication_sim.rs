@@ -15,6 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use porcupine_cluster::replication::{Action, Replicator, Settings, Update};
+use porcupine_engine::index::supersedes;
 use porcupine_engine::UpdateKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -110,14 +111,9 @@ fn note_pending(pending: &mut BTreeMap<Key, Update>, update: &Update) {
         return;
     }
     let key = (update.user.clone(), update.id);
-    let replace = match pending.get(&key) {
-        None => true,
-        Some(old) => match (old.kind, update.kind) {
-            (UpdateKind::Delete, UpdateKind::Put) => false,
-            (UpdateKind::Put, UpdateKind::Delete) => true,
-            _ => update.hlc > old.hlc,
-        },
-    };
+    let replace = pending
+        .get(&key)
+        .is_none_or(|old| supersedes((old.kind, old.hlc), (update.kind, update.hlc)));
     if replace {
         pending.insert(key, update.clone());
     }

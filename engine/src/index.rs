@@ -53,6 +53,16 @@ pub struct PendingUpdate {
     pub replicas: ReplicaSet,
 }
 
+/// Whether update `new` of a message replaces update `old` of it (kind, HLC): a delete
+/// supersedes a put; a put never supersedes a delete; otherwise the newer wins.
+pub fn supersedes(old: (UpdateKind, u64), new: (UpdateKind, u64)) -> bool {
+    match (old.0, new.0) {
+        (UpdateKind::Delete, UpdateKind::Put) => false,
+        (UpdateKind::Put, UpdateKind::Delete) => true,
+        _ => new.1 > old.1,
+    }
+}
+
 /// A tombstone's replication: when, by whom, and to which nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tomb {
@@ -232,14 +242,10 @@ impl Index {
             return;
         }
         let key = (user_key(&update.user), update.id);
-        let replace = match self.pending.get(&key) {
-            None => true,
-            Some(old) => match (old.kind, update.kind) {
-                (UpdateKind::Delete, UpdateKind::Put) => false,
-                (UpdateKind::Put, UpdateKind::Delete) => true,
-                _ => update.hlc > old.hlc,
-            },
-        };
+        let replace = self
+            .pending
+            .get(&key)
+            .is_none_or(|old| supersedes((old.kind, old.hlc), (update.kind, update.hlc)));
         if replace {
             self.track_tombstone(&update, true);
             self.pending.insert(key, update);

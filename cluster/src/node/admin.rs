@@ -185,7 +185,15 @@ async fn set_password(
         Err(_) => return Err((500, "storage unavailable\n".into())),
     }
     let phc = users::hash_password(password).map_err(|e| (500, e))?;
-    let profile = users::encode_profile(&phc);
+    store_profile(context, email, users::encode_profile(&phc)).await
+}
+
+/// Stores a profile made here and sends it, with its timestamp, to every other member.
+async fn store_profile(
+    context: &NodeContext,
+    email: String,
+    profile: Vec<u8>,
+) -> Result<(), (u16, String)> {
     let hlc = context
         .router
         .put_profile(&email, Arc::new(profile.clone()), None)
@@ -224,20 +232,7 @@ async fn add_user(
         Some(hash) => hash.to_owned(),
         None => users::hash_password(password).map_err(|e| (500, e))?,
     };
-    let profile = users::encode_profile(&phc);
-    let hlc = context
-        .router
-        .put_profile(&email, Arc::new(profile.clone()), None)
-        .await
-        .map_err(|e| (500, format!("storage error: {e:?}\n")))?
-        .ok_or_else(|| {
-            (
-                500,
-                "storage error: the profile was not written\n".to_string(),
-            )
-        })?;
-    super::cluster_driver::replicate_profiles(context, vec![(email, hlc, profile)]).await;
-    Ok(())
+    store_profile(context, email, users::encode_profile(&phc)).await
 }
 
 async fn import(context: &NodeContext, body: &[u8]) -> Response {
