@@ -37,9 +37,13 @@ impl Bins {
         if !built.success() {
             bail!("cargo build failed");
         }
+        // Where cargo put them: CARGO_TARGET_DIR if set (relative to the workspace), else target/.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|dir| root.join(dir))
+            .unwrap_or_else(|| root.join("target"));
         Ok(Bins {
-            porcupine: root.join("target/release/porcupine"),
-            load: root.join("target/release/porcupine-load"),
+            porcupine: target.join("release/porcupine"),
+            load: target.join("release/porcupine-load"),
         })
     }
 }

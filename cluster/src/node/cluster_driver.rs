@@ -65,13 +65,13 @@ pub async fn run(
     // about to merge would take maildrop locks and place mail behind the cluster's back.
     let started = Instant::now();
     let mut last_noted = Instant::now();
-    let alone_after = Duration::from_millis(
+    let alone_after = ALONE_AFTER.max(Duration::from_millis(
         3 * context
             .config
             .membership
             .probe_interval_ms
             .max(context.config.membership.suspect_after_ms),
-    );
+    ));
     // Kept across iterations: a timer or a channel wait dropped half-way would be cancelled
     // and re-armed for every message.
     let mut tick = Box::pin(glommio::timer::sleep(TICK));
@@ -162,6 +162,11 @@ pub async fn run(
         membership.tick(wall_ms(), &mut out);
     }
 }
+
+/// How long a node started with seeds waits for one of them before it serves alone. Generous:
+/// a restarted node on a busy machine may take a while to be let back in, and serving alone
+/// meanwhile would show maildrops without the cluster's locks and tombstones.
+const ALONE_AFTER: Duration = Duration::from_secs(3);
 
 /// How often a member records that it still is one (see `retire_if_away_too_long`).
 const MEMBERSHIP_NOTE_EVERY: Duration = Duration::from_secs(60);
