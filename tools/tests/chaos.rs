@@ -102,10 +102,15 @@ fn acknowledged_mail_survives_nodes_killed_one_at_a_time() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     eprintln!(
-        "chaos: {cycles} kills; delivered {}, retrieved {}, POP sessions {}, uncertain {}, errors {}",
+        "chaos: {cycles} kills; delivered {}, retrieved {}, POP sessions {}, lost {}, corrupt {}, \
+         seen twice {} {}, uncertain {}, errors {}",
         report["delivered"],
         report["retrieved"],
         report["pop_sessions"],
+        report["lost"],
+        report["corrupt"],
+        report["duplicated"],
+        report["duplicated_sample"],
         report["uncertain"],
         report["errors"]
     );
