@@ -278,16 +278,24 @@ impl Index {
     /// re-delivery) replaces it and keeps the older `oldest_segment`. A replicated put of a new
     /// message is pending until retired.
     pub fn put(&mut self, user: &str, entry: MessageEntry) {
-        if self.insert(user, entry) {
-            self.note_pending(PendingUpdate {
-                user: user.into(),
-                id: entry.id,
-                kind: UpdateKind::Put,
-                hlc: entry.hlc,
-                origin: entry.origin,
-                replicas: entry.replicas,
-            });
+        if !self.insert(user, entry) {
+            // The same put written again with a wider replica set: a pending entry of it
+            // reaches the wider set too.
+            if let Some(pending) = self.pending.get_mut(&(user_key(user), entry.id)) {
+                if pending.kind == UpdateKind::Put && pending.hlc == entry.hlc {
+                    pending.replicas = entry.replicas;
+                }
+            }
+            return;
         }
+        self.note_pending(PendingUpdate {
+            user: user.into(),
+            id: entry.id,
+            kind: UpdateKind::Put,
+            hlc: entry.hlc,
+            origin: entry.origin,
+            replicas: entry.replicas,
+        });
     }
 
     /// Stores a message as a checkpoint had it (its pending state is restored separately).

@@ -501,16 +501,36 @@ impl<S: Storage> Shard<S> {
         check_user(user)?;
         let started = Instant::now();
         let found = std::cell::Cell::new(None);
+        let widened = std::cell::Cell::new(false);
         let decide = |state: &State<S::File>| {
             if state.index.is_tombstoned(user, id) {
                 found.set(Some(PutOutcome::Deleted));
                 return None;
             }
             if let Some(entry) = state.index.message(user, id) {
-                found.set(Some(PutOutcome::AlreadyHere(*entry)));
-                return None;
+                // Here already. If this put names replicas the stored copy does not, the copy
+                // is written again, same timestamp, with the union: its tombstone must reach
+                // every node a copy went to.
+                let wider = ReplicaSet::new(
+                    entry
+                        .replicas
+                        .as_slice()
+                        .iter()
+                        .chain(replicas.as_slice())
+                        .copied(),
+                );
+                if !replicas.is_replicated() || wider == entry.replicas {
+                    found.set(Some(PutOutcome::AlreadyHere(*entry)));
+                    return None;
+                }
+                widened.set(true);
+                let stamp = Stamp {
+                    hlc: entry.hlc,
+                    origin: entry.origin,
+                };
+                return Some((entry.flags, wider, Some(stamp)));
             }
-            Some(flags)
+            Some((flags, replicas, None))
         };
         let entry = |location: Location, meta: RecordMeta| MessageEntry {
             id,
@@ -524,10 +544,9 @@ impl<S: Storage> Shard<S> {
         };
         let submitted = self
             .inner
-            .submit(
+            .submit_with(
                 RecordKind::Put,
                 stamp,
-                replicas,
                 id,
                 user,
                 body,
@@ -539,6 +558,9 @@ impl<S: Storage> Shard<S> {
             return found.take().ok_or(EngineError::NotFound);
         };
         self.inner.finish(done, started).await?;
+        if widened.get() {
+            return Ok(PutOutcome::AlreadyHere(entry(location, meta)));
+        }
         Ok(PutOutcome::Stored(entry(location, meta)))
     }
 
@@ -589,7 +611,7 @@ impl<S: Storage> Shard<S> {
                 id,
                 user,
                 &[],
-                |state| decide(state).map(|aux| (aux, replicas.get())),
+                |state| decide(state).map(|aux| (aux, replicas.get(), None)),
                 |_, meta| IndexOp::Remove {
                     id,
                     tomb: Tomb {
@@ -881,13 +903,14 @@ impl<S: Storage> Inner<S> {
             id,
             user,
             body,
-            |state| decide(state).map(|aux| (aux, replicas)),
+            |state| decide(state).map(|aux| (aux, replicas, None)),
             op,
         )
         .await
     }
 
-    /// [`Inner::submit`], with the replica set decided alongside `aux`.
+    /// [`Inner::submit`], with the replica set decided alongside `aux`, and a stamp that, if
+    /// decided, replaces `stamp`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn submit_with(
         &self,
@@ -896,7 +919,7 @@ impl<S: Storage> Inner<S> {
         id: u128,
         user: &str,
         body: &[u8],
-        decide: impl FnOnce(&State<S::File>) -> Option<(u32, ReplicaSet)>,
+        decide: impl FnOnce(&State<S::File>) -> Option<(u32, ReplicaSet, Option<Stamp>)>,
         op: impl FnOnce(Location, RecordMeta) -> IndexOp,
     ) -> Result<Option<(Rc<Completion<Outcome>>, Location, RecordMeta)>> {
         if body.len() + user.len() > self.config.record_bytes_max {
@@ -924,10 +947,10 @@ impl<S: Storage> Inner<S> {
             self.space_wake.notified().await;
         }
         let mut state = self.state.borrow_mut();
-        let Some((aux, replicas)) = decide(&state) else {
+        let Some((aux, replicas, decided_stamp)) = decide(&state) else {
             return Ok(None);
         };
-        let (hlc, node_id) = match stamp {
+        let (hlc, node_id) = match decided_stamp.or(stamp) {
             Some(stamp) => {
                 state.clock.observe(stamp.hlc);
                 (stamp.hlc, stamp.origin)

@@ -335,3 +335,81 @@ fn random_replication_histories_recover_exactly() {
         });
     }
 }
+
+#[test]
+fn a_put_naming_new_replicas_widens_the_stored_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            .await
+            .unwrap();
+        let first = shard
+            .put_message(
+                "w@x",
+                1,
+                &body_for(1, 500),
+                0,
+                ReplicaSet::new([7, 9]),
+                None,
+            )
+            .await
+            .unwrap();
+        // The same set again, or a subset: nothing is written.
+        let again = shard
+            .put_message(
+                "w@x",
+                1,
+                &body_for(1, 500),
+                0,
+                ReplicaSet::new([9, 7]),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            PutOutcome::AlreadyHere(shard.message("w@x", 1).unwrap())
+        );
+        // A retry placed on 7 and 11: the copy is written again with the union, same stamp.
+        let PutOutcome::AlreadyHere(wider) = shard
+            .put_message(
+                "w@x",
+                1,
+                &body_for(1, 500),
+                0,
+                ReplicaSet::new([7, 11]),
+                None,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("expected the copy that was here")
+        };
+        assert_eq!(wider.replicas, ReplicaSet::new([7, 9, 11]));
+        assert_eq!(wider.hlc, first.hlc());
+        let pending = shard.pending_updates();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].replicas, ReplicaSet::new([7, 9, 11]));
+        assert_eq!(pending[0].hlc, first.hlc());
+        // Its tombstone goes to all three.
+        let DeleteOutcome::Deleted(tomb) = shard
+            .delete_replicated("w@x", 1, None, ReplicaSet::NONE)
+            .await
+            .unwrap()
+        else {
+            panic!("message 1 was there")
+        };
+        assert_eq!(tomb.replicas, ReplicaSet::new([7, 9, 11]));
+        shard.close().await.unwrap();
+        std::fs::remove_file(path.join("index.ckpt")).unwrap();
+        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            .await
+            .unwrap();
+        let pending = shard.pending_updates();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].kind, UpdateKind::Delete);
+        assert_eq!(pending[0].replicas, ReplicaSet::new([7, 9, 11]));
+        shard.close().await.unwrap();
+    });
+}

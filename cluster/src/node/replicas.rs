@@ -167,13 +167,24 @@ impl CoreReplication {
         if !set.is_replicated() {
             return Ok(());
         }
+        // A copy that was here already now names every node of this attempt too (the engine
+        // widened its replica set), so its tombstone will reach them all.
         let update = Update {
             user: user.to_owned(),
             id,
             kind: UpdateKind::Put,
             hlc: entry.hlc,
             origin: NodeId::from(entry.origin),
-            replicas: replicas.to_vec(),
+            replicas: if fresh {
+                replicas.to_vec()
+            } else {
+                entry
+                    .replicas
+                    .as_slice()
+                    .iter()
+                    .map(|&n| NodeId::from(n))
+                    .collect()
+            },
         };
         self.sync_view();
         let pushes: Vec<NodeId> = if fresh {
@@ -189,8 +200,8 @@ impl CoreReplication {
                 })
                 .collect()
         } else {
-            // A retry: the message is here from an earlier attempt (perhaps with another
-            // replica set); this attempt's replicas get it directly.
+            // A retry: the message is here from an earlier attempt (perhaps with other
+            // replicas); this attempt's replicas get it directly, with the widened set.
             let me = self.context.cluster.me.id;
             replicas.iter().copied().filter(|&n| n != me).collect()
         };
