@@ -262,6 +262,20 @@ impl<S: Storage> std::fmt::Debug for Shard<S> {
     }
 }
 
+/// The index entry of a put record written at `location`: its flags are the record's `aux`.
+fn put_entry(id: u128, body_len: usize, location: Location, meta: RecordMeta) -> MessageEntry {
+    MessageEntry {
+        id,
+        location,
+        body_len: body_len as u32,
+        hlc: meta.hlc,
+        flags: meta.aux,
+        oldest_segment: location.segment,
+        origin: meta.node_id,
+        replicas: meta.replicas,
+    }
+}
+
 fn check_user(user: &str) -> Result<()> {
     if user.is_empty() || user.len() > USER_BYTES_MAX || user.contains(['\0', '\r', '\n']) {
         return Err(EngineError::BadUser {
@@ -351,16 +365,7 @@ impl<S: Storage> Shard<S> {
     ) -> Result<MessageEntry> {
         check_user(user)?;
         let started = Instant::now();
-        let entry = |location: Location, meta: RecordMeta| MessageEntry {
-            id,
-            location,
-            body_len: body.len() as u32,
-            hlc: meta.hlc,
-            flags,
-            oldest_segment: location.segment,
-            origin: meta.node_id,
-            replicas: meta.replicas,
-        };
+        let entry = |location, meta| put_entry(id, body.len(), location, meta);
         let submitted = self
             .inner
             .submit(
@@ -532,16 +537,7 @@ impl<S: Storage> Shard<S> {
             }
             Some((flags, replicas, None))
         };
-        let entry = |location: Location, meta: RecordMeta| MessageEntry {
-            id,
-            location,
-            body_len: body.len() as u32,
-            hlc: meta.hlc,
-            flags,
-            oldest_segment: location.segment,
-            origin: meta.node_id,
-            replicas: meta.replicas,
-        };
+        let entry = |location, meta| put_entry(id, body.len(), location, meta);
         let submitted = self
             .inner
             .submit_with(
