@@ -71,6 +71,17 @@ pub struct Tomb {
     pub replicas: ReplicaSet,
 }
 
+impl Tomb {
+    /// The tombstone a delete record describes.
+    pub fn of(meta: &crate::record::RecordMeta) -> Self {
+        Self {
+            hlc: meta.hlc,
+            origin: meta.node_id,
+            replicas: meta.replicas,
+        }
+    }
+}
+
 /// The newest profile record of a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProfileEntry {

@@ -285,15 +285,7 @@ pub(crate) fn apply_recovered(index: &mut Index, seq: u32, offset: u64, view: &R
             },
         ),
         RecordKind::Delete => {
-            index.delete(
-                view.user,
-                id,
-                Tomb {
-                    hlc: view.meta.hlc,
-                    origin: view.meta.node_id,
-                    replicas: view.meta.replicas,
-                },
-            );
+            index.delete(view.user, id, Tomb::of(&view.meta));
         }
         RecordKind::Retire => {
             for retired in crate::record::decode_retired(view.body) {

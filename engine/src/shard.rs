@@ -403,11 +403,7 @@ impl<S: Storage> Shard<S> {
                 oldest,
                 |_, meta| IndexOp::Remove {
                     id,
-                    tomb: Tomb {
-                        hlc: meta.hlc,
-                        origin: meta.node_id,
-                        replicas: meta.replicas,
-                    },
+                    tomb: Tomb::of(&meta),
                 },
             )
             .await?;
@@ -610,11 +606,7 @@ impl<S: Storage> Shard<S> {
                 |state| decide(state).map(|aux| (aux, replicas.get(), None)),
                 |_, meta| IndexOp::Remove {
                     id,
-                    tomb: Tomb {
-                        hlc: meta.hlc,
-                        origin: meta.node_id,
-                        replicas: meta.replicas,
-                    },
+                    tomb: Tomb::of(&meta),
                 },
             )
             .await?;
@@ -626,11 +618,7 @@ impl<S: Storage> Shard<S> {
             });
         };
         self.inner.finish(done, started).await?;
-        Ok(DeleteOutcome::Deleted(Tomb {
-            hlc: meta.hlc,
-            origin: meta.node_id,
-            replicas: meta.replicas,
-        }))
+        Ok(DeleteOutcome::Deleted(Tomb::of(&meta)))
     }
 
     /// Marks replicated updates as acknowledged by every replica: they leave the pending set
