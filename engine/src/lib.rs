@@ -1,7 +1,8 @@
 //! porcupine's storage engine: per-core, append-only logs of mailbox fragments on io_uring.
 //!
 //! Layout of the crate, from the disk up:
-//! - [`storage`]: the disk edge (glommio DMA files) behind one small trait; fault injection.
+//! - [`storage`]: the disk edge (glommio DMA files) behind one small trait; fault injection;
+//!   [`throttle`]: a simulated disk speed per data directory, for experiments.
 //! - [`record`]: the on-disk record format, defined once. [`segment`]: segment files.
 //! - [`writer`]: group commit. [`scan`] and [`recovery`]: reading the log back after a crash.
 //! - [`index`] and [`checkpoint`]: the in-memory index and its snapshot.
@@ -26,6 +27,7 @@ pub mod segment;
 pub mod shard;
 mod signal;
 pub mod storage;
+pub mod throttle;
 pub mod writer;
 
 pub use config::{CompactionConfig, EngineConfig};
@@ -37,3 +39,4 @@ pub use record::{ReplicaSet, Retired};
 pub use recovery::RecoveryReport;
 pub use shard::{DeleteOutcome, PutOutcome, Shard, ShardStats, Stamp, StoredRecord};
 pub use storage::{DmaStorage, FaultyStorage, Storage};
+pub use throttle::{DiskThrottle, ThrottleLimits};

@@ -12,6 +12,8 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::EngineConfig;
@@ -167,6 +169,24 @@ pub(crate) struct Inner<S: Storage> {
     pub spare_wake: Notify,
     pub writer_done: Completion<()>,
     pub metrics: RefCell<ShardMetrics>,
+    /// Operations under way that may touch the disk (see [`Shard::load`]).
+    pub in_flight: Arc<AtomicU32>,
+}
+
+/// Counts one operation in [`Inner::in_flight`] while it lives.
+struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    fn new(gauge: &Arc<AtomicU32>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A record read back from the log, verified.
@@ -330,6 +350,7 @@ impl<S: Storage> Shard<S> {
             spare_wake: Notify::default(),
             writer_done: Completion::default(),
             metrics: RefCell::new(ShardMetrics::new()),
+            in_flight: Arc::new(AtomicU32::new(0)),
         });
         glommio::spawn_local(crate::writer::run(inner.clone())).detach();
         crate::writer::prepare_spare(&inner);
@@ -345,6 +366,21 @@ impl<S: Storage> Shard<S> {
         while matches!(self.inner.state.borrow().spare, Spare::Preparing(_)) {
             self.inner.spare_wake.notified().await;
         }
+    }
+
+    /// The shard's load: operations under way that may touch its disk (appends until they are
+    /// durable, deletes, reads). The cluster balances on it; a slow disk shows as a high load.
+    pub fn load(&self) -> u32 {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Shard::load`], readable from any thread.
+    pub fn load_gauge(&self) -> Arc<AtomicU32> {
+        self.inner.in_flight.clone()
+    }
+
+    fn busy(&self) -> InFlight {
+        InFlight::new(&self.inner.in_flight)
     }
 
     pub fn name(&self) -> &str {
@@ -363,6 +399,7 @@ impl<S: Storage> Shard<S> {
         body: &[u8],
         flags: u32,
     ) -> Result<MessageEntry> {
+        let _busy = self.busy();
         check_user(user)?;
         let started = Instant::now();
         let entry = |location, meta| put_entry(id, body.len(), location, meta);
@@ -386,6 +423,7 @@ impl<S: Storage> Shard<S> {
 
     /// Deletes a message durably (a tombstone); `NotFound` if the user has no such message.
     pub async fn delete_message(&self, user: &str, id: u128) -> Result<()> {
+        let _busy = self.busy();
         check_user(user)?;
         let started = Instant::now();
         // The tombstone carries the oldest segment that may hold the put (see compaction).
@@ -413,6 +451,7 @@ impl<S: Storage> Shard<S> {
 
     /// Replaces a message's flags durably.
     pub async fn set_flags(&self, user: &str, id: u128, flags: u32) -> Result<()> {
+        let _busy = self.busy();
         check_user(user)?;
         let started = Instant::now();
         let present = |state: &State<S::File>| state.index.message(user, id).map(|_| flags);
@@ -449,6 +488,7 @@ impl<S: Storage> Shard<S> {
         profile: &[u8],
         stamp: Option<Stamp>,
     ) -> Result<Option<u64>> {
+        let _busy = self.busy();
         check_user(user)?;
         let started = Instant::now();
         let newer = |state: &State<S::File>| match (stamp, state.index.profile(user)) {
@@ -499,6 +539,7 @@ impl<S: Storage> Shard<S> {
         replicas: ReplicaSet,
         stamp: Option<Stamp>,
     ) -> Result<PutOutcome> {
+        let _busy = self.busy();
         check_user(user)?;
         let started = Instant::now();
         let found = std::cell::Cell::new(None);
@@ -568,6 +609,7 @@ impl<S: Storage> Shard<S> {
         pushed: Option<(Stamp, ReplicaSet)>,
         also: ReplicaSet,
     ) -> Result<DeleteOutcome> {
+        let _busy = self.busy();
         check_user(user)?;
         let started = Instant::now();
         let already = std::cell::Cell::new(false);
@@ -625,6 +667,7 @@ impl<S: Storage> Shard<S> {
     /// now and a retire record makes that durable (entries of updates no longer pending, or
     /// superseded by a newer one, are ignored).
     pub async fn retire(&self, entries: &[Retired]) -> Result<()> {
+        let _busy = self.busy();
         let entries: Vec<Retired> = {
             let mut state = self.inner.state.borrow_mut();
             entries
@@ -730,6 +773,7 @@ impl<S: Storage> Shard<S> {
         &self,
         location: Location,
     ) -> Result<StoredRecord<<S::File as StorageFile>::ReadBuf>> {
+        let _busy = self.busy();
         let file = {
             let state = self.inner.state.borrow();
             state
@@ -794,6 +838,7 @@ impl<S: Storage> Shard<S> {
 
     /// The user's newest profile, if any.
     pub async fn read_profile(&self, user: &str) -> Result<Option<Vec<u8>>> {
+        let _busy = self.busy();
         let location = self
             .inner
             .state

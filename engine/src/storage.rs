@@ -1,6 +1,7 @@
 //! The disk edge: the one small trait through which the engine touches files.
 //!
-//! [`DmaStorage`] is the real implementation (glommio DMA files: `O_DIRECT` through io_uring).
+//! [`DmaStorage`] is the real implementation (glommio DMA files: `O_DIRECT` through io_uring),
+//! optionally slowed to a simulated disk's speed ([`crate::throttle`]).
 //! [`FaultyStorage`] wraps any storage and injects the failures a disk can produce (EIO on a
 //! write or a sync, ENOSPC when a file is prepared) so tests exercise the real error paths on a
 //! real file system. Swapping the runtime later touches this file only.
@@ -11,8 +12,10 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
+use crate::throttle::{DiskThrottle, ThrottleLimits};
 
 /// A buffer the disk can write from directly (aligned for `O_DIRECT`).
 pub trait IoBuffer: 'static {
@@ -70,9 +73,26 @@ impl IoBuffer for glommio::io::DmaBuffer {
     }
 }
 
-/// Direct I/O through glommio (io_uring, `O_DIRECT`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DmaStorage;
+/// Direct I/O through glommio (io_uring, `O_DIRECT`), optionally at a simulated disk's speed.
+#[derive(Clone, Debug, Default)]
+pub struct DmaStorage {
+    throttle: Option<Arc<DiskThrottle>>,
+}
+
+impl DmaStorage {
+    /// Every read, write and sync of this storage's files waits as `throttle`'s simulated disk
+    /// would take (shared by everything on the same directory).
+    pub fn throttled(throttle: Arc<DiskThrottle>) -> Self {
+        Self {
+            throttle: Some(throttle),
+        }
+    }
+
+    /// The simulated disk's limits, if this storage is throttled.
+    pub fn throttle(&self) -> Option<ThrottleLimits> {
+        self.throttle.as_ref().map(|t| t.limits())
+    }
+}
 
 /// An open segment: an `O_DIRECT` descriptor for writes and a buffered one for reads.
 ///
@@ -86,6 +106,15 @@ pub struct DmaStorageFile {
     file: glommio::io::DmaFile,
     reader: glommio::io::BufferedFile,
     path: PathBuf,
+    throttle: Option<Arc<DiskThrottle>>,
+}
+
+impl DmaStorageFile {
+    async fn admit(&self, bytes: usize) {
+        if let Some(throttle) = &self.throttle {
+            throttle.admit(bytes as u64).await;
+        }
+    }
 }
 
 fn glommio_io<T>(
@@ -110,6 +139,7 @@ impl StorageFile for DmaStorageFile {
 
     async fn write_at(&self, buf: Rc<Self::Buffer>, pos: u64) -> Result<()> {
         let len = buf.len();
+        self.admit(len).await;
         let written = glommio_io("write", &self.path, self.file.write_rc_at(buf, pos).await)?;
         if written != len {
             return Err(EngineError::io(
@@ -125,10 +155,12 @@ impl StorageFile for DmaStorageFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> Result<Self::ReadBuf> {
+        self.admit(len).await;
         glommio_io("read", &self.path, self.reader.read_at(pos, len).await)
     }
 
     async fn sync_data(&self) -> Result<()> {
+        self.admit(0).await;
         glommio_io("fdatasync", &self.path, self.file.fdatasync().await)
     }
 
@@ -175,6 +207,7 @@ impl Storage for DmaStorage {
             file,
             reader,
             path: path.to_path_buf(),
+            throttle: self.throttle.clone(),
         })
     }
 

@@ -18,7 +18,7 @@ fn compaction_with_concurrent_deletes_loses_nothing_and_resurrects_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         let users = ["a@x", "b@x", "c@x"];
@@ -103,7 +103,7 @@ fn compaction_with_concurrent_deletes_loses_nothing_and_resurrects_nothing() {
         let segments_after = shard.stats().segments;
         shard.close().await.unwrap();
 
-        let (shard, report) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, report) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         assert!(report.from_checkpoint);
@@ -115,7 +115,7 @@ fn compaction_with_concurrent_deletes_loses_nothing_and_resurrects_nothing() {
         shard.close().await.unwrap();
 
         std::fs::remove_file(path.join("index.ckpt")).unwrap();
-        let (shard, report) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, report) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         assert!(!report.from_checkpoint);

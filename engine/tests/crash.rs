@@ -49,9 +49,14 @@ fn crash_child() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     run(move || async move {
-        let (shard, _) = Shard::open(DmaStorage, Path::new(&dir), crash_config(), "crash")
-            .await
-            .unwrap();
+        let (shard, _) = Shard::open(
+            DmaStorage::default(),
+            Path::new(&dir),
+            crash_config(),
+            "crash",
+        )
+        .await
+        .unwrap();
         println!("READY");
         let acked: std::rc::Rc<std::cell::RefCell<Vec<u128>>> = Default::default();
         let mut tasks = Vec::new();
@@ -121,7 +126,7 @@ fn verify(
     attempted: BTreeSet<u128>,
 ) -> (usize, bool) {
     run(move || async move {
-        let (shard, report) = Shard::open(DmaStorage, &dir, crash_config(), "verify")
+        let (shard, report) = Shard::open(DmaStorage::default(), &dir, crash_config(), "verify")
             .await
             .unwrap();
         let mut present = BTreeSet::new();

@@ -17,7 +17,7 @@ fn descriptors_are_two_per_segment_and_released_on_close() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let before = open_fds();
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         for id in 0..400u128 {
@@ -28,7 +28,7 @@ fn descriptors_are_two_per_segment_and_released_on_close() {
         }
         let segments = shard.stats().segments;
         shard.close().await.unwrap();
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         glommio::timer::sleep(std::time::Duration::from_millis(100)).await;

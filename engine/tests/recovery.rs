@@ -45,7 +45,7 @@ fn expected(records: &[(u128, Location)], damage: Damage, offset: u64) -> Vec<u1
 }
 
 async fn reopen_ids(dir: &Path) -> Vec<u128> {
-    let (shard, _) = Shard::open(DmaStorage, dir, small_config(), "t")
+    let (shard, _) = Shard::open(DmaStorage::default(), dir, small_config(), "t")
         .await
         .unwrap();
     let ids = shard.messages(USER).iter().map(|m| m.id).collect();
@@ -57,9 +57,14 @@ async fn reopen_ids(dir: &Path) -> Vec<u128> {
 fn every_cut_and_every_flipped_byte_of_the_last_records_keeps_exactly_the_intact_prefix() {
     run(|| async {
         let pristine_dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(DmaStorage, pristine_dir.path(), small_config(), "t")
-            .await
-            .unwrap();
+        let (shard, _) = Shard::open(
+            DmaStorage::default(),
+            pristine_dir.path(),
+            small_config(),
+            "t",
+        )
+        .await
+        .unwrap();
         let mut records = Vec::new();
         for id in 1..=RECORDS {
             let entry = shard
@@ -89,9 +94,10 @@ fn every_cut_and_every_flipped_byte_of_the_last_records_keeps_exactly_the_intact
                 assert_eq!(got, want, "{damage:?} at offset {offset}");
                 if offset % 61 == 0 {
                     // The repaired log takes new appends and keeps them.
-                    let (shard, _) = Shard::open(DmaStorage, dir.path(), small_config(), "t")
-                        .await
-                        .unwrap();
+                    let (shard, _) =
+                        Shard::open(DmaStorage::default(), dir.path(), small_config(), "t")
+                            .await
+                            .unwrap();
                     shard
                         .append_message(USER, 1_000, b"after repair", 0)
                         .await
@@ -117,7 +123,7 @@ fn every_cut_and_every_flipped_byte_of_the_last_records_keeps_exactly_the_intact
 fn a_damaged_record_in_a_sealed_segment_loses_only_that_record() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let (shard, _) = Shard::open(DmaStorage, dir.path(), small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), dir.path(), small_config(), "t")
             .await
             .unwrap();
         let mut in_first = Vec::new();
@@ -140,7 +146,7 @@ fn a_damaged_record_in_a_sealed_segment_loses_only_that_record() {
         bytes[loc.offset as usize + HEADER_BYTES + 10] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
 
-        let (shard, report) = Shard::open(DmaStorage, dir.path(), small_config(), "t")
+        let (shard, report) = Shard::open(DmaStorage::default(), dir.path(), small_config(), "t")
             .await
             .unwrap();
         assert_eq!(report.skipped.len(), 1, "{report:?}");

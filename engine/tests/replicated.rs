@@ -25,7 +25,7 @@ fn pending_updates_survive_reopen_until_retired_and_deletes_win() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         let pair = ReplicaSet::new([7, 9]);
@@ -138,7 +138,7 @@ fn pending_updates_survive_reopen_until_retired_and_deletes_win() {
             if round == 1 {
                 std::fs::remove_file(path.join("index.ckpt")).unwrap();
             }
-            let (shard, report) = Shard::open(DmaStorage, &path, small_config(), "t")
+            let (shard, report) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
                 .await
                 .unwrap();
             assert_eq!(report.from_checkpoint, round == 0);
@@ -157,7 +157,7 @@ fn pending_updates_survive_reopen_until_retired_and_deletes_win() {
             while shard.compact_once().await.unwrap().is_some() {}
             shard.close().await.unwrap();
         }
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         std::fs::remove_file(path.join("index.ckpt")).unwrap();
@@ -174,7 +174,7 @@ fn pending_updates_survive_reopen_until_retired_and_deletes_win() {
         shard.retire(&tombs).await.unwrap();
         assert!(shard.pending_updates().is_empty());
         shard.close().await.unwrap();
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         assert!(shard.pending_updates().is_empty());
@@ -187,7 +187,7 @@ fn profiles_keep_the_newest_stamp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         let hlc = shard
@@ -243,7 +243,7 @@ fn random_replication_histories_recover_exactly() {
         let path = dir.path().to_path_buf();
         run(move || async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let (mut shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+            let (mut shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
                 .await
                 .unwrap();
             let pair = ReplicaSet::new([7, 9]);
@@ -306,7 +306,7 @@ fn random_replication_histories_recover_exactly() {
                         if rng.gen_bool(0.4) {
                             let _ = std::fs::remove_file(path.join("index.ckpt"));
                         }
-                        shard = Shard::open(DmaStorage, &path, small_config(), "t")
+                        shard = Shard::open(DmaStorage::default(), &path, small_config(), "t")
                             .await
                             .unwrap()
                             .0;
@@ -341,7 +341,7 @@ fn a_put_naming_new_replicas_widens_the_stored_copy() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         let first = shard
@@ -403,7 +403,7 @@ fn a_put_naming_new_replicas_widens_the_stored_copy() {
         assert_eq!(tomb.replicas, ReplicaSet::new([7, 9, 11]));
         shard.close().await.unwrap();
         std::fs::remove_file(path.join("index.ckpt")).unwrap();
-        let (shard, _) = Shard::open(DmaStorage, &path, small_config(), "t")
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
             .await
             .unwrap();
         let pending = shard.pending_updates();

@@ -102,7 +102,7 @@ async fn engine_run(args: &Args, dir: &Path) -> Result<Measured> {
         },
         ..EngineConfig::default()
     };
-    let (shard, _) = Shard::open(DmaStorage, dir, config, "bench").await?;
+    let (shard, _) = Shard::open(DmaStorage::default(), dir, config, "bench").await?;
     // Let the first spare segment be written before timing, as on a running node.
     shard.settled().await;
     let body = Rc::new(vec![b'm'; args.size]);

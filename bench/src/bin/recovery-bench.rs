@@ -45,7 +45,7 @@ fn main() -> Result<()> {
             ..EngineConfig::default()
         };
         let started = Instant::now();
-        let (shard, _) = Shard::open(DmaStorage, &dir, config.clone(), "bench").await?;
+        let (shard, _) = Shard::open(DmaStorage::default(), &dir, config.clone(), "bench").await?;
         let body = Rc::new(vec![b'r'; a.size]);
         let writers = 256;
         let mut tasks = Vec::new();
@@ -70,14 +70,15 @@ fn main() -> Result<()> {
         let fill = started.elapsed();
 
         let started = Instant::now();
-        let (shard, report) = Shard::open(DmaStorage, &dir, config.clone(), "bench").await?;
+        let (shard, report) =
+            Shard::open(DmaStorage::default(), &dir, config.clone(), "bench").await?;
         let from_checkpoint = (started.elapsed(), report);
         anyhow::ensure!(shard.stats().messages == a.count as u64, "lost messages");
         shard.close().await?;
 
         std::fs::remove_file(dir.join("index.ckpt"))?;
         let started = Instant::now();
-        let (shard, report) = Shard::open(DmaStorage, &dir, config, "bench").await?;
+        let (shard, report) = Shard::open(DmaStorage::default(), &dir, config, "bench").await?;
         let full_scan = (started.elapsed(), report);
         anyhow::ensure!(shard.stats().messages == a.count as u64, "lost messages");
         shard.close().await?;
