@@ -4,14 +4,18 @@
 //! - [`wire`]: the frame format between nodes.
 //! - [`membership`]: the three-round membership protocol (sans-IO).
 //! - [`usermap`]: buckets of users and their managers.
+//! - [`loads`]: this node's load and every node's load as last heard.
 //! - [`manager`]: a bucket manager's mail map and maildrop locks (sans-IO).
+//! - [`placement`]: where new mail goes: static, random or dynamic placement (sans-IO).
 //! - [`transport`]: framed TCP connections between nodes (the glommio edge).
 //! - [`replication`]: the replication manager of a core: pushes, acks, retirement (sans-IO).
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod loads;
 pub mod manager;
 pub mod membership;
 pub mod node;
+pub mod placement;
 pub mod replication;
 pub mod transport;
 pub mod usermap;

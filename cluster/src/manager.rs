@@ -8,25 +8,34 @@
 
 use std::collections::{HashMap, HashSet};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
 use crate::membership::{Epoch, NodeId, View};
+use crate::placement::{self, PlacementPolicy};
 use crate::wire::{Body, Failure};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Manager {
     me: NodeId,
+    policy: PlacementPolicy,
     view: Option<View>,
     mail_map: HashMap<String, Vec<NodeId>>,
     reported: HashSet<NodeId>,
     locks: HashMap<String, (u64, u64)>,
-    /// Round-robin tie break among equally loaded nodes.
-    turn: usize,
+    rng: StdRng,
 }
 
 impl Manager {
-    pub fn new(me: NodeId) -> Self {
+    pub fn new(me: NodeId, policy: PlacementPolicy) -> Self {
         Self {
             me,
-            ..Self::default()
+            policy,
+            view: None,
+            mail_map: HashMap::new(),
+            reported: HashSet::new(),
+            locks: HashMap::new(),
+            rng: StdRng::from_entropy(),
         }
     }
 
@@ -73,8 +82,8 @@ impl Manager {
             .unwrap_or_default()
     }
 
-    /// Answers one request; `load_of` gives the last load heard from a node.
-    pub fn handle(&mut self, body: Body, load_of: impl Fn(NodeId) -> u32) -> Body {
+    /// Answers one request.
+    pub fn handle(&mut self, body: Body) -> Body {
         match body {
             Body::Fragments {
                 epoch,
@@ -106,11 +115,15 @@ impl Manager {
                     _ => Body::Done,
                 }
             }
-            Body::Place { user, replicas } => {
+            Body::Place {
+                user,
+                replicas,
+                avoid,
+            } => {
                 if !self.manages(&user) || !self.complete() {
                     return Body::Error(Failure::TryAgain);
                 }
-                let nodes = self.place(&user, usize::from(replicas.max(1)), load_of);
+                let nodes = self.place(&user, usize::from(replicas.max(1)), &avoid);
                 if nodes.is_empty() {
                     return Body::Error(Failure::TryAgain);
                 }
@@ -160,51 +173,22 @@ impl Manager {
         }
     }
 
-    /// The nodes a new message of `user` goes to, the coordinator first: the nodes already
-    /// holding a fragment of the user's mailbox, least loaded first (affinity), then the least
-    /// loaded other live nodes, until there are `replicas` (or every live node).
-    fn place(
-        &mut self,
-        user: &str,
-        replicas: usize,
-        load_of: impl Fn(NodeId) -> u32,
-    ) -> Vec<NodeId> {
+    /// The candidates for new messages of `user` under the policy (see [`placement`]).
+    fn place(&mut self, user: &str, replicas: usize, avoid: &[NodeId]) -> Vec<NodeId> {
         let Some(view) = &self.view else {
             return Vec::new();
         };
+        let live: Vec<NodeId> = view.members.iter().map(|m| m.id).collect();
         let holders = self.live_fragments(user);
-        let others: Vec<NodeId> = view
-            .members
-            .iter()
-            .map(|m| m.id)
-            .filter(|id| !holders.contains(id))
-            .collect();
-        let mut chosen = Vec::with_capacity(replicas);
-        for mut group in [holders, others] {
-            while chosen.len() < replicas {
-                let Some(node) = self.least_loaded(&group, &load_of) else {
-                    break;
-                };
-                group.retain(|n| *n != node);
-                chosen.push(node);
-            }
-        }
-        chosen
-    }
-
-    fn least_loaded(
-        &mut self,
-        candidates: &[NodeId],
-        load_of: &impl Fn(NodeId) -> u32,
-    ) -> Option<NodeId> {
-        let lowest = candidates.iter().map(|&n| load_of(n)).min()?;
-        let tied: Vec<NodeId> = candidates
-            .iter()
-            .copied()
-            .filter(|&n| load_of(n) == lowest)
-            .collect();
-        self.turn = self.turn.wrapping_add(1);
-        tied.get(self.turn % tied.len()).copied()
+        placement::candidates(
+            self.policy,
+            porcupine_engine::record::user_key(user),
+            &live,
+            &holders,
+            replicas,
+            avoid,
+            &mut self.rng,
+        )
     }
 
     /// Users in the mail map (for status).
@@ -237,101 +221,97 @@ mod tests {
         }
     }
 
+    fn place(m: &mut Manager, user: &str, replicas: u8, avoid: &[NodeId]) -> Body {
+        m.handle(Body::Place {
+            user: user.into(),
+            replicas,
+            avoid: avoid.to_vec(),
+        })
+    }
+
+    fn report(m: &mut Manager, v: &View, node: NodeId, users: &[&str]) {
+        m.handle(Body::Fragments {
+            epoch: v.epoch,
+            node,
+            users: users.iter().map(|u| u.to_string()).collect(),
+            locks: vec![],
+        });
+    }
+
     #[test]
     fn lookups_wait_for_every_report_then_prefer_fragment_holders() {
         let v = view(&[1, 2, 3]);
-        let mut m = Manager::new(1);
+        let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 });
         m.install(&v);
-        let place = |m: &mut Manager| {
-            m.handle(
-                Body::Place {
-                    user: "a@x".into(),
-                    replicas: 1,
-                },
-                |_| 0,
-            )
+        assert_eq!(place(&mut m, "a@x", 1, &[]), Body::Error(Failure::TryAgain));
+        report(&mut m, &v, 1, &[]);
+        report(&mut m, &v, 2, &[]);
+        assert_eq!(place(&mut m, "a@x", 1, &[]), Body::Error(Failure::TryAgain));
+        report(&mut m, &v, 3, &["a@x"]);
+        // At the spread: the holder alone.
+        assert_eq!(
+            place(&mut m, "a@x", 1, &[]),
+            Body::Placed { nodes: vec![3] }
+        );
+        // Two replicas: the holder first, then another node, remembered as a holder.
+        let Body::Placed { nodes } = place(&mut m, "a@x", 2, &[]) else {
+            panic!("not placed")
         };
-        assert_eq!(place(&mut m), Body::Error(Failure::TryAgain));
-        for node in [1, 2] {
-            m.handle(
-                Body::Fragments {
-                    epoch: v.epoch,
-                    node,
-                    users: vec![],
-                    locks: vec![],
-                },
-                |_| 0,
-            );
-        }
-        assert_eq!(place(&mut m), Body::Error(Failure::TryAgain));
-        m.handle(
-            Body::Fragments {
-                epoch: v.epoch,
-                node: 3,
-                users: vec!["a@x".into()],
-                locks: vec![],
-            },
-            |_| 0,
-        );
-        assert_eq!(place(&mut m), Body::Placed { nodes: vec![3] });
-        // Two replicas: the holder first, then the least loaded other node.
-        let placed = m.handle(
-            Body::Place {
-                user: "a@x".into(),
-                replicas: 2,
-            },
-            |n| if n == 1 { 5 } else { 1 },
-        );
-        assert_eq!(placed, Body::Placed { nodes: vec![3, 2] });
+        assert_eq!((nodes.len(), nodes[0]), (2, 3));
+        assert_eq!(place(&mut m, "a@x", 2, &[]), Body::Placed { nodes });
         // More replicas than live nodes: every node once.
-        let placed = m.handle(
-            Body::Place {
-                user: "b@x".into(),
-                replicas: 9,
-            },
-            |_| 0,
-        );
-        match placed {
-            Body::Placed { mut nodes } => {
-                nodes.sort_unstable();
-                assert_eq!(nodes, vec![1, 2, 3]);
-            }
-            other => panic!("{other:?}"),
+        let Body::Placed { mut nodes } = place(&mut m, "b@x", 9, &[]) else {
+            panic!("not placed")
+        };
+        nodes.sort_unstable();
+        assert_eq!(nodes, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_placement_avoiding_the_holders_adds_a_node_beyond_the_spread() {
+        let v = view(&[1, 2, 3]);
+        let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 });
+        m.install(&v);
+        for node in [1, 2] {
+            report(&mut m, &v, node, &[]);
         }
+        report(&mut m, &v, 3, &["a@x"]);
+        let Body::Placed { nodes } = place(&mut m, "a@x", 1, &[3]) else {
+            panic!("not placed")
+        };
+        assert_eq!(nodes.len(), 1);
+        assert_ne!(nodes[0], 3);
+        // The new node is now a holder too: a lock names both fragments.
+        let Body::Locked { mut fragments, .. } = m.handle(Body::Lock {
+            user: "a@x".into(),
+            owner: (1, 1),
+        }) else {
+            panic!("not locked")
+        };
+        fragments.sort_unstable();
+        let mut expected = vec![3, nodes[0]];
+        expected.sort_unstable();
+        assert_eq!(fragments, expected);
     }
 
     #[test]
     fn a_maildrop_has_one_lock_holder() {
         let v = view(&[1]);
-        let mut m = Manager::new(1);
+        let mut m = Manager::new(1, PlacementPolicy::default());
         m.install(&v);
-        m.handle(
-            Body::Fragments {
-                epoch: v.epoch,
-                node: 1,
-                users: vec![],
-                locks: vec![],
-            },
-            |_| 0,
-        );
+        report(&mut m, &v, 1, &[]);
         let lock = |m: &mut Manager, owner| {
-            m.handle(
-                Body::Lock {
-                    user: "a@x".into(),
-                    owner,
-                },
-                |_| 0,
-            )
+            m.handle(Body::Lock {
+                user: "a@x".into(),
+                owner,
+            })
         };
         assert!(matches!(lock(&mut m, (1, 1)), Body::Locked { .. }));
         assert_eq!(lock(&mut m, (1, 2)), Body::Error(Failure::InUse));
-        m.handle(
-            Body::Unlock {
-                user: "a@x".into(),
-                owner: (1, 1),
-            },
-            |_| 0,
-        );
+        m.handle(Body::Unlock {
+            user: "a@x".into(),
+            owner: (1, 1),
+        });
         assert!(matches!(lock(&mut m, (1, 2)), Body::Locked { .. }));
     }
 }

@@ -12,13 +12,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::loads::{Heard, LoadTable, NodeLoad};
 use crate::wire::{self, Body, FrameKind, Header, WireError, HEADER_BYTES};
 
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -49,21 +49,14 @@ struct Conn {
 /// How often expired requests are dropped.
 const SWEEP_EVERY: Duration = Duration::from_millis(25);
 
-/// A peer's load and when it was heard.
-#[derive(Clone, Copy, Debug)]
-pub struct HeardLoad {
-    pub load: u32,
-    pub at: Instant,
-}
-
 /// This core's connections to other nodes.
 pub struct Peers {
     me: u64,
-    load: Arc<AtomicU32>,
+    load: Arc<NodeLoad>,
+    loads: Arc<LoadTable>,
     conns: RefCell<HashMap<String, Rc<Conn>>>,
     backoff: RefCell<HashMap<String, (Instant, Duration)>>,
     next_id: Cell<u64>,
-    loads: RefCell<HashMap<u32, HeardLoad>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -77,14 +70,14 @@ impl std::fmt::Debug for Peers {
 
 impl Peers {
     /// This core's peers; call on an executor (it starts the timeout sweeper there).
-    pub fn new(me: u64, load: Arc<AtomicU32>) -> Rc<Self> {
+    pub fn new(me: u64, load: Arc<NodeLoad>, loads: Arc<LoadTable>) -> Rc<Self> {
         let peers = Rc::new(Self {
             me,
             load,
+            loads,
             conns: RefCell::new(HashMap::new()),
             backoff: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
-            loads: RefCell::new(HashMap::new()),
         });
         let weak = Rc::downgrade(&peers);
         glommio::spawn_local(async move {
@@ -109,31 +102,18 @@ impl Peers {
         self.backoff.borrow_mut().remove(addr);
     }
 
-    /// The load last heard from a node (by the low 32 bits of its id), if any.
-    pub fn heard_load(&self, node: u64) -> Option<HeardLoad> {
-        self.loads.borrow().get(&(node as u32)).copied()
+    /// What is known of a node's load (node ids fit in the header's 32 bits).
+    pub fn heard_load(&self, node: u64) -> Option<Heard> {
+        self.loads.get(node)
     }
 
     pub fn note_load(&self, header: &Header) {
-        self.loads.borrow_mut().insert(
-            header.sender,
-            HeardLoad {
-                load: header.load,
-                at: Instant::now(),
-            },
-        );
+        self.loads.heard(u64::from(header.sender), header.load);
     }
 
     fn frame(&self, kind: FrameKind, request_id: u64, body: &Body) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        match wire::encode(
-            &mut out,
-            kind,
-            request_id,
-            self.load.load(Ordering::Relaxed),
-            self.me,
-            body,
-        ) {
+        match wire::encode(&mut out, kind, request_id, self.load.total(), self.me, body) {
             Ok(()) => Some(out),
             Err(error) => {
                 tracing::error!(%error, "cannot encode a cluster frame");

@@ -6,9 +6,9 @@
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 1; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 3; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
-//! | 6      | 2    | `flags`       | zero in version 1                                            |
+//! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
 //! | 12     | 4    | `crc32`       | CRC-32 of the header with this field zeroed, then the payload |
 //! | 16     | 8    | `request_id`  | pairs a reply with its request; 0 for one-way frames          |
@@ -16,7 +16,9 @@
 //! | 28     | 4    | `sender`      | low 32 bits of the sender's node id (diagnostics)             |
 //!
 //! A peer that sends a bad magic, version, length or CRC is disconnected with a log line.
-//! Changing this layout requires a version bump and a test.
+//! Changing this layout or the payload's [`Body`] requires a version bump and a test.
+//! Version 2 added replication; version 3 the load exchange ([`Body::Loads`]) and the nodes a
+//! placement must avoid ([`Body::Place`]'s `avoid`).
 
 use serde::{Deserialize, Serialize};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -25,7 +27,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::membership;
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 2;
+pub const FRAME_VERSION: u8 = 3;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -187,14 +189,21 @@ pub enum Failure {
 pub enum Body {
     /// Membership protocol (one-way).
     Membership(membership::Msg),
-    /// Manager: which `replicas` nodes should a new message for `user` go to (remembered
-    /// there). The answer names the coordinator first.
+    /// Manager: the candidate nodes for new messages of `user` (at least `replicas` of them
+    /// when the cluster has that many live nodes), which it remembers as holding the user's
+    /// mail; `avoid`: nodes the asker found full or overloaded, to leave out if others exist.
+    /// The sender picks the replicas among the candidates under the placement policy.
     Place {
         user: String,
         replicas: u8,
+        avoid: Vec<u64>,
     },
     Placed {
         nodes: Vec<u64>,
+    },
+    /// One-way, to the ring successor, periodically: the loads the sender knows.
+    Loads {
+        entries: Vec<crate::loads::LoadEntry>,
     },
     /// Store a message in the user's fragment on the receiving node, which coordinates its
     /// replication to `replicas` (itself first). `epoch`: the membership of the placement.
@@ -335,10 +344,34 @@ mod tests {
     }
 
     #[test]
+    fn a_load_exchange_and_a_placement_round_trip() {
+        for body in [
+            Body::Loads {
+                entries: vec![crate::loads::LoadEntry {
+                    node: u64::from(u32::MAX) + 5,
+                    load: 17,
+                    full: true,
+                    age_ms: 250,
+                }],
+            },
+            Body::Place {
+                user: "a@x".into(),
+                replicas: 2,
+                avoid: vec![3],
+            },
+        ] {
+            assert_eq!(decode(&frame(&body)).expect("decodes").1, body);
+        }
+    }
+
+    #[test]
     fn other_versions_and_magic_are_refused() {
         let mut bytes = frame(&Body::Done);
         bytes[4] = 1;
         assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(1));
+        // Version 2 lacked the load exchange and a placement's `avoid`: refused, not misread.
+        bytes[4] = 2;
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(2));
         let mut bytes = frame(&Body::Done);
         bytes[0] ^= 1;
         assert!(matches!(decode(&bytes), Err(WireError::Magic(_))));

@@ -391,6 +391,11 @@ impl<S: Storage> Shard<S> {
         &self.inner.dir
     }
 
+    /// The storage the shard's files go through.
+    pub fn storage(&self) -> &S {
+        &self.inner.storage
+    }
+
     /// Stores a message durably; returns its index entry once it is on disk.
     pub async fn append_message(
         &self,

@@ -2,7 +2,7 @@
 //!
 //! | method | path            | body                                   | answer |
 //! |--------|-----------------|----------------------------------------|--------|
-//! | GET    | `/status`       |                                        | JSON: node, epoch, members, shards, users |
+//! | GET    | `/status`       |                                        | JSON: node, epoch, members (with loads), placement, shards, users |
 //! | GET    | `/metrics`      |                                        | Prometheus text |
 //! | GET    | `/users`        |                                        | one address per line |
 //! | POST   | `/users`        | `EMAIL\nPASSWORD`                      | 201, 409 if it exists, 400 if invalid |
@@ -332,25 +332,31 @@ async fn status(context: &NodeContext) -> serde_json::Value {
     let config = &context.config;
     let view = context.cluster.view.load_full();
     let owned = view.map.summary();
-    let peers = super::cluster_state::peers(&context.cluster);
+    let shared = &context.cluster;
     let members: Vec<serde_json::Value> = view
         .members
         .iter()
         .map(|m| {
-            let me = m.id == context.cluster.me.id;
-            let load = if me {
-                Some(
-                    context
-                        .cluster
-                        .load
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                )
+            let me = m.id == shared.me.id;
+            let (load, full, age_ms) = if me {
+                (Some(shared.load.total()), shared.load.is_full(), Some(0))
             } else {
-                peers.heard_load(m.id).map(|h| h.load)
+                match shared.loads.get(m.id) {
+                    Some(h) => (Some(h.load), h.full, Some(h.age.as_millis() as u64)),
+                    None => (None, false, None),
+                }
             };
-            serde_json::json!({ "id": m.id, "address": m.addr, "load": load, "self": me })
+            serde_json::json!({
+                "id": m.id, "address": m.addr, "load": load, "load_age_ms": age_ms,
+                "full": full, "self": me,
+            })
         })
         .collect();
+    let (policy, spread) = match config.placement {
+        crate::placement::PlacementPolicy::Static => ("static", None),
+        crate::placement::PlacementPolicy::Random => ("random", None),
+        crate::placement::PlacementPolicy::Dynamic { spread } => ("dynamic", Some(spread)),
+    };
     serde_json::json!({
         "node": {
             "hostname": config.hostname,
@@ -379,6 +385,11 @@ async fn status(context: &NodeContext) -> serde_json::Value {
                 super::replicas::AckPolicy::Coordinator => "coordinator",
             },
             "pending_updates": shards.iter().map(|s| s.pending_updates).sum::<usize>(),
+        },
+        "placement": {
+            "policy": policy,
+            "spread": spread,
+            "overload_ops": config.overload_ops,
         },
         "shards": shards,
     })
@@ -457,7 +468,12 @@ async fn metrics(context: &NodeContext) -> String {
         );
     }
     let shards = context.router.reports().await;
-    let per_shard: [ShardGauge; 9] = [
+    let per_shard: [ShardGauge; 10] = [
+        (
+            "porcupine_shard_load",
+            "operations under way that may touch the shard's disk",
+            |s| f64::from(s.load),
+        ),
         (
             "porcupine_shard_replication_pending",
             "replicated updates not yet on every replica",

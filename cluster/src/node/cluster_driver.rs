@@ -22,8 +22,6 @@ use crate::wire::{Body, Failure, FrameKind, ReplicaUpdate};
 use porcupine_engine::{Stamp, UpdateKind};
 
 const TICK: Duration = Duration::from_millis(5);
-/// A load heard longer ago than this is not trusted (treated as idle).
-const LOAD_MAX_AGE: Duration = Duration::from_secs(5);
 const REPORT_RETRY: Duration = Duration::from_millis(20);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const PROFILE_BATCH: usize = 2000;
@@ -58,7 +56,8 @@ pub async fn run(
         context.config.membership.clone(),
         wall_ms(),
     );
-    let mut manager = Manager::new(shared.me.id);
+    let mut manager = Manager::new(shared.me.id, context.config.placement);
+    let mut last_exchange = Instant::now();
     let mut out = vec![Action::Installed(membership.view().clone())];
     // A node told to join others serves no session on its own until it has joined, or until
     // no seed has answered for a while (it is alone): sessions on a one-node view that is
@@ -116,6 +115,10 @@ pub async fn run(
                 if shared.clustered() && last_noted.elapsed() >= MEMBERSHIP_NOTE_EVERY {
                     note_membership(&context, &mut last_noted);
                 }
+                if last_exchange.elapsed() >= LOAD_EXCHANGE_EVERY {
+                    last_exchange = Instant::now();
+                    exchange_loads(&context, &peers);
+                }
                 if shared.is_joining() && started.elapsed() >= alone_after {
                     tracing::warn!(
                         seeds = ?seeds,
@@ -144,22 +147,40 @@ pub async fn run(
             }
             Event::Work(ToCoreZero::Manager { body, reply }) => {
                 next = Box::pin(inbox.recv_async());
-                let me = shared.me.id;
-                let own_load = shared.load.load(Ordering::Relaxed);
-                let answer = manager.handle(body, |node| {
-                    if node == me {
-                        return own_load;
-                    }
-                    peers
-                        .heard_load(node)
-                        .filter(|h| h.at.elapsed() < LOAD_MAX_AGE)
-                        .map_or(0, |h| h.load)
-                });
-                let _ = reply.send(answer);
+                let _ = reply.send(manager.handle(body));
             }
             Event::Stop => return,
         }
         membership.tick(wall_ms(), &mut out);
+    }
+}
+
+/// How often a node sends the loads it knows to its ring successor.
+const LOAD_EXCHANGE_EVERY: Duration = Duration::from_millis(100);
+
+/// Sends this node's own load, fresh, and every load it knows to its ring successor (the next
+/// member by id), so each node's load travels around the ring.
+fn exchange_loads(context: &NodeContext, peers: &std::rc::Rc<crate::transport::Peers>) {
+    let shared = &context.cluster;
+    let me = shared.me.id;
+    shared
+        .loads
+        .set(me, shared.load.total(), shared.load.is_full());
+    let view = shared.view.load();
+    let successor = view
+        .members
+        .iter()
+        .filter(|m| m.id > me)
+        .min_by_key(|m| m.id)
+        .or_else(|| {
+            view.members
+                .iter()
+                .filter(|m| m.id != me)
+                .min_by_key(|m| m.id)
+        });
+    if let Some(successor) = successor {
+        let entries = shared.loads.entries(crate::loads::LOAD_MAX_AGE);
+        peers.send(&successor.addr, &Body::Loads { entries });
     }
 }
 
@@ -336,6 +357,12 @@ async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
                 }
                 (FrameKind::OneWay, Body::Retired { entries }) => {
                     context.router.retired(entries);
+                }
+                (FrameKind::OneWay, Body::Loads { entries }) => {
+                    // This node's own entry comes back around the ring: only it knows better.
+                    let me = context.cluster.me.id;
+                    let others: Vec<_> = entries.into_iter().filter(|e| e.node != me).collect();
+                    context.cluster.loads.merge(&others);
                 }
                 (FrameKind::Request, body) => {
                     let (context, replies, peers) =

@@ -5,11 +5,12 @@
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::loads::{LoadTable, NodeLoad};
 use crate::membership::{Member, Msg, NodeId, View};
 use crate::transport::Peers;
 use crate::usermap::UserMap;
@@ -29,8 +30,10 @@ pub enum ToCoreZero {
 pub struct ClusterShared {
     pub me: Member,
     pub view: ArcSwap<View>,
-    /// Pending operations that may touch this node's disks (piggybacked on every frame).
-    pub load: Arc<AtomicU32>,
+    /// Operations under way on this node's disks (piggybacked on every frame).
+    pub load: Arc<NodeLoad>,
+    /// Every node's load as last heard.
+    pub loads: Arc<LoadTable>,
     pub core_zero: flume::Sender<ToCoreZero>,
     /// POP session numbers, for maildrop lock owners.
     next_session: AtomicU64,
@@ -51,6 +54,7 @@ impl ClusterShared {
         buckets: usize,
         core_zero: flume::Sender<ToCoreZero>,
         joining: bool,
+        shards: usize,
     ) -> Self {
         let epoch = crate::membership::Epoch {
             clock: 0,
@@ -64,7 +68,8 @@ impl ClusterShared {
         Self {
             me,
             view: ArcSwap::from_pointee(view),
-            load: Arc::new(AtomicU32::new(0)),
+            load: Arc::new(NodeLoad::new(shards)),
+            loads: Arc::new(LoadTable::default()),
             core_zero,
             next_session: AtomicU64::new(1),
             snapshots: AtomicU64::new(0),
@@ -140,7 +145,9 @@ thread_local! {
 pub fn peers(shared: &ClusterShared) -> Rc<Peers> {
     PEERS.with(|slot| {
         slot.borrow_mut()
-            .get_or_insert_with(|| Peers::new(shared.me.id, shared.load.clone()))
+            .get_or_insert_with(|| {
+                Peers::new(shared.me.id, shared.load.clone(), shared.loads.clone())
+            })
             .clone()
     })
 }

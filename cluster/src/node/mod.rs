@@ -70,6 +70,13 @@ pub struct NodeConfig {
     pub ack_policy: replicas::AckPolicy,
     /// Replication timing and the log retention.
     pub replication: crate::replication::Settings,
+    /// Where new mail goes (see [`crate::placement`]).
+    pub placement: crate::placement::PlacementPolicy,
+    /// A node with this many operations under way on its disks counts as overloaded: dynamic
+    /// placement then prefers other candidates, beyond the spread if need be.
+    pub overload_ops: u32,
+    /// Simulated disk speeds, for experiments: (data directory, limits); others unthrottled.
+    pub throttles: Vec<(PathBuf, porcupine_engine::ThrottleLimits)>,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +111,9 @@ impl Default for NodeConfig {
             replicas: 2,
             ack_policy: replicas::AckPolicy::AllReplicas,
             replication: crate::replication::Settings::default(),
+            placement: crate::placement::PlacementPolicy::default(),
+            overload_ops: 256,
+            throttles: Vec::new(),
         }
     }
 }
@@ -116,6 +126,34 @@ pub struct NodeContext {
     pub cluster: cluster_state::ClusterShared,
     pub metrics: NodeMetrics,
     pub started: Instant,
+    /// The storage of each data directory (throttled ones share one simulated disk).
+    pub disks: Vec<DmaStorage>,
+}
+
+/// The storage of each data directory: a directory named in `throttles` gets one simulated
+/// disk, shared by every core's shard on it.
+fn disks(config: &NodeConfig) -> Result<Vec<DmaStorage>, NodeError> {
+    for (dir, _) in &config.throttles {
+        if !config.data_dirs.contains(dir) {
+            return Err(NodeError::Start(format!(
+                "a throttle names {}, which is not a data directory (--data)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(config
+        .data_dirs
+        .iter()
+        .map(|dir| {
+            match config.throttles.iter().find(|(d, _)| d == dir) {
+                Some((_, limits)) if limits.is_limited() => {
+                    tracing::warn!(dir = %dir.display(), %limits, "disk throttled (experiment mode)");
+                    DmaStorage::throttled(Arc::new(porcupine_engine::DiskThrottle::new(*limits)))
+                }
+                _ => DmaStorage::default(),
+            }
+        })
+        .collect())
 }
 
 /// A running node.
@@ -216,9 +254,11 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
             config.membership.buckets,
             core_zero_tx,
             config.join.iter().any(|seed| *seed != config.cluster),
+            placement.shard_count(),
         ),
         metrics: NodeMetrics::default(),
         started: Instant::now(),
+        disks: disks(&config)?,
     });
     let (stop_tx, stop_rx) = flume::unbounded::<()>();
     let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
@@ -359,19 +399,21 @@ async fn run_core(
     let mut shards = HashMap::new();
     for address in placement.shards_of_core(core) {
         let name = format!("shard-{}", address.shard);
-        match Shard::open(
-            DmaStorage,
-            &address.dir,
-            context.config.engine.clone(),
-            &name,
-        )
-        .await
-        {
+        let storage = context
+            .disks
+            .get(address.shard / placement.cores)
+            .cloned()
+            .unwrap_or_default();
+        match Shard::open(storage, &address.dir, context.config.engine.clone(), &name).await {
             Ok((shard, report)) => {
                 tracing::info!(
                     shard = name, dir = %address.dir.display(), messages = report.messages, segments = report.segments,
                     from_checkpoint = report.from_checkpoint, elapsed = ?report.elapsed, "shard open"
                 );
+                context
+                    .cluster
+                    .load
+                    .register(address.shard, shard.load_gauge());
                 shards.insert(address.shard, shard);
             }
             Err(error) => {

@@ -1,8 +1,8 @@
 //! Delivery and retrieval proxies: what a session on any node does to store mail for a user,
 //! or to open the user's maildrop, wherever the user's fragments are.
 //!
-//! Delivery: user → bucket manager (user map) → the manager picks the replicas (nodes holding a
-//! fragment of the user's mailbox first, then the least loaded live nodes) → the first of them,
+//! Delivery: user → bucket manager (user map) → the manager names the candidates (see
+//! [`crate::placement`]) → this node picks the replicas among them by load → the first of them,
 //! the coordinator, stores the message and replicates it (locally, or a store request that the
 //! coordinator answers under the ack policy). A replica that fails makes the proxy place the
 //! message again, under the same id, so no copy is counted twice. Retrieval: the manager locks
@@ -22,7 +22,9 @@ use super::cluster_driver::PEER_TIMEOUT;
 use super::cluster_state::peers;
 use super::service::{LockMode, Login, StoreError};
 use super::NodeContext;
+use crate::loads::LOAD_MAX_AGE;
 use crate::membership::{Epoch, NodeId, View};
+use crate::placement::{self, CandidateLoad, Choice};
 use crate::transport::Peers;
 use crate::wire::{Body, Failure};
 
@@ -92,9 +94,9 @@ async fn ask_manager(context: &NodeContext, view: &View, user: &str, body: &Body
         .ok()
 }
 
-/// Placements this core made recently: user → (replicas, epoch). A user's next message goes
-/// to the same nodes without asking the manager again (the manager recorded the fragments when
-/// it placed them), until the membership changes.
+/// Candidates this core was given recently: user → (candidates, epoch). A user's next message
+/// is placed among the same nodes without asking the manager again (the manager recorded them
+/// as the user's fragment nodes), until the membership changes.
 struct PlacementCache {
     entries: HashMap<String, (Rc<[NodeId]>, Epoch)>,
 }
@@ -174,6 +176,7 @@ pub async fn deliver(
     }
     let me = shared.me.id;
     let deadline = Instant::now() + PATIENCE;
+    let mut full_nodes = 0usize;
     loop {
         let view = shared.view.load_full();
         if view.members.len() <= 1 {
@@ -181,18 +184,10 @@ pub async fn deliver(
                 Err(StoreError::Unavailable) => {}
                 done => return done,
             }
-        } else if let Some(nodes) = placement(context, &view, user).await {
+        } else if let Some(nodes) = replicas_for(context, &view, user).await {
             let coordinator = nodes[0];
             let outcome = if coordinator == me {
-                store_here(
-                    context,
-                    user,
-                    id,
-                    message.clone(),
-                    view.epoch,
-                    nodes.to_vec(),
-                )
-                .await
+                store_here(context, user, id, message.clone(), view.epoch, nodes).await
             } else {
                 match view.member(coordinator) {
                     Some(member) => {
@@ -200,7 +195,7 @@ pub async fn deliver(
                             user: user.to_owned(),
                             id,
                             epoch: view.epoch,
-                            replicas: nodes.to_vec(),
+                            replicas: nodes,
                             message: message.to_vec(),
                         };
                         match peers(shared)
@@ -219,12 +214,22 @@ pub async fn deliver(
                 }
             };
             match outcome {
-                Ok(()) => {
-                    remember_placement(user, nodes, view.epoch);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 // Placed again with a fresh answer from the manager, under the same id.
                 Err(StoreError::Unavailable) => forget_placement(user),
+                // A full disk there: placement avoids that node now; another may have room.
+                Err(StoreError::NoSpace) => {
+                    full_nodes += 1;
+                    if full_nodes >= view.members.len() {
+                        return Err(StoreError::NoSpace);
+                    }
+                    if coordinator != me {
+                        let load = shared.loads.get(coordinator).map_or(0, |h| h.load);
+                        shared.loads.set(coordinator, load, true);
+                    }
+                    forget_placement(user);
+                    continue;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -236,23 +241,88 @@ pub async fn deliver(
 }
 
 /// The replicas of a new message of `user`, the coordinator first (this node when it is one
-/// of them, to save a hop); `None` if the manager cannot answer now.
-async fn placement(context: &NodeContext, view: &View, user: &str) -> Option<Rc<[NodeId]>> {
+/// of them, to save a hop), picked among the manager's candidates under the placement policy;
+/// `None` if the manager cannot answer now.
+async fn replicas_for(context: &NodeContext, view: &View, user: &str) -> Option<Vec<NodeId>> {
+    let shared = &context.cluster;
+    let me = shared.me.id;
+    let wanted = replicas_wanted(context, view);
+    let load_of = |node: NodeId| {
+        if node == me {
+            return CandidateLoad {
+                load: shared.load.total(),
+                full: shared.load.is_full(),
+            };
+        }
+        shared
+            .loads
+            .get(node)
+            .filter(|h| h.age < LOAD_MAX_AGE)
+            .map(|h| CandidateLoad {
+                load: h.load,
+                full: h.full,
+            })
+            .unwrap_or_default()
+    };
+    let mut avoid = Vec::new();
+    loop {
+        let candidates = if avoid.is_empty() {
+            candidates_for(context, view, user, wanted).await?
+        } else {
+            // Not cached: the usual candidates are weighed again with fresh loads next time.
+            ask_candidates(context, view, user, wanted, &avoid).await?
+        };
+        let choice = placement::choose(
+            context.config.placement,
+            &candidates,
+            wanted,
+            load_of,
+            context.config.overload_ops,
+            avoid.is_empty(),
+            &mut rand::thread_rng(),
+        );
+        match choice {
+            Choice::Nodes(mut nodes) if !nodes.is_empty() => {
+                if let Some(at) = nodes.iter().position(|&n| n == me) {
+                    nodes.swap(0, at);
+                }
+                return Some(nodes);
+            }
+            Choice::Nodes(_) => return None,
+            Choice::Avoid(nodes) => avoid = nodes,
+        }
+    }
+}
+
+/// The candidates for `user`'s new mail: cached for the membership epoch, else the manager's.
+async fn candidates_for(
+    context: &NodeContext,
+    view: &View,
+    user: &str,
+    wanted: usize,
+) -> Option<Rc<[NodeId]>> {
     if let Some(nodes) = cached_placement(user, view.epoch) {
         return Some(nodes);
     }
+    let nodes = ask_candidates(context, view, user, wanted, &[]).await?;
+    remember_placement(user, nodes.clone(), view.epoch);
+    Some(nodes)
+}
+
+async fn ask_candidates(
+    context: &NodeContext,
+    view: &View,
+    user: &str,
+    wanted: usize,
+    avoid: &[NodeId],
+) -> Option<Rc<[NodeId]>> {
     let place = Body::Place {
         user: user.to_owned(),
-        replicas: replicas_wanted(context, view).min(usize::from(u8::MAX)) as u8,
+        replicas: wanted.min(usize::from(u8::MAX)) as u8,
+        avoid: avoid.to_vec(),
     };
     match ask_manager(context, view, user, &place).await {
-        Some(Body::Placed { mut nodes }) if !nodes.is_empty() => {
-            let me = context.cluster.me.id;
-            if let Some(at) = nodes.iter().position(|&n| n == me) {
-                nodes.swap(0, at);
-            }
-            Some(nodes.into())
-        }
+        Some(Body::Placed { nodes }) if !nodes.is_empty() => Some(nodes.into()),
         _ => None,
     }
 }

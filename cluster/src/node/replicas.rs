@@ -150,10 +150,7 @@ impl CoreReplication {
         } else {
             ReplicaSet::NONE
         };
-        let load = &self.context.cluster.load;
-        load.fetch_add(1, Ordering::Relaxed);
         let stored = shard.put_message(user, id, &message, 0, set, None).await;
-        load.fetch_sub(1, Ordering::Relaxed);
         let (entry, fresh) = match stored {
             Ok(PutOutcome::Stored(entry)) => (entry, true),
             Ok(PutOutcome::AlreadyHere(entry)) => (entry, false),
@@ -161,7 +158,12 @@ impl CoreReplication {
             Ok(PutOutcome::Deleted) => return Ok(()),
             Err(error) => {
                 tracing::warn!(%user, %error, "delivery failed");
-                return Err(StoreError::from(&error));
+                let error = StoreError::from(&error);
+                if error == StoreError::NoSpace {
+                    // Placement avoids this node for a while.
+                    self.context.cluster.load.note_full();
+                }
+                return Err(error);
             }
         };
         if !set.is_replicated() {
@@ -370,11 +372,9 @@ impl CoreReplication {
                 let known_before = shard.has_messages(&update.user);
                 let snapshots = shared.snapshots.load(Ordering::SeqCst);
                 let epoch = shared.view.load().epoch;
-                shared.load.fetch_add(1, Ordering::Relaxed);
                 let stored = shard
                     .put_message(&update.user, update.id, &message, 0, set, Some(stamp))
                     .await;
-                shared.load.fetch_sub(1, Ordering::Relaxed);
                 match stored {
                     Ok(PutOutcome::Stored(_)) => {
                         let unknown = !known_before
@@ -391,7 +391,13 @@ impl CoreReplication {
                         true
                     }
                     Ok(PutOutcome::AlreadyHere(_) | PutOutcome::Deleted) => false,
-                    Err(error) => return Err(StoreError::from(&error)),
+                    Err(error) => {
+                        let error = StoreError::from(&error);
+                        if error == StoreError::NoSpace {
+                            shared.load.note_full();
+                        }
+                        return Err(error);
+                    }
                 }
             }
             (UpdateKind::Put, None) => return Err(StoreError::Failed),

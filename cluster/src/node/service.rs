@@ -79,6 +79,10 @@ pub struct ShardReport {
     pub ack_p999_us: u64,
     /// Replicated updates here not yet acknowledged by every replica.
     pub pending_updates: usize,
+    /// Operations under way that may touch the shard's disk (what placement balances on).
+    pub load: u32,
+    /// The simulated disk of the shard's directory, if it is throttled (experiments).
+    pub throttle: Option<String>,
 }
 
 type Reply<T> = flume::Sender<T>;
@@ -701,6 +705,8 @@ impl CoreService {
                     ack_p99_us: m.ack_micros.p99,
                     ack_p999_us: m.ack_micros.p999,
                     pending_updates: shard.pending_count(),
+                    load: shard.load(),
+                    throttle: shard.storage().throttle().map(|t| t.to_string()),
                 }
             })
             .collect();

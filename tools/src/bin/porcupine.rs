@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use porcupine_cluster::node::replicas::AckPolicy;
 use porcupine_cluster::node::{self, NodeConfig};
+use porcupine_cluster::placement::PlacementPolicy;
+use porcupine_engine::ThrottleLimits;
 use porcupine_tools::admin_client;
 
 #[global_allocator]
@@ -77,6 +79,15 @@ enum UserCommand {
     List,
 }
 
+/// `--placement`: where new mail goes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PlacementArg {
+    Static,
+    Random,
+    Dynamic,
+}
+
 /// `serve`'s flags; each may also come from the TOML file given by `--config` (flags win).
 /// `--ack`: when a delivery is acknowledged.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, serde::Deserialize)]
@@ -133,6 +144,23 @@ struct ServeArgs {
     /// down longer rejoins as a new node [default: 168 (a week)]
     #[arg(long)]
     log_retention_h: Option<u64>,
+    /// Where new mail goes: `dynamic` (the least loaded of the user's fragment nodes, topped up
+    /// at random to the spread), `static` (fixed nodes per user, by hash) or `random` (any
+    /// nodes, per message). Every node of a cluster should use the same [default: dynamic]
+    #[arg(long)]
+    placement: Option<PlacementArg>,
+    /// Dynamic placement: nodes a user's mailbox is spread over before more are added (only
+    /// when every one of them is down, full or overloaded) [default: 2]
+    #[arg(long)]
+    spread: Option<usize>,
+    /// Operations under way on a node's disks at which it counts as overloaded [default: 256]
+    #[arg(long)]
+    overload_ops: Option<u32>,
+    /// Experiments: make a data directory behave as a slower disk, `DIR=IOPS:MBPS` (0 leaves
+    /// that limit off), e.g. `--throttle /data/a=200:20`; repeat for several directories
+    #[arg(long)]
+    #[serde(default)]
+    throttle: Vec<String>,
     /// Executors, one per core [default: every core]
     #[arg(long)]
     cores: Option<usize>,
@@ -232,6 +260,14 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         replicas: flags.replicas.or(file.replicas),
         ack: flags.ack.or(file.ack),
         log_retention_h: flags.log_retention_h.or(file.log_retention_h),
+        placement: flags.placement.or(file.placement),
+        spread: flags.spread.or(file.spread),
+        overload_ops: flags.overload_ops.or(file.overload_ops),
+        throttle: if flags.throttle.is_empty() {
+            file.throttle
+        } else {
+            flags.throttle
+        },
         cores: flags.cores.or(file.cores),
         hostname: flags.hostname.or(file.hostname),
         message_bytes_max: flags.message_bytes_max.or(file.message_bytes_max),
@@ -270,6 +306,27 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if retention_h == 0 {
         bail!("--log-retention-h must be at least 1");
     }
+    let spread = args.spread.unwrap_or(2);
+    if spread == 0 || spread > 64 {
+        bail!("--spread must be between 1 and 64 (got {spread})");
+    }
+    let placement = match args.placement.unwrap_or(PlacementArg::Dynamic) {
+        PlacementArg::Static => PlacementPolicy::Static,
+        PlacementArg::Random => PlacementPolicy::Random,
+        PlacementArg::Dynamic => PlacementPolicy::Dynamic { spread },
+    };
+    if args.spread.is_some() && !matches!(placement, PlacementPolicy::Dynamic { .. }) {
+        tracing::warn!("--spread applies to --placement dynamic only; ignored");
+    }
+    let overload_ops = args.overload_ops.unwrap_or(defaults.overload_ops);
+    if overload_ops == 0 {
+        bail!("--overload-ops must be at least 1");
+    }
+    let throttles = args
+        .throttle
+        .iter()
+        .map(|spec| parse_throttle(spec))
+        .collect::<Result<Vec<_>>>()?;
     let domains: Vec<String> = if args.domain.is_empty() {
         defaults.domains.clone()
     } else {
@@ -306,6 +363,9 @@ fn serve(flags: ServeArgs) -> Result<()> {
             retention_ms: retention_h.saturating_mul(3600 * 1000),
             ..defaults.replication
         },
+        placement,
+        overload_ops,
+        throttles,
         ..defaults
     };
     if config.discard_bodies {
@@ -383,6 +443,25 @@ fn serve(flags: ServeArgs) -> Result<()> {
     handle.stop()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `DIR=IOPS:MBPS` → the directory and its simulated disk (0 turns a limit off).
+fn parse_throttle(spec: &str) -> Result<(PathBuf, ThrottleLimits)> {
+    let usage = || format!("--throttle {spec:?}: expected DIR=IOPS:MBPS, e.g. /data/a=200:20");
+    let (dir, limits) = spec.rsplit_once('=').with_context(usage)?;
+    let (iops, mbps) = limits.split_once(':').with_context(usage)?;
+    let iops: u32 = iops.trim().parse().with_context(usage)?;
+    let mbps: f64 = mbps.trim().parse().with_context(usage)?;
+    if dir.is_empty() || !mbps.is_finite() || mbps < 0.0 {
+        bail!(usage());
+    }
+    Ok((
+        PathBuf::from(dir),
+        ThrottleLimits {
+            iops: (iops > 0).then_some(iops),
+            bytes_per_s: (mbps > 0.0).then_some((mbps * 1e6) as u64),
+        },
+    ))
 }
 
 /// The password given on standard input (never on a command line).
