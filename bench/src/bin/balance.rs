@@ -49,7 +49,7 @@ enum Scenario {
     Spread,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 struct Args {
     #[arg(long, value_enum)]
     scenario: Scenario,
@@ -74,6 +74,12 @@ struct Args {
     /// How many times slower the slow node's disk is (heterogeneous and spread).
     #[arg(long, default_value_t = 4.0)]
     slow_factor: f64,
+    /// Zipf skews of the `skew` scenario.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 1.0, 1.5])]
+    skews: Vec<f64>,
+    /// Placement policies of the `skew` and `heterogeneous` scenarios.
+    #[arg(long, value_delimiter = ',', default_values_t = ["static".to_string(), "random".to_string(), "dynamic".to_string()])]
+    policies: Vec<String>,
     /// Results file name under bench/results (default: balance-<scenario>).
     #[arg(long)]
     name: Option<String>,
@@ -105,7 +111,11 @@ struct Measured {
     shares: [f64; 3],
 }
 
-fn runs(scenario: Scenario) -> Vec<Run> {
+fn runs(args: &Args) -> Vec<Run> {
+    let chosen: Vec<&'static str> = ["static", "random", "dynamic"]
+        .into_iter()
+        .filter(|p| args.policies.iter().any(|q| q == p))
+        .collect();
     let policy = |p: &'static str, x: f64, zipf: f64, mix: &'static str, slow: bool| Run {
         series: p.to_owned(),
         x,
@@ -115,14 +125,17 @@ fn runs(scenario: Scenario) -> Vec<Run> {
         mix,
         slow_node: slow,
     };
-    match scenario {
-        Scenario::Skew => [0.0, 1.0, 1.5]
-            .into_iter()
-            .flat_map(|s| ["static", "random", "dynamic"].map(|p| policy(p, s, s, "100:0", false)))
+    match args.scenario {
+        Scenario::Skew => args
+            .skews
+            .iter()
+            .flat_map(|&s| chosen.iter().map(move |&p| (p, s)))
+            .map(|(p, s)| policy(p, s, s, "100:0", false))
             .collect(),
-        Scenario::Heterogeneous => ["static", "random", "dynamic"]
-            .map(|p| policy(p, 0.0, 0.0, "100:0", true))
-            .to_vec(),
+        Scenario::Heterogeneous => chosen
+            .iter()
+            .map(|&p| policy(p, 0.0, 0.0, "100:0", true))
+            .collect(),
         Scenario::Spread => [1, 2, 4]
             .map(|spread| Run {
                 series: "dynamic".into(),
@@ -237,6 +250,13 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(unknown) = args
+        .policies
+        .iter()
+        .find(|p| !["static", "random", "dynamic"].contains(&p.as_str()))
+    {
+        bail!("--policies: unknown policy {unknown:?} (static, random, dynamic)");
+    }
     if args.disk_mbps <= 0.0 || args.disk_iops == 0 || args.slow_factor < 1.0 {
         bail!("--disk-mbps and --disk-iops must be positive, --slow-factor at least 1");
     }
@@ -248,8 +268,18 @@ fn main() -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("porcupine-balance")
         .tempdir_in("/var/tmp")?;
+    // A short run first, discarded: the first cluster of a session meets a cold machine (page
+    // cache, CPU frequency), which would handicap whichever policy runs first.
+    if let Some(first) = runs(&args).into_iter().next() {
+        let warm_up = Args {
+            seconds: 3,
+            ..args.clone()
+        };
+        let m = measure(&bins, &warm_up, &work.path().join("warm-up"), &first)?;
+        eprintln!("warm-up (discarded): {:.0} msg/s", m.msgs_per_s);
+    }
     let mut results = Vec::new();
-    for (i, run) in runs(args.scenario).into_iter().enumerate() {
+    for (i, run) in runs(&args).into_iter().enumerate() {
         let m = measure(&bins, &args, &work.path().join(format!("run{i}")), &run)?;
         eprintln!(
             "{} spread {} zipf {}: {:.0} msg/s, SMTP p99 {:.1} ms, lost {}, errors {}, shares {:.2?}",
