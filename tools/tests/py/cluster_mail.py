@@ -8,6 +8,10 @@ empty HOST POP3_PORT PASSWORD USERS
     every user's maildrop is empty (nothing deleted has come back); nothing is deleted
 login HOST POP3_PORT USER PASSWORD
     prints "login ok" or "login refused"
+repeat HOST SMTP_PORT TAG COUNT
+    COUNT messages "TAG k" to user1@localhost over one connection
+count HOST POP3_PORT PASSWORD USER
+    prints "count N": the messages in USER's maildrop (nothing is deleted)
 """
 import poplib
 import smtplib
@@ -76,6 +80,23 @@ def login(host, port, user, password):
     print("login ok")
 
 
+def repeat(host, port, tag, count):
+    client = smtplib.SMTP(host, int(port), timeout=30)
+    for k in range(1, int(count) + 1):
+        client.sendmail("sender@example.org", ["user1@localhost"], body(tag, k))
+    client.quit()
+    print(f"delivered {count}")
+
+
+def count(host, port, password, user):
+    pop = poplib.POP3(host, int(port), timeout=30)
+    pop.user(user)
+    pop.pass_(password)
+    messages, _ = pop.stat()
+    pop.quit()
+    print(f"count {messages}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "deliver":
         deliver(*sys.argv[2:6])
@@ -83,5 +104,9 @@ if __name__ == "__main__":
         empty(*sys.argv[2:6])
     elif sys.argv[1] == "login":
         login(*sys.argv[2:6])
+    elif sys.argv[1] == "repeat":
+        repeat(*sys.argv[2:6])
+    elif sys.argv[1] == "count":
+        count(*sys.argv[2:6])
     else:
         check(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
