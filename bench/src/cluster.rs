@@ -19,6 +19,14 @@ pub struct Bins {
     pub load: PathBuf,
 }
 
+/// The workspace the benchmarks belong to (results go under its `bench/results`).
+pub fn workspace_root() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf())
+}
+
 impl Bins {
     /// Builds `porcupine` and `porcupine-load` (release) in the workspace at `root`.
     pub fn build(root: &Path) -> Result<Bins> {
@@ -122,6 +130,38 @@ impl Layout {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// `porcupine-load` against nodes `1..=nodes` (SMTP, and POP3 unless `mix` is SMTP only),
+    /// users `user1..user<users>@domain` with `password`; `workload`: the other flags (mix,
+    /// size, connections, duration…). Its JSON report.
+    pub fn load(
+        &self,
+        bins: &Bins,
+        nodes: usize,
+        users: usize,
+        password: &str,
+        workload: &[String],
+    ) -> Result<serde_json::Value> {
+        let json = tempfile::NamedTempFile::new()?;
+        let targets = |port: u16| {
+            (1..=nodes)
+                .map(|n| format!("{}:{port}", self.ip(n)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let status = Command::new(&bins.load)
+            .args(["--smtp", &targets(self.smtp), "--pop3", &targets(self.pop3)])
+            .args(["--users", &users.to_string(), "--password", password])
+            .args(["--user-format", &format!("user{{n}}@{}", self.domain)])
+            .args(workload)
+            .arg("--json")
+            .arg(json.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        serde_json::from_str(&std::fs::read_to_string(json.path())?)
+            .with_context(|| format!("porcupine-load wrote no report (exit {status})"))
     }
 
     /// GET `path` from node `n`'s admin endpoint; the body.

@@ -19,13 +19,12 @@
 //! under `uniform` the same keys at s = 0), or `spread_1`, `spread_2`, `spread_4`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
-use porcupine_bench::cluster::{Bins, Layout};
+use porcupine_bench::cluster::{workspace_root, Bins, Layout};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -199,34 +198,22 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
     std::thread::sleep(Duration::from_secs_f64(
         (4.0 * args.slow_factor / args.disk_mbps.max(0.1)).clamp(1.0, 15.0),
     ));
-    let json = tempfile::NamedTempFile::new()?;
-    let smtp: Vec<String> = (1..=3)
-        .map(|n| format!("{}:{}", LAYOUT.ip(n), LAYOUT.smtp))
-        .collect();
-    let pop3: Vec<String> = (1..=3)
-        .map(|n| format!("{}:{}", LAYOUT.ip(n), LAYOUT.pop3))
-        .collect();
-    let status = Command::new(&bins.load)
-        .args(["--smtp", &smtp.join(",")])
-        .args(["--pop3", &pop3.join(",")])
-        .args(["--users", &args.users.to_string()])
-        .args([
-            "--user-format",
-            &format!("user{{n}}@{}", LAYOUT.domain),
-            "--password",
-            PASSWORD,
-        ])
-        .args(["--mix", run.mix, "--zipf", &run.zipf.to_string()])
-        .args(["--no-sweep", "--size", &args.size.to_string()])
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--duration", &format!("{}s", args.seconds)])
-        .arg("--json")
-        .arg(json.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json.path())?)
-        .with_context(|| format!("porcupine-load wrote no report (exit {status})"))?;
+    let workload: Vec<String> = [
+        "--mix",
+        run.mix,
+        "--zipf",
+        &run.zipf.to_string(),
+        "--no-sweep",
+        "--size",
+        &args.size.to_string(),
+        "--connections",
+        &args.connections.to_string(),
+        "--duration",
+        &format!("{}s", args.seconds),
+    ]
+    .map(String::from)
+    .to_vec();
+    let report = LAYOUT.load(bins, 3, args.users, PASSWORD, &workload)?;
     let stored: Vec<f64> = (1..=3)
         .map(|n| {
             LAYOUT
@@ -260,10 +247,7 @@ fn main() -> Result<()> {
     if args.disk_mbps <= 0.0 || args.disk_iops == 0 || args.slow_factor < 1.0 {
         bail!("--disk-mbps and --disk-iops must be positive, --slow-factor at least 1");
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
+    let root = workspace_root()?;
     let bins = Bins::build(&root)?;
     let work = tempfile::Builder::new()
         .prefix("porcupine-balance")

@@ -135,29 +135,22 @@ fn one_user_per_bucket(users: usize) -> Vec<String> {
     by_bucket.into_values().collect()
 }
 
-fn load(bins: &Bins, nodes: &[usize], args: &Args, users: usize) -> Result<serde_json::Value> {
-    let json = tempfile::NamedTempFile::new()?;
-    let smtp: Vec<String> = nodes.iter().map(|&n| format!("{}:{SMTP}", ip(n))).collect();
-    let pop3: Vec<String> = nodes.iter().map(|&n| format!("{}:{POP3}", ip(n))).collect();
-    let status = Command::new(&bins.load)
-        .args(["--smtp", &smtp.join(","), "--pop3", &pop3.join(",")])
-        .args(["--users", &users.to_string()])
-        .args([
-            "--user-format",
-            &format!("user{{n}}@{DOMAIN}"),
-            "--password",
-            PASSWORD,
-        ])
-        .args(["--mix", "90:10", "--warm-logins", "--size", "4700"])
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--duration", &format!("{}s", args.seconds)])
-        .arg("--json")
-        .arg(json.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    serde_json::from_str(&std::fs::read_to_string(json.path())?)
-        .with_context(|| format!("porcupine-load wrote no report (exit {status})"))
+/// The 90:10 mix against nodes `1..=nodes`, after warm-up logins.
+fn load(bins: &Bins, nodes: usize, args: &Args, users: usize) -> Result<serde_json::Value> {
+    let workload: Vec<String> = [
+        "--mix",
+        "90:10",
+        "--warm-logins",
+        "--size",
+        "4700",
+        "--connections",
+        &args.connections.to_string(),
+        "--duration",
+        &format!("{}s", args.seconds),
+    ]
+    .map(String::from)
+    .to_vec();
+    LAYOUT.load(bins, nodes, users, PASSWORD, &workload)
 }
 
 fn main() -> Result<()> {
@@ -176,7 +169,7 @@ fn main() -> Result<()> {
     let mut servers = Servers::default();
     start_node(&bins, &mut servers, &base.join("single"), 1, false)?;
     add_users(&bins, 1, 1000)?;
-    let one = load(&bins, &[1], &args, 1000)?;
+    let one = load(&bins, 1, &args, 1000)?;
     drop(servers);
     eprintln!(
         "one node: {:.0} msg/s",
@@ -196,7 +189,7 @@ fn main() -> Result<()> {
         args.users,
         started.elapsed().as_secs_f64()
     );
-    let three = load(&bins, &[1, 2, 3], &args, 1000)?;
+    let three = load(&bins, 3, &args, 1000)?;
     eprintln!(
         "three nodes: {:.0} msg/s",
         three["msgs_per_s"].as_f64().unwrap_or(0.0)

@@ -13,13 +13,11 @@
 //! `{"r1": {"msgs_per_s", "write_amplification", "disk_write_amplification"}, "r2": …, "r3": …}`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use porcupine_bench::cluster::{Bins, Layout};
+use porcupine_bench::cluster::{workspace_root, Bins, Layout};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -108,35 +106,20 @@ fn measure(bins: &Bins, args: &Args, base: &std::path::Path, replicas: usize) ->
         .iter()
         .map(|&p| process_write_bytes(p))
         .sum::<Result<f64>>()?;
-    let json = tempfile::NamedTempFile::new()?;
-    let smtp: Vec<String> = (1..=3)
-        .map(|n| format!("{}:{}", LAYOUT.ip(n), LAYOUT.smtp))
-        .collect();
-    let status = Command::new(&bins.load)
-        .args(["--smtp", &smtp.join(",")])
-        .args(["--users", &USERS.to_string()])
-        .args([
-            "--user-format",
-            &format!("user{{n}}@{}", LAYOUT.domain),
-            "--password",
-            PASSWORD,
-        ])
-        .args([
-            "--mix",
-            "100:0",
-            "--no-sweep",
-            "--size",
-            &args.size.to_string(),
-        ])
-        .args(["--connections", &args.connections.to_string()])
-        .args(["--duration", &format!("{}s", args.seconds)])
-        .arg("--json")
-        .arg(json.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json.path())?)
-        .with_context(|| format!("porcupine-load wrote no report (exit {status})"))?;
+    let workload: Vec<String> = [
+        "--mix",
+        "100:0",
+        "--no-sweep",
+        "--size",
+        &args.size.to_string(),
+        "--connections",
+        &args.connections.to_string(),
+        "--duration",
+        &format!("{}s", args.seconds),
+    ]
+    .map(String::from)
+    .to_vec();
+    let report = LAYOUT.load(bins, 3, USERS, PASSWORD, &workload)?;
     // Retirements follow the acknowledgements by the straggler wait: let them land.
     std::thread::sleep(Duration::from_secs(2));
     let appended_after: f64 = (1..=3).map(appended_bytes).sum::<Result<f64>>()?;
@@ -159,10 +142,7 @@ fn measure(bins: &Bins, args: &Args, base: &std::path::Path, replicas: usize) ->
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
+    let root = workspace_root()?;
     let bins = Bins::build(&root)?;
     let work = tempfile::Builder::new()
         .prefix("porcupine-replication")
