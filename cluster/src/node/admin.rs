@@ -391,6 +391,11 @@ async fn status(context: &NodeContext) -> serde_json::Value {
             "spread": spread,
             "overload_ops": config.overload_ops,
         },
+        "disks": config.data_dirs.iter().map(|dir| {
+            let weight = config.disk_weights.iter().find(|(d, _)| d == dir).map_or(1.0, |(_, w)| *w);
+            let throttle = config.throttles.iter().find(|(d, _)| d == dir).map(|(_, t)| t.to_string());
+            serde_json::json!({ "dir": dir.display().to_string(), "weight": weight, "throttle": throttle })
+        }).collect::<Vec<_>>(),
         "shards": shards,
     })
 }

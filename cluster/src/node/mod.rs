@@ -10,6 +10,7 @@ pub mod admin;
 pub mod cluster_driver;
 pub mod cluster_state;
 pub mod conn;
+pub mod core_shards;
 pub mod metrics;
 pub mod pop3_conn;
 pub mod proxy;
@@ -77,6 +78,9 @@ pub struct NodeConfig {
     pub overload_ops: u32,
     /// Simulated disk speeds, for experiments: (data directory, limits); others unthrottled.
     pub throttles: Vec<(PathBuf, porcupine_engine::ThrottleLimits)>,
+    /// Relative capacity of data directories: (directory, weight); others weigh 1. New users
+    /// go to each directory in proportion to its weight.
+    pub disk_weights: Vec<(PathBuf, f64)>,
 }
 
 impl Default for NodeConfig {
@@ -114,6 +118,7 @@ impl Default for NodeConfig {
             placement: crate::placement::PlacementPolicy::default(),
             overload_ops: 256,
             throttles: Vec::new(),
+            disk_weights: Vec::new(),
         }
     }
 }
@@ -202,7 +207,32 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         probe_listen(addr)
             .map_err(|e| start_error(format!("cannot listen for {name} on {addr}: {e}")))?;
     }
-    let placement = Placement::new(config.cores, config.data_dirs.clone());
+    for (dir, weight) in &config.disk_weights {
+        if !config.data_dirs.contains(dir) {
+            return Err(start_error(format!(
+                "a disk weight names {}, which is not a data directory (--data)",
+                dir.display()
+            )));
+        }
+        if !(weight.is_finite() && *weight > 0.0) {
+            return Err(start_error(format!(
+                "the weight of {} must be a positive number (got {weight})",
+                dir.display()
+            )));
+        }
+    }
+    let weights: Vec<f64> = config
+        .data_dirs
+        .iter()
+        .map(|dir| {
+            config
+                .disk_weights
+                .iter()
+                .find(|(d, _)| d == dir)
+                .map_or(1.0, |(_, w)| *w)
+        })
+        .collect();
+    let placement = Placement::weighted(config.cores, config.data_dirs.clone(), weights);
     let (request_txs, request_rxs): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::unbounded::<Request>())
         .unzip();

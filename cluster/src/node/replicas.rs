@@ -8,19 +8,18 @@
 //! [`porcupine_engine::Shard::pending_updates`] and carries on.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use porcupine_engine::record::user_key;
-use porcupine_engine::{
-    DeleteOutcome, Placement, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind,
-};
+use porcupine_engine::{DeleteOutcome, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind};
 
 use super::cluster_driver::PEER_TIMEOUT;
 use super::cluster_state::peers;
+use super::core_shards::CoreShards;
 use super::service::StoreError;
 use super::NodeContext;
 use crate::membership::{Epoch, NodeId};
@@ -43,8 +42,7 @@ const TICK: Duration = Duration::from_millis(25);
 /// One core's replication: its replicator and what it needs to act.
 pub struct CoreReplication {
     context: Arc<NodeContext>,
-    placement: Placement,
-    shards: HashMap<usize, Shard>,
+    shards: Rc<CoreShards>,
     replicator: RefCell<Replicator>,
     seen_epoch: Cell<Option<Epoch>>,
     started: Instant,
@@ -64,23 +62,18 @@ fn to_set(nodes: &[NodeId]) -> ReplicaSet {
 
 impl CoreReplication {
     /// Creates the edge and loads every update still pending in the shards' logs.
-    pub fn new(
-        context: Arc<NodeContext>,
-        placement: Placement,
-        shards: HashMap<usize, Shard>,
-    ) -> Rc<Self> {
+    pub fn new(context: Arc<NodeContext>, shards: Rc<CoreShards>) -> Rc<Self> {
         let me = context.cluster.me.id;
         let settings = context.config.replication;
         let edge = Rc::new(Self {
             context,
-            placement,
             shards,
             replicator: RefCell::new(Replicator::new(me, settings)),
             seen_epoch: Cell::new(None),
             started: Instant::now(),
         });
         let mut loaded = 0usize;
-        for shard in edge.shards.values() {
+        for shard in edge.shards.all() {
             for pending in shard.pending_updates() {
                 let update = Update {
                     user: pending.user.to_string(),
@@ -113,7 +106,7 @@ impl CoreReplication {
     }
 
     fn shard(&self, user: &str) -> Option<&Shard> {
-        self.shards.get(&self.placement.shard_of(user))
+        self.shards.for_user(user)
     }
 
     /// Updates pending on this core.
@@ -160,8 +153,9 @@ impl CoreReplication {
                 tracing::warn!(%user, %error, "delivery failed");
                 let error = StoreError::from(&error);
                 if error == StoreError::NoSpace {
-                    // Placement avoids this node for a while.
+                    // Placement avoids this node, and new users this disk, for a while.
                     self.context.cluster.load.note_full();
+                    self.shards.note_full(shard);
                 }
                 return Err(error);
             }
@@ -318,12 +312,16 @@ impl CoreReplication {
     }
 
     async fn retire(self: Rc<Self>, retiring: Vec<(Update, Vec<NodeId>)>) {
-        let mut by_shard: BTreeMap<usize, Vec<Retired>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<String, (Shard, Vec<Retired>)> = BTreeMap::new();
         let mut notices: BTreeMap<NodeId, Vec<(String, u128, u64)>> = BTreeMap::new();
         for (update, notify) in retiring {
+            let Some(shard) = self.shard(&update.user) else {
+                continue;
+            };
             by_shard
-                .entry(self.placement.shard_of(&update.user))
-                .or_default()
+                .entry(shard.name().to_owned())
+                .or_insert_with(|| (shard.clone(), Vec::new()))
+                .1
                 .push(Retired {
                     user_key: user_key(&update.user),
                     message_id: update.id,
@@ -336,12 +334,10 @@ impl CoreReplication {
                     .push((update.user.clone(), update.id, update.hlc));
             }
         }
-        for (index, entries) in by_shard {
-            if let Some(shard) = self.shards.get(&index) {
-                if let Err(error) = shard.retire(&entries).await {
-                    // Not retired on disk: after a restart they are pushed again (harmless).
-                    tracing::warn!(shard = shard.name(), %error, "cannot write retirements");
-                }
+        for (shard, entries) in by_shard.into_values() {
+            if let Err(error) = shard.retire(&entries).await {
+                // Not retired on disk: after a restart they are pushed again (harmless).
+                tracing::warn!(shard = shard.name(), %error, "cannot write retirements");
             }
         }
         let view = self.context.cluster.view.load_full();
@@ -395,6 +391,7 @@ impl CoreReplication {
                         let error = StoreError::from(&error);
                         if error == StoreError::NoSpace {
                             shared.load.note_full();
+                            self.shards.note_full(shard);
                         }
                         return Err(error);
                     }

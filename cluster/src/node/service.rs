@@ -1,8 +1,9 @@
 //! The shard service: each core owns its shards and answers requests about the users they
 //! hold, from any core, over a flume channel. Nothing is shared between cores but channels.
 //!
-//! A user's mail and profile live on shard `placement.shard_of(user)`, owned by core
-//! `shard % cores`. [`Router`] sends a request to that core and awaits the answer. The service
+//! A user's mail and profile live on one of the shards of core `placement.core_of(user)`, one
+//! per data directory (which one: [`super::core_shards`]). [`Router`] sends a request to that
+//! core and awaits the answer. The service
 //! runs each request in its own task so concurrent deliveries share group commits.
 
 use std::cell::RefCell;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use porcupine_engine::{DeleteOutcome, EngineError, Placement, ReplicaSet, Shard, Stamp};
 
+use super::core_shards::CoreShards;
 use super::replicas::CoreReplication;
 use super::users;
 use super::NodeContext;
@@ -200,7 +202,7 @@ impl Router {
     }
 
     fn core_of(&self, user: &str) -> usize {
-        self.placement.shard_of(user) % self.cores.len()
+        self.placement.core_of(user) % self.cores.len()
     }
 
     async fn ask<T>(&self, core: usize, make: impl FnOnce(Reply<T>) -> Request) -> Option<T> {
@@ -409,9 +411,7 @@ impl Router {
 #[derive(Debug)]
 pub struct CoreService {
     core: usize,
-    placement: Placement,
-    /// Shard index → shard, for the shards this core owns.
-    shards: HashMap<usize, Shard>,
+    shards: Rc<CoreShards>,
     locked: RefCell<HashSet<String>>,
     /// Credentials verified recently: user → keyed hash of (stored hash, password). Argon2 costs
     /// tens of milliseconds of CPU by design; paying it on every POP login would stall this core.
@@ -431,10 +431,10 @@ impl CoreService {
         shards: HashMap<usize, Shard>,
         context: Arc<NodeContext>,
     ) -> Rc<Self> {
-        let replication = CoreReplication::new(context, placement.clone(), shards.clone());
+        let shards = Rc::new(CoreShards::new(placement, shards));
+        let replication = CoreReplication::new(context, shards.clone());
         Rc::new(Self {
             core,
-            placement,
             shards,
             locked: RefCell::new(HashSet::new()),
             verified: RefCell::new(HashMap::new()),
@@ -449,14 +449,14 @@ impl CoreService {
     }
 
     fn shard(&self, user: &str) -> Option<&Shard> {
-        self.shards.get(&self.placement.shard_of(user))
+        self.shards.for_user(user)
     }
 
     /// Serves requests until a `Shutdown` has been handled.
     pub async fn run(self: Rc<Self>, requests: flume::Receiver<Request>) {
         while let Ok(request) = requests.recv_async().await {
             if let Request::Shutdown { reply } = request {
-                for shard in self.shards.values() {
+                for shard in self.shards.all() {
                     if let Err(error) = shard.close().await {
                         tracing::error!(shard = shard.name(), %error, "closing shard");
                     }
@@ -521,14 +521,14 @@ impl CoreService {
             }
             Request::FragmentUsers { reply } => {
                 let mut users = Vec::new();
-                for shard in self.shards.values() {
+                for shard in self.shards.all() {
                     users.extend(shard.fragment_users());
                 }
                 let _ = reply.send(users);
             }
             Request::Profiles { reply } => {
                 let mut profiles = Vec::new();
-                for shard in self.shards.values() {
+                for shard in self.shards.all() {
                     for user in shard.users() {
                         let Some(hlc) = shard.profile_hlc(&user) else {
                             continue;
@@ -615,7 +615,7 @@ impl CoreService {
             }
             Request::ListUsers { reply } => {
                 let mut users = Vec::new();
-                for shard in self.shards.values() {
+                for shard in self.shards.all() {
                     users.extend(shard.users().into_iter().filter(|u| shard.has_profile(u)));
                 }
                 let _ = reply.send(users);
@@ -683,7 +683,7 @@ impl CoreService {
     fn reports(&self) -> Vec<ShardReport> {
         let mut reports: Vec<ShardReport> = self
             .shards
-            .values()
+            .all()
             .map(|shard| {
                 let stats = shard.stats();
                 let m = shard.metrics();

@@ -161,6 +161,11 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(default)]
     throttle: Vec<String>,
+    /// Relative capacity of a data directory, `DIR=WEIGHT` (as `porcupine-tune` measures it):
+    /// new users go to each directory in proportion to its weight [default: 1 each]; repeat
+    #[arg(long)]
+    #[serde(default)]
+    disk_weight: Vec<String>,
     /// Executors, one per core [default: every core]
     #[arg(long)]
     cores: Option<usize>,
@@ -261,6 +266,11 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         ack: flags.ack.or(file.ack),
         log_retention_h: flags.log_retention_h.or(file.log_retention_h),
         placement: flags.placement.or(file.placement),
+        disk_weight: if flags.disk_weight.is_empty() {
+            file.disk_weight
+        } else {
+            flags.disk_weight
+        },
         spread: flags.spread.or(file.spread),
         overload_ops: flags.overload_ops.or(file.overload_ops),
         throttle: if flags.throttle.is_empty() {
@@ -327,6 +337,11 @@ fn serve(flags: ServeArgs) -> Result<()> {
         .iter()
         .map(|spec| parse_throttle(spec))
         .collect::<Result<Vec<_>>>()?;
+    let disk_weights = args
+        .disk_weight
+        .iter()
+        .map(|spec| parse_weight(spec))
+        .collect::<Result<Vec<_>>>()?;
     let domains: Vec<String> = if args.domain.is_empty() {
         defaults.domains.clone()
     } else {
@@ -366,6 +381,7 @@ fn serve(flags: ServeArgs) -> Result<()> {
         placement,
         overload_ops,
         throttles,
+        disk_weights,
         ..defaults
     };
     if config.discard_bodies {
@@ -443,6 +459,17 @@ fn serve(flags: ServeArgs) -> Result<()> {
     handle.stop()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `DIR=WEIGHT` → the directory and its weight (a positive number).
+fn parse_weight(spec: &str) -> Result<(PathBuf, f64)> {
+    let usage = || format!("--disk-weight {spec:?}: expected DIR=WEIGHT, e.g. /data/a=2.5");
+    let (dir, weight) = spec.rsplit_once('=').with_context(usage)?;
+    let weight: f64 = weight.trim().parse().with_context(usage)?;
+    if dir.is_empty() || !weight.is_finite() || weight <= 0.0 {
+        bail!(usage());
+    }
+    Ok((PathBuf::from(dir), weight))
 }
 
 /// `DIR=IOPS:MBPS` → the directory and its simulated disk (0 turns a limit off).

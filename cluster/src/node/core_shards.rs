@@ -1,0 +1,86 @@
+//! The shards of one core (one per data directory) and which of them holds each user.
+//!
+//! A user's data (profile, mail, tombstones) lives on one shard, so every read, delete and
+//! replicated update finds it in one place. A user already known here stays where they are; a
+//! new user goes to the disk weighted rendezvous hashing picks first (see
+//! `porcupine_engine::Placement`), or, if that disk recently refused a write for lack of space,
+//! to the next one: a full disk stops taking new users while it keeps serving its own.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use porcupine_engine::{Placement, Shard};
+
+/// How long a disk that returned ENOSPC takes no new users before it is tried again.
+const FULL_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct CoreShards {
+    placement: Placement,
+    /// Shard index → shard, for the shards this core owns.
+    shards: HashMap<usize, Shard>,
+    full_until: RefCell<HashMap<usize, Instant>>,
+}
+
+impl CoreShards {
+    pub fn new(placement: Placement, shards: HashMap<usize, Shard>) -> Self {
+        Self {
+            placement,
+            shards,
+            full_until: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.values()
+    }
+
+    fn is_full(&self, index: usize) -> bool {
+        self.full_until
+            .borrow()
+            .get(&index)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    /// The shard holding `user` (see the module comment).
+    pub fn for_user(&self, user: &str) -> Option<&Shard> {
+        self.index_for(user).and_then(|i| self.shards.get(&i))
+    }
+
+    fn index_for(&self, user: &str) -> Option<usize> {
+        let order = self.placement.shards_for(user);
+        let owned = || {
+            order
+                .iter()
+                .copied()
+                .filter(|i| self.shards.contains_key(i))
+        };
+        owned()
+            .find(|i| {
+                self.shards
+                    .get(i)
+                    .is_some_and(|s| s.has_profile(user) || s.has_messages(user))
+            })
+            .or_else(|| owned().find(|&i| !self.is_full(i)))
+            .or_else(|| owned().next())
+    }
+
+    /// `shard` refused a write for lack of space: new users go to the other disks for a while.
+    pub fn note_full(&self, shard: &Shard) {
+        let index = self
+            .shards
+            .iter()
+            .find(|(_, s)| s.name() == shard.name())
+            .map(|(i, _)| *i);
+        if let Some(index) = index {
+            tracing::warn!(
+                shard = shard.name(),
+                "disk full: new users go to the other data directories"
+            );
+            self.full_until
+                .borrow_mut()
+                .insert(index, Instant::now() + FULL_FOR);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Several data directories on one node: new users go to each in proportion to its weight
+//! (`--disk-weight`), a user is found on whichever directory holds them (also after the weights
+//! change), and bad weights are refused clearly.
+
+mod common;
+
+use std::process::Command;
+
+use common::cluster::status;
+use common::{binary, python, Node};
+
+/// Users whose profiles each data directory holds, from the node's status.
+fn users_per_dir(node: &Node, dirs: &[std::path::PathBuf]) -> Vec<u64> {
+    let view = status(node);
+    dirs.iter()
+        .map(|dir| {
+            view["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| {
+                    s["dir"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with(&*dir.to_string_lossy()))
+                })
+                .map(|s| s["users"].as_u64().unwrap())
+                .sum()
+        })
+        .collect()
+}
+
+#[test]
+fn users_spread_over_disks_by_weight_and_stay_reachable_when_weights_change() {
+    let temp = tempfile::tempdir().unwrap();
+    let dirs = vec![temp.path().join("fast"), temp.path().join("slow")];
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let fast = format!("{}=3", dirs[0].display());
+    let slow = format!("{}=1", dirs[1].display());
+    let data = |dir: &std::path::Path| dir.display().to_string();
+    let args = [
+        "--data".to_owned(),
+        data(&dirs[1]),
+        "--disk-weight".to_owned(),
+        fast.clone(),
+        "--disk-weight".to_owned(),
+        slow.clone(),
+    ];
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The first --data is given by the helper; the second here.
+    let node = Node::start(&dirs[0], &extra);
+    node.bulk_users(800, "user");
+    let counts = users_per_dir(&node, &dirs);
+    assert_eq!(counts.iter().sum::<u64>(), 800, "{counts:?}");
+    let share = counts[0] as f64 / 800.0;
+    assert!((0.68..0.82).contains(&share), "fast disk share {share}: {counts:?}");
+    let view = status(&node);
+    assert_eq!(view["disks"][0]["weight"], 3.0, "{view}");
+    assert_eq!(view["disks"][1]["weight"], 1.0, "{view}");
+    // Mail for every user, then a restart with the weights reversed: everyone keeps their
+    // place and their mail.
+    let out = python(
+        "cluster_mail.py",
+        &[
+            "deliver".into(),
+            node.ip.clone(),
+            node.smtp.to_string(),
+            "w".into(),
+            "40".into(),
+        ],
+    );
+    assert!(out.contains("delivered 40"), "{out}");
+    let (smtp, pop3, admin) = (node.smtp, node.pop3, node.admin);
+    assert!(node.terminate().success());
+    let reversed = [
+        "--data".to_owned(),
+        data(&dirs[1]),
+        "--disk-weight".to_owned(),
+        format!("{}=1", dirs[0].display()),
+        "--disk-weight".to_owned(),
+        format!("{}=3", dirs[1].display()),
+    ];
+    let extra: Vec<&str> = reversed.iter().map(String::as_str).collect();
+    let node = Node::start_on(&dirs[0], smtp, pop3, admin, &extra);
+    assert_eq!(users_per_dir(&node, &dirs), counts);
+    let out = python(
+        "cluster_mail.py",
+        &[
+            "check".into(),
+            node.ip.clone(),
+            node.pop3.to_string(),
+            common::PASSWORD.into(),
+            "40".into(),
+            "w".into(),
+        ],
+    );
+    assert!(out.contains("check ok 40"), "{out}");
+    // New users now lean to the other disk.
+    node.bulk_users(400, "later");
+    let after = users_per_dir(&node, &dirs);
+    let new_on_slow = after[1] - counts[1];
+    assert!(new_on_slow > 250, "{counts:?} → {after:?}");
+}
+
+#[test]
+fn bad_disk_weights_are_refused_clearly() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    for (args, expected) in [
+        (vec!["--disk-weight", "nonsense"], "expected DIR=WEIGHT"),
+        (vec!["--disk-weight", "/elsewhere=2"], "not a data directory"),
+        (vec!["--disk-weight", "/x=-1"], "expected DIR=WEIGHT"),
+    ] {
+        let out = Command::new(binary())
+            .args(["serve", "--no-first-user", "--data"])
+            .arg(&data)
+            .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0", "--cluster", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
