@@ -19,6 +19,8 @@ pub struct EngineConfig {
     pub record_bytes_max: usize,
     /// A checkpoint of the index is written after this many bytes of log.
     pub checkpoint_every_bytes: u64,
+    /// Writes in flight while a segment is written out ahead of the log (1 MiB each).
+    pub io_depth: usize,
     /// Node id written into every record (the node sets its own; 0 in engine-only tools).
     pub node_id: u32,
     pub compaction: CompactionConfig,
@@ -43,6 +45,7 @@ impl Default for EngineConfig {
             commit_window: Duration::ZERO,
             record_bytes_max: PAYLOAD_BYTES_MAX,
             checkpoint_every_bytes: 512 << 20,
+            io_depth: 1,
             node_id: 0,
             compaction: CompactionConfig::default(),
         }
@@ -86,6 +89,12 @@ impl EngineConfig {
         }
         if self.batch_bytes_max < 4096 || self.queue_bytes_max < self.batch_bytes_max {
             return Err("batch_bytes_max must be >= 4096 and <= queue_bytes_max".into());
+        }
+        if self.io_depth == 0 || self.io_depth > 64 {
+            return Err(format!(
+                "io_depth must be between 1 and 64 (got {})",
+                self.io_depth
+            ));
         }
         if !(0.0..=1.0).contains(&self.compaction.live_fraction_min) {
             return Err("compaction.live_fraction_min must be between 0 and 1".into());

@@ -112,17 +112,27 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
 }
 
 /// Writes a complete, zero-filled segment with its header and makes it durable under its
-/// final name. On failure the partial `.tmp` file is removed (best effort).
+/// final name, with up to `io_depth` chunk writes in flight. On failure the partial `.tmp`
+/// file is removed (best effort).
 pub async fn prepare<S: Storage>(
     storage: &S,
     dir: &Path,
     seq: u32,
     segment_bytes: u64,
     created_hlc: u64,
+    io_depth: usize,
 ) -> Result<Rc<S::File>> {
     let final_path = segment_path(dir, seq);
     let tmp_path = dir.join(format!("{seq:012}.log.tmp"));
-    let result = write_out(storage, &tmp_path, seq, segment_bytes, created_hlc).await;
+    let result = write_out(
+        storage,
+        &tmp_path,
+        seq,
+        segment_bytes,
+        created_hlc,
+        io_depth,
+    )
+    .await;
     let file = match result {
         Ok(file) => file,
         Err(error) => {
@@ -143,8 +153,10 @@ async fn write_out<S: Storage>(
     seq: u32,
     segment_bytes: u64,
     created_hlc: u64,
-) -> Result<S::File> {
-    let file = storage.open(tmp_path, true).await?;
+    io_depth: usize,
+) -> Result<Rc<S::File>> {
+    let file = Rc::new(storage.open(tmp_path, true).await?);
+    let mut in_flight = std::collections::VecDeque::new();
     let mut offset = 0u64;
     while offset < segment_bytes {
         let len = PREPARE_CHUNK_BYTES.min((segment_bytes - offset) as usize);
@@ -155,8 +167,20 @@ async fn write_out<S: Storage>(
             chunk.bytes_mut()[..48].copy_from_slice(header.as_bytes());
         }
         chunk.truncate(len);
-        file.write_at(Rc::new(chunk), offset).await?;
+        let writing = file.clone();
+        let at = offset;
+        in_flight.push_back(glommio::spawn_local(async move {
+            writing.write_at(Rc::new(chunk), at).await
+        }));
+        if in_flight.len() >= io_depth.max(1) {
+            if let Some(write) = in_flight.pop_front() {
+                write.await?;
+            }
+        }
         offset += len as u64;
+    }
+    for write in in_flight {
+        write.await?;
     }
     file.sync_data().await?;
     Ok(file)

@@ -297,7 +297,7 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
     };
     let inner = inner.clone();
     glommio::spawn_local(async move {
-        let result = segment::prepare(&inner.storage, &inner.dir, seq, inner.config.segment_bytes, hlc).await;
+        let result = segment::prepare(&inner.storage, &inner.dir, seq, inner.config.segment_bytes, hlc, inner.config.io_depth).await;
         {
             let mut state = inner.state.borrow_mut();
             state.spare = match result {

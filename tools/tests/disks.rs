@@ -54,7 +54,10 @@ fn users_spread_over_disks_by_weight_and_stay_reachable_when_weights_change() {
     let counts = users_per_dir(&node, &dirs);
     assert_eq!(counts.iter().sum::<u64>(), 800, "{counts:?}");
     let share = counts[0] as f64 / 800.0;
-    assert!((0.68..0.82).contains(&share), "fast disk share {share}: {counts:?}");
+    assert!(
+        (0.68..0.82).contains(&share),
+        "fast disk share {share}: {counts:?}"
+    );
     let view = status(&node);
     assert_eq!(view["disks"][0]["weight"], 3.0, "{view}");
     assert_eq!(view["disks"][1]["weight"], 1.0, "{view}");
@@ -109,7 +112,10 @@ fn bad_disk_weights_are_refused_clearly() {
     let data = temp.path().join("data");
     for (args, expected) in [
         (vec!["--disk-weight", "nonsense"], "expected DIR=WEIGHT"),
-        (vec!["--disk-weight", "/elsewhere=2"], "not a data directory"),
+        (
+            vec!["--disk-weight", "/elsewhere=2"],
+            "not a data directory",
+        ),
         (vec!["--disk-weight", "/x=-1"], "expected DIR=WEIGHT"),
     ] {
         let out = Command::new(binary())
@@ -124,4 +130,54 @@ fn bad_disk_weights_are_refused_clearly() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn the_node_runs_on_the_settings_porcupine_tune_writes() {
+    use porcupine_tune::{recommend, to_toml, DiskProbe};
+    let temp = tempfile::tempdir().unwrap();
+    let dirs = [temp.path().join("a"), temp.path().join("b")];
+    // Measurements as the probe reports them: b is half as fast as a, and saturates with
+    // 256 KiB batches and 4 writes in flight.
+    let probe = |dir: &std::path::Path, device: u64, scale: f64| DiskProbe {
+        dir: dir.to_path_buf(),
+        device,
+        append_mb_per_s: 800.0 * scale,
+        sync_p50_us: 900,
+        sync_p99_us: 2000,
+        sync_max_us: 5000,
+        batches: vec![
+            (64 << 10, 100.0 * scale),
+            (256 << 10, 400.0 * scale),
+            (1 << 20, 420.0 * scale),
+        ],
+        depths: vec![(1, 300.0 * scale), (4, 800.0 * scale), (8, 810.0 * scale)],
+    };
+    let rec = recommend(&[probe(&dirs[0], 1, 1.0), probe(&dirs[1], 2, 0.5)]);
+    let config = temp.path().join("tune.toml");
+    std::fs::write(&config, to_toml(&rec, "porcupine-tune (test)")).unwrap();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // The snippet names both directories; the helper's --data flag wins over the file's, so
+    // the node is started with the file's list here.
+    let node = Node::start(
+        &dirs[0],
+        &[
+            "--data",
+            &dirs[1].display().to_string(),
+            "--config",
+            &config.display().to_string(),
+        ],
+    );
+    let view = status(&node);
+    assert_eq!(view["engine"]["batch_kib"], 256, "{view}");
+    assert_eq!(view["engine"]["io_depth"], 4, "{view}");
+    assert_eq!(view["engine"]["commit_window_us"], 0, "{view}");
+    assert_eq!(view["disks"][0]["weight"], 1.0, "{view}");
+    assert_eq!(view["disks"][1]["weight"], 0.5, "{view}");
+    node.bulk_users(600, "user");
+    let counts = users_per_dir(&node, &dirs);
+    let share = counts[0] as f64 / 600.0;
+    assert!((0.58..0.75).contains(&share), "{counts:?}");
 }

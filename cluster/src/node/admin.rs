@@ -391,6 +391,11 @@ async fn status(context: &NodeContext) -> serde_json::Value {
             "spread": spread,
             "overload_ops": config.overload_ops,
         },
+        "engine": {
+            "batch_kib": config.engine.batch_bytes_max >> 10,
+            "commit_window_us": config.engine.commit_window.as_micros() as u64,
+            "io_depth": config.engine.io_depth,
+        },
         "disks": config.data_dirs.iter().map(|dir| {
             let weight = config.disk_weights.iter().find(|(d, _)| d == dir).map_or(1.0, |(_, w)| *w);
             let throttle = config.throttles.iter().find(|(d, _)| d == dir).map(|(_, t)| t.to_string());

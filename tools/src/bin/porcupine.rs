@@ -197,6 +197,13 @@ struct ServeArgs {
     /// as soon as the previous group is durable]
     #[arg(long)]
     commit_window_us: Option<u64>,
+    /// Largest group-commit batch in KiB (`porcupine-tune` finds the batch that saturates a
+    /// disk) [default: 1024]
+    #[arg(long)]
+    batch_kib: Option<usize>,
+    /// Writes in flight while a segment is written out ahead of the log [default: 1]
+    #[arg(long)]
+    io_depth: Option<usize>,
     /// Do not pin executors to cores
     #[arg(long)]
     #[serde(default)]
@@ -288,6 +295,8 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         suspect_ms: flags.suspect_ms.or(file.suspect_ms),
         segment_mib: flags.segment_mib.or(file.segment_mib),
         commit_window_us: flags.commit_window_us.or(file.commit_window_us),
+        batch_kib: flags.batch_kib.or(file.batch_kib),
+        io_depth: flags.io_depth.or(file.io_depth),
         no_pin: flags.no_pin || file.no_pin,
         no_first_user: flags.no_first_user || file.no_first_user,
         discard_bodies: flags.discard_bodies || file.discard_bodies,
@@ -421,6 +430,19 @@ fn serve(flags: ServeArgs) -> Result<()> {
     }
     if let Some(us) = args.commit_window_us {
         config.engine.commit_window = Duration::from_micros(us);
+    }
+    if let Some(kib) = args.batch_kib {
+        if !(4..=65536).contains(&kib) {
+            bail!("--batch-kib must be between 4 and 65536 (got {kib})");
+        }
+        config.engine.batch_bytes_max = kib << 10;
+        config.engine.queue_bytes_max = config.engine.queue_bytes_max.max(4 * (kib << 10));
+    }
+    if let Some(depth) = args.io_depth {
+        if !(1..=64).contains(&depth) {
+            bail!("--io-depth must be between 1 and 64 (got {depth})");
+        }
+        config.engine.io_depth = depth;
     }
     // A stored message is the client's bytes plus the Received header the node prepends.
     config.engine.record_bytes_max = config.smtp_limits.message_bytes_max + (64 << 10);
