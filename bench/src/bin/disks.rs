@@ -39,7 +39,9 @@ struct Args {
     /// Seconds of load per run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    #[arg(long, default_value_t = 96)]
+    /// Client connections: enough that every disk stays busy (fewer make the runs
+    /// latency-bound, and more disks then look slower than they are).
+    #[arg(long, default_value_t = 256)]
     connections: usize,
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -54,6 +56,13 @@ struct Args {
     /// How many times slower the slow disk of the heterogeneous runs is.
     #[arg(long, default_value_t = 4.0)]
     slow_factor: f64,
+    /// Segment size of the node, MiB (each segment is written out with zeros first, through
+    /// the simulated disk).
+    #[arg(long, default_value_t = 4)]
+    segment_mib: u64,
+    /// Only these runs (keys: d1, d2, d4, unthrottled, slow, hetero_equal, hetero_weighted).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     #[arg(long, default_value = "disks")]
     name: String,
     #[arg(long)]
@@ -84,7 +93,7 @@ struct Measured {
 fn runs(args: &Args) -> Vec<Run> {
     let same = |n: usize, speed: Option<f64>| vec![Disk { speed, weight: 1.0 }; n];
     let slow = 1.0 / args.slow_factor;
-    vec![
+    let all = vec![
         Run {
             label: "1 disk".into(),
             key: "d1",
@@ -138,7 +147,10 @@ fn runs(args: &Args) -> Vec<Run> {
                 },
             ],
         },
-    ]
+    ];
+    all.into_iter()
+        .filter(|r| args.only.is_empty() || args.only.iter().any(|k| k == r.key))
+        .collect()
 }
 
 fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured> {
@@ -146,10 +158,8 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
     let mut flags: Vec<String> = [
         "--replicas",
         "1",
-        // Small segments: each is written out with zeros ahead of the log, through the
-        // simulated disk.
         "--segment-mib",
-        "4",
+        &args.segment_mib.to_string(),
         "--message-bytes-max",
         "2097152",
     ]
@@ -184,7 +194,7 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
     // The first segments' zeros go through the simulated disks: let them land.
     let slowest = run.disks.iter().filter_map(|d| d.speed).fold(1.0, f64::min);
     std::thread::sleep(Duration::from_secs_f64(
-        (2.0 * 8.0 / (args.disk_mbps * slowest)).clamp(1.0, 20.0),
+        (2.0 * 2.0 * args.segment_mib as f64 / (args.disk_mbps * slowest)).clamp(1.0, 40.0),
     ));
     let workload: Vec<String> = [
         "--mix",
