@@ -33,8 +33,11 @@ pub const SEGMENT_MAGIC: u32 = 0x4745_5350;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Records start here in every segment.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
-/// Zeros are written in pieces of this size when a segment is prepared.
-const PREPARE_CHUNK_BYTES: usize = 1 << 20;
+/// Zeros are written in pieces of this size when a segment is prepared. Small enough that a
+/// group commit queued behind one on a slow disk waits little (on a simulated 4 MB/s disk,
+/// 1 MiB pieces held commits for 260 ms and four disks reached 3.0× one; 256 KiB: 3.4×);
+/// `io_depth` pieces in flight keep a fast device's bandwidth.
+const PREPARE_CHUNK_BYTES: usize = 256 << 10;
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]

@@ -84,3 +84,38 @@ impl CoreShards {
         }
     }
 }
+
+/// The shard for a user among `order` (the user's preference): the one that `holds` them, else
+/// the first not `full`, else the first.
+fn choose(
+    order: &[usize],
+    holds: impl Fn(usize) -> bool,
+    full: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    order
+        .iter()
+        .copied()
+        .find(|&i| holds(i))
+        .or_else(|| order.iter().copied().find(|&i| !full(i)))
+        .or_else(|| order.first().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn a_user_stays_where_they_are_and_new_users_skip_full_disks() {
+        let order = [4, 0, 2];
+        // New user, room everywhere: the first choice.
+        assert_eq!(choose(&order, |_| false, |_| false), Some(4));
+        // New user, first choice full: the next.
+        assert_eq!(choose(&order, |_| false, |i| i == 4), Some(0));
+        // Known user on a full disk: stays (reads go on; the write gets ENOSPC and the
+        // cluster places the message on another node).
+        assert_eq!(choose(&order, |i| i == 2, |i| i == 2), Some(2));
+        // Every disk full: the first choice (its write reports ENOSPC).
+        assert_eq!(choose(&order, |_| false, |_| true), Some(4));
+        assert_eq!(choose(&[], |_| false, |_| false), None);
+    }
+}
