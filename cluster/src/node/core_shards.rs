@@ -49,21 +49,21 @@ impl CoreShards {
     }
 
     fn index_for(&self, user: &str) -> Option<usize> {
-        let order = self.placement.shards_for(user);
-        let owned = || {
-            order
-                .iter()
-                .copied()
-                .filter(|i| self.shards.contains_key(i))
-        };
-        owned()
-            .find(|i| {
+        let order: Vec<usize> = self
+            .placement
+            .shards_for(user)
+            .into_iter()
+            .filter(|i| self.shards.contains_key(i))
+            .collect();
+        choose(
+            &order,
+            |i| {
                 self.shards
-                    .get(i)
+                    .get(&i)
                     .is_some_and(|s| s.has_profile(user) || s.has_messages(user))
-            })
-            .or_else(|| owned().find(|&i| !self.is_full(i)))
-            .or_else(|| owned().next())
+            },
+            |i| self.is_full(i),
+        )
     }
 
     /// `shard` refused a write for lack of space: new users go to the other disks for a while.
