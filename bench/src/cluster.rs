@@ -19,6 +19,38 @@ pub struct Bins {
     pub load: PathBuf,
 }
 
+/// A closed-loop `porcupine-load` workload.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// SMTP deliveries : POP sessions, e.g. `"90:10"`.
+    pub mix: String,
+    /// Message size in bytes.
+    pub size: usize,
+    pub connections: usize,
+    pub seconds: u64,
+    /// Other flags (`--zipf S`, `--no-sweep`, `--warm-logins`, …).
+    pub extra: Vec<String>,
+}
+
+impl Workload {
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--mix",
+            &self.mix,
+            "--size",
+            &self.size.to_string(),
+            "--connections",
+            &self.connections.to_string(),
+            "--duration",
+            &format!("{}s", self.seconds),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+}
+
 /// The workspace the benchmarks belong to (results go under its `bench/results`).
 pub fn workspace_root() -> Result<PathBuf> {
     Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -132,16 +164,15 @@ impl Layout {
         Ok(())
     }
 
-    /// `porcupine-load` against nodes `1..=nodes` (SMTP, and POP3 unless `mix` is SMTP only),
-    /// users `user1..user<users>@domain` with `password`; `workload`: the other flags (mix,
-    /// size, connections, duration…). Its JSON report.
+    /// `porcupine-load` against nodes `1..=nodes` (their SMTP and POP3 ports), users
+    /// `user1..user<users>@domain` with `password`, running `workload`. Its JSON report.
     pub fn load(
         &self,
         bins: &Bins,
         nodes: usize,
         users: usize,
         password: &str,
-        workload: &[String],
+        workload: &Workload,
     ) -> Result<serde_json::Value> {
         let json = tempfile::NamedTempFile::new()?;
         let targets = |port: u16| {
@@ -154,7 +185,7 @@ impl Layout {
             .args(["--smtp", &targets(self.smtp), "--pop3", &targets(self.pop3)])
             .args(["--users", &users.to_string(), "--password", password])
             .args(["--user-format", &format!("user{{n}}@{}", self.domain)])
-            .args(workload)
+            .args(workload.args())
             .arg("--json")
             .arg(json.path())
             .stdout(Stdio::null())

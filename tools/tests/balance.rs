@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::cluster::{start_member, status, wait_members, Ports};
-use common::{binary, python, Node, PASSWORD};
+use common::{assert_refused, python, Node, PASSWORD};
+use std::path::Path;
 
 const MESSAGES_PER_NODE: usize = 12;
 
@@ -149,8 +147,6 @@ fn loads_travel_around_the_ring_and_a_throttled_disk_shows() {
 
 #[test]
 fn bad_placement_and_throttle_settings_are_refused_clearly() {
-    let temp = tempfile::tempdir().unwrap();
-    let data = temp.path().join("data");
     for (args, expected) in [
         (vec!["--spread", "0"], "--spread must be between 1 and 64"),
         (vec!["--placement", "nearest"], "invalid value 'nearest'"),
@@ -164,16 +160,6 @@ fn bad_placement_and_throttle_settings_are_refused_clearly() {
             "--overload-ops must be at least 1",
         ),
     ] {
-        let out = Command::new(binary())
-            .args(["serve", "--no-first-user", "--data"])
-            .arg(&data)
-            .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
-            .args(["--admin", "127.0.0.1:0", "--cluster", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_refused(&args, expected);
     }
 }

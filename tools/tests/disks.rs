@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::cluster::status;
-use common::{binary, python, Node};
+use common::{assert_refused, python, Node};
 
 /// Users whose profiles each data directory holds, from the node's status.
 fn users_per_dir(node: &Node, dirs: &[std::path::PathBuf]) -> Vec<u64> {
@@ -108,8 +106,6 @@ fn users_spread_over_disks_by_weight_and_stay_reachable_when_weights_change() {
 
 #[test]
 fn bad_disk_weights_are_refused_clearly() {
-    let temp = tempfile::tempdir().unwrap();
-    let data = temp.path().join("data");
     for (args, expected) in [
         (vec!["--disk-weight", "nonsense"], "expected DIR=WEIGHT"),
         (
@@ -118,17 +114,7 @@ fn bad_disk_weights_are_refused_clearly() {
         ),
         (vec!["--disk-weight", "/x=-1"], "expected DIR=WEIGHT"),
     ] {
-        let out = Command::new(binary())
-            .args(["serve", "--no-first-user", "--data"])
-            .arg(&data)
-            .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
-            .args(["--admin", "127.0.0.1:0", "--cluster", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_refused(&args, expected);
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use porcupine_bench::cluster::{workspace_root, Bins, Layout};
+use porcupine_bench::cluster::{workspace_root, Bins, Layout, Workload};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -198,21 +198,13 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
     std::thread::sleep(Duration::from_secs_f64(
         (4.0 * args.slow_factor / args.disk_mbps.max(0.1)).clamp(1.0, 15.0),
     ));
-    let workload: Vec<String> = [
-        "--mix",
-        run.mix,
-        "--zipf",
-        &run.zipf.to_string(),
-        "--no-sweep",
-        "--size",
-        &args.size.to_string(),
-        "--connections",
-        &args.connections.to_string(),
-        "--duration",
-        &format!("{}s", args.seconds),
-    ]
-    .map(String::from)
-    .to_vec();
+    let workload = Workload {
+        mix: run.mix.into(),
+        size: args.size,
+        connections: args.connections,
+        seconds: args.seconds,
+        extra: vec!["--zipf".into(), run.zipf.to_string(), "--no-sweep".into()],
+    };
     let report = LAYOUT.load(bins, 3, args.users, PASSWORD, &workload)?;
     let stored: Vec<f64> = (1..=3)
         .map(|n| {

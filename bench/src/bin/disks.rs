@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use porcupine_bench::cluster::{workspace_root, Bins, Layout};
+use porcupine_bench::cluster::{workspace_root, Bins, Layout, Workload};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -196,21 +196,13 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
     std::thread::sleep(Duration::from_secs_f64(
         (2.0 * 2.0 * args.segment_mib as f64 / (args.disk_mbps * slowest)).clamp(1.0, 40.0),
     ));
-    let workload: Vec<String> = [
-        "--mix",
-        "100:0",
-        "--zipf",
-        "0",
-        "--no-sweep",
-        "--size",
-        &args.size.to_string(),
-        "--connections",
-        &args.connections.to_string(),
-        "--duration",
-        &format!("{}s", args.seconds),
-    ]
-    .map(String::from)
-    .to_vec();
+    let workload = Workload {
+        mix: "100:0".into(),
+        size: args.size,
+        connections: args.connections,
+        seconds: args.seconds,
+        extra: vec!["--zipf".into(), "0".into(), "--no-sweep".into()],
+    };
     let report = LAYOUT.load(bins, 1, args.users, PASSWORD, &workload)?;
     drop(servers);
     Ok(Measured {

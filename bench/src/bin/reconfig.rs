@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use porcupine_bench::cluster::{Bins, Layout};
+use porcupine_bench::cluster::{Bins, Layout, Workload};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -137,19 +137,13 @@ fn one_user_per_bucket(users: usize) -> Vec<String> {
 
 /// The 90:10 mix against nodes `1..=nodes`, after warm-up logins.
 fn load(bins: &Bins, nodes: usize, args: &Args, users: usize) -> Result<serde_json::Value> {
-    let workload: Vec<String> = [
-        "--mix",
-        "90:10",
-        "--warm-logins",
-        "--size",
-        "4700",
-        "--connections",
-        &args.connections.to_string(),
-        "--duration",
-        &format!("{}s", args.seconds),
-    ]
-    .map(String::from)
-    .to_vec();
+    let workload = Workload {
+        mix: "90:10".into(),
+        size: 4700,
+        connections: args.connections,
+        seconds: args.seconds,
+        extra: vec!["--warm-logins".into()],
+    };
     LAYOUT.load(bins, nodes, users, PASSWORD, &workload)
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use porcupine_bench::cluster::{workspace_root, Bins, Layout};
+use porcupine_bench::cluster::{workspace_root, Bins, Layout, Workload};
 use porcupine_bench::Servers;
 
 #[global_allocator]
@@ -106,19 +106,13 @@ fn measure(bins: &Bins, args: &Args, base: &std::path::Path, replicas: usize) ->
         .iter()
         .map(|&p| process_write_bytes(p))
         .sum::<Result<f64>>()?;
-    let workload: Vec<String> = [
-        "--mix",
-        "100:0",
-        "--no-sweep",
-        "--size",
-        &args.size.to_string(),
-        "--connections",
-        &args.connections.to_string(),
-        "--duration",
-        &format!("{}s", args.seconds),
-    ]
-    .map(String::from)
-    .to_vec();
+    let workload = Workload {
+        mix: "100:0".into(),
+        size: args.size,
+        connections: args.connections,
+        seconds: args.seconds,
+        extra: vec!["--no-sweep".into()],
+    };
     let report = LAYOUT.load(bins, 3, USERS, PASSWORD, &workload)?;
     // Retirements follow the acknowledgements by the straggler wait: let them land.
     std::thread::sleep(Duration::from_secs(2));

@@ -242,3 +242,20 @@ pub fn python(script: &str, args: &[String]) -> String {
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
 }
+
+/// Starts `porcupine serve` with `args` (on a fresh data directory, ports chosen by the OS) and
+/// checks that it refuses them with a message containing `expected`.
+pub fn assert_refused(args: &[&str], expected: &str) {
+    let temp = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--no-first-user", "--data"])
+        .arg(temp.path().join("data"))
+        .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--cluster", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(stderr.contains(expected), "{args:?}: {stderr}");
+}
