@@ -8,8 +8,9 @@
 //! share its bandwidth, and adding them could not add throughput.
 //!
 //! Writes `bench/results/<name>.md` and `<name>.svg`; with `--json` the last stdout line is
-//! `{"d1", "d2", "d4", "unthrottled", "hetero_equal", "hetero_weighted", "hetero_sum", "lost"}`
-//! (msgs/s; `hetero_sum` is one fast disk's rate plus one slow disk's).
+//! `{"d1", "d2", "d4", "unthrottled", "slow", "hetero_equal", "hetero_weighted", "hetero_sum",
+//! "lost"}` (msgs/s; `hetero_sum` is one fast disk's rate plus one slow disk's); with `--only`,
+//! the runs made.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -247,8 +248,10 @@ fn main() -> Result<()> {
             .find(|(r, _)| r.key == key)
             .map_or(0.0, |(_, m)| m.msgs_per_s)
     };
+    let ran = |key: &str| results.iter().any(|(r, _)| r.key == key);
     let d1 = rate("d1").max(f64::MIN_POSITIVE);
-    let hetero_sum = rate("d1") + rate("slow");
+    // Only when both were measured in this run.
+    let hetero_sum = (ran("d1") && ran("slow")).then(|| rate("d1") + rate("slow"));
     let mut md = String::new();
     let _ = writeln!(md, "# Per-disk scaling\n");
     let _ = writeln!(
@@ -274,21 +277,27 @@ fn main() -> Result<()> {
     for (run, m) in &results {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.2} | {:.1} | {} |",
+            "| {} | {:.0} | {} | {:.1} | {} |",
             run.label,
             m.msgs_per_s,
-            m.msgs_per_s / d1,
+            if ran("d1") {
+                format!("{:.2}", m.msgs_per_s / d1)
+            } else {
+                "–".into()
+            },
             m.p99_ms,
             m.lost
         );
     }
-    let _ = writeln!(
-        md,
-        "\nA fast disk alone plus a slow disk alone: {hetero_sum:.0} msgs/s. Fast + slow reaches \
-         {:.0} % of that with equal weights and {:.0} % with weights by speed.",
-        rate("hetero_equal") / hetero_sum.max(f64::MIN_POSITIVE) * 100.0,
-        rate("hetero_weighted") / hetero_sum.max(f64::MIN_POSITIVE) * 100.0
-    );
+    if let Some(sum) = hetero_sum {
+        let _ = writeln!(
+            md,
+            "\nA fast disk alone plus a slow disk alone: {sum:.0} msgs/s. Fast + slow reaches \
+             {:.0} % of that with equal weights and {:.0} % with weights by speed.",
+            rate("hetero_equal") / sum.max(f64::MIN_POSITIVE) * 100.0,
+            rate("hetero_weighted") / sum.max(f64::MIN_POSITIVE) * 100.0
+        );
+    }
     let dir = root.join("bench/results");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("{}.md", args.name)), &md)?;
@@ -296,20 +305,16 @@ fn main() -> Result<()> {
     print!("{md}");
     let lost: u64 = results.iter().map(|(_, m)| m.lost).sum();
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "d1": rate("d1"),
-                "d2": rate("d2"),
-                "d4": rate("d4"),
-                "unthrottled": rate("unthrottled"),
-                "slow": rate("slow"),
-                "hetero_equal": rate("hetero_equal"),
-                "hetero_weighted": rate("hetero_weighted"),
-                "hetero_sum": hetero_sum,
-                "lost": lost,
-            })
-        );
+        // The runs made (all unless `--only`), by key.
+        let mut json = serde_json::Map::new();
+        for (run, m) in &results {
+            json.insert(run.key.into(), m.msgs_per_s.into());
+        }
+        if let Some(sum) = hetero_sum {
+            json.insert("hetero_sum".into(), sum.into());
+        }
+        json.insert("lost".into(), lost.into());
+        println!("{}", serde_json::Value::Object(json));
     }
     if lost > 0 {
         bail!("{lost} messages lost or corrupt");
