@@ -159,34 +159,58 @@ async fn write_out<S: Storage>(
     io_depth: usize,
 ) -> Result<Rc<S::File>> {
     let file = Rc::new(storage.open(tmp_path, true).await?);
-    let mut in_flight = std::collections::VecDeque::new();
     let mut offset = 0u64;
     while offset < segment_bytes {
-        let len = PREPARE_CHUNK_BYTES.min((segment_bytes - offset) as usize);
-        let mut chunk = file.alloc_buffer(len);
-        chunk.bytes_mut().fill(0);
-        if offset == 0 {
-            let header = SegmentHeader::new(seq, segment_bytes, created_hlc);
-            chunk.bytes_mut()[..48].copy_from_slice(header.as_bytes());
-        }
-        chunk.truncate(len);
-        let writing = file.clone();
-        let at = offset;
-        in_flight.push_back(glommio::spawn_local(async move {
-            writing.write_at(Rc::new(chunk), at).await
-        }));
-        if in_flight.len() >= io_depth.max(1) {
-            if let Some(write) = in_flight.pop_front() {
+        // Up to `io_depth` pieces at once, polled together in this task: no spawned task
+        // outlives the segment's preparation if it is abandoned.
+        let mut writes = Vec::with_capacity(io_depth.max(1));
+        while offset < segment_bytes && writes.len() < io_depth.max(1) {
+            let len = PREPARE_CHUNK_BYTES.min((segment_bytes - offset) as usize);
+            let mut chunk = file.alloc_buffer(len);
+            chunk.bytes_mut().fill(0);
+            if offset == 0 {
+                let header = SegmentHeader::new(seq, segment_bytes, created_hlc);
+                chunk.bytes_mut()[..48].copy_from_slice(header.as_bytes());
+            }
+            chunk.truncate(len);
+            let write = file.write_at(Rc::new(chunk), offset);
+            offset += len as u64;
+            if io_depth <= 1 {
                 write.await?;
+            } else {
+                writes.push(Box::pin(write));
             }
         }
-        offset += len as u64;
-    }
-    for write in in_flight {
-        write.await?;
+        join_all(writes).await?;
     }
     file.sync_data().await?;
     Ok(file)
+}
+
+/// Polls every future until all are done; the first error, if any.
+async fn join_all<F>(mut futures: Vec<std::pin::Pin<Box<F>>>) -> Result<()>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    let mut failure = None;
+    std::future::poll_fn(|cx| {
+        futures.retain_mut(|future| match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(result) => {
+                if let Err(error) = result {
+                    failure.get_or_insert(error);
+                }
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if futures.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    failure.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

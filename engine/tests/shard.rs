@@ -290,3 +290,37 @@ fn a_throttled_disk_shows_its_queue_as_load() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn segments_written_out_with_several_writes_in_flight_hold_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // 1 MiB segments are written out in several pieces, 4 at a time.
+        let config = porcupine_engine::EngineConfig {
+            segment_bytes: 1 << 20,
+            io_depth: 4,
+            ..small_config()
+        };
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, config.clone(), "t")
+            .await
+            .unwrap();
+        for id in 1..=300u128 {
+            shard
+                .append_message("a@x", id, &body_for(id, 9000), 0)
+                .await
+                .unwrap();
+        }
+        assert!(shard.stats().segments >= 3, "{:?}", shard.stats());
+        shard.close().await.unwrap();
+        let (shard, report) = Shard::open(DmaStorage::default(), &path, config, "t")
+            .await
+            .unwrap();
+        assert_eq!(report.messages, 300);
+        for id in [1u128, 150, 300] {
+            let record = shard.read_message("a@x", id).await.unwrap();
+            assert_eq!(record.body(), &body_for(id, 9000)[..]);
+        }
+        shard.close().await.unwrap();
+    });
+}

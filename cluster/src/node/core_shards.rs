@@ -49,6 +49,10 @@ impl CoreShards {
     }
 
     fn index_for(&self, user: &str) -> Option<usize> {
+        // One data directory: nothing to choose (and nothing to allocate per request).
+        if self.shards.len() == 1 {
+            return self.shards.keys().next().copied();
+        }
         let order: Vec<usize> = self
             .placement
             .shards_for(user)
