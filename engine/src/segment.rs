@@ -33,11 +33,12 @@ pub const SEGMENT_MAGIC: u32 = 0x4745_5350;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Records start here in every segment.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
-/// Zeros are written in pieces of this size when a segment is prepared. Small enough that a
-/// group commit queued behind one on a slow disk waits little (on a simulated 4 MB/s disk,
-/// 1 MiB pieces held commits for 260 ms and four disks reached 3.0× one; 256 KiB: 3.4×);
-/// `io_depth` pieces in flight keep a fast device's bandwidth.
-const PREPARE_CHUNK_BYTES: usize = 256 << 10;
+/// Zeros are written in pieces of this size when a segment is prepared. On a slow disk a group
+/// commit may wait behind one piece (260 ms at 4 MB/s): 256 KiB pieces raised four simulated
+/// disks from 3.0× to 3.3× one, but quadrupled the I/O operations of every preparation, and with
+/// them the rate of a rare hang (an io_uring completion that never arrives, seen in tests under
+/// CPU starvation) at node start. 1 MiB until that hang is understood.
+const PREPARE_CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
