@@ -56,14 +56,6 @@ impl NodeLoad {
             .fold(0u32, u32::saturating_add)
     }
 
-    /// Each shard's load, by shard index (0 for a shard not open yet).
-    pub fn per_shard(&self) -> Vec<u32> {
-        self.shards
-            .iter()
-            .map(|slot| slot.get().map_or(0, |g| g.load(Ordering::Relaxed)))
-            .collect()
-    }
-
     /// A disk of this node just refused a write for lack of space.
     pub fn note_full(&self) {
         let until = self.started.elapsed() + FULL_FOR;
@@ -253,9 +245,10 @@ mod tests {
         load.register(2, b);
         load.register(7, Arc::new(AtomicU32::new(100))); // no such shard: ignored
         assert_eq!(load.total(), 9);
-        assert_eq!(load.per_shard(), vec![4, 0, 5]);
+        load.register(1, Arc::new(AtomicU32::new(2)));
+        assert_eq!(load.total(), 11);
         a.store(0, Ordering::Relaxed);
-        assert_eq!(load.total(), 5);
+        assert_eq!(load.total(), 7);
         assert!(!load.is_full());
         load.note_full();
         assert!(load.is_full());
