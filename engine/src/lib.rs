@@ -28,6 +28,7 @@ pub mod shard;
 mod signal;
 pub mod storage;
 pub mod throttle;
+pub mod wakeup;
 pub mod writer;
 
 pub use config::{CompactionConfig, EngineConfig};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement as CpuPlacement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement as CpuPlacement};
 
 use crate::error::{EngineError, Result};
 
@@ -62,6 +62,22 @@ pub fn executor_builder(
         .preempt_timer(Duration::from_millis(10)))
 }
 
+/// Starts an executor from `builder` running `f`, its thread guarded against lost wakeups
+/// ([`crate::wakeup`]). Every executor of the project starts here.
+pub fn spawn<T, F, Fut>(builder: LocalExecutorBuilder, f: F) -> Result<ExecutorJoinHandle<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    builder
+        .spawn(move || async move {
+            let _guard = crate::wakeup::register();
+            f().await
+        })
+        .map_err(explain_start_failure)
+}
+
 /// Turns an executor start-up failure into advice an operator can act on.
 pub fn explain_start_failure(error: impl std::fmt::Display) -> EngineError {
     let text = error.to_string();
@@ -110,7 +126,7 @@ where
 {
     raise_fd_limit();
     let builder = executor_builder("porcupine-local", 0, 1, false)?;
-    let handle = builder.spawn(f).map_err(explain_start_failure)?;
+    let handle = spawn(builder, f)?;
     handle
         .join()
         .map_err(|e| EngineError::Setup(format!("executor stopped abnormally: {e}")))

@@ -308,22 +308,21 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
             drained_tx.clone(),
         );
         let cluster_inbox = (core == 0).then(|| core_zero_rx.clone());
-        let handle = builder
-            .spawn(move || async move {
-                run_core(
-                    core,
-                    placement,
-                    context,
-                    requests,
-                    cluster_inbox,
-                    stop,
-                    ready,
-                    listen,
-                    drained,
-                )
-                .await
-            })
-            .map_err(|e| start_error(runtime::explain_start_failure(e)))?;
+        let handle = runtime::spawn(builder, move || async move {
+            run_core(
+                core,
+                placement,
+                context,
+                requests,
+                cluster_inbox,
+                stop,
+                ready,
+                listen,
+                drained,
+            )
+            .await
+        })
+        .map_err(start_error)?;
         executors.push(handle);
     }
     drop((ready_tx, drained_tx));

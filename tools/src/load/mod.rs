@@ -543,11 +543,9 @@ where
             false,
         )?;
         let task = task.clone();
-        handles.push(
-            builder
-                .spawn(move || task(thread))
-                .map_err(porcupine_engine::runtime::explain_start_failure)?,
-        );
+        handles.push(porcupine_engine::runtime::spawn(builder, move || {
+            task(thread)
+        })?);
     }
     handles
         .into_iter()
