@@ -65,8 +65,16 @@ pub(crate) async fn recover<S: Storage>(
     seqs.sort_unstable();
     let mut report = RecoveryReport::default();
     if seqs.is_empty() {
-        let file =
-            segment::prepare(storage, dir, 1, config.segment_bytes, 0, config.io_depth).await?;
+        let file = segment::prepare(
+            storage,
+            dir,
+            1,
+            config.segment_bytes,
+            0,
+            config.io_depth,
+            &segment::Unpaced,
+        )
+        .await?;
         let mut segments = BTreeMap::new();
         segments.insert(
             1,

@@ -33,12 +33,27 @@ pub const SEGMENT_MAGIC: u32 = 0x4745_5350;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Records start here in every segment.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
-/// Zeros are written in pieces of this size when a segment is prepared. On a slow disk a group
-/// commit may wait behind one piece (260 ms at 4 MB/s): 256 KiB pieces raised four simulated
-/// disks from 3.0× to 3.3× one, but quadrupled the I/O operations of every preparation, and with
-/// them the rate of a rare hang (an io_uring completion that never arrives, seen in tests under
-/// CPU starvation) at node start. 1 MiB until that hang is understood.
-const PREPARE_CHUNK_BYTES: usize = 1 << 20;
+/// Zeros are written in pieces of this size when a segment is prepared. A group commit may
+/// wait behind one piece on a busy disk (65 ms at 4 MB/s), so pieces stay small; 256 KiB is
+/// still a full-bandwidth write on an SSD.
+pub const PREPARE_CHUNK_BYTES: usize = 256 << 10;
+
+/// When a segment's preparation may write its next piece. The log a spare is prepared for
+/// shares its disk: [`Unpaced`] writes as fast as the disk takes it (a new shard, a test); the
+/// writer's pace (`writer::SparePace`) spreads the zeros over the filling of the current
+/// segment, so no commit waits behind a long run of them.
+pub(crate) trait Pace {
+    /// Resolves once the piece starting at `offset` may be written.
+    async fn ready(&self, offset: u64);
+}
+
+/// Writes every piece at once.
+#[derive(Debug)]
+pub(crate) struct Unpaced;
+
+impl Pace for Unpaced {
+    async fn ready(&self, _offset: u64) {}
+}
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -116,15 +131,16 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
 }
 
 /// Writes a complete, zero-filled segment with its header and makes it durable under its
-/// final name, with up to `io_depth` chunk writes in flight. On failure the partial `.tmp`
-/// file is removed (best effort).
-pub async fn prepare<S: Storage>(
+/// final name, with up to `io_depth` chunk writes in flight, each when `pace` lets it. On
+/// failure the partial `.tmp` file is removed (best effort).
+pub(crate) async fn prepare<S: Storage>(
     storage: &S,
     dir: &Path,
     seq: u32,
     segment_bytes: u64,
     created_hlc: u64,
     io_depth: usize,
+    pace: &impl Pace,
 ) -> Result<Rc<S::File>> {
     let final_path = segment_path(dir, seq);
     let tmp_path = dir.join(format!("{seq:012}.log.tmp"));
@@ -135,6 +151,7 @@ pub async fn prepare<S: Storage>(
         segment_bytes,
         created_hlc,
         io_depth,
+        pace,
     )
     .await;
     let file = match result {
@@ -158,6 +175,7 @@ async fn write_out<S: Storage>(
     segment_bytes: u64,
     created_hlc: u64,
     io_depth: usize,
+    pace: &impl Pace,
 ) -> Result<Rc<S::File>> {
     let file = Rc::new(storage.open(tmp_path, true).await?);
     let mut offset = 0u64;
@@ -166,6 +184,7 @@ async fn write_out<S: Storage>(
         // outlives the segment's preparation if it is abandoned.
         let mut writes = Vec::with_capacity(io_depth.max(1));
         while offset < segment_bytes && writes.len() < io_depth.max(1) {
+            pace.ready(offset).await;
             let len = PREPARE_CHUNK_BYTES.min((segment_bytes - offset) as usize);
             let mut chunk = file.alloc_buffer(len);
             chunk.bytes_mut().fill(0);

@@ -152,6 +152,8 @@ pub(crate) struct State<F: StorageFile> {
     pub closing: bool,
     pub bytes_since_checkpoint: u64,
     pub checkpoint_running: bool,
+    /// A group commit's write or sync is in flight.
+    pub writing: bool,
     pub compacting: bool,
     /// Messages with a delete or flag update queued but not yet durable (count per id): the
     /// index does not show those changes yet, so compaction must not copy such a message now.
@@ -167,6 +169,9 @@ pub(crate) struct Inner<S: Storage> {
     pub writer_wake: Notify,
     pub space_wake: Notify,
     pub spare_wake: Notify,
+    /// Wakes a paced spare preparation (see `writer::SparePace`): a commit ended, or the log
+    /// waits for the spare, or the shard stops.
+    pub pace_wake: Notify,
     pub writer_done: Completion<()>,
     pub metrics: RefCell<ShardMetrics>,
     /// Operations under way that may touch the disk (see [`Shard::load`]).
@@ -336,6 +341,7 @@ impl<S: Storage> Shard<S> {
             closing: false,
             bytes_since_checkpoint: 0,
             checkpoint_running: false,
+            writing: false,
             compacting: false,
             pending_changes: std::collections::HashMap::new(),
         };
@@ -348,6 +354,7 @@ impl<S: Storage> Shard<S> {
             writer_wake: Notify::default(),
             space_wake: Notify::default(),
             spare_wake: Notify::default(),
+            pace_wake: Notify::default(),
             writer_done: Completion::default(),
             metrics: RefCell::new(ShardMetrics::new()),
             in_flight: Arc::new(AtomicU32::new(0)),
@@ -888,6 +895,7 @@ impl<S: Storage> Shard<S> {
     pub async fn close(&self) -> Result<()> {
         self.inner.state.borrow_mut().closing = true;
         self.inner.writer_wake.notify();
+        self.inner.pace_wake.notify();
         self.inner.space_wake.notify();
         self.inner.writer_done.wait().await;
         // No background file work may outlive the shard (glommio cannot cope with a directory

@@ -163,6 +163,7 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             }
             if stopping {
                 inner.writer_done.complete(());
+                inner.pace_wake.notify();
                 return;
             }
             inner.writer_wake.notified().await;
@@ -173,11 +174,13 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
         let group = take_group(&inner);
         inner.space_wake.notify();
         let Some(first) = group.first() else { continue };
+        inner.state.borrow_mut().writing = true;
         let seq = first.seq;
         let file = match file_for(&inner, seq).await {
             Ok(file) => file,
             Err(failure) => {
                 fail_segment(&inner, group, seq, failure);
+                inner.pace_wake.notify();
                 continue;
             }
         };
@@ -197,6 +200,8 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             Ok(()) => complete(&inner, group, sync_time),
             Err(error) => poison(&inner, group, &error),
         }
+        inner.state.borrow_mut().writing = false;
+        inner.pace_wake.notify();
     }
 }
 
@@ -264,7 +269,11 @@ async fn file_for<S: Storage>(
                     return Ok(file);
                 }
                 Spare::Failed(spare_seq, failure) if spare_seq == seq => return Err(failure),
-                Spare::Preparing(spare_seq) => state.spare = Spare::Preparing(spare_seq),
+                Spare::Preparing(spare_seq) => {
+                    state.spare = Spare::Preparing(spare_seq);
+                    // The log waits for it: the preparation stops pacing itself.
+                    inner.pace_wake.notify();
+                }
                 other => {
                     // A spare for another segment (cannot happen) or none: prepare this one.
                     drop(other);
@@ -297,7 +306,8 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
     };
     let inner = inner.clone();
     glommio::spawn_local(async move {
-        let result = segment::prepare(&inner.storage, &inner.dir, seq, inner.config.segment_bytes, hlc, inner.config.io_depth).await;
+        let pace = SparePace { inner: &inner, seq };
+        let result = segment::prepare(&inner.storage, &inner.dir, seq, inner.config.segment_bytes, hlc, inner.config.io_depth, &pace).await;
         {
             let mut state = inner.state.borrow_mut();
             state.spare = match result {
@@ -311,6 +321,44 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
         inner.spare_wake.notify();
     })
     .detach();
+}
+
+/// How far the zeros of a spare may run ahead of the filling of the segment before it.
+const PACE_LEAD_BYTES: u64 = 2 * segment::PREPARE_CHUNK_BYTES as u64;
+
+/// The pace of a spare's preparation (see [`segment::Pace`]): its zeros keep step with the
+/// log's progress through the current segment (plus a lead), so the commits that share the
+/// disk wait behind at most a piece of them at a time instead of a whole segment's worth. It
+/// writes freely while this shard has nothing to commit, once the log needs the spare, and
+/// when the shard closes or fails.
+struct SparePace<'a, S: Storage> {
+    inner: &'a Inner<S>,
+    seq: u32,
+}
+
+impl<S: Storage> SparePace<'_, S> {
+    fn may_write(&self, offset: u64) -> bool {
+        let state = self.inner.state.borrow();
+        if state.closing || state.poisoned.is_some() || state.append_seq >= self.seq {
+            return true;
+        }
+        if state.queue.is_empty() && !state.writing {
+            return true;
+        }
+        let segment_bytes = self.inner.config.segment_bytes;
+        let usable = segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+        let filled = state.append_pos.saturating_sub(SEGMENT_HEADER_BYTES);
+        let in_step = (u128::from(filled) * u128::from(segment_bytes) / u128::from(usable)) as u64;
+        offset <= in_step.saturating_add(PACE_LEAD_BYTES)
+    }
+}
+
+impl<S: Storage> segment::Pace for SparePace<'_, S> {
+    async fn ready(&self, offset: u64) {
+        while !self.may_write(offset) {
+            self.inner.pace_wake.notified().await;
+        }
+    }
 }
 
 /// The next segment could not be prepared (a full disk): fail the appends bound for it, leave
