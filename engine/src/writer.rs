@@ -345,12 +345,17 @@ impl<S: Storage> SparePace<'_, S> {
         if state.queue.is_empty() && !state.writing {
             return true;
         }
-        let segment_bytes = self.inner.config.segment_bytes;
-        let usable = segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
-        let filled = state.append_pos.saturating_sub(SEGMENT_HEADER_BYTES);
-        let in_step = (u128::from(filled) * u128::from(segment_bytes) / u128::from(usable)) as u64;
-        offset <= in_step.saturating_add(PACE_LEAD_BYTES)
+        offset <= paced_zero_bytes(state.append_pos, self.inner.config.segment_bytes)
     }
+}
+
+/// How far into a spare its zeros may go while the log stands at `append_pos` of the segment
+/// before it: in proportion to that segment's filling, plus [`PACE_LEAD_BYTES`].
+fn paced_zero_bytes(append_pos: u64, segment_bytes: u64) -> u64 {
+    let usable = segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
+    let filled = append_pos.saturating_sub(SEGMENT_HEADER_BYTES);
+    let in_step = (u128::from(filled) * u128::from(segment_bytes) / u128::from(usable)) as u64;
+    in_step.saturating_add(PACE_LEAD_BYTES)
 }
 
 impl<S: Storage> segment::Pace for SparePace<'_, S> {
@@ -540,4 +545,34 @@ pub(crate) async fn checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
     let result = write_checkpoint(inner).await;
     inner.state.borrow_mut().checkpoint_running = false;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spare_is_written_out_in_step_with_the_segment_before_it() {
+        let segment = 128u64 << 20;
+        // An empty segment: only the lead.
+        assert_eq!(
+            paced_zero_bytes(SEGMENT_HEADER_BYTES, segment),
+            PACE_LEAD_BYTES
+        );
+        // Half full: half the spare, plus the lead.
+        let half = SEGMENT_HEADER_BYTES + (segment - SEGMENT_HEADER_BYTES) / 2;
+        assert_eq!(
+            paced_zero_bytes(half, segment),
+            segment / 2 + PACE_LEAD_BYTES
+        );
+        // Full: all of it, before the log needs it.
+        assert!(paced_zero_bytes(segment, segment) >= segment);
+        // Never less for a fuller segment.
+        let mut last = 0;
+        for pos in (0..=segment).step_by(1 << 20) {
+            let allowed = paced_zero_bytes(pos, segment);
+            assert!(allowed >= last);
+            last = allowed;
+        }
+    }
 }
