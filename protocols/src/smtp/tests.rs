@@ -164,3 +164,47 @@ mod garbage {
         }
     }
 }
+
+mod data_transparency {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The DATA rule of RFC 5321 §4.5.2, line by line: after a CRLF (or at the start), ".\r\n"
+    /// ends the message and a leading dot is dropped; a bare LF starts no line. Returns the
+    /// message and the bytes left after the terminator, or `None` if none was found.
+    fn reference(input: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+        let mut data = Vec::new();
+        let mut at_line_start = true;
+        let mut rest = input;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..=end];
+            rest = &rest[end + 1..];
+            if at_line_start && line == b".\r\n" {
+                return Some((data, rest));
+            }
+            let skip = usize::from(at_line_start && line.first() == Some(&b'.'));
+            data.extend_from_slice(&line[skip..]);
+            at_line_start = line.ends_with(b"\r\n");
+        }
+        None
+    }
+
+    proptest! {
+        /// The session's DATA scanner gives the same message as the line-by-line rule for any
+        /// mix of dots, CRs, LFs and text, in any chunking.
+        #[test]
+        fn data_is_what_the_line_rule_gives(
+            body in proptest::collection::vec(prop::sample::select(vec![b'.', b'\r', b'\n', b'a']), 0..400),
+            chunk in 1usize..40,
+        ) {
+            let mut script = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n".to_vec();
+            script.extend_from_slice(&body);
+            script.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+            let data_at = script.len() - body.len() - b"\r\n.\r\nQUIT\r\n".len();
+            let (expected, _) = reference(&script[data_at..]).expect("the script ends the message");
+            let (_, envelopes) = drive(&script, chunk);
+            prop_assert_eq!(envelopes.len(), 1);
+            prop_assert_eq!(&envelopes[0].data, &expected);
+        }
+    }
+}
