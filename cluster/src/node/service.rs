@@ -4,7 +4,10 @@
 //! A user's mail and profile live on one of the shards of core `placement.core_of(user)`, one
 //! per data directory (which one: [`super::core_shards`]). [`Router`] sends a request to that
 //! core and awaits the answer. The service
-//! runs each request in its own task so concurrent deliveries share group commits.
+//! runs each request in its own task so concurrent deliveries share group commits. A request
+//! for a user of the asking core itself is served in place, in the asking task: no channel
+//! hop, no cross-thread wakeup. Each core also remembers which users it has seen exist (users
+//! are never removed), so a recipient check costs a hop only the first time.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -185,6 +188,25 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// Users a core remembers as existing before it forgets them all (a bound on memory, not a
+/// correctness limit: a forgotten user is asked about again).
+const KNOWN_USERS_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// The service of the core this thread runs, while it serves ([`CoreService::run`]).
+    static LOCAL_SERVICE: RefCell<Option<(usize, Rc<CoreService>)>> = const { RefCell::new(None) };
+    /// Users this core has been told exist.
+    static KNOWN_USERS: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// This thread's core service, if it is `core`'s.
+fn local_service(core: usize) -> Option<Rc<CoreService>> {
+    LOCAL_SERVICE.with(|local| match &*local.borrow() {
+        Some((mine, service)) if *mine == core => Some(service.clone()),
+        _ => None,
+    })
+}
+
 /// Sends requests to the core that owns a user. Cheap to clone; `Send`.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -207,6 +229,11 @@ impl Router {
 
     async fn ask<T>(&self, core: usize, make: impl FnOnce(Reply<T>) -> Request) -> Option<T> {
         let (tx, rx) = flume::bounded(1);
+        if let Some(service) = local_service(core) {
+            // Every handler replies before it returns.
+            service.handle(make(tx)).await;
+            return rx.try_recv().ok();
+        }
         self.cores.get(core)?.send_async(make(tx)).await.ok()?;
         rx.recv_async().await.ok()
     }
@@ -264,13 +291,27 @@ impl Router {
     }
 
     pub async fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::UserExists {
-            user,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
+        if KNOWN_USERS.with(|known| known.borrow().contains(user)) {
+            return Ok(true);
+        }
+        let owned = user.to_owned();
+        let exists = self
+            .ask(self.core_of(user), |reply| Request::UserExists {
+                user: owned,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(StoreError::Failed))?;
+        if exists {
+            KNOWN_USERS.with(|known| {
+                let mut known = known.borrow_mut();
+                if known.len() >= KNOWN_USERS_MAX {
+                    known.clear();
+                }
+                known.insert(user.to_owned());
+            });
+        }
+        Ok(exists)
     }
 
     pub async fn login(&self, user: &str, password: &str, lock: LockMode) -> Login {
@@ -454,8 +495,10 @@ impl CoreService {
 
     /// Serves requests until a `Shutdown` has been handled.
     pub async fn run(self: Rc<Self>, requests: flume::Receiver<Request>) {
+        LOCAL_SERVICE.with(|local| *local.borrow_mut() = Some((self.core, self.clone())));
         while let Ok(request) = requests.recv_async().await {
             if let Request::Shutdown { reply } = request {
+                LOCAL_SERVICE.with(|local| local.borrow_mut().take());
                 for shard in self.shards.all() {
                     if let Err(error) = shard.close().await {
                         tracing::error!(shard = shard.name(), %error, "closing shard");
@@ -467,6 +510,7 @@ impl CoreService {
             let service = self.clone();
             glommio::spawn_local(async move { service.handle(request).await }).detach();
         }
+        LOCAL_SERVICE.with(|local| local.borrow_mut().take());
     }
 
     async fn handle(&self, request: Request) {

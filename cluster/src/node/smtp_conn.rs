@@ -145,25 +145,32 @@ async fn deliver(
         add(&context.metrics.bytes_accepted, message.len() as u64);
         return DeliveryOutcome::Stored(format!("{id:032x}"));
     }
-    let mut tasks = Vec::with_capacity(envelope.recipients.len());
-    for recipient in &envelope.recipients {
-        let context = context.clone();
-        let user = recipient.canonical();
-        let message = message.clone();
-        tasks.push(glommio::spawn_local(async move {
-            super::proxy::deliver(&context, &user, id, message).await
-        }));
-    }
     let mut outcome = DeliveryOutcome::Stored(id_text);
-    for task in tasks {
-        match task.await {
-            Ok(()) => add(&context.metrics.recipients_delivered, 1),
-            Err(StoreError::NoSpace) => outcome = DeliveryOutcome::NoSpace,
-            Err(StoreError::Failed | StoreError::Unavailable) => {
-                if outcome != DeliveryOutcome::NoSpace {
-                    outcome = DeliveryOutcome::Failed;
-                }
+    let mut note = |result: Result<(), StoreError>| match result {
+        Ok(()) => add(&context.metrics.recipients_delivered, 1),
+        Err(StoreError::NoSpace) => outcome = DeliveryOutcome::NoSpace,
+        Err(StoreError::Failed | StoreError::Unavailable) => {
+            if outcome != DeliveryOutcome::NoSpace {
+                outcome = DeliveryOutcome::Failed;
             }
+        }
+    };
+    if let [recipient] = envelope.recipients.as_slice() {
+        // The usual case: no task to spawn for one copy.
+        note(super::proxy::deliver(context, &recipient.canonical(), id, message.clone()).await);
+    } else {
+        // Copies for several recipients are stored concurrently (their shards may differ).
+        let mut tasks = Vec::with_capacity(envelope.recipients.len());
+        for recipient in &envelope.recipients {
+            let context = context.clone();
+            let user = recipient.canonical();
+            let message = message.clone();
+            tasks.push(glommio::spawn_local(async move {
+                super::proxy::deliver(&context, &user, id, message).await
+            }));
+        }
+        for task in tasks {
+            note(task.await);
         }
     }
     if matches!(outcome, DeliveryOutcome::Stored(_)) {
