@@ -394,15 +394,17 @@ impl Pop3Session {
 /// Writes a message as a POP3 multi-line response: dot-stuffed, CRLF-terminated, ending with
 /// ".\r\n". With `top`, only the headers, the blank line and `top` body lines.
 pub fn write_stuffed(message: &[u8], top: Option<usize>, out: &mut Vec<u8>) {
+    let Some(limit) = top else {
+        write_all_stuffed(message, out);
+        return;
+    };
     let mut in_body = false;
     let mut body_lines = 0;
     let mut ends_with_newline = true;
     for line in message.split_inclusive(|&b| b == b'\n') {
         if in_body {
-            if let Some(limit) = top {
-                if body_lines >= limit {
-                    break;
-                }
+            if body_lines >= limit {
+                break;
             }
             body_lines += 1;
         } else if line == b"\r\n" || line == b"\n" {
@@ -415,6 +417,27 @@ pub fn write_stuffed(message: &[u8], top: Option<usize>, out: &mut Vec<u8>) {
         ends_with_newline = line.ends_with(b"\n");
     }
     if !ends_with_newline {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// The whole message, dot-stuffed: only a line that starts with `.` changes, so the text
+/// between two LF + `.` places is found with one `memmem` search and copied at once.
+fn write_all_stuffed(message: &[u8], out: &mut Vec<u8>) {
+    out.reserve(message.len() + 5);
+    let mut rest = message;
+    if rest.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    while let Some(at) = memchr::memmem::find(rest, b"\n.") {
+        // Through the LF, then the extra dot; the line's own dot follows with the rest.
+        out.extend_from_slice(&rest[..=at]);
+        out.push(b'.');
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+    if !message.is_empty() && !message.ends_with(b"\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");

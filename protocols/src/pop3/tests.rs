@@ -109,3 +109,37 @@ mod garbage {
         }
     }
 }
+
+mod stuffing {
+    use crate::pop3::write_stuffed;
+    use proptest::prelude::*;
+
+    /// RFC 1939 §3, line by line: a line starting with `.` gets one more; the response ends
+    /// with CRLF (added if the message does not end a line) and `.` CRLF.
+    fn reference(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        if !message.is_empty() && !message.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    proptest! {
+        /// RETR's stuffing equals the line rule for any mix of dots, CRs, LFs and text.
+        #[test]
+        fn retr_stuffs_as_the_line_rule(
+            message in proptest::collection::vec(prop::sample::select(vec![b'.', b'\r', b'\n', b'a']), 0..400),
+        ) {
+            let mut out = Vec::new();
+            write_stuffed(&message, None, &mut out);
+            prop_assert_eq!(out, reference(&message));
+        }
+    }
+}
