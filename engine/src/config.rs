@@ -19,8 +19,11 @@ pub struct EngineConfig {
     pub record_bytes_max: usize,
     /// A checkpoint of the index is written after this many bytes of log.
     pub checkpoint_every_bytes: u64,
-    /// Writes in flight while a segment is written out ahead of the log (1 MiB each).
+    /// Writes in flight while a segment is written out ahead of the log.
     pub io_depth: usize,
+    /// Bytes of the newest durable batches kept in memory for reads (0: none); see
+    /// `recent.rs`. Mail fetched soon after delivery then needs no disk read.
+    pub read_cache_bytes: usize,
     /// Node id written into every record (the node sets its own; 0 in engine-only tools).
     pub node_id: u32,
     pub compaction: CompactionConfig,
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             record_bytes_max: PAYLOAD_BYTES_MAX,
             checkpoint_every_bytes: 512 << 20,
             io_depth: 1,
+            read_cache_bytes: 64 << 20,
             node_id: 0,
             compaction: CompactionConfig::default(),
         }

@@ -154,6 +154,7 @@ pub(crate) struct State<F: StorageFile> {
     pub checkpoint_running: bool,
     /// A group commit's write or sync is in flight.
     pub writing: bool,
+    pub recent: crate::recent::RecentWrites,
     pub compacting: bool,
     /// Messages with a delete or flag update queued but not yet durable (count per id): the
     /// index does not show those changes yet, so compaction must not copy such a message now.
@@ -191,6 +192,23 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The bytes of a record read back: from the disk, or from the copy of a recent batch.
+#[derive(Debug)]
+pub enum ReadBytes<B> {
+    Disk(B),
+    Memory(Vec<u8>),
+}
+
+impl<B: std::ops::Deref<Target = [u8]>> std::ops::Deref for ReadBytes<B> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Disk(bytes) => bytes,
+            Self::Memory(bytes) => bytes,
+        }
     }
 }
 
@@ -342,6 +360,7 @@ impl<S: Storage> Shard<S> {
             bytes_since_checkpoint: 0,
             checkpoint_running: false,
             writing: false,
+            recent: crate::recent::RecentWrites::new(config.read_cache_bytes),
             compacting: false,
             pending_changes: std::collections::HashMap::new(),
         };
@@ -784,19 +803,26 @@ impl<S: Storage> Shard<S> {
     pub async fn read(
         &self,
         location: Location,
-    ) -> Result<StoredRecord<<S::File as StorageFile>::ReadBuf>> {
-        let _busy = self.busy();
-        let file = {
+    ) -> Result<StoredRecord<ReadBytes<<S::File as StorageFile>::ReadBuf>>> {
+        let (file, kept) = {
             let state = self.inner.state.borrow();
-            state
+            let file = state
                 .segments
                 .get(&location.segment)
                 .map(|slot| slot.file.clone())
-                .ok_or(EngineError::NotFound)?
+                .ok_or(EngineError::NotFound)?;
+            (file, state.recent.get(location).map(<[u8]>::to_vec))
         };
-        let buf = file
-            .read_at(u64::from(location.offset), location.len as usize)
-            .await?;
+        let buf = match kept {
+            Some(bytes) => ReadBytes::Memory(bytes),
+            None => {
+                let _busy = self.busy();
+                ReadBytes::Disk(
+                    file.read_at(u64::from(location.offset), location.len as usize)
+                        .await?,
+                )
+            }
+        };
         let corrupt = |reason: String| EngineError::Corrupt {
             path: file.path().to_path_buf(),
             offset: u64::from(location.offset),
@@ -824,7 +850,7 @@ impl<S: Storage> Shard<S> {
         &self,
         user: &str,
         id: u128,
-    ) -> Result<StoredRecord<<S::File as StorageFile>::ReadBuf>> {
+    ) -> Result<StoredRecord<ReadBytes<<S::File as StorageFile>::ReadBuf>>> {
         let location = {
             let state = self.inner.state.borrow();
             state.index.message(user, id).map(|m| m.location)

@@ -450,6 +450,9 @@ fn complete<S: Storage>(
                 bytes += u64::from(location.len);
             }
             let end = batch.start + batch.used as u64;
+            state
+                .recent
+                .remember(batch.seq, batch.start, &buf[..batch.used]);
             if let Some(slot) = state.segments.get_mut(&batch.seq) {
                 slot.end = slot.end.max(end);
             }

@@ -324,3 +324,56 @@ fn segments_written_out_with_several_writes_in_flight_hold_their_records() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn reads_give_the_same_bytes_from_the_recent_batches_and_from_the_disk() {
+    // A budget smaller than what is written: the newest records come from memory, the oldest
+    // from the disk; with no budget, all from the disk. Every body must be exact either way,
+    // also after the recent copies are gone with a reopen.
+    for cache_bytes in [0usize, 48 << 10, 64 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let config = porcupine_engine::EngineConfig {
+                read_cache_bytes: cache_bytes,
+                ..small_config()
+            };
+            let (shard, _) = Shard::open(DmaStorage::default(), &path, config.clone(), "t")
+                .await
+                .unwrap();
+            let len = |id: u128| 50 + (id as usize * 37) % 3000;
+            let tasks: Vec<_> = (1..=120u128)
+                .map(|id| {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        shard
+                            .append_message("u@x", id, &body_for(id, len(id)), 0)
+                            .await
+                            .unwrap();
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+            for id in (1..=120u128).rev() {
+                let record = shard.read_message("u@x", id).await.unwrap();
+                assert_eq!(record.body(), &body_for(id, len(id))[..], "id {id}");
+                assert_eq!(record.user(), "u@x");
+            }
+            shard.close().await.unwrap();
+            let (shard, _) = Shard::open(DmaStorage::default(), &path, config, "t")
+                .await
+                .unwrap();
+            for id in 1..=120u128 {
+                let record = shard.read_message("u@x", id).await.unwrap();
+                assert_eq!(
+                    record.body(),
+                    &body_for(id, len(id))[..],
+                    "id {id} after reopen"
+                );
+            }
+            shard.close().await.unwrap();
+        });
+    }
+}

@@ -204,6 +204,10 @@ struct ServeArgs {
     /// Writes in flight while a segment is written out ahead of the log [default: 1]
     #[arg(long)]
     io_depth: Option<usize>,
+    /// MiB of each shard's newest log kept in memory, so mail fetched soon after delivery
+    /// needs no disk read (0: none) [default: 64]
+    #[arg(long)]
+    read_cache_mib: Option<usize>,
     /// Do not pin executors to cores
     #[arg(long)]
     #[serde(default)]
@@ -297,6 +301,7 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         commit_window_us: flags.commit_window_us.or(file.commit_window_us),
         batch_kib: flags.batch_kib.or(file.batch_kib),
         io_depth: flags.io_depth.or(file.io_depth),
+        read_cache_mib: flags.read_cache_mib.or(file.read_cache_mib),
         no_pin: flags.no_pin || file.no_pin,
         no_first_user: flags.no_first_user || file.no_first_user,
         discard_bodies: flags.discard_bodies || file.discard_bodies,
@@ -437,6 +442,12 @@ fn serve(flags: ServeArgs) -> Result<()> {
         }
         config.engine.batch_bytes_max = kib << 10;
         config.engine.queue_bytes_max = config.engine.queue_bytes_max.max(4 * (kib << 10));
+    }
+    if let Some(mib) = args.read_cache_mib {
+        if mib > 65536 {
+            bail!("--read-cache-mib must be at most 65536 (got {mib})");
+        }
+        config.engine.read_cache_bytes = mib << 20;
     }
     if let Some(depth) = args.io_depth {
         if !(1..=64).contains(&depth) {
