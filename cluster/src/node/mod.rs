@@ -345,10 +345,17 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     } else {
         None
     };
-    // Everything is open: start accepting.
+    // Everything is open: start accepting, and return once every core listens (a client
+    // told "serving" must not find a port closed).
     drop(listen_rx);
     let _ = &listen_tx;
     drop(listen_tx);
+    for _ in 0..config.cores {
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            tracing::warn!("a core did not report its listeners within 30 s");
+            break;
+        }
+    }
     Ok(NodeHandle {
         stop: Some(stop_tx),
         drained: drained_rx,
@@ -514,6 +521,9 @@ async fn run_core(
             Err(error) => tracing::error!(%error, "cannot listen for admin"),
         }
     }
+    // Every listener of this core is bound: `start` returns once all cores have said so.
+    let _ = ready.send(Ok(()));
+    drop(ready);
     for task in accept_tasks {
         task.await;
     }
