@@ -17,10 +17,12 @@ use crate::index::Location;
 pub struct RecentWrites {
     budget_bytes: usize,
     held_bytes: usize,
-    /// (segment, offset of the batch's first byte) → the batch's bytes.
-    batches: BTreeMap<(u32, u64), Vec<u8>>,
-    /// Keys in the order they came, oldest first.
-    order: VecDeque<(u32, u64)>,
+    /// (segment, offset of the batch's first byte) → (when it was kept, the batch's bytes).
+    batches: BTreeMap<(u32, u64), (u64, Vec<u8>)>,
+    /// Keys with when they were kept, oldest first. A key kept again stays here with its
+    /// older stamp too; that entry no longer matches and drops nothing.
+    order: VecDeque<((u32, u64), u64)>,
+    kept: u64,
 }
 
 impl RecentWrites {
@@ -37,27 +39,36 @@ impl RecentWrites {
         if bytes.is_empty() || bytes.len() > self.budget_bytes {
             return;
         }
+        // A batch smaller than a block is followed by one that starts at the same block and
+        // carries its bytes too: that one replaces it.
+        if let Some((_, replaced)) = self.batches.remove(&(seq, start)) {
+            self.held_bytes -= replaced.len();
+        }
         while self.held_bytes + bytes.len() > self.budget_bytes {
-            let Some(oldest) = self.order.pop_front() else {
+            let Some((oldest, stamp)) = self.order.pop_front() else {
                 break;
             };
-            if let Some(dropped) = self.batches.remove(&oldest) {
-                self.held_bytes -= dropped.len();
+            if self
+                .batches
+                .get(&oldest)
+                .is_some_and(|(kept, _)| *kept == stamp)
+            {
+                if let Some((_, dropped)) = self.batches.remove(&oldest) {
+                    self.held_bytes -= dropped.len();
+                }
             }
         }
-        if let Some(replaced) = self.batches.insert((seq, start), bytes.to_vec()) {
-            // The same place written again (a group retried after a full disk): keep the new.
-            self.held_bytes -= replaced.len();
-            self.order.retain(|key| *key != (seq, start));
-        }
+        self.kept += 1;
+        self.batches
+            .insert((seq, start), (self.kept, bytes.to_vec()));
         self.held_bytes += bytes.len();
-        self.order.push_back((seq, start));
+        self.order.push_back(((seq, start), self.kept));
     }
 
     /// The bytes at `location`, if one kept batch holds all of them.
     pub fn get(&self, location: Location) -> Option<&[u8]> {
         let offset = u64::from(location.offset);
-        let ((seq, start), bytes) = self
+        let ((seq, start), (_, bytes)) = self
             .batches
             .range(..=(location.segment, offset))
             .next_back()?;
@@ -127,5 +138,13 @@ mod tests {
         recent.remember(1, 4096, &[2; 20]);
         assert_eq!(recent.held_bytes(), 20);
         assert_eq!(recent.get(at(1, 4096 + 15, 2)), Some(&[2u8, 2][..]));
+        // Its older entry in the eviction order drops nothing: the newer copy stays until its
+        // own turn.
+        recent.remember(1, 8192, &[3; 70]);
+        assert_eq!(recent.get(at(1, 4096, 20)), Some(&[2u8; 20][..]));
+        recent.remember(1, 12288, &[4; 30]);
+        assert_eq!(recent.get(at(1, 4096, 1)), None);
+        assert_eq!(recent.get(at(1, 8192, 70)), Some(&[3u8; 70][..]));
+        assert_eq!(recent.held_bytes(), 100);
     }
 }
