@@ -31,6 +31,19 @@ fn deliver(node: &Node, tag: &str) {
     assert!(out.contains(&format!("delivered {USERS}")), "{out}");
 }
 
+fn login(node: &Node, user: &str, password: &str) -> String {
+    python(
+        "cluster_mail.py",
+        &[
+            "login".into(),
+            node.ip.clone(),
+            node.pop3.to_string(),
+            user.into(),
+            password.into(),
+        ],
+    )
+}
+
 fn check(node: &Node, tags: &[&str]) {
     let mut args = vec![
         "check".into(),
@@ -85,6 +98,8 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     deliver(&n2, "first");
     check(&n3, &["first"]);
     check(&n1, &["first"]);
+    // Node 2 verifies, and caches, the password it will soon lose.
+    assert!(login(&n2, "changer@localhost", PASSWORD).contains("login ok"));
 
     // SIGKILL one node: it is dropped, and every user takes new mail again. Every message is
     // on two nodes (replicas 2, the default), so no mail is out of reach meanwhile.
@@ -94,6 +109,17 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     check(&n2, &["first", "second"]);
     // A password changes while node 3 is down.
     n1.set_password("changer@localhost", "new secret");
+    // Node 2 gets the new profile from node 1; its cached credential no longer lets the old
+    // password in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !login(&n2, "changer@localhost", PASSWORD).contains("login refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 still takes the old password"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(login(&n2, "changer@localhost", "new secret").contains("login ok"));
 
     // It comes back: every message is visible exactly once, from any node.
     let n3 = start(&dir, 3, &ports);
@@ -106,18 +132,7 @@ fn three_nodes_serve_any_user_from_any_node_and_survive_a_sigkill() {
     for node in [n1, n2] {
         assert!(node.terminate().success());
     }
-    let login = |password: &str| {
-        python(
-            "cluster_mail.py",
-            &[
-                "login".into(),
-                n3.ip.clone(),
-                n3.pop3.to_string(),
-                "changer@localhost".into(),
-                password.into(),
-            ],
-        )
-    };
+    let login = |password: &str| login(&n3, "changer@localhost", password);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while status(&n3)["members"].as_array().map_or(0, Vec::len) != 1 {
         assert!(

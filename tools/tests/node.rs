@@ -43,3 +43,32 @@ fn bad_input_gets_standard_replies_and_the_node_keeps_serving() {
     assert!(out.contains("bad input ok"), "{out}");
     assert!(node.terminate().success());
 }
+
+#[test]
+fn a_changed_password_takes_effect_at_once_though_logins_are_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    node.add_user("changer@localhost");
+    let login = |password: &str| {
+        python(
+            "cluster_mail.py",
+            &[
+                "login".into(),
+                node.ip.clone(),
+                node.pop3.to_string(),
+                "changer@localhost".into(),
+                password.into(),
+            ],
+        )
+    };
+    // The second login is served from the verified-credentials cache.
+    assert!(login(PASSWORD).contains("login ok"));
+    assert!(login(PASSWORD).contains("login ok"));
+    assert!(login("not it").contains("login refused"));
+    node.set_password("changer@localhost", "new secret");
+    assert!(login(PASSWORD).contains("login refused"));
+    assert!(login("new secret").contains("login ok"));
+    assert!(login("new secret").contains("login ok"));
+    assert!(login(PASSWORD).contains("login refused"));
+    assert!(node.terminate().success());
+}

@@ -28,6 +28,14 @@ const SMTP_ONLY: (u16, u16, u16) = (2545, 1130, 8045);
 const POSTFIX_SMTP: u16 = 2626;
 const DOVECOT_POP3: u16 = 1210;
 const SINK_SMTP: u16 = 2727;
+/// Every system measured, in the order of the tables and the plot.
+const SYSTEMS: [&str; 5] = [
+    "porcupine",
+    "postfix+dovecot",
+    "porcupine-smtp",
+    "smtp-sink",
+    "porcupine-discard",
+];
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -35,8 +43,13 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     users: usize,
     /// Connection counts to measure.
-    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
     connections: Vec<usize>,
+    /// Rounds: each measures every system at every connection count, the systems' order rotated
+    /// from round to round. The tables and ratios use each system's median over the rounds, so
+    /// one noisy run does not decide a ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Seconds of load per run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -53,6 +66,7 @@ struct Args {
 #[derive(Clone, Debug)]
 struct Run {
     system: &'static str,
+    round: usize,
     connections: usize,
     msgs_per_s: f64,
     accepted_per_s: f64,
@@ -106,6 +120,9 @@ fn wait_port(port: u16) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.rounds == 0 || args.connections.is_empty() {
+        bail!("--rounds and --connections need at least one value each");
+    }
     let root = workspace_root()?;
     let bins = root.join("target/release");
     eprintln!("building porcupine and porcupine-load (release)…");
@@ -202,42 +219,44 @@ fn main() -> Result<()> {
     servers.children.push(("smtp-sink".into(), sink));
     wait_port(SINK_SMTP)?;
 
+    let plan: [Target; 5] = [
+        (
+            "porcupine",
+            PORCUPINE.0,
+            Some(PORCUPINE.1),
+            Mix::Paper,
+            None,
+        ),
+        (
+            "postfix+dovecot",
+            POSTFIX_SMTP,
+            Some(DOVECOT_POP3),
+            Mix::Paper,
+            Some(&base),
+        ),
+        (
+            "porcupine-smtp",
+            SMTP_ONLY.0,
+            Some(SMTP_ONLY.1),
+            Mix::SmtpOnly,
+            None,
+        ),
+        ("smtp-sink", SINK_SMTP, None, Mix::SmtpOnly, None),
+        ("porcupine-discard", DISCARD.0, None, Mix::SmtpOnly, None),
+    ];
     let mut runs = Vec::new();
-    for &c in &args.connections {
-        let first = runs.len();
-        let plan: [Target; 5] = [
-            (
-                "porcupine",
-                PORCUPINE.0,
-                Some(PORCUPINE.1),
-                Mix::Paper,
-                None,
-            ),
-            (
-                "postfix+dovecot",
-                POSTFIX_SMTP,
-                Some(DOVECOT_POP3),
-                Mix::Paper,
-                Some(&base),
-            ),
-            (
-                "porcupine-smtp",
-                SMTP_ONLY.0,
-                Some(SMTP_ONLY.1),
-                Mix::SmtpOnly,
-                None,
-            ),
-            ("smtp-sink", SINK_SMTP, None, Mix::SmtpOnly, None),
-            ("porcupine-discard", DISCARD.0, None, Mix::SmtpOnly, None),
-        ];
-        for (system, smtp, pop3, mix, postfix) in plan {
-            runs.push(load(&bins, system, smtp, pop3, mix, c, &args, postfix)?);
-        }
-        for r in &runs[first..] {
-            eprintln!(
-                "{:>18} c={:<3} {:>9.0} msg/s (accepted {:>9.0}/s) p99 {:>8.2} ms lost {} corrupt {}",
-                r.system, r.connections, r.msgs_per_s, r.accepted_per_s, r.p99_ms, r.lost, r.corrupt
-            );
+    for round in 0..args.rounds {
+        for &c in &args.connections {
+            for i in 0..plan.len() {
+                // Rotated, so that no system always runs first (or right after Postfix's drain).
+                let (system, smtp, pop3, mix, postfix) = plan[(i + round) % plan.len()];
+                let r = load(&bins, system, smtp, pop3, mix, c, &args, postfix, round)?;
+                eprintln!(
+                    "round {} {:>18} c={:<3} {:>9.0} msg/s (accepted {:>9.0}/s) p99 {:>8.2} ms lost {} corrupt {}",
+                    round + 1, r.system, r.connections, r.msgs_per_s, r.accepted_per_s, r.p99_ms, r.lost, r.corrupt
+                );
+                runs.push(r);
+            }
         }
     }
     drop(servers);
@@ -245,20 +264,14 @@ fn main() -> Result<()> {
 
     let results = root.join("bench/results");
     std::fs::create_dir_all(&results)?;
-    std::fs::write(
-        results.join(format!("{}.md", args.name)),
-        table(&runs, &args),
-    )?;
-    plot(&runs, &results.join(format!("{}.svg", args.name)))?;
+    let medians = medians(&runs, &args.connections);
+    let report = table(&runs, &medians, &args);
+    std::fs::write(results.join(format!("{}.md", args.name)), &report)?;
+    plot(&medians, &results.join(format!("{}.svg", args.name)))?;
     eprintln!("wrote bench/results/{0}.md and {0}.svg", args.name);
-    let best = |system: &str| {
-        runs.iter()
-            .filter(|r| r.system == system)
-            .map(|r| r.msgs_per_s)
-            .fold(0.0, f64::max)
-    };
+    let best = |system: &str| best_rate(&medians, system);
     let lost: u64 = runs.iter().map(|r| r.lost + r.corrupt).sum();
-    print!("{}", table(&runs, &args));
+    print!("{report}");
     if args.json {
         println!(
             "{}",
@@ -269,6 +282,7 @@ fn main() -> Result<()> {
                 "smtp_sink": best("smtp-sink"),
                 "porcupine_discard": best("porcupine-discard"),
                 "lost": lost,
+                "rounds": args.rounds,
             })
         );
     }
@@ -384,6 +398,7 @@ fn load(
     connections: usize,
     args: &Args,
     postfix: Option<&Path>,
+    round: usize,
 ) -> Result<Run> {
     let json = tempfile::NamedTempFile::new()?;
     let mut command = Command::new(bins.join("porcupine-load"));
@@ -462,6 +477,7 @@ fn load(
     };
     Ok(Run {
         system,
+        round,
         connections,
         msgs_per_s,
         accepted_per_s,
@@ -473,7 +489,7 @@ fn load(
     })
 }
 
-fn table(runs: &[Run], args: &Args) -> String {
+fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
     let mut out = String::new();
     let machine = sh("nproc").unwrap_or_default().trim().to_owned();
     let _ = writeln!(
@@ -483,7 +499,8 @@ fn table(runs: &[Run], args: &Args) -> String {
     let _ = writeln!(
         out,
         "Machine: {machine} cores, `uname -r` {}. Workload: `porcupine-load`, {} users (Zipf 1.0), \
-         size {}, {} s per run. Mix 90:10 (deliveries : POP sessions that retrieve and delete) for \
+         size {}, {} s per run, {} rounds (each system at each connection count once per round, \
+         the systems' order rotated each round; the tables give medians). Mix 90:10 (deliveries : POP sessions that retrieve and delete) for \
          porcupine and Postfix + Dovecot, after one warm-up login per user; SMTP only for \
          smtp-sink, porcupine-smtp (a separate durable porcupine, swept by POP3 afterwards to \
          count lost mail) and porcupine-discard. porcupine / Postfix+Dovecot compares the mixed \
@@ -492,7 +509,8 @@ fn table(runs: &[Run], args: &Args) -> String {
         sh("uname -r").unwrap_or_default().trim(),
         args.users,
         args.size,
-        args.seconds
+        args.seconds,
+        args.rounds
     );
     let _ = writeln!(out, "How each system syncs before its 250:");
     let _ = writeln!(out, "- porcupine: the message is appended to the user's shard log and `fdatasync`ed (group commit) before the 250; POP3 deletes are durable tombstones before `+OK`.");
@@ -500,12 +518,92 @@ fn table(runs: &[Run], args: &Args) -> String {
     let _ = writeln!(out, "- smtp-sink: no disk at all (the protocol ceiling).");
     let _ = writeln!(out, "- porcupine-discard: `--discard-bodies`, nothing stored (the paper's \"infinitely fast disk\").");
     let _ = writeln!(out, "- Passwords: porcupine stores argon2id hashes and verifies one at a user's first login (then cached per core, which the warm-up reaches); Dovecot was given PLAIN passwords and does no hashing.\n");
-    let _ = writeln!(out, "| system | connections | delivered msg/s | accepted msg/s | SMTP p50 ms | SMTP p99 ms | lost | corrupt | verified |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "Medians over the rounds (the range is the lowest and highest delivered rate):\n"
+    );
+    let _ = writeln!(out, "| system | connections | delivered msg/s | range | accepted msg/s | SMTP p50 ms | SMTP p99 ms | lost | corrupt | verified |");
+    let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---:|---|");
+    for m in medians {
+        let rates = runs
+            .iter()
+            .filter(|r| r.system == m.system && r.connections == m.connections)
+            .map(|r| r.msgs_per_s);
+        let low = rates.clone().fold(f64::INFINITY, f64::min);
+        let high = rates.fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            m.system,
+            m.connections,
+            m.msgs_per_s,
+            low,
+            high,
+            m.accepted_per_s,
+            m.p50_ms,
+            m.p99_ms,
+            m.lost,
+            m.corrupt,
+            m.verified
+        );
+    }
+    let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
+    let _ = writeln!(
+        out,
+        "\n| connections | porcupine / Postfix+Dovecot (90:10) | porcupine-smtp / smtp-sink (SMTP only) |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|");
+    for &c in &args.connections {
+        let rate = |s: &str| {
+            medians
+                .iter()
+                .find(|r| r.system == s && r.connections == c)
+                .map_or(0.0, |r| r.msgs_per_s)
+        };
+        let _ = writeln!(
+            out,
+            "| {c} | {:.2}× | {:.2}× |",
+            ratio(rate("porcupine"), rate("postfix+dovecot")),
+            ratio(rate("porcupine-smtp"), rate("smtp-sink"))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nBest against best (each system at its best connection count), from the medians, then \
+         from each round on its own:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| | porcupine / Postfix+Dovecot (90:10) | porcupine-smtp / smtp-sink (SMTP only) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|");
+    let best_ratios = |set: &[Run]| {
+        (
+            ratio(
+                best_rate(set, "porcupine"),
+                best_rate(set, "postfix+dovecot"),
+            ),
+            ratio(
+                best_rate(set, "porcupine-smtp"),
+                best_rate(set, "smtp-sink"),
+            ),
+        )
+    };
+    let (mixed, smtp) = best_ratios(medians);
+    let _ = writeln!(out, "| medians | {mixed:.2}× | {smtp:.2}× |");
+    for round in 0..args.rounds {
+        let this: Vec<Run> = runs.iter().filter(|r| r.round == round).cloned().collect();
+        let (mixed, smtp) = best_ratios(&this);
+        let _ = writeln!(out, "| round {} | {mixed:.2}× | {smtp:.2}× |", round + 1);
+    }
+    let _ = writeln!(out, "\nEvery run, in the order they ran:\n");
+    let _ = writeln!(out, "| round | system | connections | delivered msg/s | accepted msg/s | SMTP p50 ms | SMTP p99 ms | lost | corrupt | verified |");
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in runs {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            r.round + 1,
             r.system,
             r.connections,
             r.msgs_per_s,
@@ -517,23 +615,53 @@ fn table(runs: &[Run], args: &Args) -> String {
             r.verified
         );
     }
-    let _ = writeln!(
-        out,
-        "\n| connections | porcupine / Postfix+Dovecot (90:10) | porcupine-smtp / smtp-sink (SMTP only) |"
-    );
-    let _ = writeln!(out, "|---:|---:|---:|");
-    for &c in &args.connections {
-        let rate = |s: &str| {
-            runs.iter()
-                .find(|r| r.system == s && r.connections == c)
-                .map_or(0.0, |r| r.msgs_per_s)
-        };
-        let _ = writeln!(
-            out,
-            "| {c} | {:.2}× | {:.2}× |",
-            rate("porcupine") / rate("postfix+dovecot").max(f64::MIN_POSITIVE),
-            rate("porcupine-smtp") / rate("smtp-sink").max(f64::MIN_POSITIVE)
-        );
+    out
+}
+
+/// The highest delivered rate of `system` over the connection counts in `runs`.
+fn best_rate(runs: &[Run], system: &str) -> f64 {
+    runs.iter()
+        .filter(|r| r.system == system)
+        .map(|r| r.msgs_per_s)
+        .fold(0.0, f64::max)
+}
+
+/// One row per system and connection count: the median of each figure over the rounds (lost and
+/// corrupt are summed, verified must hold in every round).
+fn medians(runs: &[Run], connections: &[usize]) -> Vec<Run> {
+    let mut out = Vec::new();
+    for system in SYSTEMS {
+        for &c in connections {
+            let same: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.system == system && r.connections == c)
+                .collect();
+            if same.is_empty() {
+                continue;
+            }
+            let median = |value: fn(&Run) -> f64| {
+                let mut values: Vec<f64> = same.iter().map(|r| value(r)).collect();
+                values.sort_by(f64::total_cmp);
+                let n = values.len();
+                if n % 2 == 1 {
+                    values[n / 2]
+                } else {
+                    (values[n / 2 - 1] + values[n / 2]) / 2.0
+                }
+            };
+            out.push(Run {
+                system,
+                round: 0,
+                connections: c,
+                msgs_per_s: median(|r| r.msgs_per_s),
+                accepted_per_s: median(|r| r.accepted_per_s),
+                p50_ms: median(|r| r.p50_ms),
+                p99_ms: median(|r| r.p99_ms),
+                lost: same.iter().map(|r| r.lost).sum(),
+                corrupt: same.iter().map(|r| r.corrupt).sum(),
+                verified: same.iter().all(|r| r.verified),
+            });
+        }
     }
     out
 }
@@ -543,13 +671,7 @@ fn plot(runs: &[Run], path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
-    let systems = [
-        "porcupine",
-        "postfix+dovecot",
-        "porcupine-smtp",
-        "smtp-sink",
-        "porcupine-discard",
-    ];
+    let systems = SYSTEMS;
     let colors = [RED, BLUE, GREEN, BLACK, MAGENTA];
     let max_c = runs.iter().map(|r| r.connections).max().unwrap_or(1) as f64;
     for (area, title, value) in [

@@ -454,12 +454,23 @@ pub struct CoreService {
     core: usize,
     shards: Rc<CoreShards>,
     locked: RefCell<HashSet<String>>,
-    /// Credentials verified recently: user → keyed hash of (stored hash, password). Argon2 costs
-    /// tens of milliseconds of CPU by design; paying it on every POP login would stall this core.
-    verified: RefCell<HashMap<String, u64>>,
+    /// Credentials verified recently. Argon2 costs tens of milliseconds of CPU by design; paying
+    /// it on every POP login would stall this core. Keyed by the profile's HLC, which the index
+    /// holds, so a repeated login reads nothing from disk and any new profile (a changed
+    /// password, from this node or pushed by another) misses.
+    verified: RefCell<HashMap<String, VerifiedCredential>>,
     /// Secret key of those hashes, fresh per process.
     verified_key: u64,
     replication: Rc<CoreReplication>,
+}
+
+/// A password that matched a user's profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VerifiedCredential {
+    /// The HLC of the profile it was verified against.
+    profile_hlc: u64,
+    /// Keyed hash of the password.
+    tag: u64,
 }
 
 /// Entries kept in the verified-credentials cache before it is cleared.
@@ -651,10 +662,6 @@ impl CoreService {
                         .map_err(|e| StoreError::from(&e)),
                     None => Err(StoreError::Failed),
                 };
-                if result.is_ok() {
-                    // A changed password must be verified again.
-                    self.verified.borrow_mut().remove(&user);
-                }
                 let _ = reply.send(result);
             }
             Request::ListUsers { reply } => {
@@ -675,6 +682,40 @@ impl CoreService {
         let Some(shard) = self.shard(user) else {
             return Login::Unavailable;
         };
+        let hlc = shard.profile_hlc(user);
+        let tag = xxhash_rust::xxh3::xxh3_64_with_seed(password.as_bytes(), self.verified_key);
+        let known = hlc.is_some_and(|profile_hlc| {
+            self.verified.borrow().get(user) == Some(&VerifiedCredential { profile_hlc, tag })
+        });
+        if !known {
+            match self.verify(shard, user, password).await {
+                Login::Ok(_) => {}
+                refused => return refused,
+            }
+            // Cached only if the profile did not change while it was read and verified.
+            if let Some(profile_hlc) = hlc.filter(|&h| shard.profile_hlc(user) == Some(h)) {
+                let mut verified = self.verified.borrow_mut();
+                if verified.len() >= VERIFIED_CACHE_MAX {
+                    verified.clear();
+                }
+                verified.insert(user.to_owned(), VerifiedCredential { profile_hlc, tag });
+            }
+        }
+        if lock == LockMode::Local && !self.locked.borrow_mut().insert(user.to_owned()) {
+            return Login::InUse;
+        }
+        Login::Ok(
+            shard
+                .messages(user)
+                .iter()
+                .map(|m| (m.id, u64::from(m.body_len)))
+                .collect(),
+        )
+    }
+
+    /// Reads the user's profile and checks the password against its argon2 hash: `Ok` (with no
+    /// messages), `BadCredentials` or `Unavailable`.
+    async fn verify(&self, shard: &Shard, user: &str, password: &str) -> Login {
         let profile = match shard.read_profile(user).await {
             Ok(Some(profile)) => profile,
             Ok(None) => {
@@ -690,38 +731,16 @@ impl CoreService {
         let Some(phc) = users::password_of(&profile) else {
             return Login::Unavailable;
         };
-        let tag = {
-            let mut material = Vec::with_capacity(phc.len() + 1 + password.len());
-            material.extend_from_slice(phc.as_bytes());
-            material.push(0);
-            material.extend_from_slice(password.as_bytes());
-            xxhash_rust::xxh3::xxh3_64_with_seed(&material, self.verified_key)
-        };
-        if self.verified.borrow().get(user) != Some(&tag) {
-            // Verify off the executor: argon2 would otherwise stall every session on this core.
-            let password_owned = password.to_owned();
-            let ok = glommio::executor()
-                .spawn_blocking(move || users::verify_password(&phc, &password_owned))
-                .await;
-            if !ok {
-                return Login::BadCredentials;
-            }
-            let mut verified = self.verified.borrow_mut();
-            if verified.len() >= VERIFIED_CACHE_MAX {
-                verified.clear();
-            }
-            verified.insert(user.to_owned(), tag);
+        // Verify off the executor: argon2 would otherwise stall every session on this core.
+        let password = password.to_owned();
+        let ok = glommio::executor()
+            .spawn_blocking(move || users::verify_password(&phc, &password))
+            .await;
+        if ok {
+            Login::Ok(Vec::new())
+        } else {
+            Login::BadCredentials
         }
-        if lock == LockMode::Local && !self.locked.borrow_mut().insert(user.to_owned()) {
-            return Login::InUse;
-        }
-        Login::Ok(
-            shard
-                .messages(user)
-                .iter()
-                .map(|m| (m.id, u64::from(m.body_len)))
-                .collect(),
-        )
     }
 
     fn reports(&self) -> Vec<ShardReport> {
