@@ -74,6 +74,9 @@ pub struct Pop3Session {
     consumed: usize,
     discarding_line: bool,
     errors: u32,
+    /// Every `-ERR` reply written so far, for the node's metrics (the output cannot be scanned
+    /// for them: message bodies may hold such lines, and scanning them costs a pass per byte).
+    errors_sent: u64,
     user: Option<String>,
     maildrop: Vec<MaildropEntry>,
     deleted: Vec<bool>,
@@ -94,6 +97,7 @@ impl Pop3Session {
             consumed: 0,
             discarding_line: false,
             errors: 0,
+            errors_sent: 0,
             user: None,
             maildrop: Vec::new(),
             deleted: Vec::new(),
@@ -120,13 +124,20 @@ impl Pop3Session {
         }
     }
 
+    /// How many `-ERR` replies this session has written.
+    pub fn errors_sent(&self) -> u64 {
+        self.errors_sent
+    }
+
     fn err(&mut self, out: &mut Vec<u8>, text: &str) {
         out.extend_from_slice(b"-ERR ");
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(b"\r\n");
         self.errors += 1;
+        self.errors_sent += 1;
         if self.errors >= self.limits.errors_max {
             out.extend_from_slice(b"-ERR too many errors, closing\r\n");
+            self.errors_sent += 1;
             self.state = State::Closed;
         }
     }
@@ -386,6 +397,7 @@ impl Pop3Session {
             ok(out, "bye");
         } else {
             out.extend_from_slice(b"-ERR [SYS/TEMP] some deleted messages not removed\r\n");
+            self.errors_sent += 1;
         }
         self.state = State::Closed;
     }

@@ -53,14 +53,6 @@ impl NodeMetrics {
         }
     }
 
-    pub fn count_pop3_errors(&self, output: &[u8]) {
-        let errors = output
-            .split(|&b| b == b'\n')
-            .filter(|l| l.starts_with(b"-ERR"))
-            .count();
-        add(&self.pop3_errors, errors as u64);
-    }
-
     /// (code, count) for every SMTP reply code seen.
     pub fn smtp_replies(&self) -> Vec<(usize, u64)> {
         self.smtp_replies

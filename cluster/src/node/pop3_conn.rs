@@ -22,6 +22,14 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
     let mut locked: Option<proxy::Maildrop> = None;
+    let mut errors_counted = 0;
+    let mut count_errors = |session: &Pop3Session| {
+        add(
+            &context.metrics.pop3_errors,
+            session.errors_sent() - errors_counted,
+        );
+        errors_counted = session.errors_sent();
+    };
     'session: loop {
         loop {
             match session.step(&mut out) {
@@ -73,11 +81,8 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
                 }
             }
         }
-        if !conn::flush(&mut stream, &mut out, &clock, |o| {
-            context.metrics.count_pop3_errors(o)
-        })
-        .await
-        {
+        count_errors(&session);
+        if !conn::flush(&mut stream, &mut out, &clock, |_| {}).await {
             break;
         }
         match conn::read(&mut stream, &mut buf, &clock).await {
@@ -85,6 +90,7 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
             Read::Closed => break,
             Read::Stop => {
                 out.extend_from_slice(b"-ERR [SYS/TEMP] server shutting down, nothing deleted\r\n");
+                add(&context.metrics.pop3_errors, 1);
                 break;
             }
         }
@@ -93,9 +99,7 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
     if let Some(maildrop) = &locked {
         proxy::close(&context, maildrop).await;
     }
-    conn::flush(&mut stream, &mut out, &clock, |o| {
-        context.metrics.count_pop3_errors(o)
-    })
-    .await;
+    count_errors(&session);
+    conn::flush(&mut stream, &mut out, &clock, |_| {}).await;
     let _ = stream.close().await;
 }

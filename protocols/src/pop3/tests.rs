@@ -143,3 +143,52 @@ mod stuffing {
         }
     }
 }
+
+#[test]
+fn errors_sent_counts_error_replies_not_body_lines_that_look_like_them() {
+    let body: &[u8] = b"Subject: x\r\n\r\n-ERR not a reply\r\n-ERR nor this\r\n";
+    let mut s = Pop3Session::new(Pop3Limits::default());
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    s.push(b"STAT\r\nUSER a\r\nPASS wrong\r\nUSER a\r\nPASS pw\r\nRETR 1\r\nRETR 9\r\nQUIT\r\n");
+    loop {
+        match s.step(&mut out) {
+            Step::NeedInput | Step::Close => break,
+            Step::Authenticate { password, .. } => {
+                let outcome = if password == "pw" {
+                    AuthOutcome::Ok(vec![MaildropEntry {
+                        uid: "u".into(),
+                        size: body.len() as u64,
+                    }])
+                } else {
+                    AuthOutcome::BadCredentials
+                };
+                s.authenticated(outcome, &mut out);
+            }
+            Step::Fetch { index, top } => s.fetched(index, top, Some(body), &mut out),
+            Step::Commit { .. } => s.committed(true, &mut out),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let lines_like_errors = text.lines().filter(|l| l.starts_with("-ERR")).count();
+    assert_eq!(lines_like_errors, 5, "{text}");
+    // STAT before login, the wrong password, RETR 9.
+    assert_eq!(s.errors_sent(), 3, "{text}");
+}
+
+#[test]
+fn errors_sent_counts_the_closing_error_and_a_failed_commit() {
+    let limits = Pop3Limits::default();
+    let mut s = Pop3Session::new(limits.clone());
+    let mut out = Vec::new();
+    for _ in 0..limits.errors_max {
+        s.push(b"NOPE\r\n");
+        let _ = s.step(&mut out);
+    }
+    // Each bad command, then "too many errors, closing".
+    assert_eq!(s.errors_sent(), u64::from(limits.errors_max) + 1);
+
+    let mut s = Pop3Session::new(Pop3Limits::default());
+    s.committed(false, &mut out);
+    assert_eq!(s.errors_sent(), 1);
+}
