@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::dots;
+
 #[derive(Debug)]
 pub enum ClientError {
     Io(std::io::Error),
@@ -69,31 +71,49 @@ impl Lines {
         let mut searched: usize = 0;
         loop {
             let unread = &self.buf[self.start..self.end];
-            if let Some(at) = unread[searched.saturating_sub(1)..]
-                .windows(2)
-                .position(|w| w == b"\r\n")
-            {
-                let at = at + searched.saturating_sub(1);
-                let line = unread[..at].to_vec();
-                self.start += at + 2;
+            let from = searched.saturating_sub(1);
+            if let Some(at) = dots::find_crlf(&unread[from..]) {
+                let line = unread[..from + at].to_vec();
+                self.start += from + at + 2;
                 return Ok(line);
             }
             searched = unread.len();
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.end == self.buf.len() {
-                // A line longer than the buffer: grow (zeroing only the new part).
-                self.buf.resize(self.buf.len() * 2, 0);
-            }
-            let n = self.stream.read(&mut self.buf[self.end..]).await?;
-            if n == 0 {
-                return Err(ClientError::Protocol("connection closed".into()));
-            }
-            self.end += n;
+            self.read_more().await?;
         }
+    }
+
+    /// The body of the multi-line response that follows, dot-unstuffed, lines ending in CRLF.
+    async fn multiline(&mut self) -> Result<Vec<u8>> {
+        let mut searched: usize = 0;
+        loop {
+            let unread = &self.buf[self.start..self.end];
+            if let Some((body_len, consumed)) = dots::find_multiline(unread, searched) {
+                let body = dots::unstuff(&unread[..body_len]);
+                self.start += consumed;
+                return Ok(body);
+            }
+            searched = unread.len();
+            self.read_more().await?;
+        }
+    }
+
+    /// Moves the unread bytes to the front, grows a full buffer, and reads what the socket has.
+    async fn read_more(&mut self) -> Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // A line or response longer than the buffer: grow (zeroing only the new part).
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            return Err(ClientError::Protocol("connection closed".into()));
+        }
+        self.end += n;
+        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
@@ -206,16 +226,7 @@ impl SmtpClient {
             }
         }
         self.out.clear();
-        for line in message.split_inclusive(|&b| b == b'\n') {
-            if line.first() == Some(&b'.') {
-                self.out.push(b'.');
-            }
-            self.out.extend_from_slice(line);
-        }
-        if !self.out.ends_with(b"\r\n") {
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.out.extend_from_slice(b".\r\n");
+        dots::stuff_data(message, &mut self.out);
         let out = std::mem::take(&mut self.out);
         let written = self.lines.write(&out).await;
         self.out = out;
@@ -330,7 +341,7 @@ async fn pop_session_steps(
         lines.write(&commands).await?;
         for _ in first..=last {
             ok(lines.line().await?)?;
-            messages.push(read_multiline(&mut lines).await?);
+            messages.push(lines.multiline().await?);
             ok(lines.line().await?)?;
         }
         first = last + 1;
@@ -350,19 +361,5 @@ fn ok(line: Vec<u8>) -> Result<Vec<u8>> {
             0,
             String::from_utf8_lossy(&line).into_owned(),
         ))
-    }
-}
-
-/// The body of a multi-line POP3 response, dot-unstuffed, lines ending in CRLF.
-async fn read_multiline(lines: &mut Lines) -> Result<Vec<u8>> {
-    let mut message = Vec::new();
-    loop {
-        let line = lines.line().await?;
-        if line == b"." {
-            return Ok(message);
-        }
-        let line = line.strip_prefix(b".").unwrap_or(&line);
-        message.extend_from_slice(line);
-        message.extend_from_slice(b"\r\n");
     }
 }

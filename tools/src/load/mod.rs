@@ -14,6 +14,7 @@
 //! *uncertain*, neither lost if they never show up again nor duplicated if they do.
 
 pub mod client;
+pub mod dots;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
