@@ -596,6 +596,18 @@ fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
         let (mixed, smtp) = best_ratios(&this);
         let _ = writeln!(out, "| round {} | {mixed:.2}× | {smtp:.2}× |", round + 1);
     }
+    let fastest = ["smtp-sink", "porcupine-discard"]
+        .map(|s| best_rate(medians, s))
+        .into_iter()
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "\nThe load generator's headroom: it drove a target at {fastest:.0} msg/s (the faster of \
+         smtp-sink and porcupine-discard, medians), {:.2}× porcupine's best 90:10 rate and {:.2}× \
+         porcupine-smtp's. It shares the machine's cores with the server it measures.",
+        ratio(fastest, best_rate(medians, "porcupine")),
+        ratio(fastest, best_rate(medians, "porcupine-smtp"))
+    );
     let _ = writeln!(out, "\nEvery run, in the order they ran:\n");
     let _ = writeln!(out, "| round | system | connections | delivered msg/s | accepted msg/s | SMTP p50 ms | SMTP p99 ms | lost | corrupt | verified |");
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|");
