@@ -9,7 +9,9 @@
 //! in order. No sockets, no clocks, no storage inside.
 //!
 //! Extensions: PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8 (8-bit and UTF-8 bytes
-//! are accepted and stored as they are). The message is the client's bytes after dot-unstuffing,
+//! are accepted and stored as they are), CHUNKING (RFC 3030: `BDAT` chunks of a stated size,
+//! which may be pipelined with the envelope, so a message costs one round trip, not two). The
+//! message is the client's bytes after dot-unstuffing (DATA) or the chunks joined (BDAT),
 //! exactly; the node prepends a `Received:` header ([`received_header`]).
 
 use crate::address::{parse_path, Mailbox};
@@ -93,9 +95,20 @@ enum State {
     Transaction,
     /// Receiving message data.
     Data,
+    /// Receiving the bytes of a `BDAT` chunk.
+    Chunk(Chunk),
     /// A request is out; nothing is processed until it is answered.
     Waiting(Pending),
     Closed,
+}
+
+/// A `BDAT` chunk being read: its bytes are always consumed, then answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    remaining: u64,
+    last: bool,
+    /// The error to answer once the chunk is consumed (no transaction, no recipients…).
+    refused: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +138,8 @@ pub struct SmtpSession {
     data_too_big: bool,
     /// The last data line ended in CRLF (so a "." line may end the message).
     data_at_line_start: bool,
+    /// This transaction's message is coming in `BDAT` chunks (DATA is then refused).
+    chunked: bool,
 }
 
 /// Formats a 2- or 3-part reply line.
@@ -154,6 +169,7 @@ impl SmtpSession {
             data: Vec::new(),
             data_too_big: false,
             data_at_line_start: true,
+            chunked: false,
         }
     }
 
@@ -177,9 +193,10 @@ impl SmtpSession {
         self.input.extend_from_slice(bytes);
     }
 
-    /// True while a DATA transfer is in progress (a dropped connection then stores nothing).
+    /// True while a message is being transferred, by DATA or in chunks (a dropped connection
+    /// then stores nothing).
     pub fn in_data(&self) -> bool {
-        self.state == State::Data
+        matches!(self.state, State::Data | State::Chunk(_)) || self.chunked
     }
 
     /// Handles buffered input until it is used up or the caller must act.
@@ -190,6 +207,11 @@ impl SmtpSession {
                 State::Waiting(_) => return Step::NeedInput,
                 State::Data => {
                     if let Some(step) = self.step_data(out) {
+                        return step;
+                    }
+                }
+                State::Chunk(chunk) => {
+                    if let Some(step) = self.step_chunk(chunk, out) {
                         return step;
                     }
                 }
@@ -267,6 +289,7 @@ impl SmtpSession {
         self.recipients.clear();
         self.data = Vec::new();
         self.data_too_big = false;
+        self.chunked = false;
     }
 
     fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Step> {
@@ -293,7 +316,7 @@ impl SmtpSession {
                 out.extend_from_slice(
                     format!(
                         "250-{h} greets {arg}\r\n250-PIPELINING\r\n250-SIZE {max}\r\n250-8BITMIME\r\n\
-                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 HELP\r\n"
+                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 HELP\r\n"
                     )
                     .as_bytes(),
                 );
@@ -311,6 +334,8 @@ impl SmtpSession {
                     self.error(out, "501 5.5.4 DATA takes no argument");
                 } else if self.state == State::Connected || self.state == State::Ready {
                     self.error(out, "503 5.5.1 Need MAIL and RCPT first");
+                } else if self.chunked {
+                    self.error(out, "503 5.5.1 DATA after BDAT: send the rest with BDAT");
                 } else if self.recipients.is_empty() {
                     self.error(out, "554 5.5.1 No valid recipients");
                 } else {
@@ -319,6 +344,7 @@ impl SmtpSession {
                     self.data_at_line_start = true;
                 }
             }
+            "BDAT" => return self.bdat(arg, out),
             "RSET" => {
                 self.reset_transaction();
                 if self.state != State::Connected {
@@ -342,9 +368,9 @@ impl SmtpSession {
             "EXPN" => self.error(out, "502 5.5.1 EXPN not supported"),
             "HELP" => reply(
                 out,
-                "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+                "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             ),
-            "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "TURN" => {
+            "STARTTLS" | "AUTH" | "ETRN" | "TURN" => {
                 self.error(out, "502 5.5.1 Command not implemented")
             }
             _ => self.error(out, "500 5.5.2 Command not recognized"),
@@ -509,6 +535,91 @@ impl SmtpSession {
                 }
             }
         }
+    }
+
+    /// `BDAT size [LAST]` (RFC 3030): the chunk's bytes follow at once, so they are read even
+    /// when the chunk will be refused; a size that cannot be read leaves no way to find the
+    /// next command, so the session closes.
+    fn bdat(&mut self, arg: &str, out: &mut Vec<u8>) -> Option<Step> {
+        let mut words = arg.split_ascii_whitespace();
+        let size = words
+            .next()
+            .filter(|w| w.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|w| w.parse::<u64>().ok());
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case("LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(remaining), Some(last), None) = (size, last, words.next()) else {
+            reply(out, "501 5.5.4 Syntax: BDAT size [LAST]");
+            reply(
+                out,
+                &format!("421 4.5.4 {} Chunk size unreadable, closing", self.hostname),
+            );
+            self.state = State::Closed;
+            return Some(Step::Close);
+        };
+        let refused = match self.state {
+            State::Connected | State::Ready => Some("503 5.5.1 Need MAIL and RCPT first"),
+            _ if self.recipients.is_empty() => Some("554 5.5.1 No valid recipients"),
+            _ => None,
+        };
+        if refused.is_none() {
+            self.chunked = true;
+        }
+        self.state = State::Chunk(Chunk {
+            remaining,
+            last,
+            refused,
+        });
+        None
+    }
+
+    /// Consumes a `BDAT` chunk's bytes; answers it once they are all in.
+    fn step_chunk(&mut self, chunk: Chunk, out: &mut Vec<u8>) -> Option<Step> {
+        let available = (self.input.len() - self.consumed) as u64;
+        let take = available.min(chunk.remaining) as usize;
+        if chunk.refused.is_none() {
+            self.append_data(take);
+        } else {
+            self.consumed += take;
+        }
+        let remaining = chunk.remaining - take as u64;
+        if remaining > 0 {
+            self.state = State::Chunk(Chunk { remaining, ..chunk });
+            self.compact();
+            return Some(Step::NeedInput);
+        }
+        if let Some(refusal) = chunk.refused {
+            // Nothing of the transaction is kept: a refused chunk fails the whole message.
+            // Back to before MAIL (an empty HELO name is refused, so none means not greeted).
+            self.state = if self.helo.is_empty() {
+                State::Connected
+            } else {
+                State::Ready
+            };
+            self.reset_transaction();
+            self.error(out, refusal);
+            return None;
+        }
+        if chunk.last {
+            return self.end_of_data(out);
+        }
+        self.state = State::Transaction;
+        if self.data_too_big {
+            // Keep reading chunks (the client may have pipelined them); refuse at LAST.
+            reply(
+                out,
+                "250 2.0.0 Chunk received (message over the size limit)",
+            );
+        } else {
+            reply(
+                out,
+                &format!("250 2.0.0 {} octets received", self.data.len()),
+            );
+        }
+        None
     }
 
     /// Moves `len` bytes from input to the message, minding the size limit.

@@ -208,3 +208,119 @@ mod data_transparency {
         }
     }
 }
+
+/// A `BDAT` command followed by its chunk.
+fn bdat(chunk: &[u8], last: bool) -> Vec<u8> {
+    let mut out = format!(
+        "BDAT {}{}\r\n",
+        chunk.len(),
+        if last { " LAST" } else { "" }
+    )
+    .into_bytes();
+    out.extend_from_slice(chunk);
+    out
+}
+
+const BDAT_BODY_1: &[u8] = b"Subject: c\r\n\r\n.a line with a dot\r\nand no final CRLF";
+
+fn bdat_script() -> Vec<u8> {
+    let mut script = b"EHLO client\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\n".to_vec();
+    // Chunks carry any bytes, CRLF.CRLF and command-like text included, and are not unstuffed.
+    script.extend(bdat(&BDAT_BODY_1[..10], false));
+    script.extend(bdat(&BDAT_BODY_1[10..], false));
+    script.extend(bdat(b"\r\n.\r\nQUIT\r\n", true));
+    // A message in one pipelined group, then one with DATA: both still work.
+    script.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<u2@localhost>\r\n");
+    script.extend(bdat(b"x", true));
+    script.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<u2@localhost>\r\nDATA\r\ny\r\n.\r\n");
+    script.extend_from_slice(b"QUIT\r\n");
+    script
+}
+
+#[test]
+fn bdat_chunks_are_joined_exactly_in_any_chunking() {
+    let script = bdat_script();
+    let (expected, envelopes) = drive(&script, script.len());
+    assert!(expected.contains("250-CHUNKING\r\n"), "{expected}");
+    assert_eq!(
+        codes(&expected),
+        [
+            "220", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250",
+            "354", "250", "221"
+        ],
+        "{expected}"
+    );
+    let bodies: Vec<&[u8]> = envelopes.iter().map(|e| e.data.as_slice()).collect();
+    let mut first = BDAT_BODY_1.to_vec();
+    first.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+    assert_eq!(bodies, [first.as_slice(), b"x", b"y\r\n"]);
+    for chunk in [1, 2, 3, 7, 16] {
+        let (out, again) = drive(&script, chunk);
+        assert_eq!(out, expected, "chunk {chunk}");
+        assert_eq!(again, envelopes, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn a_refused_bdat_still_consumes_its_chunk() {
+    let mut script = b"EHLO client\r\n".to_vec();
+    // No MAIL: 503, and the chunk (which looks like a command) is not run as one.
+    script.extend(bdat(b"QUIT\r\n", true));
+    // MAIL, but the only recipient is unknown: 554 after the chunk.
+    script.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<nobody@localhost>\r\n");
+    script.extend(bdat(b"RSET\r\n", true));
+    // DATA after a chunk of this transaction: 503; the transaction goes on by BDAT.
+    script.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\n");
+    script.extend(bdat(b"part", false));
+    script.extend_from_slice(b"DATA\r\n");
+    script.extend(bdat(b"s", true));
+    script.extend_from_slice(b"QUIT\r\n");
+    let (out, envelopes) = drive(&script, 5);
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "503", "250", "550", "554", "250", "250", "250", "503", "250", "221"],
+        "{out}"
+    );
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].data, b"parts");
+}
+
+#[test]
+fn bdat_over_the_size_limit_is_refused_at_last_and_the_session_goes_on() {
+    // The limit in these tests is 1000 bytes.
+    let mut script = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\n".to_vec();
+    script.extend(bdat(&[b'a'; 600], false));
+    script.extend(bdat(&[b'b'; 600], true));
+    script.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\n");
+    script.extend(bdat(b"fits", true));
+    let (out, envelopes) = drive(&script, 64);
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "552", "250", "250", "250"],
+        "{out}"
+    );
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].data, b"fits");
+}
+
+#[test]
+fn an_unreadable_bdat_size_closes_the_session() {
+    for command in [
+        "BDAT\r\n",
+        "BDAT x LAST\r\n",
+        "BDAT -1\r\n",
+        "BDAT 5 FIRST\r\n",
+        "BDAT 5 LAST more\r\n",
+    ] {
+        let script = format!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\n{command}12345NOOP\r\n"
+        );
+        let (out, envelopes) = drive(script.as_bytes(), 3);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "501", "421"],
+            "{command}: {out}"
+        );
+        assert!(envelopes.is_empty());
+    }
+}
