@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use porcupine_tools::load::{self, workload::SizeDistribution, LoadConfig, Progress};
+use porcupine_tools::load::{
+    self, client::Transfer, workload::SizeDistribution, LoadConfig, Progress,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -67,6 +69,11 @@ struct Args {
     /// verified credentials).
     #[arg(long)]
     warm_logins: bool,
+    /// Send every message with DATA, even to servers that offer CHUNKING (by default a
+    /// message goes as one `BDAT … LAST` chunk pipelined with its envelope when the server
+    /// offers CHUNKING and PIPELINING: one round trip instead of two).
+    #[arg(long)]
+    no_chunking: bool,
     /// Write the report as JSON to FILE, or `-` for the last line of standard output.
     #[arg(long)]
     json: Option<String>,
@@ -133,6 +140,11 @@ fn real_main() -> Result<()> {
         sweep_timeout: args.sweep_timeout,
         sender: "load@porcupine-load.invalid".into(),
         warm_logins: args.warm_logins,
+        transfer: if args.no_chunking {
+            Transfer::Data
+        } else {
+            Transfer::ChunkingWhenOffered
+        },
     };
     let progress = Arc::new(Progress::default());
     let display = std::thread::spawn({

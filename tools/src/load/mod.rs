@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use self::client::{pop_login, pop_session, ClientError, SmtpClient};
+use self::client::{pop_login, pop_session, ClientError, SmtpClient, Transfer};
 use self::workload::{Checked, SizeDistribution, Zipf};
 
 /// What to run.
@@ -57,6 +57,8 @@ pub struct LoadConfig {
     /// Before the timed run, log in once as every user (servers that cache verified
     /// credentials then run in their steady state, as a server with active users does).
     pub warm_logins: bool,
+    /// BDAT (when offered) or always DATA.
+    pub transfer: Transfer,
 }
 
 /// Live counters the progress display reads.
@@ -488,7 +490,7 @@ async fn worker_loop(
         let size = config.size.sample(&mut rng);
         workload::message(&id, size, bodies, &mut rng, &mut message);
         if smtp.is_none() {
-            match SmtpClient::connect(smtp_target, "porcupine-load").await {
+            match SmtpClient::connect(smtp_target, "porcupine-load", config.transfer).await {
                 Ok(client) => smtp = Some(client),
                 Err(e) => {
                     result.borrow_mut().error(&e, progress);
