@@ -89,6 +89,21 @@ case("1,000 RCPTs", got, lambda c: c.count("250") >= 100 and c.count("452") == 9
 got = codes(raw(smtp_port, b"EHLO x\r\nMAIL FROM:<not an address>\r\nMAIL FROM:<a@b>\r\nRCPT TO:<@@>\r\nRCPT TO:<x@elsewhere.example>\r\nRCPT TO:<nobody@localhost>\r\nQUIT\r\n"))
 case("invalid and foreign addresses", got, lambda c: c[2:] == ["501", "250", "501", "550", "550", "221"])
 
+got = codes(raw(smtp_port, b"EHLO x\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\nQUIT\r\n"))
+case("BDAT before MAIL (its chunk is read, not run)", got, lambda c: c == ["220", "250", "503", "250", "221"])
+
+got = codes(raw(smtp_port, b"EHLO x\r\nMAIL FROM:<a@b>\r\nBDAT lots\r\nNOOP\r\n"))
+case("BDAT with an unreadable size", got, lambda c: c == ["220", "250", "250", "501", "421"])
+
+# A connection cut mid-chunk stores nothing.
+s = socket.create_connection(("127.0.0.1", smtp_port), timeout=5)
+s.recv(4096)
+s.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + user.encode() + b">\r\nBDAT 100 LAST\r\nSubject: cut\r\n\r\nhalf")
+time.sleep(0.3)
+s.close()
+time.sleep(0.3)
+case("a connection cut mid-BDAT", [f"{mailbox_count() - before} stored"], lambda c: c == ["0 stored"])
+
 # A client that stalls mid-command: others are served meanwhile; the stalled one is not served.
 stalled = socket.create_connection(("127.0.0.1", smtp_port), timeout=5)
 stalled.recv(4096)
