@@ -134,14 +134,7 @@ fn loads_travel_around_the_ring_and_a_throttled_disk_shows() {
     );
     assert!(shards.iter().all(|s| s["load"].is_u64()), "{view}");
     assert!(status(&nodes[0])["shards"][0]["throttle"].is_null());
-    let metrics = {
-        let mut stream = std::net::TcpStream::connect(nodes[0].admin_addr()).unwrap();
-        use std::io::{Read, Write};
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
+    let metrics = nodes[0].metrics();
     assert!(metrics.contains("porcupine_shard_load{"), "{metrics}");
 }
 

@@ -9,15 +9,8 @@ use common::Node;
 
 /// Replies with `code` the node has sent (0 if none yet).
 fn replies(node: &Node, code: u16) -> u64 {
-    use std::io::{Read, Write};
-    let mut http = std::net::TcpStream::connect(node.admin_addr()).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    let key = format!("porcupine_smtp_replies_total{{code=\"{code}\"}}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())
-        .unwrap_or(0)
+    node.metric(&format!("porcupine_smtp_replies_total{{code=\"{code}\"}}"))
+        .map_or(0, |n| n as u64)
 }
 
 /// Runs the mix for a few seconds; checks the report; returns messages delivered.

@@ -4,18 +4,6 @@ mod common;
 
 use common::{python, Node, PASSWORD};
 
-/// One value from the node's Prometheus endpoint.
-fn metric(node: &Node, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut http = std::net::TcpStream::connect(node.admin_addr()).unwrap();
-    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 #[test]
 fn byte_exact_round_trips_uidl_top_and_deletion_semantics() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +43,9 @@ fn bad_input_gets_standard_replies_and_the_node_keeps_serving() {
     assert!(out.contains("bad input ok"), "{out}");
     // The script drew at least five POP3 error replies (a wrong password, three commands before
     // login, an over-long line); the node counted them.
-    let errors = metric(&node, "porcupine_pop3_errors_total");
+    let errors = node
+        .metric("porcupine_pop3_errors_total")
+        .expect("porcupine_pop3_errors_total is exported");
     assert!(errors >= 5.0, "porcupine_pop3_errors_total {errors}");
     assert!(node.terminate().success());
 }

@@ -688,9 +688,8 @@ impl CoreService {
             self.verified.borrow().get(user) == Some(&VerifiedCredential { profile_hlc, tag })
         });
         if !known {
-            match self.verify(shard, user, password).await {
-                Login::Ok(_) => {}
-                refused => return refused,
+            if let Err(refused) = self.verify(shard, user, password).await {
+                return refused;
             }
             // Cached only if the profile did not change while it was read and verified.
             if let Some(profile_hlc) = hlc.filter(|&h| shard.profile_hlc(user) == Some(h)) {
@@ -713,9 +712,9 @@ impl CoreService {
         )
     }
 
-    /// Reads the user's profile and checks the password against its argon2 hash: `Ok` (with no
-    /// messages), `BadCredentials` or `Unavailable`.
-    async fn verify(&self, shard: &Shard, user: &str, password: &str) -> Login {
+    /// Reads the user's profile and checks the password against its argon2 hash; the refusal
+    /// (`BadCredentials` or `Unavailable`) if it does not match.
+    async fn verify(&self, shard: &Shard, user: &str, password: &str) -> Result<(), Login> {
         let profile = match shard.read_profile(user).await {
             Ok(Some(profile)) => profile,
             Ok(None) => {
@@ -724,12 +723,12 @@ impl CoreService {
                 let _ = glommio::executor()
                     .spawn_blocking(move || users::verify_password(DUMMY_HASH, &password))
                     .await;
-                return Login::BadCredentials;
+                return Err(Login::BadCredentials);
             }
-            Err(_) => return Login::Unavailable,
+            Err(_) => return Err(Login::Unavailable),
         };
         let Some(phc) = users::password_of(&profile) else {
-            return Login::Unavailable;
+            return Err(Login::Unavailable);
         };
         // Verify off the executor: argon2 would otherwise stall every session on this core.
         let password = password.to_owned();
@@ -737,9 +736,9 @@ impl CoreService {
             .spawn_blocking(move || users::verify_password(&phc, &password))
             .await;
         if ok {
-            Login::Ok(Vec::new())
+            Ok(())
         } else {
-            Login::BadCredentials
+            Err(Login::BadCredentials)
         }
     }
 

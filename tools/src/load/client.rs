@@ -1,6 +1,7 @@
 //! Minimal SMTP and POP3 clients for load generation: connection reuse, PIPELINING when the
 //! server offers it, and POP3 retrieval with dot-unstuffing. Errors are reply codes or I/O.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -258,12 +259,11 @@ impl SmtpClient {
     /// reads a refused chunk too, so three replies always come back.
     async fn send_chunked(&mut self, from: &str, to: &str, message: &[u8]) -> Result<()> {
         self.out.clear();
-        self.out.extend_from_slice(
-            format!(
-                "MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nBDAT {} LAST\r\n",
-                message.len()
-            )
-            .as_bytes(),
+        // Written in place: no envelope string per message.
+        let _ = write!(
+            self.out,
+            "MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nBDAT {} LAST\r\n",
+            message.len()
         );
         self.out.extend_from_slice(message);
         let out = std::mem::take(&mut self.out);

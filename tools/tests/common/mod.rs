@@ -125,6 +125,24 @@ impl Node {
         format!("{}:{}", self.ip, self.admin)
     }
 
+    /// The node's Prometheus text (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        use std::io::Read;
+        let mut http = std::net::TcpStream::connect(self.admin_addr()).unwrap();
+        http.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        http.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The value of the metric line that starts with `key` (name and labels), if there is one.
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    }
+
     /// `porcupine user add EMAIL --password-stdin`
     pub fn add_user(&self, email: &str) {
         let mut cli = Command::new(binary())

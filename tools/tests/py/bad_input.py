@@ -60,6 +60,16 @@ def case(name, got, expect):
     assert ok, (name, got)
 
 
+def cut_after(transfer):
+    """Sends an envelope for `user` and the start of a message, then drops the connection."""
+    s = socket.create_connection(("127.0.0.1", smtp_port), timeout=5)
+    s.recv(4096)
+    s.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + user.encode() + b">\r\n" + transfer)
+    time.sleep(0.3)
+    s.close()
+    time.sleep(0.3)
+
+
 before = mailbox_count()
 
 got = codes(raw(smtp_port, b"\x00\x01\x02garbage\xff\xfe\r\nHELO x\r\nQUIT\r\n"))
@@ -95,13 +105,7 @@ case("BDAT before MAIL (its chunk is read, not run)", got, lambda c: c == ["220"
 got = codes(raw(smtp_port, b"EHLO x\r\nMAIL FROM:<a@b>\r\nBDAT lots\r\nNOOP\r\n"))
 case("BDAT with an unreadable size", got, lambda c: c == ["220", "250", "250", "501", "421"])
 
-# A connection cut mid-chunk stores nothing.
-s = socket.create_connection(("127.0.0.1", smtp_port), timeout=5)
-s.recv(4096)
-s.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + user.encode() + b">\r\nBDAT 100 LAST\r\nSubject: cut\r\n\r\nhalf")
-time.sleep(0.3)
-s.close()
-time.sleep(0.3)
+cut_after(b"BDAT 100 LAST\r\nSubject: cut\r\n\r\nhalf")
 case("a connection cut mid-BDAT", [f"{mailbox_count() - before} stored"], lambda c: c == ["0 stored"])
 
 # A client that stalls mid-command: others are served meanwhile; the stalled one is not served.
@@ -115,13 +119,7 @@ for _ in range(3):
 stalled.close()
 case("a client that stalls (slowloris)", ["others served while it stalls"], lambda c: True)
 
-# A connection cut mid-DATA stores nothing.
-s = socket.create_connection(("127.0.0.1", smtp_port), timeout=5)
-s.recv(4096)
-s.sendall(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<" + user.encode() + b">\r\nDATA\r\nSubject: cut\r\n\r\nhalf a mess")
-time.sleep(0.3)
-s.close()
-time.sleep(0.3)
+cut_after(b"DATA\r\nSubject: cut\r\n\r\nhalf a mess")
 case("a connection cut mid-DATA", [f"{mailbox_count() - before} stored"], lambda c: c == ["0 stored"])
 
 p = poplib.POP3("127.0.0.1", pop3_port, timeout=10)
