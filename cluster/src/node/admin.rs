@@ -477,6 +477,17 @@ async fn metrics(context: &NodeContext) -> String {
             "porcupine_smtp_replies_total{{code=\"{code}\"}} {count}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP porcupine_sessions_open client sessions open, by the core serving them\n# TYPE porcupine_sessions_open gauge"
+    );
+    for core in 0..context.config.cores {
+        let _ = writeln!(
+            out,
+            "porcupine_sessions_open{{core=\"{core}\"}} {}",
+            context.sessions.open(core)
+        );
+    }
     let shards = context.router.reports().await;
     let per_shard: [ShardGauge; 10] = [
         (

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 
 use super::cluster_state::{peers, ToCoreZero};
 use super::service::{LockMode, Login, StoreError};
@@ -306,32 +306,8 @@ async fn report(
     }
 }
 
-/// Accepts peers on the cluster port until the node stops.
-pub async fn accept_peers(
-    listener: TcpListener,
-    context: Arc<NodeContext>,
-    stop: flume::Receiver<()>,
-) {
-    loop {
-        let accepting = async { Some(listener.accept().await) };
-        let stopping = async {
-            let _ = stop.recv_async().await;
-            None
-        };
-        match futures_lite::future::or(accepting, stopping).await {
-            None => return,
-            Some(Ok(stream)) => {
-                glommio::spawn_local(serve_peer(stream, context.clone())).detach();
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "cluster accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
+/// Serves one peer connection (accepted by [`super::listeners`]) until it closes.
+pub async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())

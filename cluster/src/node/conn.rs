@@ -1,5 +1,5 @@
 //! What every connection edge shares: reading while watching for idleness and the node's stop
-//! signal, and the per-core connection limit.
+//! signal, and writing what a session produced.
 //!
 //! Idle timeouts are kept by one watcher task per core that looks at every session once a
 //! second, not by a timer per read: a per-read io_uring timeout has to be cancelled each time
@@ -194,34 +194,6 @@ pub async fn flush(
     let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
     out.clear();
     ok
-}
-
-/// Counts open connections on one core; a guard per connection.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectionCount(Rc<Cell<usize>>);
-
-#[derive(Debug)]
-pub struct ConnectionGuard(Rc<Cell<usize>>);
-
-impl ConnectionCount {
-    /// A guard if fewer than `max` connections are open.
-    pub fn try_enter(&self, max: usize) -> Option<ConnectionGuard> {
-        if self.0.get() >= max {
-            return None;
-        }
-        self.0.set(self.0.get() + 1);
-        Some(ConnectionGuard(self.0.clone()))
-    }
-
-    pub fn open(&self) -> usize {
-        self.0.get()
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! One node: an executor per core, each owning its shards and accepting its own SMTP and POP3
-//! connections (SO_REUSEPORT); the admin endpoint on core 0. Cores share nothing but channels.
+//! One node: an executor per core, each owning its shards and serving the sessions its
+//! listeners hand it (one exclusive socket per address, see [`listeners`]); the admin endpoint
+//! on core 0. Cores share nothing but channels and a few relaxed counters.
 //!
 //! Start: every core opens (recovers) its shards, then all cores start listening. Stop
 //! ([`NodeHandle::stop`]): listeners close, idle sessions get 421 / -ERR, sessions in DATA may
@@ -11,6 +12,7 @@ pub mod cluster_driver;
 pub mod cluster_state;
 pub mod conn;
 pub mod core_shards;
+pub mod listeners;
 pub mod metrics;
 pub mod pop3_conn;
 pub mod proxy;
@@ -25,12 +27,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
 use porcupine_engine::{runtime, DmaStorage, EngineConfig, Placement, Shard};
 use porcupine_protocols::pop3::Pop3Limits;
 use porcupine_protocols::smtp::SmtpLimits;
 
-use self::conn::{ConnectionCount, SessionWatch};
+use self::conn::SessionWatch;
+use self::listeners::{Bound, Handoff, SessionCounts};
 use self::metrics::NodeMetrics;
 use self::service::{CoreService, Request, Router};
 
@@ -133,6 +135,10 @@ pub struct NodeContext {
     pub started: Instant,
     /// The storage of each data directory (throttled ones share one simulated disk).
     pub disks: Vec<DmaStorage>,
+    /// Open client sessions per core: where an acceptor sends the next one.
+    pub sessions: Arc<SessionCounts>,
+    /// Each core's inbox of connections accepted on another core.
+    pub handoffs: Vec<flume::Sender<Handoff>>,
 }
 
 /// The storage of each data directory: a directory named in `throttles` gets one simulated
@@ -197,16 +203,9 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         })?;
     }
     runtime::raise_fd_limit();
-    // Bind once here so a taken port is a clear error before anything starts.
-    for (name, addr) in [
-        ("SMTP", config.smtp),
-        ("POP3", config.pop3),
-        ("admin", config.admin),
-        ("the cluster", config.cluster),
-    ] {
-        probe_listen(addr)
-            .map_err(|e| start_error(format!("cannot listen for {name} on {addr}: {e}")))?;
-    }
+    // Every listener is bound (and listening) before anything else starts: a taken port is a
+    // clear error, and no other process can slip in while the shards open.
+    let bound = listeners::bind_all(&mut config)?;
     for (dir, weight) in &config.disk_weights {
         if !config.data_dirs.contains(dir) {
             return Err(start_error(format!(
@@ -272,6 +271,14 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     // Every record names the node that wrote it (node ids fit in 32 bits by construction).
     config.engine.node_id = node_id as u32;
     let (core_zero_tx, core_zero_rx) = flume::unbounded();
+    let (handoff_txs, handoff_rxs): (Vec<_>, Vec<_>) = (0..config.cores)
+        .map(|_| flume::unbounded::<Handoff>())
+        .unzip();
+    let mut acceptors: Vec<Vec<Bound>> = (0..config.cores).map(|_| Vec::new()).collect();
+    for (index, listener) in bound.into_iter().enumerate() {
+        let core = listeners::acceptor_core(listener.protocol, index, config.cores);
+        acceptors[core].push(listener);
+    }
     let me = crate::membership::Member {
         id: node_id,
         addr: config.cluster.to_string(),
@@ -289,13 +296,20 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         metrics: NodeMetrics::default(),
         started: Instant::now(),
         disks: disks(&config)?,
+        sessions: Arc::new(SessionCounts::new(config.cores)),
+        handoffs: handoff_txs,
     });
     let (stop_tx, stop_rx) = flume::unbounded::<()>();
     let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
     let (listen_tx, listen_rx) = flume::unbounded::<()>();
     let (drained_tx, drained_rx) = flume::unbounded::<()>();
     let mut executors = Vec::new();
-    for (core, requests) in request_rxs.into_iter().enumerate() {
+    for (core, ((requests, handoffs), bound)) in request_rxs
+        .into_iter()
+        .zip(handoff_rxs)
+        .zip(acceptors)
+        .enumerate()
+    {
         let builder =
             runtime::executor_builder(&format!("porcupine-{core}"), core, config.cores, config.pin)
                 .map_err(start_error)?;
@@ -314,6 +328,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 placement,
                 context,
                 requests,
+                Listening { bound, handoffs },
                 cluster_inbox,
                 stop,
                 ready,
@@ -365,28 +380,6 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })
 }
 
-/// Checks that `addr` can be listened on. The listeners use SO_REUSEPORT (one per core), and
-/// so do the connections they accepted; sockets of a crashed node linger in TIME_WAIT or
-/// FIN_WAIT and only a socket with the same options may bind beside them. SO_REUSEPORT would
-/// also let two nodes share a port, so a live listener is detected by connecting to it.
-fn probe_listen(addr: SocketAddr) -> std::io::Result<()> {
-    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            "another process is listening there",
-        ));
-    }
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1)
-}
-
 /// Creates `postmaster@<first domain>` with a random password if the node has no user.
 fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, String)>, NodeError> {
     let router = context.router.clone();
@@ -420,12 +413,19 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
     done.map_err(NodeError::Start)
 }
 
+/// What a core listens for: the sockets it accepts from, and the sessions other cores hand it.
+struct Listening {
+    bound: Vec<Bound>,
+    handoffs: flume::Receiver<Handoff>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_core(
     core: usize,
     placement: Placement,
     context: Arc<NodeContext>,
     requests: flume::Receiver<Request>,
+    listening: Listening,
     cluster_inbox: Option<flume::Receiver<cluster_state::ToCoreZero>>,
     stop: flume::Receiver<()>,
     ready: flume::Sender<Result<(), String>>,
@@ -468,151 +468,53 @@ async fn run_core(
     // Wait until every core is ready (the sender side is dropped), then listen.
     let _ = listen.recv_async().await;
     let config = &context.config;
-    let listeners = [
-        (Protocol::Smtp, TcpListener::bind(config.smtp)),
-        (Protocol::Pop3, TcpListener::bind(config.pop3)),
-    ];
     if let Some(inbox) = cluster_inbox {
         glommio::spawn_local(cluster_driver::run(context.clone(), inbox, stop.clone())).detach();
     }
-    let peer_listener = match TcpListener::bind(config.cluster) {
-        Ok(listener) => Some(glommio::spawn_local(cluster_driver::accept_peers(
-            listener,
-            context.clone(),
-            stop.clone(),
-        ))),
-        Err(error) => {
-            tracing::error!(core, %error, "cannot listen on the cluster port");
-            None
-        }
-    };
-    let count = ConnectionCount::default();
     let watch = SessionWatch::default();
     glommio::spawn_local(watch.clone().run(stop.clone())).detach();
-    let per_core_max = (config.connections_max / config.cores).max(1);
-    let mut accept_tasks = Vec::new();
-    for (protocol, listener) in listeners {
-        match listener {
-            Ok(listener) => accept_tasks.push(glommio::spawn_local(accept_loop(
-                protocol,
-                listener,
+    let accept_tasks: Vec<_> = listening
+        .bound
+        .into_iter()
+        .map(|bound| {
+            glommio::spawn_local(listeners::accept(
+                bound,
+                core,
                 context.clone(),
                 stop.clone(),
                 watch.clone(),
-                count.clone(),
-                per_core_max,
-                core,
-            ))),
-            Err(error) => tracing::error!(core, ?protocol, %error, "cannot listen"),
-        }
-    }
-    if core == 0 {
-        match TcpListener::bind(config.admin) {
-            Ok(listener) => accept_tasks.push(glommio::spawn_local(accept_loop(
-                Protocol::Admin,
-                listener,
-                context.clone(),
-                stop.clone(),
-                watch.clone(),
-                count.clone(),
-                usize::MAX,
-                core,
-            ))),
-            Err(error) => tracing::error!(%error, "cannot listen for admin"),
-        }
-    }
-    // Every listener of this core is bound: `start` returns once all cores have said so.
+            ))
+        })
+        .collect();
+    let receiving = glommio::spawn_local(listeners::receive(
+        listening.handoffs,
+        core,
+        context.clone(),
+        stop.clone(),
+        watch.clone(),
+    ));
+    // Every listener of this core is taken: `start` returns once all cores have said so.
     let _ = ready.send(Ok(()));
     drop(ready);
     for task in accept_tasks {
         task.await;
     }
-    if let Some(task) = peer_listener {
-        task.await;
-    }
+    receiving.await;
     // Listeners are closed; let sessions finish within the grace period.
     let deadline = Instant::now() + config.shutdown_grace;
-    while count.open() > 0 && Instant::now() < deadline {
+    while context.sessions.open(core) > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    if count.open() > 0 {
+    if context.sessions.open(core) > 0 {
         tracing::warn!(
             core,
-            open = count.open(),
+            open = context.sessions.open(core),
             "sessions still open after the grace period"
         );
     }
     let _ = drained.send(());
     // The shard service keeps answering other cores until the node tells it to shut down.
     service_task.await;
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Protocol {
-    Smtp,
-    Pop3,
-    Admin,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
-    protocol: Protocol,
-    listener: TcpListener,
-    context: Arc<NodeContext>,
-    stop: flume::Receiver<()>,
-    watch: SessionWatch,
-    count: ConnectionCount,
-    max: usize,
-    core: usize,
-) {
-    loop {
-        let accepting = async { Some(listener.accept().await) };
-        let stopping = async {
-            let _ = stop.recv_async().await;
-            None
-        };
-        let Some(accepted) = futures_lite::future::or(accepting, stopping).await else {
-            return;
-        };
-        let mut stream = match accepted {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!(?protocol, %error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Some(guard) = count.try_enter(max) else {
-            metrics::add(&context.metrics.sessions_refused, 1);
-            let refusal: &[u8] = match protocol {
-                Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
-                Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections\r\n",
-                Protocol::Admin => b"",
-            };
-            glommio::spawn_local(async move {
-                use futures_lite::AsyncWriteExt;
-                let _ = stream.write_all(refusal).await;
-                let _ = stream.close().await;
-            })
-            .detach();
-            continue;
-        };
-        let context = context.clone();
-        let idle = match protocol {
-            Protocol::Pop3 => context.config.pop3_idle_timeout,
-            _ => context.config.smtp_idle_timeout,
-        };
-        let clock = watch.register(idle);
-        glommio::spawn_local(async move {
-            match protocol {
-                Protocol::Smtp => smtp_conn::serve(stream, context, clock, core).await,
-                Protocol::Pop3 => pop3_conn::serve(stream, context, clock).await,
-                Protocol::Admin => admin::serve(stream, context).await,
-            }
-            drop(guard);
-        })
-        .detach();
-    }
 }
 
 impl NodeHandle {

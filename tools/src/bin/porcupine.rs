@@ -473,13 +473,16 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if let Some((email, password)) = &handle.first_user {
         println!("created the first user: {email} with password {password}");
     }
+    // The addresses bound (a port 0 in the configuration is the port the kernel chose).
+    let bound = &handle.context().config;
     println!(
-        "porcupine is serving on {} cores: SMTP {}, POP3 {}, admin http://{} (domains: {})",
-        config.cores,
-        config.smtp,
-        config.pop3,
-        config.admin,
-        config.domains.join(", ")
+        "porcupine is serving on {} cores: SMTP {}, POP3 {}, admin http://{}, cluster {} (domains: {})",
+        bound.cores,
+        bound.smtp,
+        bound.pop3,
+        bound.admin,
+        bound.cluster,
+        bound.domains.join(", ")
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
