@@ -57,7 +57,7 @@ fn acknowledged_mail_survives_nodes_killed_one_at_a_time() {
         .args(["--users", &USERS.to_string(), "--password", PASSWORD])
         .args(["--mix", "90:10", "--size", "4700", "--connections", "12"])
         .args(["--threads", "1", "--duration", &format!("{seconds}s")])
-        .args(["--sweep-timeout", "20s", "--json"])
+        .args(["--sweep-timeout", "60s", "--json"])
         .arg(&report_path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -61,9 +61,10 @@ struct Args {
     /// Skip the final sweep that empties the mailboxes and counts lost mail.
     #[arg(long)]
     no_sweep: bool,
-    /// How long the sweep keeps looking for acknowledged mail not yet in its mailbox (servers
-    /// that deliver after the 250, like Postfix, need this).
-    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    /// The most the final sweep may take. Within it, mailboxes still missing acknowledged
+    /// mail are swept again (servers that deliver after the 250, like Postfix, need this);
+    /// mailboxes not emptied by then are reported as unswept, their mail as unverified.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
     sweep_timeout: Duration,
     /// Before timing, log in once as every user (steady state for servers that cache
     /// verified credentials).
@@ -171,6 +172,17 @@ fn real_main() -> Result<()> {
             report.lost,
             report.corrupt
         );
+    }
+    if report.unswept > 0 {
+        bail!(
+            "the sweep could not empty {} mailboxes: {} acknowledged messages were not verified",
+            report.unswept,
+            report.unverified
+        );
+    }
+    let mixed = load::greetings::mixed(&report.greetings);
+    if !mixed.is_empty() {
+        bail!("more than one server answered on {mixed:?}: the figures mix them");
     }
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! Minimal SMTP and POP3 clients for load generation: connection reuse, PIPELINING when the
-//! server offers it, and POP3 retrieval with dot-unstuffing. Errors are reply codes or I/O.
+//! server offers it, and POP3 retrieval with dot-unstuffing. Errors are reply codes or I/O;
+//! each connect, delivery and POP session gives up after a limit ([`IO_TIMEOUT`] unless the
+//! caller gives less), so a server that stops answering costs a worker one timeout, never the
+//! run. (A timer per operation, not per read: io_uring read timeouts cost a cancellation per
+//! completed read.)
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -40,6 +45,21 @@ impl ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// `work`, or a timed-out error once `limit` has passed.
+pub async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let timeout = async {
+        glommio::timer::sleep(limit).await;
+        Err(ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the server did not answer in time",
+        )))
+    };
+    futures_lite::future::or(work, timeout).await
+}
+
 /// A buffered line reader over a socket. The buffer is zeroed once and reused: bytes between
 /// `start` and `end` are unread.
 struct Lines {
@@ -51,7 +71,11 @@ struct Lines {
 
 const READ_BUFFER_BYTES: usize = 64 << 10;
 
+/// How long one connect, delivery or POP session may take.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Lines {
+    /// Connects (callers bound the whole exchange with [`within`]).
     async fn connect(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
@@ -161,6 +185,8 @@ pub enum Transfer {
 }
 
 pub struct SmtpClient {
+    /// The server's 220 line.
+    pub greeting: String,
     lines: Lines,
     pipelining: bool,
     chunking: bool,
@@ -177,9 +203,14 @@ impl std::fmt::Debug for SmtpClient {
 }
 
 impl SmtpClient {
+    /// Connects, reads the greeting and says EHLO, within [`IO_TIMEOUT`].
     pub async fn connect(addr: SocketAddr, helo: &str, transfer: Transfer) -> Result<Self> {
+        within(IO_TIMEOUT, Self::connect_now(addr, helo, transfer)).await
+    }
+
+    async fn connect_now(addr: SocketAddr, helo: &str, transfer: Transfer) -> Result<Self> {
         let mut lines = Lines::connect(addr).await?;
-        lines.expect(220).await?;
+        let greeting = lines.expect(220).await?;
         lines.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
         let mut pipelining = false;
         let mut chunking = false;
@@ -202,6 +233,7 @@ impl SmtpClient {
             }
         }
         Ok(Self {
+            greeting,
             lines,
             pipelining,
             chunking: chunking && pipelining,
@@ -209,8 +241,13 @@ impl SmtpClient {
         })
     }
 
-    /// Sends one message; Ok on 250.
+    /// Sends one message; Ok on 250. After an error other than a reply, the connection is in
+    /// an unknown state: drop it.
     pub async fn send(&mut self, from: &str, to: &str, message: &[u8]) -> Result<()> {
+        within(IO_TIMEOUT, self.send_now(from, to, message)).await
+    }
+
+    async fn send_now(&mut self, from: &str, to: &str, message: &[u8]) -> Result<()> {
         if self.chunking {
             return self.send_chunked(from, to, message).await;
         }
@@ -307,8 +344,17 @@ async fn authenticate(lines: &mut Lines, user: &str, password: &str) -> Result<(
     Ok(())
 }
 
+/// The server's first line, as text.
+fn greeting_text(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).into_owned()
+}
+
 /// Logs in and quits at once (no mailbox changes).
 pub async fn pop_login(addr: SocketAddr, user: &str, password: &str) -> Result<()> {
+    within(IO_TIMEOUT, pop_login_steps(addr, user, password)).await
+}
+
+async fn pop_login_steps(addr: SocketAddr, user: &str, password: &str) -> Result<()> {
     let mut lines = Lines::connect(addr).await?;
     ok(lines.line().await?)?;
     authenticate(&mut lines, user, password).await?;
@@ -334,15 +380,26 @@ pub struct PopFailure {
     pub after_quit: Option<Vec<Vec<u8>>>,
 }
 
-/// One POP session: retrieve and delete every message, then QUIT.
+/// One POP session: retrieve and delete every message, then QUIT, within `limit`.
+/// `greeting` gets the server's first line once it has come.
 pub async fn pop_session(
     addr: SocketAddr,
     user: &str,
     password: &str,
+    limit: Duration,
+    greeting: &mut Option<String>,
 ) -> std::result::Result<Vec<Vec<u8>>, PopFailure> {
     let mut messages = Vec::new();
     let mut quit_sent = false;
-    match pop_session_steps(addr, user, password, &mut messages, &mut quit_sent).await {
+    let steps = pop_session_steps(
+        addr,
+        user,
+        password,
+        &mut messages,
+        &mut quit_sent,
+        greeting,
+    );
+    match within(limit, steps).await {
         Ok(()) => Ok(messages),
         Err(error) => Err(PopFailure {
             error,
@@ -357,9 +414,12 @@ async fn pop_session_steps(
     password: &str,
     messages: &mut Vec<Vec<u8>>,
     quit_sent: &mut bool,
+    greeting: &mut Option<String>,
 ) -> Result<()> {
     let mut lines = Lines::connect(addr).await?;
-    ok(lines.line().await?)?;
+    let first = lines.line().await?;
+    *greeting = Some(greeting_text(&first));
+    ok(first)?;
     lines.write(b"CAPA\r\n").await?;
     let mut pipelining = false;
     if lines.line().await?.starts_with(b"+OK") {

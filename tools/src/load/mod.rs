@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod dots;
+pub mod greetings;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,7 +27,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use self::client::{pop_login, pop_session, ClientError, SmtpClient, Transfer};
+use self::client::{pop_login, pop_session, ClientError, SmtpClient, Transfer, IO_TIMEOUT};
+use self::greetings::{Greetings, Service};
 use self::workload::{Checked, SizeDistribution, Zipf};
 
 /// What to run.
@@ -50,8 +52,10 @@ pub struct LoadConfig {
     pub messages: Option<u64>,
     /// Empty every mailbox that received mail at the end, to count lost mail.
     pub sweep: bool,
-    /// Keep sweeping the mailboxes that still miss acknowledged mail for up to this long (for
-    /// servers that deliver after their 250, like Postfix).
+    /// The most the whole sweep may take. Within it, mailboxes that still miss acknowledged
+    /// mail are swept again (servers that deliver after their 250, like Postfix, need that);
+    /// mailboxes it could not empty by then are reported as unswept, and their missing mail
+    /// as unverified, not lost.
     pub sweep_timeout: Duration,
     pub sender: String,
     /// Before the timed run, log in once as every user (servers that cache verified
@@ -86,6 +90,11 @@ struct ThreadResult {
     /// Retrieved by sessions whose QUIT may or may not have taken effect.
     uncertain: HashSet<u64>,
     corrupt: u64,
+    greetings: Greetings,
+    /// Users whose mailbox a sweep pass could not empty (refused, or the deadline came).
+    unswept: HashSet<usize>,
+    /// Users whose mailbox a sweep pass emptied.
+    swept: HashSet<usize>,
 }
 
 impl ThreadResult {
@@ -102,6 +111,9 @@ impl ThreadResult {
             seen: HashMap::new(),
             uncertain: HashSet::new(),
             corrupt: 0,
+            greetings: Greetings::default(),
+            unswept: HashSet::new(),
+            swept: HashSet::new(),
         }
     }
 
@@ -127,6 +139,9 @@ impl ThreadResult {
         self.pop_latency.add(&other.pop_latency).ok();
         self.acked.extend(other.acked);
         self.uncertain.extend(other.uncertain);
+        self.greetings.merge(other.greetings);
+        self.unswept.extend(other.unswept);
+        self.swept.extend(other.swept);
         for (key, count) in other.seen {
             *self.seen.entry(key).or_default() += count;
         }
@@ -224,6 +239,13 @@ pub struct Report {
     pub lost_sample: Vec<String>,
     /// Up to 20 messages retrieved more than once: "<message id> user<n> ×<times>".
     pub duplicated_sample: Vec<String>,
+    /// Mailboxes the sweep could not empty (every try refused, or `--sweep-timeout` passed).
+    pub unswept: u64,
+    /// Acknowledged messages in those mailboxes, not yet retrieved: neither lost nor verified.
+    pub unverified: u64,
+    /// Per target ("smtp ADDR", "pop3 ADDR"): each distinct greeting and how often it came
+    /// (digits blurred). More than one greeting on a target means two servers answered there.
+    pub greetings: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 fn user_name(format: &str, n: usize) -> String {
@@ -290,13 +312,17 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         total.merge(result, "");
         recipients.extend(users);
     }
-    let verified = config.sweep && !config.pop3.is_empty();
-    if verified {
-        let sweep_started = Instant::now();
+    let swept = config.sweep && !config.pop3.is_empty();
+    // Users whose mailbox the sweep could not empty in time.
+    let mut unswept: HashSet<usize> = HashSet::new();
+    if swept {
+        let deadline = Instant::now() + config.sweep_timeout;
         let mut users: Vec<usize> = recipients.into_iter().collect();
         loop {
-            let swept = sweep(&config, users, threads, &run_id)?;
-            total.merge(swept, "sweep:");
+            let mut pass = sweep(&config, users, threads, &run_id, deadline)?;
+            unswept.retain(|user| !pass.swept.contains(user));
+            unswept.extend(pass.unswept.drain());
+            total.merge(pass, "sweep:");
             // Users whose acknowledged mail has not shown up yet.
             let missing: HashSet<usize> = total
                 .acked
@@ -304,34 +330,35 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
                 .filter(|(k, _)| !total.seen.contains_key(k))
                 .map(|(_, user)| *user as usize)
                 .collect();
-            if missing.is_empty() || sweep_started.elapsed() >= config.sweep_timeout {
+            if missing.is_empty() || Instant::now() >= deadline {
                 break;
             }
             users = missing.into_iter().collect();
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(500).min(deadline - Instant::now()));
         }
     }
-    let lost = if verified {
-        total
-            .acked
-            .keys()
-            .filter(|k| !total.seen.contains_key(k) && !total.uncertain.contains(k))
-            .count() as u64
-    } else {
-        0
-    };
+    let verified = swept && unswept.is_empty();
+    let not_seen = |key: &u64| !total.seen.contains_key(key) && !total.uncertain.contains(key);
+    let unverified = total
+        .acked
+        .iter()
+        .filter(|(k, user)| not_seen(k) && unswept.contains(&(**user as usize)))
+        .count() as u64;
+    let is_lost =
+        |key: &u64, user: u32| swept && not_seen(key) && !unswept.contains(&(user as usize));
+    let lost = total
+        .acked
+        .iter()
+        .filter(|(k, user)| is_lost(k, **user))
+        .count() as u64;
     let duplicated = total.seen.values().filter(|&&n| n > 1).count() as u64;
-    let lost_sample = if verified {
-        total
-            .acked
-            .iter()
-            .filter(|(k, _)| !total.seen.contains_key(k) && !total.uncertain.contains(k))
-            .take(20)
-            .map(|(key, user)| format!("{run_id}{key:x} user{user}"))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let lost_sample = total
+        .acked
+        .iter()
+        .filter(|(k, user)| is_lost(k, **user))
+        .take(20)
+        .map(|(key, user)| format!("{run_id}{key:x} user{user}"))
+        .collect();
     Ok(Report {
         seconds,
         connections: config.connections,
@@ -365,6 +392,9 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
                 format!("{run_id}{key:x} user{user} x{n}")
             })
             .collect(),
+        unswept: unswept.len() as u64,
+        unverified,
+        greetings: total.greetings.by_target(),
     })
 }
 
@@ -463,7 +493,14 @@ async fn worker_loop(
         if is_pop {
             let Some(target) = pop_target else { continue };
             let began = Instant::now();
-            match pop_session(target, &user, &config.password).await {
+            let mut greeting = None;
+            let session = pop_session(target, &user, &config.password, IO_TIMEOUT, &mut greeting);
+            let outcome = session.await;
+            if let Some(greeting) = greeting {
+                let mut r = result.borrow_mut();
+                r.greetings.record(Service::Pop3, target, &greeting);
+            }
+            match outcome {
                 Ok(messages) => {
                     let mut r = result.borrow_mut();
                     let _ = r
@@ -491,7 +528,12 @@ async fn worker_loop(
         workload::message(&id, size, bodies, &mut rng, &mut message);
         if smtp.is_none() {
             match SmtpClient::connect(smtp_target, "porcupine-load", config.transfer).await {
-                Ok(client) => smtp = Some(client),
+                Ok(client) => {
+                    let mut r = result.borrow_mut();
+                    r.greetings
+                        .record(Service::Smtp, smtp_target, &client.greeting);
+                    smtp = Some(client);
+                }
                 Err(e) => {
                     result.borrow_mut().error(&e, progress);
                     glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -559,13 +601,17 @@ where
         .collect()
 }
 
-/// Empties the mailboxes of `users`, accounting for what it finds.
+/// Empties the mailboxes of `users`, accounting for what it finds; stops at `deadline`
+/// (mailboxes not emptied by then are `unswept`).
 fn sweep(
     config: &Arc<LoadConfig>,
     users: Vec<usize>,
     threads: usize,
     run_id: &str,
+    deadline: Instant,
 ) -> anyhow::Result<ThreadResult> {
+    /// Tries per mailbox: it may be briefly locked by a session that just ended.
+    const ATTEMPTS: usize = 50;
     let users = Arc::new(users);
     let (config, run_id) = (config.clone(), run_id.to_owned());
     let results = on_executors("sweep", threads, move |thread| {
@@ -579,28 +625,42 @@ fn sweep(
                 }
                 let user = user_name(&config.user_format, *n);
                 let target = config.pop3[i % config.pop3.len()];
-                // A mailbox may be briefly locked by a session that just ended.
-                for attempt in 0..50 {
-                    match pop_session(target, &user, &config.password).await {
+                let mut emptied = false;
+                for attempt in 0..ATTEMPTS {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    let mut greeting = None;
+                    let limit = left.min(IO_TIMEOUT);
+                    let session =
+                        pop_session(target, &user, &config.password, limit, &mut greeting);
+                    let outcome = session.await;
+                    if let Some(greeting) = greeting {
+                        result.greetings.record(Service::Pop3, target, &greeting);
+                    }
+                    match outcome {
                         Ok(messages) => {
                             result.account(&run_id, &messages);
+                            emptied = true;
                             break;
                         }
-                        Err(failure) if attempt == 49 => {
-                            result.error(&failure.error, &progress);
-                            if let Some(messages) = failure.after_quit {
-                                result.account_uncertain(&run_id, &messages);
+                        Err(failure) => {
+                            if let Some(messages) = &failure.after_quit {
+                                result.account_uncertain(&run_id, messages);
                             }
-                            break;
-                        }
-                        Err(failure) if failure.after_quit.is_some() => {
-                            if let Some(messages) = failure.after_quit {
-                                result.account_uncertain(&run_id, &messages);
+                            if attempt + 1 == ATTEMPTS {
+                                result.error(&failure.error, &progress);
+                            } else {
+                                glommio::timer::sleep(Duration::from_millis(20)).await;
                             }
-                            glommio::timer::sleep(Duration::from_millis(20)).await
                         }
-                        Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
                     }
+                }
+                // A mailbox that could not be read says nothing about its mail either way.
+                if emptied {
+                    result.swept.insert(*n);
+                } else {
+                    result.unswept.insert(*n);
                 }
             }
             result
@@ -684,7 +744,26 @@ pub fn table(report: &Report) -> String {
     } else {
         let _ = writeln!(out, "errors: {:?}", report.errors);
     }
-    if report.verified {
+    for (target, counts) in &report.greetings {
+        for (greeting, count) in counts {
+            let _ = writeln!(out, "greeting {target}: {count} × {greeting:?}");
+        }
+    }
+    for (target, distinct) in greetings::mixed(&report.greetings) {
+        let _ = writeln!(
+            out,
+            "WARNING: {target} answered with {distinct} different greetings: more than one server \
+             listens there, and this run measured all of them"
+        );
+    }
+    if report.unswept > 0 {
+        let _ = writeln!(
+            out,
+            "integrity: NOT verified: the sweep could not empty {} mailboxes (refused, or \
+             --sweep-timeout passed; {} acknowledged messages unverified); lost {}, duplicated {}, corrupt {}",
+            report.unswept, report.unverified, report.lost, report.duplicated, report.corrupt
+        );
+    } else if report.verified {
         let _ = writeln!(
             out,
             "integrity: lost {}, duplicated {}, corrupt {} (uncertain: {} retrieved by sessions cut off after QUIT)",
