@@ -60,6 +60,23 @@ pub fn workspace_root() -> Result<PathBuf> {
 }
 
 impl Bins {
+    /// The binaries in `dir` (built already, e.g. by `cargo test --workspace --release`).
+    pub fn at(dir: &Path) -> Result<Bins> {
+        let bins = Bins {
+            porcupine: dir.join("porcupine"),
+            load: dir.join("porcupine-load"),
+        };
+        for bin in [&bins.porcupine, &bins.load] {
+            if !bin.is_file() {
+                bail!(
+                    "{} does not exist (build it, or leave out --bins)",
+                    bin.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+
     /// Builds `porcupine` and `porcupine-load` (release) in the workspace at `root`.
     pub fn build(root: &Path) -> Result<Bins> {
         eprintln!("building porcupine and porcupine-load (release)…");

@@ -1,33 +1,34 @@
 //! Side by side, one machine, one run: the same `porcupine-load` workload against
 //! (a) porcupine, (b) Postfix + Dovecot (Maildir), (c) Postfix's `smtp-sink` (SMTP only, no disk:
 //! the protocol ceiling) and (d) porcupine with `--discard-bodies` (the paper's "infinitely fast
-//! disk"), for several connection counts. Writes `bench/results/<name>.md` and `<name>.svg`; with
+//! disk"), for several connection counts. Writes `<results>/<name>.md` and `<name>.svg`; with
 //! `--json` its last line holds the best delivered rates and the total of lost or corrupt mail.
 //!
-//! It installs Postfix and Dovecot (Debian packages) if missing, configures them on loopback
-//! high ports only (Postfix's system instance is reconfigured: run it on a test machine), and
-//! stops every server it started, by pid.
+//! Hermetic: every server is a private instance in the run's directory on ports chosen free at
+//! start (see `porcupine_bench::peers` and `ports`); nothing of the machine's own Postfix or
+//! Dovecot is touched. Before each measured run it checks that only the server it started
+//! listens on each port the run uses; after it, that every connection met that server's
+//! greeting, and for porcupine that the node counted the deliveries the generator was
+//! acknowledged. SIGINT, SIGTERM or an error stops every server it started, by pid, and
+//! removes the run's directory unless `--keep`.
 
 use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use porcupine_bench::Servers;
+use porcupine_bench::peers::{self, Mailboxes, Postfix};
+use porcupine_bench::ports::{check_owned, free_ports};
+use porcupine_bench::run::Run as RunDir;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DOMAIN: &str = "sbs.test";
 const PASSWORD: &str = "pw";
-const PORCUPINE: (u16, u16, u16) = (2525, 1110, 8025);
-const DISCARD: (u16, u16, u16) = (2535, 1120, 8035);
-const SMTP_ONLY: (u16, u16, u16) = (2545, 1130, 8045);
-const POSTFIX_SMTP: u16 = 2626;
-const DOVECOT_POP3: u16 = 1210;
-const SINK_SMTP: u16 = 2727;
 /// Every system measured, in the order of the tables and the plot.
 const SYSTEMS: [&str; 6] = [
     "porcupine",
@@ -57,9 +58,22 @@ struct Args {
     /// Message size: `paper` (mean 4.7 KB, heavy tail) or bytes.
     #[arg(long, default_value = "4700")]
     size: String,
-    /// Name of the result files in bench/results/.
+    /// Name of the result files.
     #[arg(long, default_value = "side-by-side")]
     name: String,
+    /// Where the result files go [default: bench/results in the workspace].
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Where the run's directory is made (a disk-backed file system: porcupine's log uses
+    /// O_DIRECT, which tmpfs lacks).
+    #[arg(long, default_value = "/var/tmp")]
+    run_parent: PathBuf,
+    /// Keep the run's directory (servers' data, configuration and logs) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+    /// Take `porcupine` and `porcupine-load` from this directory instead of building them.
+    #[arg(long)]
+    bins: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -78,45 +92,56 @@ struct Run {
     verified: bool,
 }
 
-fn sh(command: &str) -> Result<String> {
-    let out = Command::new("sh")
-        .args(["-c", command])
-        .output()
-        .with_context(|| format!("running {command}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{command}` failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// What a run does.
+#[derive(Clone, Copy, Debug)]
+enum Mix {
+    /// 90:10 deliveries : POP sessions that retrieve and delete.
+    Paper(Transfer),
+    /// Deliveries only (what smtp-sink can take), by DATA: smtp-sink offers no CHUNKING. A POP3
+    /// port, if given, serves the final sweep.
+    SmtpOnly,
 }
 
-/// Starts a daemon that detaches: its stdio must not be our pipes, or we would wait on them forever.
-fn start_daemon(command: &str) -> Result<()> {
-    let status = Command::new("sh")
-        .args(["-c", command])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .with_context(|| format!("running {command}"))?;
-    if !status.success() {
-        bail!("`{command}` failed ({status})");
-    }
-    Ok(())
+/// How messages go in.
+#[derive(Clone, Copy, Debug)]
+enum Transfer {
+    /// One `BDAT … LAST` chunk pipelined with the envelope (the server offers CHUNKING).
+    Chunking,
+    /// DATA. Postfix offers CHUNKING too, but it answers a pipelined BDAT tens of
+    /// milliseconds late (21 msg/s on one connection, against 318 with DATA, on this machine),
+    /// so it runs at its best, with DATA.
+    Data,
 }
 
-fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on port {port} after 30 s")
+/// A server of this run on one port: the pid that owns the port (it or its children hold
+/// the listener) and what its greeting contains.
+#[derive(Clone, Copy, Debug)]
+struct Endpoint {
+    port: u16,
+    owner: u32,
+    greeting: &'static str,
+}
+
+/// A system to load.
+#[derive(Clone, Copy, Debug)]
+struct Target<'a> {
+    system: &'static str,
+    smtp: Endpoint,
+    pop3: Option<Endpoint>,
+    mix: Mix,
+    /// A porcupine node's admin port: its counters are compared with the generator's.
+    admin: Option<u16>,
+    /// Postfix: delivered means drained from its queue, not only acknowledged.
+    postfix: Option<&'a Postfix>,
+}
+
+/// A porcupine node of this run.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    pid: u32,
+    smtp: u16,
+    pop3: u16,
+    admin: u16,
 }
 
 fn main() -> Result<()> {
@@ -124,141 +149,192 @@ fn main() -> Result<()> {
     if args.rounds == 0 || args.connections.is_empty() {
         bail!("--rounds and --connections need at least one value each");
     }
+    peers::require_programs()?;
     let root = workspace_root()?;
-    let bins = root.join("target/release");
-    eprintln!("building porcupine and porcupine-load (release)…");
-    sh(&format!(
-        "cd {} && cargo build --release -q -p porcupine-tools --bins",
-        root.display()
-    ))?;
-    ensure_packages()?;
-    let work = tempfile::Builder::new()
-        .prefix("porcupine-side-by-side")
-        .tempdir_in("/var/tmp")?;
-    let base = work.path().to_path_buf();
-    let mut servers = Servers::default();
+    let bins = match &args.bins {
+        Some(dir) => porcupine_bench::cluster::Bins::at(dir)?,
+        None => porcupine_bench::cluster::Bins::build(&root)?,
+    };
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| root.join("bench/results"));
+    let run = RunDir::start(
+        &args.run_parent,
+        "porcupine-side-by-side-",
+        args.keep,
+        "side-by-side",
+    )?;
+    let outcome = measure(&args, &bins, &run);
+    // Every server stops (and the directory goes) before the report is written.
+    run.finish();
+    let runs = outcome?;
+    report(&args, &runs, &results)
+}
+
+/// Starts every system, measures them all, round after round.
+fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> Result<Vec<Run>> {
+    let base = run.dir().to_path_buf();
+    let mut ports = free_ports(15)?.into_iter();
+    let mut port = || ports.next().context("ran out of chosen ports");
 
     // (a) porcupine, (a') porcupine for the SMTP-only workload smtp-sink gets (its own data, so
     // its mailboxes never weigh on the mixed runs), and (d) porcupine discarding bodies.
-    for (name, (smtp, pop3, admin), discard) in [
-        ("porcupine", PORCUPINE, false),
-        ("porcupine-smtp", SMTP_ONLY, false),
-        ("porcupine-discard", DISCARD, true),
+    let mut nodes = Vec::new();
+    for (name, discard) in [
+        ("porcupine", false),
+        ("porcupine-smtp", false),
+        ("porcupine-discard", true),
     ] {
-        let mut command = Command::new(bins.join("porcupine"));
+        let (smtp, pop3, admin, cluster) = (port()?, port()?, port()?, port()?);
+        let log = std::fs::File::create(base.join(format!("{name}.log")))?;
+        let mut command = Command::new(&bins.porcupine);
         command
             .args(["serve", "--no-first-user", "--domain", DOMAIN, "--data"])
             .arg(base.join(name))
-            .args([
-                "--smtp",
-                &format!("127.0.0.1:{smtp}"),
-                "--pop3",
-                &format!("127.0.0.1:{pop3}"),
-            ])
+            .args(["--smtp", &format!("127.0.0.1:{smtp}")])
+            .args(["--pop3", &format!("127.0.0.1:{pop3}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--cluster", &format!("127.0.0.1:{}", admin + 1000)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .args(["--cluster", &format!("127.0.0.1:{cluster}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         if discard {
             command.arg("--discard-bodies");
         }
-        servers.children.push((
-            name.into(),
-            command
-                .spawn()
-                .with_context(|| format!("starting {name}"))?,
-        ));
-        wait_port(admin)?;
-        sh(&format!(
-            "{} user bulk --count {} --prefix user --domain {DOMAIN} --password {PASSWORD} --admin 127.0.0.1:{admin}",
-            bins.join("porcupine").display(),
-            args.users
-        ))?;
-    }
-
-    // (b) Postfix + Dovecot with the same users.
-    let (uid, gid) = vmail_user()?;
-    configure_postfix_dovecot(&base, args.users, uid, gid)?;
-    start_daemon("postfix start")?;
-    let master = sh("cat /var/spool/postfix/pid/master.pid")?
-        .trim()
-        .parse::<u32>()
-        .context("postfix master pid")?;
-    servers.pids.push(("postfix".into(), master));
-    start_daemon(&format!("dovecot -c {}/dovecot.conf", base.display()))?;
-    // dovecot daemonizes before it writes its pid file.
-    let pid_file = base.join("dovecot-run/master.pid");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !pid_file.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let dovecot = match std::fs::read_to_string(&pid_file) {
-        Ok(pid) => pid.trim().parse::<u32>().context("dovecot pid")?,
-        Err(_) => {
-            let _ = start_daemon(&format!("doveadm -c {}/dovecot.conf stop", base.display()));
-            let log = std::fs::read_to_string(base.join("dovecot.log")).unwrap_or_default();
-            bail!("dovecot did not start; its log:\n{log}");
+        let pid = run.spawn(name, &mut command)?;
+        wait_admin(admin, pid, name)?;
+        let added = Command::new(&bins.porcupine)
+            .args([
+                "user",
+                "bulk",
+                "--count",
+                &args.users.to_string(),
+                "--prefix",
+                "user",
+            ])
+            .args(["--domain", DOMAIN, "--password", PASSWORD])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .output()?;
+        if !added.status.success() {
+            bail!(
+                "user bulk on {name} failed: {}",
+                String::from_utf8_lossy(&added.stderr)
+            );
         }
+        nodes.push(Node {
+            pid,
+            smtp,
+            pop3,
+            admin,
+        });
+    }
+
+    // (b) Postfix + Dovecot with the same users, and (c) smtp-sink.
+    let mailboxes = Mailboxes {
+        domain: DOMAIN,
+        users: args.users,
+        password: PASSWORD,
     };
-    servers.pids.push(("dovecot".into(), dovecot));
-    wait_port(POSTFIX_SMTP)?;
-    wait_port(DOVECOT_POP3)?;
+    let owner = peers::mail_owner()?;
+    let (postfix_smtp, dovecot_pop3, sink_smtp) = (port()?, port()?, port()?);
+    let postfix = Postfix::start(run, postfix_smtp, &mailboxes, owner)?;
+    let dovecot = peers::start_dovecot(run, dovecot_pop3, &mailboxes, owner)?;
+    let sink = peers::start_sink(run, sink_smtp)?;
+    for (port, pid) in [
+        (postfix_smtp, postfix.master),
+        (dovecot_pop3, dovecot),
+        (sink_smtp, sink),
+    ] {
+        wait_listening(port, pid)?;
+    }
 
-    // (c) smtp-sink.
-    let sink = Command::new("smtp-sink")
-        .args([
-            "-u",
-            "nobody",
-            "-c",
-            &format!("127.0.0.1:{SINK_SMTP}"),
-            "1000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting smtp-sink")?;
-    servers.children.push(("smtp-sink".into(), sink));
-    wait_port(SINK_SMTP)?;
-
+    let porcupine = |node: &Node, pop3: bool| {
+        (
+            Endpoint {
+                port: node.smtp,
+                owner: node.pid,
+                greeting: "ESMTP porcupine",
+            },
+            pop3.then_some(Endpoint {
+                port: node.pop3,
+                owner: node.pid,
+                greeting: "porcupine",
+            }),
+        )
+    };
+    let (mixed, mixed_pop3) = porcupine(&nodes[0], true);
+    let (smtp_only, smtp_only_pop3) = porcupine(&nodes[1], true);
+    let (discard, _) = porcupine(&nodes[2], false);
     let plan: [Target; 6] = [
-        (
-            "porcupine",
-            PORCUPINE.0,
-            Some(PORCUPINE.1),
-            Mix::Paper(Transfer::Chunking),
-            None,
-        ),
-        (
-            "porcupine-data",
-            PORCUPINE.0,
-            Some(PORCUPINE.1),
-            Mix::Paper(Transfer::Data),
-            None,
-        ),
-        (
-            "postfix+dovecot",
-            POSTFIX_SMTP,
-            Some(DOVECOT_POP3),
-            Mix::Paper(Transfer::Data),
-            Some(&base),
-        ),
-        (
-            "porcupine-smtp",
-            SMTP_ONLY.0,
-            Some(SMTP_ONLY.1),
-            Mix::SmtpOnly,
-            None,
-        ),
-        ("smtp-sink", SINK_SMTP, None, Mix::SmtpOnly, None),
-        ("porcupine-discard", DISCARD.0, None, Mix::SmtpOnly, None),
+        Target {
+            system: "porcupine",
+            smtp: mixed,
+            pop3: mixed_pop3,
+            mix: Mix::Paper(Transfer::Chunking),
+            admin: Some(nodes[0].admin),
+            postfix: None,
+        },
+        Target {
+            system: "porcupine-data",
+            smtp: mixed,
+            pop3: mixed_pop3,
+            mix: Mix::Paper(Transfer::Data),
+            admin: Some(nodes[0].admin),
+            postfix: None,
+        },
+        Target {
+            system: "postfix+dovecot",
+            smtp: Endpoint {
+                port: postfix_smtp,
+                owner: postfix.master,
+                greeting: "ESMTP Postfix",
+            },
+            pop3: Some(Endpoint {
+                port: dovecot_pop3,
+                owner: dovecot,
+                greeting: "Dovecot",
+            }),
+            mix: Mix::Paper(Transfer::Data),
+            admin: None,
+            postfix: Some(&postfix),
+        },
+        Target {
+            system: "porcupine-smtp",
+            smtp: smtp_only,
+            pop3: smtp_only_pop3,
+            mix: Mix::SmtpOnly,
+            admin: Some(nodes[1].admin),
+            postfix: None,
+        },
+        Target {
+            system: "smtp-sink",
+            smtp: Endpoint {
+                port: sink_smtp,
+                owner: sink,
+                greeting: "smtp-sink",
+            },
+            pop3: None,
+            mix: Mix::SmtpOnly,
+            admin: None,
+            postfix: None,
+        },
+        Target {
+            system: "porcupine-discard",
+            smtp: discard,
+            pop3: None,
+            mix: Mix::SmtpOnly,
+            admin: Some(nodes[2].admin),
+            postfix: None,
+        },
     ];
     let mut runs = Vec::new();
     for round in 0..args.rounds {
         for &c in &args.connections {
             for i in 0..plan.len() {
                 // Rotated, so that no system always runs first (or right after Postfix's drain).
-                let (system, smtp, pop3, mix, postfix) = plan[(i + round) % plan.len()];
-                let r = load(&bins, system, smtp, pop3, mix, c, &args, postfix, round)?;
+                let target = plan[(i + round) % plan.len()];
+                let r = load(bins, run, &target, c, args, round)?;
                 eprintln!(
                     "round {} {:>18} c={:<3} {:>9.0} msg/s (accepted {:>9.0}/s) p99 {:>8.2} ms lost {} corrupt {}",
                     round + 1, r.system, r.connections, r.msgs_per_s, r.accepted_per_s, r.p99_ms, r.lost, r.corrupt
@@ -267,16 +343,21 @@ fn main() -> Result<()> {
             }
         }
     }
-    drop(servers);
-    let _ = start_daemon("postfix stop");
+    Ok(runs)
+}
 
-    let results = root.join("bench/results");
-    std::fs::create_dir_all(&results)?;
-    let medians = medians(&runs, &args.connections);
-    let report = table(&runs, &medians, &args);
+/// Writes the tables and the plot; prints the report (and the JSON line).
+fn report(args: &Args, runs: &[Run], results: &Path) -> Result<()> {
+    std::fs::create_dir_all(results)?;
+    let medians = medians(runs, &args.connections);
+    let report = table(runs, &medians, args);
     std::fs::write(results.join(format!("{}.md", args.name)), &report)?;
     plot(&medians, &results.join(format!("{}.svg", args.name)))?;
-    eprintln!("wrote bench/results/{0}.md and {0}.svg", args.name);
+    eprintln!(
+        "wrote {0}/{1}.md and {0}/{1}.svg",
+        results.display(),
+        args.name
+    );
     let best = |system: &str| best_rate(&medians, system);
     let lost: u64 = runs.iter().map(|r| r.lost + r.corrupt).sum();
     print!("{report}");
@@ -306,163 +387,144 @@ fn workspace_root() -> Result<PathBuf> {
         .to_path_buf())
 }
 
-fn ensure_packages() -> Result<()> {
-    let have = |bin: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
+/// How long a server of the run may take to start listening.
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until `port` is listened on by `pid` (or its children), and by nothing else.
+fn wait_listening(port: u16, pid: u32) -> Result<()> {
+    let deadline = Instant::now() + START_WAIT;
+    loop {
+        match check_owned(port, pid, &porcupine_bench::ports::command_name(pid)) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Waits until the node `pid` answers on its admin port (it has opened its shards).
+fn wait_admin(admin: u16, pid: u32, name: &str) -> Result<()> {
+    wait_listening(admin, pid)?;
+    let deadline = Instant::now() + START_WAIT;
+    while admin_get(admin, "/status").is_none() {
+        if Instant::now() > deadline {
+            bail!("{name} (pid {pid}) does not answer on its admin port {admin}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// GET `path` from the admin endpoint on `port`: the body of a 200 answer.
+fn admin_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The node's count of messages it acknowledged with 250.
+fn node_deliveries(admin: u16) -> Result<u64> {
+    let metrics = admin_get(admin, "/metrics").context("the node's /metrics did not answer")?;
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("porcupine_deliveries_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .context("no porcupine_deliveries_total in /metrics")
+}
+
+/// Every greeting of `service` ("smtp", "pop3") on `endpoint`'s port must be its server's.
+fn check_greetings(
+    report: &serde_json::Value,
+    service: &str,
+    endpoint: &Endpoint,
+    system: &str,
+) -> Result<()> {
+    let key = format!("{service} 127.0.0.1:{}", endpoint.port);
+    let Some(seen) = report["greetings"][&key].as_object() else {
+        return Ok(()); // no connection of that kind in this run
     };
-    if have("postfix") && have("dovecot") && have("smtp-sink") {
-        return Ok(());
+    let strangers: Vec<&String> = seen
+        .keys()
+        .filter(|g| !g.contains(endpoint.greeting))
+        .collect();
+    if seen.len() != 1 || !strangers.is_empty() {
+        bail!(
+            "{system}: the {service} port {} answered with {:?}; only greetings with {:?} are \
+             this run's server: another server took part of the connections",
+            endpoint.port,
+            seen,
+            endpoint.greeting
+        );
     }
-    eprintln!("installing postfix, dovecot-core, dovecot-pop3d…");
-    sh("echo 'postfix postfix/main_mailer_type select Local only' | debconf-set-selections")?;
-    sh("echo 'postfix postfix/mailname string localhost' | debconf-set-selections")?;
-    sh("apt-get update -qq")?;
-    sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix dovecot-core dovecot-pop3d")?;
     Ok(())
-}
-
-fn vmail_user() -> Result<(u32, u32)> {
-    if sh("id -u porcupine-vmail").is_err() {
-        sh("useradd --system --no-create-home --shell /usr/sbin/nologin porcupine-vmail")?;
-    }
-    let uid = sh("id -u porcupine-vmail")?.trim().parse()?;
-    let gid = sh("id -g porcupine-vmail")?.trim().parse()?;
-    Ok((uid, gid))
-}
-
-fn configure_postfix_dovecot(base: &Path, users: usize, uid: u32, gid: u32) -> Result<()> {
-    let b = base.display();
-    std::fs::create_dir_all(base.join("mail"))?;
-    std::fs::create_dir_all(base.join("dovecot-run"))?;
-    std::fs::create_dir_all(base.join("dovecot-state"))?;
-    let mut vmailbox = String::new();
-    let mut passwd = String::new();
-    for n in 1..=users {
-        let _ = writeln!(vmailbox, "user{n}@{DOMAIN} {DOMAIN}/user{n}/");
-        let _ = writeln!(passwd, "user{n}@{DOMAIN}:{{PLAIN}}{PASSWORD}");
-    }
-    std::fs::write(base.join("vmailbox"), vmailbox)?;
-    std::fs::write(base.join("users"), passwd)?;
-    sh(&format!("chown -R {uid}:{gid} {b}/mail && chmod 755 {b}"))?;
-    let settings = [
-        "inet_interfaces = loopback-only".to_string(),
-        "inet_protocols = ipv4".into(),
-        "mydestination = localhost".into(),
-        format!("virtual_mailbox_domains = {DOMAIN}"),
-        format!("virtual_mailbox_base = {b}/mail"),
-        format!("virtual_mailbox_maps = texthash:{b}/vmailbox"),
-        format!("virtual_uid_maps = static:{uid}"),
-        format!("virtual_gid_maps = static:{gid}"),
-        format!("maillog_file = {b}/postfix.log"),
-        "message_size_limit = 33554432".into(),
-        "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination".into(),
-    ];
-    for s in settings {
-        sh(&format!("postconf -e '{s}'"))?;
-    }
-    let _ = sh("postconf -MX smtp/inet");
-    let _ = sh(&format!("postconf -MX 127.0.0.1:{POSTFIX_SMTP}/inet"));
-    sh(&format!(
-        "postconf -M '127.0.0.1:{POSTFIX_SMTP}/inet=127.0.0.1:{POSTFIX_SMTP} inet n - n - - smtpd'"
-    ))?;
-    sh("postconf -F '*/*/chroot = n'")?;
-    let _ = start_daemon("postfix stop");
-    let conf = format!(
-        "protocols = pop3\nlisten = 127.0.0.1\nbase_dir = {b}/dovecot-run\nstate_dir = {b}/dovecot-state\n\
-         log_path = {b}/dovecot.log\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain\n\
-         mail_location = maildir:{b}/mail/%d/%n\nfirst_valid_uid = {uid}\n\
-         passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {b}/users\n}}\n\
-         userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={b}/mail/%d/%n\n}}\n\
-         service pop3-login {{\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {DOVECOT_POP3}\n  }}\n}}\n\
-         service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
-    );
-    std::fs::write(base.join("dovecot.conf"), conf)?;
-    Ok(())
-}
-
-/// A system to load: name, SMTP port, POP3 port, workload, Postfix base dir (drain wait).
-type Target<'a> = (&'static str, u16, Option<u16>, Mix, Option<&'a Path>);
-
-/// What a run does.
-#[derive(Clone, Copy, Debug)]
-enum Mix {
-    /// 90:10 deliveries : POP sessions that retrieve and delete.
-    Paper(Transfer),
-    /// Deliveries only (what smtp-sink can take), by DATA: smtp-sink offers no CHUNKING. A POP3
-    /// port, if given, serves the final sweep.
-    SmtpOnly,
-}
-
-/// How messages go in.
-#[derive(Clone, Copy, Debug)]
-enum Transfer {
-    /// One `BDAT … LAST` chunk pipelined with the envelope (the server offers CHUNKING).
-    Chunking,
-    /// DATA. Postfix offers CHUNKING too, but it answers a pipelined BDAT tens of
-    /// milliseconds late (21 msg/s on one connection, against 318 with DATA, on this machine),
-    /// so it runs at its best, with DATA.
-    Data,
 }
 
 /// Runs porcupine-load against one system. For Postfix, "delivered" counts until the queue has
 /// drained into the Maildirs, not until the 250.
-#[allow(clippy::too_many_arguments)]
 fn load(
-    bins: &Path,
-    system: &'static str,
-    smtp: u16,
-    pop3: Option<u16>,
-    mix: Mix,
+    bins: &porcupine_bench::cluster::Bins,
+    run: &RunDir,
+    target: &Target,
     connections: usize,
     args: &Args,
-    postfix: Option<&Path>,
     round: usize,
 ) -> Result<Run> {
-    let json = tempfile::NamedTempFile::new()?;
-    let mut command = Command::new(bins.join("porcupine-load"));
+    let system = target.system;
+    for endpoint in std::iter::once(&target.smtp).chain(&target.pop3) {
+        check_owned(endpoint.port, endpoint.owner, system)
+            .with_context(|| format!("before measuring {system}"))?;
+    }
+    let counted_before = target.admin.map(node_deliveries).transpose()?;
+    let json = run
+        .dir()
+        .join(format!("load-{system}-{connections}-{round}.json"));
+    let mut command = Command::new(&bins.load);
     command
-        .args([
-            "--smtp",
-            &format!("127.0.0.1:{smtp}"),
-            "--users",
-            &args.users.to_string(),
-        ])
+        .args(["--smtp", &format!("127.0.0.1:{}", target.smtp.port)])
+        .args(["--users", &args.users.to_string()])
         .args([
             "--user-format",
             &format!("user{{n}}@{DOMAIN}"),
             "--password",
             PASSWORD,
         ])
-        .args([
-            "--connections",
-            &connections.to_string(),
-            "--duration",
-            &format!("{}s", args.seconds),
-        ])
+        .args(["--connections", &connections.to_string()])
+        .args(["--duration", &format!("{}s", args.seconds)])
         .arg("--json")
-        .arg(json.path())
+        .arg(&json)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if args.size != "paper" {
         command.args(["--size", &args.size]);
     }
-    match pop3 {
-        Some(port) => {
-            command.args([
-                "--pop3",
-                &format!("127.0.0.1:{port}"),
-                "--sweep-timeout",
-                "300s",
-            ]);
+    match target.pop3 {
+        // Postfix delivers after its 250: its sweep may wait for the queue.
+        Some(pop3) => {
+            let sweep = if target.postfix.is_some() {
+                "300s"
+            } else {
+                "120s"
+            };
+            command
+                .args(["--pop3", &format!("127.0.0.1:{}", pop3.port)])
+                .args(["--sweep-timeout", sweep]);
         }
         None => {
             command.arg("--no-sweep");
         }
     }
-    match mix {
+    match target.mix {
         // Steady state: every user has logged in once, so servers that cache verified
         // credentials (porcupine) do not spend the short run hashing first logins.
         Mix::Paper(Transfer::Chunking) => command.args(["--mix", "90:10", "--warm-logins"]),
@@ -472,27 +534,46 @@ fn load(
         Mix::SmtpOnly => command.args(["--mix", "100:0", "--no-chunking"]),
     };
     let started = Instant::now();
-    let mut child = command.spawn().context("starting porcupine-load")?;
+    let pid = run.spawn("porcupine-load", &mut command)?;
     let mut drained_at = None;
-    if postfix.is_some() {
+    if let Some(postfix) = target.postfix {
         // The queue drains into the Maildirs after the 250s; delivered = when it is empty.
         std::thread::sleep(Duration::from_secs(args.seconds));
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
-            let queue = sh("postqueue -p").unwrap_or_default();
-            if queue.contains("Mail queue is empty") {
+            if postfix.queue_is_empty() {
                 drained_at = Some(started.elapsed());
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let status = child.wait()?;
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json.path())?)
-        .with_context(|| {
-            format!("porcupine-load against {system} wrote no report (exit {status})")
-        })?;
+    let status = run.wait(pid)?;
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).unwrap_or_default(),
+    )
+    .with_context(|| format!("porcupine-load against {system} wrote no report (exit {status})"))?;
+    check_greetings(&report, "smtp", &target.smtp, system)?;
+    if let Some(pop3) = &target.pop3 {
+        check_greetings(&report, "pop3", pop3, system)?;
+    }
     let delivered = report["delivered"].as_f64().unwrap_or(0.0);
+    if let (Some(admin), Some(before)) = (target.admin, counted_before) {
+        let counted = node_deliveries(admin)?.saturating_sub(before);
+        if counted != delivered as u64 {
+            eprintln!(
+                "{system} c={connections}: the generator was acknowledged {} messages, the node \
+                 counted {counted} deliveries",
+                delivered as u64
+            );
+        }
+    }
+    if !status.success() {
+        eprintln!(
+            "porcupine-load against {system} exited {status}: lost {}, corrupt {}, unswept {}",
+            report["lost"], report["corrupt"], report["unswept"]
+        );
+    }
     let seconds = report["seconds"].as_f64().unwrap_or(1.0);
     let accepted_per_s = delivered / seconds;
     let msgs_per_s = match drained_at {
@@ -515,7 +596,8 @@ fn load(
 
 fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
     let mut out = String::new();
-    let machine = sh("nproc").unwrap_or_default().trim().to_owned();
+    let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(
         out,
         "# Side by side: porcupine, Postfix + Dovecot, smtp-sink\n"
@@ -530,7 +612,7 @@ fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
          count lost mail) and porcupine-discard. porcupine / Postfix+Dovecot compares the mixed \
          runs; porcupine / smtp-sink compares the SMTP-only runs, the only workload smtp-sink \
          can take.\n",
-        sh("uname -r").unwrap_or_default().trim(),
+        kernel.trim(),
         args.users,
         args.size,
         args.seconds,

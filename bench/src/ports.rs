@@ -1,0 +1,238 @@
+//! Ports for a benchmark's servers, and who listens on them.
+//!
+//! Every port is chosen free when the run starts, never a fixed one and never one of
+//! porcupine's or a mail system's well-known ports, so a run cannot collide with the servers
+//! the machine already has. Before each measured run, [`check_owned`] reads the kernel's table
+//! of listening sockets (`/proc/net/tcp`, `/proc/net/tcp6`) and which processes hold them
+//! (`/proc/*/fd`): only the server the run started (or its children) may listen on the port.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+use anyhow::{bail, Context, Result};
+
+/// Ports a run never takes: porcupine's defaults and the mail ports a machine may serve.
+const RESERVED: [u16; 14] = [
+    25, 110, 143, 465, 587, 993, 995, 2525, 1110, 1143, 8025, 7946, 24, 4190,
+];
+
+/// `count` distinct free loopback ports, none of them [`RESERVED`].
+pub fn free_ports(count: usize) -> Result<Vec<u16>> {
+    // Held together until all are chosen, so the kernel cannot hand out one twice.
+    let mut held = Vec::with_capacity(count);
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free port")?;
+        let port = listener.local_addr()?.port();
+        if !RESERVED.contains(&port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
+/// One listening TCP socket on the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub inode: u64,
+}
+
+/// Every socket listening on `port`, on any address.
+pub fn listening_on(port: u16) -> Result<Vec<Listening>> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {table}")),
+        };
+        found.extend(
+            parse_table(&text)
+                .into_iter()
+                .filter(|l| l.addr.port() == port),
+        );
+    }
+    Ok(found)
+}
+
+/// The listening sockets of a `/proc/net/tcp{,6}` table.
+fn parse_table(text: &str) -> Vec<Listening> {
+    const LISTEN: &str = "0A";
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&LISTEN) {
+                return None;
+            }
+            let addr = parse_addr(fields.get(1)?)?;
+            let inode = fields.get(9)?.parse().ok()?;
+            Some(Listening { addr, inode })
+        })
+        .collect()
+}
+
+/// `0100007F:0A2A` (IPv4) or 32 hex digits and a port (IPv6); addresses are in the kernel's
+/// byte order, 32 bits at a time.
+fn parse_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    match bytes.len() {
+        4 => Some(SocketAddr::from((<[u8; 4]>::try_from(bytes).ok()?, port))),
+        16 => Some(SocketAddr::from((<[u8; 16]>::try_from(bytes).ok()?, port))),
+        _ => None,
+    }
+}
+
+/// For each socket inode of `inodes`, the processes holding it open.
+fn holders(inodes: &HashSet<u64>) -> Result<HashMap<u64, Vec<u32>>> {
+    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Processes come and go while we look, and some fds are not ours to read.
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if inodes.contains(&inode) {
+                let pids = holders.entry(inode).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    Ok(holders)
+}
+
+/// The parent of `pid`, from `/proc/<pid>/stat` (the field after the parenthesised name).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` is `root` or one of its descendants.
+pub fn descends_from(pid: u32, root: u32) -> bool {
+    let mut current = pid;
+    for _ in 0..64 {
+        if current == root {
+            return true;
+        }
+        match parent(current) {
+            Some(p) if p != 0 && p != current => current = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// A process's name, for messages.
+pub fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Checks that something listens on `port` and that every listener there is held only by
+/// `root` (the server this run started) or its children; `what` names it in errors.
+pub fn check_owned(port: u16, root: u32, what: &str) -> Result<()> {
+    let listening = listening_on(port)?;
+    if listening.is_empty() {
+        bail!("nothing listens on port {port}, where {what} (pid {root}) should");
+    }
+    let inodes: HashSet<u64> = listening.iter().map(|l| l.inode).collect();
+    let holders = holders(&inodes)?;
+    for socket in &listening {
+        let pids = holders.get(&socket.inode).map(Vec::as_slice).unwrap_or(&[]);
+        if pids.is_empty() {
+            bail!(
+                "a socket listens on {} that no process this run can see holds: it is not {what}",
+                socket.addr
+            );
+        }
+        if let Some(stranger) = pids.iter().find(|&&pid| !descends_from(pid, root)) {
+            bail!(
+                "pid {stranger} ({}) listens on {} too, beside {what} (pid {root}): another \
+                 server shares the port, so a run there would measure both",
+                command_name(*stranger),
+                socket.addr
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_give_listening_sockets_with_their_addresses() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:09DD 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n\
+            1: 0100007F:09DD 0100007F:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 31338 1 0000000000000000 100 0 0 10 0\n";
+        let found = parse_table(text);
+        assert_eq!(
+            found,
+            vec![Listening {
+                addr: "127.0.0.1:2525".parse().unwrap(),
+                inode: 31337
+            }]
+        );
+        let v6 = parse_addr("00000000000000000000000001000000:0050").unwrap();
+        assert_eq!(v6, "[::1]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn ports_are_free_distinct_and_never_well_known() {
+        let ports = free_ports(20).unwrap();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 20);
+        assert!(ports.iter().all(|p| !RESERVED.contains(p)));
+        for port in ports {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_listener_of_another_process_is_named_and_ours_is_accepted() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id();
+        check_owned(port, me, "this test").unwrap();
+        // Seen from a server that is not this process (no process has pid u32::MAX), this
+        // process is the stranger on the port.
+        let error = check_owned(port, u32::MAX, "the server")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&format!("pid {me}")), "{error}");
+        drop(listener);
+        let error = check_owned(port, me, "the server").unwrap_err().to_string();
+        assert!(error.contains("nothing listens"), "{error}");
+    }
+}
