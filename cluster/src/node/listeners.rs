@@ -74,10 +74,16 @@ pub fn bind_all(config: &mut NodeConfig) -> Result<Vec<Bound>, NodeError> {
         (Protocol::Cluster, &mut config.cluster),
     ] {
         let listener = bind_exclusive(*addr).map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "another process listens there (a node never shares its ports)".to_owned()
-            } else {
-                e.to_string()
+            let why = match e.kind() {
+                std::io::ErrorKind::AddrInUse if someone_listens(*addr) => {
+                    "another process listens there (a node never shares its ports)".to_owned()
+                }
+                // A program that did not set SO_REUSEADDR (porcupine did not, before its
+                // listeners were exclusive) leaves its closed connections blocking the port.
+                std::io::ErrorKind::AddrInUse => "the address is still held by closed \
+                    connections of a program that stopped (TIME_WAIT); try again within a minute"
+                    .to_owned(),
+                _ => e.to_string(),
             };
             NodeError::Start(format!(
                 "cannot listen for {} on {addr}: {why}",
@@ -90,6 +96,11 @@ pub fn bind_all(config: &mut NodeConfig) -> Result<Vec<Bound>, NodeError> {
         bound.push(Bound { protocol, listener });
     }
     Ok(bound)
+}
+
+/// Whether a process accepts connections on `addr` (to tell a listener from leftovers).
+fn someone_listens(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
 /// Connections the kernel queues for a listener before its acceptor takes them.
@@ -403,6 +414,35 @@ mod tests {
         assert_eq!(acceptor_core(Protocol::Pop3, 1, 2), 1);
         assert_eq!(acceptor_core(Protocol::Cluster, 3, 2), 1);
         assert_eq!(acceptor_core(Protocol::Pop3, 1, 1), 0);
+    }
+
+    #[test]
+    fn leftovers_of_a_program_without_reuse_address_are_told_from_a_listener() {
+        use std::io::Read;
+        // A server that sets no SO_REUSEADDR and closes first leaves TIME_WAIT behind.
+        let old = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        old.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        old.listen(4).unwrap();
+        let addr = old.local_addr().unwrap().as_socket().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (served, _) = old.accept().unwrap();
+        drop(served);
+        let _ = client.read(&mut [0; 1]);
+        drop(old);
+        let mut config = NodeConfig {
+            smtp: addr,
+            pop3: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            cluster: "127.0.0.1:0".parse().unwrap(),
+            ..NodeConfig::default()
+        };
+        let error = bind_all(&mut config).unwrap_err().to_string();
+        assert!(error.contains("TIME_WAIT"), "{error}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.smtp = listener.local_addr().unwrap();
+        let error = bind_all(&mut config).unwrap_err().to_string();
+        assert!(error.contains("another process listens there"), "{error}");
     }
 
     #[test]
