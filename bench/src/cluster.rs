@@ -12,6 +12,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::Servers;
 
+/// Where the CLI looks for the admin token first (after --admin-token-file).
+const ADMIN_TOKEN_ENV: &str = "PORCUPINE_ADMIN_TOKEN";
+
 /// The release binaries an experiment runs.
 #[derive(Debug)]
 pub struct Bins {
@@ -105,6 +108,59 @@ impl Bins {
     }
 }
 
+/// The admin token of every node this process starts, made once per process.
+pub fn run_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+        if read.is_err() {
+            // Only a benchmark's nodes on loopback use it; time is random enough there.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// `base/admin.token` holding [`run_token`] (mode 0600), for the nodes' --admin-token-file.
+fn admin_token_file(base: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = base.join("admin.token");
+    if !path.exists() {
+        std::fs::create_dir_all(base)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(file, "{}", run_token())?;
+    }
+    Ok(path)
+}
+
+/// The cluster key of an experiment's nodes, `base/cluster.key`, made the first time.
+pub fn cluster_key(bins: &Bins, base: &Path) -> Result<PathBuf> {
+    let path = base.join("cluster.key");
+    if !path.exists() {
+        std::fs::create_dir_all(base)?;
+        let made = Command::new(&bins.porcupine)
+            .arg("cluster-key")
+            .arg(&path)
+            .output()?;
+        if !made.status.success() {
+            bail!(
+                "porcupine cluster-key failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+    }
+    Ok(path)
+}
+
 /// Where the nodes of one experiment listen: node `n` (1, 2, …) at `{net}.{base + n}`.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -149,6 +205,17 @@ impl Layout {
             .args(["--pop3", &format!("{host}:{}", self.pop3)])
             .args(["--admin", &format!("{host}:{}", self.admin)])
             .args(["--cluster", &format!("{host}:{}", self.cluster)])
+            .arg("--no-pop3s")
+            .arg("--admin-token-file")
+            .arg(admin_token_file(base)?)
+            .args(if extra.contains(&"--insecure-plaintext-cluster") {
+                Vec::new()
+            } else {
+                vec![
+                    "--cluster-key".to_owned(),
+                    cluster_key(bins, base)?.display().to_string(),
+                ]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -216,7 +283,14 @@ impl Layout {
     pub fn admin_get(&self, n: usize, path: &str) -> Option<String> {
         let mut stream = TcpStream::connect((self.ip(n).as_str(), self.admin)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {}:{}\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.ip(n),
+            self.admin,
+            run_token()
+        )
+        .ok()?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
         Some(text.split_once("\r\n\r\n")?.1.to_owned())
@@ -257,6 +331,7 @@ impl Layout {
             ])
             .args(["--domain", self.domain, "--password", password])
             .args(["--admin", &format!("{}:{}", self.ip(n), self.admin)])
+            .env(ADMIN_TOKEN_ENV, run_token())
             .output()?;
         if !out.status.success() {
             bail!("user bulk failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -152,7 +152,12 @@ pub struct Membership {
     next_ping: u64,
     next_probe: u64,
     now: u64,
+    /// Messages refused as implausible (a broken view, an epoch from the far future).
+    refused: u64,
 }
+
+/// Addresses of other nodes remembered at most (probed while they are not members).
+pub const KNOWN_ADDRS_MAX: usize = 4096;
 
 impl Membership {
     /// A one-node group at time `now` that will probe `seeds`.
@@ -183,7 +188,13 @@ impl Membership {
             next_ping: now,
             next_probe: now,
             now,
+            refused: 0,
         }
+    }
+
+    /// How many messages this node refused as implausible.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     pub fn view(&self) -> &View {
@@ -216,7 +227,10 @@ impl Membership {
     }
 
     fn learn(&mut self, member: &Member) {
-        if member.id != self.me.id {
+        if member.id == self.me.id || !crate::plausible::address_plausible(&member.addr) {
+            return;
+        }
+        if self.known.len() < KNOWN_ADDRS_MAX || self.known.contains_key(&member.addr) {
             self.known.insert(member.addr.clone(), Some(member.id));
         }
     }
@@ -231,7 +245,11 @@ impl Membership {
     /// ones into its round at once.
     fn learn_addrs(&mut self, addrs: Vec<String>, out: &mut Vec<Action>) {
         for addr in addrs {
-            if addr == self.me.addr || self.known.contains_key(&addr) {
+            if addr == self.me.addr
+                || self.known.contains_key(&addr)
+                || self.known.len() >= KNOWN_ADDRS_MAX
+                || !crate::plausible::address_plausible(&addr)
+            {
                 continue;
             }
             self.known.insert(addr.clone(), None);
@@ -276,7 +294,7 @@ impl Membership {
                         return;
                     }
                     if now >= self.next_ping {
-                        self.next_ping = now + self.settings.ping_interval_ms;
+                        self.next_ping = now.saturating_add(self.settings.ping_interval_ms);
                         out.push(Action::Send {
                             to: successor.addr.clone(),
                             msg: Msg::Ping {
@@ -287,7 +305,7 @@ impl Membership {
                     }
                 }
                 if now >= self.next_probe {
-                    self.next_probe = now + self.settings.probe_interval_ms;
+                    self.next_probe = now.saturating_add(self.settings.probe_interval_ms);
                     let members: BTreeSet<&str> =
                         self.view.members.iter().map(|m| m.addr.as_str()).collect();
                     let known = self.known_addrs();
@@ -309,9 +327,15 @@ impl Membership {
         }
     }
 
-    /// A message arrived.
+    /// A message arrived. One whose epoch is from the far future, or a commit of a view that
+    /// does not hold together, is refused (counted, logged, otherwise ignored).
     pub fn receive(&mut self, now: u64, msg: Msg, out: &mut Vec<Action>) {
         self.now = self.now.max(now);
+        if let Err(problem) = self.plausible(&msg) {
+            self.refused += 1;
+            tracing::warn!(node = self.me.id, %problem, "refused a membership message");
+            return;
+        }
         match msg {
             Msg::Ping { from, epoch } => {
                 self.learn(&from);
@@ -341,7 +365,7 @@ impl Membership {
                 if epoch > self.promised {
                     self.promised = epoch;
                     self.phase = Phase::Accepted {
-                        deadline: self.now + self.settings.commit_timeout_ms,
+                        deadline: self.now.saturating_add(self.settings.commit_timeout_ms),
                     };
                     out.push(Action::Send {
                         to: coordinator.addr.clone(),
@@ -379,6 +403,25 @@ impl Membership {
         }
     }
 
+    fn plausible(&self, msg: &Msg) -> Result<(), crate::plausible::ViewProblem> {
+        use crate::plausible::{check_view, epoch_plausible, ViewProblem};
+        let epoch = match msg {
+            Msg::Commit { view } => return check_view(view, self.settings.buckets, self.now),
+            Msg::Ping { epoch, .. }
+            | Msg::Pong { epoch, .. }
+            | Msg::Probe { epoch, .. }
+            | Msg::NewGroup { epoch, .. }
+            | Msg::Accept { epoch, .. } => epoch,
+        };
+        if epoch_plausible(epoch, self.now) {
+            Ok(())
+        } else {
+            Err(ViewProblem::Ahead {
+                ahead_ms: epoch.clock.saturating_sub(self.now),
+            })
+        }
+    }
+
     /// Another node's epoch. A node outside the group makes this node coordinate (a join or a
     /// merge); a member in a newer epoch does after a grace period, in case its commit is still
     /// on the way; a member in an older one will learn ours from our next message.
@@ -397,8 +440,8 @@ impl Membership {
         let epoch = Epoch {
             clock: self
                 .now
-                .max(self.promised.clock + 1)
-                .max(self.view.epoch.clock + 1),
+                .max(self.promised.clock.saturating_add(1))
+                .max(self.view.epoch.clock.saturating_add(1)),
             coordinator: self.me.id,
         };
         self.promised = epoch;
@@ -419,7 +462,7 @@ impl Membership {
         self.phase = Phase::Coordinating {
             epoch,
             accepted,
-            deadline: self.now + self.settings.round_timeout_ms,
+            deadline: self.now.saturating_add(self.settings.round_timeout_ms),
         };
     }
 
@@ -471,8 +514,55 @@ mod tests {
     fn member(id: u64) -> Member {
         Member {
             id,
-            addr: format!("n{id}"),
+            addr: format!("10.0.0.{id}:7946"),
         }
+    }
+
+    #[test]
+    fn an_implausible_commit_or_epoch_is_refused_and_counted() {
+        let mut m = Membership::new(member(1), &[], Settings::default(), 1000);
+        let before = m.view().clone();
+        let mut out = Vec::new();
+        let epoch = Epoch {
+            clock: 2000,
+            coordinator: 2,
+        };
+        // The view: a larger epoch, this node in it, and a user map with no managers.
+        let empty = View {
+            epoch,
+            members: vec![member(1), member(2)],
+            map: UserMap {
+                managers: Vec::new(),
+                moved: Vec::new(),
+            },
+        };
+        m.receive(1001, Msg::Commit { view: empty }, &mut out);
+        assert_eq!(m.view(), &before);
+        assert_eq!(m.refused(), 1);
+        // A proposal from the far future would make every later epoch lose.
+        let far = Epoch {
+            clock: u64::MAX,
+            coordinator: 2,
+        };
+        m.receive(
+            1002,
+            Msg::NewGroup {
+                coordinator: member(2),
+                epoch: far,
+            },
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(m.refused(), 2);
+        // A sound commit is still taken.
+        let map = UserMap::single(1, Settings::default().buckets, epoch).reassign(&[1, 2], epoch);
+        let view = View {
+            epoch,
+            members: vec![member(1), member(2)],
+            map,
+        };
+        m.receive(1003, Msg::Commit { view: view.clone() }, &mut out);
+        assert_eq!(m.view(), &view);
     }
 
     #[test]

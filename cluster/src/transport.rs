@@ -7,6 +7,9 @@
 //! bounded, and a full one makes requesters wait (back-pressure). Every frame carries the sender's load; the loads heard from
 //! peers are kept with their age. The server side reads frames from a peer and hands each to
 //! a handler; a peer that sends garbage or another version is dropped with a log line.
+//!
+//! Every connection first proves both ends hold the cluster key and then carries its frames
+//! encrypted ([`crate::secure`]); [`FrameReader`] and [`FrameWriter`] are the two directions.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::loads::{Heard, LoadTable, NodeLoad};
+use crate::secure::{self, ChannelError, ClusterSecurity, Opener, Sealer};
 use crate::wire::{self, Body, FrameKind, Header, WireError, HEADER_BYTES};
 
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(25);
 /// This core's connections to other nodes.
 pub struct Peers {
     me: u64,
+    security: ClusterSecurity,
     load: Arc<NodeLoad>,
     loads: Arc<LoadTable>,
     conns: RefCell<HashMap<String, Rc<Conn>>>,
@@ -70,9 +75,15 @@ impl std::fmt::Debug for Peers {
 
 impl Peers {
     /// This core's peers; call on an executor (it starts the timeout sweeper there).
-    pub fn new(me: u64, load: Arc<NodeLoad>, loads: Arc<LoadTable>) -> Rc<Self> {
+    pub fn new(
+        me: u64,
+        security: ClusterSecurity,
+        load: Arc<NodeLoad>,
+        loads: Arc<LoadTable>,
+    ) -> Rc<Self> {
         let peers = Rc::new(Self {
             me,
+            security,
             load,
             loads,
             conns: RefCell::new(HashMap::new()),
@@ -156,13 +167,26 @@ impl Peers {
         conn: Rc<Conn>,
         queue: flume::Receiver<Vec<u8>>,
     ) {
-        match TcpStream::connect_timeout(target, CONNECT_TIMEOUT).await {
-            Ok(stream) => {
-                self.backoff.borrow_mut().remove(&addr);
+        let connected = match TcpStream::connect_timeout(target, CONNECT_TIMEOUT).await {
+            Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
+                match dial(&mut stream, &self.security).await {
+                    Ok(halves) => Ok((stream, halves)),
+                    Err(error) => {
+                        tracing::warn!(%addr, %error, "cannot open a cluster channel");
+                        Err(error.to_string())
+                    }
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        match connected {
+            Ok((stream, (opener, sealer))) => {
+                self.backoff.borrow_mut().remove(&addr);
                 let (reader, writer) = futures_lite::io::split(stream);
+                let writer = FrameWriter::new(writer, sealer);
                 let reading = async {
-                    let mut reader = reader;
+                    let mut reader = FrameReader::new(reader, opener);
                     loop {
                         match read_frame(&mut reader).await {
                             Ok((header, body)) => {
@@ -249,7 +273,7 @@ impl Peers {
 fn log_read_error(addr: &str, error: &FrameError) {
     match error {
         FrameError::Io(_) => tracing::debug!(%addr, %error, "cluster connection closed"),
-        FrameError::Wire(_) => {
+        FrameError::Wire(_) | FrameError::Forged => {
             tracing::warn!(%addr, %error, "dropping a cluster connection that sent a bad frame")
         }
     }
@@ -261,23 +285,117 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Wire(#[from] WireError),
+    #[error("a record failed its authentication (damaged, replayed or forged)")]
+    Forged,
 }
+
+impl From<ChannelError> for FrameError {
+    fn from(error: ChannelError) -> Self {
+        match error {
+            ChannelError::Io(e) => FrameError::Io(e),
+            ChannelError::Handshake | ChannelError::Forged | ChannelError::Timeout => {
+                FrameError::Forged
+            }
+        }
+    }
+}
+
+/// The dialling side's handshake: the two directions of the channel (none in clear).
+pub async fn dial(
+    stream: &mut TcpStream,
+    security: &ClusterSecurity,
+) -> Result<(Option<Opener>, Option<Sealer>), ChannelError> {
+    match security {
+        ClusterSecurity::Key(key) => {
+            let (opener, sealer) = secure::connect(stream, key).await?;
+            Ok((Some(opener), Some(sealer)))
+        }
+        ClusterSecurity::Plaintext => Ok((None, None)),
+    }
+}
+
+/// The accepting side's handshake: the two directions of the channel (none in clear).
+pub async fn answer(
+    stream: &mut TcpStream,
+    security: &ClusterSecurity,
+) -> Result<(Option<Opener>, Option<Sealer>), ChannelError> {
+    match security {
+        ClusterSecurity::Key(key) => {
+            let (opener, sealer) = secure::accept(stream, key).await?;
+            Ok((Some(opener), Some(sealer)))
+        }
+        ClusterSecurity::Plaintext => Ok((None, None)),
+    }
+}
+
+/// The receiving half of a peer connection.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    opener: Option<Opener>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, opener: Option<Opener>) -> Self {
+        Self { inner, opener }
+    }
+
+    async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), FrameError> {
+        match &mut self.opener {
+            Some(opener) => Ok(opener.read_exact(&mut self.inner, out).await?),
+            None => Ok(self.inner.read_exact(out).await?),
+        }
+    }
+}
+
+/// Payload bytes allocated at once: a longer payload grows as its bytes arrive, so a header
+/// that announces more than the peer sends costs no more memory than what it sent.
+const PAYLOAD_CHUNK_BYTES: usize = 256 << 10;
 
 /// Reads one frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
+    reader: &mut FrameReader<R>,
 ) -> Result<(Header, Body), FrameError> {
     let mut header_bytes = [0u8; HEADER_BYTES];
     reader.read_exact(&mut header_bytes).await?;
     let header = wire::decode_header(&header_bytes)?;
-    let mut payload = vec![0u8; header.payload_len];
-    reader.read_exact(&mut payload).await?;
+    let mut payload = Vec::with_capacity(header.payload_len.min(PAYLOAD_CHUNK_BYTES));
+    while payload.len() < header.payload_len {
+        let at = payload.len();
+        let take = (header.payload_len - at).min(PAYLOAD_CHUNK_BYTES);
+        payload.resize(at + take, 0);
+        reader.read_exact(&mut payload[at..]).await?;
+    }
     let body = wire::decode_payload(&header_bytes, &header, &payload)?;
     Ok((header, body))
 }
 
+/// The sending half of a peer connection.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+    sealer: Option<Sealer>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(inner: W, sealer: Option<Sealer>) -> Self {
+        Self { inner, sealer }
+    }
+
+    async fn write(&mut self, frames: &[u8]) -> Result<(), FrameError> {
+        match &mut self.sealer {
+            Some(sealer) => self.inner.write_all(sealer.seal(frames)?).await?,
+            None => self.inner.write_all(frames).await?,
+        }
+        Ok(self.inner.flush().await?)
+    }
+}
+
 /// Writes queued frames until the queue closes or the socket fails.
-pub async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, queue: &flume::Receiver<Vec<u8>>) {
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    queue: &flume::Receiver<Vec<u8>>,
+) {
     let mut batch = Vec::new();
     while let Ok(frame) = queue.recv_async().await {
         batch.extend_from_slice(&frame);
@@ -287,7 +405,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, queue: &flume::R
                 Err(_) => break,
             }
         }
-        if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
+        if writer.write(&batch).await.is_err() {
             return;
         }
         batch.clear();

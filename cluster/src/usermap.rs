@@ -21,8 +21,10 @@ pub struct UserMap {
 
 /// The bucket of a user name (already canonical: lower-case).
 pub fn bucket_of(user: &str, buckets: usize) -> usize {
-    (xxhash_rust::xxh3::xxh3_64_with_seed(user.as_bytes(), 0x7573_6572_6d61_7021) % buckets as u64)
-        as usize
+    // `max(1)`: a map is never empty once installed (views are checked), and a division by
+    // zero must not be one mistake away.
+    (xxhash_rust::xxh3::xxh3_64_with_seed(user.as_bytes(), 0x7573_6572_6d61_7021)
+        % buckets.max(1) as u64) as usize
 }
 
 impl UserMap {
@@ -38,8 +40,12 @@ impl UserMap {
         self.managers.len()
     }
 
+    /// The user's bucket manager (0, no node, in an empty map, which views never have).
     pub fn manager_of(&self, user: &str) -> NodeId {
-        self.managers[bucket_of(user, self.managers.len())]
+        self.managers
+            .get(bucket_of(user, self.managers.len()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The map for `members` (sorted, non-empty), moving as few buckets as possible.

@@ -21,6 +21,11 @@ pub fn rfc5322(unix_seconds: u64) -> String {
     )
 }
 
+/// The UTC calendar date of `unix_seconds`: (year, month 1–12, day 1–31).
+pub fn civil(unix_seconds: u64) -> (i64, u32, u32) {
+    civil_from_days((unix_seconds / 86_400) as i64)
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

@@ -1,9 +1,18 @@
-//! The POP3 server session (RFC 1939, RFC 2449 CAPA and RESP-CODES), sans-IO.
+//! The POP3 server session (RFC 1939, RFC 2449 CAPA and RESP-CODES, RFC 2595 STLS, RFC 5034
+//! SASL with PLAIN and SCRAM-SHA-256), sans-IO.
 //!
 //! Same shape as the SMTP session: `push` bytes, call `step` until [`Step::NeedInput`], answer
-//! its requests ([`Step::Authenticate`], [`Step::Fetch`], [`Step::Commit`]). Deletions are only
-//! marked during the session and handed over as [`Step::Commit`] on QUIT (the UPDATE state);
-//! a connection that drops before QUIT deletes nothing.
+//! its requests ([`Step::Authenticate`], [`Step::ScramCredentials`], [`Step::Open`],
+//! [`Step::Fetch`], [`Step::Commit`], [`Step::StartTls`]). Deletions are only marked during the
+//! session and handed over as [`Step::Commit`] on QUIT (the UPDATE state); a connection that
+//! drops before QUIT deletes nothing.
+//!
+//! Where passwords may not cross in clear ([`Plaintext::Refused`]: not TLS, not loopback),
+//! USER and SASL PLAIN are answered `-ERR [PRIVACY]` and not offered in CAPA until STLS; SCRAM,
+//! which never sends the password, is offered either way.
+
+use crate::sasl::{self, ScramCredentials, ScramServer};
+pub use crate::security::{Plaintext, Tls};
 
 /// One message of the maildrop as the session sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +55,33 @@ pub enum Step {
     Commit {
         delete: Vec<usize>,
     },
+    /// SCRAM needs the user's stored credentials: answer with `scram_credentials`.
+    ScramCredentials {
+        user: String,
+    },
+    /// The user proved who they are (SCRAM): lock the maildrop; answer with `authenticated`.
+    Open {
+        user: String,
+    },
+    /// STLS was accepted (its +OK is in the output): write the output, run the TLS handshake,
+    /// then call `tls_started` (or `tls_failed`).
+    StartTls,
     Close,
+}
+
+/// Where a SASL exchange stands.
+#[derive(Debug)]
+enum Sasl {
+    /// `+ ` was sent: the next line is the PLAIN response.
+    PlainResponse,
+    /// `+ ` was sent: the next line is SCRAM's client-first message.
+    ScramFirst,
+    /// The stored credentials are being fetched.
+    ScramCredentials(ScramServer),
+    /// The server-first message was sent: the next line is the client-final one.
+    ScramFinal(ScramServer, ScramCredentials),
+    /// The server-final message was sent: an empty line, then the maildrop opens.
+    ScramDone(String),
 }
 
 /// The answer to [`Step::Authenticate`].
@@ -63,6 +98,8 @@ enum State {
     Authorization,
     Transaction,
     Waiting,
+    /// In a SASL exchange (see `Pop3Session::sasl`).
+    Sasl,
     Closed,
 }
 
@@ -80,7 +117,14 @@ pub struct Pop3Session {
     user: Option<String>,
     maildrop: Vec<MaildropEntry>,
     deleted: Vec<bool>,
+    tls: Tls,
+    plaintext: Plaintext,
+    sasl: Option<Sasl>,
 }
+
+/// The refusal of a password in clear (USER/PASS, SASL PLAIN) off loopback without TLS.
+const PRIVACY: &str = "[PRIVACY] no password in clear on an unencrypted connection: use STLS \
+                       (or POP3S, or SASL SCRAM-SHA-256)";
 
 fn ok(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(b"+OK ");
@@ -101,7 +145,41 @@ impl Pop3Session {
             user: None,
             maildrop: Vec::new(),
             deleted: Vec::new(),
+            tls: Tls::Unavailable,
+            plaintext: Plaintext::Allowed,
+            sasl: None,
         }
+    }
+
+    /// The connection's protection, before the greeting: whether STLS is offered (or TLS is
+    /// on already), and whether a password may be sent as it is.
+    pub fn set_security(&mut self, tls: Tls, plaintext: Plaintext) {
+        self.tls = tls;
+        self.plaintext = if tls == Tls::Active {
+            Plaintext::Allowed
+        } else {
+            plaintext
+        };
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] succeeded: anything sent in clear after STLS
+    /// is thrown away unread, and passwords are welcome from now on.
+    pub fn tls_started(&mut self) {
+        if self.state != State::Waiting || self.tls != Tls::Offered {
+            return;
+        }
+        self.input.clear();
+        self.consumed = 0;
+        self.discarding_line = false;
+        self.user = None;
+        self.tls = Tls::Active;
+        self.plaintext = Plaintext::Allowed;
+        self.state = State::Authorization;
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] failed: the connection is over.
+    pub fn tls_failed(&mut self) {
+        self.state = State::Closed;
     }
 
     pub fn greeting(&self, out: &mut Vec<u8>) {
@@ -160,7 +238,12 @@ impl Pop3Session {
                     Step::NeedInput
                 };
             };
-            if let Some(step) = self.command(&line, out) {
+            let step = if self.state == State::Sasl {
+                self.sasl_line(&line, out)
+            } else {
+                self.command(&line, out)
+            };
+            if let Some(step) = step {
                 return step;
             }
         }
@@ -216,10 +299,20 @@ impl Pop3Session {
         let verb = parts.next().unwrap_or("").to_ascii_uppercase();
         let arg = parts.next().unwrap_or("");
         match (self.state, verb.as_str()) {
-            (_, "CAPA") => {
-                out.extend_from_slice(
-                    b"+OK capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nRESP-CODES\r\nPIPELINING\r\nIMPLEMENTATION porcupine\r\n.\r\n",
-                );
+            (_, "CAPA") => self.capabilities(out),
+            (State::Authorization, "STLS") => match self.tls {
+                Tls::Offered if arg.trim().is_empty() => {
+                    ok(out, "begin TLS negotiation");
+                    self.state = State::Waiting;
+                    return Some(Step::StartTls);
+                }
+                Tls::Offered => self.err(out, "STLS takes no argument"),
+                Tls::Active => self.err(out, "TLS is already active"),
+                Tls::Unavailable => self.err(out, "STLS is not available"),
+            },
+            (State::Authorization, "AUTH") => return self.auth(arg, out),
+            (State::Authorization, "USER" | "PASS") if self.plaintext == Plaintext::Refused => {
+                self.err(out, PRIVACY)
             }
             (_, "NOOP") if self.state == State::Transaction => ok(out, ""),
             (State::Authorization, "USER") => {
@@ -326,6 +419,171 @@ impl Pop3Session {
             _ => self.err(out, "unknown command"),
         }
         None
+    }
+
+    fn capabilities(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"+OK capability list follows\r\n");
+        let in_clear_ok = self.plaintext == Plaintext::Allowed;
+        if in_clear_ok {
+            out.extend_from_slice(b"USER\r\nSASL PLAIN SCRAM-SHA-256\r\n");
+        } else {
+            out.extend_from_slice(b"SASL SCRAM-SHA-256\r\n");
+        }
+        if self.tls == Tls::Offered && self.state == State::Authorization {
+            out.extend_from_slice(b"STLS\r\n");
+        }
+        out.extend_from_slice(
+            b"UIDL\r\nTOP\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION porcupine\r\n.\r\n",
+        );
+    }
+
+    /// `AUTH [mechanism [initial-response]]` (RFC 5034).
+    fn auth(&mut self, arg: &str, out: &mut Vec<u8>) -> Option<Step> {
+        let mut words = arg.split_whitespace();
+        let Some(mechanism) = words.next() else {
+            out.extend_from_slice(b"+OK mechanisms follow\r\n");
+            if self.plaintext == Plaintext::Allowed {
+                out.extend_from_slice(b"PLAIN\r\n");
+            }
+            out.extend_from_slice(b"SCRAM-SHA-256\r\n.\r\n");
+            return None;
+        };
+        let initial = words.next();
+        if words.next().is_some() {
+            self.err(out, "usage: AUTH mechanism [initial-response]");
+            return None;
+        }
+        let mechanism = mechanism.to_ascii_uppercase();
+        let sasl = match mechanism.as_str() {
+            sasl::PLAIN if self.plaintext == Plaintext::Refused => {
+                self.err(out, PRIVACY);
+                return None;
+            }
+            sasl::PLAIN => Sasl::PlainResponse,
+            sasl::SCRAM_SHA_256 => Sasl::ScramFirst,
+            _ => {
+                self.err(out, "unsupported SASL mechanism (PLAIN, SCRAM-SHA-256)");
+                return None;
+            }
+        };
+        self.sasl = Some(sasl);
+        self.state = State::Sasl;
+        match initial {
+            // RFC 4954's "=" is an empty initial response.
+            Some(response) => self.sasl_line(response, out),
+            None => {
+                out.extend_from_slice(b"+ \r\n");
+                None
+            }
+        }
+    }
+
+    /// Ends a SASL exchange in failure, back in the AUTHORIZATION state.
+    fn sasl_failed(&mut self, out: &mut Vec<u8>, text: &str) -> Option<Step> {
+        self.sasl = None;
+        self.state = State::Authorization;
+        self.err(out, text);
+        None
+    }
+
+    /// A client line inside a SASL exchange.
+    fn sasl_line(&mut self, line: &str, out: &mut Vec<u8>) -> Option<Step> {
+        let line = line.trim();
+        if line == "*" {
+            return self.sasl_failed(out, "authentication cancelled");
+        }
+        let decoded = if line == "=" || line.is_empty() {
+            Some(Vec::new())
+        } else {
+            sasl::base64_decode(line)
+        };
+        let Some(response) = decoded else {
+            return self.sasl_failed(out, "invalid base64 in a SASL response");
+        };
+        match self.sasl.take() {
+            Some(Sasl::PlainResponse) => match sasl::parse_plain(&response) {
+                Some((authzid, user, password)) if authzid.is_empty() || authzid == user => {
+                    self.user = Some(user.clone());
+                    self.state = State::Waiting;
+                    Some(Step::Authenticate { user, password })
+                }
+                Some(_) => self.sasl_failed(out, "[AUTH] acting as another user is not allowed"),
+                None => self.sasl_failed(out, "[AUTH] malformed PLAIN response"),
+            },
+            Some(Sasl::ScramFirst) => {
+                let Ok(text) = String::from_utf8(response) else {
+                    return self.sasl_failed(out, "[AUTH] malformed SCRAM message");
+                };
+                match ScramServer::start(&text) {
+                    Ok((server, user)) => {
+                        self.sasl = Some(Sasl::ScramCredentials(server));
+                        self.state = State::Waiting;
+                        Some(Step::ScramCredentials { user })
+                    }
+                    Err(sasl::ScramError::ChannelBinding) => {
+                        self.sasl_failed(out, "[AUTH] channel binding is not supported")
+                    }
+                    Err(_) => self.sasl_failed(out, "[AUTH] authentication failed"),
+                }
+            }
+            Some(Sasl::ScramFinal(server, credentials)) => {
+                let Ok(text) = String::from_utf8(response) else {
+                    return self.sasl_failed(out, "[AUTH] malformed SCRAM message");
+                };
+                match server.finish(&text, &credentials) {
+                    Ok(server_final) => {
+                        // RFC 5034: additional data with success goes in a last challenge,
+                        // which the client answers with an empty line.
+                        out.extend_from_slice(b"+ ");
+                        out.extend_from_slice(
+                            sasl::base64_encode(server_final.as_bytes()).as_bytes(),
+                        );
+                        out.extend_from_slice(b"\r\n");
+                        self.sasl = Some(Sasl::ScramDone(server.user().to_owned()));
+                        None
+                    }
+                    Err(_) => self.sasl_failed(out, "[AUTH] authentication failed"),
+                }
+            }
+            Some(Sasl::ScramDone(user)) => {
+                if !response.is_empty() {
+                    return self.sasl_failed(out, "[AUTH] unexpected data after SCRAM's end");
+                }
+                self.user = Some(user.clone());
+                self.state = State::Waiting;
+                Some(Step::Open { user })
+            }
+            Some(Sasl::ScramCredentials(_)) | None => {
+                self.sasl_failed(out, "no SASL exchange is under way")
+            }
+        }
+    }
+
+    /// The answer to [`Step::ScramCredentials`]: the user's stored credentials (`None` for an
+    /// unknown user or one stored without them) and `random` bytes for the server nonce and,
+    /// for a missing user, made-up credentials (so the exchange looks alike and fails at its
+    /// proof).
+    pub fn scram_credentials(
+        &mut self,
+        credentials: Option<ScramCredentials>,
+        random: &[u8; 32],
+        out: &mut Vec<u8>,
+    ) {
+        let Some(Sasl::ScramCredentials(mut server)) = self.sasl.take() else {
+            return;
+        };
+        let credentials = credentials.unwrap_or_else(|| ScramCredentials {
+            iterations: sasl::SCRAM_ITERATIONS,
+            salt: random[18..].to_vec(),
+            stored_key: *random,
+            server_key: *random,
+        });
+        let server_first = server.challenge(&credentials, &random[..18]);
+        out.extend_from_slice(b"+ ");
+        out.extend_from_slice(sasl::base64_encode(server_first.as_bytes()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.sasl = Some(Sasl::ScramFinal(server, credentials));
+        self.state = State::Sasl;
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &MaildropEntry)> {

@@ -49,9 +49,14 @@ pub enum Step {
     CheckRecipient(Mailbox),
     /// Store the message for every recipient, durably; answer with `delivered`.
     Deliver(Envelope),
+    /// STARTTLS was accepted (its 220 is in the output): write the output, run the TLS
+    /// handshake, then call [`SmtpSession::tls_started`] (or [`SmtpSession::tls_failed`]).
+    StartTls,
     /// Write the output, then close the connection.
     Close,
 }
+
+pub use crate::security::Tls;
 
 /// A message ready to be stored.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct Envelope {
     pub recipients: Vec<Mailbox>,
     /// The message exactly as sent, dot-unstuffing undone, CRLFs kept.
     pub data: Vec<u8>,
+    /// Whether it came over TLS (the Received header says `ESMTPS`).
+    pub tls: bool,
 }
 
 /// The answer to [`Step::CheckRecipient`].
@@ -115,6 +122,8 @@ struct Chunk {
 enum Pending {
     Recipient,
     Delivery,
+    /// The TLS handshake after STARTTLS.
+    Handshake,
 }
 
 /// One SMTP connection.
@@ -140,6 +149,7 @@ pub struct SmtpSession {
     data_at_line_start: bool,
     /// This transaction's message is coming in `BDAT` chunks (DATA is then refused).
     chunked: bool,
+    tls: Tls,
 }
 
 /// Formats a 2- or 3-part reply line.
@@ -170,7 +180,35 @@ impl SmtpSession {
             data_too_big: false,
             data_at_line_start: true,
             chunked: false,
+            tls: Tls::Unavailable,
         }
+    }
+
+    /// Whether STARTTLS is offered, or TLS already on (implicit TLS): before the greeting.
+    pub fn set_tls(&mut self, tls: Tls) {
+        self.tls = tls;
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] succeeded. The session starts over, as RFC
+    /// 3207 asks: the client greets again, and whatever it sent in clear after STARTTLS is
+    /// thrown away unread (commands slipped in before the handshake must not run as if they
+    /// came over TLS).
+    pub fn tls_started(&mut self) {
+        if self.state != State::Waiting(Pending::Handshake) {
+            return;
+        }
+        self.input.clear();
+        self.consumed = 0;
+        self.discarding_line = false;
+        self.reset_transaction();
+        self.helo.clear();
+        self.tls = Tls::Active;
+        self.state = State::Connected;
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] failed: the connection is over.
+    pub fn tls_failed(&mut self) {
+        self.state = State::Closed;
     }
 
     /// The 220 banner, to send first.
@@ -284,6 +322,27 @@ impl SmtpSession {
         }
     }
 
+    /// STARTTLS (RFC 3207): only outside a transaction, once, when offered.
+    fn starttls(&mut self, arg: &str, out: &mut Vec<u8>) -> Option<Step> {
+        if !arg.is_empty() {
+            self.error(out, "501 5.5.4 Syntax: STARTTLS (no parameters)");
+        } else if self.tls == Tls::Active {
+            self.error(out, "503 5.5.1 TLS is already active");
+        } else if self.tls == Tls::Unavailable {
+            self.error(out, "454 4.7.0 TLS not available");
+        } else if matches!(self.state, State::Transaction) {
+            self.error(
+                out,
+                "503 5.5.1 STARTTLS inside a mail transaction: RSET first",
+            );
+        } else {
+            reply(out, "220 2.0.0 Ready to start TLS");
+            self.state = State::Waiting(Pending::Handshake);
+            return Some(Step::StartTls);
+        }
+        None
+    }
+
     fn reset_transaction(&mut self) {
         self.from.clear();
         self.recipients.clear();
@@ -313,10 +372,15 @@ impl SmtpSession {
                 self.state = State::Ready;
                 let h = &self.hostname;
                 let max = self.limits.message_bytes_max;
+                let starttls = if self.tls == Tls::Offered {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
                 out.extend_from_slice(
                     format!(
                         "250-{h} greets {arg}\r\n250-PIPELINING\r\n250-SIZE {max}\r\n250-8BITMIME\r\n\
-                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 HELP\r\n"
+                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n{starttls}250 HELP\r\n"
                     )
                     .as_bytes(),
                 );
@@ -370,9 +434,8 @@ impl SmtpSession {
                 out,
                 "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             ),
-            "STARTTLS" | "AUTH" | "ETRN" | "TURN" => {
-                self.error(out, "502 5.5.1 Command not implemented")
-            }
+            "STARTTLS" => return self.starttls(arg, out),
+            "AUTH" | "ETRN" | "TURN" => self.error(out, "502 5.5.1 Command not implemented"),
             _ => self.error(out, "500 5.5.2 Command not recognized"),
         }
         None
@@ -656,6 +719,7 @@ impl SmtpSession {
             from: std::mem::take(&mut self.from),
             recipients: std::mem::take(&mut self.recipients),
             data: std::mem::take(&mut self.data),
+            tls: self.tls == Tls::Active,
         }))
     }
 
@@ -699,9 +763,18 @@ fn split_path(text: &str) -> (&str, &str) {
 
 /// The `Received:` header the node prepends (RFC 5321 §4.4); `date` is RFC 5322 text. It names
 /// no recipient, so one stored copy serves every recipient's mailbox.
-pub fn received_header(helo: &str, peer: &str, hostname: &str, id: &str, date: &str) -> String {
+pub fn received_header(
+    helo: &str,
+    peer: &str,
+    hostname: &str,
+    tls: bool,
+    id: &str,
+    date: &str,
+) -> String {
     let helo: String = helo.chars().filter(|c| !c.is_control()).take(255).collect();
-    format!("Received: from {helo} ({peer})\r\n\tby {hostname} (porcupine) with ESMTP id {id};\r\n\t{date}\r\n")
+    // RFC 3848: ESMTPS names a transfer that was protected by TLS.
+    let with = if tls { "ESMTPS" } else { "ESMTP" };
+    format!("Received: from {helo} ({peer})\r\n\tby {hostname} (porcupine) with {with} id {id};\r\n\t{date}\r\n")
 }
 
 #[cfg(test)]

@@ -1,15 +1,68 @@
 //! A minimal HTTP/1.1 client for the node's admin endpoint (loopback; one request per
-//! connection), so the CLI needs no HTTP stack.
+//! connection), so the CLI needs no HTTP stack; and where it finds the admin token.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-/// Sends a request; returns (status, body).
+/// The environment variable that may hold the admin token.
+pub const TOKEN_ENV: &str = "PORCUPINE_ADMIN_TOKEN";
+
+/// A node's admin endpoint and the token it wants.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub addr: SocketAddr,
+    token: String,
+}
+
+impl Admin {
+    /// The token from `token_file`, else from `$PORCUPINE_ADMIN_TOKEN`, else from
+    /// `<data>/admin.token` (the node's first data directory).
+    pub fn new(addr: SocketAddr, token_file: Option<&Path>, data: &Path) -> Result<Admin> {
+        let read = |path: &Path| -> Result<String> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token {}", path.display()))?;
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .with_context(|| format!("{} holds no admin token", path.display()))
+        };
+        let token = match (token_file, std::env::var(TOKEN_ENV)) {
+            (Some(file), _) => read(file)?,
+            (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_owned(),
+            _ => {
+                let path: PathBuf = data.join("admin.token");
+                read(&path).with_context(|| {
+                    format!(
+                        "no admin token: give --admin-token-file FILE, set {TOKEN_ENV}, or \
+                         --data DIR (the node's data directory, which holds admin.token)"
+                    )
+                })?
+            }
+        };
+        Ok(Admin { addr, token })
+    }
+
+    /// Sends a request; returns (status, body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, String)> {
+        request(self.addr, Some(&self.token), method, path, body, timeout)
+    }
+}
+
+/// Sends a request (with the token, if given); returns (status, body).
 pub fn request(
     admin: SocketAddr,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: &[u8],
@@ -18,8 +71,11 @@ pub fn request(
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
         .with_context(|| format!("cannot reach the node's admin endpoint at {admin} (is `porcupine serve` running? see --admin)"))?;
     stream.set_read_timeout(Some(timeout))?;
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;

@@ -9,8 +9,13 @@
 //! counted as written by the node processes (`/proc/<pid>/io` write_bytes), which adds segment
 //! preparation (zeros written ahead of the log) and index checkpoints.
 //!
+//! The cost of the cluster's encryption: `--replicas 2` again with the cluster in plaintext
+//! (`--insecure-plaintext-cluster`), alternating with the encrypted runs `--cost-pairs` times;
+//! `encryption_cost` is 1 − encrypted / plaintext msgs/s, on the medians.
+//!
 //! Writes `bench/results/<name>.md`; with `--json` the last stdout line is
-//! `{"r1": {"msgs_per_s", "write_amplification", "disk_write_amplification"}, "r2": …, "r3": …}`.
+//! `{"r1": {"msgs_per_s", "write_amplification", "disk_write_amplification"}, "r2": …, "r3": …,
+//! "r2_plaintext": …, "encryption_cost"}`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -46,6 +51,9 @@ struct Args {
     /// Message size in bytes.
     #[arg(long, default_value_t = 4700)]
     size: usize,
+    /// Encrypted and plaintext `--replicas 2` runs, alternating, for the encryption's cost.
+    #[arg(long, default_value_t = 1)]
+    cost_pairs: usize,
     #[arg(long, default_value = "replication")]
     name: String,
     #[arg(long)]
@@ -83,18 +91,29 @@ struct Measured {
     errors: serde_json::Value,
 }
 
-fn measure(bins: &Bins, args: &Args, base: &std::path::Path, replicas: usize) -> Result<Measured> {
+/// How the cluster's connections are protected in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channel {
+    Encrypted,
+    Plaintext,
+}
+
+fn measure(
+    bins: &Bins,
+    args: &Args,
+    base: &std::path::Path,
+    replicas: usize,
+    channel: Channel,
+) -> Result<Measured> {
     let mut servers = Servers::default();
     let flag = replicas.to_string();
+    let mut extra = vec!["--replicas", &flag];
+    if channel == Channel::Plaintext {
+        extra.push("--insecure-plaintext-cluster");
+    }
+    let dir = base.join(format!("r{replicas}-{channel:?}-{}", rand_suffix()));
     for n in 1..=3 {
-        LAYOUT.start_node(
-            bins,
-            &mut servers,
-            &base.join(format!("r{replicas}")),
-            n,
-            true,
-            &["--replicas", &flag],
-        )?;
+        LAYOUT.start_node(bins, &mut servers, &dir, n, true, &extra)?;
     }
     LAYOUT.wait_members(&[1, 2, 3], 3, Duration::from_secs(30))?;
     LAYOUT.add_users(bins, 1, USERS, PASSWORD)?;
@@ -134,6 +153,22 @@ fn measure(bins: &Bins, args: &Args, base: &std::path::Path, replicas: usize) ->
     })
 }
 
+/// A fresh directory name for each cluster of the run.
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let root = workspace_root()?;
@@ -143,8 +178,36 @@ fn main() -> Result<()> {
         .tempdir_in("/var/tmp")?;
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
+    // The encryption's cost: r2 encrypted and in plaintext, alternating.
+    let (mut encrypted, mut plaintext) = (Vec::new(), Vec::new());
+    let mut plaintext_lost = 0;
+    for pair in 0..args.cost_pairs.max(1) {
+        for channel in [Channel::Encrypted, Channel::Plaintext] {
+            let m = measure(&bins, &args, work.path(), 2, channel)?;
+            eprintln!(
+                "replicas 2, {channel:?} cluster (pair {}): {:.0} msg/s, errors {}",
+                pair + 1,
+                m.msgs_per_s,
+                m.errors
+            );
+            match channel {
+                Channel::Encrypted => encrypted.push(m.msgs_per_s),
+                Channel::Plaintext => {
+                    plaintext.push(m.msgs_per_s);
+                    plaintext_lost += m.lost;
+                }
+            }
+        }
+    }
+    let (encrypted_rate, plaintext_rate) = (median(encrypted.clone()), median(plaintext.clone()));
+    let cost = 1.0 - encrypted_rate / plaintext_rate.max(1.0);
+    json.insert(
+        "r2_plaintext".into(),
+        serde_json::json!({ "msgs_per_s": plaintext_rate, "lost": plaintext_lost }),
+    );
+    json.insert("encryption_cost".into(), serde_json::json!(cost));
     for replicas in 1..=3 {
-        let m = measure(&bins, &args, work.path(), replicas)?;
+        let m = measure(&bins, &args, work.path(), replicas, Channel::Encrypted)?;
         let amplification = m.appended_bytes / m.accepted_bytes.max(1.0);
         let disk = m.disk_bytes / m.accepted_bytes.max(1.0);
         eprintln!(
@@ -190,6 +253,15 @@ fn main() -> Result<()> {
             m.lost
         );
     }
+    let _ = writeln!(
+        md,
+        "\nThe cluster's encryption (Noise NNpsk0, AES-256-GCM) costs {:.1} % of the msgs/s of \
+         `--replicas 2`: {encrypted_rate:.0} msg/s encrypted against {plaintext_rate:.0} in \
+         plaintext (medians of {} alternating pairs: encrypted {encrypted:.0?}, plaintext \
+         {plaintext:.0?}).",
+        cost * 100.0,
+        args.cost_pairs.max(1)
+    );
     let _ = writeln!(
         md,
         "\nLog bytes are every record the nodes appended: each copy with its 64-byte header, user \

@@ -175,7 +175,7 @@ fn main() -> Result<()> {
 /// Starts every system, measures them all, round after round.
 fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> Result<Vec<Run>> {
     let base = run.dir().to_path_buf();
-    let mut ports = free_ports(15)?.into_iter();
+    let mut ports = free_ports(12)?.into_iter();
     let mut port = || ports.next().context("ran out of chosen ports");
 
     // (a) porcupine, (a') porcupine for the SMTP-only workload smtp-sink gets (its own data, so
@@ -186,7 +186,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
         ("porcupine-smtp", false),
         ("porcupine-discard", true),
     ] {
-        let (smtp, pop3, admin, cluster) = (port()?, port()?, port()?, port()?);
+        let (smtp, pop3, admin) = (port()?, port()?, port()?);
         let log = std::fs::File::create(base.join(format!("{name}.log")))?;
         let mut command = Command::new(&bins.porcupine);
         command
@@ -195,7 +195,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             .args(["--smtp", &format!("127.0.0.1:{smtp}")])
             .args(["--pop3", &format!("127.0.0.1:{pop3}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--cluster", &format!("127.0.0.1:{cluster}")])
+            .arg("--no-pop3s")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -215,6 +215,8 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             ])
             .args(["--domain", DOMAIN, "--password", PASSWORD])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--data")
+            .arg(base.join(name))
             .output()?;
         if !added.status.success() {
             bail!(
@@ -406,7 +408,7 @@ fn wait_listening(port: u16, pid: u32) -> Result<()> {
 fn wait_admin(admin: u16, pid: u32, name: &str) -> Result<()> {
     wait_listening(admin, pid)?;
     let deadline = Instant::now() + START_WAIT;
-    while admin_get(admin, "/status").is_none() {
+    while admin_get(admin, "/metrics").is_none() {
         if Instant::now() > deadline {
             bail!("{name} (pid {pid}) does not answer on its admin port {admin}");
         }
@@ -415,13 +417,18 @@ fn wait_admin(admin: u16, pid: u32, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// GET `path` from the admin endpoint on `port`: the body of a 200 answer.
+/// GET `path` (one that needs no token) from the admin endpoint on `port`: the body of a 200
+/// answer.
 fn admin_get(port: u16, path: &str) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;

@@ -8,6 +8,10 @@
 //! | POST   | `/users`        | `EMAIL\nPASSWORD`                      | 201, 409 if it exists, 400 if invalid |
 //! | POST   | `/users/import` | lines `EMAIL PASSWORD` (`#` comments)  | JSON counts |
 //! | POST   | `/users/bulk`   | JSON `{count, prefix, domain, password}` | JSON counts; users `PREFIX<n>@DOMAIN`, n from 1; one hash shared by all |
+//!
+//! Every request must name this node in `Host`, and every one but `GET /metrics` must carry
+//! the admin token ([`super::admin_auth`]): 421 and 401 otherwise, with nothing changed.
+//! Password hashing runs on glommio's blocking threads, never on a serving core.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,19 +19,25 @@ use std::time::Instant;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::admin_auth::{self, Refusal};
 use super::metrics::NodeMetrics;
 use super::service::StoreError;
 use super::users;
 use super::NodeContext;
 
 const HEAD_BYTES_MAX: usize = 16 << 10;
-const BODY_BYTES_MAX: usize = 256 << 20;
+/// An import of a million users is about 40 MB.
+const BODY_BYTES_MAX: usize = 64 << 20;
+/// Users one bulk request may create.
+pub const BULK_COUNT_MAX: u64 = 10_000_000;
 /// Profile writes in flight during bulk creation.
 const BULK_PARALLELISM: usize = 1024;
 
 struct Request {
     method: String,
     path: String,
+    host: Option<String>,
+    authorization: Option<String>,
     body: Vec<u8>,
 }
 
@@ -56,20 +66,48 @@ fn json(status: u16, value: serde_json::Value) -> Response {
 pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>) {
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
     let response = match read_request(&mut stream).await {
-        Ok(request) => route(request, &context).await,
+        Ok(request) => {
+            let path = request.path.split('?').next().unwrap_or("");
+            match admin_auth::check(
+                &request.method,
+                path,
+                request.host.as_deref(),
+                request.authorization.as_deref(),
+                &context.admin_hosts,
+                &context.admin_token,
+            ) {
+                Ok(()) => route(request, &context).await,
+                Err(Refusal::StrangeHost) => text(
+                    421,
+                    "the Host header does not name this node's admin endpoint\n",
+                ),
+                Err(Refusal::Unauthorized) => text(
+                    401,
+                    "give the admin token: Authorization: Bearer <the token in the node's \
+                     admin.token file>\n",
+                ),
+            }
+        }
         Err(response) => response,
     };
     let reason = match response.status {
         200 => "OK",
         201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         409 => "Conflict",
         413 => "Payload Too Large",
+        421 => "Misdirected Request",
         _ => "Error",
     };
+    let challenge = if response.status == 401 {
+        "WWW-Authenticate: Bearer realm=\"porcupine\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n",
         response.status,
         response.content_type,
         response.body.len()
@@ -101,13 +139,22 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
     let method = request_line.next().unwrap_or("").to_owned();
     let path = request_line.next().unwrap_or("").to_owned();
     let mut length = 0usize;
+    let (mut host, mut authorization) = (None, None);
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") {
                 length = value
                     .trim()
                     .parse()
                     .map_err(|_| text(400, "bad Content-Length\n"))?;
+            } else if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return Err(text(400, "more than one Host\n"));
+                }
+                host = Some(value.trim().to_owned());
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_owned());
             }
         }
     }
@@ -122,7 +169,13 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
         }
     }
     body.truncate(length);
-    Ok(Request { method, path, body })
+    Ok(Request {
+        method,
+        path,
+        host,
+        authorization,
+        body,
+    })
 }
 
 async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
@@ -184,8 +237,10 @@ async fn set_password(
         Ok(false) => return Err((404, format!("no user {email}\n"))),
         Err(_) => return Err((500, "storage unavailable\n".into())),
     }
-    let phc = users::hash_password(password).map_err(|e| (500, e))?;
-    store_profile(context, email, users::encode_profile(&phc)).await
+    let secrets = users::secrets_off_core(password)
+        .await
+        .map_err(|e| (500, e))?;
+    store_profile(context, email, users::encode_profile(&secrets)).await
 }
 
 /// Stores a profile made here and sends it, with its timestamp, to every other member.
@@ -209,12 +264,12 @@ async fn store_profile(
     Ok(())
 }
 
-/// Creates a user; `hash` reuses an existing password hash (bulk creation).
+/// Creates a user; `shared` is a profile made once for many users (bulk creation).
 async fn add_user(
     context: &NodeContext,
     email: &str,
     password: &str,
-    hash: Option<&str>,
+    shared: Option<&[u8]>,
 ) -> Result<(), (u16, String)> {
     let email = email.to_lowercase();
     if !users::valid_user(&email) {
@@ -228,11 +283,15 @@ async fn add_user(
         Ok(false) => {}
         Err(_) => return Err((500, "storage unavailable\n".into())),
     }
-    let phc = match hash {
-        Some(hash) => hash.to_owned(),
-        None => users::hash_password(password).map_err(|e| (500, e))?,
+    let profile = match shared {
+        Some(profile) => profile.to_vec(),
+        None => users::encode_profile(
+            &users::secrets_off_core(password)
+                .await
+                .map_err(|e| (500, e))?,
+        ),
     };
-    store_profile(context, email, users::encode_profile(&phc)).await
+    store_profile(context, email, profile).await
 }
 
 async fn import(context: &NodeContext, body: &[u8]) -> Response {
@@ -280,9 +339,18 @@ async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
     {
         return text(400, "invalid prefix, domain or password\n");
     }
+    if spec.count == 0 || spec.count > BULK_COUNT_MAX {
+        return text(
+            400,
+            format!(
+                "count must be between 1 and {BULK_COUNT_MAX} (got {})\n",
+                spec.count
+            ),
+        );
+    }
     let started = Instant::now();
-    let phc = match users::hash_password(&spec.password) {
-        Ok(phc) => Arc::new(users::encode_profile(&phc)),
+    let phc = match users::secrets_off_core(&spec.password).await {
+        Ok(secrets) => Arc::new(users::encode_profile(&secrets)),
         Err(e) => return text(500, e),
     };
     let mut in_flight = std::collections::VecDeque::new();
@@ -431,6 +499,26 @@ async fn metrics(context: &NodeContext) -> String {
             "porcupine_sessions_refused_total",
             "connections refused over the limit",
             &m.sessions_refused,
+        ),
+        (
+            "porcupine_cluster_connections_refused_total",
+            "cluster connections closed for not holding the cluster key",
+            &m.peers_refused,
+        ),
+        (
+            "porcupine_cluster_messages_refused_total",
+            "messages from members refused as implausible (broken views, far-future stamps)",
+            &m.peer_messages_refused,
+        ),
+        (
+            "porcupine_tls_handshakes_total",
+            "client TLS handshakes completed (STARTTLS, STLS, POP3S)",
+            &m.tls_handshakes,
+        ),
+        (
+            "porcupine_tls_failures_total",
+            "client TLS handshakes that failed",
+            &m.tls_failures,
         ),
         (
             "porcupine_deliveries_total",

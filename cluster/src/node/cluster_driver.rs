@@ -12,12 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::TcpStream;
 
 use super::cluster_state::{peers, ToCoreZero};
-use super::service::{LockMode, Login, StoreError};
-use super::NodeContext;
+use super::service::{Credential, LockMode, Login, StoreError};
+use super::{metrics, NodeContext};
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, Msg, NodeId, View};
 use crate::replication::Update;
-use crate::transport::{read_frame, write_frames};
+use crate::transport::{answer, read_frame, write_frames, FrameReader, FrameWriter};
 use crate::wire::{Body, Failure, FrameKind, ReplicaUpdate};
 use porcupine_engine::{Stamp, UpdateKind};
 
@@ -27,6 +27,19 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const PROFILE_BATCH: usize = 2000;
 /// Profile writes in flight while storing a batch from a peer.
 const PROFILE_PARALLELISM: usize = 512;
+
+/// Whether a peer's HLC timestamp is plausible ([`crate::plausible`]): one from the far
+/// future would beat every later update of its object, for good. An implausible one is
+/// counted and logged; the caller refuses what carried it.
+fn stamp_ok(context: &NodeContext, hlc: u64) -> bool {
+    let millis = porcupine_engine::hlc::millis_of(hlc);
+    if crate::plausible::stamp_plausible(millis, wall_ms()) {
+        return true;
+    }
+    metrics::add(&context.metrics.peer_messages_refused, 1);
+    tracing::warn!(hlc, "refused a peer's update stamped in the far future");
+    false
+}
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -143,7 +156,12 @@ pub async fn run(
                         }
                     }
                 }
+                let refused = membership.refused();
                 membership.receive(wall_ms(), msg, &mut out);
+                metrics::add(
+                    &context.metrics.peer_messages_refused,
+                    membership.refused().saturating_sub(refused),
+                );
             }
             Event::Work(ToCoreZero::Manager { body, reply }) => {
                 next = Box::pin(inbox.recv_async());
@@ -307,18 +325,44 @@ async fn report(
 }
 
 /// Serves one peer connection (accepted by [`super::listeners`]) until it closes.
-pub async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
+pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    // Nothing is read as a frame before the peer has proved it holds the cluster key.
+    let (opener, sealer) = match answer(&mut stream, &context.cluster.security).await {
+        Ok(halves) => halves,
+        Err(error) => {
+            metrics::add(&context.metrics.peers_refused, 1);
+            tracing::warn!(%peer, %error, "refused a cluster connection");
+            let _ = futures_lite::AsyncWriteExt::close(&mut stream).await;
+            return;
+        }
+    };
     let peers = peers(&context.cluster);
-    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (reader, writer) = futures_lite::io::split(stream);
+    let mut reader = FrameReader::new(reader, opener);
+    let writer = FrameWriter::new(writer, sealer);
     let (replies, queue) = flume::bounded::<Vec<u8>>(crate::transport::QUEUED_FRAMES_MAX);
+    // Requests of this connection being answered: at the cap, reading waits for one to end.
+    let in_flight = std::rc::Rc::new(glommio::sync::Semaphore::new(PEER_REQUESTS_MAX));
+    let last_frame = std::cell::Cell::new(Instant::now());
+    let idle = async {
+        loop {
+            glommio::timer::sleep(PEER_IDLE_CHECK).await;
+            if last_frame.get().elapsed() > PEER_IDLE_MAX {
+                tracing::info!(%peer, "closing a cluster connection idle for too long");
+                return;
+            }
+        }
+    };
     let reading = async {
         loop {
-            let (header, body) = match read_frame(&mut reader).await {
+            let frame = read_frame(&mut reader).await;
+            last_frame.set(Instant::now());
+            let (header, body) = match frame {
                 Ok(frame) => frame,
                 Err(crate::transport::FrameError::Io(_)) => return,
                 Err(error) => {
@@ -331,7 +375,8 @@ pub async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
                 (FrameKind::OneWay, Body::Membership(msg)) => {
                     let _ = context.cluster.core_zero.send(ToCoreZero::Membership(msg));
                 }
-                (FrameKind::OneWay, Body::Retired { entries }) => {
+                (FrameKind::OneWay, Body::Retired { mut entries }) => {
+                    entries.retain(|(_, _, hlc)| stamp_ok(&context, *hlc));
                     context.router.retired(entries);
                 }
                 (FrameKind::OneWay, Body::Loads { entries }) => {
@@ -341,6 +386,9 @@ pub async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
                     context.cluster.loads.merge(&others);
                 }
                 (FrameKind::Request, body) => {
+                    let Ok(permit) = in_flight.acquire_static_permit(1).await else {
+                        return;
+                    };
                     let (context, replies, peers) =
                         (context.clone(), replies.clone(), peers.clone());
                     glommio::spawn_local(async move {
@@ -348,6 +396,7 @@ pub async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
                         if let Some(frame) = peers.reply_frame(header.request_id, &answer) {
                             let _ = replies.send_async(frame).await;
                         }
+                        drop(permit);
                     })
                     .detach();
                 }
@@ -355,8 +404,16 @@ pub async fn serve_peer(stream: TcpStream, context: Arc<NodeContext>) {
             }
         }
     };
-    futures_lite::future::or(reading, write_frames(writer, &queue)).await;
+    let serving = futures_lite::future::or(reading, write_frames(writer, &queue));
+    futures_lite::future::or(serving, idle).await;
 }
+
+/// Requests one peer connection may have being answered at once.
+const PEER_REQUESTS_MAX: u64 = 1024;
+/// A peer connection with no frame for this long is closed (members ping every 50 ms and
+/// exchange loads every 100 ms; a connection this quiet is a leftover or a stranger).
+const PEER_IDLE_MAX: Duration = Duration::from_secs(120);
+const PEER_IDLE_CHECK: Duration = Duration::from_secs(10);
 
 fn failure(error: StoreError) -> Body {
     Body::Error(match error {
@@ -392,6 +449,9 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             replicas,
             update,
         } => {
+            if !stamp_ok(context, hlc) {
+                return Body::Error(Failure::Failed);
+            }
             let (kind, message) = match update {
                 ReplicaUpdate::Put { message } => (UpdateKind::Put, Some(message)),
                 ReplicaUpdate::Delete => (UpdateKind::Delete, None),
@@ -410,7 +470,8 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             }
         }
         Body::Authenticate { user, password } => {
-            match router.login(&user, &password, LockMode::Elsewhere).await {
+            let credential = Credential::Password(password);
+            match router.login(&user, &credential, LockMode::Elsewhere).await {
                 Login::Ok(_) => Body::Done,
                 Login::BadCredentials => Body::Error(Failure::BadCredentials),
                 Login::InUse | Login::Unavailable => Body::Error(Failure::Failed),
@@ -436,6 +497,10 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             Err(e) => failure(e),
         },
         Body::Profiles { profiles } => {
+            // A profile stamped in the far future would beat every later password change.
+            if !profiles.iter().all(|(_, hlc, _)| stamp_ok(context, *hlc)) {
+                return Body::Error(Failure::Failed);
+            }
             // Many at once, so they share group commits. The newest update of each wins.
             let mut result = Body::Done;
             let mut in_flight = std::collections::VecDeque::new();

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::loads::{LoadTable, NodeLoad};
 use crate::membership::{Member, Msg, NodeId, View};
+use crate::secure::ClusterSecurity;
 use crate::transport::Peers;
 use crate::usermap::UserMap;
 use crate::wire::Body;
@@ -46,6 +47,8 @@ pub struct ClusterShared {
     pub open_maildrops: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Set while a node started with seeds has not joined them yet (sessions wait).
     joining: std::sync::atomic::AtomicBool,
+    /// How connections to and from other nodes are protected.
+    pub security: ClusterSecurity,
 }
 
 impl ClusterShared {
@@ -55,6 +58,7 @@ impl ClusterShared {
         core_zero: flume::Sender<ToCoreZero>,
         joining: bool,
         shards: usize,
+        security: ClusterSecurity,
     ) -> Self {
         let epoch = crate::membership::Epoch {
             clock: 0,
@@ -75,6 +79,7 @@ impl ClusterShared {
             snapshots: AtomicU64::new(0),
             open_maildrops: std::sync::Mutex::new(std::collections::HashMap::new()),
             joining: std::sync::atomic::AtomicBool::new(joining),
+            security,
         }
     }
 
@@ -146,7 +151,12 @@ pub fn peers(shared: &ClusterShared) -> Rc<Peers> {
     PEERS.with(|slot| {
         slot.borrow_mut()
             .get_or_insert_with(|| {
-                Peers::new(shared.me.id, shared.load.clone(), shared.loads.clone())
+                Peers::new(
+                    shared.me.id,
+                    shared.security.clone(),
+                    shared.load.clone(),
+                    shared.loads.clone(),
+                )
             })
             .clone()
     })

@@ -11,7 +11,6 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 /// What a read produced.
 #[derive(Debug)]
@@ -154,7 +153,11 @@ impl SessionWatch {
     }
 }
 
-pub async fn read(stream: &mut TcpStream, buf: &mut [u8], clock: &SessionClock) -> Read {
+pub async fn read<S: futures_lite::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    clock: &SessionClock,
+) -> Read {
     if let Some(verdict) = clock.take_verdict() {
         return verdict;
     }
@@ -180,8 +183,8 @@ pub async fn read(stream: &mut TcpStream, buf: &mut [u8], clock: &SessionClock) 
 }
 
 /// Writes pending output (counted by `count` first); false if the peer is gone.
-pub async fn flush(
-    stream: &mut TcpStream,
+pub async fn flush<S: futures_lite::AsyncWrite + Unpin>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     clock: &SessionClock,
     count: impl FnOnce(&[u8]),

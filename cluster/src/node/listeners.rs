@@ -34,6 +34,8 @@ use super::{NodeConfig, NodeContext, NodeError};
 pub enum Protocol {
     Smtp,
     Pop3,
+    /// POP3 in TLS from the first byte.
+    Pop3s,
     /// The admin HTTP endpoint, served on core 0.
     Admin,
     /// Other nodes (framed TCP).
@@ -45,6 +47,7 @@ impl Protocol {
         match self {
             Protocol::Smtp => "SMTP",
             Protocol::Pop3 => "POP3",
+            Protocol::Pop3s => "POP3S",
             Protocol::Admin => "admin",
             Protocol::Cluster => "the cluster",
         }
@@ -52,7 +55,10 @@ impl Protocol {
 
     /// Client sessions count against `--connections-max` and are balanced by open sessions.
     fn is_client_session(self) -> bool {
-        matches!(self, Protocol::Smtp | Protocol::Pop3 | Protocol::Admin)
+        matches!(
+            self,
+            Protocol::Smtp | Protocol::Pop3 | Protocol::Pop3s | Protocol::Admin
+        )
     }
 }
 
@@ -67,12 +73,18 @@ pub struct Bound {
 /// addresses actually bound back into `config` (a port 0 becomes the port the kernel chose).
 pub fn bind_all(config: &mut NodeConfig) -> Result<Vec<Bound>, NodeError> {
     let mut bound = Vec::new();
-    for (protocol, addr) in [
+    let mut wanted = vec![
         (Protocol::Smtp, &mut config.smtp),
         (Protocol::Pop3, &mut config.pop3),
         (Protocol::Admin, &mut config.admin),
-        (Protocol::Cluster, &mut config.cluster),
-    ] {
+    ];
+    if let Some(pop3s) = &mut config.pop3s {
+        wanted.push((Protocol::Pop3s, pop3s));
+    }
+    if let Some(cluster) = &mut config.cluster {
+        wanted.push((Protocol::Cluster, cluster));
+    }
+    for (protocol, addr) in wanted {
         let listener = bind_exclusive(*addr).map_err(|e| {
             let why = match e.kind() {
                 std::io::ErrorKind::AddrInUse if someone_listens(*addr) => {
@@ -144,14 +156,32 @@ pub fn least_loaded(open: &[usize], turn: usize) -> usize {
 pub struct SessionCounts {
     open: Box<[AtomicUsize]>,
     turn: AtomicUsize,
+    /// Cluster connections from other nodes, on every core.
+    peers: AtomicUsize,
 }
+
+/// Cluster connections other nodes may have open to this one (a node dials one per core; 30
+/// nodes of 8 cores need 240).
+pub const PEER_CONNECTIONS_MAX: usize = 1024;
 
 impl SessionCounts {
     pub fn new(cores: usize) -> Self {
         Self {
             open: (0..cores.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             turn: AtomicUsize::new(0),
+            peers: AtomicUsize::new(0),
         }
+    }
+
+    /// A slot for one more cluster connection, if fewer than `max` are open.
+    fn enter_peer(counts: &Arc<SessionCounts>, max: usize) -> Option<Slot> {
+        counts
+            .peers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot::Peer(counts.clone()))
     }
 
     /// Sessions open on `core`.
@@ -209,12 +239,34 @@ impl Drop for SessionGuard {
     }
 }
 
+/// What an open connection counts against: a client session on a core, or a cluster
+/// connection. Dropped when the connection ends.
+#[derive(Debug)]
+enum Slot {
+    // Held for its Drop, which counts the session closed.
+    #[allow(dead_code)]
+    Session(SessionGuard),
+    Peer(Arc<SessionCounts>),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Slot::Peer(counts) = self {
+            let _ = counts
+                .peers
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+    }
+}
+
 /// A connection accepted on one core for another to serve.
 #[derive(Debug)]
 pub struct Handoff {
     protocol: Protocol,
     stream: AcceptedTcpStream,
-    guard: Option<SessionGuard>,
+    slot: Slot,
 }
 
 /// Takes a bound socket onto the calling core's executor.
@@ -255,18 +307,19 @@ pub async fn accept(
             }
         };
         if !protocol.is_client_session() {
+            let Some(slot) = SessionCounts::enter_peer(counts, PEER_CONNECTIONS_MAX) else {
+                metrics::add(&context.metrics.peers_refused, 1);
+                tracing::warn!("refused a cluster connection: {PEER_CONNECTIONS_MAX} are open");
+                drop(stream.bind_to_executor());
+                continue;
+            };
             let target = counts.next_turn() % context.handoffs.len().max(1);
-            hand_to(
-                target,
-                core,
-                Handoff {
-                    protocol,
-                    stream,
-                    guard: None,
-                },
-                &context,
-                &watch,
-            );
+            let handoff = Handoff {
+                protocol,
+                stream,
+                slot,
+            };
+            hand_to(target, core, handoff, &context, &watch);
             continue;
         }
         if protocol != Protocol::Admin && counts.total() >= context.config.connections_max {
@@ -283,7 +336,7 @@ pub async fn accept(
         let handoff = Handoff {
             protocol,
             stream,
-            guard: Some(guard),
+            slot: Slot::Session(guard),
         };
         hand_to(target, core, handoff, &context, &watch);
     }
@@ -343,22 +396,29 @@ fn serve(handoff: Handoff, core: usize, context: Arc<NodeContext>, watch: &Sessi
     let Handoff {
         protocol,
         stream,
-        guard,
+        slot,
     } = handoff;
     let stream = stream.bind_to_executor();
     let idle = match protocol {
-        Protocol::Pop3 => context.config.pop3_idle_timeout,
+        Protocol::Pop3 | Protocol::Pop3s => context.config.pop3_idle_timeout,
         _ => context.config.smtp_idle_timeout,
     };
     let clock = watch.register(idle);
     glommio::spawn_local(async move {
         match protocol {
             Protocol::Smtp => super::smtp_conn::serve(stream, context, clock, core).await,
-            Protocol::Pop3 => super::pop3_conn::serve(stream, context, clock).await,
+            Protocol::Pop3 => {
+                super::pop3_conn::serve(stream, context, clock, super::pop3_conn::Start::Plain)
+                    .await
+            }
+            Protocol::Pop3s => {
+                let start = super::pop3_conn::Start::ImplicitTls;
+                super::pop3_conn::serve(stream, context, clock, start).await
+            }
             Protocol::Admin => super::admin::serve(stream, context).await,
             Protocol::Cluster => super::cluster_driver::serve_peer(stream, context).await,
         }
-        drop(guard);
+        drop(slot);
     })
     .detach();
 }
@@ -368,7 +428,7 @@ fn refuse(protocol: Protocol, mut stream: TcpStream) {
     let refusal: &'static [u8] = match protocol {
         Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections\r\n",
-        Protocol::Admin | Protocol::Cluster => b"",
+        Protocol::Pop3s | Protocol::Admin | Protocol::Cluster => b"",
     };
     glommio::spawn_local(async move {
         use futures_lite::AsyncWriteExt;
@@ -434,7 +494,7 @@ mod tests {
             smtp: addr,
             pop3: "127.0.0.1:0".parse().unwrap(),
             admin: "127.0.0.1:0".parse().unwrap(),
-            cluster: "127.0.0.1:0".parse().unwrap(),
+            cluster: Some("127.0.0.1:0".parse().unwrap()),
             ..NodeConfig::default()
         };
         let error = bind_all(&mut config).unwrap_err().to_string();

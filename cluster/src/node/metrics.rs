@@ -7,6 +7,13 @@ pub struct NodeMetrics {
     pub smtp_sessions: AtomicU64,
     pub pop3_sessions: AtomicU64,
     pub sessions_refused: AtomicU64,
+    /// Cluster connections closed because they could not prove they hold the cluster key.
+    pub peers_refused: AtomicU64,
+    /// Messages from members refused as implausible (a broken view, a far-future stamp).
+    pub peer_messages_refused: AtomicU64,
+    /// TLS handshakes with clients (STARTTLS, STLS, POP3S) that succeeded, and that failed.
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
     pub messages_accepted: AtomicU64,
     pub recipients_delivered: AtomicU64,
     pub bytes_accepted: AtomicU64,
@@ -23,6 +30,10 @@ impl Default for NodeMetrics {
             smtp_sessions: AtomicU64::new(0),
             pop3_sessions: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
+            peers_refused: AtomicU64::new(0),
+            peer_messages_refused: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
             messages_accepted: AtomicU64::new(0),
             recipients_delivered: AtomicU64::new(0),
             bytes_accepted: AtomicU64::new(0),

@@ -8,6 +8,7 @@
 //! are written).
 
 pub mod admin;
+pub mod admin_auth;
 pub mod cluster_driver;
 pub mod cluster_state;
 pub mod conn;
@@ -19,6 +20,7 @@ pub mod proxy;
 pub mod replicas;
 pub mod service;
 pub mod smtp_conn;
+pub mod tls;
 pub mod users;
 
 use std::collections::HashMap;
@@ -44,9 +46,14 @@ pub struct NodeConfig {
     pub pin: bool,
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
+    /// POP3 over TLS from the first byte (RFC 8314; 995 in production).
+    pub pop3s: Option<SocketAddr>,
     pub admin: SocketAddr,
-    /// The cluster port (framed TCP between nodes); other nodes reach this node there.
-    pub cluster: SocketAddr,
+    /// The cluster port (framed TCP between nodes); other nodes reach this node there. A lone
+    /// node (no cluster port and no seeds) listens for no other node.
+    pub cluster: Option<SocketAddr>,
+    /// How connections between nodes prove membership (the cluster key) and are protected.
+    pub cluster_security: crate::secure::ClusterSecurity,
     /// Seeds: cluster addresses of nodes to join.
     pub join: Vec<SocketAddr>,
     /// Membership timing and the number of user-map buckets.
@@ -83,6 +90,24 @@ pub struct NodeConfig {
     /// Relative capacity of data directories: (directory, weight); others weigh 1. New users
     /// go to each directory in proportion to its weight.
     pub disk_weights: Vec<(PathBuf, f64)>,
+    /// The admin endpoint's token file; `None`: `admin.token` in the first data directory
+    /// (created at first start).
+    pub admin_token_file: Option<PathBuf>,
+    /// Tests only: a fault to inject, to check how the node takes it.
+    pub fault: Option<Fault>,
+    /// The TLS certificate and key; `None`: a self-signed certificate made once in
+    /// `<first data dir>/tls/`.
+    pub tls_files: Option<tls::TlsFiles>,
+    /// Accept passwords in clear (USER/PASS, SASL PLAIN) off loopback without TLS, as
+    /// Dovecot's `disable_plaintext_auth = no`; refused by default.
+    pub allow_plaintext_auth: bool,
+}
+
+/// A fault a test can inject into a running node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A task on this core panics a second after the node starts serving.
+    PanicOnCore(usize),
 }
 
 impl Default for NodeConfig {
@@ -100,7 +125,8 @@ impl Default for NodeConfig {
             smtp: addr("127.0.0.1:2525"),
             pop3: addr("127.0.0.1:1110"),
             admin: addr("127.0.0.1:8025"),
-            cluster: addr("127.0.0.1:7946"),
+            cluster: None,
+            cluster_security: crate::secure::ClusterSecurity::Plaintext,
             join: Vec::new(),
             membership: crate::membership::Settings::default(),
             domains: vec!["localhost".into()],
@@ -121,6 +147,11 @@ impl Default for NodeConfig {
             overload_ops: 256,
             throttles: Vec::new(),
             disk_weights: Vec::new(),
+            admin_token_file: None,
+            fault: None,
+            tls_files: None,
+            allow_plaintext_auth: false,
+            pop3s: addr("127.0.0.1:1995").into(),
         }
     }
 }
@@ -139,6 +170,12 @@ pub struct NodeContext {
     pub sessions: Arc<SessionCounts>,
     /// Each core's inbox of connections accepted on another core.
     pub handoffs: Vec<flume::Sender<Handoff>>,
+    /// What admin requests must present ([`admin_auth`]).
+    pub admin_token: admin_auth::AdminToken,
+    /// The `Host` values that name this node's admin endpoint.
+    pub admin_hosts: Vec<String>,
+    /// TLS for clients (STARTTLS, STLS, POP3S).
+    pub tls: tls::ServerTls,
 }
 
 /// The storage of each data directory: a directory named in `throttles` gets one simulated
@@ -202,6 +239,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
             ))
         })?;
     }
+    check_cluster_security(&config)?;
     runtime::raise_fd_limit();
     // Every listener is bound (and listening) before anything else starts: a taken port is a
     // clear error, and no other process can slip in while the shards open.
@@ -243,7 +281,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     // Only a node with a cluster to rejoin gives up its data (a lone node keeps its own).
-    let has_seeds = config.join.iter().any(|seed| *seed != config.cluster);
+    let has_seeds = config.join.iter().any(|seed| Some(*seed) != config.cluster);
     let away = if has_seeds {
         cluster_state::retire_if_away_too_long(
             &config.data_dirs,
@@ -262,6 +300,26 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         Ok(false) => {}
         Err(e) => return Err(start_error(format!("cannot retire stale data: {e}"))),
     }
+    let token_path = config
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| first_dir.join("admin.token"));
+    let admin_token = admin_auth::AdminToken::load_or_create(&token_path).map_err(|e| {
+        start_error(format!(
+            "cannot read or create the admin token {}: {e}",
+            token_path.display()
+        ))
+    })?;
+    let tls_files = match &config.tls_files {
+        Some(files) => files.clone(),
+        None => {
+            let mut listening = vec![config.smtp.ip(), config.pop3.ip()];
+            listening.extend(config.pop3s.map(|a| a.ip()));
+            tls::self_signed(&first_dir.join("tls"), &config.hostname, &listening)
+                .map_err(start_error)?
+        }
+    };
+    let server_tls = tls::ServerTls::new(tls_files).map_err(start_error)?;
     let node_id = cluster_state::node_id(first_dir).map_err(|e| {
         start_error(format!(
             "cannot read or create the node id in {}: {e}",
@@ -281,7 +339,9 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     let me = crate::membership::Member {
         id: node_id,
-        addr: config.cluster.to_string(),
+        addr: config
+            .cluster
+            .map_or_else(|| LONE_NODE_ADDR.to_owned(), |addr| addr.to_string()),
     };
     let context = Arc::new(NodeContext {
         config: config.clone(),
@@ -290,14 +350,18 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
             me,
             config.membership.buckets,
             core_zero_tx,
-            config.join.iter().any(|seed| *seed != config.cluster),
+            has_seeds,
             placement.shard_count(),
+            config.cluster_security.clone(),
         ),
         metrics: NodeMetrics::default(),
         started: Instant::now(),
         disks: disks(&config)?,
         sessions: Arc::new(SessionCounts::new(config.cores)),
         handoffs: handoff_txs,
+        admin_hosts: admin_auth::own_hosts(config.admin, &config.hostname),
+        admin_token,
+        tls: server_tls,
     });
     let (stop_tx, stop_rx) = flume::unbounded::<()>();
     let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
@@ -380,6 +444,35 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })
 }
 
+/// The member address of a node with no cluster port (no other node ever dials it).
+const LONE_NODE_ADDR: &str = "none";
+
+/// A node that talks to others must hold the cluster key; the plaintext mode, for measuring
+/// what encryption costs, is refused unless every cluster address is loopback.
+fn check_cluster_security(config: &NodeConfig) -> Result<(), NodeError> {
+    if config.cluster.is_none() && !config.join.is_empty() {
+        return Err(NodeError::Start(
+            "--join needs --cluster ADDR: the address where the other nodes reach this one".into(),
+        ));
+    }
+    if !matches!(
+        config.cluster_security,
+        crate::secure::ClusterSecurity::Plaintext
+    ) || config.cluster.is_none()
+    {
+        return Ok(());
+    }
+    let addresses = config.cluster.iter().chain(&config.join);
+    if let Some(outside) = addresses.into_iter().find(|a| !a.ip().is_loopback()) {
+        return Err(NodeError::Start(format!(
+            "a cluster in plaintext is only for measurements on loopback, and {outside} is not: \
+             give every node the cluster key (--cluster-key FILE)"
+        )));
+    }
+    tracing::warn!("the cluster runs in plaintext, unauthenticated (measurements only)");
+    Ok(())
+}
+
 /// Creates `postmaster@<first domain>` with a random password if the node has no user.
 fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, String)>, NodeError> {
     let router = context.router.clone();
@@ -402,9 +495,9 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
                 .collect()
         };
         let email = format!("postmaster@{domain}");
-        let phc = users::hash_password(&password)?;
+        let secrets = users::make_secrets(&password)?;
         router
-            .put_profile(&email, Arc::new(users::encode_profile(&phc)), None)
+            .put_profile(&email, Arc::new(users::encode_profile(&secrets)), None)
             .await
             .map_err(|e| format!("cannot store the first user: {e:?}"))?;
         Ok::<_, String>(Some((email, password)))
@@ -473,6 +566,13 @@ async fn run_core(
     }
     let watch = SessionWatch::default();
     glommio::spawn_local(watch.clone().run(stop.clone())).detach();
+    if config.fault == Some(Fault::PanicOnCore(core)) {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            panic!("injected fault: a task on core {core} panics");
+        })
+        .detach();
+    }
     let accept_tasks: Vec<_> = listening
         .bound
         .into_iter()
@@ -520,6 +620,12 @@ async fn run_core(
 impl NodeHandle {
     pub fn context(&self) -> &Arc<NodeContext> {
         &self.context
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP): new handshakes use them, sessions
+    /// already in TLS go on; on failure the certificate in use stays.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        self.context.tls.reload()
     }
 
     /// Stops accepting, lets sessions finish, closes every shard, joins the executors.

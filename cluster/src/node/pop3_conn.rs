@@ -8,16 +8,57 @@ use std::sync::Arc;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Pop3Session, Step};
+use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Plaintext, Pop3Session, Step, Tls};
 
 use super::conn::{self, Read, SessionClock};
 use super::metrics::add;
 use super::proxy::{self, OpenFailure};
+use super::service::Credential;
+use super::tls::ClientStream;
 use super::NodeContext;
 
-pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<SessionClock>) {
+/// How a POP3 connection starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// In clear, STLS offered (port 110 style).
+    Plain,
+    /// TLS from the first byte (POP3S, RFC 8314).
+    ImplicitTls,
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    context: Arc<NodeContext>,
+    clock: Rc<SessionClock>,
+    start: Start,
+) {
     add(&context.metrics.pop3_sessions, 1);
+    let peer = stream.peer_addr().ok();
+    let mut stream = ClientStream::Plain(stream);
     let mut session = Pop3Session::new(context.config.pop3_limits.clone());
+    let tls = match start {
+        Start::Plain => Tls::Offered,
+        Start::ImplicitTls => match stream.start_tls(&context.tls).await {
+            Ok(secure) => {
+                stream = secure;
+                add(&context.metrics.tls_handshakes, 1);
+                Tls::Active
+            }
+            Err(error) => {
+                add(&context.metrics.tls_failures, 1);
+                tracing::debug!(?peer, %error, "POP3S handshake failed");
+                return;
+            }
+        },
+    };
+    // A password may cross in clear only on loopback, or where the operator allows it.
+    let plaintext =
+        if context.config.allow_plaintext_auth || peer.is_some_and(|p| p.ip().is_loopback()) {
+            Plaintext::Allowed
+        } else {
+            Plaintext::Refused
+        };
+    session.set_security(tls, plaintext);
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
@@ -35,9 +76,44 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>, clock: Rc<S
             match session.step(&mut out) {
                 Step::NeedInput => break,
                 Step::Close => break 'session,
-                Step::Authenticate { user, password } => {
+                Step::StartTls => {
+                    count_errors(&session);
+                    if !conn::flush(&mut stream, &mut out, &clock, |_| {}).await {
+                        break 'session;
+                    }
+                    match stream.start_tls(&context.tls).await {
+                        Ok(secure) => {
+                            stream = secure;
+                            add(&context.metrics.tls_handshakes, 1);
+                            session.tls_started();
+                        }
+                        Err(error) => {
+                            add(&context.metrics.tls_failures, 1);
+                            tracing::debug!(?peer, %error, "STLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                Step::ScramCredentials { user } => {
+                    let stored = context
+                        .router
+                        .scram_credentials(&user.to_lowercase())
+                        .await
+                        .unwrap_or(None);
+                    let mut random = [0u8; 32];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+                    session.scram_credentials(stored, &random, &mut out);
+                }
+                step @ (Step::Authenticate { .. } | Step::Open { .. }) => {
+                    let (user, credential) = match step {
+                        Step::Authenticate { user, password } => {
+                            (user, Credential::Password(password))
+                        }
+                        Step::Open { user } => (user, Credential::Proven),
+                        _ => continue,
+                    };
                     let user = user.to_lowercase();
-                    let outcome = match proxy::open(&context, &user, &password).await {
+                    let outcome = match proxy::open(&context, &user, &credential).await {
                         Ok(maildrop) => {
                             let entries = maildrop
                                 .messages

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::cluster_driver::PEER_TIMEOUT;
 use super::cluster_state::peers;
-use super::service::{LockMode, Login, StoreError};
+use super::service::{Credential, LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::loads::LOAD_MAX_AGE;
 use crate::membership::{Epoch, NodeId, View};
@@ -360,7 +360,7 @@ pub enum OpenFailure {
 pub async fn open(
     context: &NodeContext,
     user: &str,
-    password: &str,
+    credential: &Credential,
 ) -> Result<Maildrop, OpenFailure> {
     let shared = &context.cluster;
     let me = shared.me.id;
@@ -368,7 +368,11 @@ pub async fn open(
         shared.wait_joined(PATIENCE).await;
     }
     if !shared.clustered() {
-        return match context.router.login(user, password, LockMode::Local).await {
+        return match context
+            .router
+            .login(user, credential, LockMode::Local)
+            .await
+        {
             Login::Ok(messages) => Ok(Maildrop {
                 user: user.to_owned(),
                 messages: messages
@@ -387,7 +391,9 @@ pub async fn open(
             Login::Unavailable => Err(OpenFailure::Unavailable),
         };
     }
-    authenticate(context, user, password).await?;
+    if let Credential::Password(password) = credential {
+        authenticate(context, user, password).await?;
+    }
     let owner = (me, shared.session_id());
     let lock = Body::Lock {
         user: user.to_owned(),
@@ -484,9 +490,10 @@ async fn authenticate(
         let view = shared.view.load_full();
         let manager = view.map.manager_of(user);
         if manager == shared.me.id || view.member(manager).is_none() {
+            let credential = Credential::Password(password.to_owned());
             return match context
                 .router
-                .login(user, password, LockMode::Elsewhere)
+                .login(user, &credential, LockMode::Elsewhere)
                 .await
             {
                 Login::Ok(_) => Ok(()),

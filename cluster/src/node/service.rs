@@ -22,6 +22,7 @@ use super::users;
 use super::NodeContext;
 use crate::membership::NodeId;
 use crate::replication::Update;
+use porcupine_protocols::sasl::ScramCredentials;
 
 /// What a storage request can fail with, as a protocol needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +53,15 @@ pub enum Login {
     BadCredentials,
     InUse,
     Unavailable,
+}
+
+/// How a login proves who the user is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A password, checked against the stored argon2 hash (USER/PASS, SASL PLAIN).
+    Password(String),
+    /// Already proven on this node's session (SASL SCRAM, checked against the stored keys).
+    Proven,
 }
 
 /// Where a POP3 login takes the maildrop lock.
@@ -128,9 +138,14 @@ pub enum Request {
     },
     Login {
         user: String,
-        password: String,
+        credential: Credential,
         lock: LockMode,
         reply: Reply<Login>,
+    },
+    /// The user's stored SCRAM-SHA-256 credentials (`None`: no such user, or none stored).
+    ScramCredentials {
+        user: String,
+        reply: Reply<Result<Option<ScramCredentials>, StoreError>>,
     },
     /// The user's local fragment.
     List {
@@ -314,16 +329,30 @@ impl Router {
         Ok(exists)
     }
 
-    pub async fn login(&self, user: &str, password: &str, lock: LockMode) -> Login {
-        let (user, password) = (user.to_owned(), password.to_owned());
+    pub async fn login(&self, user: &str, credential: &Credential, lock: LockMode) -> Login {
+        let (user, credential) = (user.to_owned(), credential.clone());
         self.ask(self.core_of(&user), |reply| Request::Login {
             user,
-            password,
+            credential,
             lock,
             reply,
         })
         .await
         .unwrap_or(Login::Unavailable)
+    }
+
+    /// The user's stored SCRAM-SHA-256 credentials, from the profile on this node.
+    pub async fn scram_credentials(
+        &self,
+        user: &str,
+    ) -> Result<Option<ScramCredentials>, StoreError> {
+        let user = user.to_owned();
+        self.ask(self.core_of(&user), |reply| Request::ScramCredentials {
+            user,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Failed))
     }
 
     /// The user's fragment on this node.
@@ -556,11 +585,21 @@ impl CoreService {
             }
             Request::Login {
                 user,
-                password,
+                credential,
                 lock,
                 reply,
             } => {
-                let _ = reply.send(self.login(&user, &password, lock).await);
+                let _ = reply.send(self.login(&user, &credential, lock).await);
+            }
+            Request::ScramCredentials { user, reply } => {
+                let result = match self.shard(&user) {
+                    Some(shard) => match shard.read_profile(&user).await {
+                        Ok(profile) => Ok(profile.and_then(|p| users::scram_of(&p))),
+                        Err(e) => Err(StoreError::from(&e)),
+                    },
+                    None => Err(StoreError::Failed),
+                };
+                let _ = reply.send(result);
             }
             Request::List { user, reply } => {
                 let _ = reply.send(self.shard(&user).map_or_else(Fragment::default, |shard| {
@@ -678,27 +717,16 @@ impl CoreService {
         }
     }
 
-    async fn login(&self, user: &str, password: &str, lock: LockMode) -> Login {
+    async fn login(&self, user: &str, credential: &Credential, lock: LockMode) -> Login {
         let Some(shard) = self.shard(user) else {
             return Login::Unavailable;
         };
-        let hlc = shard.profile_hlc(user);
-        let tag = xxhash_rust::xxh3::xxh3_64_with_seed(password.as_bytes(), self.verified_key);
-        let known = hlc.is_some_and(|profile_hlc| {
-            self.verified.borrow().get(user) == Some(&VerifiedCredential { profile_hlc, tag })
-        });
-        if !known {
-            if let Err(refused) = self.verify(shard, user, password).await {
+        if let Credential::Password(password) = credential {
+            if let Err(refused) = self.check_password(shard, user, password).await {
                 return refused;
             }
-            // Cached only if the profile did not change while it was read and verified.
-            if let Some(profile_hlc) = hlc.filter(|&h| shard.profile_hlc(user) == Some(h)) {
-                let mut verified = self.verified.borrow_mut();
-                if verified.len() >= VERIFIED_CACHE_MAX {
-                    verified.clear();
-                }
-                verified.insert(user.to_owned(), VerifiedCredential { profile_hlc, tag });
-            }
+        } else if !shard.has_profile(user) {
+            return Login::BadCredentials;
         }
         if lock == LockMode::Local && !self.locked.borrow_mut().insert(user.to_owned()) {
             return Login::InUse;
@@ -710,6 +738,27 @@ impl CoreService {
                 .map(|m| (m.id, u64::from(m.body_len)))
                 .collect(),
         )
+    }
+
+    /// Checks a password, from the verified-credentials cache or against the stored hash.
+    async fn check_password(&self, shard: &Shard, user: &str, password: &str) -> Result<(), Login> {
+        let hlc = shard.profile_hlc(user);
+        let tag = xxhash_rust::xxh3::xxh3_64_with_seed(password.as_bytes(), self.verified_key);
+        let known = hlc.is_some_and(|profile_hlc| {
+            self.verified.borrow().get(user) == Some(&VerifiedCredential { profile_hlc, tag })
+        });
+        if !known {
+            self.verify(shard, user, password).await?;
+            // Cached only if the profile did not change while it was read and verified.
+            if let Some(profile_hlc) = hlc.filter(|&h| shard.profile_hlc(user) == Some(h)) {
+                let mut verified = self.verified.borrow_mut();
+                if verified.len() >= VERIFIED_CACHE_MAX {
+                    verified.clear();
+                }
+                verified.insert(user.to_owned(), VerifiedCredential { profile_hlc, tag });
+            }
+        }
+        Ok(())
     }
 
     /// Reads the user's profile and checks the password against its argon2 hash; the refusal

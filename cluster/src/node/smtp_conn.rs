@@ -12,15 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use porcupine_protocols::smtp::{DeliveryOutcome, RecipientCheck, SmtpSession, Step};
+use porcupine_protocols::smtp::{DeliveryOutcome, RecipientCheck, SmtpSession, Step, Tls};
 
 use super::conn::{self, Read, SessionClock};
 use super::metrics::add;
 use super::service::StoreError;
+use super::tls::ClientStream;
 use super::NodeContext;
 
 pub async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     context: Arc<NodeContext>,
     clock: Rc<SessionClock>,
     core: usize,
@@ -29,6 +30,7 @@ pub async fn serve(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
+    let mut stream = ClientStream::Plain(stream);
     let config = &context.config;
     add(&context.metrics.smtp_sessions, 1);
     let mut session = SmtpSession::new(
@@ -36,6 +38,7 @@ pub async fn serve(
         &config.hostname,
         &config.domains,
     );
+    session.set_tls(Tls::Offered);
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 64 << 10];
@@ -65,6 +68,27 @@ pub async fn serve(
                 Step::Deliver(envelope) => {
                     let outcome = deliver(&context, &peer, core, envelope).await;
                     session.delivered(outcome, &mut out);
+                }
+                Step::StartTls => {
+                    if !conn::flush(&mut stream, &mut out, &clock, |o| {
+                        context.metrics.count_smtp_replies(o)
+                    })
+                    .await
+                    {
+                        return;
+                    }
+                    match stream.start_tls(&context.tls).await {
+                        Ok(secure) => {
+                            stream = secure;
+                            add(&context.metrics.tls_handshakes, 1);
+                            session.tls_started();
+                        }
+                        Err(error) => {
+                            add(&context.metrics.tls_failures, 1);
+                            tracing::debug!(%peer, %error, "STARTTLS handshake failed");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -132,6 +156,7 @@ async fn deliver(
         &envelope.helo,
         peer,
         &context.config.hostname,
+        envelope.tls,
         &id_text,
         &porcupine_protocols::date::rfc5322(now),
     );

@@ -1,15 +1,50 @@
-//! User profiles: what is stored for a user, and password hashing (argon2id).
+//! User profiles: what is stored for a user, and password hashing (argon2id; SCRAM keys).
 //!
 //! A profile is stored as an engine profile record on the user's shard. Body format, version 1:
-//! `porcupine-profile 1\n` then `password <PHC string>\n`. Unknown lines are ignored, so fields
-//! can be added without a version bump; a different first line is refused.
+//!
+//! | line                                   | meaning                                        |
+//! |----------------------------------------|------------------------------------------------|
+//! | `porcupine-profile 1`                  | the format and its version                     |
+//! | `password <PHC string>`                | the argon2id hash (USER/PASS, SASL PLAIN)      |
+//! | `scram-sha-256 <i> <salt> <stored> <server>` | SCRAM-SHA-256 credentials, base64 (since wave 2; older profiles lack it, and those users log in by password until it next changes) |
+//!
+//! Unknown lines are ignored, so fields can be added without a version bump (the SCRAM line
+//! was); a different first line is refused.
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::Argon2;
 
+use porcupine_protocols::sasl::{ScramCredentials, SCRAM_ITERATIONS};
+
 const HEADER: &str = "porcupine-profile 1\n";
+const SCRAM_FIELD: &str = "scram-sha-256 ";
+
+/// What is stored to check a user's password: the argon2 hash and the SCRAM keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secrets {
+    pub phc: String,
+    pub scram: ScramCredentials,
+}
+
+/// Both secrets for `password`, each with a fresh salt (slow on purpose: tens of ms).
+pub fn make_secrets(password: &str) -> Result<Secrets, String> {
+    let phc = hash_password(password)?;
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut OsRng, &mut salt);
+    let scram = ScramCredentials::derive(password, &salt, SCRAM_ITERATIONS);
+    Ok(Secrets { phc, scram })
+}
+
+/// [`make_secrets`] on glommio's blocking threads: hashing takes tens of milliseconds, which a
+/// serving core must not spend.
+pub async fn secrets_off_core(password: &str) -> Result<Secrets, String> {
+    let password = password.to_owned();
+    glommio::executor()
+        .spawn_blocking(move || make_secrets(&password))
+        .await
+}
 
 /// Hashes a password with argon2id and a fresh salt (slow on purpose: tens of milliseconds).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -29,9 +64,23 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     }
 }
 
-/// The stored profile of a user with this password hash.
-pub fn encode_profile(password_phc: &str) -> Vec<u8> {
-    format!("{HEADER}password {password_phc}\n").into_bytes()
+/// The stored profile of a user with these secrets.
+pub fn encode_profile(secrets: &Secrets) -> Vec<u8> {
+    format!(
+        "{HEADER}password {}\n{SCRAM_FIELD}{}\n",
+        secrets.phc,
+        secrets.scram.to_text()
+    )
+    .into_bytes()
+}
+
+/// The SCRAM-SHA-256 credentials in a stored profile, if it has them.
+pub fn scram_of(profile: &[u8]) -> Option<ScramCredentials> {
+    let text = std::str::from_utf8(profile).ok()?;
+    let rest = text.strip_prefix(HEADER)?;
+    rest.lines()
+        .find_map(|l| l.strip_prefix(SCRAM_FIELD))
+        .and_then(ScramCredentials::from_text)
 }
 
 /// The password hash in a stored profile.
@@ -54,11 +103,22 @@ mod tests {
 
     #[test]
     fn profile_round_trip_and_password_check() {
-        let phc = hash_password("secret").unwrap();
-        let profile = encode_profile(&phc);
+        let secrets = make_secrets("secret").unwrap();
+        let profile = encode_profile(&secrets);
         let stored = password_of(&profile).unwrap();
         assert!(verify_password(&stored, "secret"));
         assert!(!verify_password(&stored, "Secret"));
+        assert_eq!(scram_of(&profile), Some(secrets.scram));
         assert_eq!(password_of(b"something else"), None);
+    }
+
+    /// A profile written before SCRAM keys were stored: its password still works, it has no
+    /// SCRAM credentials, and nothing about it is refused.
+    #[test]
+    fn a_profile_of_the_first_format_still_reads() {
+        let phc = hash_password("old").unwrap();
+        let profile = format!("porcupine-profile 1\npassword {phc}\n").into_bytes();
+        assert!(verify_password(&password_of(&profile).unwrap(), "old"));
+        assert_eq!(scram_of(&profile), None);
     }
 }

@@ -13,7 +13,11 @@ fn session() -> SmtpSession {
 /// Drives a session over `script` fed in chunks of `chunk` bytes; every local part starting
 /// with "u" exists; deliveries succeed. Returns the output and the delivered envelopes.
 fn drive(script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
-    let mut s = session();
+    drive_with(session(), script, chunk)
+}
+
+/// As [`drive`], with a session set up by the caller; a STARTTLS handshake always succeeds.
+fn drive_with(mut s: SmtpSession, script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
     let mut out = Vec::new();
     s.greeting(&mut out);
     let mut delivered = Vec::new();
@@ -35,6 +39,7 @@ fn drive(script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
                     delivered.push(envelope);
                     s.delivered(DeliveryOutcome::Stored("X1".into()), &mut out);
                 }
+                Step::StartTls => s.tls_started(),
             }
         }
     }
@@ -323,4 +328,90 @@ fn an_unreadable_bdat_size_closes_the_session() {
         );
         assert!(envelopes.is_empty());
     }
+}
+
+fn session_offering_tls() -> SmtpSession {
+    let mut s = session();
+    s.set_tls(Tls::Offered);
+    s
+}
+
+#[test]
+fn starttls_starts_over_and_what_was_pipelined_in_clear_is_never_run() {
+    let mut s = session();
+    s.set_tls(Tls::Offered);
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    // The injection of CVE-2011-0411: a command slipped in after STARTTLS, in clear.
+    s.push(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x>\r\n");
+    assert_eq!(s.step(&mut out), Step::StartTls);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.contains("250-STARTTLS\r\n"), "{text}");
+    assert!(text.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{text}");
+    s.tls_started();
+    out.clear();
+    assert_eq!(s.step(&mut out), Step::NeedInput);
+    assert!(
+        out.is_empty(),
+        "the pipelined MAIL was run: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // In clear up to STARTTLS, then (after the handshake) what the client sends over TLS.
+    let (clear, secure) = (
+        &b"EHLO c\r\nSTARTTLS\r\n"[..],
+        &b"MAIL FROM:<a@b>\r\nEHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"[..],
+    );
+    for chunk in [1, 3, 17, secure.len()] {
+        let mut s = session();
+        s.set_tls(Tls::Offered);
+        // Fed so that no chunk straddles the handshake, as a client must wait for the 220.
+        let (first, _) = drive_with(session_offering_tls(), clear, chunk);
+        assert!(
+            first.ends_with("220 2.0.0 Ready to start TLS\r\n"),
+            "{first}"
+        );
+        let mut out = Vec::new();
+        s.greeting(&mut out);
+        let mut delivered = Vec::new();
+        for (part, piece) in [clear, secure].into_iter().enumerate() {
+            for bytes in piece.chunks(chunk) {
+                s.push(bytes);
+                loop {
+                    match s.step(&mut out) {
+                        Step::NeedInput | Step::Close => break,
+                        Step::StartTls if part == 0 => s.tls_started(),
+                        Step::StartTls => panic!("a second STARTTLS was accepted"),
+                        Step::CheckRecipient(_) => {
+                            s.recipient_checked(RecipientCheck::Local, &mut out)
+                        }
+                        Step::Deliver(envelope) => {
+                            delivered.push(envelope);
+                            s.delivered(DeliveryOutcome::Stored("X".into()), &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let after = out
+            .split("220 2.0.0 Ready to start TLS\r\n")
+            .nth(1)
+            .unwrap();
+        // After the handshake the session starts over: EHLO again, and it lists no STARTTLS.
+        assert!(after.starts_with("503 5.5.1"), "chunk {chunk}: {after}");
+        assert!(!after.contains("STARTTLS"), "chunk {chunk}: {after}");
+        assert!(
+            after.contains("503 5.5.1 TLS is already active"),
+            "chunk {chunk}: {after}"
+        );
+        assert_eq!(delivered.len(), 1);
+        assert!(delivered[0].tls);
+    }
+    let (out, delivered) = drive(
+        b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\nDATA\r\nhi\r\n.\r\n",
+        64,
+    );
+    assert!(!out.contains("STARTTLS"), "{out}");
+    assert!(out.contains("454 4.7.0 TLS not available"), "{out}");
+    assert!(!delivered[0].tls);
 }

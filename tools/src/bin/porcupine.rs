@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use porcupine_cluster::node::replicas::AckPolicy;
 use porcupine_cluster::node::{self, NodeConfig};
 use porcupine_cluster::placement::PlacementPolicy;
+use porcupine_cluster::secure::{ClusterKey, ClusterSecurity};
 use porcupine_engine::ThrottleLimits;
 use porcupine_tools::admin_client;
 
@@ -35,17 +36,40 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
-        /// The node's admin endpoint.
-        #[arg(long, global = true, default_value = "127.0.0.1:8025")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        access: AdminAccess,
     },
+    /// Create a cluster key in FILE (mode 0600; never over an existing file): copy it to
+    /// every node of the cluster and start each with `--cluster-key FILE`.
+    ClusterKey { file: PathBuf },
     /// Show a running node's state.
     Status {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "127.0.0.1:8025")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        access: AdminAccess,
     },
+}
+
+/// How the CLI reaches a node's admin endpoint.
+#[derive(clap::Args, Debug)]
+struct AdminAccess {
+    /// The node's admin endpoint.
+    #[arg(long, global = true, default_value = "127.0.0.1:8025")]
+    admin: SocketAddr,
+    /// The file holding the node's admin token [default: $PORCUPINE_ADMIN_TOKEN, else
+    /// admin.token in --data]
+    #[arg(long, global = true)]
+    admin_token_file: Option<PathBuf>,
+    /// The node's (first) data directory, where its admin.token is.
+    #[arg(long, global = true, default_value = "./porcupine-data")]
+    data: PathBuf,
+}
+
+impl AdminAccess {
+    fn admin(&self) -> Result<admin_client::Admin> {
+        admin_client::Admin::new(self.admin, self.admin_token_file.as_deref(), &self.data)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,7 +88,8 @@ enum UserCommand {
     },
     /// Add users from a file of `EMAIL PASSWORD` lines (`#` starts a comment).
     Import { file: PathBuf },
-    /// Add COUNT users PREFIX<n>@DOMAIN (n = 1..=COUNT) sharing one password.
+    /// Add COUNT users PREFIX<n>@DOMAIN (n = 1..=COUNT, at most 10,000,000) sharing one
+    /// password, read from standard input (or given with --password, visible to `ps`).
     Bulk {
         #[arg(long)]
         count: u64,
@@ -73,7 +98,9 @@ enum UserCommand {
         #[arg(long)]
         domain: String,
         #[arg(long)]
-        password: String,
+        password_stdin: bool,
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
     },
     /// List users.
     List,
@@ -114,15 +141,49 @@ struct ServeArgs {
     /// POP3 listen address [default: 127.0.0.1:1110]
     #[arg(long)]
     pop3: Option<SocketAddr>,
+    /// POP3S (TLS from the first byte, RFC 8314) listen address; 995 in production
+    /// [default: 127.0.0.1:1995]
+    #[arg(long)]
+    pop3s: Option<SocketAddr>,
+    /// Do not listen for POP3S
+    #[arg(long)]
+    #[serde(default)]
+    no_pop3s: bool,
+    /// TLS certificate chain (PEM) for STARTTLS, STLS and POP3S, reloaded on SIGHUP
+    /// [default: a self-signed certificate made once in <data>/tls/]
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM)
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept passwords in clear (USER/PASS, SASL PLAIN) from off loopback without TLS, as
+    /// Dovecot's `disable_plaintext_auth = no` (refused with -ERR [PRIVACY] by default)
+    #[arg(long)]
+    #[serde(default)]
+    allow_plaintext_auth: bool,
     /// IMAP listen address (accepted; IMAP is not implemented yet)
     #[arg(long)]
     imap: Option<SocketAddr>,
     /// Admin HTTP address [default: 127.0.0.1:8025]
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// Cluster address: other nodes reach this one here [default: 127.0.0.1:7946]
+    /// The admin token's file, made at first start if missing (mode 0600; several nodes may
+    /// share one) [default: admin.token in the first data directory]
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Cluster address: other nodes reach this one here. A lone node (no --cluster, no
+    /// --join) listens for no other node [default: none]
     #[arg(long)]
     cluster: Option<SocketAddr>,
+    /// The cluster key (`porcupine cluster-key FILE` makes one; the same file on every node,
+    /// mode 0600): needed with --cluster or --join
+    #[arg(long)]
+    cluster_key: Option<PathBuf>,
+    /// Measurements only: run the cluster in plaintext, unauthenticated (refused unless every
+    /// cluster address is loopback)
+    #[arg(long)]
+    #[serde(default)]
+    insecure_plaintext_cluster: bool,
     /// Cluster addresses of nodes to join (comma-separated); a node that joins others creates
     /// no first user (it receives the cluster's users)
     #[arg(long, value_delimiter = ',')]
@@ -234,8 +295,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::User { command, admin } => user(command, admin),
-        Command::Status { json, admin } => status(json, admin),
+        Command::User { command, access } => user(command, &access),
+        Command::ClusterKey { file } => cluster_key(&file),
+        Command::Status { json, access } => status(json, &access),
     };
     if let Err(error) = result {
         eprintln!("porcupine: {error:#}");
@@ -260,9 +322,18 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         },
         smtp: flags.smtp.or(file.smtp),
         pop3: flags.pop3.or(file.pop3),
+        pop3s: flags.pop3s.or(file.pop3s),
+        no_pop3s: flags.no_pop3s || file.no_pop3s,
+        tls_cert: flags.tls_cert.or(file.tls_cert),
+        tls_key: flags.tls_key.or(file.tls_key),
+        allow_plaintext_auth: flags.allow_plaintext_auth || file.allow_plaintext_auth,
         imap: flags.imap.or(file.imap),
         admin: flags.admin.or(file.admin),
+        admin_token_file: flags.admin_token_file.or(file.admin_token_file),
         cluster: flags.cluster.or(file.cluster),
+        cluster_key: flags.cluster_key.or(file.cluster_key),
+        insecure_plaintext_cluster: flags.insecure_plaintext_cluster
+            || file.insecure_plaintext_cluster,
         join: if flags.join.is_empty() {
             file.join
         } else {
@@ -306,6 +377,63 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         no_first_user: flags.no_first_user || file.no_first_user,
         discard_bodies: flags.discard_bodies || file.discard_bodies,
     })
+}
+
+/// A panic kills the thread it happens on, and glommio lets it: the core's sessions and
+/// shards would be gone while the other cores run on, half a node. So the first panic, on any
+/// thread, says where it happened and ends the process, with status 70 (EX_SOFTWARE), for a
+/// supervisor to restart it (the systemd unit does).
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "a thread panicked: stopping the node (its supervisor restarts it)");
+        eprintln!("porcupine: a thread panicked; the node stops rather than run with a core gone");
+        std::process::exit(70);
+    }));
+}
+
+/// `PORCUPINE_FAULT=panic-core:N` (tests only): a task on core N panics once serving.
+fn fault_from_env() -> Result<Option<node::Fault>> {
+    let Ok(spec) = std::env::var("PORCUPINE_FAULT") else {
+        return Ok(None);
+    };
+    let core = spec
+        .strip_prefix("panic-core:")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("PORCUPINE_FAULT={spec:?}: expected panic-core:N"))?;
+    tracing::warn!(core, "fault injection: a task on this core will panic");
+    Ok(Some(node::Fault::PanicOnCore(core)))
+}
+
+/// `porcupine cluster-key FILE`.
+fn cluster_key(file: &std::path::Path) -> Result<()> {
+    ClusterKey::generate().write_new(file)?;
+    println!(
+        "wrote a new cluster key to {} (mode 0600): copy it to every node of the cluster \
+         and start each with --cluster-key {0}",
+        file.display()
+    );
+    Ok(())
+}
+
+/// The cluster key, or the plaintext measurement mode; a node that talks to others needs one.
+fn cluster_security(args: &ServeArgs) -> Result<ClusterSecurity> {
+    if args.cluster.is_none() && !args.join.is_empty() {
+        bail!("--join needs --cluster ADDR: the address where the other nodes reach this one");
+    }
+    let clustered = args.cluster.is_some();
+    match (&args.cluster_key, args.insecure_plaintext_cluster) {
+        (Some(_), true) => bail!("give --cluster-key or --insecure-plaintext-cluster, not both"),
+        (Some(path), false) => Ok(ClusterSecurity::Key(ClusterKey::read(path)?)),
+        (None, true) => Ok(ClusterSecurity::Plaintext),
+        (None, false) if clustered => bail!(
+            "a node in a cluster needs the cluster key: create one with `porcupine cluster-key \
+             FILE`, copy it to every node, and start each with --cluster-key FILE"
+        ),
+        // A lone node dials and admits no other node.
+        (None, false) => Ok(ClusterSecurity::Plaintext),
+    }
 }
 
 fn serve(flags: ServeArgs) -> Result<()> {
@@ -372,16 +500,28 @@ fn serve(flags: ServeArgs) -> Result<()> {
         smtp: args.smtp.unwrap_or(defaults.smtp),
         pop3: args.pop3.unwrap_or(defaults.pop3),
         admin: args.admin.unwrap_or(defaults.admin),
-        cluster: args.cluster.unwrap_or(defaults.cluster),
+        cluster: args.cluster,
+        cluster_security: cluster_security(&args)?,
+        admin_token_file: args.admin_token_file.clone(),
+        pop3s: if args.no_pop3s {
+            None
+        } else {
+            args.pop3s.or(defaults.pop3s)
+        },
+        tls_files: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(node::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => bail!("give both --tls-cert and --tls-key"),
+        },
+        allow_plaintext_auth: args.allow_plaintext_auth,
         join: args.join.clone(),
         hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
         domains,
         // A node joining others gets its users from the cluster.
-        first_user: !args.no_first_user
-            && args
-                .join
-                .iter()
-                .all(|seed| Some(*seed) == args.cluster.or(Some(defaults.cluster))),
+        first_user: !args.no_first_user && args.join.iter().all(|seed| Some(*seed) == args.cluster),
         discard_bodies: args.discard_bodies,
         replicas,
         ack_policy: match args.ack.unwrap_or(AckArg::All) {
@@ -464,9 +604,12 @@ fn serve(flags: ServeArgs) -> Result<()> {
             config.smtp_limits.message_bytes_max
         );
     }
+    config.fault = fault_from_env()?;
+    exit_on_panic();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("cannot install signal handlers")?;
     let handle = node::start(config.clone())?;
@@ -476,21 +619,37 @@ fn serve(flags: ServeArgs) -> Result<()> {
     // The addresses bound (a port 0 in the configuration is the port the kernel chose).
     let bound = &handle.context().config;
     println!(
-        "porcupine is serving on {} cores: SMTP {}, POP3 {}, admin http://{}, cluster {} (domains: {})",
+        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, admin http://{}, cluster {} (domains: {})",
         bound.cores,
         bound.smtp,
         bound.pop3,
+        bound.pop3s.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         bound.admin,
-        bound.cluster,
+        bound
+            .cluster
+            .map_or_else(|| "none (a lone node)".to_owned(), |a| a.to_string()),
         bound.domains.join(", ")
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == signal_hook::consts::SIGHUP {
+            // New handshakes take the new certificate; sessions in TLS keep theirs.
+            match handle.reload_tls() {
+                Ok(()) => {
+                    tracing::info!(cert = %handle.context().tls.files().cert.display(), "TLS certificate reloaded")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "TLS reload failed; the certificate in use stays")
+                }
+            }
+            continue;
+        }
         tracing::info!(
             signal,
             "stopping: closing listeners, finishing sessions, flushing"
         );
+        break;
     }
     handle.stop()?;
     tracing::info!("stopped cleanly");
@@ -543,7 +702,8 @@ fn password_from_stdin(password_stdin: bool) -> Result<String> {
     Ok(password)
 }
 
-fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
+fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
+    let admin = access.admin()?;
     let long = Duration::from_secs(3600);
     let (status, body) = match command {
         UserCommand::Add {
@@ -551,8 +711,7 @@ fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
             password_stdin,
         } => {
             let password = password_from_stdin(password_stdin)?;
-            admin_client::request(
-                admin,
+            admin.request(
                 "POST",
                 "/users",
                 format!("{email}\n{password}").as_bytes(),
@@ -564,8 +723,7 @@ fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
             password_stdin,
         } => {
             let password = password_from_stdin(password_stdin)?;
-            admin_client::request(
-                admin,
+            admin.request(
                 "POST",
                 "/users/password",
                 format!("{email}\n{password}").as_bytes(),
@@ -575,24 +733,24 @@ fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
         UserCommand::Import { file } => {
             let body =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            admin_client::request(admin, "POST", "/users/import", &body, long)?
+            admin.request("POST", "/users/import", &body, long)?
         }
         UserCommand::Bulk {
             count,
             prefix,
             domain,
+            password_stdin,
             password,
         } => {
+            let password = match password {
+                Some(password) => password,
+                None if password_stdin => password_from_stdin(true)?,
+                None => bail!("give the users' password with --password-stdin (or --password)"),
+            };
             let body = serde_json::json!({ "count": count, "prefix": prefix, "domain": domain, "password": password });
-            admin_client::request(
-                admin,
-                "POST",
-                "/users/bulk",
-                body.to_string().as_bytes(),
-                long,
-            )?
+            admin.request("POST", "/users/bulk", body.to_string().as_bytes(), long)?
         }
-        UserCommand::List => admin_client::request(admin, "GET", "/users", b"", long)?,
+        UserCommand::List => admin.request("GET", "/users", b"", long)?,
     };
     print!("{body}");
     if !body.ends_with('\n') && !body.is_empty() {
@@ -604,9 +762,9 @@ fn user(command: UserCommand, admin: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn status(json: bool, admin: SocketAddr) -> Result<()> {
-    let (code, body) =
-        admin_client::request(admin, "GET", "/status", b"", Duration::from_secs(30))?;
+fn status(json: bool, access: &AdminAccess) -> Result<()> {
+    let admin = access.admin()?;
+    let (code, body) = admin.request("GET", "/status", b"", Duration::from_secs(30))?;
     if code != 200 {
         bail!("the node answered {code}: {body}");
     }

@@ -58,7 +58,8 @@ pub fn start_member(
 
 pub fn status(node: &Node) -> serde_json::Value {
     let out = std::process::Command::new(super::binary())
-        .args(["status", "--json", "--admin", &node.admin_addr()])
+        .args(["status", "--json"])
+        .args(node.admin_args())
         .output()
         .expect("porcupine status");
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)

@@ -33,6 +33,25 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_porcupine")
 }
 
+/// The cluster key in `dir/cluster.key`, made with `porcupine cluster-key` the first time.
+pub fn cluster_key(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.key");
+    if !path.exists() {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new(binary())
+            .arg("cluster-key")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() || path.exists(),
+            "cluster-key failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
 impl Node {
     /// Starts a node on fresh ports with `data` as its data directory and waits until it serves.
     pub fn start(data: &Path, extra: &[&str]) -> Node {
@@ -80,11 +99,22 @@ impl Node {
                 &format!("{ip}:{pop3}"),
             ])
             .args(["--admin", &format!("{ip}:{admin}"), "--cores", "2"])
-            .args(if extra.contains(&"--cluster") {
-                Vec::new()
-            } else {
-                vec!["--cluster".to_owned(), format!("{ip}:{}", free_port())]
-            })
+            .args(
+                if extra.contains(&"--pop3s") || extra.contains(&"--no-pop3s") {
+                    Vec::new()
+                } else {
+                    vec!["--pop3s".to_owned(), format!("{ip}:{}", free_port())]
+                },
+            )
+            .args(
+                if extra.contains(&"--cluster") && !extra.contains(&"--cluster-key") {
+                    // Nodes started side by side share the key beside their data directories.
+                    let key = cluster_key(data.parent().unwrap_or(data));
+                    vec!["--cluster-key".to_owned(), key.display().to_string()]
+                } else {
+                    Vec::new()
+                },
+            )
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(
@@ -125,15 +155,63 @@ impl Node {
         format!("{}:{}", self.ip, self.admin)
     }
 
-    /// The node's Prometheus text (`GET /metrics`).
-    pub fn metrics(&self) -> String {
+    /// The CLI's flags to reach this node's admin endpoint (its token is in its data dir).
+    pub fn admin_args(&self) -> Vec<String> {
+        vec![
+            "--admin".into(),
+            self.admin_addr(),
+            "--data".into(),
+            self.data.display().to_string(),
+        ]
+    }
+
+    /// `method path` on the admin endpoint with `authorization` (None: no token) and `body`:
+    /// (status, body).
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
         use std::io::Read;
         let mut http = std::net::TcpStream::connect(self.admin_addr()).unwrap();
-        http.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let auth = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            http,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.admin_addr(),
+            body.len()
+        )
+        .unwrap();
+        http.write_all(body).unwrap();
         let mut text = String::new();
         http.read_to_string(&mut text).unwrap();
-        text
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
+    }
+
+    /// The node's admin token (from its data directory).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// The node's Prometheus text (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        self.admin_request("GET", "/metrics", None, b"").1
     }
 
     /// The value of the metric line that starts with `key` (name and labels), if there is one.
@@ -146,14 +224,8 @@ impl Node {
     /// `porcupine user add EMAIL --password-stdin`
     pub fn add_user(&self, email: &str) {
         let mut cli = Command::new(binary())
-            .args([
-                "user",
-                "add",
-                email,
-                "--password-stdin",
-                "--admin",
-                &self.admin_addr(),
-            ])
+            .args(["user", "add", email, "--password-stdin"])
+            .args(self.admin_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -184,7 +256,8 @@ impl Node {
                 "--domain",
                 "localhost",
             ])
-            .args(["--password", PASSWORD, "--admin", &self.admin_addr()])
+            .args(["--password", PASSWORD])
+            .args(self.admin_args())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -196,7 +269,7 @@ impl Node {
     pub fn set_password(&self, email: &str, password: &str) {
         let mut child = Command::new(binary())
             .args(["user", "passwd", email, "--password-stdin"])
-            .args(["--admin", &self.admin_addr()])
+            .args(self.admin_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -269,7 +342,7 @@ pub fn assert_refused(args: &[&str], expected: &str) {
         .args(["serve", "--no-first-user", "--data"])
         .arg(temp.path().join("data"))
         .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
-        .args(["--admin", "127.0.0.1:0", "--cluster", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
         .args(args)
         .output()
         .unwrap();
