@@ -206,7 +206,7 @@ impl Drop for Outside {
 }
 
 #[test]
-fn off_loopback_a_password_waits_for_tls() {
+fn off_loopback_a_password_waits_for_tls_and_the_admin_endpoint_speaks_https() {
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -220,6 +220,27 @@ fn off_loopback_a_password_waits_for_tls() {
     let dir = tempfile::tempdir().unwrap();
     let (smtp, pop3, admin, pop3s) = (free_port(), free_port(), free_port(), free_port());
     let pop3s_addr = format!("{}:{pop3s}", outside.host_ip);
+    // An admin endpoint off loopback is refused unless asked for, and then speaks HTTPS.
+    let refused = Command::new(common::binary())
+        .args(["serve", "--no-first-user", "--data"])
+        .arg(dir.path().join("refused"))
+        .args([
+            "--smtp",
+            "127.0.0.1:0",
+            "--pop3",
+            "127.0.0.1:0",
+            "--pop3s",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin", &format!("{}:{admin}", outside.host_ip)])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("off loopback, where anyone could try its token"),
+        "{why}"
+    );
     let node = Node::start_in(
         None,
         &dir.path().join("data"),
@@ -227,11 +248,35 @@ fn off_loopback_a_password_waits_for_tls() {
         smtp,
         pop3,
         admin,
-        &["--pop3s", &pop3s_addr],
+        &["--pop3s", &pop3s_addr, "--admin-public"],
     );
-    node.add_user("bob@localhost");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/tls_clients.py");
     let ca = node.data.join("tls/cert.pem");
+    let mut cli = Command::new(common::binary())
+        .args(["user", "add", "bob@localhost", "--password-stdin"])
+        .args(node.admin_args())
+        .arg("--admin-ca")
+        .arg(&ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cli.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success(), "user add over HTTPS: {out:?}");
+    let plain = Command::new(common::binary())
+        .args(["user", "list"])
+        .args(node.admin_args())
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "the public admin endpoint answered plain HTTP"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/tls_clients.py");
     let out = Command::new("ip")
         .args(["netns", "exec", &outside.ns, "python3", script, "privacy"])
         .args([&outside.host_ip, &pop3.to_string(), &pop3s.to_string()])

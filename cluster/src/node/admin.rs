@@ -22,6 +22,7 @@ use glommio::net::TcpStream;
 use super::admin_auth::{self, Refusal};
 use super::metrics::NodeMetrics;
 use super::service::StoreError;
+use super::tls::ClientStream;
 use super::users;
 use super::NodeContext;
 
@@ -63,8 +64,20 @@ fn json(status: u16, value: serde_json::Value) -> Response {
     }
 }
 
-pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>) {
+pub async fn serve(stream: TcpStream, context: Arc<NodeContext>) {
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    // Off loopback the endpoint speaks only HTTPS (the node refuses to start otherwise).
+    let mut stream = if context.config.admin_public {
+        match ClientStream::Plain(stream).start_tls(&context.tls).await {
+            Ok(secure) => secure,
+            Err(error) => {
+                tracing::debug!(%error, "admin TLS handshake failed");
+                return;
+            }
+        }
+    } else {
+        ClientStream::Plain(stream)
+    };
     let response = match read_request(&mut stream).await {
         Ok(request) => {
             let path = request.path.split('?').next().unwrap_or("");
@@ -118,7 +131,7 @@ pub async fn serve(mut stream: TcpStream, context: Arc<NodeContext>) {
     let _ = stream.close().await;
 }
 
-async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
+async fn read_request(stream: &mut ClientStream) -> Result<Request, Response> {
     let mut data = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
     let head_end = loop {

@@ -101,6 +101,9 @@ pub struct NodeConfig {
     /// Accept passwords in clear (USER/PASS, SASL PLAIN) off loopback without TLS, as
     /// Dovecot's `disable_plaintext_auth = no`; refused by default.
     pub allow_plaintext_auth: bool,
+    /// Serve the admin endpoint off loopback, over HTTPS only; without it an admin address
+    /// off loopback is refused.
+    pub admin_public: bool,
 }
 
 /// A fault a test can inject into a running node.
@@ -151,6 +154,7 @@ impl Default for NodeConfig {
             fault: None,
             tls_files: None,
             allow_plaintext_auth: false,
+            admin_public: false,
             pop3s: addr("127.0.0.1:1995").into(),
         }
     }
@@ -240,6 +244,13 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         })?;
     }
     check_cluster_security(&config)?;
+    if !config.admin.ip().is_loopback() && !config.admin_public {
+        return Err(start_error(format!(
+            "the admin endpoint would listen on {}, off loopback, where anyone could try its \
+             token: keep it on loopback, or give --admin-public to serve it there over HTTPS",
+            config.admin
+        )));
+    }
     runtime::raise_fd_limit();
     // Every listener is bound (and listening) before anything else starts: a taken port is a
     // clear error, and no other process can slip in while the shards open.
@@ -313,7 +324,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let tls_files = match &config.tls_files {
         Some(files) => files.clone(),
         None => {
-            let mut listening = vec![config.smtp.ip(), config.pop3.ip()];
+            let mut listening = vec![config.smtp.ip(), config.pop3.ip(), config.admin.ip()];
             listening.extend(config.pop3s.map(|a| a.ip()));
             tls::self_signed(&first_dir.join("tls"), &config.hostname, &listening)
                 .map_err(start_error)?

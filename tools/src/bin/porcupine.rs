@@ -64,11 +64,20 @@ struct AdminAccess {
     /// The node's (first) data directory, where its admin.token is.
     #[arg(long, global = true, default_value = "./porcupine-data")]
     data: PathBuf,
+    /// Speak HTTPS to the admin endpoint (one started with --admin-public), trusting this
+    /// certificate (PEM; the node's self-signed one is <data>/tls/cert.pem)
+    #[arg(long, global = true)]
+    admin_ca: Option<PathBuf>,
 }
 
 impl AdminAccess {
     fn admin(&self) -> Result<admin_client::Admin> {
-        admin_client::Admin::new(self.admin, self.admin_token_file.as_deref(), &self.data)
+        admin_client::Admin::new(
+            self.admin,
+            self.admin_token_file.as_deref(),
+            &self.data,
+            self.admin_ca.as_deref(),
+        )
     }
 }
 
@@ -171,6 +180,11 @@ struct ServeArgs {
     /// share one) [default: admin.token in the first data directory]
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Allow an admin address off loopback; the endpoint then speaks only HTTPS, with the
+    /// node's TLS certificate (the CLI needs --admin-ca)
+    #[arg(long)]
+    #[serde(default)]
+    admin_public: bool,
     /// Cluster address: other nodes reach this one here. A lone node (no --cluster, no
     /// --join) listens for no other node [default: none]
     #[arg(long)]
@@ -330,6 +344,7 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         imap: flags.imap.or(file.imap),
         admin: flags.admin.or(file.admin),
         admin_token_file: flags.admin_token_file.or(file.admin_token_file),
+        admin_public: flags.admin_public || file.admin_public,
         cluster: flags.cluster.or(file.cluster),
         cluster_key: flags.cluster_key.or(file.cluster_key),
         insecure_plaintext_cluster: flags.insecure_plaintext_cluster
@@ -517,6 +532,7 @@ fn serve(flags: ServeArgs) -> Result<()> {
             _ => bail!("give both --tls-cert and --tls-key"),
         },
         allow_plaintext_auth: args.allow_plaintext_auth,
+        admin_public: args.admin_public,
         join: args.join.clone(),
         hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
         domains,
