@@ -7,12 +7,14 @@
 //! - [`loads`]: this node's load and every node's load as last heard.
 //! - [`manager`]: a bucket manager's mail map and maildrop locks (sans-IO).
 //! - [`placement`]: where new mail goes: static, random or dynamic placement (sans-IO).
+//! - [`abuse`]: connections per client address, and the delay after failed logins (sans-IO).
 //! - [`plausible`]: what even an authenticated peer may not send (views, stamps, epochs).
 //! - [`transport`]: framed TCP connections between nodes (the glommio edge).
 //! - [`secure`]: the cluster key, the handshake that proves it, the encrypted record stream.
 //! - [`replication`]: the replication manager of a core: pushes, acks, retirement (sans-IO).
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod abuse;
 pub mod loads;
 pub mod manager;
 pub mod membership;

@@ -120,6 +120,8 @@ pub struct Pop3Session {
     tls: Tls,
     plaintext: Plaintext,
     sasl: Option<Sasl>,
+    /// SASL exchanges that failed their proof here (the edge counts them against the client).
+    proofs_failed: u64,
 }
 
 /// The refusal of a password in clear (USER/PASS, SASL PLAIN) off loopback without TLS.
@@ -148,7 +150,13 @@ impl Pop3Session {
             tls: Tls::Unavailable,
             plaintext: Plaintext::Allowed,
             sasl: None,
+            proofs_failed: 0,
         }
+    }
+
+    /// How many SCRAM exchanges failed their proof in this session (wrong password).
+    pub fn proofs_failed(&self) -> u64 {
+        self.proofs_failed
     }
 
     /// The connection's protection, before the greeting: whether STLS is offered (or TLS is
@@ -542,7 +550,10 @@ impl Pop3Session {
                         self.sasl = Some(Sasl::ScramDone(server.user().to_owned()));
                         None
                     }
-                    Err(_) => self.sasl_failed(out, "[AUTH] authentication failed"),
+                    Err(_) => {
+                        self.proofs_failed += 1;
+                        self.sasl_failed(out, "[AUTH] authentication failed")
+                    }
                 }
             }
             Some(Sasl::ScramDone(user)) => {

@@ -145,6 +145,9 @@ pub struct SmtpSession {
     pending_recipient: Option<Mailbox>,
     data: Vec<u8>,
     data_too_big: bool,
+    /// The node ran short of memory for messages in transfer: this one is dropped as it
+    /// arrives and answered 451 4.3.1.
+    data_no_memory: bool,
     /// The last data line ended in CRLF (so a "." line may end the message).
     data_at_line_start: bool,
     /// This transaction's message is coming in `BDAT` chunks (DATA is then refused).
@@ -178,6 +181,7 @@ impl SmtpSession {
             pending_recipient: None,
             data: Vec::new(),
             data_too_big: false,
+            data_no_memory: false,
             data_at_line_start: true,
             chunked: false,
             tls: Tls::Unavailable,
@@ -348,6 +352,7 @@ impl SmtpSession {
         self.recipients.clear();
         self.data = Vec::new();
         self.data_too_big = false;
+        self.data_no_memory = false;
         self.chunked = false;
     }
 
@@ -670,11 +675,11 @@ impl SmtpSession {
             return self.end_of_data(out);
         }
         self.state = State::Transaction;
-        if self.data_too_big {
+        if self.data_too_big || self.data_no_memory {
             // Keep reading chunks (the client may have pipelined them); refuse at LAST.
             reply(
                 out,
-                "250 2.0.0 Chunk received (message over the size limit)",
+                "250 2.0.0 Chunk received (the message will be refused)",
             );
         } else {
             reply(
@@ -685,10 +690,27 @@ impl SmtpSession {
         None
     }
 
+    /// Bytes this session holds of what the client sent: unread input and the message so far
+    /// (what the node's budget for messages in transfer counts).
+    pub fn buffered_bytes(&self) -> usize {
+        self.input.len() + self.data.len()
+    }
+
+    /// The node has no memory left for this message: it is dropped as it arrives, and the
+    /// client gets 451 4.3.1 at its end (to try again later). Nothing else changes.
+    pub fn refuse_for_memory(&mut self) {
+        if self.in_data() || self.state == State::Transaction {
+            self.data_no_memory = true;
+            self.data = Vec::new();
+        }
+    }
+
     /// Moves `len` bytes from input to the message, minding the size limit.
     fn append_data(&mut self, len: usize) {
         let bytes = &self.input[self.consumed..self.consumed + len];
-        if !self.data_too_big {
+        if self.data_no_memory {
+            // Dropped as it comes: the answer at its end is 451 4.3.1.
+        } else if !self.data_too_big {
             if self.data.len() + bytes.len() > self.limits.message_bytes_max {
                 self.data_too_big = true;
                 self.data = Vec::new();
@@ -705,6 +727,14 @@ impl SmtpSession {
     /// `None` when the message was refused and the session goes on with the next command.
     fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Step> {
         self.state = State::Ready;
+        if self.data_no_memory {
+            self.reset_transaction();
+            reply(
+                out,
+                "451 4.3.1 Insufficient system storage for the message now, try again later",
+            );
+            return None;
+        }
         if self.data_too_big {
             self.reset_transaction();
             reply(
@@ -779,3 +809,33 @@ pub fn received_header(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn a_message_refused_for_memory_is_read_to_its_end_and_answered_451() {
+        let mut s = SmtpSession::new(SmtpLimits::default(), "mx", &["localhost".into()]);
+        let mut out = Vec::new();
+        s.push(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@localhost>\r\nDATA\r\nline one\r\n");
+        loop {
+            match s.step(&mut out) {
+                Step::CheckRecipient(_) => s.recipient_checked(RecipientCheck::Local, &mut out),
+                Step::NeedInput => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(s.buffered_bytes() > 0);
+        s.refuse_for_memory();
+        s.push(b"line two\r\n.\r\nNOOP\r\n");
+        assert_eq!(s.step(&mut out), Step::NeedInput);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("451 4.3.1"), "{text}");
+        assert!(
+            text.ends_with("250 2.0.0 Ok\r\n"),
+            "the session goes on: {text}"
+        );
+        assert_eq!(s.buffered_bytes(), 0);
+    }
+}

@@ -534,6 +534,11 @@ async fn metrics(context: &NodeContext) -> String {
             &m.tls_failures,
         ),
         (
+            "porcupine_transfer_refused_total",
+            "messages refused 451 4.3.1 for want of transfer memory",
+            &m.transfer_refused,
+        ),
+        (
             "porcupine_deliveries_total",
             "messages accepted with 250",
             &m.messages_accepted,

@@ -34,6 +34,11 @@ pub struct SessionClock {
     /// Bumped on every read and write; the watcher compares it between ticks.
     activity: Cell<u64>,
     idle_ticks_max: u32,
+    /// Set while output waits for the client to take it.
+    writing: Cell<bool>,
+    /// Ticks a write may wait before the session is dropped (a client that sends and never
+    /// reads fills its socket buffer and would hold the session for good).
+    write_ticks_max: u32,
     verdict: Cell<Option<Verdict>>,
     waker: RefCell<Option<Waker>>,
 }
@@ -88,15 +93,19 @@ struct WatchInner {
 const TICK: Duration = Duration::from_secs(1);
 
 impl SessionWatch {
-    /// Registers a session that is closed after `idle` without reads or writes.
-    pub fn register(&self, idle: Duration) -> Rc<SessionClock> {
-        let ticks = idle
-            .as_secs()
-            .div_ceil(TICK.as_secs())
-            .clamp(1, u64::from(u32::MAX)) as u32;
+    /// Registers a session that is closed after `idle` without reads or writes, or after
+    /// `write` with output the client does not take.
+    pub fn register(&self, idle: Duration, write: Duration) -> Rc<SessionClock> {
+        let ticks = |d: Duration| {
+            d.as_secs()
+                .div_ceil(TICK.as_secs())
+                .clamp(1, u64::from(u32::MAX)) as u32
+        };
         let clock = Rc::new(SessionClock {
             activity: Cell::new(0),
-            idle_ticks_max: ticks,
+            idle_ticks_max: ticks(idle),
+            writing: Cell::new(false),
+            write_ticks_max: ticks(write),
             verdict: Cell::new(self.inner.stopped.get().then_some(Verdict::Stop)),
             waker: RefCell::new(None),
         });
@@ -144,7 +153,12 @@ impl SessionWatch {
                 return true;
             }
             watched.idle_ticks += 1;
-            if watched.idle_ticks >= clock.idle_ticks_max {
+            let limit = if clock.writing.get() {
+                clock.write_ticks_max.min(clock.idle_ticks_max)
+            } else {
+                clock.idle_ticks_max
+            };
+            if watched.idle_ticks >= limit {
                 clock.judge(Verdict::Idle);
                 return false;
             }
@@ -167,7 +181,14 @@ pub async fn read<S: futures_lite::AsyncRead + Unpin>(
             Ok(n) => Read::Bytes(n),
         }
     };
-    let watching = futures_lite::future::poll_fn(|cx| match clock.take_verdict() {
+    let result = futures_lite::future::or(reading, verdict(clock)).await;
+    clock.touch();
+    result
+}
+
+/// Resolves when the watcher judges the session (idle, stalled, or the node stopping).
+fn verdict(clock: &SessionClock) -> impl std::future::Future<Output = Read> + '_ {
+    futures_lite::future::poll_fn(|cx| match clock.take_verdict() {
         Some(verdict) => Poll::Ready(verdict),
         None => {
             let mut waker = clock.waker.borrow_mut();
@@ -176,10 +197,7 @@ pub async fn read<S: futures_lite::AsyncRead + Unpin>(
             }
             Poll::Pending
         }
-    });
-    let result = futures_lite::future::or(reading, watching).await;
-    clock.touch();
-    result
+    })
 }
 
 /// Writes pending output (counted by `count` first); false if the peer is gone.
@@ -194,7 +212,23 @@ pub async fn flush<S: futures_lite::AsyncWrite + Unpin>(
     }
     clock.touch();
     count(out);
-    let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
+    clock.writing.set(true);
+    let writing = async { stream.write_all(out).await.is_ok() && stream.flush().await.is_ok() };
+    // An idle verdict (the write stalled) interrupts it; a stop does not (the reply goes
+    // out, and the next read reports the stop).
+    let stalled = futures_lite::future::poll_fn(|cx| {
+        if clock.verdict.get() == Some(Verdict::Idle) {
+            return Poll::Ready(false);
+        }
+        let mut waker = clock.waker.borrow_mut();
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    });
+    let ok = futures_lite::future::or(writing, stalled).await;
+    clock.writing.set(false);
+    clock.touch();
     out.clear();
     ok
 }
@@ -206,8 +240,8 @@ mod tests {
     #[test]
     fn idle_sessions_are_judged_after_their_limit_and_active_ones_are_not() {
         let watch = SessionWatch::default();
-        let idle = watch.register(Duration::from_secs(3));
-        let busy = watch.register(Duration::from_secs(3));
+        let idle = watch.register(Duration::from_secs(3), Duration::from_secs(60));
+        let busy = watch.register(Duration::from_secs(3), Duration::from_secs(60));
         for _ in 0..5 {
             busy.touch();
             watch.tick();
@@ -220,7 +254,7 @@ mod tests {
     #[test]
     fn a_stop_is_reported_once_and_idleness_for_good() {
         let watch = SessionWatch::default();
-        let clock = watch.register(Duration::from_secs(60));
+        let clock = watch.register(Duration::from_secs(60), Duration::from_secs(60));
         clock.judge(Verdict::Stop);
         assert!(matches!(clock.take_verdict(), Some(Read::Stop)));
         assert!(clock.take_verdict().is_none());
@@ -231,9 +265,22 @@ mod tests {
     }
 
     #[test]
+    fn a_session_whose_output_is_not_taken_is_judged_after_the_write_limit() {
+        let watch = SessionWatch::default();
+        let stalled = watch.register(Duration::from_secs(300), Duration::from_secs(2));
+        let reading = watch.register(Duration::from_secs(300), Duration::from_secs(2));
+        stalled.writing.set(true);
+        for _ in 0..2 {
+            watch.tick();
+        }
+        assert!(matches!(stalled.take_verdict(), Some(Read::Closed)));
+        assert!(reading.take_verdict().is_none());
+    }
+
+    #[test]
     fn dropped_sessions_leave_the_watch() {
         let watch = SessionWatch::default();
-        drop(watch.register(Duration::from_secs(1)));
+        drop(watch.register(Duration::from_secs(1), Duration::from_secs(1)));
         watch.tick();
         assert!(watch.inner.sessions.borrow().is_empty());
     }

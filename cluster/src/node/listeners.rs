@@ -399,11 +399,25 @@ fn serve(handoff: Handoff, core: usize, context: Arc<NodeContext>, watch: &Sessi
         slot,
     } = handoff;
     let stream = stream.bind_to_executor();
+    // Client sessions count against their address ([`crate::abuse`]; loopback is exempt).
+    let address_slot = match (protocol, stream.peer_addr()) {
+        (Protocol::Smtp | Protocol::Pop3 | Protocol::Pop3s, Ok(peer)) => {
+            match context.clients.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    metrics::add(&context.metrics.sessions_refused, 1);
+                    refuse_address(protocol, why, stream);
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     let idle = match protocol {
         Protocol::Pop3 | Protocol::Pop3s => context.config.pop3_idle_timeout,
         _ => context.config.smtp_idle_timeout,
     };
-    let clock = watch.register(idle);
+    let clock = watch.register(idle, context.config.write_timeout);
     glommio::spawn_local(async move {
         match protocol {
             Protocol::Smtp => super::smtp_conn::serve(stream, context, clock, core).await,
@@ -418,18 +432,36 @@ fn serve(handoff: Handoff, core: usize, context: Arc<NodeContext>, watch: &Sessi
             Protocol::Admin => super::admin::serve(stream, context).await,
             Protocol::Cluster => super::cluster_driver::serve_peer(stream, context).await,
         }
-        drop(slot);
+        drop((slot, address_slot));
     })
     .detach();
 }
 
+/// Tells a client over its address's share to come back later, and closes.
+fn refuse_address(protocol: Protocol, why: crate::abuse::Admission, stream: TcpStream) {
+    use crate::abuse::Admission;
+    let refusal: &'static [u8] = match (protocol, why) {
+        (Protocol::Smtp, Admission::TooFast) => {
+            b"421 4.7.0 Too many connections from your address too fast, slow down\r\n"
+        }
+        (Protocol::Smtp, _) => b"421 4.7.0 Too many connections from your address\r\n",
+        (Protocol::Pop3, _) => b"-ERR [SYS/TEMP] too many connections from your address\r\n",
+        _ => b"",
+    };
+    write_and_close(stream, refusal);
+}
+
 /// Tells a client over the connection limit to come back later, and closes.
-fn refuse(protocol: Protocol, mut stream: TcpStream) {
+fn refuse(protocol: Protocol, stream: TcpStream) {
     let refusal: &'static [u8] = match protocol {
         Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections\r\n",
         Protocol::Pop3s | Protocol::Admin | Protocol::Cluster => b"",
     };
+    write_and_close(stream, refusal);
+}
+
+fn write_and_close(mut stream: TcpStream, refusal: &'static [u8]) {
     glommio::spawn_local(async move {
         use futures_lite::AsyncWriteExt;
         let _ = stream.write_all(refusal).await;

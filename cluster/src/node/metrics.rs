@@ -14,6 +14,8 @@ pub struct NodeMetrics {
     /// TLS handshakes with clients (STARTTLS, STLS, POP3S) that succeeded, and that failed.
     pub tls_handshakes: AtomicU64,
     pub tls_failures: AtomicU64,
+    /// Messages refused 451 4.3.1 because the node's transfer budget was spent.
+    pub transfer_refused: AtomicU64,
     pub messages_accepted: AtomicU64,
     pub recipients_delivered: AtomicU64,
     pub bytes_accepted: AtomicU64,
@@ -34,6 +36,7 @@ impl Default for NodeMetrics {
             peer_messages_refused: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            transfer_refused: AtomicU64::new(0),
             messages_accepted: AtomicU64::new(0),
             recipients_delivered: AtomicU64::new(0),
             bytes_accepted: AtomicU64::new(0),

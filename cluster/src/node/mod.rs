@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod admin_auth;
+pub mod client_limits;
 pub mod cluster_driver;
 pub mod cluster_state;
 pub mod conn;
@@ -21,6 +22,7 @@ pub mod replicas;
 pub mod service;
 pub mod smtp_conn;
 pub mod tls;
+pub mod transfer;
 pub mod users;
 
 use std::collections::HashMap;
@@ -104,6 +106,14 @@ pub struct NodeConfig {
     /// Serve the admin endpoint off loopback, over HTTPS only; without it an admin address
     /// off loopback is refused.
     pub admin_public: bool,
+    /// Connections and new connections per second per client address; loopback exempt.
+    pub abuse: crate::abuse::AbuseSettings,
+    /// A client that has not taken the node's output for this long loses its session (one
+    /// that pipelines and never reads must not hold a connection slot for good).
+    pub write_timeout: Duration,
+    /// Bytes of messages in transfer (being received, not yet stored) on the whole node; past
+    /// it a message gets 451 4.3.1 and is dropped, instead of the node running out of memory.
+    pub transfer_bytes_max: usize,
 }
 
 /// A fault a test can inject into a running node.
@@ -155,6 +165,9 @@ impl Default for NodeConfig {
             tls_files: None,
             allow_plaintext_auth: false,
             admin_public: false,
+            abuse: crate::abuse::AbuseSettings::default(),
+            write_timeout: Duration::from_secs(60),
+            transfer_bytes_max: 1 << 30,
             pop3s: addr("127.0.0.1:1995").into(),
         }
     }
@@ -180,6 +193,10 @@ pub struct NodeContext {
     pub admin_hosts: Vec<String>,
     /// TLS for clients (STARTTLS, STLS, POP3S).
     pub tls: tls::ServerTls,
+    /// Per client address: connections, their rate, failed logins.
+    pub clients: Arc<client_limits::ClientLimits>,
+    /// Message bytes in transfer on the node, against `transfer_bytes_max`.
+    pub transfer: transfer::TransferBudget,
 }
 
 /// The storage of each data directory: a directory named in `throttles` gets one simulated
@@ -373,6 +390,8 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         admin_hosts: admin_auth::own_hosts(config.admin, &config.hostname),
         admin_token,
         tls: server_tls,
+        clients: Arc::new(client_limits::ClientLimits::new(config.abuse.clone())),
+        transfer: transfer::TransferBudget::new(config.transfer_bytes_max),
     });
     let (stop_tx, stop_rx) = flume::unbounded::<()>();
     let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();

@@ -63,6 +63,7 @@ pub async fn serve(
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
     let mut locked: Option<proxy::Maildrop> = None;
+    let mut proofs_counted = 0;
     let mut errors_counted = 0;
     let mut count_errors = |session: &Pop3Session| {
         add(
@@ -95,6 +96,12 @@ pub async fn serve(
                     }
                 }
                 Step::ScramCredentials { user } => {
+                    if let Some(ip) = peer.map(|p| p.ip()) {
+                        let wait = context.clients.login_penalty(ip);
+                        if !wait.is_zero() {
+                            glommio::timer::sleep(wait).await;
+                        }
+                    }
                     let stored = context
                         .router
                         .scram_credentials(&user.to_lowercase())
@@ -113,7 +120,22 @@ pub async fn serve(
                         _ => continue,
                     };
                     let user = user.to_lowercase();
-                    let outcome = match proxy::open(&context, &user, &credential).await {
+                    // An address that failed recently waits before each try (auth penalty).
+                    if let Some(ip) = peer.map(|p| p.ip()) {
+                        let wait = context.clients.login_penalty(ip);
+                        if !wait.is_zero() {
+                            glommio::timer::sleep(wait).await;
+                        }
+                    }
+                    let opened = proxy::open(&context, &user, &credential).await;
+                    if let Some(ip) = peer.map(|p| p.ip()) {
+                        match &opened {
+                            Err(OpenFailure::BadCredentials) => context.clients.login_failed(ip),
+                            Ok(_) => context.clients.login_succeeded(ip),
+                            Err(_) => {}
+                        }
+                    }
+                    let outcome = match opened {
                         Ok(maildrop) => {
                             let entries = maildrop
                                 .messages
@@ -158,6 +180,12 @@ pub async fn serve(
             }
         }
         count_errors(&session);
+        if let Some(ip) = peer.map(|p| p.ip()) {
+            for _ in proofs_counted..session.proofs_failed() {
+                context.clients.login_failed(ip);
+            }
+        }
+        proofs_counted = session.proofs_failed();
         if !conn::flush(&mut stream, &mut out, &clock, |_| {}).await {
             break;
         }

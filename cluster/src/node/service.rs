@@ -490,8 +490,15 @@ pub struct CoreService {
     verified: RefCell<HashMap<String, VerifiedCredential>>,
     /// Secret key of those hashes, fresh per process.
     verified_key: u64,
+    /// Recent wrong passwords per account verified on this core.
+    account_failures: RefCell<HashMap<String, crate::abuse::Failures>>,
+    /// When this service started (the clock of `account_failures`).
+    started: std::time::Instant,
     replication: Rc<CoreReplication>,
 }
+
+/// Accounts whose failures a core remembers before it drops the forgotten ones.
+const ACCOUNT_FAILURES_MAX: usize = 1 << 16;
 
 /// A password that matched a user's profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -520,6 +527,8 @@ impl CoreService {
             locked: RefCell::new(HashSet::new()),
             verified: RefCell::new(HashMap::new()),
             verified_key: rand::random(),
+            account_failures: RefCell::new(HashMap::new()),
+            started: std::time::Instant::now(),
             replication,
         })
     }
@@ -762,8 +771,34 @@ impl CoreService {
     }
 
     /// Reads the user's profile and checks the password against its argon2 hash; the refusal
-    /// (`BadCredentials` or `Unavailable`) if it does not match.
+    /// (`BadCredentials` or `Unavailable`) if it does not match. A wrong password waits, the
+    /// longer the more this account failed lately ([`crate::abuse::penalty`]): the account's
+    /// logins are all verified here, whichever node the client is on.
     async fn verify(&self, shard: &Shard, user: &str, password: &str) -> Result<(), Login> {
+        let outcome = self.verify_once(shard, user, password).await;
+        let now = self.started.elapsed().as_millis() as u64;
+        match outcome {
+            Err(Login::BadCredentials) => {
+                let wait = {
+                    let mut failures = self.account_failures.borrow_mut();
+                    if failures.len() >= ACCOUNT_FAILURES_MAX {
+                        failures.retain(|_, f| !f.forgotten(now));
+                    }
+                    let record = failures.entry(user.to_owned()).or_default();
+                    record.failed(now);
+                    crate::abuse::penalty(record.count(now))
+                };
+                glommio::timer::sleep(wait).await;
+            }
+            Ok(()) => {
+                self.account_failures.borrow_mut().remove(user);
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn verify_once(&self, shard: &Shard, user: &str, password: &str) -> Result<(), Login> {
         let profile = match shard.read_profile(user).await {
             Ok(Some(profile)) => profile,
             Ok(None) => {

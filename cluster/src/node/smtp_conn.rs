@@ -39,6 +39,7 @@ pub async fn serve(
         &config.domains,
     );
     session.set_tls(Tls::Offered);
+    let mut reserved = context.transfer.reservation();
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 64 << 10];
@@ -68,6 +69,9 @@ pub async fn serve(
                 Step::Deliver(envelope) => {
                     let outcome = deliver(&context, &peer, core, envelope).await;
                     session.delivered(outcome, &mut out);
+                    let _ = context
+                        .transfer
+                        .cover(&mut reserved, session.buffered_bytes());
                 }
                 Step::StartTls => {
                     if !conn::flush(&mut stream, &mut out, &clock, |o| {
@@ -109,7 +113,20 @@ pub async fn serve(
             return;
         }
         match conn::read(&mut stream, &mut buf, &clock).await {
-            Read::Bytes(n) => session.push(&buf[..n]),
+            Read::Bytes(n) => {
+                session.push(&buf[..n]);
+                // The node's budget for messages in transfer: past it, this one is refused.
+                if !context
+                    .transfer
+                    .cover(&mut reserved, session.buffered_bytes())
+                {
+                    add(&context.metrics.transfer_refused, 1);
+                    session.refuse_for_memory();
+                    let _ = context
+                        .transfer
+                        .cover(&mut reserved, session.buffered_bytes());
+                }
+            }
             Read::Closed => return, // mid-DATA: nothing was stored
             Read::Stop => stopping = true,
         }

@@ -259,6 +259,26 @@ struct ServeArgs {
     /// Seconds an idle SMTP session is kept [default: 300]
     #[arg(long)]
     smtp_idle_s: Option<u64>,
+    /// Seconds a client may leave the node's output untaken before its session is dropped
+    /// [default: 60]
+    #[arg(long)]
+    write_timeout_s: Option<u64>,
+    /// Connections one client address may hold [default: 50]
+    #[arg(long)]
+    connections_per_ip: Option<u32>,
+    /// New connections per second one client address may open (bursts of twice that)
+    /// [default: 20]
+    #[arg(long)]
+    connection_rate_per_ip: Option<f64>,
+    /// Addresses free of the per-address limits, comma-separated CIDRs, or `none`
+    /// [default: 127.0.0.0/8,::1]
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    limits_exempt: Vec<String>,
+    /// MiB of messages in transfer on the whole node; past it a message gets 451 4.3.1
+    /// [default: 1024]
+    #[arg(long)]
+    transfer_memory_mib: Option<usize>,
     /// Milliseconds between membership pings to the ring successor [default: 50]
     #[arg(long)]
     ping_ms: Option<u64>,
@@ -381,6 +401,15 @@ fn merge(flags: ServeArgs) -> Result<ServeArgs> {
         recipients_max: flags.recipients_max.or(file.recipients_max),
         connections_max: flags.connections_max.or(file.connections_max),
         smtp_idle_s: flags.smtp_idle_s.or(file.smtp_idle_s),
+        write_timeout_s: flags.write_timeout_s.or(file.write_timeout_s),
+        connections_per_ip: flags.connections_per_ip.or(file.connections_per_ip),
+        connection_rate_per_ip: flags.connection_rate_per_ip.or(file.connection_rate_per_ip),
+        limits_exempt: if flags.limits_exempt.is_empty() {
+            file.limits_exempt
+        } else {
+            flags.limits_exempt
+        },
+        transfer_memory_mib: flags.transfer_memory_mib.or(file.transfer_memory_mib),
         ping_ms: flags.ping_ms.or(file.ping_ms),
         suspect_ms: flags.suspect_ms.or(file.suspect_ms),
         segment_mib: flags.segment_mib.or(file.segment_mib),
@@ -419,6 +448,41 @@ fn fault_from_env() -> Result<Option<node::Fault>> {
         .with_context(|| format!("PORCUPINE_FAULT={spec:?}: expected panic-core:N"))?;
     tracing::warn!(core, "fault injection: a task on this core will panic");
     Ok(Some(node::Fault::PanicOnCore(core)))
+}
+
+/// The per-address limits from the flags.
+fn abuse_settings(args: &ServeArgs) -> Result<porcupine_cluster::abuse::AbuseSettings> {
+    use porcupine_cluster::abuse::{AbuseSettings, Cidr};
+    let defaults = AbuseSettings::default();
+    let rate = args
+        .connection_rate_per_ip
+        .unwrap_or(defaults.connection_rate_per_ip);
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("--connection-rate-per-ip must be a positive number (got {rate})");
+    }
+    let exempt = match args.limits_exempt.as_slice() {
+        [] => defaults.exempt,
+        [none] if none == "none" => Vec::new(),
+        ranges => ranges
+            .iter()
+            .map(|r| {
+                Cidr::parse(r.trim())
+                    .with_context(|| format!("--limits-exempt {r:?}: expected ADDR/BITS"))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let per_ip = args
+        .connections_per_ip
+        .unwrap_or(defaults.connections_per_ip);
+    if per_ip == 0 {
+        bail!("--connections-per-ip must be at least 1");
+    }
+    Ok(AbuseSettings {
+        connections_per_ip: per_ip,
+        connection_rate_per_ip: rate,
+        connection_burst_per_ip: rate * 2.0,
+        exempt,
+    })
 }
 
 /// `porcupine cluster-key FILE`.
@@ -533,6 +597,13 @@ fn serve(flags: ServeArgs) -> Result<()> {
         },
         allow_plaintext_auth: args.allow_plaintext_auth,
         admin_public: args.admin_public,
+        abuse: abuse_settings(&args)?,
+        write_timeout: Duration::from_secs(args.write_timeout_s.unwrap_or(60).max(1)),
+        transfer_bytes_max: match args.transfer_memory_mib {
+            Some(0) => bail!("--transfer-memory-mib must be at least 1"),
+            Some(mib) => mib.saturating_mul(1 << 20),
+            None => defaults.transfer_bytes_max,
+        },
         join: args.join.clone(),
         hostname: args.hostname.clone().unwrap_or_else(|| domains[0].clone()),
         domains,
