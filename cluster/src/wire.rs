@@ -83,6 +83,38 @@ pub enum WireError {
     Payload(String),
 }
 
+/// The header of a frame carrying `payload` (its length and CRC filled in); `None` if the
+/// payload is over [`PAYLOAD_BYTES_MAX`].
+pub fn header_for(
+    kind: FrameKind,
+    request_id: u64,
+    load: u32,
+    sender: u64,
+    payload: &[u8],
+) -> Option<[u8; HEADER_BYTES]> {
+    if payload.len() > PAYLOAD_BYTES_MAX {
+        return None;
+    }
+    let mut raw = RawHeader {
+        magic: FRAME_MAGIC.into(),
+        version: FRAME_VERSION,
+        kind: kind as u8,
+        flags: 0.into(),
+        payload_len: (payload.len() as u32).into(),
+        crc32: 0.into(),
+        request_id: request_id.into(),
+        load: load.into(),
+        sender: (sender as u32).into(),
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(raw.as_bytes());
+    hasher.update(payload);
+    raw.crc32 = hasher.finalize().into();
+    let mut header = [0u8; HEADER_BYTES];
+    header.copy_from_slice(raw.as_bytes());
+    Some(header)
+}
+
 /// Encodes one frame into `out` (appended).
 pub fn encode(
     out: &mut Vec<u8>,
@@ -99,26 +131,11 @@ pub fn encode(
     writer = postcard::to_extend(body, writer).map_err(|e| WireError::Payload(e.to_string()))?;
     *out = writer;
     let payload_len = out.len() - out_len_before;
-    if payload_len > PAYLOAD_BYTES_MAX {
+    let Some(header) = header_for(kind, request_id, load, sender, &out[out_len_before..]) else {
         out.truncate(start);
         return Err(WireError::TooLong(payload_len));
-    }
-    let mut raw = RawHeader {
-        magic: FRAME_MAGIC.into(),
-        version: FRAME_VERSION,
-        kind: kind as u8,
-        flags: 0.into(),
-        payload_len: (payload_len as u32).into(),
-        crc32: 0.into(),
-        request_id: request_id.into(),
-        load: load.into(),
-        sender: (sender as u32).into(),
     };
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(raw.as_bytes());
-    hasher.update(&out[out_len_before..]);
-    raw.crc32 = hasher.finalize().into();
-    out[start..start + HEADER_BYTES].copy_from_slice(raw.as_bytes());
+    out[start..start + HEADER_BYTES].copy_from_slice(&header);
     Ok(())
 }
 

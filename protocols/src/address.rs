@@ -26,6 +26,13 @@ impl Mailbox {
         if local.is_empty() || local.len() > 64 || domain.is_empty() || domain.len() > 255 {
             return Err(AddressError);
         }
+        // Lower case can be longer than the text (Ⱦ is two bytes, ⱦ three): the limits hold
+        // for the canonical form too, which is what is stored (found by the fuzzer).
+        if !text.is_ascii()
+            && (local.to_lowercase().len() > 64 || domain.to_lowercase().len() > 255)
+        {
+            return Err(AddressError);
+        }
         let bad = |c: char| c.is_control() || c == ' ' || c == '<' || c == '>' || c == ',';
         if local.starts_with('"') {
             if !(local.len() >= 2 && local.ends_with('"')) || local.chars().any(|c| c.is_control())
@@ -124,5 +131,9 @@ mod tests {
                 .local,
             "δοκιμή"
         );
+        // 255 bytes of domain whose lower case is 256: its canonical form could not be stored.
+        let domain = format!("{}\u{23e}", "o".repeat(253));
+        assert_eq!(domain.len(), 255);
+        assert!(Mailbox::parse(&format!("a@{domain}")).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! - [`admin_client`]: the CLI's HTTP client for a node's admin endpoint.
 //! - [`load`]: the load generator (workload, SMTP and POP3 clients, integrity accounting, report).
+//! - [`serve_config`]: `porcupine serve`'s flags and config file.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin_client;
 pub mod load;
+pub mod serve_config;

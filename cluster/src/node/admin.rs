@@ -28,7 +28,7 @@ use super::NodeContext;
 
 const HEAD_BYTES_MAX: usize = 16 << 10;
 /// An import of a million users is about 40 MB.
-const BODY_BYTES_MAX: usize = 64 << 20;
+pub const BODY_BYTES_MAX: usize = 64 << 20;
 /// Users one bulk request may create.
 pub const BULK_COUNT_MAX: u64 = 10_000_000;
 /// Profile writes in flight during bulk creation.
@@ -131,6 +131,56 @@ pub async fn serve(stream: TcpStream, context: Arc<NodeContext>) {
     let _ = stream.close().await;
 }
 
+/// A request's head, parsed ([`parse_head`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    pub authorization: Option<String>,
+    pub content_length: usize,
+}
+
+/// Parses a request head (the bytes before the blank line): the request line and the headers
+/// this endpoint reads. Errors are the 400 / 413 text.
+pub fn parse_head(head: &[u8]) -> Result<Head, (u16, &'static str)> {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let method = request_line.next().unwrap_or("").to_owned();
+    let path = request_line.next().unwrap_or("").to_owned();
+    let mut content_length = 0usize;
+    let (mut host, mut authorization) = (None, None);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| (400, "bad Content-Length\n"))?;
+            } else if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return Err((400, "more than one Host\n"));
+                }
+                host = Some(value.trim().to_owned());
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_owned());
+            }
+        }
+    }
+    if content_length > BODY_BYTES_MAX {
+        return Err((413, "body too large\n"));
+    }
+    Ok(Head {
+        method,
+        path,
+        host,
+        authorization,
+        content_length,
+    })
+}
+
 async fn read_request(stream: &mut ClientStream) -> Result<Request, Response> {
     let mut data = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
@@ -146,34 +196,8 @@ async fn read_request(stream: &mut ClientStream) -> Result<Request, Response> {
             Ok(n) => data.extend_from_slice(&buf[..n]),
         }
     };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split(' ');
-    let method = request_line.next().unwrap_or("").to_owned();
-    let path = request_line.next().unwrap_or("").to_owned();
-    let mut length = 0usize;
-    let (mut host, mut authorization) = (None, None);
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| text(400, "bad Content-Length\n"))?;
-            } else if name.eq_ignore_ascii_case("host") {
-                if host.is_some() {
-                    return Err(text(400, "more than one Host\n"));
-                }
-                host = Some(value.trim().to_owned());
-            } else if name.eq_ignore_ascii_case("authorization") {
-                authorization = Some(value.trim().to_owned());
-            }
-        }
-    }
-    if length > BODY_BYTES_MAX {
-        return Err(text(413, "body too large\n"));
-    }
+    let head = parse_head(&data[..head_end]).map_err(|(status, why)| text(status, why))?;
+    let length = head.content_length;
     let mut body = data[head_end + 4..].to_vec();
     while body.len() < length {
         match stream.read(&mut buf).await {
@@ -183,10 +207,10 @@ async fn read_request(stream: &mut ClientStream) -> Result<Request, Response> {
     }
     body.truncate(length);
     Ok(Request {
-        method,
-        path,
-        host,
-        authorization,
+        method: head.method,
+        path: head.path,
+        host: head.host,
+        authorization: head.authorization,
         body,
     })
 }

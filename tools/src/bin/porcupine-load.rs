@@ -173,7 +173,7 @@ fn real_main() -> Result<()> {
             report.corrupt
         );
     }
-    if report.unswept > 0 {
+    if report.unverified > 0 {
         bail!(
             "the sweep could not empty {} mailboxes: {} acknowledged messages were not verified",
             report.unswept,

@@ -610,8 +610,11 @@ fn sweep(
     run_id: &str,
     deadline: Instant,
 ) -> anyhow::Result<ThreadResult> {
-    /// Tries per mailbox: it may be briefly locked by a session that just ended.
-    const ATTEMPTS: usize = 50;
+    /// The wait between tries of a mailbox that is locked (by a session that just ended, or
+    /// one of a node that died, until its lock is taken over) or unavailable: it doubles from
+    /// the first to the last, and the tries go on until the sweep's deadline.
+    const RETRY_FIRST: Duration = Duration::from_millis(20);
+    const RETRY_MAX: Duration = Duration::from_millis(500);
     let users = Arc::new(users);
     let (config, run_id) = (config.clone(), run_id.to_owned());
     let results = on_executors("sweep", threads, move |thread| {
@@ -626,7 +629,9 @@ fn sweep(
                 let user = user_name(&config.user_format, *n);
                 let target = config.pop3[i % config.pop3.len()];
                 let mut emptied = false;
-                for attempt in 0..ATTEMPTS {
+                let mut pause = RETRY_FIRST;
+                let mut last_error = None;
+                loop {
                     let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                         break;
                     };
@@ -648,13 +653,19 @@ fn sweep(
                             if let Some(messages) = &failure.after_quit {
                                 result.account_uncertain(&run_id, messages);
                             }
-                            if attempt + 1 == ATTEMPTS {
-                                result.error(&failure.error, &progress);
-                            } else {
-                                glommio::timer::sleep(Duration::from_millis(20)).await;
+                            // A refused login will not get better: leave it unswept.
+                            let refused = failure.error.label() == "pop3:[AUTH]";
+                            last_error = Some(failure.error);
+                            if refused {
+                                break;
                             }
+                            glommio::timer::sleep(pause.min(left)).await;
+                            pause = (pause * 2).min(RETRY_MAX);
                         }
                     }
+                }
+                if let (false, Some(error)) = (emptied, &last_error) {
+                    result.error(error, &progress);
                 }
                 // A mailbox that could not be read says nothing about its mail either way.
                 if emptied {

@@ -1,0 +1,18 @@
+//! Cluster frames on any bytes: the header and the CRC-checked payload decode or are refused,
+//! never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use porcupine_cluster::wire::{decode_header, decode_payload, HEADER_BYTES};
+
+fuzz_target!(|data: &[u8]| {
+    let Some(header_bytes) = data.get(..HEADER_BYTES) else {
+        return;
+    };
+    let Ok(header_bytes) = <[u8; HEADER_BYTES]>::try_from(header_bytes) else {
+        return;
+    };
+    if let Ok(header) = decode_header(&header_bytes) {
+        let _ = decode_payload(&header_bytes, &header, &data[HEADER_BYTES..]);
+    }
+});

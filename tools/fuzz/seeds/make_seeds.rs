@@ -1,0 +1,126 @@
+//! Writes the binary seeds of the fuzz corpus (frames, records, checkpoints, segment
+//! headers), made with the real encoders so the fuzzer starts from valid inputs:
+//! `cargo run --manifest-path tools/fuzz/Cargo.toml --bin make_seeds` (from the workspace).
+
+use std::path::Path;
+
+use porcupine_cluster::membership::{Epoch, Member, Msg, View};
+use porcupine_cluster::usermap::UserMap;
+use porcupine_cluster::wire::{self, Body, FrameKind, ReplicaUpdate, HEADER_BYTES};
+use porcupine_engine::index::Index;
+use porcupine_engine::record::{self, RecordKind, RecordMeta, Retired};
+use porcupine_engine::segment::SegmentHeader;
+use porcupine_engine::ReplicaSet;
+use zerocopy::IntoBytes;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::create_dir_all(dir).expect("corpus dir");
+    std::fs::write(dir.join(name), bytes).expect("seed written");
+}
+
+fn main() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let epoch = Epoch {
+        clock: 1_800_000_000_000,
+        coordinator: 2,
+    };
+    let members = vec![
+        Member {
+            id: 1,
+            addr: "127.0.0.1:7946".into(),
+        },
+        Member {
+            id: 2,
+            addr: "127.0.0.2:7946".into(),
+        },
+    ];
+    let view = View {
+        epoch,
+        map: UserMap::single(1, 1024, epoch).reassign(&[1, 2], epoch),
+        members: members.clone(),
+    };
+    let bodies = [
+        ("commit", Body::Membership(Msg::Commit { view })),
+        (
+            "ping",
+            Body::Membership(Msg::Ping {
+                from: members[1].clone(),
+                epoch,
+            }),
+        ),
+        (
+            "store",
+            Body::Store {
+                user: "a@x".into(),
+                id: 7,
+                epoch,
+                replicas: vec![1, 2],
+                message: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+            },
+        ),
+        (
+            "replicate",
+            Body::Replicate {
+                user: "a@x".into(),
+                id: 7,
+                hlc: 1 << 40,
+                origin: 1,
+                replicas: vec![1, 2],
+                update: ReplicaUpdate::Delete,
+            },
+        ),
+        (
+            "profiles",
+            Body::Profiles {
+                profiles: vec![("a@x".into(), 1 << 40, b"porcupine-profile 1\n".to_vec())],
+            },
+        ),
+        ("fetch", Body::Fetch { user: "a@x".into(), id: 9 }),
+    ];
+    for (name, body) in &bodies {
+        let mut frame = Vec::new();
+        wire::encode(&mut frame, FrameKind::Request, 1, 3, 1, body).expect("encodes");
+        write(&corpus.join("cluster_frame"), name, &frame);
+        write(&corpus.join("cluster_payload"), name, &frame[HEADER_BYTES..]);
+    }
+    let meta = |kind, id| RecordMeta {
+        kind,
+        hlc: 1 << 40,
+        message_id: id,
+        node_id: 1,
+        aux: 0,
+        replicas: ReplicaSet::new([1, 2]),
+    };
+    write(
+        &corpus.join("record"),
+        "put",
+        &record::encode(&meta(RecordKind::Put, 7), "a@x", b"Subject: hi\r\n\r\nbody\r\n"),
+    );
+    write(
+        &corpus.join("record"),
+        "delete",
+        &record::encode(&meta(RecordKind::Delete, 7), "a@x", b""),
+    );
+    let retired = record::encode_retired(&[Retired {
+        user_key: record::user_key("a@x"),
+        message_id: 7,
+        hlc: 1 << 40,
+    }]);
+    write(
+        &corpus.join("record"),
+        "retire",
+        &record::encode(&meta(RecordKind::Retire, 0), "", &retired),
+    );
+    let index = Index::new();
+    write(
+        &corpus.join("checkpoint"),
+        "empty",
+        &porcupine_engine::checkpoint::encode(&index, &[(1, 4096)], (1, 4096), 1 << 40),
+    );
+    write(
+        &corpus.join("segment_header"),
+        "header",
+        SegmentHeader::new(3, 128 << 20, 1 << 40).as_bytes(),
+    );
+    println!("seeds written under {}", corpus.display());
+}
