@@ -631,10 +631,7 @@ fn sweep(
                 let mut emptied = false;
                 let mut pause = RETRY_FIRST;
                 let mut last_error = None;
-                loop {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
+                while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                     let mut greeting = None;
                     let limit = left.min(IO_TIMEOUT);
                     let session =
