@@ -279,6 +279,11 @@ fn a_partitioned_node_is_dropped_and_merges_back_when_the_network_heals() {
                 "--join",
                 &seeds,
                 "--allow-plaintext-auth",
+                // The test's client opens a connection per user in a burst.
+                "--limits-exempt",
+                "10.77.0.0/16",
+                // Its admin endpoint is off loopback too: HTTPS, as a node must then.
+                "--admin-public",
             ],
         )
     };

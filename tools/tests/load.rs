@@ -64,6 +64,14 @@ fn the_paper_workload_runs_with_no_lost_or_corrupt_mail() {
     // The node offers CHUNKING: every message goes by BDAT, so no DATA is ever started.
     run(&node, &[]);
     assert_eq!(replies(&node, 354), 0);
+    // Encrypted: STARTTLS on every SMTP connection, STLS on every POP3 one.
+    let handshakes = node.metric("porcupine_tls_handshakes_total").unwrap_or(0.0);
+    let ca = node.data.join("tls/cert.pem");
+    run(&node, &["--tls", "--tls-ca", ca.to_str().unwrap()]);
+    assert!(
+        node.metric("porcupine_tls_handshakes_total").unwrap() > handshakes + 10.0,
+        "porcupine-load --tls did not use TLS"
+    );
     // The same with DATA.
     let delivered = run(&node, &["--no-chunking"]);
     assert!(

@@ -254,8 +254,6 @@ fn off_loopback_a_password_waits_for_tls_and_the_admin_endpoint_speaks_https() {
     let mut cli = Command::new(common::binary())
         .args(["user", "add", "bob@localhost", "--password-stdin"])
         .args(node.admin_args())
-        .arg("--admin-ca")
-        .arg(&ca)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -268,8 +266,8 @@ fn off_loopback_a_password_waits_for_tls_and_the_admin_endpoint_speaks_https() {
     let out = cli.wait_with_output().unwrap();
     assert!(out.status.success(), "user add over HTTPS: {out:?}");
     let plain = Command::new(common::binary())
-        .args(["user", "list"])
-        .args(node.admin_args())
+        .args(["user", "list", "--admin", &node.admin_addr(), "--data"])
+        .arg(&node.data)
         .output()
         .unwrap();
     assert!(

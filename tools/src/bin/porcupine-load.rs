@@ -75,6 +75,16 @@ struct Args {
     /// offers CHUNKING and PIPELINING: one round trip instead of two).
     #[arg(long)]
     no_chunking: bool,
+    /// STARTTLS on every SMTP connection and STLS on every POP3 one (the server's certificate
+    /// checked against --tls-ca, or not at all with --tls-no-verify)
+    #[arg(long)]
+    tls: bool,
+    /// The certificates (PEM) to trust for --tls
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls, accept any certificate (benchmarks against test servers only)
+    #[arg(long, conflicts_with = "tls_ca")]
+    tls_no_verify: bool,
     /// Write the report as JSON to FILE, or `-` for the last line of standard output.
     #[arg(long)]
     json: Option<String>,
@@ -120,7 +130,15 @@ fn real_main() -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    let tls = match (args.tls, &args.tls_ca, args.tls_no_verify) {
+        (false, None, false) => None,
+        (false, _, _) => bail!("--tls-ca and --tls-no-verify go with --tls"),
+        (true, Some(ca), _) => Some(load::tls::client_config(&load::tls::Trust::Ca(ca.clone()))?),
+        (true, None, true) => Some(load::tls::client_config(&load::tls::Trust::Anything)?),
+        (true, None, false) => bail!("--tls needs --tls-ca FILE (or --tls-no-verify)"),
+    };
     let config = LoadConfig {
+        tls,
         smtp: args.smtp,
         pop_share: if args.pop3.is_empty() { 0 } else { pop_share },
         pop3: args.pop3,

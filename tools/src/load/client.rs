@@ -9,10 +9,16 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::dots;
+use super::tls::Conn;
+
+/// TLS for a connection: `None` in clear, else STARTTLS / STLS with this configuration.
+pub type Tls<'a> = Option<&'a Arc<rustls::ClientConfig>>;
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -63,7 +69,8 @@ pub async fn within<T>(
 /// A buffered line reader over a socket. The buffer is zeroed once and reused: bytes between
 /// `start` and `end` are unread.
 struct Lines {
-    stream: TcpStream,
+    stream: Conn,
+    addr: SocketAddr,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -84,11 +91,24 @@ impl Lines {
             .set_nodelay(true)
             .map_err(|e| ClientError::Io(e.into()))?;
         Ok(Self {
-            stream,
+            stream: Conn::Plain(stream),
+            addr,
             buf: vec![0; READ_BUFFER_BYTES],
             start: 0,
             end: 0,
         })
+    }
+
+    /// Upgrades the connection to TLS (after STARTTLS / STLS was accepted).
+    async fn start_tls(&mut self, config: &Arc<rustls::ClientConfig>) -> Result<()> {
+        if self.start != self.end {
+            return Err(ClientError::Protocol(
+                "the server sent more after accepting TLS".into(),
+            ));
+        }
+        let conn = std::mem::replace(&mut self.stream, Conn::Gone);
+        self.stream = conn.start_tls(config, self.addr).await?;
+        Ok(())
     }
 
     /// The next line without its CRLF.
@@ -203,35 +223,41 @@ impl std::fmt::Debug for SmtpClient {
 }
 
 impl SmtpClient {
-    /// Connects, reads the greeting and says EHLO, within [`IO_TIMEOUT`].
-    pub async fn connect(addr: SocketAddr, helo: &str, transfer: Transfer) -> Result<Self> {
-        within(IO_TIMEOUT, Self::connect_now(addr, helo, transfer)).await
+    /// Connects, reads the greeting and says EHLO (with STARTTLS first when `tls` is given),
+    /// within [`IO_TIMEOUT`].
+    pub async fn connect(
+        addr: SocketAddr,
+        helo: &str,
+        transfer: Transfer,
+        tls: Tls<'_>,
+    ) -> Result<Self> {
+        within(IO_TIMEOUT, Self::connect_now(addr, helo, transfer, tls)).await
     }
 
-    async fn connect_now(addr: SocketAddr, helo: &str, transfer: Transfer) -> Result<Self> {
+    async fn connect_now(
+        addr: SocketAddr,
+        helo: &str,
+        transfer: Transfer,
+        tls: Tls<'_>,
+    ) -> Result<Self> {
         let mut lines = Lines::connect(addr).await?;
         let greeting = lines.expect(220).await?;
-        lines.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
-        let mut pipelining = false;
-        let mut chunking = false;
-        loop {
-            let line = lines.line().await?;
-            if line.len() >= 4 && line[4..].eq_ignore_ascii_case(b"PIPELINING") {
-                pipelining = true;
+        let mut offer = ehlo(&mut lines, helo).await?;
+        if let Some(config) = tls {
+            if !offer.starttls {
+                return Err(ClientError::Protocol(
+                    "the server offers no STARTTLS".into(),
+                ));
             }
-            if line.len() >= 4 && line[4..].eq_ignore_ascii_case(b"CHUNKING") {
-                chunking = transfer == Transfer::ChunkingWhenOffered;
-            }
-            if line.len() < 4 || line[3] != b'-' {
-                if !line.starts_with(b"250") {
-                    return Err(ClientError::Reply(
-                        0,
-                        String::from_utf8_lossy(&line).into_owned(),
-                    ));
-                }
-                break;
-            }
+            lines.write(b"STARTTLS\r\n").await?;
+            lines.expect(220).await?;
+            lines.start_tls(config).await?;
+            offer = ehlo(&mut lines, helo).await?;
         }
+        let (pipelining, chunking) = (
+            offer.pipelining,
+            offer.chunking && transfer == Transfer::ChunkingWhenOffered,
+        );
         Ok(Self {
             greeting,
             lines,
@@ -329,6 +355,49 @@ impl SmtpClient {
     }
 }
 
+/// What an EHLO reply offers.
+struct Offer {
+    pipelining: bool,
+    chunking: bool,
+    starttls: bool,
+}
+
+/// EHLO and its reply.
+async fn ehlo(lines: &mut Lines, helo: &str) -> Result<Offer> {
+    lines.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
+    let mut offer = Offer {
+        pipelining: false,
+        chunking: false,
+        starttls: false,
+    };
+    loop {
+        let line = lines.line().await?;
+        let keyword = line.get(4..).unwrap_or_default();
+        offer.pipelining |= keyword.eq_ignore_ascii_case(b"PIPELINING");
+        offer.chunking |= keyword.eq_ignore_ascii_case(b"CHUNKING");
+        offer.starttls |= keyword.eq_ignore_ascii_case(b"STARTTLS");
+        if line.len() < 4 || line[3] != b'-' {
+            if !line.starts_with(b"250") {
+                return Err(ClientError::Reply(
+                    0,
+                    String::from_utf8_lossy(&line).into_owned(),
+                ));
+            }
+            return Ok(offer);
+        }
+    }
+}
+
+/// STLS (RFC 2595) right after the greeting, when `tls` is given.
+async fn stls(lines: &mut Lines, tls: Tls<'_>) -> Result<()> {
+    if let Some(config) = tls {
+        lines.write(b"STLS\r\n").await?;
+        ok(lines.line().await?)?;
+        lines.start_tls(config).await?;
+    }
+    Ok(())
+}
+
 fn data_started(reply: &(u16, String)) -> bool {
     reply.0 == 354
 }
@@ -350,13 +419,14 @@ fn greeting_text(line: &[u8]) -> String {
 }
 
 /// Logs in and quits at once (no mailbox changes).
-pub async fn pop_login(addr: SocketAddr, user: &str, password: &str) -> Result<()> {
-    within(IO_TIMEOUT, pop_login_steps(addr, user, password)).await
+pub async fn pop_login(addr: SocketAddr, user: &str, password: &str, tls: Tls<'_>) -> Result<()> {
+    within(IO_TIMEOUT, pop_login_steps(addr, user, password, tls)).await
 }
 
-async fn pop_login_steps(addr: SocketAddr, user: &str, password: &str) -> Result<()> {
+async fn pop_login_steps(addr: SocketAddr, user: &str, password: &str, tls: Tls<'_>) -> Result<()> {
     let mut lines = Lines::connect(addr).await?;
     ok(lines.line().await?)?;
+    stls(&mut lines, tls).await?;
     authenticate(&mut lines, user, password).await?;
     lines.write(b"QUIT\r\n").await?;
     ok(lines.line().await?)?;
@@ -387,6 +457,7 @@ pub async fn pop_session(
     user: &str,
     password: &str,
     limit: Duration,
+    tls: Tls<'_>,
     greeting: &mut Option<String>,
 ) -> std::result::Result<Vec<Vec<u8>>, PopFailure> {
     let mut messages = Vec::new();
@@ -395,6 +466,7 @@ pub async fn pop_session(
         addr,
         user,
         password,
+        tls,
         &mut messages,
         &mut quit_sent,
         greeting,
@@ -412,6 +484,7 @@ async fn pop_session_steps(
     addr: SocketAddr,
     user: &str,
     password: &str,
+    tls: Tls<'_>,
     messages: &mut Vec<Vec<u8>>,
     quit_sent: &mut bool,
     greeting: &mut Option<String>,
@@ -420,6 +493,7 @@ async fn pop_session_steps(
     let first = lines.line().await?;
     *greeting = Some(greeting_text(&first));
     ok(first)?;
+    stls(&mut lines, tls).await?;
     lines.write(b"CAPA\r\n").await?;
     let mut pipelining = false;
     if lines.line().await?.starts_with(b"+OK") {

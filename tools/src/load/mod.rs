@@ -16,6 +16,7 @@
 pub mod client;
 pub mod dots;
 pub mod greetings;
+pub mod tls;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -63,6 +64,8 @@ pub struct LoadConfig {
     pub warm_logins: bool,
     /// BDAT (when offered) or always DATA.
     pub transfer: Transfer,
+    /// STARTTLS on every SMTP connection and STLS on every POP3 one, with this configuration.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Live counters the progress display reads.
@@ -494,7 +497,15 @@ async fn worker_loop(
             let Some(target) = pop_target else { continue };
             let began = Instant::now();
             let mut greeting = None;
-            let session = pop_session(target, &user, &config.password, IO_TIMEOUT, &mut greeting);
+            let tls = config.tls.as_ref();
+            let session = pop_session(
+                target,
+                &user,
+                &config.password,
+                IO_TIMEOUT,
+                tls,
+                &mut greeting,
+            );
             let outcome = session.await;
             if let Some(greeting) = greeting {
                 let mut r = result.borrow_mut();
@@ -527,7 +538,8 @@ async fn worker_loop(
         let size = config.size.sample(&mut rng);
         workload::message(&id, size, bodies, &mut rng, &mut message);
         if smtp.is_none() {
-            match SmtpClient::connect(smtp_target, "porcupine-load", config.transfer).await {
+            let tls = config.tls.as_ref();
+            match SmtpClient::connect(smtp_target, "porcupine-load", config.transfer, tls).await {
                 Ok(client) => {
                     let mut r = result.borrow_mut();
                     r.greetings
@@ -634,8 +646,9 @@ fn sweep(
                 while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                     let mut greeting = None;
                     let limit = left.min(IO_TIMEOUT);
+                    let tls = config.tls.as_ref();
                     let session =
-                        pop_session(target, &user, &config.password, limit, &mut greeting);
+                        pop_session(target, &user, &config.password, limit, tls, &mut greeting);
                     let outcome = session.await;
                     if let Some(greeting) = greeting {
                         result.greetings.record(Service::Pop3, target, &greeting);
@@ -698,7 +711,11 @@ fn warm_logins(config: &Arc<LoadConfig>, threads: usize) -> anyhow::Result<u64> 
                     while n <= config.users {
                         let user = user_name(&config.user_format, n);
                         let target = config.pop3[n % config.pop3.len()];
-                        if pop_login(target, &user, &config.password).await.is_err() {
+                        let tls = config.tls.as_ref();
+                        if pop_login(target, &user, &config.password, tls)
+                            .await
+                            .is_err()
+                        {
                             failed += 1;
                         }
                         n += stride;

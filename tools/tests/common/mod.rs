@@ -27,6 +27,8 @@ pub struct Node {
     pub pop3: u16,
     pub admin: u16,
     pub data: PathBuf,
+    /// The admin endpoint speaks HTTPS (`--admin-public`): the CLI trusts the node's cert.
+    pub admin_https: bool,
 }
 
 pub fn binary() -> &'static str {
@@ -148,6 +150,7 @@ impl Node {
             pop3,
             admin,
             data: data.to_path_buf(),
+            admin_https: extra.contains(&"--admin-public"),
         }
     }
 
@@ -157,12 +160,17 @@ impl Node {
 
     /// The CLI's flags to reach this node's admin endpoint (its token is in its data dir).
     pub fn admin_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--admin".into(),
             self.admin_addr(),
             "--data".into(),
             self.data.display().to_string(),
-        ]
+        ];
+        if self.admin_https {
+            let ca = self.data.join("tls/cert.pem");
+            args.extend(["--admin-ca".to_owned(), ca.display().to_string()]);
+        }
+        args
     }
 
     /// `method path` on the admin endpoint with `authorization` (None: no token) and `body`:
