@@ -92,6 +92,9 @@ impl Manager {
                 locks,
             } => {
                 match self.epoch() {
+                    // A report sent again (its answer was lost) could bring back a lock
+                    // released since the first one arrived.
+                    Some(mine) if mine == epoch && self.reported.contains(&node) => Body::Done,
                     Some(mine) if mine == epoch => {
                         for (user, owner) in locks {
                             if self.manages(&user) {
@@ -163,11 +166,18 @@ impl Manager {
                     }
                 }
             }
+            // Only a complete manager releases a lock: every member's report of this epoch
+            // (which may name the lock) has arrived, so none can bring it back later.
             Body::Unlock { user, owner } => {
+                if !self.manages(&user) || !self.complete() {
+                    return Body::Error(Failure::TryAgain);
+                }
                 if self.locks.get(&user) == Some(&owner) {
                     self.locks.remove(&user);
                 }
-                Body::Done
+                Body::Unlocked {
+                    epoch: self.epoch().unwrap_or_default(),
+                }
             }
             _ => Body::Error(Failure::Failed),
         }
@@ -313,5 +323,39 @@ mod tests {
             owner: (1, 1),
         });
         assert!(matches!(lock(&mut m, (1, 2)), Body::Locked { .. }));
+    }
+
+    #[test]
+    fn an_unlock_waits_for_every_report_and_a_repeated_report_brings_no_lock_back() {
+        let v = view(&[1, 2]);
+        let mut m = Manager::new(1, PlacementPolicy::default());
+        m.install(&v);
+        let unlock = |m: &mut Manager| {
+            m.handle(Body::Unlock {
+                user: "a@x".into(),
+                owner: (2, 7),
+            })
+        };
+        // Node 2's report (naming its session's lock) has not arrived: releasing now would
+        // let that report bring the lock back for good.
+        assert_eq!(unlock(&mut m), Body::Error(Failure::TryAgain));
+        let held = Body::Fragments {
+            epoch: v.epoch,
+            node: 2,
+            users: vec![],
+            locks: vec![("a@x".into(), (2, 7))],
+        };
+        report(&mut m, &v, 1, &[]);
+        assert_eq!(m.handle(held.clone()), Body::Done);
+        assert_eq!(unlock(&mut m), Body::Unlocked { epoch: v.epoch });
+        // The same report again (its first answer was lost) is moot.
+        assert_eq!(m.handle(held), Body::Done);
+        assert!(matches!(
+            m.handle(Body::Lock {
+                user: "a@x".into(),
+                owner: (1, 1),
+            }),
+            Body::Locked { .. }
+        ));
     }
 }

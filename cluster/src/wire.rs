@@ -6,7 +6,7 @@
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 3; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 4; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
 //! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
@@ -18,7 +18,8 @@
 //! A peer that sends a bad magic, version, length or CRC is disconnected with a log line.
 //! Changing this layout or the payload's [`Body`] requires a version bump and a test.
 //! Version 2 added replication; version 3 the load exchange ([`Body::Loads`]) and the nodes a
-//! placement must avoid ([`Body::Place`]'s `avoid`).
+//! placement must avoid ([`Body::Place`]'s `avoid`); version 4 the epoch in which a maildrop
+//! lock was released ([`Body::Unlocked`]).
 
 use serde::{Deserialize, Serialize};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -27,7 +28,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::membership;
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 3;
+pub const FRAME_VERSION: u8 = 4;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -292,6 +293,12 @@ pub enum Body {
         user: String,
         owner: (u64, u64),
     },
+    /// `epoch`: the manager's membership when it released the lock (every member's report of
+    /// that epoch had arrived). A session whose node has moved on to another epoch since
+    /// unlocks again, at that epoch's manager.
+    Unlocked {
+        epoch: membership::Epoch,
+    },
     /// Profiles to store (every node holds every profile): (user, HLC of the update, profile).
     /// The newest update of a user's profile wins on every node.
     Profiles {
@@ -389,6 +396,9 @@ mod tests {
         // Version 2 lacked the load exchange and a placement's `avoid`: refused, not misread.
         bytes[4] = 2;
         assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(2));
+        // Version 3 answered an unlock with `Done` whatever the manager's state: refused.
+        bytes[4] = 3;
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(3));
         let mut bytes = frame(&Body::Done);
         bytes[0] ^= 1;
         assert!(matches!(decode(&bytes), Err(WireError::Magic(_))));

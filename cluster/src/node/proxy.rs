@@ -400,10 +400,20 @@ pub async fn open(
         owner,
     };
     let deadline = Instant::now() + PATIENCE;
+    // Whether a manager granted the lock at some point: then a failure below must release it,
+    // or the node's next reports would carry it to every later manager.
+    let mut granted = false;
+    let failed = |granted: bool, failure: OpenFailure| async move {
+        if granted {
+            unlock(context, user, owner).await;
+        }
+        Err(failure)
+    };
     let (view, fragments) = loop {
         let view = shared.view.load_full();
         match ask_manager(context, &view, user, &lock).await {
             Some(Body::Locked { fragments, epoch }) => {
+                granted = true;
                 shared.note_maildrop(user, Some(owner));
                 // Granted in the membership this node now has: any later change finds the
                 // lock among this node's reports. Otherwise lock again (same owner).
@@ -411,12 +421,15 @@ pub async fn open(
                     break (view, fragments);
                 }
                 if Instant::now() >= deadline {
-                    shared.note_maildrop(user, None);
-                    return Err(OpenFailure::Unavailable);
+                    return failed(granted, OpenFailure::Unavailable).await;
                 }
             }
-            Some(Body::Error(Failure::InUse)) => return Err(OpenFailure::InUse),
-            _ if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
+            Some(Body::Error(Failure::InUse)) => {
+                return failed(granted, OpenFailure::InUse).await;
+            }
+            _ if Instant::now() >= deadline => {
+                return failed(granted, OpenFailure::Unavailable).await;
+            }
             _ => glommio::timer::sleep(RETRY_PAUSE).await,
         }
     };
@@ -636,14 +649,37 @@ pub async fn delete(
 pub async fn close(context: &NodeContext, maildrop: &Maildrop) {
     match maildrop.cluster_owner {
         None => context.router.unlock(&maildrop.user).await,
-        Some(owner) => {
-            context.cluster.note_maildrop(&maildrop.user, None);
-            let view = context.cluster.view.load_full();
-            let unlock = Body::Unlock {
-                user: maildrop.user.clone(),
-                owner,
-            };
-            let _ = ask_manager(context, &view, &maildrop.user, &unlock).await;
+        Some(owner) => unlock(context, &maildrop.user, owner).await,
+    }
+}
+
+/// How long a session's end keeps trying to release its lock while the membership changes.
+const UNLOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Releases a cluster maildrop lock: forgets it here (so no later report names it), then asks
+/// the user's manager until one releases it in the membership this node still has afterwards.
+/// A manager releases only once every member's report of its epoch has arrived, so no report
+/// of that epoch or a later one brings the lock back. A lock that cannot be released in time
+/// stays until the next membership change, which drops it (this node no longer reports it).
+async fn unlock(context: &NodeContext, user: &str, owner: (u64, u64)) {
+    let shared = &context.cluster;
+    shared.note_maildrop(user, None);
+    let body = Body::Unlock {
+        user: user.to_owned(),
+        owner,
+    };
+    let deadline = Instant::now() + UNLOCK_PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        if let Some(Body::Unlocked { epoch }) = ask_manager(context, &view, user, &body).await {
+            if epoch == view.epoch && shared.view.load().epoch == epoch {
+                return;
+            }
         }
+        if Instant::now() >= deadline {
+            tracing::warn!(%user, "a maildrop lock could not be released; the next membership change drops it");
+            return;
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
     }
 }
