@@ -98,6 +98,7 @@ impl Manager {
                     Some(mine) if mine == epoch => {
                         for (user, owner) in locks {
                             if self.manages(&user) {
+                                tracing::debug!(%user, ?owner, node, "maildrop lock reported");
                                 self.locks.insert(user, owner);
                             }
                         }
@@ -155,8 +156,12 @@ impl Manager {
                     return Body::Error(Failure::TryAgain);
                 }
                 match self.locks.get(&user) {
-                    Some(held) if *held != owner => Body::Error(Failure::InUse),
+                    Some(held) if *held != owner => {
+                        tracing::debug!(%user, ?held, ?owner, "maildrop lock refused");
+                        Body::Error(Failure::InUse)
+                    }
                     _ => {
+                        tracing::debug!(%user, ?owner, epoch = ?self.epoch(), "maildrop lock granted");
                         let fragments = self.live_fragments(&user);
                         self.locks.insert(user, owner);
                         Body::Locked {
@@ -175,6 +180,7 @@ impl Manager {
                 if self.locks.get(&user) == Some(&owner) {
                     self.locks.remove(&user);
                 }
+                tracing::debug!(%user, ?owner, epoch = ?self.epoch(), "maildrop lock released");
                 Body::Unlocked {
                     epoch: self.epoch().unwrap_or_default(),
                 }

@@ -105,16 +105,19 @@ impl ClusterShared {
         }
     }
 
-    /// Remembers (`Some`) or forgets (`None`) a maildrop lock held by a session here.
-    pub fn note_maildrop(&self, user: &str, owner: Option<(u64, u64)>) {
+    /// Remembers a maildrop lock granted to a session here (its node's reports carry it).
+    pub fn note_maildrop(&self, user: &str, owner: (u64, u64)) {
         if let Ok(mut open) = self.open_maildrops.lock() {
-            match owner {
-                Some(owner) => {
-                    open.insert(user.to_owned(), owner);
-                }
-                None => {
-                    open.remove(user);
-                }
+            open.insert(user.to_owned(), owner);
+        }
+    }
+
+    /// Forgets the lock of `owner`, and only that one: a session refused the maildrop must not
+    /// forget the lock of the session here that holds it.
+    pub fn forget_maildrop(&self, user: &str, owner: (u64, u64)) {
+        if let Ok(mut open) = self.open_maildrops.lock() {
+            if open.get(user) == Some(&owner) {
+                open.remove(user);
             }
         }
     }

@@ -400,35 +400,33 @@ pub async fn open(
         owner,
     };
     let deadline = Instant::now() + PATIENCE;
-    // Whether a manager granted the lock at some point: then a failure below must release it,
-    // or the node's next reports would carry it to every later manager.
-    let mut granted = false;
-    let failed = |granted: bool, failure: OpenFailure| async move {
-        if granted {
-            unlock(context, user, owner).await;
-        }
+    // A failure below releases the lock all the same: a manager may have granted it (in an
+    // answer seen here, or one lost with its connection), and a lock left behind would be
+    // carried by this node's reports to every later manager. Releasing a lock held by another
+    // owner changes nothing.
+    let failed = |failure: OpenFailure| async move {
+        unlock(context, user, owner).await;
         Err(failure)
     };
     let (view, fragments) = loop {
         let view = shared.view.load_full();
         match ask_manager(context, &view, user, &lock).await {
             Some(Body::Locked { fragments, epoch }) => {
-                granted = true;
-                shared.note_maildrop(user, Some(owner));
+                shared.note_maildrop(user, owner);
                 // Granted in the membership this node now has: any later change finds the
                 // lock among this node's reports. Otherwise lock again (same owner).
                 if epoch == view.epoch && shared.view.load().epoch == epoch {
                     break (view, fragments);
                 }
                 if Instant::now() >= deadline {
-                    return failed(granted, OpenFailure::Unavailable).await;
+                    return failed(OpenFailure::Unavailable).await;
                 }
             }
             Some(Body::Error(Failure::InUse)) => {
-                return failed(granted, OpenFailure::InUse).await;
+                return failed(OpenFailure::InUse).await;
             }
             _ if Instant::now() >= deadline => {
-                return failed(granted, OpenFailure::Unavailable).await;
+                return failed(OpenFailure::Unavailable).await;
             }
             _ => glommio::timer::sleep(RETRY_PAUSE).await,
         }
@@ -663,7 +661,7 @@ const UNLOCK_PATIENCE: Duration = Duration::from_secs(30);
 /// stays until the next membership change, which drops it (this node no longer reports it).
 async fn unlock(context: &NodeContext, user: &str, owner: (u64, u64)) {
     let shared = &context.cluster;
-    shared.note_maildrop(user, None);
+    shared.forget_maildrop(user, owner);
     let body = Body::Unlock {
         user: user.to_owned(),
         owner,

@@ -94,8 +94,9 @@ struct ThreadResult {
     uncertain: HashSet<u64>,
     corrupt: u64,
     greetings: Greetings,
-    /// Users whose mailbox a sweep pass could not empty (refused, or the deadline came).
-    unswept: HashSet<usize>,
+    /// Users whose mailbox a sweep pass could not empty (refused, or the deadline came), with
+    /// the last error.
+    unswept: HashMap<usize, String>,
     /// Users whose mailbox a sweep pass emptied.
     swept: HashSet<usize>,
 }
@@ -115,7 +116,7 @@ impl ThreadResult {
             uncertain: HashSet::new(),
             corrupt: 0,
             greetings: Greetings::default(),
-            unswept: HashSet::new(),
+            unswept: HashMap::new(),
             swept: HashSet::new(),
         }
     }
@@ -244,6 +245,8 @@ pub struct Report {
     pub duplicated_sample: Vec<String>,
     /// Mailboxes the sweep could not empty (every try refused, or `--sweep-timeout` passed).
     pub unswept: u64,
+    /// Up to 20 of them: "<user>: <last error>".
+    pub unswept_sample: Vec<String>,
     /// Acknowledged messages in those mailboxes, not yet retrieved: neither lost nor verified.
     pub unverified: u64,
     /// Per target ("smtp ADDR", "pop3 ADDR"): each distinct greeting and how often it came
@@ -317,20 +320,30 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
     }
     let swept = config.sweep && !config.pop3.is_empty();
     // Users whose mailbox the sweep could not empty in time.
-    let mut unswept: HashSet<usize> = HashSet::new();
+    let mut unswept: HashMap<usize, String> = HashMap::new();
     if swept {
         let deadline = Instant::now() + config.sweep_timeout;
         let mut users: Vec<usize> = recipients.into_iter().collect();
+        // A mailbox emptied once is swept: mail still missing after the last pass is lost,
+        // even if that pass (a retry for the missing mail) could not get in.
+        let mut emptied: HashSet<usize> = HashSet::new();
         loop {
             let mut pass = sweep(&config, users, threads, &run_id, deadline)?;
-            unswept.retain(|user| !pass.swept.contains(user));
-            unswept.extend(pass.unswept.drain());
+            emptied.extend(pass.swept.iter().copied());
+            unswept.retain(|user, _| !emptied.contains(user));
+            unswept.extend(
+                pass.unswept
+                    .drain()
+                    .filter(|(user, _)| !emptied.contains(user)),
+            );
             total.merge(pass, "sweep:");
-            // Users whose acknowledged mail has not shown up yet.
+            // Users whose acknowledged mail has not shown up yet. Mail retrieved by a session
+            // cut off after QUIT may be deleted already: waiting for it would last until the
+            // deadline.
             let missing: HashSet<usize> = total
                 .acked
                 .iter()
-                .filter(|(k, _)| !total.seen.contains_key(k))
+                .filter(|(k, _)| !total.seen.contains_key(k) && !total.uncertain.contains(k))
                 .map(|(_, user)| *user as usize)
                 .collect();
             if missing.is_empty() || Instant::now() >= deadline {
@@ -345,10 +358,10 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
     let unverified = total
         .acked
         .iter()
-        .filter(|(k, user)| not_seen(k) && unswept.contains(&(**user as usize)))
+        .filter(|(k, user)| not_seen(k) && unswept.contains_key(&(**user as usize)))
         .count() as u64;
     let is_lost =
-        |key: &u64, user: u32| swept && not_seen(key) && !unswept.contains(&(user as usize));
+        |key: &u64, user: u32| swept && not_seen(key) && !unswept.contains_key(&(user as usize));
     let lost = total
         .acked
         .iter()
@@ -396,6 +409,15 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
             })
             .collect(),
         unswept: unswept.len() as u64,
+        unswept_sample: {
+            let mut sample: Vec<_> = unswept
+                .iter()
+                .map(|(n, why)| format!("{}: {why}", user_name(&config.user_format, *n)))
+                .collect();
+            sample.sort_unstable();
+            sample.truncate(20);
+            sample
+        },
         unverified,
         greetings: total.greetings.by_target(),
     })
@@ -681,7 +703,8 @@ fn sweep(
                 if emptied {
                     result.swept.insert(*n);
                 } else {
-                    result.unswept.insert(*n);
+                    let why = last_error.as_ref().map_or("deadline".into(), |e| e.label());
+                    result.unswept.insert(*n, why);
                 }
             }
             result
@@ -788,6 +811,7 @@ pub fn table(report: &Report) -> String {
              --sweep-timeout passed; {} acknowledged messages unverified); lost {}, duplicated {}, corrupt {}",
             report.unswept, report.unverified, report.lost, report.duplicated, report.corrupt
         );
+        let _ = writeln!(out, "unswept: {}", report.unswept_sample.join(", "));
     } else if report.verified {
         let _ = writeln!(
             out,
