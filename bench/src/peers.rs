@@ -55,6 +55,39 @@ pub struct Mailboxes<'a> {
     pub password: &'a str,
 }
 
+/// A certificate and key (PEM) for the peers' TLS, made with `openssl` in `dir` (self-signed,
+/// EC P-256 like porcupine's own; the generator does not check it).
+pub fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("peers-cert.pem"), dir.join("peers-key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", "/CN=localhost"])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl")?;
+    if !made.success() {
+        bail!("openssl could not make a certificate for the peers ({made})");
+    }
+    Ok((cert, key))
+}
+
 /// A private Postfix instance: its master's pid and its queue.
 #[derive(Debug)]
 pub struct Postfix {
@@ -84,17 +117,20 @@ discard   unix  -       -       n       -       -       discard
 virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
 impl Postfix {
     /// Writes a private configuration under `<run>/postfix`, starts it (`postfix -c`), and
     /// returns once its master runs. Mail goes to Maildirs under `<run>/mail`.
+    /// `tls`: a certificate and key, to offer STARTTLS with.
     pub fn start(
         run: &Run,
         smtp_port: u16,
         mailboxes: &Mailboxes,
         owner: (u32, u32),
+        tls: Option<&(PathBuf, PathBuf)>,
     ) -> Result<Postfix> {
         let base = run.dir().join("postfix");
         let (config, queue, data) = (base.join("etc"), base.join("queue"), base.join("data"));
@@ -135,7 +171,16 @@ impl Postfix {
              mailbox_size_limit = 0\n\
              message_size_limit = 33554432\n\
              smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
-             smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination\n",
+             smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination\n{tls}",
+            tls = match tls {
+                Some((cert, key)) => format!(
+                    "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\n\
+                     smtpd_tls_key_file = {}\nsmtpd_tls_session_cache_database =\n",
+                    cert.display(),
+                    key.display()
+                ),
+                None => String::new(),
+            },
             queue = queue.display(),
             data = data.display(),
             domain = mailboxes.domain,
@@ -206,6 +251,7 @@ pub fn start_dovecot(
     pop3_port: u16,
     mailboxes: &Mailboxes,
     owner: (u32, u32),
+    tls: Option<&(PathBuf, PathBuf)>,
 ) -> Result<u32> {
     let base = run.dir().join("dovecot");
     let (runtime, state) = (base.join("run"), base.join("state"));
@@ -226,7 +272,7 @@ pub fn start_dovecot(
     let mail = mail.display();
     let conf = format!(
         "protocols = pop3\nlisten = 127.0.0.1\nbase_dir = {runtime}\nstate_dir = {state}\n\
-         log_path = {b}/dovecot.log\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain\n\
+         log_path = {b}/dovecot.log\n{ssl}disable_plaintext_auth = no\nauth_mechanisms = plain\n\
          mail_location = maildir:{mail}/%d/%n\nfirst_valid_uid = {uid}\n\
          passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {b}/users\n}}\n\
          userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={mail}/%d/%n\n}}\n\
@@ -234,6 +280,14 @@ pub fn start_dovecot(
          service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
         runtime = runtime.display(),
         state = state.display(),
+        ssl = match tls {
+            Some((cert, key)) => format!(
+                "ssl = yes\nssl_cert = <{}\nssl_key = <{}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => "ssl = no\n".to_owned(),
+        },
     );
     let conf_path = base.join("dovecot.conf");
     std::fs::write(&conf_path, conf)?;

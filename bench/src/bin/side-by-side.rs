@@ -29,14 +29,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DOMAIN: &str = "sbs.test";
 const PASSWORD: &str = "pw";
-/// Every system measured, in the order of the tables and the plot.
-const SYSTEMS: [&str; 6] = [
+/// Every system measured, in the order of the tables and the plot (the last two with --tls).
+const SYSTEMS: [&str; 8] = [
     "porcupine",
     "porcupine-data",
     "postfix+dovecot",
     "porcupine-smtp",
     "smtp-sink",
     "porcupine-discard",
+    "porcupine-tls",
+    "postfix+dovecot-tls",
 ];
 
 #[derive(Parser, Debug)]
@@ -71,6 +73,11 @@ struct Args {
     /// Keep the run's directory (servers' data, configuration and logs) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Also measure the 90:10 mix encrypted: STARTTLS on every SMTP connection and STLS on
+    /// every POP3 one, against porcupine (its own self-signed certificate) and Postfix +
+    /// Dovecot (one made with openssl); the generator does not check certificates.
+    #[arg(long)]
+    tls: bool,
     /// Take `porcupine` and `porcupine-load` from this directory instead of building them.
     #[arg(long)]
     bins: Option<PathBuf>,
@@ -133,6 +140,8 @@ struct Target<'a> {
     admin: Option<u16>,
     /// Postfix: delivered means drained from its queue, not only acknowledged.
     postfix: Option<&'a Postfix>,
+    /// STARTTLS and STLS on every connection.
+    tls: bool,
 }
 
 /// A porcupine node of this run.
@@ -240,8 +249,12 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
     };
     let owner = peers::mail_owner()?;
     let (postfix_smtp, dovecot_pop3, sink_smtp) = (port()?, port()?, port()?);
-    let postfix = Postfix::start(run, postfix_smtp, &mailboxes, owner)?;
-    let dovecot = peers::start_dovecot(run, dovecot_pop3, &mailboxes, owner)?;
+    let certificate = args
+        .tls
+        .then(|| peers::certificate(run.dir()))
+        .transpose()?;
+    let postfix = Postfix::start(run, postfix_smtp, &mailboxes, owner, certificate.as_ref())?;
+    let dovecot = peers::start_dovecot(run, dovecot_pop3, &mailboxes, owner, certificate.as_ref())?;
     let sink = peers::start_sink(run, sink_smtp)?;
     for (port, pid) in [
         (postfix_smtp, postfix.master),
@@ -268,7 +281,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
     let (mixed, mixed_pop3) = porcupine(&nodes[0], true);
     let (smtp_only, smtp_only_pop3) = porcupine(&nodes[1], true);
     let (discard, _) = porcupine(&nodes[2], false);
-    let plan: [Target; 6] = [
+    let mut plan: Vec<Target> = vec![
         Target {
             system: "porcupine",
             smtp: mixed,
@@ -276,6 +289,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             mix: Mix::Paper(Transfer::Chunking),
             admin: Some(nodes[0].admin),
             postfix: None,
+            tls: false,
         },
         Target {
             system: "porcupine-data",
@@ -284,6 +298,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             mix: Mix::Paper(Transfer::Data),
             admin: Some(nodes[0].admin),
             postfix: None,
+            tls: false,
         },
         Target {
             system: "postfix+dovecot",
@@ -300,6 +315,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             mix: Mix::Paper(Transfer::Data),
             admin: None,
             postfix: Some(&postfix),
+            tls: false,
         },
         Target {
             system: "porcupine-smtp",
@@ -308,6 +324,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             mix: Mix::SmtpOnly,
             admin: Some(nodes[1].admin),
             postfix: None,
+            tls: false,
         },
         Target {
             system: "smtp-sink",
@@ -320,6 +337,7 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             mix: Mix::SmtpOnly,
             admin: None,
             postfix: None,
+            tls: false,
         },
         Target {
             system: "porcupine-discard",
@@ -328,8 +346,26 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             mix: Mix::SmtpOnly,
             admin: Some(nodes[2].admin),
             postfix: None,
+            tls: false,
         },
     ];
+    if args.tls {
+        // The same servers and workload, every connection encrypted.
+        let encrypted: Vec<Target> = plan
+            .iter()
+            .filter(|t| matches!(t.system, "porcupine" | "postfix+dovecot"))
+            .map(|t| Target {
+                system: if t.system == "porcupine" {
+                    "porcupine-tls"
+                } else {
+                    "postfix+dovecot-tls"
+                },
+                tls: true,
+                ..*t
+            })
+            .collect();
+        plan.extend(encrypted);
+    }
     let mut runs = Vec::new();
     for round in 0..args.rounds {
         for &c in &args.connections {
@@ -373,6 +409,8 @@ fn report(args: &Args, runs: &[Run], results: &Path) -> Result<()> {
                 "postfix_dovecot": best("postfix+dovecot"),
                 "smtp_sink": best("smtp-sink"),
                 "porcupine_discard": best("porcupine-discard"),
+                "porcupine_tls": best("porcupine-tls"),
+                "postfix_dovecot_tls": best("postfix+dovecot-tls"),
                 "lost": lost,
                 "rounds": args.rounds,
             })
@@ -514,6 +552,9 @@ fn load(
         .stderr(Stdio::null());
     if args.size != "paper" {
         command.args(["--size", &args.size]);
+    }
+    if target.tls {
+        command.args(["--tls", "--tls-no-verify"]);
     }
     match target.pop3 {
         // Postfix delivers after its 250: its sweep may wait for the queue.
@@ -730,6 +771,49 @@ fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
             round + 1
         );
     }
+    if runs.iter().any(|r| r.system == "porcupine-tls") {
+        let _ = writeln!(
+            out,
+            "\nEncrypted (`--tls`): the same 90:10 mix with STARTTLS on every SMTP connection \
+             and STLS on every POP3 one, on both sides (porcupine with its self-signed \
+             certificate, Postfix + Dovecot with one made by openssl), beside the plaintext \
+             runs of the same round:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| connections | porcupine-tls | Postfix+Dovecot TLS | ratio, TLS | ratio, plaintext | porcupine TLS / plaintext |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+        for &c in &args.connections {
+            let rate = |s: &str| {
+                medians
+                    .iter()
+                    .find(|r| r.system == s && r.connections == c)
+                    .map_or(0.0, |r| r.msgs_per_s)
+            };
+            let _ = writeln!(
+                out,
+                "| {c} | {:.0} | {:.0} | {:.2}× | {:.2}× | {:.2} |",
+                rate("porcupine-tls"),
+                rate("postfix+dovecot-tls"),
+                ratio(rate("porcupine-tls"), rate("postfix+dovecot-tls")),
+                ratio(rate("porcupine"), rate("postfix+dovecot")),
+                ratio(rate("porcupine-tls"), rate("porcupine"))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nBest against best, medians: encrypted {:.2}×, plaintext {:.2}×.",
+            ratio(
+                best_rate(medians, "porcupine-tls"),
+                best_rate(medians, "postfix+dovecot-tls")
+            ),
+            ratio(
+                best_rate(medians, "porcupine"),
+                best_rate(medians, "postfix+dovecot")
+            )
+        );
+    }
     let fastest = ["smtp-sink", "porcupine-discard"]
         .map(|s| best_rate(medians, s))
         .into_iter()
@@ -818,7 +902,16 @@ fn plot(runs: &[Run], path: &Path) -> Result<()> {
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
     let systems = SYSTEMS;
-    let colors = [RED, RGBColor(255, 140, 0), BLUE, GREEN, BLACK, MAGENTA];
+    let colors = [
+        RED,
+        RGBColor(255, 140, 0),
+        BLUE,
+        GREEN,
+        BLACK,
+        MAGENTA,
+        RGBColor(140, 0, 0),
+        RGBColor(0, 0, 140),
+    ];
     let max_c = runs.iter().map(|r| r.connections).max().unwrap_or(1) as f64;
     for (area, title, value) in [
         (
@@ -844,6 +937,9 @@ fn plot(runs: &[Run], path: &Path) -> Result<()> {
                 .filter(|r| r.system == *system)
                 .map(|r| (r.connections as f64, value(r)))
                 .collect();
+            if points.is_empty() {
+                continue;
+            }
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
                 .label(*system)
