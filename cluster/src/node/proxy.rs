@@ -358,7 +358,7 @@ pub enum OpenFailure {
 
 /// Authenticates and locks the user's maildrop.
 pub async fn open(
-    context: &NodeContext,
+    context: &Arc<NodeContext>,
     user: &str,
     credential: &Credential,
 ) -> Result<Maildrop, OpenFailure> {
@@ -403,9 +403,10 @@ pub async fn open(
     // A failure below releases the lock all the same: a manager may have granted it (in an
     // answer seen here, or one lost with its connection), and a lock left behind would be
     // carried by this node's reports to every later manager. Releasing a lock held by another
-    // owner changes nothing.
+    // owner changes nothing. In the background: the client's answer does not wait for it.
     let failed = |failure: OpenFailure| async move {
-        unlock(context, user, owner).await;
+        let (context, user) = (context.clone(), user.to_owned());
+        glommio::spawn_local(async move { unlock(&context, &user, owner).await }).detach();
         Err(failure)
     };
     let (view, fragments) = loop {
