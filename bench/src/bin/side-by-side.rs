@@ -717,12 +717,7 @@ fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|");
     for &c in &args.connections {
-        let rate = |s: &str| {
-            medians
-                .iter()
-                .find(|r| r.system == s && r.connections == c)
-                .map_or(0.0, |r| r.msgs_per_s)
-        };
+        let rate = |system: &str| median_rate(medians, system, c);
         let _ = writeln!(
             out,
             "| {c} | {:.2}× | {:.2}× | {:.2}× |",
@@ -785,12 +780,7 @@ fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
         );
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
         for &c in &args.connections {
-            let rate = |s: &str| {
-                medians
-                    .iter()
-                    .find(|r| r.system == s && r.connections == c)
-                    .map_or(0.0, |r| r.msgs_per_s)
-            };
+            let rate = |system: &str| median_rate(medians, system, c);
             let _ = writeln!(
                 out,
                 "| {c} | {:.0} | {:.0} | {:.2}× | {:.2}× | {:.2} |",
@@ -849,6 +839,14 @@ fn table(runs: &[Run], medians: &[Run], args: &Args) -> String {
 }
 
 /// The highest delivered rate of `system` over the connection counts in `runs`.
+/// A system's median delivered rate at `connections` (0 if it did not run there).
+fn median_rate(medians: &[Run], system: &str, connections: usize) -> f64 {
+    medians
+        .iter()
+        .find(|r| r.system == system && r.connections == connections)
+        .map_or(0.0, |r| r.msgs_per_s)
+}
+
 fn best_rate(runs: &[Run], system: &str) -> f64 {
     runs.iter()
         .filter(|r| r.system == system)
