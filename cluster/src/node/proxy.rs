@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cluster_driver::PEER_TIMEOUT;
-use super::cluster_state::peers;
+use super::cluster_state::{peers, ClusterShared};
 use super::service::{Credential, LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::loads::LOAD_MAX_AGE;
@@ -404,7 +404,7 @@ pub async fn open(
     // answer seen here, or one lost with its connection), and a lock left behind would be
     // carried by this node's reports to every later manager. Releasing a lock held by another
     // owner changes nothing. In the background: the client's answer does not wait for it.
-    let failed = |failure: OpenFailure| async move {
+    let failed = |failure: OpenFailure| {
         let (context, user) = (context.clone(), user.to_owned());
         glommio::spawn_local(async move { unlock(&context, &user, owner).await }).detach();
         Err(failure)
@@ -416,19 +416,15 @@ pub async fn open(
                 shared.note_maildrop(user, owner);
                 // Granted in the membership this node now has: any later change finds the
                 // lock among this node's reports. Otherwise lock again (same owner).
-                if epoch == view.epoch && shared.view.load().epoch == epoch {
+                if still_in(shared, &view, epoch) {
                     break (view, fragments);
                 }
                 if Instant::now() >= deadline {
-                    return failed(OpenFailure::Unavailable).await;
+                    return failed(OpenFailure::Unavailable);
                 }
             }
-            Some(Body::Error(Failure::InUse)) => {
-                return failed(OpenFailure::InUse).await;
-            }
-            _ if Instant::now() >= deadline => {
-                return failed(OpenFailure::Unavailable).await;
-            }
+            Some(Body::Error(Failure::InUse)) => return failed(OpenFailure::InUse),
+            _ if Instant::now() >= deadline => return failed(OpenFailure::Unavailable),
             _ => glommio::timer::sleep(RETRY_PAUSE).await,
         }
     };
@@ -652,6 +648,12 @@ pub async fn close(context: &NodeContext, maildrop: &Maildrop) {
     }
 }
 
+/// Whether a manager's answer from `epoch` holds here: it is the epoch of the view the request
+/// went out under, and this node has not moved on since.
+fn still_in(shared: &ClusterShared, view: &View, epoch: Epoch) -> bool {
+    epoch == view.epoch && shared.view.load().epoch == epoch
+}
+
 /// How long a session's end keeps trying to release its lock while the membership changes.
 const UNLOCK_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -671,7 +673,7 @@ async fn unlock(context: &NodeContext, user: &str, owner: (u64, u64)) {
     loop {
         let view = shared.view.load_full();
         if let Some(Body::Unlocked { epoch }) = ask_manager(context, &view, user, &body).await {
-            if epoch == view.epoch && shared.view.load().epoch == epoch {
+            if still_in(shared, &view, epoch) {
                 return;
             }
         }

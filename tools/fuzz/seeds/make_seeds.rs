@@ -75,13 +75,37 @@ fn main() {
                 profiles: vec![("a@x".into(), 1 << 40, b"porcupine-profile 1\n".to_vec())],
             },
         ),
-        ("fetch", Body::Fetch { user: "a@x".into(), id: 9 }),
+        (
+            "fetch",
+            Body::Fetch {
+                user: "a@x".into(),
+                id: 9,
+            },
+        ),
+        (
+            "lock",
+            Body::Lock {
+                user: "a@x".into(),
+                owner: (1, 4),
+            },
+        ),
+        (
+            "unlock",
+            Body::Unlock {
+                user: "a@x".into(),
+                owner: (1, 4),
+            },
+        ),
     ];
     for (name, body) in &bodies {
         let mut frame = Vec::new();
         wire::encode(&mut frame, FrameKind::Request, 1, 3, 1, body).expect("encodes");
         write(&corpus.join("cluster_frame"), name, &frame);
-        write(&corpus.join("cluster_payload"), name, &frame[HEADER_BYTES..]);
+        write(
+            &corpus.join("cluster_payload"),
+            name,
+            &frame[HEADER_BYTES..],
+        );
     }
     let meta = |kind, id| RecordMeta {
         kind,
@@ -94,7 +118,11 @@ fn main() {
     write(
         &corpus.join("record"),
         "put",
-        &record::encode(&meta(RecordKind::Put, 7), "a@x", b"Subject: hi\r\n\r\nbody\r\n"),
+        &record::encode(
+            &meta(RecordKind::Put, 7),
+            "a@x",
+            b"Subject: hi\r\n\r\nbody\r\n",
+        ),
     );
     write(
         &corpus.join("record"),
