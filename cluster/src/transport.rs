@@ -115,11 +115,15 @@ impl Peers {
 
     /// What is known of a node's load (node ids fit in the header's 32 bits).
     pub fn heard_load(&self, node: u64) -> Option<Heard> {
-        self.loads.get(node)
+        self.loads.get(node, crate::node::clock::now_ms())
     }
 
     pub fn note_load(&self, header: &Header) {
-        self.loads.heard(u64::from(header.sender), header.load);
+        self.loads.heard(
+            u64::from(header.sender),
+            header.load,
+            crate::node::clock::now_ms(),
+        );
     }
 
     fn frame(&self, kind: FrameKind, request_id: u64, body: &Body) -> Option<Vec<u8>> {

@@ -34,12 +34,7 @@ pub struct MessageEntry {
     pub replicas: ReplicaSet,
 }
 
-/// What a replicated update did to its message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpdateKind {
-    Put,
-    Delete,
-}
+pub use porcupine_types::UpdateKind;
 
 /// A replicated update that not every replica has acknowledged yet: the update log's entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,15 +48,7 @@ pub struct PendingUpdate {
     pub replicas: ReplicaSet,
 }
 
-/// Whether update `new` of a message replaces update `old` of it (kind, HLC): a delete
-/// supersedes a put; a put never supersedes a delete; otherwise the newer wins.
-pub fn supersedes(old: (UpdateKind, u64), new: (UpdateKind, u64)) -> bool {
-    match (old.0, new.0) {
-        (UpdateKind::Delete, UpdateKind::Put) => false,
-        (UpdateKind::Put, UpdateKind::Delete) => true,
-        _ => new.1 > old.1,
-    }
-}
+pub use porcupine_types::supersedes;
 
 /// A tombstone's replication: when, by whom, and to which nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,8 +7,10 @@
 //! - [`writer`]: group commit. [`scan`] and [`recovery`]: reading the log back after a crash.
 //! - [`index`] and [`checkpoint`]: the in-memory index and its snapshot.
 //! - [`compaction`]: reclaiming dead space without losing or resurrecting anything.
-//! - [`shard`]: the API the node uses; [`placement`]: which shard holds a user;
-//!   [`runtime`]: starting executors with clear errors.
+//! - [`shard`]: the API the node uses; [`placement`]: which shard holds a user.
+//!
+//! The executors it runs on are `porcupine-runtime`'s; the types it shares with the cluster's
+//! pure logic (update kinds, which update wins, user keys) are `porcupine-types`'.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod checkpoint;
@@ -22,14 +24,12 @@ pub mod placement;
 pub mod recent;
 pub mod record;
 pub mod recovery;
-pub mod runtime;
 pub mod scan;
 pub mod segment;
 pub mod shard;
 mod signal;
 pub mod storage;
 pub mod throttle;
-pub mod wakeup;
 pub mod writer;
 
 pub use config::{CompactionConfig, EngineConfig};

@@ -239,10 +239,7 @@ pub struct RecordView<'a> {
     pub encoded_len: usize,
 }
 
-/// Stable 64-bit key of a user name; also what places a user on a shard.
-pub fn user_key(user: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(user.as_bytes())
-}
+pub use porcupine_types::user_key;
 
 /// Bytes a record with this user, replica count and body occupies in the log, padding included.
 pub fn encoded_len(user_len: usize, replicas: usize, body_len: usize) -> usize {

@@ -219,7 +219,7 @@ fn a_member_that_sends_a_broken_view_or_a_stamp_from_the_future_is_refused() {
     };
     let mut sorted = empty.clone();
     sorted.members.sort();
-    let answers = porcupine_engine::runtime::run_local(move || async move {
+    let answers = porcupine_runtime::run_local(move || async move {
         let mut stream = glommio::net::TcpStream::connect(target).await.unwrap();
         let (opener, sealer) = porcupine_cluster::secure::connect(&mut stream, &key)
             .await

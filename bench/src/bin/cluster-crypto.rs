@@ -31,8 +31,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let report =
-        porcupine_engine::runtime::run_local(move || async move { measure(&args).await })??;
+    let report = porcupine_runtime::run_local(move || async move { measure(&args).await })??;
     println!("{report}");
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use porcupine_engine::{runtime, DmaStorage, EngineConfig, Shard};
+use porcupine_engine::{DmaStorage, EngineConfig, Shard};
+use porcupine_runtime as runtime;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

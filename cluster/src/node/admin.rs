@@ -20,6 +20,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::admin_auth::{self, Refusal};
+use super::clock::now_ms;
 use super::metrics::NodeMetrics;
 use super::service::StoreError;
 use super::tls::ClientStream;
@@ -444,9 +445,13 @@ async fn status(context: &NodeContext) -> serde_json::Value {
         .map(|m| {
             let me = m.id == shared.me.id;
             let (load, full, age_ms) = if me {
-                (Some(shared.load.total()), shared.load.is_full(), Some(0))
+                (
+                    Some(shared.load.total()),
+                    shared.load.is_full(now_ms()),
+                    Some(0),
+                )
             } else {
-                match shared.loads.get(m.id) {
+                match shared.loads.get(m.id, now_ms()) {
                     Some(h) => (Some(h.load), h.full, Some(h.age.as_millis() as u64)),
                     None => (None, false, None),
                 }

@@ -16,6 +16,7 @@ use super::service::{Credential, LockMode, Login, StoreError};
 use super::{metrics, NodeContext};
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, Msg, NodeId, View};
+use crate::node::clock::now_ms;
 use crate::replication::Update;
 use crate::transport::{answer, read_frame, write_frames, FrameReader, FrameWriter};
 use crate::wire::{Body, Failure, FrameKind, ReplicaUpdate};
@@ -69,7 +70,7 @@ pub async fn run(
         context.config.membership.clone(),
         wall_ms(),
     );
-    let mut manager = Manager::new(shared.me.id, context.config.placement);
+    let mut manager = Manager::new(shared.me.id, context.config.placement, rand::random());
     let mut last_exchange = Instant::now();
     let mut out = vec![Action::Installed(membership.view().clone())];
     // A node told to join others serves no session on its own until it has joined, or until
@@ -181,9 +182,12 @@ const LOAD_EXCHANGE_EVERY: Duration = Duration::from_millis(100);
 fn exchange_loads(context: &NodeContext, peers: &std::rc::Rc<crate::transport::Peers>) {
     let shared = &context.cluster;
     let me = shared.me.id;
-    shared
-        .loads
-        .set(me, shared.load.total(), shared.load.is_full());
+    shared.loads.set(
+        me,
+        shared.load.total(),
+        shared.load.is_full(now_ms()),
+        now_ms(),
+    );
     let view = shared.view.load();
     let successor = view
         .members
@@ -197,7 +201,7 @@ fn exchange_loads(context: &NodeContext, peers: &std::rc::Rc<crate::transport::P
                 .min_by_key(|m| m.id)
         });
     if let Some(successor) = successor {
-        let entries = shared.loads.entries(crate::loads::LOAD_MAX_AGE);
+        let entries = shared.loads.entries(crate::loads::LOAD_MAX_AGE, now_ms());
         peers.send(&successor.addr, &Body::Loads { entries });
     }
 }
@@ -383,7 +387,7 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
                     // This node's own entry comes back around the ring: only it knows better.
                     let me = context.cluster.me.id;
                     let others: Vec<_> = entries.into_iter().filter(|e| e.node != me).collect();
-                    context.cluster.loads.merge(&others);
+                    context.cluster.loads.merge(&others, now_ms());
                 }
                 (FrameKind::Request, body) => {
                     let Ok(permit) = in_flight.acquire_static_permit(1).await else {

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod client_limits;
+pub mod clock;
 pub mod cluster_driver;
 pub mod cluster_state;
 pub mod conn;
@@ -31,9 +32,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use porcupine_engine::{runtime, DmaStorage, EngineConfig, Placement, Shard};
+use porcupine_engine::{DmaStorage, EngineConfig, Placement, Shard};
 use porcupine_protocols::pop3::Pop3Limits;
 use porcupine_protocols::smtp::SmtpLimits;
+use porcupine_runtime as runtime;
 
 use self::conn::SessionWatch;
 use self::listeners::{Bound, Handoff, SessionCounts};

@@ -24,6 +24,7 @@ use super::service::{Credential, LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::loads::LOAD_MAX_AGE;
 use crate::membership::{Epoch, NodeId, View};
+use crate::node::clock::now_ms;
 use crate::placement::{self, CandidateLoad, Choice};
 use crate::transport::Peers;
 use crate::wire::{Body, Failure};
@@ -224,8 +225,11 @@ pub async fn deliver(
                         return Err(StoreError::NoSpace);
                     }
                     if coordinator != me {
-                        let load = shared.loads.get(coordinator).map_or(0, |h| h.load);
-                        shared.loads.set(coordinator, load, true);
+                        let load = shared
+                            .loads
+                            .get(coordinator, now_ms())
+                            .map_or(0, |h| h.load);
+                        shared.loads.set(coordinator, load, true, now_ms());
                     }
                     forget_placement(user);
                     continue;
@@ -251,12 +255,12 @@ async fn replicas_for(context: &NodeContext, view: &View, user: &str) -> Option<
         if node == me {
             return CandidateLoad {
                 load: shared.load.total(),
-                full: shared.load.is_full(),
+                full: shared.load.is_full(now_ms()),
             };
         }
         shared
             .loads
-            .get(node)
+            .get(node, now_ms())
             .filter(|h| h.age < LOAD_MAX_AGE)
             .map(|h| CandidateLoad {
                 load: h.load,

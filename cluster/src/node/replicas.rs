@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use porcupine_engine::record::user_key;
 use porcupine_engine::{DeleteOutcome, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind};
 
+use super::clock::now_ms;
 use super::cluster_driver::PEER_TIMEOUT;
 use super::cluster_state::peers;
 use super::core_shards::CoreShards;
@@ -154,7 +155,7 @@ impl CoreReplication {
                 let error = StoreError::from(&error);
                 if error == StoreError::NoSpace {
                     // Placement avoids this node, and new users this disk, for a while.
-                    self.context.cluster.load.note_full();
+                    self.context.cluster.load.note_full(now_ms());
                     self.shards.note_full(shard);
                 }
                 return Err(error);
@@ -390,7 +391,7 @@ impl CoreReplication {
                     Err(error) => {
                         let error = StoreError::from(&error);
                         if error == StoreError::NoSpace {
-                            shared.load.note_full();
+                            shared.load.note_full(now_ms());
                             self.shards.note_full(shard);
                         }
                         return Err(error);

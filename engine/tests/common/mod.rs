@@ -39,5 +39,5 @@ pub fn body_for(id: u128, len: usize) -> Vec<u8> {
 pub fn run<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
     f: impl FnOnce() -> Fut + Send + 'static,
 ) -> T {
-    porcupine_engine::runtime::run_local(f).expect("executor")
+    porcupine_runtime::run_local(f).expect("executor")
 }

@@ -41,7 +41,7 @@ fuzz_target!(|payload: &[u8]| {
         | Body::Unlock { .. }) => {
             // A manager of a one-node view, complete (its own report is in), takes it.
             let view = membership.view();
-            let mut manager = Manager::new(1, PlacementPolicy::default());
+            let mut manager = Manager::new(1, PlacementPolicy::default(), 7);
             manager.install(&view);
             manager.handle(Body::Fragments {
                 epoch: view.epoch,

@@ -615,16 +615,14 @@ where
     let task = Arc::new(task);
     let mut handles = Vec::new();
     for thread in 0..threads {
-        let builder = porcupine_engine::runtime::executor_builder(
+        let builder = porcupine_runtime::executor_builder(
             &format!("{name}-{thread}"),
             thread,
             threads,
             false,
         )?;
         let task = task.clone();
-        handles.push(porcupine_engine::runtime::spawn(builder, move || {
-            task(thread)
-        })?);
+        handles.push(porcupine_runtime::spawn(builder, move || task(thread))?);
     }
     handles
         .into_iter()

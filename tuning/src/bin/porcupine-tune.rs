@@ -77,7 +77,7 @@ fn run() -> Result<()> {
             progress.clone(),
         );
         let probing = dir.clone();
-        let probe = porcupine_engine::runtime::run_local(move || async move {
+        let probe = porcupine_runtime::run_local(move || async move {
             probe_dir(&probing, step, limit, &bar).await
         })?;
         let _ = std::fs::remove_file(dir.join(PROBE_FILE));

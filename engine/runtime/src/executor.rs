@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement as CpuPlacement};
 
-use crate::error::{EngineError, Result};
+use crate::{Result, RuntimeError};
 
 /// glommio refuses to start below this much lockable memory.
 const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
@@ -31,7 +31,7 @@ pub fn memlock_limit() -> u64 {
 pub fn io_memory_per_executor(executors: usize) -> Result<usize> {
     let limit = memlock_limit();
     if limit < MEMLOCK_MIN_BYTES {
-        return Err(EngineError::Setup(format!(
+        return Err(RuntimeError(format!(
             "locked-memory limit is {} KiB; io_uring needs at least {} KiB. Raise it with \
              `ulimit -l {}` (or LimitMEMLOCK= in the systemd unit) and start again.",
             limit / 1024,
@@ -79,7 +79,7 @@ where
 }
 
 /// Turns an executor start-up failure into advice an operator can act on.
-pub fn explain_start_failure(error: impl std::fmt::Display) -> EngineError {
+pub fn explain_start_failure(error: impl std::fmt::Display) -> RuntimeError {
     let text = error.to_string();
     let hint = if text.contains("memlock") || text.contains("MemLock") || text.contains("ENOMEM") {
         "raise the locked-memory limit (`ulimit -l`, or LimitMEMLOCK= for a systemd unit)"
@@ -89,7 +89,7 @@ pub fn explain_start_failure(error: impl std::fmt::Display) -> EngineError {
     } else {
         "check that io_uring is available (Linux 5.8+, kernel.io_uring_disabled=0) and the locked-memory limit"
     };
-    EngineError::Setup(format!("cannot start the I/O runtime ({text}): {hint}"))
+    RuntimeError(format!("cannot start the I/O runtime ({text}): {hint}"))
 }
 
 /// Raises the open-file limit to its hard maximum: each segment holds two descriptors (a
@@ -129,5 +129,5 @@ where
     let handle = spawn(builder, f)?;
     handle
         .join()
-        .map_err(|e| EngineError::Setup(format!("executor stopped abnormally: {e}")))
+        .map_err(|e| RuntimeError(format!("executor stopped abnormally: {e}")))
 }

@@ -5,10 +5,13 @@
 //! second-hand from the periodic exchange around the ring (each node sends its table to its
 //! successor), so every node knows every other's load within a few exchange periods. Both are
 //! shared by all cores without a lock: fixed slots of atomics, written on every frame.
+//!
+//! Time is the caller's: every method that needs it takes `now_ms`, milliseconds on one
+//! monotonic clock of the caller's choosing (the node's: since it started).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,16 +28,14 @@ pub const LOAD_MAX_AGE: Duration = Duration::from_secs(5);
 /// This node's load.
 #[derive(Debug)]
 pub struct NodeLoad {
-    started: Instant,
     shards: Vec<OnceLock<Arc<AtomicU32>>>,
-    /// Milliseconds since `started` until which this node counts as full (0: never was).
+    /// The time (`now_ms`) until which this node counts as full (0: never was).
     full_until_ms: AtomicU64,
 }
 
 impl NodeLoad {
     pub fn new(shards: usize) -> Self {
         Self {
-            started: Instant::now(),
             shards: (0..shards).map(|_| OnceLock::new()).collect(),
             full_until_ms: AtomicU64::new(0),
         }
@@ -57,15 +58,14 @@ impl NodeLoad {
     }
 
     /// A disk of this node just refused a write for lack of space.
-    pub fn note_full(&self) {
-        let until = self.started.elapsed() + FULL_FOR;
-        self.full_until_ms
-            .store(until.as_millis() as u64, Ordering::Relaxed);
+    pub fn note_full(&self, now_ms: u64) {
+        let until = now_ms.saturating_add(FULL_FOR.as_millis() as u64).max(1);
+        self.full_until_ms.store(until, Ordering::Relaxed);
     }
 
-    pub fn is_full(&self) -> bool {
+    pub fn is_full(&self, now_ms: u64) -> bool {
         let until = self.full_until_ms.load(Ordering::Relaxed);
-        until != 0 && (self.started.elapsed().as_millis() as u64) < until
+        until != 0 && now_ms < until
     }
 }
 
@@ -108,24 +108,21 @@ struct Slot {
 /// Every node's load as last heard (see the module comment).
 #[derive(Debug)]
 pub struct LoadTable {
-    started: Instant,
     slots: Box<[Slot]>,
 }
 
 impl Default for LoadTable {
     fn default() -> Self {
         Self {
-            started: Instant::now(),
             slots: (0..TABLE_NODES_MAX).map(|_| Slot::default()).collect(),
         }
     }
 }
 
 impl LoadTable {
-    /// Milliseconds since the table started, offset so that an age can always be subtracted
-    /// and no time is 0.
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64 + CLOCK_OFFSET_MS
+    /// The caller's time, offset so that an age can always be subtracted and no time is 0.
+    fn table_time(now_ms: u64) -> u64 {
+        now_ms.saturating_add(CLOCK_OFFSET_MS)
     }
 
     fn slot(&self, node: NodeId, create: bool) -> Option<&Slot> {
@@ -154,27 +151,31 @@ impl LoadTable {
 
     /// The load a node just sent in a frame header (its full flag is kept from the last
     /// exchange).
-    pub fn heard(&self, node: NodeId, load: u32) {
+    pub fn heard(&self, node: NodeId, load: u32, now_ms: u64) {
         if let Some(slot) = self.slot(node, true) {
             let full = slot.state.load(Ordering::Relaxed) & FULL_BIT;
             slot.state.store(u64::from(load) | full, Ordering::Relaxed);
-            slot.fresh_ms.store(self.now_ms(), Ordering::Relaxed);
+            slot.fresh_ms
+                .store(Self::table_time(now_ms), Ordering::Relaxed);
         }
     }
 
     /// A load known first-hand now, with its full flag (this node's own, when it sends).
-    pub fn set(&self, node: NodeId, load: u32, full: bool) {
-        self.merge(&[LoadEntry {
-            node,
-            load,
-            full,
-            age_ms: 0,
-        }]);
+    pub fn set(&self, node: NodeId, load: u32, full: bool, now_ms: u64) {
+        self.merge(
+            &[LoadEntry {
+                node,
+                load,
+                full,
+                age_ms: 0,
+            }],
+            now_ms,
+        );
     }
 
     /// Entries from another node's table: each replaces what is here if it is fresher.
-    pub fn merge(&self, entries: &[LoadEntry]) {
-        let now = self.now_ms();
+    pub fn merge(&self, entries: &[LoadEntry], now_ms: u64) {
+        let now = Self::table_time(now_ms);
         for entry in entries {
             let Some(slot) = self.slot(entry.node, true) else {
                 continue;
@@ -191,7 +192,7 @@ impl LoadTable {
     }
 
     /// What is known of `node`'s load.
-    pub fn get(&self, node: NodeId) -> Option<Heard> {
+    pub fn get(&self, node: NodeId, now_ms: u64) -> Option<Heard> {
         let slot = self.slot(node, false)?;
         let fresh = slot.fresh_ms.load(Ordering::Relaxed);
         if fresh == 0 {
@@ -201,13 +202,13 @@ impl LoadTable {
         Some(Heard {
             load: state as u32,
             full: state & FULL_BIT != 0,
-            age: Duration::from_millis(self.now_ms().saturating_sub(fresh)),
+            age: Duration::from_millis(Self::table_time(now_ms).saturating_sub(fresh)),
         })
     }
 
     /// Every entry no older than `max_age`, for the exchange and for status.
-    pub fn entries(&self, max_age: Duration) -> Vec<LoadEntry> {
-        let now = self.now_ms();
+    pub fn entries(&self, max_age: Duration, now_ms: u64) -> Vec<LoadEntry> {
+        let now = Self::table_time(now_ms);
         self.slots
             .iter()
             .filter_map(|slot| {
@@ -249,64 +250,75 @@ mod tests {
         assert_eq!(load.total(), 11);
         a.store(0, Ordering::Relaxed);
         assert_eq!(load.total(), 7);
-        assert!(!load.is_full());
-        load.note_full();
-        assert!(load.is_full());
+        assert!(!load.is_full(1_000));
+        load.note_full(1_000);
+        assert!(load.is_full(1_000));
+        assert!(load.is_full(1_000 + FULL_FOR.as_millis() as u64 - 1));
+        assert!(!load.is_full(1_000 + FULL_FOR.as_millis() as u64));
     }
 
     #[test]
     fn the_fresher_knowledge_wins() {
         let table = LoadTable::default();
-        assert_eq!(table.get(7), None);
-        table.heard(7, 10);
-        let heard = table.get(7).unwrap();
+        assert_eq!(table.get(7, 0), None);
+        table.heard(7, 10, 0);
+        let heard = table.get(7, 400).unwrap();
         assert_eq!((heard.load, heard.full), (10, false));
-        assert!(heard.age < Duration::from_secs(1));
+        assert_eq!(heard.age, Duration::from_millis(400));
         // Second-hand and older than what was heard directly: ignored.
-        table.merge(&[LoadEntry {
-            node: 7,
-            load: 99,
-            full: true,
-            age_ms: 5_000,
-        }]);
-        assert_eq!(table.get(7).unwrap().load, 10);
+        table.merge(
+            &[LoadEntry {
+                node: 7,
+                load: 99,
+                full: true,
+                age_ms: 5_000,
+            }],
+            400,
+        );
+        assert_eq!(table.get(7, 400).unwrap().load, 10);
         // Second-hand but fresh: taken, with its full flag, which a frame header keeps.
-        table.merge(&[LoadEntry {
-            node: 7,
-            load: 3,
-            full: true,
-            age_ms: 0,
-        }]);
-        assert_eq!(table.get(7).map(|h| (h.load, h.full)), Some((3, true)));
-        table.heard(7, 4);
-        assert_eq!(table.get(7).map(|h| (h.load, h.full)), Some((4, true)));
+        table.merge(
+            &[LoadEntry {
+                node: 7,
+                load: 3,
+                full: true,
+                age_ms: 0,
+            }],
+            500,
+        );
+        assert_eq!(table.get(7, 500).map(|h| (h.load, h.full)), Some((3, true)));
+        table.heard(7, 4, 600);
+        assert_eq!(table.get(7, 600).map(|h| (h.load, h.full)), Some((4, true)));
         // An unknown node learned second-hand is taken whatever its age.
-        table.merge(&[LoadEntry {
-            node: 8,
-            load: 1,
-            full: false,
-            age_ms: 2_000,
-        }]);
-        assert!(table.get(8).unwrap().age >= Duration::from_secs(2));
+        table.merge(
+            &[LoadEntry {
+                node: 8,
+                load: 1,
+                full: false,
+                age_ms: 2_000,
+            }],
+            600,
+        );
+        assert_eq!(table.get(8, 700).unwrap().age, Duration::from_millis(2_100));
         let mut nodes: Vec<NodeId> = table
-            .entries(Duration::from_secs(60))
+            .entries(Duration::from_secs(60), 700)
             .iter()
             .map(|e| e.node)
             .collect();
         nodes.sort_unstable();
         assert_eq!(nodes, vec![7, 8]);
-        assert_eq!(table.entries(Duration::from_secs(1)).len(), 1);
+        assert_eq!(table.entries(Duration::from_secs(1), 700).len(), 1);
     }
 
     #[test]
     fn a_full_table_ignores_more_nodes() {
         let table = LoadTable::default();
         for node in 0..(TABLE_NODES_MAX as u64 + 10) {
-            table.heard(node, 1);
+            table.heard(node, 1, 0);
         }
-        assert!(table.get(TABLE_NODES_MAX as u64 + 5).is_none());
+        assert!(table.get(TABLE_NODES_MAX as u64 + 5, 0).is_none());
         assert_eq!(
-            table.entries(Duration::from_secs(60)).len(),
+            table.entries(Duration::from_secs(60), 0).len(),
             TABLE_NODES_MAX
         );
     }

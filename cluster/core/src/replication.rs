@@ -17,8 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use porcupine_engine::index::supersedes;
-use porcupine_engine::UpdateKind;
+use porcupine_types::{supersedes, UpdateKind};
 
 use crate::membership::NodeId;
 

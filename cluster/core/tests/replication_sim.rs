@@ -8,15 +8,14 @@
 //! every acknowledged put that was not deleted is on all of its replicas; no node shows a
 //! message whose delete was acknowledged; every pending update has retired.
 //! A failing seed is printed; replay it with
-//! `PORCUPINE_SIM_SEED=<seed> cargo test -p porcupine-cluster --test replication_sim`.
+//! `PORCUPINE_SIM_SEED=<seed> cargo test -p porcupine-cluster-core --test replication_sim`.
 //! `PORCUPINE_SIM_SEEDS=N` runs more seeds (default 300).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
-use porcupine_cluster::replication::{Action, Replicator, Settings, Update};
-use porcupine_engine::index::supersedes;
-use porcupine_engine::UpdateKind;
+use porcupine_cluster_core::replication::{Action, Replicator, Settings, Update};
+use porcupine_types::{supersedes, UpdateKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

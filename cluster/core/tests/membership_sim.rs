@@ -4,13 +4,13 @@
 //! Checked: (safety) no two nodes ever install different memberships or maps for one epoch;
 //! (liveness) once faults stop, every live node converges on one epoch, the live node set and
 //! one user map within a bound. A failing seed is printed; replay it with
-//! `PORCUPINE_SIM_SEED=<seed> cargo test -p porcupine-cluster --test membership_sim`.
+//! `PORCUPINE_SIM_SEED=<seed> cargo test -p porcupine-cluster-core --test membership_sim`.
 //! `PORCUPINE_SIM_SEEDS=N` runs more seeds (default 300).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
-use porcupine_cluster::membership::{Action, Epoch, Member, Membership, Msg, Settings, View};
+use porcupine_cluster_core::membership::{Action, Epoch, Member, Membership, Msg, Settings, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -27,7 +27,9 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(me: NodeId, policy: PlacementPolicy) -> Self {
+    /// A manager on node `me`; `seed` drives its placement choices (a node passes entropy,
+    /// the simulator a seed it can replay).
+    pub fn new(me: NodeId, policy: PlacementPolicy, seed: u64) -> Self {
         Self {
             me,
             policy,
@@ -35,7 +37,7 @@ impl Manager {
             mail_map: HashMap::new(),
             reported: HashSet::new(),
             locks: HashMap::new(),
-            rng: StdRng::from_entropy(),
+            rng: StdRng::seed_from_u64(seed),
         }
     }
 
@@ -198,7 +200,7 @@ impl Manager {
         let holders = self.live_fragments(user);
         placement::candidates(
             self.policy,
-            porcupine_engine::record::user_key(user),
+            porcupine_types::user_key(user),
             &live,
             &holders,
             replicas,
@@ -257,7 +259,7 @@ mod tests {
     #[test]
     fn lookups_wait_for_every_report_then_prefer_fragment_holders() {
         let v = view(&[1, 2, 3]);
-        let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 });
+        let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 }, 7);
         m.install(&v);
         assert_eq!(place(&mut m, "a@x", 1, &[]), Body::Error(Failure::TryAgain));
         report(&mut m, &v, 1, &[]);
@@ -286,7 +288,7 @@ mod tests {
     #[test]
     fn a_placement_avoiding_the_holders_adds_a_node_beyond_the_spread() {
         let v = view(&[1, 2, 3]);
-        let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 });
+        let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 }, 7);
         m.install(&v);
         for node in [1, 2] {
             report(&mut m, &v, node, &[]);
@@ -313,7 +315,7 @@ mod tests {
     #[test]
     fn a_maildrop_has_one_lock_holder() {
         let v = view(&[1]);
-        let mut m = Manager::new(1, PlacementPolicy::default());
+        let mut m = Manager::new(1, PlacementPolicy::default(), 7);
         m.install(&v);
         report(&mut m, &v, 1, &[]);
         let lock = |m: &mut Manager, owner| {
@@ -334,7 +336,7 @@ mod tests {
     #[test]
     fn an_unlock_waits_for_every_report_and_a_repeated_report_brings_no_lock_back() {
         let v = view(&[1, 2]);
-        let mut m = Manager::new(1, PlacementPolicy::default());
+        let mut m = Manager::new(1, PlacementPolicy::default(), 7);
         m.install(&v);
         let unlock = |m: &mut Manager| {
             m.handle(Body::Unlock {

@@ -1,0 +1,24 @@
+//! porcupine's cluster logic, as pure state machines: events (and the time, and any randomness)
+//! in, actions out. Nothing here touches a socket, a disk, a clock or an executor; the node
+//! crate (`porcupine-cluster`, `cluster/src/node/`) drives these machines, and the seeded
+//! simulators in `tests/` drive them the same way over crashes, loss and partitions.
+//!
+//! - [`membership`]: the three-round membership protocol; [`usermap`]: buckets of users and
+//!   their managers; [`plausible`]: what even an authenticated peer may not send.
+//! - [`manager`]: a bucket manager's mail map and maildrop locks; [`placement`]: where new mail
+//!   goes (static, random or dynamic placement).
+//! - [`replication`]: a core's replication manager: pushes, acks, retirement.
+//! - [`loads`]: this node's load and every node's load as last heard.
+//! - [`abuse`]: connections per client address and the delay after failed logins.
+//! - [`wire`]: the frame format between nodes, defined once.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod abuse;
+pub mod loads;
+pub mod manager;
+pub mod membership;
+pub mod placement;
+pub mod plausible;
+pub mod replication;
+pub mod usermap;
+pub mod wire;
