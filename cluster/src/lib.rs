@@ -6,11 +6,12 @@
 //! - [`transport`]: framed TCP connections between nodes (the glommio edge).
 //! - [`secure`]: the cluster key, the handshake that proves it, the encrypted record stream.
 //! - From the pure crate: [`membership`], [`usermap`], [`plausible`], [`manager`],
-//!   [`placement`], [`replication`], [`loads`], [`abuse`], [`wire`].
+//!   [`placement`], [`delivery`], [`maildrop`], [`replication`], [`loads`], [`abuse`], [`wire`].
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub use porcupine_cluster_core::{
-    abuse, loads, manager, membership, placement, plausible, replication, usermap, wire,
+    abuse, delivery, loads, maildrop, manager, membership, placement, plausible, replication,
+    usermap, wire,
 };
 
 pub mod node;

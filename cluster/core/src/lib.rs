@@ -7,6 +7,8 @@
 //!   their managers; [`plausible`]: what even an authenticated peer may not send.
 //! - [`manager`]: a bucket manager's mail map and maildrop locks; [`placement`]: where new mail
 //!   goes (static, random or dynamic placement).
+//! - [`delivery`]: the delivery policy (placement, retries under the same id, full nodes);
+//!   [`maildrop`]: the maildrop policy (lock, list, dedupe, delete, unlock).
 //! - [`replication`]: a core's replication manager: pushes, acks, retirement.
 //! - [`loads`]: this node's load and every node's load as last heard.
 //! - [`abuse`]: connections per client address and the delay after failed logins.
@@ -14,7 +16,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod abuse;
+pub mod delivery;
 pub mod loads;
+pub mod maildrop;
 pub mod manager;
 pub mod membership;
 pub mod placement;

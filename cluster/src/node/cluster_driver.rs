@@ -438,8 +438,15 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
             replicas,
             message,
         } => {
-            match super::proxy::store_here(context, &user, id, Arc::new(message), epoch, replicas)
-                .await
+            match super::delivery::store_here(
+                context,
+                &user,
+                id,
+                Arc::new(message),
+                epoch,
+                replicas,
+            )
+            .await
             {
                 Ok(()) => Body::Done,
                 Err(e) => failure(e),

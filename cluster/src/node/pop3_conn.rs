@@ -1,7 +1,7 @@
 //! The POP3 edge: a glommio socket on one side, the sans-IO [`Pop3Session`] on the other.
 //! The maildrop lock (the user's core on a lone node, the bucket manager in a cluster) is held
 //! from login until the connection ends, however it ends; deletions happen only on QUIT, on the
-//! nodes holding the messages ([`super::proxy`]).
+//! nodes holding the messages ([`super::maildrop`]).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use glommio::net::TcpStream;
 use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Plaintext, Pop3Session, Step, Tls};
 
 use super::conn::{self, Read, SessionClock};
+use super::maildrop::{self, OpenFailure};
 use super::metrics::add;
-use super::proxy::{self, OpenFailure};
 use super::service::Credential;
 use super::tls::ClientStream;
 use super::NodeContext;
@@ -62,7 +62,7 @@ pub async fn serve(
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
-    let mut locked: Option<proxy::Maildrop> = None;
+    let mut locked: Option<maildrop::Maildrop> = None;
     let mut proofs_counted = 0;
     let mut errors_counted = 0;
     let mut count_errors = |session: &Pop3Session| {
@@ -127,7 +127,7 @@ pub async fn serve(
                             glommio::timer::sleep(wait).await;
                         }
                     }
-                    let opened = proxy::open(&context, &user, &credential).await;
+                    let opened = maildrop::open(&context, &user, &credential).await;
                     if let Some(ip) = peer.map(|p| p.ip()) {
                         match &opened {
                             Err(OpenFailure::BadCredentials) => context.clients.login_failed(ip),
@@ -156,7 +156,7 @@ pub async fn serve(
                 }
                 Step::Fetch { index, top } => {
                     let message = match &locked {
-                        Some(maildrop) => proxy::fetch(&context, maildrop, index).await,
+                        Some(maildrop) => maildrop::fetch(&context, maildrop, index).await,
                         None => None,
                     };
                     if message.is_some() {
@@ -167,7 +167,7 @@ pub async fn serve(
                 Step::Commit { delete } => {
                     let ok = match &locked {
                         Some(maildrop) => {
-                            let result = proxy::delete(&context, maildrop, &delete).await;
+                            let result = maildrop::delete(&context, maildrop, &delete).await;
                             if result.is_ok() {
                                 add(&context.metrics.messages_deleted, delete.len() as u64);
                             }
@@ -201,7 +201,7 @@ pub async fn serve(
     }
     // Unlock before the last reply, so a client that reconnects at once finds the maildrop free.
     if let Some(maildrop) = &locked {
-        proxy::close(&context, maildrop).await;
+        maildrop::close(&context, maildrop).await;
     }
     count_errors(&session);
     conn::flush(&mut stream, &mut out, &clock, |_| {}).await;

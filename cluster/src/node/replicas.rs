@@ -129,7 +129,7 @@ impl CoreReplication {
 
     /// Stores a message delivered here and coordinates its replication to `replicas` (this
     /// node first). Under [`AckPolicy::AllReplicas`] it returns only once every replica holds
-    /// the message durably; a replica that cannot take it makes it `Unavailable` (the proxy
+    /// the message durably; a replica that cannot take it makes it `Unavailable` (delivery
     /// then places the message again, under the same id).
     pub async fn coordinate_put(
         self: &Rc<Self>,
@@ -152,7 +152,7 @@ impl CoreReplication {
             Ok(PutOutcome::Deleted) => return Ok(()),
             Err(error) => {
                 tracing::warn!(%user, %error, "delivery failed");
-                let error = StoreError::from(&error);
+                let error = super::service::store_error(&error);
                 if error == StoreError::NoSpace {
                     // Placement avoids this node, and new users this disk, for a while.
                     self.context.cluster.load.note_full(now_ms());
@@ -381,7 +381,7 @@ impl CoreReplication {
                             // The user's manager may not know this node holds mail of theirs.
                             let (context, user) = (self.context.clone(), update.user.clone());
                             glommio::spawn_local(async move {
-                                super::proxy::note(&context, &user).await;
+                                super::delivery::note(&context, &user).await;
                             })
                             .detach();
                         }
@@ -389,7 +389,7 @@ impl CoreReplication {
                     }
                     Ok(PutOutcome::AlreadyHere(_) | PutOutcome::Deleted) => false,
                     Err(error) => {
-                        let error = StoreError::from(&error);
+                        let error = super::service::store_error(&error);
                         if error == StoreError::NoSpace {
                             shared.load.note_full(now_ms());
                             self.shards.note_full(shard);
@@ -411,7 +411,7 @@ impl CoreReplication {
                 {
                     Ok(DeleteOutcome::Deleted(_)) => true,
                     Ok(DeleteOutcome::AlreadyDeleted | DeleteOutcome::NotFound) => false,
-                    Err(error) => return Err(StoreError::from(&error)),
+                    Err(error) => return Err(super::service::store_error(&error)),
                 }
             }
         };

@@ -24,24 +24,14 @@ use crate::membership::NodeId;
 use crate::replication::Update;
 use porcupine_protocols::sasl::ScramCredentials;
 
-/// What a storage request can fail with, as a protocol needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreError {
-    /// Full disk: SMTP 452.
-    NoSpace,
-    /// Any other failure: SMTP 451, POP3 -ERR [SYS/TEMP].
-    Failed,
-    /// A replica could not take the message in time: placed again by the proxy, else 451.
-    Unavailable,
-}
+pub use crate::delivery::StoreError;
 
-impl From<&EngineError> for StoreError {
-    fn from(error: &EngineError) -> Self {
-        if matches!(error, EngineError::NoSpace { .. }) {
-            StoreError::NoSpace
-        } else {
-            StoreError::Failed
-        }
+/// What an engine failure means to a protocol: a full disk is 452, anything else 451.
+pub fn store_error(error: &EngineError) -> StoreError {
+    if matches!(error, EngineError::NoSpace { .. }) {
+        StoreError::NoSpace
+    } else {
+        StoreError::Failed
     }
 }
 
@@ -604,7 +594,7 @@ impl CoreService {
                 let result = match self.shard(&user) {
                     Some(shard) => match shard.read_profile(&user).await {
                         Ok(profile) => Ok(profile.and_then(|p| users::scram_of(&p))),
-                        Err(e) => Err(StoreError::from(&e)),
+                        Err(e) => Err(store_error(&e)),
                     },
                     None => Err(StoreError::Failed),
                 };
@@ -655,7 +645,7 @@ impl CoreService {
                         .map(|r| r.body().to_vec())
                         .map_err(|e| {
                             tracing::warn!(%user, error = %e, "read failed");
-                            StoreError::from(&e)
+                            store_error(&e)
                         }),
                     None => Err(StoreError::Failed),
                 };
@@ -688,7 +678,7 @@ impl CoreService {
                                     self.replication.deleted(&user, id, tomb);
                                 }
                                 (_, Ok(_)) | (_, Err(EngineError::NotFound)) => {}
-                                (_, Err(e)) => result = Err(StoreError::from(&e)),
+                                (_, Err(e)) => result = Err(store_error(&e)),
                             }
                         }
                         result
@@ -707,7 +697,7 @@ impl CoreService {
                     Some(shard) => shard
                         .put_profile_stamped(&user, &profile, stamp)
                         .await
-                        .map_err(|e| StoreError::from(&e)),
+                        .map_err(|e| store_error(&e)),
                     None => Err(StoreError::Failed),
                 };
                 let _ = reply.send(result);

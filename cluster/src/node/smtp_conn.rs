@@ -1,7 +1,7 @@
 //! The SMTP edge: a glommio socket on one side, the sans-IO [`SmtpSession`] on the other.
 //!
 //! A message for several recipients is stored once per recipient, each copy in a fragment of
-//! that recipient's mailbox, on the node the cluster places it ([`super::proxy`]); the 250 is
+//! that recipient's mailbox, on the node the cluster places it ([`super::delivery`]); the 250 is
 //! sent only after every copy is durable. If any copy fails the client gets 451/452 and retries
 //! the whole message, so recipients already stored may receive it twice (Porcupine's known
 //! duplicate anomaly); never zero times after a 250.
@@ -199,7 +199,7 @@ async fn deliver(
     };
     if let [recipient] = envelope.recipients.as_slice() {
         // The usual case: no task to spawn for one copy.
-        note(super::proxy::deliver(context, &recipient.canonical(), id, message.clone()).await);
+        note(super::delivery::deliver(context, &recipient.canonical(), id, message.clone()).await);
     } else {
         // Copies for several recipients are stored concurrently (their shards may differ).
         let mut tasks = Vec::with_capacity(envelope.recipients.len());
@@ -208,7 +208,7 @@ async fn deliver(
             let user = recipient.canonical();
             let message = message.clone();
             tasks.push(glommio::spawn_local(async move {
-                super::proxy::deliver(&context, &user, id, message).await
+                super::delivery::deliver(&context, &user, id, message).await
             }));
         }
         for task in tasks {

@@ -1,0 +1,526 @@
+//! The delivery policy (sans-IO): how one copy of a message reaches a user's fragments,
+//! wherever the cluster places them. This is where double or lost mail would come from, so it
+//! is one state machine that the node drives with real requests and the seeded simulator with
+//! simulated ones (`tests/policy_sim.rs`).
+//!
+//! The sequence: on a lone node, store here. In a cluster, ask the user's bucket manager for
+//! candidates (the driver may answer from a per-core cache of the manager's last answer), pick
+//! the replicas among them by load under the placement policy (asking again without the
+//! overloaded ones when too few are usable), and store at the first of them, the coordinator
+//! (this node when it is one of them, to save a hop). A coordinator that cannot be reached or
+//! answers "try again" makes the message placed again with a fresh answer, **under the same
+//! id**, so a copy that did land is replaced, never doubled. A coordinator whose disk is full
+//! is avoided from then on; when every member was full the answer is "no space". The whole
+//! sequence is bounded by the patience: then the client gets a temporary failure and retries.
+//!
+//! Events in ([`DeliveryInput`]), one action out per step ([`DeliveryAction`]); the time, the
+//! view, the loads and the randomness are the caller's ([`Facts`]).
+
+use std::rc::Rc;
+
+use rand::Rng;
+
+use crate::membership::{Epoch, NodeId, View};
+use crate::placement::{self, CandidateLoad, Choice, PlacementPolicy};
+
+/// What a storage request can fail with, as a protocol needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Full disk: SMTP 452.
+    NoSpace,
+    /// Any other failure: SMTP 451, POP3 -ERR [SYS/TEMP].
+    Failed,
+    /// A replica could not take the message in time: placed again by the proxy, else 451.
+    Unavailable,
+}
+
+/// The settings the delivery policy runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// Copies of each message (capped by the live node count).
+    pub replicas: usize,
+    pub placement: PlacementPolicy,
+    /// A node with this many operations under way counts as overloaded.
+    pub overload_ops: u32,
+    /// How long one delivery may take before the client is told to retry.
+    pub patience_ms: u64,
+    /// Pause before asking again after the cluster could not answer.
+    pub retry_pause_ms: u64,
+}
+
+/// What the node knows when the machine takes a step.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub me: NodeId,
+    /// The view this node has installed now.
+    pub view: &'a View,
+    pub now_ms: u64,
+}
+
+/// An event for the delivery machine: the answer to its last action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryInput {
+    /// The first step.
+    Start,
+    /// The manager's candidates for the user's new mail (`None`: it could not answer).
+    Candidates(Option<Rc<[NodeId]>>),
+    /// The outcome of the store the machine asked for.
+    Stored(Result<(), StoreError>),
+    /// A fire-and-forget action was carried out, or a pause is over.
+    Continue,
+}
+
+/// What the driver does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryAction {
+    /// Store in this node's fragment, replicated to `replicas` (this node first; empty: not
+    /// replicated); `placed`: the epoch the placement was made in. Answer: `Stored`.
+    StoreHere {
+        placed: Epoch,
+        replicas: Vec<NodeId>,
+    },
+    /// Ask `coordinator` to store and replicate to `replicas` (the coordinator first). Answer:
+    /// `Stored` (`Unavailable` when it cannot be reached or is not a member).
+    StoreAt {
+        coordinator: NodeId,
+        placed: Epoch,
+        replicas: Vec<NodeId>,
+    },
+    /// Candidates for `replicas` copies from the user's manager, without the nodes in
+    /// `avoid`. With `avoid` empty the driver may answer from its cache of the manager's last
+    /// answer in this epoch. Answer: `Candidates`.
+    AskCandidates {
+        epoch: Epoch,
+        replicas: usize,
+        avoid: Vec<NodeId>,
+    },
+    /// Drop the cached candidates of the user (they failed). Answer: `Continue`.
+    ForgetCandidates,
+    /// Count `node` as full until its next load report. Answer: `Continue`.
+    MarkFull(NodeId),
+    /// Pause, then `Continue`.
+    Sleep { ms: u64 },
+    /// Done: the reply to give.
+    Finish(Result<(), StoreError>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Begin,
+    /// Waiting for candidates, asked without `avoid`.
+    Placing {
+        avoid: Vec<NodeId>,
+    },
+    /// Waiting for a store at `coordinator`.
+    Storing {
+        coordinator: NodeId,
+        lone: bool,
+    },
+    /// After a failed store, the fire-and-forget actions before placing again.
+    Recovering {
+        then: Vec<DeliveryAction>,
+    },
+    /// Waiting out a pause.
+    Pausing,
+    Finished,
+}
+
+/// One delivery of one copy of a message to one user.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    settings: DeliverySettings,
+    deadline_ms: u64,
+    /// Coordinators that answered "no space" (each count once per answer, as before).
+    full_answers: usize,
+    phase: Phase,
+}
+
+impl Delivery {
+    pub fn new(settings: DeliverySettings, now_ms: u64) -> Self {
+        Self {
+            settings,
+            deadline_ms: now_ms.saturating_add(settings.patience_ms),
+            full_answers: 0,
+            phase: Phase::Begin,
+        }
+    }
+
+    /// Copies wanted in `view`: the setting, capped by the live node count.
+    pub fn replicas_wanted(&self, view: &View) -> usize {
+        self.settings.replicas.max(1).min(view.members.len().max(1))
+    }
+
+    /// Whether the machine has finished.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// One step: `input` is the answer to the last action. `load_of` is each node's load as
+    /// this node knows it, `rng` the placement's randomness.
+    pub fn step<R: Rng>(
+        &mut self,
+        input: DeliveryInput,
+        facts: Facts<'_>,
+        load_of: impl Fn(NodeId) -> CandidateLoad,
+        rng: &mut R,
+    ) -> DeliveryAction {
+        let phase = std::mem::replace(&mut self.phase, Phase::Finished);
+        match (phase, input) {
+            (Phase::Finished, _) => DeliveryAction::Finish(Err(StoreError::Failed)),
+            (Phase::Begin, _) | (Phase::Pausing, _) => self.attempt(facts),
+            (Phase::Placing { avoid }, DeliveryInput::Candidates(Some(candidates)))
+                if !candidates.is_empty() =>
+            {
+                let wanted = self.replicas_wanted(facts.view);
+                let choice = placement::choose(
+                    self.settings.placement,
+                    &candidates,
+                    wanted,
+                    load_of,
+                    self.settings.overload_ops,
+                    avoid.is_empty(),
+                    rng,
+                );
+                match choice {
+                    Choice::Nodes(mut nodes) if !nodes.is_empty() => {
+                        if let Some(at) = nodes.iter().position(|&n| n == facts.me) {
+                            nodes.swap(0, at);
+                        }
+                        let coordinator = nodes[0];
+                        self.phase = Phase::Storing {
+                            coordinator,
+                            lone: false,
+                        };
+                        if coordinator == facts.me {
+                            DeliveryAction::StoreHere {
+                                placed: facts.view.epoch,
+                                replicas: nodes,
+                            }
+                        } else {
+                            DeliveryAction::StoreAt {
+                                coordinator,
+                                placed: facts.view.epoch,
+                                replicas: nodes,
+                            }
+                        }
+                    }
+                    Choice::Nodes(_) => self.pause_or_give_up(facts),
+                    Choice::Avoid(nodes) => {
+                        self.phase = Phase::Placing {
+                            avoid: nodes.clone(),
+                        };
+                        DeliveryAction::AskCandidates {
+                            epoch: facts.view.epoch,
+                            replicas: wanted,
+                            avoid: nodes,
+                        }
+                    }
+                }
+            }
+            (Phase::Placing { .. }, _) => self.pause_or_give_up(facts),
+            (Phase::Storing { coordinator, lone }, DeliveryInput::Stored(outcome)) => {
+                match outcome {
+                    Ok(()) => self.finish(Ok(())),
+                    Err(StoreError::Unavailable) if lone => self.pause_or_give_up(facts),
+                    // Placed again with a fresh answer from the manager, under the same id.
+                    Err(StoreError::Unavailable) => self.recover(
+                        facts,
+                        vec![DeliveryAction::ForgetCandidates],
+                        Recovery::Pause,
+                    ),
+                    // A full disk there: placement avoids that node now; another may have room.
+                    Err(StoreError::NoSpace) if !lone => {
+                        self.full_answers = self.full_answers.saturating_add(1);
+                        if self.full_answers >= facts.view.members.len() {
+                            return self.finish(Err(StoreError::NoSpace));
+                        }
+                        let mut then = Vec::new();
+                        if coordinator != facts.me {
+                            then.push(DeliveryAction::MarkFull(coordinator));
+                        }
+                        then.push(DeliveryAction::ForgetCandidates);
+                        self.recover(facts, then, Recovery::AtOnce)
+                    }
+                    Err(error) => self.finish(Err(error)),
+                }
+            }
+            (Phase::Storing { .. }, _) => self.finish(Err(StoreError::Failed)),
+            (Phase::Recovering { mut then }, _) => match then.pop() {
+                Some(DeliveryAction::Sleep { ms }) if then.is_empty() => {
+                    self.phase = Phase::Pausing;
+                    DeliveryAction::Sleep { ms }
+                }
+                Some(DeliveryAction::Finish(_)) | None => self.attempt(facts),
+                Some(action) => {
+                    self.phase = Phase::Recovering { then };
+                    action
+                }
+            },
+        }
+    }
+
+    /// A new attempt under the view this node has now.
+    fn attempt(&mut self, facts: Facts<'_>) -> DeliveryAction {
+        let view = facts.view;
+        if view.members.len() <= 1 {
+            self.phase = Phase::Storing {
+                coordinator: facts.me,
+                lone: true,
+            };
+            return DeliveryAction::StoreHere {
+                placed: view.epoch,
+                replicas: Vec::new(),
+            };
+        }
+        self.phase = Phase::Placing { avoid: Vec::new() };
+        DeliveryAction::AskCandidates {
+            epoch: view.epoch,
+            replicas: self.replicas_wanted(view),
+            avoid: Vec::new(),
+        }
+    }
+
+    /// The fire-and-forget actions in `then` (in order), then a new attempt: at once, or after
+    /// a pause if there is time left.
+    fn recover(
+        &mut self,
+        facts: Facts<'_>,
+        mut then: Vec<DeliveryAction>,
+        after: Recovery,
+    ) -> DeliveryAction {
+        if after == Recovery::Pause {
+            if facts.now_ms >= self.deadline_ms {
+                return self.finish(Err(StoreError::Failed));
+            }
+            then.push(DeliveryAction::Sleep {
+                ms: self.settings.retry_pause_ms,
+            });
+        }
+        // Popped from the end: reverse so they run in the order given.
+        then.reverse();
+        match then.pop() {
+            Some(DeliveryAction::Sleep { ms }) if then.is_empty() => {
+                self.phase = Phase::Pausing;
+                DeliveryAction::Sleep { ms }
+            }
+            Some(action) => {
+                self.phase = Phase::Recovering { then };
+                action
+            }
+            None => self.attempt(facts),
+        }
+    }
+
+    fn pause_or_give_up(&mut self, facts: Facts<'_>) -> DeliveryAction {
+        if facts.now_ms >= self.deadline_ms {
+            return self.finish(Err(StoreError::Failed));
+        }
+        self.phase = Phase::Pausing;
+        DeliveryAction::Sleep {
+            ms: self.settings.retry_pause_ms,
+        }
+    }
+
+    fn finish(&mut self, result: Result<(), StoreError>) -> DeliveryAction {
+        self.phase = Phase::Finished;
+        DeliveryAction::Finish(result)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    AtOnce,
+    Pause,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Member;
+    use crate::usermap::UserMap;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn view(members: &[NodeId]) -> View {
+        let epoch = Epoch {
+            clock: 5,
+            coordinator: members[0],
+        };
+        View {
+            epoch,
+            members: members
+                .iter()
+                .map(|&id| Member {
+                    id,
+                    addr: format!("n{id}"),
+                })
+                .collect(),
+            map: UserMap::single(members[0], 4, epoch),
+        }
+    }
+
+    fn settings(replicas: usize) -> DeliverySettings {
+        DeliverySettings {
+            replicas,
+            placement: PlacementPolicy::Static,
+            overload_ops: 100,
+            patience_ms: 1_000,
+            retry_pause_ms: 20,
+        }
+    }
+
+    fn idle(_: NodeId) -> CandidateLoad {
+        CandidateLoad::default()
+    }
+
+    /// Runs the machine against scripted answers; returns every action it took.
+    fn run(
+        machine: &mut Delivery,
+        view: &View,
+        me: NodeId,
+        mut answer: impl FnMut(&DeliveryAction, u64) -> DeliveryInput,
+    ) -> Vec<DeliveryAction> {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut now = 0;
+        let mut input = DeliveryInput::Start;
+        let mut actions = Vec::new();
+        for _ in 0..1_000 {
+            let facts = Facts {
+                me,
+                view,
+                now_ms: now,
+            };
+            let action = machine.step(input, facts, idle, &mut rng);
+            actions.push(action.clone());
+            if let DeliveryAction::Finish(_) = action {
+                return actions;
+            }
+            if let DeliveryAction::Sleep { ms } = action {
+                now += ms;
+            }
+            input = answer(&action, now);
+        }
+        panic!("the delivery never finished: {actions:?}");
+    }
+
+    #[test]
+    fn a_lone_node_stores_here_unreplicated() {
+        let v = view(&[1]);
+        let mut m = Delivery::new(settings(2), 0);
+        let actions = run(&mut m, &v, 1, |_, _| DeliveryInput::Stored(Ok(())));
+        assert_eq!(
+            actions,
+            vec![
+                DeliveryAction::StoreHere {
+                    placed: v.epoch,
+                    replicas: vec![]
+                },
+                DeliveryAction::Finish(Ok(()))
+            ]
+        );
+        assert!(m.finished());
+    }
+
+    #[test]
+    fn this_node_coordinates_when_it_is_a_candidate() {
+        let v = view(&[1, 2, 3]);
+        let mut m = Delivery::new(settings(2), 0);
+        let actions = run(&mut m, &v, 2, |action, _| match action {
+            DeliveryAction::AskCandidates { .. } => {
+                DeliveryInput::Candidates(Some(vec![1, 2].into()))
+            }
+            _ => DeliveryInput::Stored(Ok(())),
+        });
+        assert_eq!(
+            actions[1],
+            DeliveryAction::StoreHere {
+                placed: v.epoch,
+                replicas: vec![2, 1]
+            }
+        );
+    }
+
+    #[test]
+    fn an_unreachable_coordinator_is_placed_again_under_the_same_delivery() {
+        let v = view(&[1, 2, 3]);
+        let mut m = Delivery::new(settings(2), 0);
+        let mut stores = 0;
+        let actions = run(&mut m, &v, 3, |action, _| match action {
+            DeliveryAction::AskCandidates { .. } => {
+                DeliveryInput::Candidates(Some(vec![1, 2].into()))
+            }
+            DeliveryAction::StoreAt { .. } => {
+                stores += 1;
+                DeliveryInput::Stored(if stores == 1 {
+                    Err(StoreError::Unavailable)
+                } else {
+                    Ok(())
+                })
+            }
+            _ => DeliveryInput::Continue,
+        });
+        assert_eq!(stores, 2);
+        assert!(actions.contains(&DeliveryAction::ForgetCandidates));
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, DeliveryAction::Sleep { .. })));
+        assert_eq!(actions.last(), Some(&DeliveryAction::Finish(Ok(()))));
+    }
+
+    #[test]
+    fn full_coordinators_are_avoided_until_every_member_was_full() {
+        let v = view(&[1, 2, 3]);
+        let mut m = Delivery::new(settings(1), 0);
+        let actions = run(&mut m, &v, 9, |action, _| match action {
+            DeliveryAction::AskCandidates { .. } => DeliveryInput::Candidates(Some(vec![1].into())),
+            DeliveryAction::StoreAt { .. } => DeliveryInput::Stored(Err(StoreError::NoSpace)),
+            _ => DeliveryInput::Continue,
+        });
+        let marked = actions
+            .iter()
+            .filter(|a| matches!(a, DeliveryAction::MarkFull(1)))
+            .count();
+        assert_eq!(marked, 2, "{actions:?}");
+        assert_eq!(
+            actions.last(),
+            Some(&DeliveryAction::Finish(Err(StoreError::NoSpace)))
+        );
+        // No pause between a full answer and the next placement.
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, DeliveryAction::Sleep { .. })));
+    }
+
+    #[test]
+    fn a_manager_that_never_answers_runs_out_the_patience() {
+        let v = view(&[1, 2]);
+        let mut m = Delivery::new(settings(2), 0);
+        let actions = run(&mut m, &v, 1, |_, _| DeliveryInput::Candidates(None));
+        assert_eq!(
+            actions.last(),
+            Some(&DeliveryAction::Finish(Err(StoreError::Failed)))
+        );
+        let sleeps = actions
+            .iter()
+            .filter(|a| matches!(a, DeliveryAction::Sleep { .. }))
+            .count();
+        assert_eq!(sleeps, 50, "1,000 ms of patience in 20 ms pauses");
+    }
+
+    #[test]
+    fn a_failed_store_is_not_retried() {
+        let v = view(&[1, 2]);
+        let mut m = Delivery::new(settings(2), 0);
+        let actions = run(&mut m, &v, 1, |action, _| match action {
+            DeliveryAction::AskCandidates { .. } => {
+                DeliveryInput::Candidates(Some(vec![1, 2].into()))
+            }
+            _ => DeliveryInput::Stored(Err(StoreError::Failed)),
+        });
+        assert_eq!(actions.len(), 3);
+        assert_eq!(
+            actions.last(),
+            Some(&DeliveryAction::Finish(Err(StoreError::Failed)))
+        );
+    }
+}

@@ -1,0 +1,640 @@
+//! The maildrop policy (sans-IO): how a POP3 session opens a user's mailbox spread over
+//! fragment nodes, deletes from it and lets it go — the sequence where a message deleted by
+//! one session could be shown again to the next. One state machine per step of a session,
+//! driven by the node with real requests and by the seeded simulator (`tests/policy_sim.rs`).
+//!
+//! - [`Open`]: lock the maildrop at the user's bucket manager (a lock counts only if it was
+//!   granted in the membership this node still has once the lock is recorded among this node's
+//!   reports: then any later manager learns of it), list every fragment node the manager names,
+//!   drop every message some node holds a tombstone for, and keep each id once, oldest first.
+//! - [`Delete`]: a tombstone on every node that listed each message; done when each message has
+//!   a durable tombstone on at least one of its holders (that holder replicates it).
+//! - [`Unlock`]: forget the lock here first (no later report names it), then ask managers until
+//!   one releases it in the membership this node still has afterwards.
+//!
+//! Time comes in as [`Facts::now_ms`], the view as [`Facts::view`].
+
+use std::collections::BTreeMap;
+
+use crate::delivery::{Facts, StoreError};
+use crate::membership::{Epoch, NodeId};
+use crate::wire::{Body, Failure};
+
+/// A lock owner: the node and its session number.
+pub type Owner = (NodeId, u64);
+
+/// Timing of the maildrop machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaildropSettings {
+    /// How long opening may wait for the cluster.
+    pub patience_ms: u64,
+    /// How long a session's end keeps trying to release its lock.
+    pub unlock_patience_ms: u64,
+    pub retry_pause_ms: u64,
+}
+
+impl Default for MaildropSettings {
+    fn default() -> Self {
+        Self {
+            patience_ms: 5_000,
+            unlock_patience_ms: 30_000,
+            retry_pause_ms: 20,
+        }
+    }
+}
+
+/// One message of an open maildrop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaildropMessage {
+    pub id: u128,
+    pub size: u64,
+    /// The nodes that listed it (its live replicas).
+    pub holders: Vec<NodeId>,
+}
+
+/// What one fragment node listed: its messages (id, size) and its tombstoned ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub messages: Vec<(u128, u64)>,
+    pub deleted: Vec<u128>,
+}
+
+/// An opened (locked, listed) maildrop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// Oldest first, each id once.
+    pub messages: Vec<MaildropMessage>,
+    /// Every node the manager knew to hold mail of the user when the maildrop opened.
+    pub fragments: Vec<NodeId>,
+    pub owner: Owner,
+}
+
+/// Why a maildrop did not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenFailure {
+    BadCredentials,
+    InUse,
+    Unavailable,
+}
+
+/// Whether a manager's answer from `epoch` holds: it is the epoch of the view the request
+/// went out under (`asked_in`), and this node has not moved on since (`now_in`).
+pub fn still_in(asked_in: Epoch, epoch: Epoch, now_in: Epoch) -> bool {
+    epoch == asked_in && now_in == epoch
+}
+
+/// An event for [`Open`]: the answer to its last action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenInput {
+    Start,
+    /// The manager's answer (`None`: it could not be reached).
+    Manager(Option<Body>),
+    /// A fragment node's listing (`None`: it did not answer).
+    Listed(Option<Listing>),
+    /// A fire-and-forget action was carried out, or a pause is over.
+    Continue,
+}
+
+/// What the driver of [`Open`] does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenAction {
+    /// Send `body` to the manager of the user's bucket in `Facts::view`. Answer: `Manager`.
+    AskManager(Body),
+    /// Record the lock among this node's reports to the managers. Answer: `Continue`.
+    RecordLock(Owner),
+    /// List the user's fragment on `node` (this node or another). Answer: `Listed`.
+    List(NodeId),
+    /// Pause, then `Continue`.
+    Sleep {
+        ms: u64,
+    },
+    /// Did not open. The lock may have been granted all the same (in an answer seen here or
+    /// one lost with its connection): the driver releases it ([`Unlock`]) in the background.
+    Failed(OpenFailure),
+    Opened(Opened),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum OpenPhase {
+    Locking,
+    /// Waiting for the manager's answer to a lock asked in `asked_in`.
+    AwaitingLock {
+        asked_in: Epoch,
+    },
+    /// The lock was granted in `granted`; waiting for it to be recorded.
+    Recording {
+        asked_in: Epoch,
+        granted: Epoch,
+        fragments: Vec<NodeId>,
+    },
+    Pausing,
+    Listing {
+        fragments: Vec<NodeId>,
+        next: usize,
+    },
+    Done,
+}
+
+/// Opening one user's maildrop for one session.
+#[derive(Clone, Debug)]
+pub struct Open {
+    user: String,
+    owner: Owner,
+    settings: MaildropSettings,
+    deadline_ms: u64,
+    phase: OpenPhase,
+    by_id: BTreeMap<u128, MaildropMessage>,
+    tombstoned: Vec<u128>,
+}
+
+impl Open {
+    pub fn new(user: &str, owner: Owner, settings: MaildropSettings, now_ms: u64) -> Self {
+        Self {
+            user: user.to_owned(),
+            owner,
+            settings,
+            deadline_ms: now_ms.saturating_add(settings.patience_ms),
+            phase: OpenPhase::Locking,
+            by_id: BTreeMap::new(),
+            tombstoned: Vec::new(),
+        }
+    }
+
+    pub fn step(&mut self, input: OpenInput, facts: Facts<'_>) -> OpenAction {
+        let phase = std::mem::replace(&mut self.phase, OpenPhase::Done);
+        match (phase, input) {
+            (OpenPhase::Done, _) => OpenAction::Failed(OpenFailure::Unavailable),
+            (OpenPhase::Locking, _) | (OpenPhase::Pausing, _) => self.ask_lock(facts),
+            (OpenPhase::AwaitingLock { asked_in }, OpenInput::Manager(answer)) => match answer {
+                Some(Body::Locked { fragments, epoch }) => {
+                    self.phase = OpenPhase::Recording {
+                        asked_in,
+                        granted: epoch,
+                        fragments,
+                    };
+                    OpenAction::RecordLock(self.owner)
+                }
+                Some(Body::Error(Failure::InUse)) => self.fail(OpenFailure::InUse),
+                _ if facts.now_ms >= self.deadline_ms => self.fail(OpenFailure::Unavailable),
+                _ => {
+                    self.phase = OpenPhase::Pausing;
+                    OpenAction::Sleep {
+                        ms: self.settings.retry_pause_ms,
+                    }
+                }
+            },
+            (OpenPhase::AwaitingLock { .. }, _) => self.fail(OpenFailure::Unavailable),
+            (
+                OpenPhase::Recording {
+                    asked_in,
+                    granted,
+                    fragments,
+                },
+                _,
+            ) => {
+                // Granted in the membership this node now has: any later change finds the
+                // lock among this node's reports. Otherwise lock again (same owner).
+                if still_in(asked_in, granted, facts.view.epoch) {
+                    self.list_next(fragments, 0)
+                } else if facts.now_ms >= self.deadline_ms {
+                    self.fail(OpenFailure::Unavailable)
+                } else {
+                    self.ask_lock(facts)
+                }
+            }
+            (OpenPhase::Listing { fragments, next }, input) => {
+                let node = fragments.get(next).copied();
+                if let (Some(node), OpenInput::Listed(Some(listing))) = (node, input) {
+                    self.tombstoned.extend(listing.deleted);
+                    for (id, size) in listing.messages {
+                        self.by_id
+                            .entry(id)
+                            .or_insert_with(|| MaildropMessage {
+                                id,
+                                size,
+                                holders: Vec::new(),
+                            })
+                            .holders
+                            .push(node);
+                    }
+                }
+                // A node that did not answer: its mail is on its other replicas, or shows up
+                // once it answers again.
+                self.list_next(fragments, next.saturating_add(1))
+            }
+        }
+    }
+
+    fn ask_lock(&mut self, facts: Facts<'_>) -> OpenAction {
+        self.phase = OpenPhase::AwaitingLock {
+            asked_in: facts.view.epoch,
+        };
+        OpenAction::AskManager(Body::Lock {
+            user: self.user.clone(),
+            owner: self.owner,
+        })
+    }
+
+    fn list_next(&mut self, fragments: Vec<NodeId>, next: usize) -> OpenAction {
+        if let Some(&node) = fragments.get(next) {
+            self.phase = OpenPhase::Listing { fragments, next };
+            return OpenAction::List(node);
+        }
+        // A copy on a replica that its tombstone has not reached yet is deleted all the same.
+        for id in std::mem::take(&mut self.tombstoned) {
+            self.by_id.remove(&id);
+        }
+        // Ids begin with their arrival time: in id order the maildrop is oldest first, and
+        // each message appears once however many replicas listed it.
+        OpenAction::Opened(Opened {
+            messages: std::mem::take(&mut self.by_id).into_values().collect(),
+            fragments,
+            owner: self.owner,
+        })
+    }
+
+    fn fail(&mut self, failure: OpenFailure) -> OpenAction {
+        self.phase = OpenPhase::Done;
+        OpenAction::Failed(failure)
+    }
+}
+
+/// An event for [`Delete`]: the outcome at the node of its last action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteInput {
+    Start,
+    Deleted(Result<(), StoreError>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteAction {
+    /// Write tombstones for `ids` on `node` and send them on to the maildrop's fragment nodes.
+    /// Answer: `Deleted`.
+    DeleteAt {
+        node: NodeId,
+        ids: Vec<u128>,
+    },
+    Finish(Result<(), StoreError>),
+}
+
+/// Deleting the messages at some indices of an opened maildrop (POP3's QUIT).
+#[derive(Clone, Debug)]
+pub struct Delete {
+    /// What to delete where, in node order.
+    plan: Vec<(NodeId, Vec<u128>)>,
+    next: usize,
+    /// Each message's holders.
+    wanted: Vec<Vec<NodeId>>,
+    deleted_on: Vec<NodeId>,
+    failure: Option<StoreError>,
+}
+
+impl Delete {
+    pub fn new(messages: &[MaildropMessage], indices: &[usize]) -> Self {
+        let mut by_node: BTreeMap<NodeId, Vec<u128>> = BTreeMap::new();
+        let mut wanted = Vec::new();
+        for &index in indices {
+            if let Some(message) = messages.get(index) {
+                for &node in &message.holders {
+                    by_node.entry(node).or_default().push(message.id);
+                }
+                wanted.push(message.holders.clone());
+            }
+        }
+        Self {
+            plan: by_node.into_iter().collect(),
+            next: 0,
+            wanted,
+            deleted_on: Vec::new(),
+            failure: None,
+        }
+    }
+
+    pub fn step(&mut self, input: DeleteInput) -> DeleteAction {
+        if let DeleteInput::Deleted(outcome) = input {
+            if let Some((node, _)) = self.plan.get(self.next) {
+                match outcome {
+                    Ok(()) => self.deleted_on.push(*node),
+                    Err(error) => self.failure = Some(error),
+                }
+            }
+            self.next = self.next.saturating_add(1);
+        }
+        if let Some((node, ids)) = self.plan.get(self.next) {
+            return DeleteAction::DeleteAt {
+                node: *node,
+                ids: ids.clone(),
+            };
+        }
+        // Done when every message has a durable tombstone on at least one of its holders:
+        // that holder replicates it to the others.
+        let all_deleted = self
+            .wanted
+            .iter()
+            .all(|holders| holders.iter().any(|h| self.deleted_on.contains(h)));
+        match self.failure {
+            Some(error) if !all_deleted => DeleteAction::Finish(Err(error)),
+            _ => DeleteAction::Finish(Ok(())),
+        }
+    }
+}
+
+/// An event for [`Unlock`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnlockInput {
+    Start,
+    Manager(Option<Body>),
+    Continue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnlockAction {
+    /// Forget the lock in this node's reports. Answer: `Continue`.
+    ForgetLock(Owner),
+    /// Send `body` to the manager of the user's bucket in `Facts::view`. Answer: `Manager`.
+    AskManager(Body),
+    Sleep {
+        ms: u64,
+    },
+    /// Released in the membership this node has.
+    Released,
+    /// Not released in time: the next membership change drops it (this node no longer
+    /// reports it).
+    GaveUp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnlockPhase {
+    Forgetting,
+    Asking { asked_in: Epoch },
+    Pausing,
+    Done,
+}
+
+/// Releasing a cluster maildrop lock. A manager releases only once every member's report of
+/// its epoch has arrived, so no report of that epoch or a later one brings the lock back.
+#[derive(Clone, Debug)]
+pub struct Unlock {
+    user: String,
+    owner: Owner,
+    deadline_ms: u64,
+    retry_pause_ms: u64,
+    phase: UnlockPhase,
+}
+
+impl Unlock {
+    pub fn new(user: &str, owner: Owner, settings: MaildropSettings, now_ms: u64) -> Self {
+        Self {
+            user: user.to_owned(),
+            owner,
+            deadline_ms: now_ms.saturating_add(settings.unlock_patience_ms),
+            retry_pause_ms: settings.retry_pause_ms,
+            phase: UnlockPhase::Forgetting,
+        }
+    }
+
+    pub fn step(&mut self, input: UnlockInput, facts: Facts<'_>) -> UnlockAction {
+        let ask = |this: &mut Self| {
+            this.phase = UnlockPhase::Asking {
+                asked_in: facts.view.epoch,
+            };
+            UnlockAction::AskManager(Body::Unlock {
+                user: this.user.clone(),
+                owner: this.owner,
+            })
+        };
+        match (self.phase, input) {
+            (UnlockPhase::Done, _) => UnlockAction::GaveUp,
+            (UnlockPhase::Forgetting, UnlockInput::Start) => UnlockAction::ForgetLock(self.owner),
+            (UnlockPhase::Forgetting, _) | (UnlockPhase::Pausing, _) => ask(self),
+            (UnlockPhase::Asking { asked_in }, answer) => {
+                if let UnlockInput::Manager(Some(Body::Unlocked { epoch })) = answer {
+                    if still_in(asked_in, epoch, facts.view.epoch) {
+                        self.phase = UnlockPhase::Done;
+                        return UnlockAction::Released;
+                    }
+                }
+                if facts.now_ms >= self.deadline_ms {
+                    self.phase = UnlockPhase::Done;
+                    return UnlockAction::GaveUp;
+                }
+                self.phase = UnlockPhase::Pausing;
+                UnlockAction::Sleep {
+                    ms: self.retry_pause_ms,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{Member, View};
+    use crate::usermap::UserMap;
+
+    fn view(clock: u64) -> View {
+        let epoch = Epoch {
+            clock,
+            coordinator: 1,
+        };
+        View {
+            epoch,
+            members: [1, 2, 3]
+                .iter()
+                .map(|&id| Member {
+                    id,
+                    addr: format!("n{id}"),
+                })
+                .collect(),
+            map: UserMap::single(1, 4, epoch),
+        }
+    }
+
+    fn facts(view: &View, now_ms: u64) -> Facts<'_> {
+        Facts {
+            me: 3,
+            view,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_lock_from_an_older_membership_is_asked_again() {
+        let (old, new) = (view(1), view(2));
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        assert!(matches!(
+            open.step(OpenInput::Start, facts(&old, 0)),
+            OpenAction::AskManager(Body::Lock { .. })
+        ));
+        let granted = Body::Locked {
+            fragments: vec![1],
+            epoch: old.epoch,
+        };
+        assert_eq!(
+            open.step(OpenInput::Manager(Some(granted)), facts(&old, 1)),
+            OpenAction::RecordLock((3, 1))
+        );
+        // The membership changed before the lock was recorded: this node's report to the new
+        // manager may have missed it, so the lock does not count.
+        assert!(matches!(
+            open.step(OpenInput::Continue, facts(&new, 2)),
+            OpenAction::AskManager(Body::Lock { .. })
+        ));
+        let granted = Body::Locked {
+            fragments: vec![1, 2],
+            epoch: new.epoch,
+        };
+        open.step(OpenInput::Manager(Some(granted)), facts(&new, 3));
+        assert_eq!(
+            open.step(OpenInput::Continue, facts(&new, 4)),
+            OpenAction::List(1)
+        );
+    }
+
+    #[test]
+    fn listings_are_merged_once_per_id_without_tombstoned_ones() {
+        let v = view(1);
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        open.step(OpenInput::Start, facts(&v, 0));
+        open.step(
+            OpenInput::Manager(Some(Body::Locked {
+                fragments: vec![1, 2, 3],
+                epoch: v.epoch,
+            })),
+            facts(&v, 0),
+        );
+        assert_eq!(
+            open.step(OpenInput::Continue, facts(&v, 0)),
+            OpenAction::List(1)
+        );
+        let first = Listing {
+            messages: vec![(10, 100), (20, 200), (30, 300)],
+            deleted: vec![],
+        };
+        assert_eq!(
+            open.step(OpenInput::Listed(Some(first)), facts(&v, 0)),
+            OpenAction::List(2)
+        );
+        // Node 2 holds a tombstone for 30 (its delete has not reached node 1 yet).
+        let second = Listing {
+            messages: vec![(20, 200)],
+            deleted: vec![30],
+        };
+        assert_eq!(
+            open.step(OpenInput::Listed(Some(second)), facts(&v, 0)),
+            OpenAction::List(3)
+        );
+        let OpenAction::Opened(opened) = open.step(OpenInput::Listed(None), facts(&v, 0)) else {
+            panic!("not opened");
+        };
+        assert_eq!(
+            opened.messages,
+            vec![
+                MaildropMessage {
+                    id: 10,
+                    size: 100,
+                    holders: vec![1]
+                },
+                MaildropMessage {
+                    id: 20,
+                    size: 200,
+                    holders: vec![1, 2]
+                },
+            ]
+        );
+        assert_eq!(opened.fragments, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn in_use_fails_at_once_and_silence_runs_out_the_patience() {
+        let v = view(1);
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        open.step(OpenInput::Start, facts(&v, 0));
+        assert_eq!(
+            open.step(
+                OpenInput::Manager(Some(Body::Error(Failure::InUse))),
+                facts(&v, 0)
+            ),
+            OpenAction::Failed(OpenFailure::InUse)
+        );
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        open.step(OpenInput::Start, facts(&v, 0));
+        assert!(matches!(
+            open.step(OpenInput::Manager(None), facts(&v, 10)),
+            OpenAction::Sleep { .. }
+        ));
+        open.step(OpenInput::Continue, facts(&v, 30));
+        assert_eq!(
+            open.step(OpenInput::Manager(None), facts(&v, 5_000)),
+            OpenAction::Failed(OpenFailure::Unavailable)
+        );
+    }
+
+    #[test]
+    fn a_delete_counts_when_each_message_has_one_durable_tombstone() {
+        let messages = vec![
+            MaildropMessage {
+                id: 1,
+                size: 1,
+                holders: vec![1, 2],
+            },
+            MaildropMessage {
+                id: 2,
+                size: 1,
+                holders: vec![2],
+            },
+        ];
+        let mut delete = Delete::new(&messages, &[0, 1]);
+        assert_eq!(
+            delete.step(DeleteInput::Start),
+            DeleteAction::DeleteAt {
+                node: 1,
+                ids: vec![1]
+            }
+        );
+        assert_eq!(
+            delete.step(DeleteInput::Deleted(Err(StoreError::Failed))),
+            DeleteAction::DeleteAt {
+                node: 2,
+                ids: vec![1, 2]
+            }
+        );
+        assert_eq!(
+            delete.step(DeleteInput::Deleted(Ok(()))),
+            DeleteAction::Finish(Ok(()))
+        );
+        // Message 2's only holder failed: the delete failed.
+        let mut delete = Delete::new(&messages, &[1]);
+        delete.step(DeleteInput::Start);
+        assert_eq!(
+            delete.step(DeleteInput::Deleted(Err(StoreError::NoSpace))),
+            DeleteAction::Finish(Err(StoreError::NoSpace))
+        );
+    }
+
+    #[test]
+    fn an_unlock_forgets_first_and_counts_only_in_the_current_membership() {
+        let (old, new) = (view(1), view(2));
+        let mut unlock = Unlock::new("u", (3, 1), MaildropSettings::default(), 0);
+        assert_eq!(
+            unlock.step(UnlockInput::Start, facts(&old, 0)),
+            UnlockAction::ForgetLock((3, 1))
+        );
+        assert!(matches!(
+            unlock.step(UnlockInput::Continue, facts(&old, 0)),
+            UnlockAction::AskManager(Body::Unlock { .. })
+        ));
+        let answer = Body::Unlocked { epoch: old.epoch };
+        assert!(matches!(
+            unlock.step(UnlockInput::Manager(Some(answer)), facts(&new, 1)),
+            UnlockAction::Sleep { .. }
+        ));
+        unlock.step(UnlockInput::Continue, facts(&new, 21));
+        let answer = Body::Unlocked { epoch: new.epoch };
+        assert_eq!(
+            unlock.step(UnlockInput::Manager(Some(answer)), facts(&new, 22)),
+            UnlockAction::Released
+        );
+    }
+}

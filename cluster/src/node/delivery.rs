@@ -1,0 +1,307 @@
+//! Delivery's edge: drives the pure delivery policy ([`crate::delivery`]) with this node's
+//! real requests — the local store, the user's bucket manager, the coordinator elsewhere — and
+//! keeps the per-core cache of the manager's placements.
+//!
+//! Delivery: user → bucket manager (user map) → the manager names the candidates (see
+//! [`crate::placement`]) → this node picks the replicas among them by load → the first of them,
+//! the coordinator, stores the message and replicates it (locally, or a store request that the
+//! coordinator answers under the ack policy). On a lone node all of this is local. A manager
+//! that is rebuilding its mail map answers "try again", and the policy does, for a bounded time.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::cluster_driver::PEER_TIMEOUT;
+use super::cluster_state::peers;
+use super::service::StoreError;
+use super::NodeContext;
+use crate::delivery::{Delivery, DeliveryAction, DeliveryInput, DeliverySettings, Facts};
+use crate::loads::LOAD_MAX_AGE;
+use crate::membership::{Epoch, NodeId, View};
+use crate::node::clock::now_ms;
+use crate::placement::CandidateLoad;
+use crate::wire::{Body, Failure};
+
+/// How long a session waits for the cluster (a membership change, a mail-map rebuild).
+pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Stores a message in the user's fragment on this node and replicates it to `replicas` (this
+/// node first; empty: not replicated). `placed`: the membership epoch in which the manager chose
+/// this node. If the membership changed since, or this node reported its fragments while the
+/// store was under way, the current manager may not know of this fragment: it is told before
+/// the store counts as done.
+pub async fn store_here(
+    context: &NodeContext,
+    user: &str,
+    id: u128,
+    message: Arc<Vec<u8>>,
+    placed: Epoch,
+    replicas: Vec<NodeId>,
+) -> Result<(), StoreError> {
+    let shared = &context.cluster;
+    let snapshots = shared.snapshots.load(Ordering::SeqCst);
+    let result = context.router.deliver(user, id, message, replicas).await;
+    if result.is_ok()
+        && shared.clustered()
+        && (shared.view.load().epoch != placed
+            || shared.snapshots.load(Ordering::SeqCst) != snapshots)
+    {
+        note(context, user).await;
+    }
+    result
+}
+
+/// Tells the user's current manager that this node holds a fragment of the user's mailbox.
+pub(crate) async fn note(context: &NodeContext, user: &str) {
+    let shared = &context.cluster;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        let body = Body::Noted {
+            user: user.to_owned(),
+            node: shared.me.id,
+            epoch: view.epoch,
+        };
+        if ask_manager(context, &view, user, &body).await == Some(Body::Done) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(%user, "could not tell the manager about a new fragment; it is found at the next membership change");
+            return;
+        }
+        glommio::timer::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Asks the manager of `user`'s bucket; `None` if it cannot be reached.
+pub(crate) async fn ask_manager(
+    context: &NodeContext,
+    view: &View,
+    user: &str,
+    body: &Body,
+) -> Option<Body> {
+    let shared = &context.cluster;
+    let manager = view.map.manager_of(user);
+    if manager == shared.me.id {
+        return shared.ask_local_manager(body.clone()).await;
+    }
+    let member = view.member(manager)?;
+    peers(shared)
+        .request(&member.addr, body, PEER_TIMEOUT)
+        .await
+        .ok()
+}
+
+/// Candidates this core was given recently: user → (candidates, epoch). A user's next message
+/// is placed among the same nodes without asking the manager again (the manager recorded them
+/// as the user's fragment nodes), until the membership changes.
+struct PlacementCache {
+    entries: HashMap<String, (Rc<[NodeId]>, Epoch)>,
+}
+
+/// Entries before the cache starts over (bounded memory).
+const PLACEMENT_CACHE_MAX: usize = 1 << 18;
+
+thread_local! {
+    static PLACEMENTS: RefCell<PlacementCache> = RefCell::new(PlacementCache {
+        entries: HashMap::new(),
+    });
+    /// The epoch in which this core last warned that there are fewer nodes than replicas.
+    static WARNED_FEW_NODES: RefCell<Option<Epoch>> = const { RefCell::new(None) };
+}
+
+fn cached_placement(user: &str, epoch: Epoch) -> Option<Rc<[NodeId]>> {
+    PLACEMENTS.with(|cache| {
+        cache
+            .borrow()
+            .entries
+            .get(user)
+            .filter(|(_, at)| *at == epoch)
+            .map(|(nodes, _)| nodes.clone())
+    })
+}
+
+fn remember_placement(user: &str, nodes: Rc<[NodeId]>, epoch: Epoch) {
+    PLACEMENTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.entries.len() >= PLACEMENT_CACHE_MAX {
+            cache.entries.clear();
+        }
+        cache.entries.insert(user.to_owned(), (nodes, epoch));
+    });
+}
+
+fn forget_placement(user: &str) {
+    PLACEMENTS.with(|cache| cache.borrow_mut().entries.remove(user));
+}
+
+/// Warns, once per membership on each core, when there are fewer live nodes than replicas.
+fn warn_if_few_nodes(context: &NodeContext, view: &View) {
+    let wanted = context.config.replicas.max(1);
+    let live = view.members.len();
+    if wanted > live {
+        WARNED_FEW_NODES.with(|warned| {
+            let mut warned = warned.borrow_mut();
+            if *warned != Some(view.epoch) {
+                *warned = Some(view.epoch);
+                tracing::warn!(
+                    replicas = wanted,
+                    live,
+                    "fewer live nodes than replicas: each message is stored on every live node"
+                );
+            }
+        });
+    }
+}
+
+fn settings(context: &NodeContext) -> DeliverySettings {
+    DeliverySettings {
+        replicas: context.config.replicas,
+        placement: context.config.placement,
+        overload_ops: context.config.overload_ops,
+        patience_ms: PATIENCE.as_millis() as u64,
+        retry_pause_ms: RETRY_PAUSE.as_millis() as u64,
+    }
+}
+
+/// A node's load as this node knows it: its own first-hand, the others' as last heard.
+fn load_of(context: &NodeContext, node: NodeId) -> CandidateLoad {
+    let shared = &context.cluster;
+    if node == shared.me.id {
+        return CandidateLoad {
+            load: shared.load.total(),
+            full: shared.load.is_full(now_ms()),
+        };
+    }
+    shared
+        .loads
+        .get(node, now_ms())
+        .filter(|h| h.age < LOAD_MAX_AGE)
+        .map(|h| CandidateLoad {
+            load: h.load,
+            full: h.full,
+        })
+        .unwrap_or_default()
+}
+
+/// Delivers one copy of a message to `user`, wherever the cluster places it (the policy is
+/// [`Delivery`]'s; this loop carries out its actions).
+pub async fn deliver(
+    context: &NodeContext,
+    user: &str,
+    id: u128,
+    message: Arc<Vec<u8>>,
+) -> Result<(), StoreError> {
+    let shared = &context.cluster;
+    if shared.is_joining() {
+        shared.wait_joined(PATIENCE).await;
+    }
+    if !shared.clustered() {
+        // A lone node: no manager to ask (and no shared reference count to bump per message).
+        let epoch = shared.view.load().epoch;
+        return store_here(context, user, id, message, epoch, Vec::new()).await;
+    }
+    let me = shared.me.id;
+    let mut machine = Delivery::new(settings(context), now_ms());
+    let mut input = DeliveryInput::Start;
+    let mut rng = rand::thread_rng();
+    loop {
+        let view = shared.view.load_full();
+        let facts = Facts {
+            me,
+            view: &view,
+            now_ms: now_ms(),
+        };
+        let action = machine.step(input, facts, |node| load_of(context, node), &mut rng);
+        input = match action {
+            DeliveryAction::Finish(result) => return result,
+            DeliveryAction::StoreHere { placed, replicas } => DeliveryInput::Stored(
+                store_here(context, user, id, message.clone(), placed, replicas).await,
+            ),
+            DeliveryAction::StoreAt {
+                coordinator,
+                placed,
+                replicas,
+            } => DeliveryInput::Stored(match view.member(coordinator) {
+                Some(member) => {
+                    let store = Body::Store {
+                        user: user.to_owned(),
+                        id,
+                        epoch: placed,
+                        replicas,
+                        message: message.to_vec(),
+                    };
+                    match peers(shared)
+                        .request(&member.addr, &store, PEER_TIMEOUT)
+                        .await
+                    {
+                        Ok(Body::Done) => Ok(()),
+                        Ok(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
+                        Ok(Body::Error(Failure::TryAgain)) | Err(_) => Err(StoreError::Unavailable),
+                        Ok(_) => Err(StoreError::Failed),
+                    }
+                }
+                None => Err(StoreError::Unavailable),
+            }),
+            DeliveryAction::AskCandidates {
+                epoch,
+                replicas,
+                avoid,
+            } => {
+                warn_if_few_nodes(context, &view);
+                DeliveryInput::Candidates(
+                    candidates_for(context, &view, user, epoch, replicas, &avoid).await,
+                )
+            }
+            DeliveryAction::ForgetCandidates => {
+                forget_placement(user);
+                DeliveryInput::Continue
+            }
+            DeliveryAction::MarkFull(node) => {
+                let load = shared.loads.get(node, now_ms()).map_or(0, |h| h.load);
+                shared.loads.set(node, load, true, now_ms());
+                DeliveryInput::Continue
+            }
+            DeliveryAction::Sleep { ms } => {
+                glommio::timer::sleep(Duration::from_millis(ms)).await;
+                DeliveryInput::Continue
+            }
+        };
+    }
+}
+
+/// The candidates for `user`'s new mail: with nothing to avoid, cached for the membership
+/// epoch, else the manager's; with nodes to avoid, always the manager's (the usual candidates
+/// are weighed again with fresh loads next time).
+async fn candidates_for(
+    context: &NodeContext,
+    view: &View,
+    user: &str,
+    epoch: Epoch,
+    wanted: usize,
+    avoid: &[NodeId],
+) -> Option<Rc<[NodeId]>> {
+    if avoid.is_empty() {
+        if let Some(nodes) = cached_placement(user, epoch) {
+            return Some(nodes);
+        }
+    }
+    let place = Body::Place {
+        user: user.to_owned(),
+        replicas: wanted.min(usize::from(u8::MAX)) as u8,
+        avoid: avoid.to_vec(),
+    };
+    let nodes: Rc<[NodeId]> = match ask_manager(context, view, user, &place).await {
+        Some(Body::Placed { nodes }) if !nodes.is_empty() => nodes.into(),
+        _ => return None,
+    };
+    if avoid.is_empty() {
+        remember_placement(user, nodes.clone(), epoch);
+    }
+    Some(nodes)
+}

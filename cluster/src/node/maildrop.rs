@@ -1,0 +1,329 @@
+//! The maildrop's edge: drives the pure maildrop policy ([`crate::maildrop`]) with this node's
+//! real requests — the user's bucket manager, the fragment nodes, this node's shards — and
+//! fetches messages from the least loaded holder.
+//!
+//! Retrieval: the manager locks the maildrop and names the fragment nodes; each lists its
+//! fragment; copies are deduplicated by message id; each message is fetched from a holder (this
+//! node, else the least loaded) and deleted on every holder at QUIT. On a lone node the lock
+//! and the listing are the local shard's.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::cluster_driver::PEER_TIMEOUT;
+use super::cluster_state::peers;
+use super::delivery::{ask_manager, PATIENCE, RETRY_PAUSE};
+use super::service::{Credential, LockMode, Login, StoreError};
+use super::NodeContext;
+use crate::delivery::Facts;
+use crate::maildrop::{
+    Delete, DeleteAction, DeleteInput, Listing, MaildropSettings, Open, OpenAction, OpenInput,
+    Owner, Unlock, UnlockAction, UnlockInput,
+};
+pub use crate::maildrop::{MaildropMessage, OpenFailure};
+use crate::membership::NodeId;
+use crate::node::clock::now_ms;
+use crate::transport::Peers;
+use crate::wire::{Body, Failure};
+
+/// An open (locked) maildrop: its messages and where each is.
+#[derive(Debug)]
+pub struct Maildrop {
+    pub user: String,
+    /// Oldest first, each id once.
+    pub messages: Vec<MaildropMessage>,
+    /// Every node the manager knew to hold mail of the user when the maildrop opened.
+    fragments: Vec<NodeId>,
+    /// The lock owner at the manager, if the lock is the cluster's.
+    cluster_owner: Option<Owner>,
+}
+
+fn settings() -> MaildropSettings {
+    MaildropSettings {
+        patience_ms: PATIENCE.as_millis() as u64,
+        unlock_patience_ms: UNLOCK_PATIENCE.as_millis() as u64,
+        retry_pause_ms: RETRY_PAUSE.as_millis() as u64,
+    }
+}
+
+/// Authenticates and locks the user's maildrop (the policy is [`Open`]'s; this loop carries
+/// out its actions).
+pub async fn open(
+    context: &Arc<NodeContext>,
+    user: &str,
+    credential: &Credential,
+) -> Result<Maildrop, OpenFailure> {
+    let shared = &context.cluster;
+    let me = shared.me.id;
+    if shared.is_joining() {
+        shared.wait_joined(PATIENCE).await;
+    }
+    if !shared.clustered() {
+        return match context
+            .router
+            .login(user, credential, LockMode::Local)
+            .await
+        {
+            Login::Ok(messages) => Ok(Maildrop {
+                user: user.to_owned(),
+                messages: messages
+                    .into_iter()
+                    .map(|(id, size)| MaildropMessage {
+                        id,
+                        size,
+                        holders: vec![me],
+                    })
+                    .collect(),
+                fragments: Vec::new(),
+                cluster_owner: None,
+            }),
+            Login::BadCredentials => Err(OpenFailure::BadCredentials),
+            Login::InUse => Err(OpenFailure::InUse),
+            Login::Unavailable => Err(OpenFailure::Unavailable),
+        };
+    }
+    if let Credential::Password(password) = credential {
+        authenticate(context, user, password).await?;
+    }
+    let owner = (me, shared.session_id());
+    let mut machine = Open::new(user, owner, settings(), now_ms());
+    let mut input = OpenInput::Start;
+    let peers = peers(shared);
+    loop {
+        let view = shared.view.load_full();
+        let facts = Facts {
+            me,
+            view: &view,
+            now_ms: now_ms(),
+        };
+        input = match machine.step(input, facts) {
+            OpenAction::AskManager(body) => {
+                OpenInput::Manager(ask_manager(context, &view, user, &body).await)
+            }
+            OpenAction::RecordLock(owner) => {
+                shared.note_maildrop(user, owner);
+                OpenInput::Continue
+            }
+            OpenAction::List(node) if node == me => {
+                OpenInput::Listed(context.router.list(user).await.ok().map(|f| Listing {
+                    messages: f.messages,
+                    deleted: f.deleted,
+                }))
+            }
+            OpenAction::List(node) => {
+                let list = Body::List {
+                    user: user.to_owned(),
+                };
+                let addr = view.member(node).map(|m| m.addr.clone());
+                let listed = match remote(&peers, addr, &list).await {
+                    Some(Body::Listed { messages, deleted }) => Some(Listing { messages, deleted }),
+                    _ => {
+                        tracing::warn!(%user, node, "a fragment node did not list its messages");
+                        None
+                    }
+                };
+                OpenInput::Listed(listed)
+            }
+            OpenAction::Sleep { ms } => {
+                glommio::timer::sleep(Duration::from_millis(ms)).await;
+                OpenInput::Continue
+            }
+            OpenAction::Failed(failure) => {
+                // In the background: the client's answer does not wait for the release.
+                let (context, user) = (context.clone(), user.to_owned());
+                glommio::spawn_local(async move { unlock(&context, &user, owner).await }).detach();
+                return Err(failure);
+            }
+            OpenAction::Opened(opened) => {
+                return Ok(Maildrop {
+                    user: user.to_owned(),
+                    messages: opened.messages,
+                    fragments: opened.fragments,
+                    cluster_owner: Some(opened.owner),
+                })
+            }
+        };
+    }
+}
+
+/// Checks the password where the user's bucket is managed, so that one node's cache of
+/// verified credentials serves the user whichever node the client connects to.
+async fn authenticate(
+    context: &NodeContext,
+    user: &str,
+    password: &str,
+) -> Result<(), OpenFailure> {
+    let shared = &context.cluster;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        let manager = view.map.manager_of(user);
+        if manager == shared.me.id || view.member(manager).is_none() {
+            let credential = Credential::Password(password.to_owned());
+            return match context
+                .router
+                .login(user, &credential, LockMode::Elsewhere)
+                .await
+            {
+                Login::Ok(_) => Ok(()),
+                Login::BadCredentials => Err(OpenFailure::BadCredentials),
+                Login::InUse | Login::Unavailable => Err(OpenFailure::Unavailable),
+            };
+        }
+        let body = Body::Authenticate {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        };
+        match ask_manager(context, &view, user, &body).await {
+            Some(Body::Done) => return Ok(()),
+            Some(Body::Error(Failure::BadCredentials)) => return Err(OpenFailure::BadCredentials),
+            _ if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
+            _ => glommio::timer::sleep(RETRY_PAUSE).await,
+        }
+    }
+}
+
+fn member_addr(context: &NodeContext, node: NodeId) -> Option<String> {
+    context
+        .cluster
+        .view
+        .load()
+        .member(node)
+        .map(|m| m.addr.clone())
+}
+
+/// A request to another node, retried while it cannot be reached (it may be restarting, or
+/// this core may still be backing off from it) until [`PATIENCE`] runs out.
+async fn remote(peers: &Rc<Peers>, addr: Option<String>, body: &Body) -> Option<Body> {
+    let addr = addr?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match peers.request(&addr, body, PEER_TIMEOUT).await {
+            Ok(answer) => return Some(answer),
+            Err(_) if Instant::now() < deadline => glommio::timer::sleep(RETRY_PAUSE).await,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The holders of a message in the order to read from: this node, then by load heard.
+fn read_order(context: &NodeContext, holders: &[NodeId]) -> Vec<NodeId> {
+    let me = context.cluster.me.id;
+    let peers = peers(&context.cluster);
+    let mut order = holders.to_vec();
+    order.sort_by_key(|&node| {
+        if node == me {
+            (0, 0)
+        } else {
+            (1, peers.heard_load(node).map_or(u32::MAX, |h| h.load))
+        }
+    });
+    order
+}
+
+/// The message at `index` of the maildrop, from the first holder that answers.
+pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> Option<Vec<u8>> {
+    let message = maildrop.messages.get(index)?;
+    for node in read_order(context, &message.holders) {
+        if node == context.cluster.me.id {
+            if let Ok(body) = context.router.fetch(&maildrop.user, message.id).await {
+                return Some(body);
+            }
+            continue;
+        }
+        let body = Body::Fetch {
+            user: maildrop.user.clone(),
+            id: message.id,
+        };
+        if let Some(Body::Fetched { message }) =
+            remote(&peers(&context.cluster), member_addr(context, node), &body).await
+        {
+            return Some(message);
+        }
+    }
+    None
+}
+
+/// Deletes the messages at `indices` on every node that holds them (the policy is
+/// [`Delete`]'s). Each holder's tombstone also goes to every fragment node: a copy may lie on
+/// one that did not answer the listing (down, or slow), outside the holder's replica set.
+pub async fn delete(
+    context: &NodeContext,
+    maildrop: &Maildrop,
+    indices: &[usize],
+) -> Result<(), StoreError> {
+    let peers = peers(&context.cluster);
+    let mut machine = Delete::new(&maildrop.messages, indices);
+    let mut input = DeleteInput::Start;
+    loop {
+        let (node, ids) = match machine.step(input) {
+            DeleteAction::Finish(result) => return result,
+            DeleteAction::DeleteAt { node, ids } => (node, ids),
+        };
+        let outcome = if node == context.cluster.me.id {
+            context
+                .router
+                .delete(&maildrop.user, ids, maildrop.fragments.clone())
+                .await
+        } else {
+            let body = Body::Delete {
+                user: maildrop.user.clone(),
+                ids,
+                fragments: maildrop.fragments.clone(),
+            };
+            match remote(&peers, member_addr(context, node), &body).await {
+                Some(Body::Done) => Ok(()),
+                Some(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
+                _ => Err(StoreError::Failed),
+            }
+        };
+        input = DeleteInput::Deleted(outcome);
+    }
+}
+
+/// Releases the maildrop's lock.
+pub async fn close(context: &NodeContext, maildrop: &Maildrop) {
+    match maildrop.cluster_owner {
+        None => context.router.unlock(&maildrop.user).await,
+        Some(owner) => unlock(context, &maildrop.user, owner).await,
+    }
+}
+
+/// How long a session's end keeps trying to release its lock while the membership changes.
+const UNLOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Releases a cluster maildrop lock (the policy is [`Unlock`]'s). A lock that cannot be
+/// released in time stays until the next membership change, which drops it (this node no
+/// longer reports it).
+async fn unlock(context: &NodeContext, user: &str, owner: Owner) {
+    let shared = &context.cluster;
+    let mut machine = Unlock::new(user, owner, settings(), now_ms());
+    let mut input = UnlockInput::Start;
+    loop {
+        let view = shared.view.load_full();
+        let facts = Facts {
+            me: shared.me.id,
+            view: &view,
+            now_ms: now_ms(),
+        };
+        input = match machine.step(input, facts) {
+            UnlockAction::ForgetLock(owner) => {
+                shared.forget_maildrop(user, owner);
+                UnlockInput::Continue
+            }
+            UnlockAction::AskManager(body) => {
+                UnlockInput::Manager(ask_manager(context, &view, user, &body).await)
+            }
+            UnlockAction::Sleep { ms } => {
+                glommio::timer::sleep(Duration::from_millis(ms)).await;
+                UnlockInput::Continue
+            }
+            UnlockAction::Released => return,
+            UnlockAction::GaveUp => {
+                tracing::warn!(%user, "a maildrop lock could not be released; the next membership change drops it");
+                return;
+            }
+        };
+    }
+}
