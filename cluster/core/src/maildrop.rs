@@ -7,8 +7,14 @@
 //!   granted in the membership this node still has once the lock is recorded among this node's
 //!   reports: then any later manager learns of it), list every fragment node the manager names,
 //!   drop every message some node holds a tombstone for, and keep each id once, oldest first.
-//! - [`Delete`]: a tombstone on every node that listed each message; done when each message has
-//!   a durable tombstone on at least one of its holders (that holder replicates it).
+//!   A fragment node that does not answer fails the open (the client is told to retry): its
+//!   tombstones are unknown, and a message it deleted could be shown again from a replica its
+//!   tombstone has not reached.
+//! - [`Delete`]: a tombstone on every node that listed each message and on every member of
+//!   its replica set (a replica whose copy arrived after the listing holds one too); done only
+//!   when every one of them took it durably. Acknowledged with a tombstone on a single holder,
+//!   a delete could be undone by the next session if that holder stopped answering before it
+//!   had replicated the tombstone (both found by `tests/policy_sim.rs`).
 //! - [`Unlock`]: forget the lock here first (no later report names it), then ask managers until
 //!   one releases it in the membership this node still has afterwards.
 //!
@@ -18,6 +24,7 @@ use std::collections::BTreeMap;
 
 use crate::delivery::{Facts, StoreError};
 use crate::membership::{Epoch, NodeId};
+pub use crate::wire::ListedMessage;
 use crate::wire::{Body, Failure};
 
 /// A lock owner: the node and its session number.
@@ -48,14 +55,16 @@ impl Default for MaildropSettings {
 pub struct MaildropMessage {
     pub id: u128,
     pub size: u64,
-    /// The nodes that listed it (its live replicas).
+    /// The nodes that listed it.
     pub holders: Vec<NodeId>,
+    /// Its replica set as the holders know it (empty: not replicated).
+    pub replicas: Vec<NodeId>,
 }
 
-/// What one fragment node listed: its messages (id, size) and its tombstoned ids.
+/// What one fragment node listed: its messages and its tombstoned ids.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
-    pub messages: Vec<(u128, u64)>,
+    pub messages: Vec<ListedMessage>,
     pub deleted: Vec<u128>,
 }
 
@@ -204,22 +213,31 @@ impl Open {
             }
             (OpenPhase::Listing { fragments, next }, input) => {
                 let node = fragments.get(next).copied();
+                let mut listed = false;
                 if let (Some(node), OpenInput::Listed(Some(listing))) = (node, input) {
+                    listed = true;
                     self.tombstoned.extend(listing.deleted);
-                    for (id, size) in listing.messages {
-                        self.by_id
-                            .entry(id)
-                            .or_insert_with(|| MaildropMessage {
-                                id,
-                                size,
-                                holders: Vec::new(),
-                            })
-                            .holders
-                            .push(node);
+                    for listed in listing.messages {
+                        let message =
+                            self.by_id
+                                .entry(listed.id)
+                                .or_insert_with(|| MaildropMessage {
+                                    id: listed.id,
+                                    size: listed.size,
+                                    holders: Vec::new(),
+                                    replicas: Vec::new(),
+                                });
+                        message.holders.push(node);
+                        for replica in listed.replicas {
+                            if !message.replicas.contains(&replica) {
+                                message.replicas.push(replica);
+                            }
+                        }
                     }
                 }
-                // A node that did not answer: its mail is on its other replicas, or shows up
-                // once it answers again.
+                if !listed {
+                    return self.fail(OpenFailure::Unavailable);
+                }
                 self.list_next(fragments, next.saturating_add(1))
             }
         }
@@ -283,40 +301,37 @@ pub struct Delete {
     /// What to delete where, in node order.
     plan: Vec<(NodeId, Vec<u128>)>,
     next: usize,
-    /// Each message's holders.
-    wanted: Vec<Vec<NodeId>>,
-    deleted_on: Vec<NodeId>,
     failure: Option<StoreError>,
 }
 
 impl Delete {
-    pub fn new(messages: &[MaildropMessage], indices: &[usize]) -> Self {
+    /// Deletes the messages at `indices`; `members`: the nodes of the view this node has now
+    /// (a replica that is not one gets the tombstone from a holder once it is back).
+    pub fn new(messages: &[MaildropMessage], indices: &[usize], members: &[NodeId]) -> Self {
         let mut by_node: BTreeMap<NodeId, Vec<u128>> = BTreeMap::new();
-        let mut wanted = Vec::new();
         for &index in indices {
             if let Some(message) = messages.get(index) {
-                for &node in &message.holders {
+                let replicas = message.replicas.iter().filter(|r| members.contains(r));
+                let mut targets: Vec<NodeId> =
+                    message.holders.iter().chain(replicas).copied().collect();
+                targets.sort_unstable();
+                targets.dedup();
+                for node in targets {
                     by_node.entry(node).or_default().push(message.id);
                 }
-                wanted.push(message.holders.clone());
             }
         }
         Self {
             plan: by_node.into_iter().collect(),
             next: 0,
-            wanted,
-            deleted_on: Vec::new(),
             failure: None,
         }
     }
 
     pub fn step(&mut self, input: DeleteInput) -> DeleteAction {
         if let DeleteInput::Deleted(outcome) = input {
-            if let Some((node, _)) = self.plan.get(self.next) {
-                match outcome {
-                    Ok(()) => self.deleted_on.push(*node),
-                    Err(error) => self.failure = Some(error),
-                }
+            if let Err(error) = outcome {
+                self.failure = Some(error);
             }
             self.next = self.next.saturating_add(1);
         }
@@ -326,15 +341,11 @@ impl Delete {
                 ids: ids.clone(),
             };
         }
-        // Done when every message has a durable tombstone on at least one of its holders:
-        // that holder replicates it to the others.
-        let all_deleted = self
-            .wanted
-            .iter()
-            .all(|holders| holders.iter().any(|h| self.deleted_on.contains(h)));
+        // Done when every holder of every message has a durable tombstone: whichever of them
+        // the next session reaches knows of the delete.
         match self.failure {
-            Some(error) if !all_deleted => DeleteAction::Finish(Err(error)),
-            _ => DeleteAction::Finish(Ok(())),
+            Some(error) => DeleteAction::Finish(Err(error)),
+            None => DeleteAction::Finish(Ok(())),
         }
     }
 }
@@ -508,8 +519,17 @@ mod tests {
             open.step(OpenInput::Continue, facts(&v, 0)),
             OpenAction::List(1)
         );
+        let listed = |id: u128, size: u64, replicas: &[NodeId]| ListedMessage {
+            id,
+            size,
+            replicas: replicas.to_vec(),
+        };
         let first = Listing {
-            messages: vec![(10, 100), (20, 200), (30, 300)],
+            messages: vec![
+                listed(10, 100, &[]),
+                listed(20, 200, &[1, 2]),
+                listed(30, 300, &[]),
+            ],
             deleted: vec![],
         };
         assert_eq!(
@@ -518,14 +538,22 @@ mod tests {
         );
         // Node 2 holds a tombstone for 30 (its delete has not reached node 1 yet).
         let second = Listing {
-            messages: vec![(20, 200)],
+            messages: vec![listed(20, 200, &[1, 2])],
             deleted: vec![30],
         };
         assert_eq!(
             open.step(OpenInput::Listed(Some(second)), facts(&v, 0)),
             OpenAction::List(3)
         );
-        let OpenAction::Opened(opened) = open.step(OpenInput::Listed(None), facts(&v, 0)) else {
+        let mut silent = open.clone();
+        assert_eq!(
+            silent.step(OpenInput::Listed(None), facts(&v, 0)),
+            OpenAction::Failed(OpenFailure::Unavailable),
+            "a fragment node that does not answer fails the open"
+        );
+        let third = Listing::default();
+        let OpenAction::Opened(opened) = open.step(OpenInput::Listed(Some(third)), facts(&v, 0))
+        else {
             panic!("not opened");
         };
         assert_eq!(
@@ -534,12 +562,14 @@ mod tests {
                 MaildropMessage {
                     id: 10,
                     size: 100,
-                    holders: vec![1]
+                    holders: vec![1],
+                    replicas: vec![],
                 },
                 MaildropMessage {
                     id: 20,
                     size: 200,
-                    holders: vec![1, 2]
+                    holders: vec![1, 2],
+                    replicas: vec![1, 2],
                 },
             ]
         );
@@ -572,20 +602,23 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_counts_when_each_message_has_one_durable_tombstone() {
+    fn a_delete_counts_only_when_every_holder_took_its_tombstone() {
         let messages = vec![
             MaildropMessage {
                 id: 1,
                 size: 1,
                 holders: vec![1, 2],
+                replicas: vec![],
             },
             MaildropMessage {
                 id: 2,
                 size: 1,
                 holders: vec![2],
+                replicas: vec![],
             },
         ];
-        let mut delete = Delete::new(&messages, &[0, 1]);
+        let members = [1, 2, 3];
+        let mut delete = Delete::new(&messages, &[0, 1], &members);
         assert_eq!(
             delete.step(DeleteInput::Start),
             DeleteAction::DeleteAt {
@@ -600,16 +633,54 @@ mod tests {
                 ids: vec![1, 2]
             }
         );
+        // Node 1 failed: message 1 may be shown again from there, so the delete failed.
+        assert_eq!(
+            delete.step(DeleteInput::Deleted(Ok(()))),
+            DeleteAction::Finish(Err(StoreError::Failed))
+        );
+        let mut delete = Delete::new(&messages, &[0, 1], &members);
+        delete.step(DeleteInput::Start);
+        delete.step(DeleteInput::Deleted(Ok(())));
         assert_eq!(
             delete.step(DeleteInput::Deleted(Ok(()))),
             DeleteAction::Finish(Ok(()))
         );
         // Message 2's only holder failed: the delete failed.
-        let mut delete = Delete::new(&messages, &[1]);
+        let mut delete = Delete::new(&messages, &[1], &members);
         delete.step(DeleteInput::Start);
         assert_eq!(
             delete.step(DeleteInput::Deleted(Err(StoreError::NoSpace))),
             DeleteAction::Finish(Err(StoreError::NoSpace))
+        );
+    }
+
+    #[test]
+    fn a_delete_also_goes_to_replicas_that_did_not_list_the_message() {
+        // Node 3's copy arrived after its listing; node 4 is not a member now.
+        let messages = vec![MaildropMessage {
+            id: 7,
+            size: 1,
+            holders: vec![1],
+            replicas: vec![1, 3, 4],
+        }];
+        let mut delete = Delete::new(&messages, &[0], &[1, 2, 3]);
+        assert_eq!(
+            delete.step(DeleteInput::Start),
+            DeleteAction::DeleteAt {
+                node: 1,
+                ids: vec![7]
+            }
+        );
+        assert_eq!(
+            delete.step(DeleteInput::Deleted(Ok(()))),
+            DeleteAction::DeleteAt {
+                node: 3,
+                ids: vec![7]
+            }
+        );
+        assert_eq!(
+            delete.step(DeleteInput::Deleted(Ok(()))),
+            DeleteAction::Finish(Ok(()))
         );
     }
 

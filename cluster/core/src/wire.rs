@@ -6,7 +6,7 @@
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 4; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 5; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
 //! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
@@ -19,7 +19,9 @@
 //! Changing this layout or the payload's [`Body`] requires a version bump and a test.
 //! Version 2 added replication; version 3 the load exchange ([`Body::Loads`]) and the nodes a
 //! placement must avoid ([`Body::Place`]'s `avoid`); version 4 the epoch in which a maildrop
-//! lock was released ([`Body::Unlocked`]).
+//! lock was released ([`Body::Unlocked`]); version 5 each listed message's replica set
+//! ([`ListedMessage`]) and the answer that a pushed message is deleted at the replica
+//! ([`Failure::Deleted`]).
 
 use serde::{Deserialize, Serialize};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -28,7 +30,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::membership;
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 4;
+pub const FRAME_VERSION: u8 = 5;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -200,6 +202,19 @@ pub enum Failure {
     NotFound,
     /// Wrong user or password.
     BadCredentials,
+    /// The answer to a pushed message that this node holds a tombstone for: the message was
+    /// read and deleted already, and the pusher's copy is to be deleted too.
+    Deleted,
+}
+
+/// One message in a fragment's listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedMessage {
+    pub id: u128,
+    pub size: u64,
+    /// The nodes the message was stored on (empty: not replicated): a delete goes to each
+    /// of them that is a member, whether it answered the listing or not.
+    pub replicas: Vec<u64>,
 }
 
 /// What nodes say to each other.
@@ -254,7 +269,7 @@ pub enum Body {
     /// `deleted`: the user's messages deleted on this node whose tombstones have not reached
     /// every replica yet; other replicas' copies of them are not to be shown.
     Listed {
-        messages: Vec<(u128, u64)>,
+        messages: Vec<ListedMessage>,
         deleted: Vec<u128>,
     },
     Fetch {
@@ -389,6 +404,23 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_with_replica_sets_and_a_deleted_answer_round_trip() {
+        for body in [
+            Body::Listed {
+                messages: vec![ListedMessage {
+                    id: u128::MAX,
+                    size: 4_700,
+                    replicas: vec![1, u64::from(u32::MAX) + 2],
+                }],
+                deleted: vec![3],
+            },
+            Body::Error(Failure::Deleted),
+        ] {
+            assert_eq!(decode(&frame(&body)).expect("decodes").1, body);
+        }
+    }
+
+    #[test]
     fn other_versions_and_magic_are_refused() {
         let mut bytes = frame(&Body::Done);
         bytes[4] = 1;
@@ -399,6 +431,9 @@ mod tests {
         // Version 3 answered an unlock with `Done` whatever the manager's state: refused.
         bytes[4] = 3;
         assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(3));
+        // Version 4 listed messages without their replica sets: refused.
+        bytes[4] = 4;
+        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(4));
         let mut bytes = frame(&Body::Done);
         bytes[0] ^= 1;
         assert!(matches!(decode(&bytes), Err(WireError::Magic(_))));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::TcpStream;
 
 use super::cluster_state::{peers, ToCoreZero};
-use super::service::{Credential, LockMode, Login, StoreError};
+use super::service::{Applied, Credential, LockMode, Login, StoreError};
 use super::{metrics, NodeContext};
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, Msg, NodeId, View};
@@ -476,7 +476,9 @@ async fn handle(context: &NodeContext, body: Body) -> Body {
                 replicas,
             };
             match router.replicate(update, message).await {
-                Ok(()) => Body::Done,
+                Ok(Applied::Taken) => Body::Done,
+                // The pusher deletes its copy too (see `replicas::Edge::push`).
+                Ok(Applied::DeletedHere) => Body::Error(Failure::Deleted),
                 Err(e) => failure(e),
             }
         }

@@ -73,6 +73,7 @@ pub async fn open(
                         id,
                         size,
                         holders: vec![me],
+                        replicas: Vec::new(),
                     })
                     .collect(),
                 fragments: Vec::new(),
@@ -245,8 +246,8 @@ pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> 
     None
 }
 
-/// Deletes the messages at `indices` on every node that holds them (the policy is
-/// [`Delete`]'s). Each holder's tombstone also goes to every fragment node: a copy may lie on
+/// Deletes the messages at `indices` on every node that listed them and every member of their
+/// replica sets (the policy is [`Delete`]'s). Each holder's tombstone also goes to every fragment node: a copy may lie on
 /// one that did not answer the listing (down, or slow), outside the holder's replica set.
 pub async fn delete(
     context: &NodeContext,
@@ -254,7 +255,15 @@ pub async fn delete(
     indices: &[usize],
 ) -> Result<(), StoreError> {
     let peers = peers(&context.cluster);
-    let mut machine = Delete::new(&maildrop.messages, indices);
+    let members: Vec<NodeId> = context
+        .cluster
+        .view
+        .load()
+        .members
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let mut machine = Delete::new(&maildrop.messages, indices, &members);
     let mut input = DeleteInput::Start;
     loop {
         let (node, ids) = match machine.step(input) {

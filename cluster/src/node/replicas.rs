@@ -25,7 +25,7 @@ use super::service::StoreError;
 use super::NodeContext;
 use crate::membership::{Epoch, NodeId};
 use crate::replication::{Action, Replicator, Update};
-use crate::wire::{Body, ReplicaUpdate};
+use crate::wire::{Body, Failure, ReplicaUpdate};
 
 /// When a delivery's 250 may be sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,6 +41,25 @@ pub enum AckPolicy {
 const TICK: Duration = Duration::from_millis(25);
 
 /// One core's replication: its replicator and what it needs to act.
+/// What applying a pushed update did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored (or there already, or superseded by a newer update of the same kind).
+    Taken,
+    /// A put of a message this node holds a tombstone for: the pusher deletes its copy.
+    DeletedHere,
+}
+
+/// How a push went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PushOutcome {
+    Held,
+    /// The replica holds a tombstone of the pushed message: it counts as held, and this
+    /// node's copy is deleted.
+    DeletedThere,
+    Failed,
+}
+
 pub struct CoreReplication {
     context: Arc<NodeContext>,
     shards: Rc<CoreShards>,
@@ -232,7 +251,14 @@ impl CoreReplication {
     /// Pushes one update to `to` (reading the body from the log unless given); feeds the
     /// answer back to the replicator. Returns whether `to` holds it.
     async fn push(self: Rc<Self>, to: NodeId, update: Update, body: Option<Arc<Vec<u8>>>) -> bool {
-        let held = self.push_once(to, &update, body).await;
+        let outcome = self.push_once(to, &update, body).await;
+        if outcome == PushOutcome::DeletedThere {
+            // A copy here of a message that was read and deleted while it was on its way (a
+            // delivery placed again under the same id, after a session deleted the first
+            // copy): deleted here too, or the next session would show it again.
+            self.delete_copy(&update.user, update.id).await;
+        }
+        let held = outcome != PushOutcome::Failed;
         let now = self.now();
         let actions = {
             let mut replicator = self.replicator.borrow_mut();
@@ -247,7 +273,30 @@ impl CoreReplication {
         held
     }
 
-    async fn push_once(&self, to: NodeId, update: &Update, body: Option<Arc<Vec<u8>>>) -> bool {
+    /// Deletes this node's copy of a message that a replica holds a tombstone for; the new
+    /// tombstone goes to the copy's replicas.
+    async fn delete_copy(self: &Rc<Self>, user: &str, id: u128) {
+        let Some(shard) = self.shard(user) else {
+            return;
+        };
+        match shard
+            .delete_replicated(user, id, None, ReplicaSet::NONE)
+            .await
+        {
+            Ok(DeleteOutcome::Deleted(tomb)) => self.deleted(user, id, tomb),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%user, %error, "cannot delete a copy whose message was deleted elsewhere");
+            }
+        }
+    }
+
+    async fn push_once(
+        &self,
+        to: NodeId,
+        update: &Update,
+        body: Option<Arc<Vec<u8>>>,
+    ) -> PushOutcome {
         let Some(addr) = self
             .context
             .cluster
@@ -256,7 +305,7 @@ impl CoreReplication {
             .member(to)
             .map(|m| m.addr.clone())
         else {
-            return false;
+            return PushOutcome::Failed;
         };
         let carried = match update.kind {
             UpdateKind::Delete => ReplicaUpdate::Delete,
@@ -265,13 +314,13 @@ impl CoreReplication {
                     Some(body) => body.to_vec(),
                     None => {
                         let Some(shard) = self.shard(&update.user) else {
-                            return false;
+                            return PushOutcome::Failed;
                         };
                         match shard.read_message(&update.user, update.id).await {
                             Ok(record) => record.body().to_vec(),
                             Err(error) => {
                                 tracing::warn!(user = %update.user, %error, "cannot read a pending message to push it");
-                                return false;
+                                return PushOutcome::Failed;
                             }
                         }
                     }
@@ -287,12 +336,14 @@ impl CoreReplication {
             replicas: update.replicas.clone(),
             update: carried,
         };
-        matches!(
-            peers(&self.context.cluster)
-                .request(&addr, &body, PEER_TIMEOUT)
-                .await,
-            Ok(Body::Done)
-        )
+        match peers(&self.context.cluster)
+            .request(&addr, &body, PEER_TIMEOUT)
+            .await
+        {
+            Ok(Body::Done) => PushOutcome::Held,
+            Ok(Body::Error(Failure::Deleted)) => PushOutcome::DeletedThere,
+            _ => PushOutcome::Failed,
+        }
     }
 
     /// Carries out what the replicator decided: pushes run as tasks; retirements of one round
@@ -356,7 +407,7 @@ impl CoreReplication {
         self: &Rc<Self>,
         update: Update,
         message: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Applied, StoreError> {
         let shard = self.shard(&update.user).ok_or(StoreError::Failed)?;
         let stamp = Stamp {
             hlc: update.hlc,
@@ -387,7 +438,9 @@ impl CoreReplication {
                         }
                         true
                     }
-                    Ok(PutOutcome::AlreadyHere(_) | PutOutcome::Deleted) => false,
+                    Ok(PutOutcome::AlreadyHere(_)) => false,
+                    // Read and deleted here already: the pusher's copy goes too.
+                    Ok(PutOutcome::Deleted) => return Ok(Applied::DeletedHere),
                     Err(error) => {
                         let error = super::service::store_error(&error);
                         if error == StoreError::NoSpace {
@@ -424,7 +477,7 @@ impl CoreReplication {
                 .add(update, &[origin], self.now());
             self.execute(actions);
         }
-        Ok(())
+        Ok(Applied::Taken)
     }
 
     /// A tombstone made here: it goes to the message's other replicas.

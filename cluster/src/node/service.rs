@@ -24,7 +24,9 @@ use crate::membership::NodeId;
 use crate::replication::Update;
 use porcupine_protocols::sasl::ScramCredentials;
 
+pub use super::replicas::Applied;
 pub use crate::delivery::StoreError;
+pub use crate::wire::ListedMessage;
 
 /// What an engine failure means to a protocol: a full disk is 452, anything else 451.
 pub fn store_error(error: &EngineError) -> StoreError {
@@ -95,8 +97,8 @@ type Reply<T> = flume::Sender<T>;
 /// A user's mail on this node.
 #[derive(Debug, Default)]
 pub struct Fragment {
-    /// (id, size), oldest first.
-    pub messages: Vec<(u128, u64)>,
+    /// Oldest first, each with its replica set.
+    pub messages: Vec<ListedMessage>,
     /// Messages deleted here whose tombstones are still on their way to other replicas.
     pub deleted: Vec<u128>,
 }
@@ -116,7 +118,7 @@ pub enum Request {
     Replicate {
         update: Update,
         message: Option<Vec<u8>>,
-        reply: Reply<Result<(), StoreError>>,
+        reply: Reply<Result<Applied, StoreError>>,
     },
     /// Updates the node driving them retired: (user, id, HLC).
     Retired {
@@ -268,7 +270,7 @@ impl Router {
         &self,
         update: Update,
         message: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Applied, StoreError> {
         let core = self.core_of(&update.user);
         self.ask(core, |reply| Request::Replicate {
             update,
@@ -606,7 +608,11 @@ impl CoreService {
                         messages: shard
                             .messages(&user)
                             .iter()
-                            .map(|m| (m.id, u64::from(m.body_len)))
+                            .map(|m| ListedMessage {
+                                id: m.id,
+                                size: u64::from(m.body_len),
+                                replicas: m.replicas.as_slice().iter().map(|&n| n.into()).collect(),
+                            })
                             .collect(),
                         deleted: shard.pending_tombstones(&user),
                     }

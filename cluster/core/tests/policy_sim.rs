@@ -1,0 +1,1106 @@
+//! Deterministic simulation of the delivery and maildrop policy: the real [`Delivery`],
+//! [`Open`], [`Delete`] and [`Unlock`] machines in SMTP and POP3 sessions on every node, the
+//! real bucket [`Manager`] on every node, with a model of each node's fragments (puts and
+//! tombstones, pushed on to replicas and fragment nodes as the replication manager does), on
+//! one thread with a simulated clock. Faults: message loss and delay, node crashes and
+//! restarts, and memberships installed at different moments on different nodes (the window
+//! where a maildrop lock could be granted twice).
+//!
+//! Checked on every POP3 listing: no message is shown after its delete was acknowledged to a
+//! session that began before this one, and no message twice to one session. Checked once the
+//! faults stop and every node is back: every message acknowledged with 250 and not deleted is
+//! listed. A failing seed is printed; replay it with
+//! `PORCUPINE_SIM_SEED=<seed> cargo test --release -p porcupine-cluster-core --test policy_sim`.
+//! `PORCUPINE_SIM_SEEDS=N` runs more seeds (default 300).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use porcupine_cluster_core::delivery::{
+    Delivery, DeliveryAction, DeliveryInput, DeliverySettings, Facts, StoreError,
+};
+use porcupine_cluster_core::maildrop::{
+    Delete, DeleteAction, DeleteInput, Listing, MaildropSettings, Open, OpenAction, OpenInput,
+    Owner, Unlock, UnlockAction, UnlockInput,
+};
+use porcupine_cluster_core::manager::Manager;
+use porcupine_cluster_core::membership::{Epoch, Member, NodeId, View};
+use porcupine_cluster_core::placement::{CandidateLoad, PlacementPolicy};
+use porcupine_cluster_core::usermap::UserMap;
+use porcupine_cluster_core::wire::{Body, Failure, ListedMessage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FAULTS_END_MS: u64 = 8_000;
+const SETTLE_MS: u64 = 20_000;
+const REPLICATION_TICK_MS: u64 = 50;
+const REQUEST_TIMEOUT_MS: u64 = 300;
+const BUCKETS: usize = 16;
+const REPLICAS: usize = 2;
+
+/// What one node's disk holds for a message of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Rec {
+    /// A message and the replica set it was stored with.
+    Put {
+        size: u64,
+        replicas: Vec<NodeId>,
+    },
+    Tomb,
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    records: HashMap<String, BTreeMap<u128, Rec>>,
+    /// Updates still to push: (to, user, id, record). A delete supersedes a pending put of
+    /// the same message, as in the replication manager.
+    pushes: Vec<(NodeId, String, u128, Rec)>,
+}
+
+impl Disk {
+    /// Writes `rec` unless it is a put over a tombstone (a delete supersedes any put);
+    /// returns whether the message is deleted here (the put was refused for a tombstone).
+    fn write(&mut self, user: &str, id: u128, rec: Rec) -> bool {
+        let slot = self.records.entry(user.to_owned()).or_default();
+        match (slot.get_mut(&id), rec) {
+            (Some(Rec::Tomb), Rec::Put { .. }) => return true,
+            // A copy here already: its replica set is widened to this attempt's nodes too,
+            // as the engine does, so its tombstone will reach them all.
+            (Some(Rec::Put { replicas, .. }), Rec::Put { replicas: more, .. }) => {
+                for node in more {
+                    if !replicas.contains(&node) {
+                        replicas.push(node);
+                    }
+                }
+            }
+            (_, rec) => {
+                slot.insert(id, rec);
+            }
+        }
+        false
+    }
+
+    /// Deletes a message here: a tombstone, pushed to the message's replicas and to
+    /// `fragments` (not to `me`); pending pushes of its put are superseded.
+    fn delete(&mut self, me: NodeId, user: &str, id: u128, fragments: &[NodeId]) {
+        let mut targets: Vec<NodeId> = fragments.to_vec();
+        if let Some(Rec::Put { replicas, .. }) = self.records.get(user).and_then(|r| r.get(&id)) {
+            targets.extend(replicas.iter().copied());
+        }
+        self.pushes
+            .retain(|(_, u, i, rec)| !(u == user && *i == id && matches!(rec, Rec::Put { .. })));
+        for (to, u, i, _) in self.pushes.iter() {
+            if u == user && *i == id {
+                targets.push(*to);
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        let _ = self.write(user, id, Rec::Tomb);
+        for to in targets.into_iter().filter(|&t| t != me) {
+            self.pushes.push((to, user.to_owned(), id, Rec::Tomb));
+        }
+    }
+
+    fn listing(&self, user: &str) -> Listing {
+        let mut listing = Listing::default();
+        for (&id, rec) in self.records.get(user).into_iter().flatten() {
+            match rec {
+                Rec::Put { size, replicas } => listing.messages.push(ListedMessage {
+                    id,
+                    size: *size,
+                    replicas: replicas.clone(),
+                }),
+                Rec::Tomb => listing.deleted.push(id),
+            }
+        }
+        listing
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    id: NodeId,
+    up: bool,
+    /// Bumped at every restart: requests and sessions of an older life are void.
+    life: u64,
+    view: View,
+    manager: Manager,
+    disk: Disk,
+    /// Maildrop locks held by this node's sessions (what it reports to managers).
+    locks: HashMap<String, Owner>,
+    next_session: u64,
+}
+
+#[derive(Debug)]
+enum Machine {
+    Smtp {
+        machine: Delivery,
+        id: u128,
+    },
+    PopOpen(Open),
+    PopDelete {
+        machine: Delete,
+        owner: Owner,
+        ids: Vec<u128>,
+        fragments: Vec<NodeId>,
+    },
+    PopUnlock(Unlock),
+}
+
+#[derive(Debug)]
+struct Session {
+    node: usize,
+    life: u64,
+    user: String,
+    machine: Machine,
+    started_ms: u64,
+    /// The maildrop lock owner of a POP3 session.
+    owner: Option<Owner>,
+}
+
+#[derive(Debug)]
+enum Input {
+    Delivery(DeliveryInput),
+    Open(OpenInput),
+    Delete(DeleteInput),
+    Unlock(UnlockInput),
+}
+
+#[derive(Debug)]
+enum Event {
+    Step {
+        session: u64,
+        input: Input,
+    },
+    /// A request from `session` arrives at `to`; `reply` turns the answer into the input.
+    Request {
+        session: u64,
+        to: usize,
+        body: Body,
+        reply: fn(Option<Body>) -> Input,
+    },
+    Install {
+        node: usize,
+        view: View,
+    },
+    Report {
+        node: usize,
+        epoch: Epoch,
+        life: u64,
+    },
+    Crash(usize),
+    Restart(usize),
+    ReplicationTick,
+    Workload,
+}
+
+struct Sim {
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Event>,
+    nodes: Vec<Node>,
+    sessions: HashMap<u64, Session>,
+    next_session: u64,
+    next_id: u128,
+    view_clock: u64,
+    users: Vec<String>,
+    /// Acknowledged puts: id → user.
+    acked: BTreeMap<u128, String>,
+    /// Acknowledged deletes: id → when.
+    deleted_at: HashMap<u128, u64>,
+    violations: Vec<String>,
+    loss: f64,
+    pops_opened: u64,
+}
+
+fn member(id: NodeId) -> Member {
+    Member {
+        id,
+        addr: format!("10.0.0.{id}:7000"),
+    }
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let count = rng.gen_range(3..=5);
+        let epoch = Epoch {
+            clock: 1,
+            coordinator: 1,
+        };
+        let ids: Vec<NodeId> = (1..=count).collect();
+        let view = View {
+            epoch,
+            members: ids.iter().map(|&id| member(id)).collect(),
+            map: UserMap::single(1, BUCKETS, epoch).reassign(&ids, epoch),
+        };
+        let nodes = ids
+            .iter()
+            .map(|&id| {
+                let mut manager = Manager::new(id, PlacementPolicy::default(), rng.gen());
+                manager.install(&view);
+                Node {
+                    id,
+                    up: true,
+                    life: 0,
+                    view: view.clone(),
+                    manager,
+                    disk: Disk::default(),
+                    locks: HashMap::new(),
+                    next_session: 1,
+                }
+            })
+            .collect();
+        let loss = [0.0, 0.01, 0.05][rng.gen_range(0..3)];
+        let mut sim = Self {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            nodes,
+            sessions: HashMap::new(),
+            next_session: 1,
+            next_id: 1,
+            view_clock: 1,
+            users: (0..3).map(|u| format!("user{u}@example.org")).collect(),
+            acked: BTreeMap::new(),
+            deleted_at: HashMap::new(),
+            violations: Vec::new(),
+            loss,
+            pops_opened: 0,
+        };
+        for node in 0..sim.nodes.len() {
+            sim.at(
+                0,
+                Event::Report {
+                    node,
+                    epoch,
+                    life: 0,
+                },
+            );
+        }
+        sim.at(1, Event::Workload);
+        sim.at(REPLICATION_TICK_MS, Event::ReplicationTick);
+        // One node down at a time, as the chaos test kills them: with two replicas, a message
+        // (or a tombstone) whose every copy is down at once is beyond what the cluster
+        // promises. A restarted node is back in the views, and replication has caught up with
+        // it, before the next crash.
+        let mut when = 500;
+        while when < FAULTS_END_MS - 2_500 {
+            when += sim.rng.gen_range(0..1_500);
+            let node = sim.rng.gen_range(0..sim.nodes.len());
+            sim.at(when, Event::Crash(node));
+            when += sim.rng.gen_range(200..2_000);
+            sim.at(when, Event::Restart(node));
+            when += 1_500;
+        }
+        sim
+    }
+
+    fn at(&mut self, when: u64, event: Event) {
+        self.seq += 1;
+        self.events.insert(self.seq, event);
+        self.queue.push(Reverse((when, self.seq)));
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.rng.gen_range(1..15)
+    }
+
+    fn lost(&mut self) -> bool {
+        self.now < FAULTS_END_MS && self.rng.gen_bool(self.loss)
+    }
+
+    fn run(&mut self) {
+        while let Some(Reverse((when, seq))) = self.queue.pop() {
+            if when > FAULTS_END_MS + SETTLE_MS {
+                break;
+            }
+            self.now = when;
+            let Some(event) = self.events.remove(&seq) else {
+                continue;
+            };
+            self.handle(event);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        if std::env::var("PORCUPINE_SIM_TRACE").is_ok() {
+            match &event {
+                Event::Workload | Event::ReplicationTick => {}
+                Event::Install { node, view } => eprintln!(
+                    "{} install node {} epoch {:?} members {:?}",
+                    self.now,
+                    self.nodes[*node].id,
+                    view.epoch,
+                    view.members.iter().map(|m| m.id).collect::<Vec<_>>()
+                ),
+                Event::Request {
+                    session, to, body, ..
+                } => {
+                    if let Some(s) = self.sessions.get(session) {
+                        if std::env::var("PORCUPINE_SIM_TRACE_USER")
+                            .map_or(s.user == "user0@example.org", |u| s.user == u)
+                            && !matches!(body, Body::Store { .. } | Body::Place { .. })
+                        {
+                            eprintln!(
+                                "{} session {session} (node {}) -> node {}: {body:?}",
+                                self.now, self.nodes[s.node].id, self.nodes[*to].id
+                            );
+                        }
+                    }
+                }
+                Event::Step { session, input } => {
+                    if let Some(s) = self.sessions.get(session) {
+                        if std::env::var("PORCUPINE_SIM_TRACE_USER")
+                            .map_or(s.user == "user0@example.org", |u| s.user == u)
+                            && !matches!(s.machine, Machine::Smtp { .. })
+                        {
+                            eprintln!(
+                                "{} session {session} (node {}) <- {input:?}",
+                                self.now, self.nodes[s.node].id
+                            );
+                        }
+                    }
+                }
+                other => eprintln!("{} {other:?}", self.now),
+            }
+        }
+        match event {
+            Event::Workload => {
+                if self.now < FAULTS_END_MS {
+                    let smtp = self.rng.gen_bool(0.7);
+                    self.start_session(smtp);
+                    let next = self.now + self.rng.gen_range(2..12);
+                    self.at(next, Event::Workload);
+                }
+            }
+            Event::Step { session, input } => self.step(session, input),
+            Event::Request {
+                session,
+                to,
+                body,
+                reply,
+            } => {
+                let answer = self.serve(to, body);
+                let answer_lost = self.lost();
+                let (when, answer) = match answer {
+                    Some(answer) if !answer_lost => (self.now + self.delay(), Some(answer)),
+                    _ => (self.now + REQUEST_TIMEOUT_MS, None),
+                };
+                self.at(
+                    when,
+                    Event::Step {
+                        session,
+                        input: reply(answer),
+                    },
+                );
+            }
+            Event::Install { node, view } => {
+                let n = &mut self.nodes[node];
+                if n.up && view.epoch > n.view.epoch {
+                    n.view = view.clone();
+                    n.manager.install(&view);
+                    let life = n.life;
+                    self.at(
+                        self.now,
+                        Event::Report {
+                            node,
+                            epoch: view.epoch,
+                            life,
+                        },
+                    );
+                }
+            }
+            Event::Report { node, epoch, life } => self.report(node, epoch, life),
+            Event::Crash(node) => {
+                let n = &mut self.nodes[node];
+                if n.up {
+                    n.up = false;
+                    n.locks.clear();
+                    self.sessions.retain(|_, s| s.node != node);
+                    let detect = self.now + self.rng.gen_range(100..600);
+                    self.new_view(detect);
+                }
+            }
+            Event::Restart(node) => {
+                let n = &mut self.nodes[node];
+                if !n.up {
+                    n.up = true;
+                    n.life += 1;
+                    let lone = Epoch {
+                        clock: 0,
+                        coordinator: n.id,
+                    };
+                    n.view = View {
+                        epoch: lone,
+                        members: vec![member(n.id)],
+                        map: UserMap::single(n.id, BUCKETS, lone),
+                    };
+                    n.manager = Manager::new(n.id, PlacementPolicy::default(), 9);
+                    let join = self.now + self.rng.gen_range(100..600);
+                    self.new_view(join);
+                }
+            }
+            Event::ReplicationTick => {
+                self.replicate();
+                self.at(self.now + REPLICATION_TICK_MS, Event::ReplicationTick);
+            }
+        }
+    }
+
+    /// A new membership of the nodes up at `when`, installed on each at its own moment.
+    fn new_view(&mut self, when: u64) {
+        self.view_clock += 1;
+        let ids: Vec<NodeId> = self.nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
+        let Some(&coordinator) = ids.first() else {
+            return;
+        };
+        let epoch = Epoch {
+            clock: self.view_clock,
+            coordinator,
+        };
+        let previous = self
+            .nodes
+            .iter()
+            .filter(|n| n.up)
+            .map(|n| &n.view)
+            .max_by_key(|v| v.epoch)
+            .map(|v| v.map.clone())
+            .unwrap_or_else(|| UserMap::single(coordinator, BUCKETS, epoch));
+        let view = View {
+            epoch,
+            members: ids.iter().map(|&id| member(id)).collect(),
+            map: previous.reassign(&ids, epoch),
+        };
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].up {
+                let at = when + self.rng.gen_range(0..400);
+                self.at(
+                    at,
+                    Event::Install {
+                        node,
+                        view: view.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends `node`'s fragment report for `epoch` to every manager, again until each took it.
+    fn report(&mut self, node: usize, epoch: Epoch, life: u64) {
+        let n = &self.nodes[node];
+        if !n.up || n.life != life || n.view.epoch != epoch {
+            return;
+        }
+        let view = n.view.clone();
+        let mut again = false;
+        for manager in view.members.iter().map(|m| m.id) {
+            let n = &self.nodes[node];
+            let users: Vec<String> = n
+                .disk
+                .records
+                .keys()
+                .filter(|u| view.map.manager_of(u) == manager)
+                .cloned()
+                .collect();
+            let locks: Vec<(String, Owner)> = n
+                .locks
+                .iter()
+                .filter(|(u, _)| view.map.manager_of(u) == manager)
+                .map(|(u, o)| (u.clone(), *o))
+                .collect();
+            let body = Body::Fragments {
+                epoch,
+                node: n.id,
+                users,
+                locks,
+            };
+            let to = self.index_of(manager);
+            if std::env::var("PORCUPINE_SIM_TRACE").is_ok() {
+                eprintln!("{} report {body:?} to {manager}", self.now);
+            }
+            if self.lost() {
+                again = true;
+                continue;
+            }
+            match self.serve(to, body) {
+                Some(Body::Done) => {}
+                _ => again = true,
+            }
+        }
+        if again {
+            self.at(self.now + 50, Event::Report { node, epoch, life });
+        }
+    }
+
+    fn index_of(&self, id: NodeId) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap_or(0)
+    }
+
+    /// Node `to` serves one request (`None`: it is down).
+    fn serve(&mut self, to: usize, body: Body) -> Option<Body> {
+        if !self.nodes[to].up {
+            return None;
+        }
+        Some(match body {
+            Body::Place { .. }
+            | Body::Lock { .. }
+            | Body::Unlock { .. }
+            | Body::Fragments { .. }
+            | Body::Noted { .. } => self.nodes[to].manager.handle(body),
+            Body::List { user } => {
+                let listing = self.nodes[to].disk.listing(&user);
+                Body::Listed {
+                    messages: listing.messages,
+                    deleted: listing.deleted,
+                }
+            }
+            Body::Delete {
+                user,
+                ids,
+                fragments,
+            } => {
+                let me = self.nodes[to].id;
+                let disk = &mut self.nodes[to].disk;
+                for id in ids {
+                    disk.delete(me, &user, id, &fragments);
+                }
+                Body::Done
+            }
+            Body::Store {
+                user,
+                id,
+                epoch,
+                replicas,
+                message,
+            } => match self.store(to, &user, id, epoch, &replicas, message.len() as u64) {
+                Ok(()) => Body::Done,
+                Err(StoreError::NoSpace) => Body::Error(Failure::NoSpace),
+                Err(_) => Body::Error(Failure::TryAgain),
+            },
+            _ => Body::Error(Failure::Failed),
+        })
+    }
+
+    /// A coordinator stores and replicates: written here, pushed to every other replica; the
+    /// store counts once every replica that is up has it (one that is down gets it later,
+    /// and the delivery is placed again under the same id).
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        at: usize,
+        user: &str,
+        id: u128,
+        placed: Epoch,
+        replicas: &[NodeId],
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let me = self.nodes[at].id;
+        let put = Rec::Put {
+            size,
+            replicas: replicas.to_vec(),
+        };
+        if self.nodes[at].disk.write(user, id, put.clone()) {
+            // Deleted already: a retry of a message its owner has read and deleted.
+            return Ok(());
+        }
+        if std::env::var("PORCUPINE_SIM_TRACE")
+            .ok()
+            .and_then(|v| v.parse::<u128>().ok())
+            == Some(id)
+        {
+            eprintln!(
+                "{} store {id} at {me}: replicas {replicas:?} placed {placed:?}",
+                self.now
+            );
+        }
+        let mut all = true;
+        for &r in replicas.iter().filter(|&&r| r != me) {
+            let index = self.index_of(r);
+            if self.nodes[index].up && !self.lost() {
+                if self.nodes[index].disk.write(user, id, put.clone()) {
+                    // Deleted there: the retry's copy here is deleted too.
+                    self.nodes[at].disk.delete(me, user, id, &[]);
+                    continue;
+                }
+                self.note(index, user, placed);
+            } else {
+                all = false;
+                self.nodes[at]
+                    .disk
+                    .pushes
+                    .push((r, user.to_owned(), id, put.clone()));
+            }
+        }
+        self.note(at, user, placed);
+        if all {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    /// A fragment stored under an older placement is noted to the current manager.
+    fn note(&mut self, at: usize, user: &str, placed: Epoch) {
+        let view = self.nodes[at].view.clone();
+        if view.epoch == placed {
+            return;
+        }
+        let manager = self.index_of(view.map.manager_of(user));
+        let body = Body::Noted {
+            user: user.to_owned(),
+            node: self.nodes[at].id,
+            epoch: view.epoch,
+        };
+        let _ = self.serve(manager, body);
+    }
+
+    fn replicate(&mut self) {
+        for from in 0..self.nodes.len() {
+            if !self.nodes[from].up {
+                continue;
+            }
+            let pushes = std::mem::take(&mut self.nodes[from].disk.pushes);
+            let mut kept = Vec::new();
+            for (to, user, id, rec) in pushes {
+                let index = self.index_of(to);
+                if self.nodes[index].up && !self.lost() {
+                    if std::env::var("PORCUPINE_SIM_TRACE")
+                        .ok()
+                        .and_then(|v| v.parse::<u128>().ok())
+                        == Some(id)
+                    {
+                        eprintln!(
+                            "{} push {id} from {} to {to}: {rec:?}",
+                            self.now, self.nodes[from].id
+                        );
+                    }
+                    let is_put = matches!(rec, Rec::Put { .. });
+                    if self.nodes[index].disk.write(&user, id, rec) {
+                        let me = self.nodes[from].id;
+                        self.nodes[from].disk.delete(me, &user, id, &[]);
+                        continue;
+                    }
+                    if is_put {
+                        let placed = Epoch::default();
+                        self.note(index, &user, placed);
+                    }
+                } else {
+                    kept.push((to, user, id, rec));
+                }
+            }
+            self.nodes[from].disk.pushes.extend(kept);
+        }
+    }
+
+    fn start_session(&mut self, smtp: bool) {
+        // Only nodes that are members of their own current view take sessions (a joining node
+        // waits for its seeds).
+        let ready: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up && self.nodes[i].view.members.len() > 1)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let node = ready[self.rng.gen_range(0..ready.len())];
+        // The first user is hot.
+        let user = if self.rng.gen_bool(0.6) {
+            self.users[0].clone()
+        } else {
+            self.users[self.rng.gen_range(0..self.users.len())].clone()
+        };
+        let mut lock_owner = None;
+        let machine = if smtp {
+            let settings = DeliverySettings {
+                replicas: REPLICAS,
+                placement: PlacementPolicy::default(),
+                overload_ops: 256,
+                patience_ms: 2_000,
+                retry_pause_ms: 20,
+            };
+            self.next_id += 1;
+            Machine::Smtp {
+                machine: Delivery::new(settings, self.now),
+                id: self.next_id,
+            }
+        } else {
+            let n = &mut self.nodes[node];
+            n.next_session += 1;
+            let owner = (n.id, n.next_session);
+            lock_owner = Some(owner);
+            Machine::PopOpen(Open::new(&user, owner, settings(), self.now))
+        };
+        let session = self.next_session;
+        self.next_session += 1;
+        let life = self.nodes[node].life;
+        self.sessions.insert(
+            session,
+            Session {
+                node,
+                life,
+                user,
+                machine,
+                started_ms: self.now,
+                owner: lock_owner,
+            },
+        );
+        let input = if smtp {
+            Input::Delivery(DeliveryInput::Start)
+        } else {
+            Input::Open(OpenInput::Start)
+        };
+        self.at(self.now, Event::Step { session, input });
+    }
+
+    /// One step of a session's machine, and the action it asks for.
+    fn step(&mut self, id: u64, input: Input) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let node = session.node;
+        if !self.nodes[node].up || self.nodes[node].life != session.life {
+            return;
+        }
+        let view = self.nodes[node].view.clone();
+        let me = self.nodes[node].id;
+        let facts = Facts {
+            me,
+            view: &view,
+            now_ms: self.now,
+        };
+        let manager = self.index_of(view.map.manager_of(&session.user));
+        let user = session.user.clone();
+        match (&mut session.machine, input) {
+            (Machine::Smtp { machine, id: msg }, Input::Delivery(input)) => {
+                let msg = *msg;
+                let action =
+                    machine.step(input, facts, |_| CandidateLoad::default(), &mut self.rng);
+                match action {
+                    DeliveryAction::Finish(result) => {
+                        if result.is_ok() {
+                            self.acked.insert(msg, user);
+                        }
+                        return;
+                    }
+                    DeliveryAction::StoreHere { placed, replicas } => {
+                        let result = self.store(node, &user, msg, placed, &replicas, 100);
+                        let input = Input::Delivery(DeliveryInput::Stored(result));
+                        self.at(self.now + 1, Event::Step { session: id, input });
+                    }
+                    DeliveryAction::StoreAt {
+                        coordinator,
+                        placed,
+                        replicas,
+                    } => {
+                        let to = self.index_of(coordinator);
+                        let body = Body::Store {
+                            user: user.clone(),
+                            id: msg,
+                            epoch: placed,
+                            replicas,
+                            message: vec![0; 100],
+                        };
+                        self.request(id, to, body, |answer| {
+                            Input::Delivery(DeliveryInput::Stored(match answer {
+                                Some(Body::Done) => Ok(()),
+                                Some(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
+                                Some(Body::Error(Failure::TryAgain)) | None => {
+                                    Err(StoreError::Unavailable)
+                                }
+                                Some(_) => Err(StoreError::Failed),
+                            }))
+                        });
+                    }
+                    DeliveryAction::AskCandidates {
+                        replicas, avoid, ..
+                    } => {
+                        let body = Body::Place {
+                            user: user.clone(),
+                            replicas: replicas as u8,
+                            avoid,
+                        };
+                        self.request(id, manager, body, |answer| {
+                            Input::Delivery(DeliveryInput::Candidates(match answer {
+                                Some(Body::Placed { nodes }) if !nodes.is_empty() => {
+                                    Some(nodes.into())
+                                }
+                                _ => None,
+                            }))
+                        });
+                    }
+                    DeliveryAction::ForgetCandidates | DeliveryAction::MarkFull(_) => {
+                        let input = Input::Delivery(DeliveryInput::Continue);
+                        self.at(self.now, Event::Step { session: id, input });
+                    }
+                    DeliveryAction::Sleep { ms } => {
+                        let input = Input::Delivery(DeliveryInput::Continue);
+                        self.at(self.now + ms, Event::Step { session: id, input });
+                    }
+                }
+            }
+            (Machine::PopOpen(machine), Input::Open(input)) => match machine.step(input, facts) {
+                OpenAction::AskManager(body) => {
+                    self.request(id, manager, body, |a| Input::Open(OpenInput::Manager(a)))
+                }
+                OpenAction::RecordLock(owner) => {
+                    self.nodes[node].locks.insert(user.clone(), owner);
+                    let input = Input::Open(OpenInput::Continue);
+                    self.at(self.now, Event::Step { session: id, input });
+                }
+                OpenAction::List(target) => {
+                    let to = self.index_of(target);
+                    self.request(id, to, Body::List { user: user.clone() }, |a| {
+                        Input::Open(OpenInput::Listed(match a {
+                            Some(Body::Listed { messages, deleted }) => {
+                                Some(Listing { messages, deleted })
+                            }
+                            _ => None,
+                        }))
+                    });
+                }
+                OpenAction::Sleep { ms } => {
+                    let input = Input::Open(OpenInput::Continue);
+                    self.at(self.now + ms, Event::Step { session: id, input });
+                }
+                OpenAction::Failed(_) => {
+                    // The lock may have been granted: release it, as the node does.
+                    if let Some(owner) = session.owner {
+                        session.machine =
+                            Machine::PopUnlock(Unlock::new(&user, owner, settings(), self.now));
+                        let input = Input::Unlock(UnlockInput::Start);
+                        self.at(self.now, Event::Step { session: id, input });
+                    } else {
+                        return;
+                    }
+                }
+                OpenAction::Opened(opened) => {
+                    self.pops_opened += 1;
+                    let mut seen = HashSet::new();
+                    for message in &opened.messages {
+                        if !seen.insert(message.id) {
+                            self.violations.push(format!(
+                                "{user}: message {} shown twice to one session at {} ms",
+                                message.id, self.now
+                            ));
+                        }
+                        if let Some(&when) = self.deleted_at.get(&message.id) {
+                            if when < session.started_ms {
+                                self.violations.push(format!(
+                                    "{user}: message {} shown at {} ms by a session on node {me} \
+                                     begun at {} ms, after its delete was acknowledged at {when} ms",
+                                    message.id, self.now, session.started_ms
+                                ));
+                            }
+                        }
+                    }
+                    // The client retrieves everything and deletes most of it.
+                    let indices: Vec<usize> = (0..opened.messages.len())
+                        .filter(|_| self.rng.gen_bool(0.8))
+                        .collect();
+                    let ids = indices.iter().map(|&i| opened.messages[i].id).collect();
+                    let members: Vec<NodeId> = view.members.iter().map(|m| m.id).collect();
+                    let machine = Delete::new(&opened.messages, &indices, &members);
+                    session.machine = Machine::PopDelete {
+                        machine,
+                        owner: opened.owner,
+                        ids,
+                        fragments: opened.fragments,
+                    };
+                    let input = Input::Delete(DeleteInput::Start);
+                    self.at(self.now, Event::Step { session: id, input });
+                }
+            },
+            (
+                Machine::PopDelete {
+                    machine,
+                    owner,
+                    ids,
+                    fragments,
+                },
+                Input::Delete(input),
+            ) => match machine.step(input) {
+                DeleteAction::Finish(result) => {
+                    if result.is_ok() {
+                        for id in ids.iter() {
+                            self.deleted_at.entry(*id).or_insert(self.now);
+                        }
+                    }
+                    let owner = *owner;
+                    session.machine =
+                        Machine::PopUnlock(Unlock::new(&user, owner, settings(), self.now));
+                    let input = Input::Unlock(UnlockInput::Start);
+                    self.at(self.now, Event::Step { session: id, input });
+                }
+                DeleteAction::DeleteAt { node: target, ids } => {
+                    let to = self.index_of(target);
+                    let body = Body::Delete {
+                        user: user.clone(),
+                        ids,
+                        fragments: fragments.clone(),
+                    };
+                    self.request(id, to, body, |answer| {
+                        Input::Delete(DeleteInput::Deleted(match answer {
+                            Some(Body::Done) => Ok(()),
+                            Some(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
+                            _ => Err(StoreError::Failed),
+                        }))
+                    });
+                }
+            },
+            (Machine::PopUnlock(machine), Input::Unlock(input)) => {
+                match machine.step(input, facts) {
+                    UnlockAction::ForgetLock(owner) => {
+                        let locks = &mut self.nodes[node].locks;
+                        if locks.get(&user) == Some(&owner) {
+                            locks.remove(&user);
+                        }
+                        let input = Input::Unlock(UnlockInput::Continue);
+                        self.at(self.now, Event::Step { session: id, input });
+                    }
+                    UnlockAction::AskManager(body) => self.request(id, manager, body, |a| {
+                        Input::Unlock(UnlockInput::Manager(a))
+                    }),
+                    UnlockAction::Sleep { ms } => {
+                        let input = Input::Unlock(UnlockInput::Continue);
+                        self.at(self.now + ms, Event::Step { session: id, input });
+                    }
+                    UnlockAction::Released | UnlockAction::GaveUp => return,
+                }
+            }
+            (machine, input) => panic!("input {input:?} for {machine:?}"),
+        }
+        self.sessions.insert(id, session);
+    }
+
+    /// A request from `session`'s node to node `to` (itself included), over the network.
+    fn request(&mut self, session: u64, to: usize, body: Body, reply: fn(Option<Body>) -> Input) {
+        if self.lost() {
+            let when = self.now + REQUEST_TIMEOUT_MS;
+            self.at(
+                when,
+                Event::Step {
+                    session,
+                    input: reply(None),
+                },
+            );
+            return;
+        }
+        let when = self.now + self.delay();
+        self.at(
+            when,
+            Event::Request {
+                session,
+                to,
+                body,
+                reply,
+            },
+        );
+    }
+
+    /// After the faults: every acknowledged message that was not deleted is listed by some
+    /// node (every node is up by now, and replication has had time to finish).
+    fn check_nothing_lost(&mut self) {
+        for (id, user) in &self.acked {
+            if self.deleted_at.contains_key(id) {
+                continue;
+            }
+            let listed = self.nodes.iter().any(|n| {
+                matches!(
+                    n.disk.records.get(user).and_then(|r| r.get(id)),
+                    Some(Rec::Put { .. })
+                )
+            });
+            let tombstoned = self.nodes.iter().any(|n| {
+                matches!(
+                    n.disk.records.get(user).and_then(|r| r.get(id)),
+                    Some(Rec::Tomb)
+                )
+            });
+            // A delete that was not acknowledged (its session failed at QUIT) may have landed.
+            if !listed && !tombstoned {
+                self.violations.push(format!(
+                    "{user}: message {id} acknowledged with 250 and lost"
+                ));
+            }
+        }
+    }
+}
+
+fn settings() -> MaildropSettings {
+    MaildropSettings {
+        patience_ms: 2_000,
+        unlock_patience_ms: 5_000,
+        retry_pause_ms: 20,
+    }
+}
+
+fn run_seed(seed: u64) -> Result<(u64, u64, u64), Vec<String>> {
+    let mut sim = Sim::new(seed);
+    sim.run();
+    for node in 0..sim.nodes.len() {
+        if !sim.nodes[node].up {
+            sim.violations
+                .push(format!("node {node} is still down after the faults"));
+        }
+    }
+    sim.check_nothing_lost();
+    if sim.violations.is_empty() {
+        Ok((
+            sim.acked.len() as u64,
+            sim.deleted_at.len() as u64,
+            sim.pops_opened,
+        ))
+    } else {
+        Err(sim.violations)
+    }
+}
+
+#[test]
+fn delivery_and_maildrop_policy_over_many_seeds() {
+    let seeds: Vec<u64> = match std::env::var("PORCUPINE_SIM_SEED") {
+        Ok(one) => vec![one.parse().expect("PORCUPINE_SIM_SEED is a number")],
+        Err(_) => {
+            let count = std::env::var("PORCUPINE_SIM_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(300);
+            (0..count).collect()
+        }
+    };
+    let mut failures = Vec::new();
+    let (mut acked, mut deleted, mut opened) = (0, 0, 0);
+    for &seed in &seeds {
+        match run_seed(seed) {
+            Ok((a, d, o)) => {
+                acked += a;
+                deleted += d;
+                opened += o;
+            }
+            Err(violations) => failures.push((seed, violations)),
+        }
+    }
+    eprintln!(
+        "policy_sim: {} seeds, {acked} messages acknowledged, {deleted} deletes acknowledged, \
+         {opened} maildrops opened, {} seeds failed",
+        seeds.len(),
+        failures.len()
+    );
+    if let Some((seed, violations)) = failures.first() {
+        panic!(
+            "{} of {} seeds failed; first: seed {seed} (replay: PORCUPINE_SIM_SEED={seed}): {:#?}",
+            failures.len(),
+            seeds.len(),
+            &violations[..violations.len().min(10)]
+        );
+    }
+    assert!(acked > seeds.len() as u64 * 50, "too little mail: {acked}");
+    assert!(
+        deleted > seeds.len() as u64 * 10,
+        "too few deletes: {deleted}"
+    );
+}
