@@ -13,6 +13,7 @@ pub mod client_limits;
 pub mod clock;
 pub mod cluster_driver;
 pub mod cluster_state;
+pub mod config;
 pub mod conn;
 pub mod core_shards;
 pub mod delivery;
@@ -28,14 +29,10 @@ pub mod transfer;
 pub mod users;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use porcupine_engine::{DmaStorage, EngineConfig, Placement, Shard};
-use porcupine_protocols::pop3::Pop3Limits;
-use porcupine_protocols::smtp::SmtpLimits;
+use porcupine_engine::{DmaStorage, Placement, Shard};
 use porcupine_runtime as runtime;
 
 use self::conn::SessionWatch;
@@ -43,138 +40,7 @@ use self::listeners::{Bound, Handoff, SessionCounts};
 use self::metrics::NodeMetrics;
 use self::service::{CoreService, Request, Router};
 
-/// Everything a node needs to know; defaults as in DESIGN.md §6.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    pub data_dirs: Vec<PathBuf>,
-    pub cores: usize,
-    pub pin: bool,
-    pub smtp: SocketAddr,
-    pub pop3: SocketAddr,
-    /// POP3 over TLS from the first byte (RFC 8314; 995 in production).
-    pub pop3s: Option<SocketAddr>,
-    pub admin: SocketAddr,
-    /// The cluster port (framed TCP between nodes); other nodes reach this node there. A lone
-    /// node (no cluster port and no seeds) listens for no other node.
-    pub cluster: Option<SocketAddr>,
-    /// How connections between nodes prove membership (the cluster key) and are protected.
-    pub cluster_security: crate::secure::ClusterSecurity,
-    /// Seeds: cluster addresses of nodes to join.
-    pub join: Vec<SocketAddr>,
-    /// Membership timing and the number of user-map buckets.
-    pub membership: crate::membership::Settings,
-    pub domains: Vec<String>,
-    pub hostname: String,
-    pub engine: EngineConfig,
-    pub smtp_limits: SmtpLimits,
-    pub pop3_limits: Pop3Limits,
-    pub smtp_idle_timeout: Duration,
-    pub pop3_idle_timeout: Duration,
-    /// Open SMTP + POP3 connections per node.
-    pub connections_max: usize,
-    /// How long sessions may take to finish after a stop.
-    pub shutdown_grace: Duration,
-    /// Create a first user (and print its password) when the node has none.
-    pub first_user: bool,
-    /// The paper's "infinitely fast disk" experiment: acknowledge deliveries without storing
-    /// them. Mail is lost by design; never for production.
-    pub discard_bodies: bool,
-    /// Nodes each message is stored on (capped by the live node count); 1 on a lone node.
-    pub replicas: usize,
-    /// When a delivery is acknowledged: once every replica has it, or once the coordinator has.
-    pub ack_policy: replicas::AckPolicy,
-    /// Replication timing and the log retention.
-    pub replication: crate::replication::Settings,
-    /// Where new mail goes (see [`crate::placement`]).
-    pub placement: crate::placement::PlacementPolicy,
-    /// A node with this many operations under way on its disks counts as overloaded: dynamic
-    /// placement then prefers other candidates, beyond the spread if need be.
-    pub overload_ops: u32,
-    /// Simulated disk speeds, for experiments: (data directory, limits); others unthrottled.
-    pub throttles: Vec<(PathBuf, porcupine_engine::ThrottleLimits)>,
-    /// Relative capacity of data directories: (directory, weight); others weigh 1. New users
-    /// go to each directory in proportion to its weight.
-    pub disk_weights: Vec<(PathBuf, f64)>,
-    /// The admin endpoint's token file; `None`: `admin.token` in the first data directory
-    /// (created at first start).
-    pub admin_token_file: Option<PathBuf>,
-    /// Tests only: a fault to inject, to check how the node takes it.
-    pub fault: Option<Fault>,
-    /// The TLS certificate and key; `None`: a self-signed certificate made once in
-    /// `<first data dir>/tls/`.
-    pub tls_files: Option<tls::TlsFiles>,
-    /// Accept passwords in clear (USER/PASS, SASL PLAIN) off loopback without TLS, as
-    /// Dovecot's `disable_plaintext_auth = no`; refused by default.
-    pub allow_plaintext_auth: bool,
-    /// Serve the admin endpoint off loopback, over HTTPS only; without it an admin address
-    /// off loopback is refused.
-    pub admin_public: bool,
-    /// Connections and new connections per second per client address; loopback exempt.
-    pub abuse: crate::abuse::AbuseSettings,
-    /// A client that has not taken the node's output for this long loses its session (one
-    /// that pipelines and never reads must not hold a connection slot for good).
-    pub write_timeout: Duration,
-    /// Bytes of messages in transfer (being received, not yet stored) on the whole node; past
-    /// it a message gets 451 4.3.1 and is dropped, instead of the node running out of memory.
-    pub transfer_bytes_max: usize,
-}
-
-/// A fault a test can inject into a running node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// A task on this core panics a second after the node starts serving.
-    PanicOnCore(usize),
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        let addr = |text: &str| {
-            text.parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
-        };
-        Self {
-            data_dirs: vec![PathBuf::from("./porcupine-data")],
-            cores: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            pin: true,
-            smtp: addr("127.0.0.1:2525"),
-            pop3: addr("127.0.0.1:1110"),
-            admin: addr("127.0.0.1:8025"),
-            cluster: None,
-            cluster_security: crate::secure::ClusterSecurity::Plaintext,
-            join: Vec::new(),
-            membership: crate::membership::Settings::default(),
-            domains: vec!["localhost".into()],
-            hostname: "localhost".into(),
-            engine: EngineConfig::default(),
-            smtp_limits: SmtpLimits::default(),
-            pop3_limits: Pop3Limits::default(),
-            smtp_idle_timeout: Duration::from_secs(300),
-            pop3_idle_timeout: Duration::from_secs(600),
-            connections_max: 4096,
-            shutdown_grace: Duration::from_secs(20),
-            first_user: true,
-            discard_bodies: false,
-            replicas: 2,
-            ack_policy: replicas::AckPolicy::AllReplicas,
-            replication: crate::replication::Settings::default(),
-            placement: crate::placement::PlacementPolicy::default(),
-            overload_ops: 256,
-            throttles: Vec::new(),
-            disk_weights: Vec::new(),
-            admin_token_file: None,
-            fault: None,
-            tls_files: None,
-            allow_plaintext_auth: false,
-            admin_public: false,
-            abuse: crate::abuse::AbuseSettings::default(),
-            write_timeout: Duration::from_secs(60),
-            transfer_bytes_max: 1 << 30,
-            pop3s: addr("127.0.0.1:1995").into(),
-        }
-    }
-}
+pub use self::config::{ConfigError, Fault, NodeConfig};
 
 /// What every connection handler reads: configuration, routing, counters.
 #[derive(Debug)]
@@ -241,6 +107,8 @@ pub struct NodeHandle {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("{0}")]
     Start(String),
 }
@@ -251,10 +119,8 @@ fn start_error(e: impl std::fmt::Display) -> NodeError {
 
 /// Starts a node and returns once it accepts connections.
 pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
-    if config.cores == 0 {
-        return Err(NodeError::Start("cores must be at least 1".into()));
-    }
-    config.engine.validate().map_err(start_error)?;
+    config.derive();
+    config.validate()?;
     for dir in &config.data_dirs {
         std::fs::create_dir_all(dir).map_err(|e| {
             start_error(format!(

@@ -240,21 +240,11 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if args.imap.is_some() {
         tracing::warn!("--imap is accepted but IMAP is not implemented yet");
     }
+    // Ranges and the rules between settings are the node's (`NodeConfig::validate`), checked
+    // below once the flags are in.
     let replicas = args.replicas.unwrap_or(defaults.replicas as u32) as usize;
-    if replicas == 0 || replicas > porcupine_engine::record::REPLICAS_MAX {
-        bail!(
-            "--replicas must be between 1 and {} (got {replicas})",
-            porcupine_engine::record::REPLICAS_MAX
-        );
-    }
     let retention_h = args.log_retention_h.unwrap_or(7 * 24);
-    if retention_h == 0 {
-        bail!("--log-retention-h must be at least 1");
-    }
     let spread = args.spread.unwrap_or(2);
-    if spread == 0 || spread > 64 {
-        bail!("--spread must be between 1 and 64 (got {spread})");
-    }
     let placement = match args.placement.unwrap_or(PlacementArg::Dynamic) {
         PlacementArg::Static => PlacementPolicy::Static,
         PlacementArg::Random => PlacementPolicy::Random,
@@ -264,9 +254,6 @@ fn serve(flags: ServeArgs) -> Result<()> {
         tracing::warn!("--spread applies to --placement dynamic only; ignored");
     }
     let overload_ops = args.overload_ops.unwrap_or(defaults.overload_ops);
-    if overload_ops == 0 {
-        bail!("--overload-ops must be at least 1");
-    }
     let throttles = args
         .throttle
         .iter()
@@ -348,24 +335,15 @@ fn serve(flags: ServeArgs) -> Result<()> {
         config.smtp_limits.message_bytes_max = bytes;
     }
     if let Some(n) = args.recipients_max {
-        if n < 100 {
-            bail!("--recipients-max must be at least 100 (RFC 5321 §4.5.3.1.8)");
-        }
         config.smtp_limits.recipients_max = n;
     }
     if let Some(n) = args.connections_max {
         config.connections_max = n;
     }
     if let Some(ms) = args.ping_ms {
-        if ms == 0 {
-            bail!("--ping-ms must be at least 1");
-        }
         config.membership.ping_interval_ms = ms;
     }
     if let Some(ms) = args.suspect_ms {
-        if ms <= config.membership.ping_interval_ms {
-            bail!("--suspect-ms must exceed --ping-ms");
-        }
         config.membership.suspect_after_ms = ms;
     }
     if let Some(s) = args.smtp_idle_s {
@@ -397,14 +375,9 @@ fn serve(flags: ServeArgs) -> Result<()> {
         config.engine.io_depth = depth;
     }
     // A stored message is the client's bytes plus the Received header the node prepends.
-    config.engine.record_bytes_max = config.smtp_limits.message_bytes_max + (64 << 10);
-    if config.engine.validate().is_err() {
-        bail!(
-            "--segment-mib ({} MiB) must hold the largest message (--message-bytes-max {} bytes) plus 1 MiB",
-            config.engine.segment_bytes >> 20,
-            config.smtp_limits.message_bytes_max
-        );
-    }
+    config.engine.record_bytes_max = 0;
+    config.derive();
+    config.validate()?;
     config.fault = fault_from_env()?;
     exit_on_panic();
     let mut signals = signal_hook::iterator::Signals::new([
