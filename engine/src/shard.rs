@@ -629,8 +629,9 @@ impl<S: Storage> Shard<S> {
     }
 
     /// Deletes a message with a tombstone that replicates. `pushed` `None`: a delete made here,
-    /// of a message that must be here, replicated to the message's own replica set and to the
-    /// nodes in `also` (others that may hold a copy), as far as a set holds. `pushed` `Some`: a
+    /// replicated to the message's own replica set and to the nodes in `also` (others that may
+    /// hold a copy), as far as a set holds; a message not here gets a tombstone replicated to
+    /// `also` (none if `also` names fewer than two nodes). `pushed` `Some`: a
     /// tombstone from another replica, written even if the put never arrived here so that a
     /// late put cannot land. A replicated tombstone stays pending until retired.
     pub async fn delete_replicated(
@@ -652,6 +653,13 @@ impl<S: Storage> Shard<S> {
             }
             let message = state.index.message(user, id);
             match (pushed, message) {
+                // Not here (a replica the put has not reached yet, or a stand-in for an absent
+                // replica): a tombstone all the same, replicated to `also`, so a late copy
+                // cannot land and the delete rests on more than one node.
+                (None, None) if also.is_replicated() => {
+                    replicas.set(also);
+                    Some(state.append_seq)
+                }
                 (None, None) => None,
                 (None, Some(m)) => {
                     if m.replicas.is_replicated() {

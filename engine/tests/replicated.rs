@@ -413,3 +413,50 @@ fn a_put_naming_new_replicas_widens_the_stored_copy() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_delete_made_here_of_a_message_not_here_leaves_a_pending_tombstone_when_it_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        // Nowhere to send it: nothing is written.
+        assert_eq!(
+            shard
+                .delete_replicated("s@x", 5, None, ReplicaSet::NONE)
+                .await
+                .unwrap(),
+            DeleteOutcome::NotFound
+        );
+        // A stand-in for an absent replica (or a replica the put has not reached yet): the
+        // tombstone is written, goes on to `also`, and refuses the late put.
+        let also = ReplicaSet::new([3, 4, 1]);
+        let DeleteOutcome::Deleted(tomb) =
+            shard.delete_replicated("s@x", 5, None, also).await.unwrap()
+        else {
+            panic!("a tombstone is written")
+        };
+        assert_eq!(tomb.replicas, also);
+        assert_eq!(shard.pending_tombstones("s@x"), vec![5]);
+        assert!(shard.fragment_users().contains(&"s@x".to_string()));
+        let late = shard
+            .put_message(
+                "s@x",
+                5,
+                &body_for(5, 300),
+                0,
+                ReplicaSet::new([3, 4]),
+                Some(Stamp { hlc: 1, origin: 3 }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(late, PutOutcome::Deleted);
+        shard.close().await.unwrap();
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        assert_eq!(shard.pending_tombstones("s@x"), vec![5]);
+    })
+}

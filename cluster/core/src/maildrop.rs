@@ -286,11 +286,13 @@ pub enum DeleteInput {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeleteAction {
-    /// Write tombstones for `ids` on `node` and send them on to the maildrop's fragment nodes.
+    /// Write tombstones for `ids` on `node` (even where a message is not, so a late copy
+    /// cannot land) and replicate them to their messages' replica sets and to `also`.
     /// Answer: `Deleted`.
     DeleteAt {
         node: NodeId,
         ids: Vec<u128>,
+        also: Vec<NodeId>,
     },
     Finish(Result<(), StoreError>),
 }
@@ -298,31 +300,70 @@ pub enum DeleteAction {
 /// Deleting the messages at some indices of an opened maildrop (POP3's QUIT).
 #[derive(Clone, Debug)]
 pub struct Delete {
-    /// What to delete where, in node order.
-    plan: Vec<(NodeId, Vec<u128>)>,
+    /// What to delete where, in node order, and where those tombstones go on to.
+    plan: Vec<(NodeId, Vec<u128>, Vec<NodeId>)>,
     next: usize,
     failure: Option<StoreError>,
 }
 
 impl Delete {
-    /// Deletes the messages at `indices`; `members`: the nodes of the view this node has now
-    /// (a replica that is not one gets the tombstone from a holder once it is back).
-    pub fn new(messages: &[MaildropMessage], indices: &[usize], members: &[NodeId]) -> Self {
-        let mut by_node: BTreeMap<NodeId, Vec<u128>> = BTreeMap::new();
+    /// Deletes the messages at `indices`. `members`: the nodes of the view this node has now;
+    /// `fragments`: the maildrop's fragment nodes (a copy may lie on one that did not list).
+    ///
+    /// A replica that is not a member gets its tombstone from the others once it is back. Until
+    /// then the delete would rest on fewer copies than the message had, and if those went down
+    /// before the replica returned, its copy would be shown again: so a **stand-in** — a member
+    /// that is neither a holder nor a replica — takes a tombstone too, durably before the
+    /// answer. It reports the user's fragment to the managers while the tombstone is pending
+    /// (until the absent replica has it), so every later session lists it and is told.
+    pub fn new(
+        messages: &[MaildropMessage],
+        indices: &[usize],
+        members: &[NodeId],
+        fragments: &[NodeId],
+    ) -> Self {
+        let mut by_node: BTreeMap<NodeId, (Vec<u128>, Vec<NodeId>)> = BTreeMap::new();
         for &index in indices {
-            if let Some(message) = messages.get(index) {
-                let replicas = message.replicas.iter().filter(|r| members.contains(r));
-                let mut targets: Vec<NodeId> =
-                    message.holders.iter().chain(replicas).copied().collect();
-                targets.sort_unstable();
-                targets.dedup();
-                for node in targets {
-                    by_node.entry(node).or_default().push(message.id);
+            let Some(message) = messages.get(index) else {
+                continue;
+            };
+            let live = message.replicas.iter().filter(|r| members.contains(r));
+            let mut targets: Vec<NodeId> = message.holders.iter().chain(live).copied().collect();
+            targets.sort_unstable();
+            targets.dedup();
+            let absent = message.replicas.iter().any(|r| !members.contains(r));
+            let stand_in = absent
+                .then(|| {
+                    let mut others: Vec<NodeId> = members
+                        .iter()
+                        .copied()
+                        .filter(|m| !targets.contains(m))
+                        .collect();
+                    others.sort_unstable();
+                    others.first().copied()
+                })
+                .flatten();
+            // Where the tombstones go on to: the message's replicas first (a set holds a few
+            // nodes), then the stand-in, then the other fragment nodes.
+            let mut onward: Vec<NodeId> = message.replicas.clone();
+            onward.extend(stand_in);
+            onward.extend(fragments.iter().copied());
+            targets.extend(stand_in);
+            for node in targets {
+                let (ids, also) = by_node.entry(node).or_default();
+                ids.push(message.id);
+                for n in &onward {
+                    if !also.contains(n) {
+                        also.push(*n);
+                    }
                 }
             }
         }
         Self {
-            plan: by_node.into_iter().collect(),
+            plan: by_node
+                .into_iter()
+                .map(|(node, (ids, also))| (node, ids, also))
+                .collect(),
             next: 0,
             failure: None,
         }
@@ -335,10 +376,11 @@ impl Delete {
             }
             self.next = self.next.saturating_add(1);
         }
-        if let Some((node, ids)) = self.plan.get(self.next) {
+        if let Some((node, ids, also)) = self.plan.get(self.next) {
             return DeleteAction::DeleteAt {
                 node: *node,
                 ids: ids.clone(),
+                also: also.clone(),
             };
         }
         // Done when every holder of every message has a durable tombstone: whichever of them
@@ -618,19 +660,22 @@ mod tests {
             },
         ];
         let members = [1, 2, 3];
-        let mut delete = Delete::new(&messages, &[0, 1], &members);
+        let fragments = [1, 2];
+        let mut delete = Delete::new(&messages, &[0, 1], &members, &fragments);
         assert_eq!(
             delete.step(DeleteInput::Start),
             DeleteAction::DeleteAt {
                 node: 1,
-                ids: vec![1]
+                ids: vec![1],
+                also: vec![1, 2],
             }
         );
         assert_eq!(
             delete.step(DeleteInput::Deleted(Err(StoreError::Failed))),
             DeleteAction::DeleteAt {
                 node: 2,
-                ids: vec![1, 2]
+                ids: vec![1, 2],
+                also: vec![1, 2],
             }
         );
         // Node 1 failed: message 1 may be shown again from there, so the delete failed.
@@ -638,7 +683,7 @@ mod tests {
             delete.step(DeleteInput::Deleted(Ok(()))),
             DeleteAction::Finish(Err(StoreError::Failed))
         );
-        let mut delete = Delete::new(&messages, &[0, 1], &members);
+        let mut delete = Delete::new(&messages, &[0, 1], &members, &fragments);
         delete.step(DeleteInput::Start);
         delete.step(DeleteInput::Deleted(Ok(())));
         assert_eq!(
@@ -646,7 +691,7 @@ mod tests {
             DeleteAction::Finish(Ok(()))
         );
         // Message 2's only holder failed: the delete failed.
-        let mut delete = Delete::new(&messages, &[1], &members);
+        let mut delete = Delete::new(&messages, &[1], &members, &fragments);
         delete.step(DeleteInput::Start);
         assert_eq!(
             delete.step(DeleteInput::Deleted(Err(StoreError::NoSpace))),
@@ -655,33 +700,40 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_also_goes_to_replicas_that_did_not_list_the_message() {
-        // Node 3's copy arrived after its listing; node 4 is not a member now.
+    fn a_delete_goes_to_live_replicas_and_a_stand_in_for_an_absent_one() {
+        // Node 3's copy arrived after its listing; node 4, a replica, is not a member now:
+        // node 2 stands in for it.
         let messages = vec![MaildropMessage {
             id: 7,
             size: 1,
             holders: vec![1],
             replicas: vec![1, 3, 4],
         }];
-        let mut delete = Delete::new(&messages, &[0], &[1, 2, 3]);
-        assert_eq!(
-            delete.step(DeleteInput::Start),
-            DeleteAction::DeleteAt {
-                node: 1,
-                ids: vec![7]
-            }
-        );
-        assert_eq!(
-            delete.step(DeleteInput::Deleted(Ok(()))),
-            DeleteAction::DeleteAt {
-                node: 3,
-                ids: vec![7]
-            }
-        );
-        assert_eq!(
-            delete.step(DeleteInput::Deleted(Ok(()))),
-            DeleteAction::Finish(Ok(()))
-        );
+        let mut delete = Delete::new(&messages, &[0], &[1, 2, 3], &[1]);
+        let also = vec![1, 3, 4, 2];
+        let mut asked = Vec::new();
+        let mut action = delete.step(DeleteInput::Start);
+        while let DeleteAction::DeleteAt {
+            node,
+            ids,
+            also: onward,
+        } = action
+        {
+            assert_eq!((ids, &onward), (vec![7], &also));
+            asked.push(node);
+            action = delete.step(DeleteInput::Deleted(Ok(())));
+        }
+        assert_eq!(asked, vec![1, 2, 3]);
+        assert_eq!(action, DeleteAction::Finish(Ok(())));
+        // Every replica a member: no stand-in.
+        let mut delete = Delete::new(&messages, &[0], &[1, 2, 3, 4], &[1]);
+        let mut asked = Vec::new();
+        let mut action = delete.step(DeleteInput::Start);
+        while let DeleteAction::DeleteAt { node, .. } = action {
+            asked.push(node);
+            action = delete.step(DeleteInput::Deleted(Ok(())));
+        }
+        assert_eq!(asked, vec![1, 3, 4]);
     }
 
     #[test]

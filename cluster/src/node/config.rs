@@ -155,7 +155,6 @@ impl Default for NodeConfig {
     }
 }
 
-
 impl NodeConfig {
     /// Sets what follows from other settings: a record holds the largest message a client may
     /// send plus the header the node prepends.
@@ -279,12 +278,14 @@ mod tests {
 
     #[test]
     fn contradicting_timers_and_ranges_are_refused() {
-        assert!(refused(|c| c.membership.suspect_after_ms = c.membership.ping_interval_ms)
-            .contains("--suspect-ms"));
-        assert!(refused(|c| c.placement = crate::placement::PlacementPolicy::Dynamic {
-            spread: 0
-        })
-        .contains("--spread must be between 1 and 64"));
+        assert!(
+            refused(|c| c.membership.suspect_after_ms = c.membership.ping_interval_ms)
+                .contains("--suspect-ms")
+        );
+        assert!(
+            refused(|c| c.placement = crate::placement::PlacementPolicy::Dynamic { spread: 0 })
+                .contains("--spread must be between 1 and 64")
+        );
         assert!(refused(|c| c.overload_ops = 0).contains("--overload-ops"));
         assert!(refused(|c| c.smtp_limits.recipients_max = 99).contains("--recipients-max"));
         assert!(refused(|c| c.join = vec![([127, 0, 0, 1], 1).into()]).contains("--join needs"));

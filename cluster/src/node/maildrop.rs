@@ -246,9 +246,8 @@ pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> 
     None
 }
 
-/// Deletes the messages at `indices` on every node that listed them and every member of their
-/// replica sets (the policy is [`Delete`]'s). Each holder's tombstone also goes to every fragment node: a copy may lie on
-/// one that did not answer the listing (down, or slow), outside the holder's replica set.
+/// Deletes the messages at `indices` on every node that listed them, every member of their
+/// replica sets and a stand-in for an absent replica (the policy is [`Delete`]'s).
 pub async fn delete(
     context: &NodeContext,
     maildrop: &Maildrop,
@@ -263,23 +262,20 @@ pub async fn delete(
         .iter()
         .map(|m| m.id)
         .collect();
-    let mut machine = Delete::new(&maildrop.messages, indices, &members);
+    let mut machine = Delete::new(&maildrop.messages, indices, &members, &maildrop.fragments);
     let mut input = DeleteInput::Start;
     loop {
-        let (node, ids) = match machine.step(input) {
+        let (node, ids, also) = match machine.step(input) {
             DeleteAction::Finish(result) => return result,
-            DeleteAction::DeleteAt { node, ids } => (node, ids),
+            DeleteAction::DeleteAt { node, ids, also } => (node, ids, also),
         };
         let outcome = if node == context.cluster.me.id {
-            context
-                .router
-                .delete(&maildrop.user, ids, maildrop.fragments.clone())
-                .await
+            context.router.delete(&maildrop.user, ids, also).await
         } else {
             let body = Body::Delete {
                 user: maildrop.user.clone(),
                 ids,
-                fragments: maildrop.fragments.clone(),
+                fragments: also,
             };
             match remote(&peers, member_addr(context, node), &body).await {
                 Some(Body::Done) => Ok(()),
