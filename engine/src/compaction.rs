@@ -15,12 +15,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::commit_queue::{IndexOp, Inner, Outcome};
 use crate::error::{EngineError, Result};
 use crate::index::Location;
 use crate::record::RecordKind;
 use crate::scan::Scanner;
 use crate::segment::{self, SEGMENT_HEADER_BYTES};
-use crate::shard::{IndexOp, Inner, Outcome, Stamp};
+use crate::shard::Stamp;
 use crate::signal::Completion;
 use crate::storage::Storage;
 
@@ -127,7 +128,7 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
         let aux = view.meta.aux;
         let view_hlc = view.meta.hlc;
         // Decided at the moment the copy is encoded (see `Inner::submit`).
-        let decide = |state: &crate::shard::State<S::File>| -> Option<u32> {
+        let decide = |state: &crate::commit_queue::State<S::File>| -> Option<u32> {
             if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate)
                 && state.pending_changes.contains_key(&id)
             {

@@ -4,22 +4,25 @@
 //! - [`storage`]: the disk edge (glommio DMA files) behind one small trait; fault injection;
 //!   [`throttle`]: a simulated disk speed per data directory, for experiments.
 //! - [`record`]: the on-disk record format, defined once. [`segment`]: segment files.
-//! - [`writer`]: group commit. [`scan`] and [`recovery`]: reading the log back after a crash.
+//! - [`writer`]: group commit, draining the commit queue (`commit_queue.rs`) it shares with
+//!   the shard's appenders. [`scan`] and [`recovery`]: reading the log back after a crash.
 //! - [`index`] and [`checkpoint`]: the in-memory index and its snapshot.
 //! - [`compaction`]: reclaiming dead space without losing or resurrecting anything.
-//! - [`shard`]: the API the node uses; [`placement`]: which shard holds a user.
+//! - [`shard`]: the API the node uses, answering with [`outcomes`]; [`placement`]: which shard holds a user.
 //!
 //! The executors it runs on are `porcupine-runtime`'s; the types it shares with the cluster's
 //! pure logic (update kinds, which update wins, user keys) are `porcupine-types`'.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod checkpoint;
+mod commit_queue;
 pub mod compaction;
 pub mod config;
 pub mod error;
 pub mod hlc;
 pub mod index;
 pub mod metrics;
+pub mod outcomes;
 pub mod placement;
 pub mod recent;
 pub mod record;

@@ -12,13 +12,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint;
+use crate::commit_queue::{SegmentSlot, TailBlock};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::index::{Index, Location, MessageEntry, ProfileEntry, Tomb};
 use crate::record::{RecordKind, RecordView};
 use crate::scan::{ScanStop, Scanner, SkippedRange};
 use crate::segment::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::shard::{SegmentSlot, TailBlock};
 use crate::storage::{IoBuffer, Storage, StorageFile};
 use crate::writer::BLOCK_BYTES;
 

@@ -20,11 +20,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::checkpoint;
+use crate::commit_queue::{Batch, Failure, IndexOp, Inner, Outcome, Span, Spare, State, TailBlock};
 use crate::error::{EngineError, Result};
 use crate::index::Location;
 use crate::record::{self, RecordMeta};
 use crate::segment::{self, SEGMENT_HEADER_BYTES};
-use crate::shard::{Batch, Failure, IndexOp, Inner, Outcome, Span, Spare, State, TailBlock};
 use crate::signal::Completion;
 use crate::storage::{IoBuffer, Storage, StorageFile};
 
@@ -259,7 +259,7 @@ async fn file_for<S: Storage>(
                 Spare::Ready(spare_seq, file) if spare_seq == seq => {
                     state.segments.insert(
                         seq,
-                        crate::shard::SegmentSlot {
+                        crate::commit_queue::SegmentSlot {
                             file: file.clone(),
                             end: SEGMENT_HEADER_BYTES,
                         },

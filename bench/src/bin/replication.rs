@@ -56,6 +56,10 @@ struct Args {
     cost_pairs: usize,
     #[arg(long, default_value = "replication")]
     name: String,
+    /// Take `porcupine` and `porcupine-load` from this directory instead of building them (to
+    /// measure another build, e.g. before and after a change, in one session).
+    #[arg(long)]
+    bins: Option<std::path::PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -203,7 +207,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let args = Args::parse();
     let root = workspace_root()?;
-    let bins = Bins::build(&root)?;
+    let bins = match &args.bins {
+        Some(dir) => Bins::at(dir)?,
+        None => Bins::build(&root)?,
+    };
     let work = tempfile::Builder::new()
         .prefix("porcupine-replication")
         .tempdir_in("/var/tmp")?;

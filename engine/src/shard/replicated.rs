@@ -1,0 +1,233 @@
+//! A shard's replicated updates: puts and tombstones that carry their replica set and stay
+//! pending in the index until every replica has them, and their retirement. The log is the
+//! update log; the cluster's replication manager decides what to push and when to retire.
+
+use super::*;
+
+impl<S: Storage> Shard<S> {
+    /// Stores a message unless it is here already or deleted: a put coordinated here
+    /// (`stamp` `None`) or one pushed by its coordinator (its stamp). `replicas` is the
+    /// update's replica set ([`ReplicaSet::NONE`] when not replicated); a replicated put stays
+    /// pending in the index until [`Shard::retire`].
+    pub async fn put_message(
+        &self,
+        user: &str,
+        id: u128,
+        body: &[u8],
+        flags: u32,
+        replicas: ReplicaSet,
+        stamp: Option<Stamp>,
+    ) -> Result<PutOutcome> {
+        let _busy = self.busy();
+        check_user(user)?;
+        let started = Instant::now();
+        let found = std::cell::Cell::new(None);
+        let widened = std::cell::Cell::new(false);
+        let decide = |state: &State<S::File>| {
+            if state.index.is_tombstoned(user, id) {
+                found.set(Some(PutOutcome::Deleted));
+                return None;
+            }
+            if let Some(entry) = state.index.message(user, id) {
+                // Here already. If this put names replicas the stored copy does not, the copy
+                // is written again, same timestamp, with the union: its tombstone must reach
+                // every node a copy went to.
+                let wider = ReplicaSet::new(
+                    entry
+                        .replicas
+                        .as_slice()
+                        .iter()
+                        .chain(replicas.as_slice())
+                        .copied(),
+                );
+                if !replicas.is_replicated() || wider == entry.replicas {
+                    found.set(Some(PutOutcome::AlreadyHere(*entry)));
+                    return None;
+                }
+                widened.set(true);
+                let stamp = Stamp {
+                    hlc: entry.hlc,
+                    origin: entry.origin,
+                };
+                return Some((entry.flags, wider, Some(stamp)));
+            }
+            Some((flags, replicas, None))
+        };
+        let entry = |location, meta| put_entry(id, body.len(), location, meta);
+        let submitted = self
+            .inner
+            .submit_with(
+                RecordKind::Put,
+                stamp,
+                id,
+                user,
+                body,
+                decide,
+                |location, meta| IndexOp::Put(entry(location, meta)),
+            )
+            .await?;
+        let Some((done, location, meta)) = submitted else {
+            return found.take().ok_or(EngineError::NotFound);
+        };
+        self.inner.finish(done, started).await?;
+        if widened.get() {
+            return Ok(PutOutcome::AlreadyHere(entry(location, meta)));
+        }
+        Ok(PutOutcome::Stored(entry(location, meta)))
+    }
+
+    /// Deletes a message with a tombstone that replicates. `pushed` `None`: a delete made here,
+    /// replicated to the message's own replica set and to the nodes in `also` (others that may
+    /// hold a copy), as far as a set holds; a message not here gets a tombstone replicated to
+    /// `also` (none if `also` names fewer than two nodes). `pushed` `Some`: a
+    /// tombstone from another replica, written even if the put never arrived here so that a
+    /// late put cannot land. A replicated tombstone stays pending until retired.
+    pub async fn delete_replicated(
+        &self,
+        user: &str,
+        id: u128,
+        pushed: Option<(Stamp, ReplicaSet)>,
+        also: ReplicaSet,
+    ) -> Result<DeleteOutcome> {
+        let _busy = self.busy();
+        check_user(user)?;
+        let started = Instant::now();
+        let already = std::cell::Cell::new(false);
+        let replicas = std::cell::Cell::new(ReplicaSet::NONE);
+        let decide = |state: &State<S::File>| {
+            if state.index.is_tombstoned(user, id) {
+                already.set(true);
+                return None;
+            }
+            let message = state.index.message(user, id);
+            match (pushed, message) {
+                // Not here (a replica the put has not reached yet, or a stand-in for an absent
+                // replica): a tombstone all the same, replicated to `also`, so a late copy
+                // cannot land and the delete rests on more than one node.
+                (None, None) if also.is_replicated() => {
+                    replicas.set(also);
+                    Some(state.append_seq)
+                }
+                (None, None) => None,
+                (None, Some(m)) => {
+                    if m.replicas.is_replicated() {
+                        replicas.set(ReplicaSet::new(
+                            m.replicas.as_slice().iter().chain(also.as_slice()).copied(),
+                        ));
+                    }
+                    Some(m.oldest_segment)
+                }
+                (Some((_, set)), m) => {
+                    replicas.set(set);
+                    Some(m.map_or(state.append_seq, |m| m.oldest_segment))
+                }
+            }
+        };
+        // The replica set is read from the index in the same borrow that encodes the record.
+        let submitted = self
+            .inner
+            .submit_with(
+                RecordKind::Delete,
+                pushed.map(|(stamp, _)| stamp),
+                id,
+                user,
+                &[],
+                |state| decide(state).map(|aux| (aux, replicas.get(), None)),
+                |_, meta| IndexOp::Remove {
+                    id,
+                    tomb: Tomb::of(&meta),
+                },
+            )
+            .await?;
+        let Some((done, _, meta)) = submitted else {
+            return Ok(if already.get() {
+                DeleteOutcome::AlreadyDeleted
+            } else {
+                DeleteOutcome::NotFound
+            });
+        };
+        self.inner.finish(done, started).await?;
+        Ok(DeleteOutcome::Deleted(Tomb::of(&meta)))
+    }
+
+    /// Marks replicated updates as acknowledged by every replica: they leave the pending set
+    /// now and a retire record makes that durable (entries of updates no longer pending, or
+    /// superseded by a newer one, are ignored).
+    pub async fn retire(&self, entries: &[Retired]) -> Result<()> {
+        let _busy = self.busy();
+        let entries: Vec<Retired> = {
+            let mut state = self.inner.state.borrow_mut();
+            entries
+                .iter()
+                .filter(|e| state.index.retire(e))
+                .copied()
+                .collect()
+        };
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        for chunk in entries.chunks(RETIRE_ENTRIES_PER_RECORD) {
+            let body = record::encode_retired(chunk);
+            let submitted = self
+                .inner
+                .submit(
+                    RecordKind::Retire,
+                    None,
+                    ReplicaSet::NONE,
+                    0,
+                    "",
+                    &body,
+                    |_| Some(0),
+                    |_, _| IndexOp::Nothing,
+                )
+                .await?;
+            if let Some((done, _, _)) = submitted {
+                waits.push(done);
+            }
+        }
+        for done in waits {
+            self.inner.finish(done, started).await?;
+        }
+        Ok(())
+    }
+
+    /// The replicated updates not yet acknowledged by every replica.
+    pub fn pending_updates(&self) -> Vec<PendingUpdate> {
+        self.inner
+            .state
+            .borrow()
+            .index
+            .pending_updates()
+            .cloned()
+            .collect()
+    }
+
+    /// Ids of the user's messages deleted here whose tombstones have not reached every replica.
+    pub fn pending_tombstones(&self, user: &str) -> Vec<u128> {
+        self.inner
+            .state
+            .borrow()
+            .index
+            .pending_tombstones(user)
+            .to_vec()
+    }
+
+    /// Users with messages here, or with deletes here that not every replica has yet (their
+    /// managers must ask this node, whose tombstones hide copies elsewhere).
+    pub fn fragment_users(&self) -> Vec<String> {
+        let state = self.inner.state.borrow();
+        let mut users: Vec<String> = state.index.users().map(str::to_owned).collect();
+        users.extend(
+            state
+                .index
+                .tombstoned_users()
+                .filter(|u| !state.index.has_messages(u))
+                .map(str::to_owned),
+        );
+        users
+    }
+
+    /// How many replicated updates are pending here.
+    pub fn pending_count(&self) -> usize {
+        self.inner.state.borrow().index.pending_count()
+    }
+}
