@@ -116,9 +116,11 @@ enum Phase {
         coordinator: NodeId,
         lone: bool,
     },
-    /// After a failed store, the fire-and-forget actions before placing again.
-    Recovering {
-        then: Vec<DeliveryAction>,
+    /// After a full coordinator was marked: its candidates are forgotten next.
+    MarkedFull,
+    /// After the candidates were forgotten: placed again, at once or after a pause.
+    Forgot {
+        then: Recovery,
     },
     /// Waiting out a pause.
     Pausing,
@@ -223,37 +225,47 @@ impl Delivery {
                     Ok(()) => self.finish(Ok(())),
                     Err(StoreError::Unavailable) if lone => self.pause_or_give_up(facts),
                     // Placed again with a fresh answer from the manager, under the same id.
-                    Err(StoreError::Unavailable) => self.recover(
-                        facts,
-                        vec![DeliveryAction::ForgetCandidates],
-                        Recovery::Pause,
-                    ),
+                    Err(StoreError::Unavailable) => {
+                        if facts.now_ms >= self.deadline_ms {
+                            return self.finish(Err(StoreError::Failed));
+                        }
+                        self.phase = Phase::Forgot {
+                            then: Recovery::Pause,
+                        };
+                        DeliveryAction::ForgetCandidates
+                    }
                     // A full disk there: placement avoids that node now; another may have room.
                     Err(StoreError::NoSpace) if !lone => {
                         self.full_answers = self.full_answers.saturating_add(1);
                         if self.full_answers >= facts.view.members.len() {
                             return self.finish(Err(StoreError::NoSpace));
                         }
-                        let mut then = Vec::new();
                         if coordinator != facts.me {
-                            then.push(DeliveryAction::MarkFull(coordinator));
+                            self.phase = Phase::MarkedFull;
+                            return DeliveryAction::MarkFull(coordinator);
                         }
-                        then.push(DeliveryAction::ForgetCandidates);
-                        self.recover(facts, then, Recovery::AtOnce)
+                        self.phase = Phase::Forgot {
+                            then: Recovery::AtOnce,
+                        };
+                        DeliveryAction::ForgetCandidates
                     }
                     Err(error) => self.finish(Err(error)),
                 }
             }
             (Phase::Storing { .. }, _) => self.finish(Err(StoreError::Failed)),
-            (Phase::Recovering { mut then }, _) => match then.pop() {
-                Some(DeliveryAction::Sleep { ms }) if then.is_empty() => {
+            (Phase::MarkedFull, _) => {
+                self.phase = Phase::Forgot {
+                    then: Recovery::AtOnce,
+                };
+                DeliveryAction::ForgetCandidates
+            }
+            (Phase::Forgot { then }, _) => match then {
+                Recovery::AtOnce => self.attempt(facts),
+                Recovery::Pause => {
                     self.phase = Phase::Pausing;
-                    DeliveryAction::Sleep { ms }
-                }
-                Some(DeliveryAction::Finish(_)) | None => self.attempt(facts),
-                Some(action) => {
-                    self.phase = Phase::Recovering { then };
-                    action
+                    DeliveryAction::Sleep {
+                        ms: self.settings.retry_pause_ms,
+                    }
                 }
             },
         }
@@ -280,37 +292,6 @@ impl Delivery {
         }
     }
 
-    /// The fire-and-forget actions in `then` (in order), then a new attempt: at once, or after
-    /// a pause if there is time left.
-    fn recover(
-        &mut self,
-        facts: Facts<'_>,
-        mut then: Vec<DeliveryAction>,
-        after: Recovery,
-    ) -> DeliveryAction {
-        if after == Recovery::Pause {
-            if facts.now_ms >= self.deadline_ms {
-                return self.finish(Err(StoreError::Failed));
-            }
-            then.push(DeliveryAction::Sleep {
-                ms: self.settings.retry_pause_ms,
-            });
-        }
-        // Popped from the end: reverse so they run in the order given.
-        then.reverse();
-        match then.pop() {
-            Some(DeliveryAction::Sleep { ms }) if then.is_empty() => {
-                self.phase = Phase::Pausing;
-                DeliveryAction::Sleep { ms }
-            }
-            Some(action) => {
-                self.phase = Phase::Recovering { then };
-                action
-            }
-            None => self.attempt(facts),
-        }
-    }
-
     fn pause_or_give_up(&mut self, facts: Facts<'_>) -> DeliveryAction {
         if facts.now_ms >= self.deadline_ms {
             return self.finish(Err(StoreError::Failed));
@@ -327,36 +308,23 @@ impl Delivery {
     }
 }
 
+/// How a delivery goes on after a failed store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Recovery {
+    /// Another node may have room: place again at once.
     AtOnce,
+    /// The cluster could not take it: place again after a pause.
     Pause,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::Member;
-    use crate::usermap::UserMap;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
     fn view(members: &[NodeId]) -> View {
-        let epoch = Epoch {
-            clock: 5,
-            coordinator: members[0],
-        };
-        View {
-            epoch,
-            members: members
-                .iter()
-                .map(|&id| Member {
-                    id,
-                    addr: format!("n{id}"),
-                })
-                .collect(),
-            map: UserMap::single(members[0], 4, epoch),
-        }
+        crate::membership::test_view(5, members)
     }
 
     fn settings(replicas: usize) -> DeliverySettings {

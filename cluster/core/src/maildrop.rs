@@ -483,25 +483,11 @@ impl Unlock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::{Member, View};
-    use crate::usermap::UserMap;
+
+    use crate::membership::View;
 
     fn view(clock: u64) -> View {
-        let epoch = Epoch {
-            clock,
-            coordinator: 1,
-        };
-        View {
-            epoch,
-            members: [1, 2, 3]
-                .iter()
-                .map(|&id| Member {
-                    id,
-                    addr: format!("n{id}"),
-                })
-                .collect(),
-            map: UserMap::single(1, 4, epoch),
-        }
+        crate::membership::test_view(clock, &[1, 2, 3])
     }
 
     fn facts(view: &View, now_ms: u64) -> Facts<'_> {

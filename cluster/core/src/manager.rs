@@ -218,25 +218,9 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::Member;
-    use crate::usermap::UserMap;
 
     fn view(members: &[u64]) -> View {
-        let epoch = Epoch {
-            clock: 10,
-            coordinator: members[0],
-        };
-        View {
-            epoch,
-            members: members
-                .iter()
-                .map(|&id| Member {
-                    id,
-                    addr: format!("n{id}"),
-                })
-                .collect(),
-            map: UserMap::single(members[0], 16, epoch).reassign(&[members[0]], epoch),
-        }
+        crate::membership::test_view(10, members)
     }
 
     fn place(m: &mut Manager, user: &str, replicas: u8, avoid: &[NodeId]) -> Body {

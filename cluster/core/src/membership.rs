@@ -507,6 +507,27 @@ impl Membership {
     }
 }
 
+/// A view of `members` at epoch `clock`, the first member coordinating and managing every
+/// bucket, for the unit tests of the machines that take views.
+#[cfg(test)]
+pub(crate) fn test_view(clock: u64, members: &[NodeId]) -> View {
+    let epoch = Epoch {
+        clock,
+        coordinator: members[0],
+    };
+    View {
+        epoch,
+        members: members
+            .iter()
+            .map(|&id| Member {
+                id,
+                addr: format!("n{id}"),
+            })
+            .collect(),
+        map: UserMap::single(members[0], 16, epoch),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

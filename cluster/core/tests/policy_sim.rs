@@ -194,6 +194,28 @@ enum Event {
     Workload,
 }
 
+/// `PORCUPINE_SIM_TRACE=1`: print memberships, reports and one user's POP3 sessions
+/// (`PORCUPINE_SIM_TRACE_USER`, default the hot user); `PORCUPINE_SIM_TRACE_MESSAGE=ID`: also
+/// every store and push of that message.
+#[derive(Debug)]
+struct Trace {
+    user: String,
+    message: Option<u128>,
+}
+
+impl Trace {
+    fn from_env() -> Option<Self> {
+        std::env::var_os("PORCUPINE_SIM_TRACE")?;
+        Some(Self {
+            user: std::env::var("PORCUPINE_SIM_TRACE_USER")
+                .unwrap_or_else(|_| "user0@example.org".into()),
+            message: std::env::var("PORCUPINE_SIM_TRACE_MESSAGE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        })
+    }
+}
+
 struct Sim {
     rng: StdRng,
     now: u64,
@@ -212,6 +234,8 @@ struct Sim {
     deleted_at: HashMap<u128, u64>,
     violations: Vec<String>,
     loss: f64,
+    /// What to print as the run goes (read once from the environment).
+    trace: Option<Trace>,
     pops_opened: u64,
 }
 
@@ -270,6 +294,7 @@ impl Sim {
             deleted_at: HashMap::new(),
             violations: Vec::new(),
             loss,
+            trace: Trace::from_env(),
             pops_opened: 0,
         };
         for node in 0..sim.nodes.len() {
@@ -328,7 +353,7 @@ impl Sim {
     }
 
     fn handle(&mut self, event: Event) {
-        if std::env::var("PORCUPINE_SIM_TRACE").is_ok() {
+        if let Some(trace) = &self.trace {
             match &event {
                 Event::Workload | Event::ReplicationTick => {}
                 Event::Install { node, view } => eprintln!(
@@ -342,8 +367,7 @@ impl Sim {
                     session, to, body, ..
                 } => {
                     if let Some(s) = self.sessions.get(session) {
-                        if std::env::var("PORCUPINE_SIM_TRACE_USER")
-                            .map_or(s.user == "user0@example.org", |u| s.user == u)
+                        if s.user == trace.user
                             && !matches!(body, Body::Store { .. } | Body::Place { .. })
                         {
                             eprintln!(
@@ -355,10 +379,7 @@ impl Sim {
                 }
                 Event::Step { session, input } => {
                     if let Some(s) = self.sessions.get(session) {
-                        if std::env::var("PORCUPINE_SIM_TRACE_USER")
-                            .map_or(s.user == "user0@example.org", |u| s.user == u)
-                            && !matches!(s.machine, Machine::Smtp { .. })
-                        {
+                        if s.user == trace.user && !matches!(s.machine, Machine::Smtp { .. }) {
                             eprintln!(
                                 "{} session {session} (node {}) <- {input:?}",
                                 self.now, self.nodes[s.node].id
@@ -520,7 +541,7 @@ impl Sim {
                 locks,
             };
             let to = self.index_of(manager);
-            if std::env::var("PORCUPINE_SIM_TRACE").is_ok() {
+            if self.trace.is_some() {
                 eprintln!("{} report {body:?} to {manager}", self.now);
             }
             if self.lost() {
@@ -535,6 +556,10 @@ impl Sim {
         if again {
             self.at(self.now + 50, Event::Report { node, epoch, life });
         }
+    }
+
+    fn traces_message(&self, id: u128) -> bool {
+        self.trace.as_ref().is_some_and(|t| t.message == Some(id))
     }
 
     fn index_of(&self, id: NodeId) -> usize {
@@ -608,11 +633,7 @@ impl Sim {
             // Deleted already: a retry of a message its owner has read and deleted.
             return Ok(());
         }
-        if std::env::var("PORCUPINE_SIM_TRACE")
-            .ok()
-            .and_then(|v| v.parse::<u128>().ok())
-            == Some(id)
-        {
+        if self.traces_message(id) {
             eprintln!(
                 "{} store {id} at {me}: replicas {replicas:?} placed {placed:?}",
                 self.now
@@ -672,11 +693,7 @@ impl Sim {
                 // that restarted gets its updates once it has rejoined.
                 let member = self.nodes[from].view.member(to).is_some();
                 if member && self.nodes[index].up && !self.lost() {
-                    if std::env::var("PORCUPINE_SIM_TRACE")
-                        .ok()
-                        .and_then(|v| v.parse::<u128>().ok())
-                        == Some(id)
-                    {
+                    if self.traces_message(id) {
                         eprintln!(
                             "{} push {id} from {} to {to}: {rec:?}",
                             self.now, self.nodes[from].id

@@ -159,11 +159,10 @@ impl NodeConfig {
     /// Sets what follows from other settings: a record holds the largest message a client may
     /// send plus the header the node prepends.
     pub fn derive(&mut self) {
-        let needed = self
+        self.engine.record_bytes_max = self
             .smtp_limits
             .message_bytes_max
             .saturating_add(RECORD_OVERHEAD_BYTES);
-        self.engine.record_bytes_max = self.engine.record_bytes_max.max(needed);
     }
 
     /// Checks every rule; the message names the `serve` flag of the setting at fault.

@@ -374,8 +374,6 @@ fn serve(flags: ServeArgs) -> Result<()> {
         }
         config.engine.io_depth = depth;
     }
-    // A stored message is the client's bytes plus the Received header the node prepends.
-    config.engine.record_bytes_max = 0;
     config.derive();
     config.validate()?;
     config.fault = fault_from_env()?;
