@@ -6,11 +6,12 @@
 //! - [`transport`]: framed TCP connections between nodes (the glommio edge).
 //! - [`secure`]: the cluster key, the handshake that proves it, the encrypted record stream.
 //! - From the pure crate: [`membership`], [`usermap`], [`plausible`], [`manager`],
-//!   [`placement`], [`delivery`], [`maildrop`], [`replication`], [`loads`], [`abuse`], [`wire`].
+//!   [`placement`], [`delivery`], [`maildrop`], [`replication`], [`loads`], [`abuse`], [`wire`],
+//!   [`rpc`].
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub use porcupine_cluster_core::{
-    abuse, delivery, loads, maildrop, manager, membership, placement, plausible, replication,
+    abuse, delivery, loads, maildrop, manager, membership, placement, plausible, replication, rpc,
     usermap, wire,
 };
 

@@ -22,18 +22,9 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::loads::{Heard, LoadTable, NodeLoad};
+use crate::rpc::{self, Call, CallError, OneWay, Request};
 use crate::secure::{self, ChannelError, ClusterSecurity, Opener, Sealer};
-use crate::wire::{self, Body, FrameKind, Header, WireError, HEADER_BYTES};
-
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-pub enum TransportError {
-    #[error("peer unreachable")]
-    Unreachable,
-    #[error("no reply in time")]
-    Timeout,
-    #[error("connection lost")]
-    Closed,
-}
+use crate::wire::{self, FrameKind, Header, WireError, HEADER_BYTES};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -43,11 +34,14 @@ pub const QUEUED_FRAMES_MAX: usize = 4096;
 /// Bytes of queued frames written in one go at most.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 
+/// Where a reply's payload goes, and when its asker gives up.
+type Waiter = (flume::Sender<Vec<u8>>, Instant);
+
 struct Conn {
     frames: flume::Sender<Vec<u8>>,
     /// Waiting requests and when they give up (a sweeper drops the expired ones, so no
     /// per-request timer has to be armed and cancelled).
-    pending: RefCell<HashMap<u64, (flume::Sender<Body>, Instant)>>,
+    pending: RefCell<HashMap<u64, Waiter>>,
 }
 
 /// How often expired requests are dropped.
@@ -126,7 +120,12 @@ impl Peers {
         );
     }
 
-    fn frame(&self, kind: FrameKind, request_id: u64, body: &Body) -> Option<Vec<u8>> {
+    fn frame<T: serde::Serialize + ?Sized>(
+        &self,
+        kind: FrameKind,
+        request_id: u64,
+        body: &T,
+    ) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         match wire::encode(&mut out, kind, request_id, self.load.total(), self.me, body) {
             Ok(()) => Some(out),
@@ -193,13 +192,13 @@ impl Peers {
                     let mut reader = FrameReader::new(reader, opener);
                     loop {
                         match read_frame(&mut reader).await {
-                            Ok((header, body)) => {
+                            Ok((header, payload)) => {
                                 self.note_load(&header);
                                 if header.kind == FrameKind::Reply {
                                     let waiter =
                                         conn.pending.borrow_mut().remove(&header.request_id);
                                     if let Some((waiter, _)) = waiter {
-                                        let _ = waiter.send(body);
+                                        let _ = waiter.send(payload);
                                     }
                                 }
                             }
@@ -228,39 +227,56 @@ impl Peers {
         conn.pending.borrow_mut().clear();
     }
 
-    /// Sends a request and waits for its reply.
-    pub async fn request(
+    /// Asks `addr` to carry out `call` and waits for its reply.
+    pub async fn call<C: Call>(
         self: &Rc<Self>,
         addr: &str,
-        body: &Body,
+        call: C,
         timeout: Duration,
-    ) -> Result<Body, TransportError> {
-        let conn = self.conn(addr).ok_or(TransportError::Unreachable)?;
+    ) -> Result<C::Reply, CallError> {
+        let request: Request = call.into();
+        let name = request.name();
+        let payload = self.request(addr, &request, timeout).await?;
+        let reply = rpc::read_reply::<C>(&payload);
+        if matches!(reply, Err(CallError::BadReply)) {
+            tracing::warn!(%addr, call = name, "a peer's reply did not decode");
+        }
+        reply
+    }
+
+    /// Sends a request and waits for its reply's payload.
+    async fn request(
+        self: &Rc<Self>,
+        addr: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let conn = self.conn(addr).ok_or(CallError::Unreachable)?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let frame = self
-            .frame(FrameKind::Request, id, body)
-            .ok_or(TransportError::Closed)?;
+            .frame(FrameKind::Request, id, request)
+            .ok_or(CallError::Closed)?;
         let (tx, rx) = flume::bounded(1);
         let deadline = Instant::now() + timeout;
         conn.pending.borrow_mut().insert(id, (tx, deadline));
         // A full queue makes the caller wait: back-pressure from a slow peer.
         if conn.frames.send_async(frame).await.is_err() {
             conn.pending.borrow_mut().remove(&id);
-            return Err(TransportError::Closed);
+            return Err(CallError::Closed);
         }
         // The sweeper (or a lost connection) drops the sender; which one, the clock tells.
         rx.recv_async().await.map_err(|_| {
             if Instant::now() >= deadline {
-                TransportError::Timeout
+                CallError::Timeout
             } else {
-                TransportError::Closed
+                CallError::Closed
             }
         })
     }
 
     /// Sends a one-way frame; lost if the peer cannot be reached.
-    pub fn send(self: &Rc<Self>, addr: &str, body: &Body) {
+    pub fn send(self: &Rc<Self>, addr: &str, body: &OneWay) {
         if let (Some(conn), Some(frame)) = (self.conn(addr), self.frame(FrameKind::OneWay, 0, body))
         {
             // Membership traffic is periodic: a frame that does not fit is dropped.
@@ -268,9 +284,13 @@ impl Peers {
         }
     }
 
-    /// A reply frame for an incoming request.
-    pub fn reply_frame(&self, request_id: u64, body: &Body) -> Option<Vec<u8>> {
-        self.frame(FrameKind::Reply, request_id, body)
+    /// The reply frame of operation `C` to the incoming request `request_id`.
+    pub fn reply_frame<C: Call>(
+        &self,
+        request_id: u64,
+        reply: &Result<C::Reply, rpc::Failure>,
+    ) -> Option<Vec<u8>> {
+        self.frame(FrameKind::Reply, request_id, reply)
     }
 }
 
@@ -356,10 +376,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// that announces more than the peer sends costs no more memory than what it sent.
 const PAYLOAD_CHUNK_BYTES: usize = 256 << 10;
 
-/// Reads one frame.
+/// Reads one frame: its header and its payload, checked against the CRC (what the payload
+/// holds, the header's kind says).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
-) -> Result<(Header, Body), FrameError> {
+) -> Result<(Header, Vec<u8>), FrameError> {
     let mut header_bytes = [0u8; HEADER_BYTES];
     reader.read_exact(&mut header_bytes).await?;
     let header = wire::decode_header(&header_bytes)?;
@@ -370,8 +391,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         payload.resize(at + take, 0);
         reader.read_exact(&mut payload[at..]).await?;
     }
-    let body = wire::decode_payload(&header_bytes, &header, &payload)?;
-    Ok((header, body))
+    wire::verify_payload(&header_bytes, &header, &payload)?;
+    Ok((header, payload))
 }
 
 /// The sending half of a peer connection.

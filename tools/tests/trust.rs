@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use common::cluster::{member_count, start_member, Ports};
 use common::{binary, python, Node, PASSWORD};
 use porcupine_cluster::membership::{Epoch, Member, Msg, View};
+use porcupine_cluster::rpc::{
+    self, FetchMessage, ListFragment, OneWay, Request, StoreMessage, SyncProfiles,
+};
 use porcupine_cluster::usermap::UserMap;
-use porcupine_cluster::wire::{self, Body, FrameKind};
+use porcupine_cluster::wire::{self, FrameKind};
 
 fn login(node: &Node, user: &str, password: &str) -> bool {
     python(
@@ -42,9 +45,15 @@ fn count(node: &Node, user: &str) -> String {
     )
 }
 
-fn frame(body: &Body) -> Vec<u8> {
+fn frame(request: impl Into<Request>) -> Vec<u8> {
     let mut out = Vec::new();
-    wire::encode(&mut out, FrameKind::Request, 1, 0, 42, body).unwrap();
+    wire::encode(&mut out, FrameKind::Request, 1, 0, 42, &request.into()).unwrap();
+    out
+}
+
+fn one_way(body: &OneWay) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode(&mut out, FrameKind::OneWay, 0, 0, 42, body).unwrap();
     out
 }
 
@@ -99,35 +108,35 @@ fn a_stranger_without_the_key_changes_nothing_and_reads_nothing() {
     let node_id = status["node_id"].as_u64().unwrap();
     let stamp = (now_ms() + 60_000) << 16;
     let frames = [
-        Body::Membership(Msg::Commit {
+        one_way(&OneWay::Membership(Msg::Commit {
             view: hostile_view(node_id, intruder, 1024),
-        }),
-        Body::Profiles {
+        })),
+        frame(SyncProfiles {
             profiles: vec![(
                 "alice@localhost".into(),
                 u64::MAX,
                 b"porcupine-profile 1\n".to_vec(),
             )],
-        },
-        Body::List {
+        }),
+        frame(ListFragment {
             user: "user1@localhost".into(),
-        },
-        Body::Fetch {
+        }),
+        frame(FetchMessage {
             user: "user1@localhost".into(),
             id: 1,
-        },
-        Body::Store {
+        }),
+        frame(StoreMessage {
             user: "user1@localhost".into(),
             id: u128::from(stamp),
             epoch: Epoch::default(),
             replicas: vec![node_id],
             message: b"Subject: injected\r\n\r\nno Received header\r\n".to_vec(),
-        },
+        }),
     ];
-    for body in &frames {
+    for bytes in &frames {
         let mut raw = TcpStream::connect((node.ip.as_str(), ports.cluster)).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = raw.write_all(&frame(body));
+        let _ = raw.write_all(bytes);
         // The node answers nothing: it closes the connection when the handshake fails.
         let mut answer = Vec::new();
         let _ = raw.read_to_end(&mut answer);
@@ -234,13 +243,13 @@ fn a_member_that_sends_a_broken_view_or_a_stamp_from_the_future_is_refused() {
             0,
             0,
             7,
-            &Body::Membership(Msg::Commit { view: sorted }),
+            &OneWay::Membership(Msg::Commit { view: sorted }),
         )
         .unwrap();
         frames.send(commit).unwrap();
         let future = (now_ms() + 3_600_000) << 16;
         frames
-            .send(frame(&Body::Profiles {
+            .send(frame(SyncProfiles {
                 profiles: vec![(
                     "alice@localhost".into(),
                     future,
@@ -255,12 +264,15 @@ fn a_member_that_sends_a_broken_view_or_a_stamp_from_the_future_is_refused() {
             glommio::timer::sleep(Duration::from_secs(30)).await;
             None
         };
-        let reading = async { Some(porcupine_cluster::transport::read_frame(&mut reader).await) };
+        let reading = async {
+            let frame = porcupine_cluster::transport::read_frame(&mut reader).await;
+            Some(frame.map(|(_, payload)| rpc::read_reply::<SyncProfiles>(&payload)))
+        };
         let answer = futures_lite::future::or(reading, writing).await;
         format!("{answer:?}")
     })
     .unwrap();
-    assert!(answers.contains("Error(Failed)"), "{answers}");
+    assert!(answers.contains("Refused(Failed)"), "{answers}");
     // Still one member, still serving, alice's password as it was.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(member_count(&node), 1);

@@ -22,6 +22,7 @@ use rand::Rng;
 
 use crate::membership::{Epoch, NodeId, View};
 use crate::placement::{self, CandidateLoad, Choice, PlacementPolicy};
+use crate::rpc::{CallError, Failure};
 
 /// What a storage request can fail with, as a protocol needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,32 @@ pub enum StoreError {
     Failed,
     /// A replica could not take the message in time: placed again by the proxy, else 451.
     Unavailable,
+}
+
+impl StoreError {
+    /// What a remote store's answer means to the delivery: a full disk, a placement worth
+    /// trying again (asked again, or no answer), or a failure.
+    pub fn of_remote(answer: Result<(), CallError>) -> Result<(), StoreError> {
+        answer.map_err(|error| match error {
+            CallError::Refused(Failure::NoSpace) => StoreError::NoSpace,
+            CallError::Refused(Failure::TryAgain)
+            | CallError::Unreachable
+            | CallError::Timeout
+            | CallError::Closed => StoreError::Unavailable,
+            CallError::Refused(Failure::Failed | Failure::InUse | Failure::BadCredentials)
+            | CallError::BadReply => StoreError::Failed,
+        })
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NoSpace => Failure::NoSpace,
+            StoreError::Failed => Failure::Failed,
+            StoreError::Unavailable => Failure::TryAgain,
+        }
+    }
 }
 
 /// The settings the delivery policy runs under.

@@ -12,7 +12,8 @@
 //! - [`replication`]: a core's replication manager: pushes, acks, retirement.
 //! - [`loads`]: this node's load and every node's load as last heard.
 //! - [`abuse`]: connections per client address and the delay after failed logins.
-//! - [`wire`]: the frame format between nodes, defined once.
+//! - [`wire`]: the frame format between nodes, defined once; [`rpc`]: what frames carry, one
+//!   request type per operation with its reply type.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod abuse;
@@ -24,5 +25,6 @@ pub mod membership;
 pub mod placement;
 pub mod plausible;
 pub mod replication;
+pub mod rpc;
 pub mod usermap;
 pub mod wire;

@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 
 use crate::delivery::{Facts, StoreError};
 use crate::membership::{Epoch, NodeId};
-pub use crate::wire::ListedMessage;
-use crate::wire::{Body, Failure};
+use crate::rpc::{CallError, Failure, LockMaildrop, Locked, UnlockMaildrop, Unlocked};
+/// What one fragment node listed: its messages and its tombstoned ids.
+pub use crate::rpc::{Listed as Listing, ListedMessage};
 
 /// A lock owner: the node and its session number.
 pub type Owner = (NodeId, u64);
@@ -61,13 +62,6 @@ pub struct MaildropMessage {
     pub replicas: Vec<NodeId>,
 }
 
-/// What one fragment node listed: its messages and its tombstoned ids.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Listing {
-    pub messages: Vec<ListedMessage>,
-    pub deleted: Vec<u128>,
-}
-
 /// An opened (locked, listed) maildrop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
@@ -96,8 +90,8 @@ pub fn still_in(asked_in: Epoch, epoch: Epoch, now_in: Epoch) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpenInput {
     Start,
-    /// The manager's answer (`None`: it could not be reached).
-    Manager(Option<Body>),
+    /// The manager's answer to the lock.
+    Locked(Result<Locked, CallError>),
     /// A fragment node's listing (`None`: it did not answer).
     Listed(Option<Listing>),
     /// A fire-and-forget action was carried out, or a pause is over.
@@ -107,8 +101,8 @@ pub enum OpenInput {
 /// What the driver of [`Open`] does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpenAction {
-    /// Send `body` to the manager of the user's bucket in `Facts::view`. Answer: `Manager`.
-    AskManager(Body),
+    /// Ask the manager of the user's bucket in `Facts::view`. Answer: `Locked`.
+    Lock(LockMaildrop),
     /// Record the lock among this node's reports to the managers. Answer: `Continue`.
     RecordLock(Owner),
     /// List the user's fragment on `node` (this node or another). Answer: `Listed`.
@@ -174,8 +168,8 @@ impl Open {
         match (phase, input) {
             (OpenPhase::Done, _) => OpenAction::Failed(OpenFailure::Unavailable),
             (OpenPhase::Locking, _) | (OpenPhase::Pausing, _) => self.ask_lock(facts),
-            (OpenPhase::AwaitingLock { asked_in }, OpenInput::Manager(answer)) => match answer {
-                Some(Body::Locked { fragments, epoch }) => {
+            (OpenPhase::AwaitingLock { asked_in }, OpenInput::Locked(answer)) => match answer {
+                Ok(Locked { fragments, epoch }) => {
                     self.phase = OpenPhase::Recording {
                         asked_in,
                         granted: epoch,
@@ -183,7 +177,7 @@ impl Open {
                     };
                     OpenAction::RecordLock(self.owner)
                 }
-                Some(Body::Error(Failure::InUse)) => self.fail(OpenFailure::InUse),
+                Err(CallError::Refused(Failure::InUse)) => self.fail(OpenFailure::InUse),
                 _ if facts.now_ms >= self.deadline_ms => self.fail(OpenFailure::Unavailable),
                 _ => {
                     self.phase = OpenPhase::Pausing;
@@ -247,7 +241,7 @@ impl Open {
         self.phase = OpenPhase::AwaitingLock {
             asked_in: facts.view.epoch,
         };
-        OpenAction::AskManager(Body::Lock {
+        OpenAction::Lock(LockMaildrop {
             user: self.user.clone(),
             owner: self.owner,
         })
@@ -295,6 +289,15 @@ pub enum DeleteAction {
         also: Vec<NodeId>,
     },
     Finish(Result<(), StoreError>),
+}
+
+/// What a node's answer to a delete means: a full disk (no tombstone fits), or any other
+/// failure (the delete is not acknowledged).
+pub fn delete_outcome(answer: Result<(), CallError>) -> Result<(), StoreError> {
+    answer.map_err(|error| match error {
+        CallError::Refused(Failure::NoSpace) => StoreError::NoSpace,
+        _ => StoreError::Failed,
+    })
 }
 
 /// Deleting the messages at some indices of an opened maildrop (POP3's QUIT).
@@ -396,7 +399,8 @@ impl Delete {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnlockInput {
     Start,
-    Manager(Option<Body>),
+    /// The manager's answer to the unlock.
+    Unlocked(Result<Unlocked, CallError>),
     Continue,
 }
 
@@ -404,8 +408,8 @@ pub enum UnlockInput {
 pub enum UnlockAction {
     /// Forget the lock in this node's reports. Answer: `Continue`.
     ForgetLock(Owner),
-    /// Send `body` to the manager of the user's bucket in `Facts::view`. Answer: `Manager`.
-    AskManager(Body),
+    /// Ask the manager of the user's bucket in `Facts::view`. Answer: `Unlocked`.
+    Unlock(UnlockMaildrop),
     Sleep {
         ms: u64,
     },
@@ -451,7 +455,7 @@ impl Unlock {
             this.phase = UnlockPhase::Asking {
                 asked_in: facts.view.epoch,
             };
-            UnlockAction::AskManager(Body::Unlock {
+            UnlockAction::Unlock(UnlockMaildrop {
                 user: this.user.clone(),
                 owner: this.owner,
             })
@@ -461,7 +465,7 @@ impl Unlock {
             (UnlockPhase::Forgetting, UnlockInput::Start) => UnlockAction::ForgetLock(self.owner),
             (UnlockPhase::Forgetting, _) | (UnlockPhase::Pausing, _) => ask(self),
             (UnlockPhase::Asking { asked_in }, answer) => {
-                if let UnlockInput::Manager(Some(Body::Unlocked { epoch })) = answer {
+                if let UnlockInput::Unlocked(Ok(Unlocked { epoch })) = answer {
                     if still_in(asked_in, epoch, facts.view.epoch) {
                         self.phase = UnlockPhase::Done;
                         return UnlockAction::Released;
@@ -504,27 +508,27 @@ mod tests {
         let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
         assert!(matches!(
             open.step(OpenInput::Start, facts(&old, 0)),
-            OpenAction::AskManager(Body::Lock { .. })
+            OpenAction::Lock(LockMaildrop { .. })
         ));
-        let granted = Body::Locked {
+        let granted = Locked {
             fragments: vec![1],
             epoch: old.epoch,
         };
         assert_eq!(
-            open.step(OpenInput::Manager(Some(granted)), facts(&old, 1)),
+            open.step(OpenInput::Locked(Ok(granted)), facts(&old, 1)),
             OpenAction::RecordLock((3, 1))
         );
         // The membership changed before the lock was recorded: this node's report to the new
         // manager may have missed it, so the lock does not count.
         assert!(matches!(
             open.step(OpenInput::Continue, facts(&new, 2)),
-            OpenAction::AskManager(Body::Lock { .. })
+            OpenAction::Lock(LockMaildrop { .. })
         ));
-        let granted = Body::Locked {
+        let granted = Locked {
             fragments: vec![1, 2],
             epoch: new.epoch,
         };
-        open.step(OpenInput::Manager(Some(granted)), facts(&new, 3));
+        open.step(OpenInput::Locked(Ok(granted)), facts(&new, 3));
         assert_eq!(
             open.step(OpenInput::Continue, facts(&new, 4)),
             OpenAction::List(1)
@@ -537,7 +541,7 @@ mod tests {
         let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
         open.step(OpenInput::Start, facts(&v, 0));
         open.step(
-            OpenInput::Manager(Some(Body::Locked {
+            OpenInput::Locked(Ok(Locked {
                 fragments: vec![1, 2, 3],
                 epoch: v.epoch,
             })),
@@ -611,7 +615,7 @@ mod tests {
         open.step(OpenInput::Start, facts(&v, 0));
         assert_eq!(
             open.step(
-                OpenInput::Manager(Some(Body::Error(Failure::InUse))),
+                OpenInput::Locked(Err(CallError::Refused(Failure::InUse))),
                 facts(&v, 0)
             ),
             OpenAction::Failed(OpenFailure::InUse)
@@ -619,12 +623,12 @@ mod tests {
         let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
         open.step(OpenInput::Start, facts(&v, 0));
         assert!(matches!(
-            open.step(OpenInput::Manager(None), facts(&v, 10)),
+            open.step(OpenInput::Locked(Err(CallError::Timeout)), facts(&v, 10)),
             OpenAction::Sleep { .. }
         ));
         open.step(OpenInput::Continue, facts(&v, 30));
         assert_eq!(
-            open.step(OpenInput::Manager(None), facts(&v, 5_000)),
+            open.step(OpenInput::Locked(Err(CallError::Timeout)), facts(&v, 5_000)),
             OpenAction::Failed(OpenFailure::Unavailable)
         );
     }
@@ -732,17 +736,17 @@ mod tests {
         );
         assert!(matches!(
             unlock.step(UnlockInput::Continue, facts(&old, 0)),
-            UnlockAction::AskManager(Body::Unlock { .. })
+            UnlockAction::Unlock(UnlockMaildrop { .. })
         ));
-        let answer = Body::Unlocked { epoch: old.epoch };
+        let answer = Unlocked { epoch: old.epoch };
         assert!(matches!(
-            unlock.step(UnlockInput::Manager(Some(answer)), facts(&new, 1)),
+            unlock.step(UnlockInput::Unlocked(Ok(answer)), facts(&new, 1)),
             UnlockAction::Sleep { .. }
         ));
         unlock.step(UnlockInput::Continue, facts(&new, 21));
-        let answer = Body::Unlocked { epoch: new.epoch };
+        let answer = Unlocked { epoch: new.epoch };
         assert_eq!(
-            unlock.step(UnlockInput::Manager(Some(answer)), facts(&new, 22)),
+            unlock.step(UnlockInput::Unlocked(Ok(answer)), facts(&new, 22)),
             UnlockAction::Released
         );
     }

@@ -3,8 +3,8 @@
 //!
 //! Nothing here is stored: after every membership commit the map starts empty and each member
 //! reports the users it holds fragments for, from its shards' in-memory indexes. Until every
-//! member of the epoch has reported, lookups answer "try again". Sans-IO: requests in, replies
-//! out.
+//! member of the epoch has reported, lookups answer "try again". Sans-IO: typed calls in
+//! ([`ManagerCall`]), their replies out.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,7 +13,10 @@ use rand::SeedableRng;
 
 use crate::membership::{Epoch, NodeId, View};
 use crate::placement::{self, PlacementPolicy};
-use crate::wire::{Body, Failure};
+use crate::rpc::{
+    Call, Failure, LockMaildrop, Locked, NoteFragment, PlaceMail, Placed, ReportFragments,
+    UnlockMaildrop, Unlocked,
+};
 
 #[derive(Debug)]
 pub struct Manager {
@@ -84,111 +87,117 @@ impl Manager {
             .unwrap_or_default()
     }
 
-    /// Answers one request.
-    pub fn handle(&mut self, body: Body) -> Body {
-        match body {
-            Body::Fragments {
-                epoch,
-                node,
-                users,
-                locks,
-            } => {
-                match self.epoch() {
-                    // A report sent again (its answer was lost) could bring back a lock
-                    // released since the first one arrived.
-                    Some(mine) if mine == epoch && self.reported.contains(&node) => Body::Done,
-                    Some(mine) if mine == epoch => {
-                        for (user, owner) in locks {
-                            if self.manages(&user) {
-                                tracing::debug!(%user, ?owner, node, "maildrop lock reported");
-                                self.locks.insert(user, owner);
-                            }
-                        }
-                        for user in users {
-                            if self.manages(&user) {
-                                let nodes = self.mail_map.entry(user).or_default();
-                                if !nodes.contains(&node) {
-                                    nodes.push(node);
-                                }
-                            }
-                        }
-                        self.reported.insert(node);
-                        Body::Done
-                    }
-                    // Not installed here yet: the sender retries.
-                    Some(mine) if mine < epoch => Body::Error(Failure::TryAgain),
-                    // A report for an old epoch is moot.
-                    _ => Body::Done,
-                }
-            }
-            Body::Place {
-                user,
-                replicas,
-                avoid,
-            } => {
-                if !self.manages(&user) || !self.complete() {
-                    return Body::Error(Failure::TryAgain);
-                }
-                let nodes = self.place(&user, usize::from(replicas.max(1)), &avoid);
-                if nodes.is_empty() {
-                    return Body::Error(Failure::TryAgain);
-                }
-                let known = self.mail_map.entry(user).or_default();
-                for node in &nodes {
-                    if !known.contains(node) {
-                        known.push(*node);
-                    }
-                }
-                Body::Placed { nodes }
-            }
-            Body::Noted { user, node, epoch } => {
-                if self.epoch() != Some(epoch) || !self.manages(&user) {
-                    // The noting node and this one disagree on the membership: it asks again
-                    // with its newer view, or this one installs its own first.
-                    return Body::Error(Failure::TryAgain);
-                }
-                let nodes = self.mail_map.entry(user).or_default();
-                if !nodes.contains(&node) {
-                    nodes.push(node);
-                }
-                Body::Done
-            }
-            Body::Lock { user, owner } => {
-                if !self.manages(&user) || !self.complete() {
-                    return Body::Error(Failure::TryAgain);
-                }
-                match self.locks.get(&user) {
-                    Some(held) if *held != owner => {
-                        tracing::debug!(%user, ?held, ?owner, "maildrop lock refused");
-                        Body::Error(Failure::InUse)
-                    }
-                    _ => {
-                        tracing::debug!(%user, ?owner, epoch = ?self.epoch(), "maildrop lock granted");
-                        let fragments = self.live_fragments(&user);
+    /// A member's report of its fragments and maildrop locks for an epoch.
+    pub fn report(&mut self, report: ReportFragments) -> Result<(), Failure> {
+        let ReportFragments {
+            epoch,
+            node,
+            users,
+            locks,
+        } = report;
+        match self.epoch() {
+            // A report sent again (its answer was lost) could bring back a lock released since
+            // the first one arrived.
+            Some(mine) if mine == epoch && self.reported.contains(&node) => Ok(()),
+            Some(mine) if mine == epoch => {
+                for (user, owner) in locks {
+                    if self.manages(&user) {
+                        tracing::debug!(%user, ?owner, node, "maildrop lock reported");
                         self.locks.insert(user, owner);
-                        Body::Locked {
-                            fragments,
-                            epoch: self.epoch().unwrap_or_default(),
+                    }
+                }
+                for user in users {
+                    if self.manages(&user) {
+                        let nodes = self.mail_map.entry(user).or_default();
+                        if !nodes.contains(&node) {
+                            nodes.push(node);
                         }
                     }
                 }
+                self.reported.insert(node);
+                Ok(())
             }
-            // Only a complete manager releases a lock: every member's report of this epoch
-            // (which may name the lock) has arrived, so none can bring it back later.
-            Body::Unlock { user, owner } => {
-                if !self.manages(&user) || !self.complete() {
-                    return Body::Error(Failure::TryAgain);
-                }
-                if self.locks.get(&user) == Some(&owner) {
-                    self.locks.remove(&user);
-                }
-                tracing::debug!(%user, ?owner, epoch = ?self.epoch(), "maildrop lock released");
-                Body::Unlocked {
-                    epoch: self.epoch().unwrap_or_default(),
-                }
-            }
-            _ => Body::Error(Failure::Failed),
+            // Not installed here yet: the sender retries.
+            Some(mine) if mine < epoch => Err(Failure::TryAgain),
+            // A report for an old epoch is moot.
+            _ => Ok(()),
         }
+    }
+
+    /// The candidates for a user's new mail, remembered as holding the user's mail.
+    pub fn place_mail(&mut self, call: PlaceMail) -> Result<Placed, Failure> {
+        let PlaceMail {
+            user,
+            replicas,
+            avoid,
+        } = call;
+        if !self.manages(&user) || !self.complete() {
+            return Err(Failure::TryAgain);
+        }
+        let nodes = self.place(&user, usize::from(replicas.max(1)), &avoid);
+        if nodes.is_empty() {
+            return Err(Failure::TryAgain);
+        }
+        let known = self.mail_map.entry(user).or_default();
+        for node in &nodes {
+            if !known.contains(node) {
+                known.push(*node);
+            }
+        }
+        Ok(Placed { nodes })
+    }
+
+    /// A message stored outside a placement this manager made.
+    pub fn note(&mut self, call: NoteFragment) -> Result<(), Failure> {
+        let NoteFragment { user, node, epoch } = call;
+        if self.epoch() != Some(epoch) || !self.manages(&user) {
+            // The noting node and this one disagree on the membership: it asks again with its
+            // newer view, or this one installs its own first.
+            return Err(Failure::TryAgain);
+        }
+        let nodes = self.mail_map.entry(user).or_default();
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+        Ok(())
+    }
+
+    pub fn lock(&mut self, call: LockMaildrop) -> Result<Locked, Failure> {
+        let LockMaildrop { user, owner } = call;
+        if !self.manages(&user) || !self.complete() {
+            return Err(Failure::TryAgain);
+        }
+        match self.locks.get(&user) {
+            Some(held) if *held != owner => {
+                tracing::debug!(%user, ?held, ?owner, "maildrop lock refused");
+                Err(Failure::InUse)
+            }
+            _ => {
+                tracing::debug!(%user, ?owner, epoch = ?self.epoch(), "maildrop lock granted");
+                let fragments = self.live_fragments(&user);
+                self.locks.insert(user, owner);
+                Ok(Locked {
+                    fragments,
+                    epoch: self.epoch().unwrap_or_default(),
+                })
+            }
+        }
+    }
+
+    /// Only a complete manager releases a lock: every member's report of this epoch (which
+    /// may name the lock) has arrived, so none can bring it back later.
+    pub fn unlock(&mut self, call: UnlockMaildrop) -> Result<Unlocked, Failure> {
+        let UnlockMaildrop { user, owner } = call;
+        if !self.manages(&user) || !self.complete() {
+            return Err(Failure::TryAgain);
+        }
+        if self.locks.get(&user) == Some(&owner) {
+            self.locks.remove(&user);
+        }
+        tracing::debug!(%user, ?owner, epoch = ?self.epoch(), "maildrop lock released");
+        Ok(Unlocked {
+            epoch: self.epoch().unwrap_or_default(),
+        })
     }
 
     /// The candidates for new messages of `user` under the policy (see [`placement`]).
@@ -215,6 +224,45 @@ impl Manager {
     }
 }
 
+/// An operation a bucket manager answers, wherever it was asked (a peer's request, a session
+/// on this node, the simulator).
+pub trait ManagerCall: Call + Send + 'static
+where
+    Self::Reply: Send,
+{
+    fn serve(self, manager: &mut Manager) -> Result<Self::Reply, Failure>;
+}
+
+impl ManagerCall for PlaceMail {
+    fn serve(self, manager: &mut Manager) -> Result<Placed, Failure> {
+        manager.place_mail(self)
+    }
+}
+
+impl ManagerCall for NoteFragment {
+    fn serve(self, manager: &mut Manager) -> Result<(), Failure> {
+        manager.note(self)
+    }
+}
+
+impl ManagerCall for ReportFragments {
+    fn serve(self, manager: &mut Manager) -> Result<(), Failure> {
+        manager.report(self)
+    }
+}
+
+impl ManagerCall for LockMaildrop {
+    fn serve(self, manager: &mut Manager) -> Result<Locked, Failure> {
+        manager.lock(self)
+    }
+}
+
+impl ManagerCall for UnlockMaildrop {
+    fn serve(self, manager: &mut Manager) -> Result<Unlocked, Failure> {
+        manager.unlock(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,8 +271,13 @@ mod tests {
         crate::membership::test_view(10, members)
     }
 
-    fn place(m: &mut Manager, user: &str, replicas: u8, avoid: &[NodeId]) -> Body {
-        m.handle(Body::Place {
+    fn place(
+        m: &mut Manager,
+        user: &str,
+        replicas: u8,
+        avoid: &[NodeId],
+    ) -> Result<Placed, Failure> {
+        m.place_mail(PlaceMail {
             user: user.into(),
             replicas,
             avoid: avoid.to_vec(),
@@ -232,12 +285,13 @@ mod tests {
     }
 
     fn report(m: &mut Manager, v: &View, node: NodeId, users: &[&str]) {
-        m.handle(Body::Fragments {
+        m.report(ReportFragments {
             epoch: v.epoch,
             node,
             users: users.iter().map(|u| u.to_string()).collect(),
             locks: vec![],
-        });
+        })
+        .expect("taken");
     }
 
     #[test]
@@ -245,24 +299,21 @@ mod tests {
         let v = view(&[1, 2, 3]);
         let mut m = Manager::new(1, PlacementPolicy::Dynamic { spread: 1 }, 7);
         m.install(&v);
-        assert_eq!(place(&mut m, "a@x", 1, &[]), Body::Error(Failure::TryAgain));
+        assert_eq!(place(&mut m, "a@x", 1, &[]), Err(Failure::TryAgain));
         report(&mut m, &v, 1, &[]);
         report(&mut m, &v, 2, &[]);
-        assert_eq!(place(&mut m, "a@x", 1, &[]), Body::Error(Failure::TryAgain));
+        assert_eq!(place(&mut m, "a@x", 1, &[]), Err(Failure::TryAgain));
         report(&mut m, &v, 3, &["a@x"]);
         // At the spread: the holder alone.
-        assert_eq!(
-            place(&mut m, "a@x", 1, &[]),
-            Body::Placed { nodes: vec![3] }
-        );
+        assert_eq!(place(&mut m, "a@x", 1, &[]), Ok(Placed { nodes: vec![3] }));
         // Two replicas: the holder first, then another node, remembered as a holder.
-        let Body::Placed { nodes } = place(&mut m, "a@x", 2, &[]) else {
+        let Ok(Placed { nodes }) = place(&mut m, "a@x", 2, &[]) else {
             panic!("not placed")
         };
         assert_eq!((nodes.len(), nodes[0]), (2, 3));
-        assert_eq!(place(&mut m, "a@x", 2, &[]), Body::Placed { nodes });
+        assert_eq!(place(&mut m, "a@x", 2, &[]), Ok(Placed { nodes }));
         // More replicas than live nodes: every node once.
-        let Body::Placed { mut nodes } = place(&mut m, "b@x", 9, &[]) else {
+        let Ok(Placed { mut nodes }) = place(&mut m, "b@x", 9, &[]) else {
             panic!("not placed")
         };
         nodes.sort_unstable();
@@ -278,13 +329,13 @@ mod tests {
             report(&mut m, &v, node, &[]);
         }
         report(&mut m, &v, 3, &["a@x"]);
-        let Body::Placed { nodes } = place(&mut m, "a@x", 1, &[3]) else {
+        let Ok(Placed { nodes }) = place(&mut m, "a@x", 1, &[3]) else {
             panic!("not placed")
         };
         assert_eq!(nodes.len(), 1);
         assert_ne!(nodes[0], 3);
         // The new node is now a holder too: a lock names both fragments.
-        let Body::Locked { mut fragments, .. } = m.handle(Body::Lock {
+        let Ok(Locked { mut fragments, .. }) = m.lock(LockMaildrop {
             user: "a@x".into(),
             owner: (1, 1),
         }) else {
@@ -303,18 +354,19 @@ mod tests {
         m.install(&v);
         report(&mut m, &v, 1, &[]);
         let lock = |m: &mut Manager, owner| {
-            m.handle(Body::Lock {
+            m.lock(LockMaildrop {
                 user: "a@x".into(),
                 owner,
             })
         };
-        assert!(matches!(lock(&mut m, (1, 1)), Body::Locked { .. }));
-        assert_eq!(lock(&mut m, (1, 2)), Body::Error(Failure::InUse));
-        m.handle(Body::Unlock {
+        assert!(matches!(lock(&mut m, (1, 1)), Ok(Locked { .. })));
+        assert_eq!(lock(&mut m, (1, 2)), Err(Failure::InUse));
+        m.unlock(UnlockMaildrop {
             user: "a@x".into(),
             owner: (1, 1),
-        });
-        assert!(matches!(lock(&mut m, (1, 2)), Body::Locked { .. }));
+        })
+        .expect("released");
+        assert!(matches!(lock(&mut m, (1, 2)), Ok(Locked { .. })));
     }
 
     #[test]
@@ -323,31 +375,31 @@ mod tests {
         let mut m = Manager::new(1, PlacementPolicy::default(), 7);
         m.install(&v);
         let unlock = |m: &mut Manager| {
-            m.handle(Body::Unlock {
+            m.unlock(UnlockMaildrop {
                 user: "a@x".into(),
                 owner: (2, 7),
             })
         };
         // Node 2's report (naming its session's lock) has not arrived: releasing now would
         // let that report bring the lock back for good.
-        assert_eq!(unlock(&mut m), Body::Error(Failure::TryAgain));
-        let held = Body::Fragments {
+        assert_eq!(unlock(&mut m), Err(Failure::TryAgain));
+        let held = ReportFragments {
             epoch: v.epoch,
             node: 2,
             users: vec![],
             locks: vec![("a@x".into(), (2, 7))],
         };
         report(&mut m, &v, 1, &[]);
-        assert_eq!(m.handle(held.clone()), Body::Done);
-        assert_eq!(unlock(&mut m), Body::Unlocked { epoch: v.epoch });
+        assert_eq!(m.report(held.clone()), Ok(()));
+        assert_eq!(unlock(&mut m), Ok(Unlocked { epoch: v.epoch }));
         // The same report again (its first answer was lost) is moot.
-        assert_eq!(m.handle(held), Body::Done);
+        assert_eq!(m.report(held), Ok(()));
         assert!(matches!(
-            m.handle(Body::Lock {
+            m.lock(LockMaildrop {
                 user: "a@x".into(),
                 owner: (1, 1),
             }),
-            Body::Locked { .. }
+            Ok(Locked { .. })
         ));
     }
 }

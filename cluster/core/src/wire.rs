@@ -1,12 +1,13 @@
 //! The cluster wire format: every frame between nodes, defined here and nowhere else.
 //!
-//! A frame is a 32-byte little-endian header followed by `payload_len` bytes of payload, the
-//! postcard encoding of a [`Body`].
+//! A frame is a 32-byte little-endian header followed by `payload_len` bytes of payload: the
+//! postcard encoding of what [`crate::rpc`] defines (a request, a reply, or a one-way message,
+//! as the header's `kind` says).
 //!
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 5; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 6; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
 //! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
@@ -16,21 +17,19 @@
 //! | 28     | 4    | `sender`      | low 32 bits of the sender's node id (diagnostics)             |
 //!
 //! A peer that sends a bad magic, version, length or CRC is disconnected with a log line.
-//! Changing this layout or the payload's [`Body`] requires a version bump and a test.
-//! Version 2 added replication; version 3 the load exchange ([`Body::Loads`]) and the nodes a
-//! placement must avoid ([`Body::Place`]'s `avoid`); version 4 the epoch in which a maildrop
-//! lock was released ([`Body::Unlocked`]); version 5 each listed message's replica set
-//! ([`ListedMessage`]) and the answer that a pushed message is deleted at the replica
-//! ([`Failure::Deleted`]).
+//! Changing this layout or a payload type of [`crate::rpc`] requires a version bump and a test.
+//! Version 2 added replication; version 3 the load exchange and the nodes a placement must
+//! avoid; version 4 the epoch in which a maildrop lock was released; version 5 each listed
+//! message's replica set and the answer that a pushed message is deleted at the replica;
+//! version 6 typed calls (a reply is its operation's `Result`, not a tagged body).
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::membership;
-
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 5;
+pub const FRAME_VERSION: u8 = 6;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -118,14 +117,14 @@ pub fn header_for(
     Some(header)
 }
 
-/// Encodes one frame into `out` (appended).
-pub fn encode(
+/// Encodes one frame carrying `body` into `out` (appended).
+pub fn encode<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     kind: FrameKind,
     request_id: u64,
     load: u32,
     sender: u64,
-    body: &Body,
+    body: &T,
 ) -> Result<(), WireError> {
     let start = out.len();
     out.resize(start + HEADER_BYTES, 0);
@@ -142,7 +141,7 @@ pub fn encode(
     Ok(())
 }
 
-/// Decodes a header (the CRC is checked with the payload by [`decode_payload`]).
+/// Decodes a header (the CRC is checked with the payload by [`verify_payload`]).
 pub fn decode_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, WireError> {
     let raw = RawHeader::read_from_bytes(bytes).map_err(|_| WireError::Magic(0))?;
     if raw.magic.get() != FRAME_MAGIC {
@@ -171,12 +170,12 @@ pub fn decode_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, WireError> {
     })
 }
 
-/// Verifies the frame's CRC and decodes its body.
-pub fn decode_payload(
+/// Verifies the frame's CRC over its header and payload.
+pub fn verify_payload(
     header_bytes: &[u8; HEADER_BYTES],
     header: &Header,
     payload: &[u8],
-) -> Result<Body, WireError> {
+) -> Result<(), WireError> {
     let mut zeroed = *header_bytes;
     zeroed[12..16].fill(0);
     let mut hasher = crc32fast::Hasher::new();
@@ -185,197 +184,51 @@ pub fn decode_payload(
     if hasher.finalize() != header.crc32 {
         return Err(WireError::Crc);
     }
+    Ok(())
+}
+
+/// Decodes a verified payload as `T` (what the frame's kind says it carries).
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     postcard::from_bytes(payload).map_err(|e| WireError::Payload(e.to_string()))
-}
-
-/// Why a remote operation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Failure {
-    /// The disk is full there (SMTP 452).
-    NoSpace,
-    /// Anything else (SMTP 451).
-    Failed,
-    /// The bucket's mail map is being rebuilt, or the addressee is not its manager: ask again.
-    TryAgain,
-    /// The maildrop is locked by another session.
-    InUse,
-    NotFound,
-    /// Wrong user or password.
-    BadCredentials,
-    /// The answer to a pushed message that this node holds a tombstone for: the message was
-    /// read and deleted already, and the pusher's copy is to be deleted too.
-    Deleted,
-}
-
-/// One message in a fragment's listing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListedMessage {
-    pub id: u128,
-    pub size: u64,
-    /// The nodes the message was stored on (empty: not replicated): a delete goes to each
-    /// of them that is a member, whether it answered the listing or not.
-    pub replicas: Vec<u64>,
-}
-
-/// What nodes say to each other.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Body {
-    /// Membership protocol (one-way).
-    Membership(membership::Msg),
-    /// Manager: the candidate nodes for new messages of `user` (at least `replicas` of them
-    /// when the cluster has that many live nodes), which it remembers as holding the user's
-    /// mail; `avoid`: nodes the asker found full or overloaded, to leave out if others exist.
-    /// The sender picks the replicas among the candidates under the placement policy.
-    Place {
-        user: String,
-        replicas: u8,
-        avoid: Vec<u64>,
-    },
-    Placed {
-        nodes: Vec<u64>,
-    },
-    /// One-way, to the ring successor, periodically: the loads the sender knows.
-    Loads {
-        entries: Vec<crate::loads::LoadEntry>,
-    },
-    /// Store a message in the user's fragment on the receiving node, which coordinates its
-    /// replication to `replicas` (itself first). `epoch`: the membership of the placement.
-    Store {
-        user: String,
-        id: u128,
-        epoch: membership::Epoch,
-        replicas: Vec<u64>,
-        #[serde(with = "serde_bytes")]
-        message: Vec<u8>,
-    },
-    /// A replicated update pushed by the node driving it: store it and answer `Done` once it
-    /// is durable here (or a newer update of the message is).
-    Replicate {
-        user: String,
-        id: u128,
-        hlc: u64,
-        origin: u64,
-        replicas: Vec<u64>,
-        update: ReplicaUpdate,
-    },
-    /// One-way: these updates (user, message id, HLC) reached every replica; retire them.
-    Retired {
-        entries: Vec<(String, u128, u64)>,
-    },
-    /// The user's fragment on the receiving node: (id, size), oldest first.
-    List {
-        user: String,
-    },
-    /// `deleted`: the user's messages deleted on this node whose tombstones have not reached
-    /// every replica yet; other replicas' copies of them are not to be shown.
-    Listed {
-        messages: Vec<ListedMessage>,
-        deleted: Vec<u128>,
-    },
-    Fetch {
-        user: String,
-        id: u128,
-    },
-    Fetched {
-        #[serde(with = "serde_bytes")]
-        message: Vec<u8>,
-    },
-    /// Delete these messages of the user here; `fragments`: every node the manager knew to hold
-    /// mail of the user, which the tombstones also go to (a copy may be on one of them).
-    Delete {
-        user: String,
-        ids: Vec<u128>,
-        fragments: Vec<u64>,
-    },
-    /// Manager: check a POP3 login (one verified-credentials cache per user in the cluster).
-    Authenticate {
-        user: String,
-        password: String,
-    },
-    /// Manager: lock the maildrop for a POP session; the answer lists the fragment nodes.
-    Lock {
-        user: String,
-        owner: (u64, u64),
-    },
-    /// `epoch`: the manager's membership when it granted the lock (a lock granted in another
-    /// epoch than the session's may have missed the report that carries locks to a new
-    /// manager: the session locks again).
-    Locked {
-        fragments: Vec<u64>,
-        epoch: membership::Epoch,
-    },
-    Unlock {
-        user: String,
-        owner: (u64, u64),
-    },
-    /// `epoch`: the manager's membership when it released the lock (every member's report of
-    /// that epoch had arrived). A session whose node has moved on to another epoch since
-    /// unlocks again, at that epoch's manager.
-    Unlocked {
-        epoch: membership::Epoch,
-    },
-    /// Profiles to store (every node holds every profile): (user, HLC of the update, profile).
-    /// The newest update of a user's profile wins on every node.
-    Profiles {
-        profiles: Vec<(String, u64, Vec<u8>)>,
-    },
-    /// After a commit: the users this node holds fragments for, and the maildrops its POP
-    /// sessions hold locked (user, lock owner), in buckets the receiver manages.
-    Fragments {
-        epoch: membership::Epoch,
-        node: u64,
-        users: Vec<String>,
-        locks: Vec<(String, (u64, u64))>,
-    },
-    /// Manager: a message for `user` was stored on `node` (outside a placement it made).
-    Noted {
-        user: String,
-        node: u64,
-        epoch: membership::Epoch,
-    },
-    Done,
-    Error(Failure),
-}
-
-/// What a [`Body::Replicate`] carries.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ReplicaUpdate {
-    Put {
-        #[serde(with = "serde_bytes")]
-        message: Vec<u8>,
-    },
-    Delete,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::Epoch;
+    use crate::rpc::{FetchMessage, OneWay, PlaceMail, Request, StoreMessage};
     use proptest::prelude::*;
 
-    fn frame(body: &Body) -> Vec<u8> {
+    fn frame<T: Serialize>(kind: FrameKind, body: &T) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(&mut out, FrameKind::Request, 7, 3, 42, body).expect("encodes");
+        encode(&mut out, kind, 7, 3, 42, body).expect("encodes");
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<(Header, Body), WireError> {
+    fn request(request: impl Into<Request>) -> Vec<u8> {
+        frame(FrameKind::Request, &request.into())
+    }
+
+    fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Header, T), WireError> {
         let header_bytes: [u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().expect("header");
         let header = decode_header(&header_bytes)?;
-        let body = decode_payload(&header_bytes, &header, &bytes[HEADER_BYTES..])?;
-        Ok((header, body))
+        verify_payload(&header_bytes, &header, &bytes[HEADER_BYTES..])?;
+        Ok((header, decode(&bytes[HEADER_BYTES..])?))
     }
 
     #[test]
     fn a_frame_round_trips() {
-        let body = Body::Store {
+        let store: Request = StoreMessage {
             user: "a@x".into(),
             id: 9,
-            epoch: membership::Epoch::default(),
+            epoch: Epoch::default(),
             replicas: vec![1, 2],
             message: b"hello".to_vec(),
-        };
-        let (header, decoded) = decode(&frame(&body)).expect("decodes");
-        assert_eq!(decoded, body);
+        }
+        .into();
+        let (header, decoded) =
+            decode_frame::<Request>(&frame(FrameKind::Request, &store)).expect("decodes");
+        assert_eq!(decoded, store);
         assert_eq!(
             (header.kind, header.request_id, header.load),
             (FrameKind::Request, 7, 3)
@@ -384,74 +237,68 @@ mod tests {
 
     #[test]
     fn a_load_exchange_and_a_placement_round_trip() {
-        for body in [
-            Body::Loads {
-                entries: vec![crate::loads::LoadEntry {
-                    node: u64::from(u32::MAX) + 5,
-                    load: 17,
-                    full: true,
-                    age_ms: 250,
-                }],
-            },
-            Body::Place {
-                user: "a@x".into(),
-                replicas: 2,
-                avoid: vec![3],
-            },
-        ] {
-            assert_eq!(decode(&frame(&body)).expect("decodes").1, body);
+        let loads = OneWay::Loads {
+            entries: vec![crate::loads::LoadEntry {
+                node: u64::from(u32::MAX) + 5,
+                load: 17,
+                full: true,
+                age_ms: 250,
+            }],
+        };
+        let bytes = frame(FrameKind::OneWay, &loads);
+        assert_eq!(decode_frame::<OneWay>(&bytes).expect("decodes").1, loads);
+        let place: Request = PlaceMail {
+            user: "a@x".into(),
+            replicas: 2,
+            avoid: vec![3],
         }
+        .into();
+        let bytes = frame(FrameKind::Request, &place);
+        assert_eq!(decode_frame::<Request>(&bytes).expect("decodes").1, place);
     }
 
-    #[test]
-    fn a_listing_with_replica_sets_and_a_deleted_answer_round_trip() {
-        for body in [
-            Body::Listed {
-                messages: vec![ListedMessage {
-                    id: u128::MAX,
-                    size: 4_700,
-                    replicas: vec![1, u64::from(u32::MAX) + 2],
-                }],
-                deleted: vec![3],
-            },
-            Body::Error(Failure::Deleted),
-        ] {
-            assert_eq!(decode(&frame(&body)).expect("decodes").1, body);
+    fn fetch() -> FetchMessage {
+        FetchMessage {
+            user: "someone@example.org".into(),
+            id: u128::MAX,
         }
     }
 
     #[test]
     fn other_versions_and_magic_are_refused() {
-        let mut bytes = frame(&Body::Done);
-        bytes[4] = 1;
-        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(1));
-        // Version 2 lacked the load exchange and a placement's `avoid`: refused, not misread.
-        bytes[4] = 2;
-        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(2));
-        // Version 3 answered an unlock with `Done` whatever the manager's state: refused.
-        bytes[4] = 3;
-        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(3));
-        // Version 4 listed messages without their replica sets: refused.
-        bytes[4] = 4;
-        assert_eq!(decode(&bytes).unwrap_err(), WireError::Version(4));
-        let mut bytes = frame(&Body::Done);
+        let mut bytes = request(fetch());
+        for old in 1..FRAME_VERSION {
+            // 2 lacked the load exchange; 3 answered an unlock with `Done` whatever the
+            // manager's state; 4 listed messages without their replica sets; 5 answered with
+            // tagged bodies: each is refused, never misread.
+            bytes[4] = old;
+            assert_eq!(
+                decode_frame::<Request>(&bytes).unwrap_err(),
+                WireError::Version(old)
+            );
+        }
+        let mut bytes = request(fetch());
         bytes[0] ^= 1;
-        assert!(matches!(decode(&bytes), Err(WireError::Magic(_))));
+        assert!(matches!(
+            decode_frame::<Request>(&bytes),
+            Err(WireError::Magic(_))
+        ));
     }
 
     proptest! {
         #[test]
         fn any_flipped_bit_is_caught(byte in 0usize..64, bit in 0u8..8) {
-            let bytes = frame(&Body::Fetch { user: "someone@example.org".into(), id: u128::MAX });
+            let bytes = request(fetch());
             let mut damaged = bytes.clone();
             let at = byte % damaged.len();
             damaged[at] ^= 1 << bit;
-            prop_assert!(decode(&damaged).is_err());
+            prop_assert!(decode_frame::<Request>(&damaged).is_err());
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), HEADER_BYTES..200)) {
-            let _ = decode(&bytes);
+            let _ = decode_frame::<Request>(&bytes);
+            let _ = decode_frame::<OneWay>(&bytes);
         }
     }
 }

@@ -20,14 +20,18 @@ use porcupine_cluster_core::delivery::{
     Delivery, DeliveryAction, DeliveryInput, DeliverySettings, Facts, StoreError,
 };
 use porcupine_cluster_core::maildrop::{
-    Delete, DeleteAction, DeleteInput, Listing, MaildropSettings, Open, OpenAction, OpenInput,
-    Owner, Unlock, UnlockAction, UnlockInput,
+    delete_outcome, Delete, DeleteAction, DeleteInput, Listing, MaildropSettings, Open, OpenAction,
+    OpenInput, Owner, Unlock, UnlockAction, UnlockInput,
 };
-use porcupine_cluster_core::manager::Manager;
+use porcupine_cluster_core::manager::{Manager, ManagerCall};
 use porcupine_cluster_core::membership::{Epoch, Member, NodeId, View};
 use porcupine_cluster_core::placement::{CandidateLoad, PlacementPolicy};
+use porcupine_cluster_core::rpc::{
+    read_reply, reply_bytes, Call, CallError, DeleteMessages, Failure, ListFragment, ListedMessage,
+    LockMaildrop, NoteFragment, PlaceMail, Placed, ReportFragments, Request, StoreMessage,
+    UnlockMaildrop,
+};
 use porcupine_cluster_core::usermap::UserMap;
-use porcupine_cluster_core::wire::{Body, Failure, ListedMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -166,6 +170,32 @@ enum Input {
     Unlock(UnlockInput),
 }
 
+/// Turns the encoded answer to a call (or why there is none) into the session's input.
+struct Reply(Box<dyn FnOnce(Result<Vec<u8>, CallError>) -> Input>);
+
+impl Reply {
+    /// Decodes the answer as `C`'s reply, as the node does.
+    fn to<C: Call>(to_input: fn(Result<C::Reply, CallError>) -> Input) -> Self
+    where
+        C::Reply: 'static,
+    {
+        Reply(Box::new(move |answer| {
+            to_input(answer.and_then(|bytes| read_reply::<C>(&bytes)))
+        }))
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+/// The encoded answer of `C`, as a node sends it.
+fn answer<C: Call>(reply: Result<C::Reply, Failure>) -> Vec<u8> {
+    reply_bytes::<C>(&reply).expect("a reply encodes")
+}
+
 #[derive(Debug)]
 enum Event {
     Step {
@@ -176,8 +206,8 @@ enum Event {
     Request {
         session: u64,
         to: usize,
-        body: Body,
-        reply: fn(Option<Body>) -> Input,
+        request: Request,
+        reply: Reply,
     },
     Install {
         node: usize,
@@ -364,14 +394,17 @@ impl Sim {
                     view.members.iter().map(|m| m.id).collect::<Vec<_>>()
                 ),
                 Event::Request {
-                    session, to, body, ..
+                    session,
+                    to,
+                    request,
+                    ..
                 } => {
                     if let Some(s) = self.sessions.get(session) {
                         if s.user == trace.user
-                            && !matches!(body, Body::Store { .. } | Body::Place { .. })
+                            && !matches!(request, Request::StoreMessage(_) | Request::PlaceMail(_))
                         {
                             eprintln!(
-                                "{} session {session} (node {}) -> node {}: {body:?}",
+                                "{} session {session} (node {}) -> node {}: {request:?}",
                                 self.now, self.nodes[s.node].id, self.nodes[*to].id
                             );
                         }
@@ -403,20 +436,20 @@ impl Sim {
             Event::Request {
                 session,
                 to,
-                body,
+                request,
                 reply,
             } => {
-                let answer = self.serve(to, body);
+                let answer = self.serve(to, request);
                 let answer_lost = self.lost();
                 let (when, answer) = match answer {
-                    Some(answer) if !answer_lost => (self.now + self.delay(), Some(answer)),
-                    _ => (self.now + REQUEST_TIMEOUT_MS, None),
+                    Some(answer) if !answer_lost => (self.now + self.delay(), Ok(answer)),
+                    _ => (self.now + REQUEST_TIMEOUT_MS, Err(CallError::Timeout)),
                 };
                 self.at(
                     when,
                     Event::Step {
                         session,
-                        input: reply(answer),
+                        input: (reply.0)(answer),
                     },
                 );
             }
@@ -534,7 +567,7 @@ impl Sim {
                 .filter(|(u, _)| view.map.manager_of(u) == manager)
                 .map(|(u, o)| (u.clone(), *o))
                 .collect();
-            let body = Body::Fragments {
+            let report = ReportFragments {
                 epoch,
                 node: n.id,
                 users,
@@ -542,15 +575,14 @@ impl Sim {
             };
             let to = self.index_of(manager);
             if self.trace.is_some() {
-                eprintln!("{} report {body:?} to {manager}", self.now);
+                eprintln!("{} report {report:?} to {manager}", self.now);
             }
             if self.lost() {
                 again = true;
                 continue;
             }
-            match self.serve(to, body) {
-                Some(Body::Done) => {}
-                _ => again = true,
+            if self.ask_manager(to, report) != Some(Ok(())) {
+                again = true;
             }
         }
         if again {
@@ -566,48 +598,55 @@ impl Sim {
         self.nodes.iter().position(|n| n.id == id).unwrap_or(0)
     }
 
-    /// Node `to` serves one request (`None`: it is down).
-    fn serve(&mut self, to: usize, body: Body) -> Option<Body> {
+    /// Node `to`'s bucket manager answers (`None`: the node is down).
+    fn ask_manager<C: ManagerCall>(
+        &mut self,
+        to: usize,
+        call: C,
+    ) -> Option<Result<C::Reply, Failure>>
+    where
+        C::Reply: Send,
+    {
+        let node = &mut self.nodes[to];
+        node.up.then(|| call.serve(&mut node.manager))
+    }
+
+    /// Node `to` serves one request, answering as a node does (`None`: it is down).
+    fn serve(&mut self, to: usize, request: Request) -> Option<Vec<u8>> {
         if !self.nodes[to].up {
             return None;
         }
-        Some(match body {
-            Body::Place { .. }
-            | Body::Lock { .. }
-            | Body::Unlock { .. }
-            | Body::Fragments { .. }
-            | Body::Noted { .. } => self.nodes[to].manager.handle(body),
-            Body::List { user } => {
-                let listing = self.nodes[to].disk.listing(&user);
-                Body::Listed {
-                    messages: listing.messages,
-                    deleted: listing.deleted,
-                }
+        let manager = &mut self.nodes[to].manager;
+        Some(match request {
+            Request::PlaceMail(call) => answer::<PlaceMail>(call.serve(manager)),
+            Request::LockMaildrop(call) => answer::<LockMaildrop>(call.serve(manager)),
+            Request::UnlockMaildrop(call) => answer::<UnlockMaildrop>(call.serve(manager)),
+            Request::ReportFragments(call) => answer::<ReportFragments>(call.serve(manager)),
+            Request::NoteFragment(call) => answer::<NoteFragment>(call.serve(manager)),
+            Request::ListFragment(call) => {
+                answer::<ListFragment>(Ok(self.nodes[to].disk.listing(&call.user)))
             }
-            Body::Delete {
-                user,
-                ids,
-                fragments,
-            } => {
+            Request::DeleteMessages(call) => {
                 let me = self.nodes[to].id;
                 let disk = &mut self.nodes[to].disk;
-                for id in ids {
-                    disk.delete(me, &user, id, &fragments);
+                for id in call.ids {
+                    disk.delete(me, &call.user, id, &call.fragments);
                 }
-                Body::Done
+                answer::<DeleteMessages>(Ok(()))
             }
-            Body::Store {
-                user,
-                id,
-                epoch,
-                replicas,
-                message,
-            } => match self.store(to, &user, id, epoch, &replicas, message.len() as u64) {
-                Ok(()) => Body::Done,
-                Err(StoreError::NoSpace) => Body::Error(Failure::NoSpace),
-                Err(_) => Body::Error(Failure::TryAgain),
-            },
-            _ => Body::Error(Failure::Failed),
+            Request::StoreMessage(call) => {
+                let size = call.message.len() as u64;
+                let stored = self.store(to, &call.user, call.id, call.epoch, &call.replicas, size);
+                answer::<StoreMessage>(stored.map_err(Failure::from))
+            }
+            // Replication is modelled by each disk's pushes, and sessions neither fetch nor
+            // log in remotely nor sync profiles.
+            request @ (Request::PushUpdate(_)
+            | Request::FetchMessage(_)
+            | Request::Authenticate(_)
+            | Request::SyncProfiles(_)) => {
+                panic!("the simulated sessions do not send {}", request.name())
+            }
         })
     }
 
@@ -672,12 +711,12 @@ impl Sim {
             return;
         }
         let manager = self.index_of(view.map.manager_of(user));
-        let body = Body::Noted {
+        let note = NoteFragment {
             user: user.to_owned(),
             node: self.nodes[at].id,
             epoch: view.epoch,
         };
-        let _ = self.serve(manager, body);
+        let _ = self.ask_manager(manager, note);
     }
 
     fn replicate(&mut self) {
@@ -817,37 +856,28 @@ impl Sim {
                         replicas,
                     } => {
                         let to = self.index_of(coordinator);
-                        let body = Body::Store {
+                        let store = StoreMessage {
                             user: user.clone(),
                             id: msg,
                             epoch: placed,
                             replicas,
                             message: vec![0; 100],
                         };
-                        self.request(id, to, body, |answer| {
-                            Input::Delivery(DeliveryInput::Stored(match answer {
-                                Some(Body::Done) => Ok(()),
-                                Some(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
-                                Some(Body::Error(Failure::TryAgain)) | None => {
-                                    Err(StoreError::Unavailable)
-                                }
-                                Some(_) => Err(StoreError::Failed),
-                            }))
+                        self.call(id, to, store, |answer| {
+                            Input::Delivery(DeliveryInput::Stored(StoreError::of_remote(answer)))
                         });
                     }
                     DeliveryAction::AskCandidates {
                         replicas, avoid, ..
                     } => {
-                        let body = Body::Place {
+                        let place = PlaceMail {
                             user: user.clone(),
                             replicas: replicas as u8,
                             avoid,
                         };
-                        self.request(id, manager, body, |answer| {
+                        self.call(id, manager, place, |answer| {
                             Input::Delivery(DeliveryInput::Candidates(match answer {
-                                Some(Body::Placed { nodes }) if !nodes.is_empty() => {
-                                    Some(nodes.into())
-                                }
+                                Ok(Placed { nodes }) if !nodes.is_empty() => Some(nodes.into()),
                                 _ => None,
                             }))
                         });
@@ -863,8 +893,8 @@ impl Sim {
                 }
             }
             (Machine::PopOpen(machine), Input::Open(input)) => match machine.step(input, facts) {
-                OpenAction::AskManager(body) => {
-                    self.request(id, manager, body, |a| Input::Open(OpenInput::Manager(a)))
+                OpenAction::Lock(lock) => {
+                    self.call(id, manager, lock, |a| Input::Open(OpenInput::Locked(a)))
                 }
                 OpenAction::RecordLock(owner) => {
                     self.nodes[node].locks.insert(user.clone(), owner);
@@ -873,14 +903,8 @@ impl Sim {
                 }
                 OpenAction::List(target) => {
                     let to = self.index_of(target);
-                    self.request(id, to, Body::List { user: user.clone() }, |a| {
-                        Input::Open(OpenInput::Listed(match a {
-                            Some(Body::Listed { messages, deleted }) => {
-                                Some(Listing { messages, deleted })
-                            }
-                            _ => None,
-                        }))
-                    });
+                    let list = ListFragment { user: user.clone() };
+                    self.call(id, to, list, |a| Input::Open(OpenInput::Listed(a.ok())));
                 }
                 OpenAction::Sleep { ms } => {
                     let input = Input::Open(OpenInput::Continue);
@@ -960,17 +984,13 @@ impl Sim {
                     also,
                 } => {
                     let to = self.index_of(target);
-                    let body = Body::Delete {
+                    let delete = DeleteMessages {
                         user: user.clone(),
                         ids,
                         fragments: also,
                     };
-                    self.request(id, to, body, |answer| {
-                        Input::Delete(DeleteInput::Deleted(match answer {
-                            Some(Body::Done) => Ok(()),
-                            Some(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
-                            _ => Err(StoreError::Failed),
-                        }))
+                    self.call(id, to, delete, |answer| {
+                        Input::Delete(DeleteInput::Deleted(delete_outcome(answer)))
                     });
                 }
             },
@@ -984,8 +1004,8 @@ impl Sim {
                         let input = Input::Unlock(UnlockInput::Continue);
                         self.at(self.now, Event::Step { session: id, input });
                     }
-                    UnlockAction::AskManager(body) => self.request(id, manager, body, |a| {
-                        Input::Unlock(UnlockInput::Manager(a))
+                    UnlockAction::Unlock(unlock) => self.call(id, manager, unlock, |a| {
+                        Input::Unlock(UnlockInput::Unlocked(a))
                     }),
                     UnlockAction::Sleep { ms } => {
                         let input = Input::Unlock(UnlockInput::Continue);
@@ -999,26 +1019,31 @@ impl Sim {
         self.sessions.insert(id, session);
     }
 
-    /// A request from `session`'s node to node `to` (itself included), over the network.
-    fn request(&mut self, session: u64, to: usize, body: Body, reply: fn(Option<Body>) -> Input) {
+    /// A call from `session`'s node to node `to` (itself included), over the network.
+    fn call<C: Call>(
+        &mut self,
+        session: u64,
+        to: usize,
+        call: C,
+        to_input: fn(Result<C::Reply, CallError>) -> Input,
+    ) where
+        C::Reply: 'static,
+    {
+        let reply = Reply::to::<C>(to_input);
         if self.lost() {
             let when = self.now + REQUEST_TIMEOUT_MS;
-            self.at(
-                when,
-                Event::Step {
-                    session,
-                    input: reply(None),
-                },
-            );
+            let input = (reply.0)(Err(CallError::Timeout));
+            self.at(when, Event::Step { session, input });
             return;
         }
         let when = self.now + self.delay();
+        let request = call.into();
         self.at(
             when,
             Event::Request {
                 session,
                 to,
-                body,
+                request,
                 reply,
             },
         );

@@ -1,8 +1,8 @@
 //! Core 0's cluster duties: it drives the membership state machine (ticks, messages from
 //! every core's peer connections), answers as bucket manager, publishes each installed view
 //! to every core, and after each commit reports this node's fragments to the new managers and
-//! sends its profiles to nodes that just joined. Also the cluster port's accept loop (every
-//! core) and the handler of peers' requests.
+//! sends its profiles to nodes that just joined. Also the reading side of peer connections
+//! (every core), which hands requests to [`super::peer_calls`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -12,27 +12,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::TcpStream;
 
 use super::cluster_state::{peers, ToCoreZero};
-use super::service::{Applied, Credential, LockMode, Login, StoreError};
 use super::{metrics, NodeContext};
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, Msg, NodeId, View};
 use crate::node::clock::now_ms;
-use crate::replication::Update;
+use crate::rpc::{OneWay, ReportFragments, Request, SyncProfiles};
 use crate::transport::{answer, read_frame, write_frames, FrameReader, FrameWriter};
-use crate::wire::{Body, Failure, FrameKind, ReplicaUpdate};
-use porcupine_engine::{Stamp, UpdateKind};
+use crate::wire::{self, FrameKind};
 
 const TICK: Duration = Duration::from_millis(5);
 const REPORT_RETRY: Duration = Duration::from_millis(20);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const PROFILE_BATCH: usize = 2000;
-/// Profile writes in flight while storing a batch from a peer.
-const PROFILE_PARALLELISM: usize = 512;
 
 /// Whether a peer's HLC timestamp is plausible ([`crate::plausible`]): one from the far
 /// future would beat every later update of its object, for good. An implausible one is
 /// counted and logged; the caller refuses what carried it.
-fn stamp_ok(context: &NodeContext, hlc: u64) -> bool {
+pub(super) fn stamp_ok(context: &NodeContext, hlc: u64) -> bool {
     let millis = porcupine_engine::hlc::millis_of(hlc);
     if crate::plausible::stamp_plausible(millis, wall_ms()) {
         return true;
@@ -93,7 +89,7 @@ pub async fn run(
     loop {
         for action in out.drain(..) {
             match action {
-                Action::Send { to, msg } => peers.send(&to, &Body::Membership(msg)),
+                Action::Send { to, msg } => peers.send(&to, &OneWay::Membership(msg)),
                 Action::Installed(view) => {
                     if view.members.len() > 1 && shared.is_joining() {
                         shared.joined();
@@ -164,9 +160,9 @@ pub async fn run(
                     membership.refused().saturating_sub(refused),
                 );
             }
-            Event::Work(ToCoreZero::Manager { body, reply }) => {
+            Event::Work(ToCoreZero::Manager(call)) => {
                 next = Box::pin(inbox.recv_async());
-                let _ = reply.send(manager.handle(body));
+                call(&mut manager);
             }
             Event::Stop => return,
         }
@@ -202,7 +198,7 @@ fn exchange_loads(context: &NodeContext, peers: &std::rc::Rc<crate::transport::P
         });
     if let Some(successor) = successor {
         let entries = shared.loads.entries(crate::loads::LOAD_MAX_AGE, now_ms());
-        peers.send(&successor.addr, &Body::Loads { entries });
+        peers.send(&successor.addr, &OneWay::Loads { entries });
     }
 }
 
@@ -276,11 +272,11 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
     let peers = peers(shared);
     for newcomer in newcomers {
         for chunk in profiles.chunks(PROFILE_BATCH) {
-            let body = Body::Profiles {
+            let sync = SyncProfiles {
                 profiles: chunk.to_vec(),
             };
             if peers
-                .request(&newcomer.addr, &body, Duration::from_secs(30))
+                .call(&newcomer.addr, sync, Duration::from_secs(30))
                 .await
                 .is_err()
             {
@@ -300,7 +296,7 @@ async fn report(
     locks: Vec<MaildropLock>,
 ) {
     let shared = &context.cluster;
-    let body = Body::Fragments {
+    let report = ReportFragments {
         epoch: view.epoch,
         node: shared.me.id,
         users,
@@ -311,17 +307,18 @@ async fn report(
             return;
         }
         let answer = if manager == shared.me.id {
-            shared.ask_local_manager(body.clone()).await
+            shared.ask_local_manager(report.clone()).await
         } else {
             match view.member(manager) {
-                Some(m) => peers(shared)
-                    .request(&m.addr, &body, PEER_TIMEOUT)
-                    .await
-                    .ok(),
+                Some(m) => {
+                    peers(shared)
+                        .call(&m.addr, report.clone(), PEER_TIMEOUT)
+                        .await
+                }
                 None => return,
             }
         };
-        if answer == Some(Body::Done) {
+        if answer.is_ok() {
             return;
         }
         glommio::timer::sleep(REPORT_RETRY).await;
@@ -366,7 +363,7 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
         loop {
             let frame = read_frame(&mut reader).await;
             last_frame.set(Instant::now());
-            let (header, body) = match frame {
+            let (header, payload) = match frame {
                 Ok(frame) => frame,
                 Err(crate::transport::FrameError::Io(_)) => return,
                 Err(error) => {
@@ -375,36 +372,53 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
                 }
             };
             peers.note_load(&header);
-            match (header.kind, body) {
-                (FrameKind::OneWay, Body::Membership(msg)) => {
-                    let _ = context.cluster.core_zero.send(ToCoreZero::Membership(msg));
-                }
-                (FrameKind::OneWay, Body::Retired { mut entries }) => {
-                    entries.retain(|(_, _, hlc)| stamp_ok(&context, *hlc));
-                    context.router.retired(entries);
-                }
-                (FrameKind::OneWay, Body::Loads { entries }) => {
-                    // This node's own entry comes back around the ring: only it knows better.
-                    let me = context.cluster.me.id;
-                    let others: Vec<_> = entries.into_iter().filter(|e| e.node != me).collect();
-                    context.cluster.loads.merge(&others, now_ms());
-                }
-                (FrameKind::Request, body) => {
+            match header.kind {
+                FrameKind::OneWay => match wire::decode::<OneWay>(&payload) {
+                    Ok(OneWay::Membership(msg)) => {
+                        let _ = context.cluster.core_zero.send(ToCoreZero::Membership(msg));
+                    }
+                    Ok(OneWay::Retired { mut entries }) => {
+                        entries.retain(|(_, _, hlc)| stamp_ok(&context, *hlc));
+                        context.router.retired(entries);
+                    }
+                    Ok(OneWay::Loads { entries }) => {
+                        // This node's own entry comes back around the ring: only it knows
+                        // better.
+                        let me = context.cluster.me.id;
+                        let others: Vec<_> = entries.into_iter().filter(|e| e.node != me).collect();
+                        context.cluster.loads.merge(&others, now_ms());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "dropping a peer that sent a bad message");
+                        return;
+                    }
+                },
+                FrameKind::Request => {
+                    let request = match wire::decode::<Request>(&payload) {
+                        Ok(request) => request,
+                        Err(error) => {
+                            tracing::warn!(%peer, %error, "dropping a peer that sent a bad request");
+                            return;
+                        }
+                    };
                     let Ok(permit) = in_flight.acquire_static_permit(1).await else {
                         return;
                     };
                     let (context, replies, peers) =
                         (context.clone(), replies.clone(), peers.clone());
                     glommio::spawn_local(async move {
-                        let answer = handle(&context, body).await;
-                        if let Some(frame) = peers.reply_frame(header.request_id, &answer) {
+                        let frame =
+                            super::peer_calls::answer(&context, &peers, header.request_id, request)
+                                .await;
+                        if let Some(frame) = frame {
                             let _ = replies.send_async(frame).await;
                         }
                         drop(permit);
                     })
                     .detach();
                 }
-                _ => {}
+                // A reply on a connection this node did not open: nothing waits for it.
+                FrameKind::Reply => {}
             }
         }
     };
@@ -419,140 +433,6 @@ const PEER_REQUESTS_MAX: u64 = 1024;
 const PEER_IDLE_MAX: Duration = Duration::from_secs(120);
 const PEER_IDLE_CHECK: Duration = Duration::from_secs(10);
 
-fn failure(error: StoreError) -> Body {
-    Body::Error(match error {
-        StoreError::NoSpace => Failure::NoSpace,
-        StoreError::Failed => Failure::Failed,
-        StoreError::Unavailable => Failure::TryAgain,
-    })
-}
-
-/// Answers a peer's request on this core.
-async fn handle(context: &NodeContext, body: Body) -> Body {
-    let router = &context.router;
-    match body {
-        Body::Store {
-            user,
-            id,
-            epoch,
-            replicas,
-            message,
-        } => {
-            match super::delivery::store_here(
-                context,
-                &user,
-                id,
-                Arc::new(message),
-                epoch,
-                replicas,
-            )
-            .await
-            {
-                Ok(()) => Body::Done,
-                Err(e) => failure(e),
-            }
-        }
-        Body::Replicate {
-            user,
-            id,
-            hlc,
-            origin,
-            replicas,
-            update,
-        } => {
-            if !stamp_ok(context, hlc) {
-                return Body::Error(Failure::Failed);
-            }
-            let (kind, message) = match update {
-                ReplicaUpdate::Put { message } => (UpdateKind::Put, Some(message)),
-                ReplicaUpdate::Delete => (UpdateKind::Delete, None),
-            };
-            let update = Update {
-                user,
-                id,
-                kind,
-                hlc,
-                origin,
-                replicas,
-            };
-            match router.replicate(update, message).await {
-                Ok(Applied::Taken) => Body::Done,
-                // The pusher deletes its copy too (see `replicas::Edge::push`).
-                Ok(Applied::DeletedHere) => Body::Error(Failure::Deleted),
-                Err(e) => failure(e),
-            }
-        }
-        Body::Authenticate { user, password } => {
-            let credential = Credential::Password(password);
-            match router.login(&user, &credential, LockMode::Elsewhere).await {
-                Login::Ok(_) => Body::Done,
-                Login::BadCredentials => Body::Error(Failure::BadCredentials),
-                Login::InUse | Login::Unavailable => Body::Error(Failure::Failed),
-            }
-        }
-        Body::List { user } => match router.list(&user).await {
-            Ok(fragment) => Body::Listed {
-                messages: fragment.messages,
-                deleted: fragment.deleted,
-            },
-            Err(e) => failure(e),
-        },
-        Body::Fetch { user, id } => match router.fetch(&user, id).await {
-            Ok(message) => Body::Fetched { message },
-            Err(e) => failure(e),
-        },
-        Body::Delete {
-            user,
-            ids,
-            fragments,
-        } => match router.delete(&user, ids, fragments).await {
-            Ok(()) => Body::Done,
-            Err(e) => failure(e),
-        },
-        Body::Profiles { profiles } => {
-            // A profile stamped in the far future would beat every later password change.
-            if !profiles.iter().all(|(_, hlc, _)| stamp_ok(context, *hlc)) {
-                return Body::Error(Failure::Failed);
-            }
-            // Many at once, so they share group commits. The newest update of each wins.
-            let mut result = Body::Done;
-            let mut in_flight = std::collections::VecDeque::new();
-            for (user, hlc, profile) in profiles {
-                let router = router.clone();
-                let stamp = Stamp { hlc, origin: 0 };
-                in_flight.push_back(glommio::spawn_local(async move {
-                    router
-                        .put_profile(&user, Arc::new(profile), Some(stamp))
-                        .await
-                }));
-                if in_flight.len() >= PROFILE_PARALLELISM {
-                    if let Some(task) = in_flight.pop_front() {
-                        if let Err(e) = task.await {
-                            result = failure(e);
-                        }
-                    }
-                }
-            }
-            for task in in_flight {
-                if let Err(e) = task.await {
-                    result = failure(e);
-                }
-            }
-            result
-        }
-        body @ (Body::Place { .. }
-        | Body::Lock { .. }
-        | Body::Unlock { .. }
-        | Body::Fragments { .. }
-        | Body::Noted { .. }) => context
-            .cluster
-            .ask_local_manager(body)
-            .await
-            .unwrap_or(Body::Error(Failure::Failed)),
-        _ => Body::Error(Failure::Failed),
-    }
-}
-
 /// Sends new or changed profiles, each with the timestamp of its update, to every other member
 /// (each node holds every profile; the newest update wins). A member that misses them gets
 /// them when it next joins: every member sends its profiles to a node that (re)joins.
@@ -562,15 +442,14 @@ pub async fn replicate_profiles(context: &NodeContext, profiles: Vec<(String, u6
     let peers = peers(shared);
     for member in view.members.iter().filter(|m| m.id != shared.me.id) {
         for chunk in profiles.chunks(PROFILE_BATCH) {
-            let body = Body::Profiles {
+            let sync = SyncProfiles {
                 profiles: chunk.to_vec(),
             };
-            if !matches!(
-                peers
-                    .request(&member.addr, &body, Duration::from_secs(30))
-                    .await,
-                Ok(Body::Done)
-            ) {
+            if peers
+                .call(&member.addr, sync, Duration::from_secs(30))
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     node = member.id,
                     "a member did not take new profiles; it gets them when it next joins"

@@ -11,20 +11,27 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::loads::{LoadTable, NodeLoad};
+use crate::manager::{Manager, ManagerCall};
 use crate::membership::{Member, Msg, NodeId, View};
+use crate::rpc::CallError;
 use crate::secure::ClusterSecurity;
 use crate::transport::Peers;
 use crate::usermap::UserMap;
-use crate::wire::Body;
 
 /// Work for core 0.
-#[derive(Debug)]
 pub enum ToCoreZero {
     Membership(Msg),
-    Manager {
-        body: Body,
-        reply: flume::Sender<Body>,
-    },
+    /// A call for the bucket manager, which answers on the channel the closure holds.
+    Manager(Box<dyn FnOnce(&mut Manager) + Send>),
+}
+
+impl std::fmt::Debug for ToCoreZero {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToCoreZero::Membership(msg) => f.debug_tuple("Membership").field(msg).finish(),
+            ToCoreZero::Manager(_) => f.write_str("Manager"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -135,13 +142,23 @@ impl ClusterShared {
     }
 
     /// Asks this node's bucket manager (on core 0).
-    pub async fn ask_local_manager(&self, body: Body) -> Option<Body> {
+    pub async fn ask_local_manager<C: ManagerCall>(&self, call: C) -> Result<C::Reply, CallError>
+    where
+        C::Reply: Send,
+    {
         let (reply, answer) = flume::bounded(1);
+        let work = ToCoreZero::Manager(Box::new(move |manager: &mut Manager| {
+            let _ = reply.send(call.serve(manager));
+        }));
         self.core_zero
-            .send_async(ToCoreZero::Manager { body, reply })
+            .send_async(work)
             .await
-            .ok()?;
-        answer.recv_async().await.ok()
+            .map_err(|_| CallError::Closed)?;
+        answer
+            .recv_async()
+            .await
+            .map_err(|_| CallError::Closed)?
+            .map_err(CallError::Refused)
     }
 }
 

@@ -21,10 +21,11 @@ use super::service::StoreError;
 use super::NodeContext;
 use crate::delivery::{Delivery, DeliveryAction, DeliveryInput, DeliverySettings, Facts};
 use crate::loads::LOAD_MAX_AGE;
+use crate::manager::ManagerCall;
 use crate::membership::{Epoch, NodeId, View};
 use crate::node::clock::now_ms;
 use crate::placement::CandidateLoad;
-use crate::wire::{Body, Failure};
+use crate::rpc::{CallError, NoteFragment, PlaceMail, Placed, StoreMessage};
 
 /// How long a session waits for the cluster (a membership change, a mail-map rebuild).
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
@@ -62,12 +63,12 @@ pub(crate) async fn note(context: &NodeContext, user: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let view = shared.view.load_full();
-        let body = Body::Noted {
+        let note = NoteFragment {
             user: user.to_owned(),
             node: shared.me.id,
             epoch: view.epoch,
         };
-        if ask_manager(context, &view, user, &body).await == Some(Body::Done) {
+        if ask_manager(context, &view, user, note).await.is_ok() {
             return;
         }
         if Instant::now() >= deadline {
@@ -78,23 +79,23 @@ pub(crate) async fn note(context: &NodeContext, user: &str) {
     }
 }
 
-/// Asks the manager of `user`'s bucket; `None` if it cannot be reached.
-pub(crate) async fn ask_manager(
+/// Asks the manager of `user`'s bucket in `view` (this node's own, or a peer).
+pub(crate) async fn ask_manager<C: ManagerCall>(
     context: &NodeContext,
     view: &View,
     user: &str,
-    body: &Body,
-) -> Option<Body> {
+    call: C,
+) -> Result<C::Reply, CallError>
+where
+    C::Reply: Send,
+{
     let shared = &context.cluster;
     let manager = view.map.manager_of(user);
     if manager == shared.me.id {
-        return shared.ask_local_manager(body.clone()).await;
+        return shared.ask_local_manager(call).await;
     }
-    let member = view.member(manager)?;
-    peers(shared)
-        .request(&member.addr, body, PEER_TIMEOUT)
-        .await
-        .ok()
+    let member = view.member(manager).ok_or(CallError::Unreachable)?;
+    peers(shared).call(&member.addr, call, PEER_TIMEOUT).await
 }
 
 /// Candidates this core was given recently: user → (candidates, epoch). A user's next message
@@ -229,22 +230,16 @@ pub async fn deliver(
                 replicas,
             } => DeliveryInput::Stored(match view.member(coordinator) {
                 Some(member) => {
-                    let store = Body::Store {
+                    let store = StoreMessage {
                         user: user.to_owned(),
                         id,
                         epoch: placed,
                         replicas,
                         message: message.to_vec(),
                     };
-                    match peers(shared)
-                        .request(&member.addr, &store, PEER_TIMEOUT)
-                        .await
-                    {
-                        Ok(Body::Done) => Ok(()),
-                        Ok(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
-                        Ok(Body::Error(Failure::TryAgain)) | Err(_) => Err(StoreError::Unavailable),
-                        Ok(_) => Err(StoreError::Failed),
-                    }
+                    StoreError::of_remote(
+                        peers(shared).call(&member.addr, store, PEER_TIMEOUT).await,
+                    )
                 }
                 None => Err(StoreError::Unavailable),
             }),
@@ -291,13 +286,13 @@ async fn candidates_for(
             return Some(nodes);
         }
     }
-    let place = Body::Place {
+    let place = PlaceMail {
         user: user.to_owned(),
         replicas: wanted.min(usize::from(u8::MAX)) as u8,
         avoid: avoid.to_vec(),
     };
-    let nodes: Rc<[NodeId]> = match ask_manager(context, view, user, &place).await {
-        Some(Body::Placed { nodes }) if !nodes.is_empty() => nodes.into(),
+    let nodes: Rc<[NodeId]> = match ask_manager(context, view, user, place).await {
+        Ok(Placed { nodes }) if !nodes.is_empty() => nodes.into(),
         _ => return None,
     };
     if avoid.is_empty() {

@@ -18,14 +18,16 @@ use super::service::{Credential, LockMode, Login, StoreError};
 use super::NodeContext;
 use crate::delivery::Facts;
 use crate::maildrop::{
-    Delete, DeleteAction, DeleteInput, Listing, MaildropSettings, Open, OpenAction, OpenInput,
-    Owner, Unlock, UnlockAction, UnlockInput,
+    delete_outcome, Delete, DeleteAction, DeleteInput, MaildropSettings, Open, OpenAction,
+    OpenInput, Owner, Unlock, UnlockAction, UnlockInput,
 };
 pub use crate::maildrop::{MaildropMessage, OpenFailure};
 use crate::membership::NodeId;
 use crate::node::clock::now_ms;
+use crate::rpc::{
+    Authenticate, Call, CallError, DeleteMessages, Failure, FetchMessage, Fetched, ListFragment,
+};
 use crate::transport::Peers;
-use crate::wire::{Body, Failure};
 
 /// An open (locked) maildrop: its messages and where each is.
 #[derive(Debug)]
@@ -99,32 +101,26 @@ pub async fn open(
             now_ms: now_ms(),
         };
         input = match machine.step(input, facts) {
-            OpenAction::AskManager(body) => {
-                OpenInput::Manager(ask_manager(context, &view, user, &body).await)
+            OpenAction::Lock(lock) => {
+                OpenInput::Locked(ask_manager(context, &view, user, lock).await)
             }
             OpenAction::RecordLock(owner) => {
                 shared.note_maildrop(user, owner);
                 OpenInput::Continue
             }
             OpenAction::List(node) if node == me => {
-                OpenInput::Listed(context.router.list(user).await.ok().map(|f| Listing {
-                    messages: f.messages,
-                    deleted: f.deleted,
-                }))
+                OpenInput::Listed(context.router.list(user).await.ok())
             }
             OpenAction::List(node) => {
-                let list = Body::List {
+                let list = ListFragment {
                     user: user.to_owned(),
                 };
                 let addr = view.member(node).map(|m| m.addr.clone());
-                let listed = match remote(&peers, addr, &list).await {
-                    Some(Body::Listed { messages, deleted }) => Some(Listing { messages, deleted }),
-                    _ => {
-                        tracing::warn!(%user, node, "a fragment node did not list its messages");
-                        None
-                    }
-                };
-                OpenInput::Listed(listed)
+                let listed = remote(&peers, addr, list).await;
+                if let Err(error) = &listed {
+                    tracing::warn!(%user, node, %error, "a fragment node did not list its messages");
+                }
+                OpenInput::Listed(listed.ok())
             }
             OpenAction::Sleep { ms } => {
                 glommio::timer::sleep(Duration::from_millis(ms)).await;
@@ -172,15 +168,20 @@ async fn authenticate(
                 Login::InUse | Login::Unavailable => Err(OpenFailure::Unavailable),
             };
         }
-        let body = Body::Authenticate {
+        let call = Authenticate {
             user: user.to_owned(),
             password: password.to_owned(),
         };
-        match ask_manager(context, &view, user, &body).await {
-            Some(Body::Done) => return Ok(()),
-            Some(Body::Error(Failure::BadCredentials)) => return Err(OpenFailure::BadCredentials),
-            _ if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
-            _ => glommio::timer::sleep(RETRY_PAUSE).await,
+        let Some(member) = view.member(manager) else {
+            continue;
+        };
+        match peers(shared).call(&member.addr, call, PEER_TIMEOUT).await {
+            Ok(()) => return Ok(()),
+            Err(CallError::Refused(Failure::BadCredentials)) => {
+                return Err(OpenFailure::BadCredentials)
+            }
+            Err(_) if Instant::now() >= deadline => return Err(OpenFailure::Unavailable),
+            Err(_) => glommio::timer::sleep(RETRY_PAUSE).await,
         }
     }
 }
@@ -194,16 +195,23 @@ fn member_addr(context: &NodeContext, node: NodeId) -> Option<String> {
         .map(|m| m.addr.clone())
 }
 
-/// A request to another node, retried while it cannot be reached (it may be restarting, or
-/// this core may still be backing off from it) until [`PATIENCE`] runs out.
-async fn remote(peers: &Rc<Peers>, addr: Option<String>, body: &Body) -> Option<Body> {
-    let addr = addr?;
+/// A call to another node, retried while it cannot be reached (it may be restarting, or this
+/// core may still be backing off from it) until [`PATIENCE`] runs out; a refusal is final.
+async fn remote<C: Call + Clone>(
+    peers: &Rc<Peers>,
+    addr: Option<String>,
+    call: C,
+) -> Result<C::Reply, CallError> {
+    let addr = addr.ok_or(CallError::Unreachable)?;
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match peers.request(&addr, body, PEER_TIMEOUT).await {
-            Ok(answer) => return Some(answer),
-            Err(_) if Instant::now() < deadline => glommio::timer::sleep(RETRY_PAUSE).await,
-            Err(_) => return None,
+        match peers.call(&addr, call.clone(), PEER_TIMEOUT).await {
+            Err(CallError::Unreachable | CallError::Timeout | CallError::Closed)
+                if Instant::now() < deadline =>
+            {
+                glommio::timer::sleep(RETRY_PAUSE).await
+            }
+            answer => return answer,
         }
     }
 }
@@ -233,12 +241,12 @@ pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> 
             }
             continue;
         }
-        let body = Body::Fetch {
+        let call = FetchMessage {
             user: maildrop.user.clone(),
             id: message.id,
         };
-        if let Some(Body::Fetched { message }) =
-            remote(&peers(&context.cluster), member_addr(context, node), &body).await
+        if let Ok(Fetched { message }) =
+            remote(&peers(&context.cluster), member_addr(context, node), call).await
         {
             return Some(message);
         }
@@ -272,16 +280,12 @@ pub async fn delete(
         let outcome = if node == context.cluster.me.id {
             context.router.delete(&maildrop.user, ids, also).await
         } else {
-            let body = Body::Delete {
+            let call = DeleteMessages {
                 user: maildrop.user.clone(),
                 ids,
                 fragments: also,
             };
-            match remote(&peers, member_addr(context, node), &body).await {
-                Some(Body::Done) => Ok(()),
-                Some(Body::Error(Failure::NoSpace)) => Err(StoreError::NoSpace),
-                _ => Err(StoreError::Failed),
-            }
+            delete_outcome(remote(&peers, member_addr(context, node), call).await)
         };
         input = DeleteInput::Deleted(outcome);
     }
@@ -317,8 +321,8 @@ async fn unlock(context: &NodeContext, user: &str, owner: Owner) {
                 shared.forget_maildrop(user, owner);
                 UnlockInput::Continue
             }
-            UnlockAction::AskManager(body) => {
-                UnlockInput::Manager(ask_manager(context, &view, user, &body).await)
+            UnlockAction::Unlock(call) => {
+                UnlockInput::Unlocked(ask_manager(context, &view, user, call).await)
             }
             UnlockAction::Sleep { ms } => {
                 glommio::timer::sleep(Duration::from_millis(ms)).await;

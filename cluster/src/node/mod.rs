@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod listeners;
 pub mod maildrop;
 pub mod metrics;
+pub mod peer_calls;
 pub mod pop3_conn;
 pub mod replicas;
 pub mod service;

@@ -25,7 +25,7 @@ use super::service::StoreError;
 use super::NodeContext;
 use crate::membership::{Epoch, NodeId};
 use crate::replication::{Action, Replicator, Update};
-use crate::wire::{Body, Failure, ReplicaUpdate};
+use crate::rpc::{OneWay, PushUpdate, Pushed, ReplicaUpdate};
 
 /// When a delivery's 250 may be sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -328,7 +328,7 @@ impl CoreReplication {
                 ReplicaUpdate::Put { message }
             }
         };
-        let body = Body::Replicate {
+        let push = PushUpdate {
             user: update.user.clone(),
             id: update.id,
             hlc: update.hlc,
@@ -337,12 +337,12 @@ impl CoreReplication {
             update: carried,
         };
         match peers(&self.context.cluster)
-            .request(&addr, &body, PEER_TIMEOUT)
+            .call(&addr, push, PEER_TIMEOUT)
             .await
         {
-            Ok(Body::Done) => PushOutcome::Held,
-            Ok(Body::Error(Failure::Deleted)) => PushOutcome::DeletedThere,
-            _ => PushOutcome::Failed,
+            Ok(Pushed::Taken) => PushOutcome::Held,
+            Ok(Pushed::DeletedHere) => PushOutcome::DeletedThere,
+            Err(_) => PushOutcome::Failed,
         }
     }
 
@@ -396,7 +396,7 @@ impl CoreReplication {
         let peers = peers(&self.context.cluster);
         for (node, entries) in notices {
             if let Some(member) = view.member(node) {
-                peers.send(&member.addr, &Body::Retired { entries });
+                peers.send(&member.addr, &OneWay::Retired { entries });
             }
         }
     }

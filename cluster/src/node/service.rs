@@ -26,7 +26,7 @@ use porcupine_protocols::sasl::ScramCredentials;
 
 pub use super::replicas::Applied;
 pub use crate::delivery::StoreError;
-pub use crate::wire::ListedMessage;
+pub use crate::rpc::ListedMessage;
 
 /// What an engine failure means to a protocol: a full disk is 452, anything else 451.
 pub fn store_error(error: &EngineError) -> StoreError {
@@ -94,14 +94,9 @@ pub struct ShardReport {
 
 type Reply<T> = flume::Sender<T>;
 
-/// A user's mail on this node.
-#[derive(Debug, Default)]
-pub struct Fragment {
-    /// Oldest first, each with its replica set.
-    pub messages: Vec<ListedMessage>,
-    /// Messages deleted here whose tombstones are still on their way to other replicas.
-    pub deleted: Vec<u128>,
-}
+/// A user's mail on this node: oldest first, each with its replica set, and the messages
+/// deleted here whose tombstones are still on their way to other replicas.
+pub use crate::rpc::Listed as Fragment;
 
 /// A request to the core that owns `user`'s shard.
 pub enum Request {

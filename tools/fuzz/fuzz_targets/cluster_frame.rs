@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use porcupine_cluster::wire::{decode_header, decode_payload, HEADER_BYTES};
+use porcupine_cluster::rpc::{OneWay, Request};
+use porcupine_cluster::wire::{decode, decode_header, verify_payload, HEADER_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let Some(header_bytes) = data.get(..HEADER_BYTES) else {
@@ -13,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(header) = decode_header(&header_bytes) {
-        let _ = decode_payload(&header_bytes, &header, &data[HEADER_BYTES..]);
+        let payload = &data[HEADER_BYTES..];
+        if verify_payload(&header_bytes, &header, payload).is_ok() {
+            let _ = decode::<Request>(payload);
+            let _ = decode::<OneWay>(payload);
+        }
     }
 });

@@ -5,8 +5,12 @@
 use std::path::Path;
 
 use porcupine_cluster::membership::{Epoch, Member, Msg, View};
+use porcupine_cluster::rpc::{
+    FetchMessage, LockMaildrop, OneWay, PushUpdate, ReplicaUpdate, Request, StoreMessage,
+    SyncProfiles, UnlockMaildrop,
+};
 use porcupine_cluster::usermap::UserMap;
-use porcupine_cluster::wire::{self, Body, FrameKind, ReplicaUpdate, HEADER_BYTES};
+use porcupine_cluster::wire::{self, FrameKind, HEADER_BYTES};
 use porcupine_engine::index::Index;
 use porcupine_engine::record::{self, RecordKind, RecordMeta, Retired};
 use porcupine_engine::segment::SegmentHeader;
@@ -39,68 +43,94 @@ fn main() {
         map: UserMap::single(1, 1024, epoch).reassign(&[1, 2], epoch),
         members: members.clone(),
     };
-    let bodies = [
-        ("commit", Body::Membership(Msg::Commit { view })),
+    let one_way = |body: &OneWay| {
+        let mut frame = Vec::new();
+        wire::encode(&mut frame, FrameKind::OneWay, 0, 3, 1, body).expect("encodes");
+        frame
+    };
+    let request = |request: Request| {
+        let mut frame = Vec::new();
+        wire::encode(&mut frame, FrameKind::Request, 1, 3, 1, &request).expect("encodes");
+        frame
+    };
+    let frames = [
+        ("commit", one_way(&OneWay::Membership(Msg::Commit { view }))),
         (
             "ping",
-            Body::Membership(Msg::Ping {
+            one_way(&OneWay::Membership(Msg::Ping {
                 from: members[1].clone(),
                 epoch,
-            }),
+            })),
         ),
         (
             "store",
-            Body::Store {
-                user: "a@x".into(),
-                id: 7,
-                epoch,
-                replicas: vec![1, 2],
-                message: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
-            },
+            request(
+                StoreMessage {
+                    user: "a@x".into(),
+                    id: 7,
+                    epoch,
+                    replicas: vec![1, 2],
+                    message: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+                }
+                .into(),
+            ),
         ),
         (
             "replicate",
-            Body::Replicate {
-                user: "a@x".into(),
-                id: 7,
-                hlc: 1 << 40,
-                origin: 1,
-                replicas: vec![1, 2],
-                update: ReplicaUpdate::Delete,
-            },
+            request(
+                PushUpdate {
+                    user: "a@x".into(),
+                    id: 7,
+                    hlc: 1 << 40,
+                    origin: 1,
+                    replicas: vec![1, 2],
+                    update: ReplicaUpdate::Delete,
+                }
+                .into(),
+            ),
         ),
         (
             "profiles",
-            Body::Profiles {
-                profiles: vec![("a@x".into(), 1 << 40, b"porcupine-profile 1\n".to_vec())],
-            },
+            request(
+                SyncProfiles {
+                    profiles: vec![("a@x".into(), 1 << 40, b"porcupine-profile 1\n".to_vec())],
+                }
+                .into(),
+            ),
         ),
         (
             "fetch",
-            Body::Fetch {
-                user: "a@x".into(),
-                id: 9,
-            },
+            request(
+                FetchMessage {
+                    user: "a@x".into(),
+                    id: 9,
+                }
+                .into(),
+            ),
         ),
         (
             "lock",
-            Body::Lock {
-                user: "a@x".into(),
-                owner: (1, 4),
-            },
+            request(
+                LockMaildrop {
+                    user: "a@x".into(),
+                    owner: (1, 4),
+                }
+                .into(),
+            ),
         ),
         (
             "unlock",
-            Body::Unlock {
-                user: "a@x".into(),
-                owner: (1, 4),
-            },
+            request(
+                UnlockMaildrop {
+                    user: "a@x".into(),
+                    owner: (1, 4),
+                }
+                .into(),
+            ),
         ),
     ];
-    for (name, body) in &bodies {
-        let mut frame = Vec::new();
-        wire::encode(&mut frame, FrameKind::Request, 1, 3, 1, body).expect("encodes");
-        write(&corpus.join("cluster_frame"), name, &frame);
+    for (name, frame) in &frames {
+        write(&corpus.join("cluster_frame"), name, frame);
         write(
             &corpus.join("cluster_payload"),
             name,

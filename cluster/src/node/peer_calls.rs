@@ -1,0 +1,198 @@
+//! What this node answers to each call of a peer: one server per operation of
+//! [`crate::rpc`], dispatched by an exhaustive `match` (a new operation does not compile until
+//! it is served here), each answered with its own reply type.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::cluster_driver::stamp_ok;
+use super::service::{Applied, Credential, LockMode, Login};
+use super::NodeContext;
+use crate::manager::ManagerCall;
+use crate::replication::Update;
+use crate::rpc::{
+    Authenticate, Call, DeleteMessages, Failure, FetchMessage, Fetched, ListFragment, Listed,
+    LockMaildrop, NoteFragment, PlaceMail, PushUpdate, Pushed, ReplicaUpdate, ReportFragments,
+    Request, StoreMessage, SyncProfiles, UnlockMaildrop,
+};
+use crate::transport::Peers;
+use porcupine_engine::{Stamp, UpdateKind};
+
+/// Profile writes in flight while storing a batch from a peer.
+const PROFILE_PARALLELISM: usize = 512;
+
+/// Serves `request` on this core; the reply frame to send back (`None`: it did not encode,
+/// which is logged).
+pub async fn answer(
+    context: &NodeContext,
+    peers: &Rc<Peers>,
+    request_id: u64,
+    request: Request,
+) -> Option<Vec<u8>> {
+    match request {
+        Request::PlaceMail(call) => {
+            reply::<PlaceMail>(peers, request_id, manager(context, call).await)
+        }
+        Request::NoteFragment(call) => {
+            reply::<NoteFragment>(peers, request_id, manager(context, call).await)
+        }
+        Request::ReportFragments(call) => {
+            reply::<ReportFragments>(peers, request_id, manager(context, call).await)
+        }
+        Request::LockMaildrop(call) => {
+            reply::<LockMaildrop>(peers, request_id, manager(context, call).await)
+        }
+        Request::UnlockMaildrop(call) => {
+            reply::<UnlockMaildrop>(peers, request_id, manager(context, call).await)
+        }
+        Request::StoreMessage(call) => {
+            reply::<StoreMessage>(peers, request_id, store(context, call).await)
+        }
+        Request::PushUpdate(call) => {
+            reply::<PushUpdate>(peers, request_id, push(context, call).await)
+        }
+        Request::ListFragment(call) => {
+            reply::<ListFragment>(peers, request_id, list(context, call).await)
+        }
+        Request::FetchMessage(call) => {
+            reply::<FetchMessage>(peers, request_id, fetch(context, call).await)
+        }
+        Request::DeleteMessages(call) => {
+            reply::<DeleteMessages>(peers, request_id, delete(context, call).await)
+        }
+        Request::Authenticate(call) => {
+            reply::<Authenticate>(peers, request_id, authenticate(context, call).await)
+        }
+        Request::SyncProfiles(call) => {
+            reply::<SyncProfiles>(peers, request_id, profiles(context, call).await)
+        }
+    }
+}
+
+fn reply<C: Call>(
+    peers: &Peers,
+    request_id: u64,
+    reply: Result<C::Reply, Failure>,
+) -> Option<Vec<u8>> {
+    peers.reply_frame::<C>(request_id, &reply)
+}
+
+/// A call for the bucket manager, on core 0.
+async fn manager<C: ManagerCall>(context: &NodeContext, call: C) -> Result<C::Reply, Failure>
+where
+    C::Reply: Send,
+{
+    context
+        .cluster
+        .ask_local_manager(call)
+        .await
+        .map_err(|error| error.refusal().unwrap_or(Failure::Failed))
+}
+
+async fn store(context: &NodeContext, call: StoreMessage) -> Result<(), Failure> {
+    let StoreMessage {
+        user,
+        id,
+        epoch,
+        replicas,
+        message,
+    } = call;
+    super::delivery::store_here(context, &user, id, Arc::new(message), epoch, replicas)
+        .await
+        .map_err(Failure::from)
+}
+
+async fn push(context: &NodeContext, call: PushUpdate) -> Result<Pushed, Failure> {
+    if !stamp_ok(context, call.hlc) {
+        return Err(Failure::Failed);
+    }
+    let (kind, message) = match call.update {
+        ReplicaUpdate::Put { message } => (UpdateKind::Put, Some(message)),
+        ReplicaUpdate::Delete => (UpdateKind::Delete, None),
+    };
+    let update = Update {
+        user: call.user,
+        id: call.id,
+        kind,
+        hlc: call.hlc,
+        origin: call.origin,
+        replicas: call.replicas,
+    };
+    match context.router.replicate(update, message).await {
+        Ok(Applied::Taken) => Ok(Pushed::Taken),
+        // The pusher deletes its copy too (see `replicas::Edge::push`).
+        Ok(Applied::DeletedHere) => Ok(Pushed::DeletedHere),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn list(context: &NodeContext, call: ListFragment) -> Result<Listed, Failure> {
+    context.router.list(&call.user).await.map_err(Failure::from)
+}
+
+async fn fetch(context: &NodeContext, call: FetchMessage) -> Result<Fetched, Failure> {
+    context
+        .router
+        .fetch(&call.user, call.id)
+        .await
+        .map(|message| Fetched { message })
+        .map_err(Failure::from)
+}
+
+async fn delete(context: &NodeContext, call: DeleteMessages) -> Result<(), Failure> {
+    context
+        .router
+        .delete(&call.user, call.ids, call.fragments)
+        .await
+        .map_err(Failure::from)
+}
+
+async fn authenticate(context: &NodeContext, call: Authenticate) -> Result<(), Failure> {
+    let credential = Credential::Password(call.password);
+    match context
+        .router
+        .login(&call.user, &credential, LockMode::Elsewhere)
+        .await
+    {
+        Login::Ok(_) => Ok(()),
+        Login::BadCredentials => Err(Failure::BadCredentials),
+        Login::InUse | Login::Unavailable => Err(Failure::Failed),
+    }
+}
+
+async fn profiles(context: &NodeContext, call: SyncProfiles) -> Result<(), Failure> {
+    // A profile stamped in the far future would beat every later password change.
+    if !call
+        .profiles
+        .iter()
+        .all(|(_, hlc, _)| stamp_ok(context, *hlc))
+    {
+        return Err(Failure::Failed);
+    }
+    // Many at once, so they share group commits. The newest update of each wins.
+    let mut result = Ok(());
+    let mut in_flight = VecDeque::new();
+    for (user, hlc, profile) in call.profiles {
+        let router = context.router.clone();
+        let stamp = Stamp { hlc, origin: 0 };
+        in_flight.push_back(glommio::spawn_local(async move {
+            router
+                .put_profile(&user, Arc::new(profile), Some(stamp))
+                .await
+        }));
+        if in_flight.len() >= PROFILE_PARALLELISM {
+            if let Some(task) = in_flight.pop_front() {
+                if let Err(error) = task.await {
+                    result = Err(error.into());
+                }
+            }
+        }
+    }
+    for task in in_flight {
+        if let Err(error) = task.await {
+            result = Err(error.into());
+        }
+    }
+    result
+}
