@@ -347,7 +347,12 @@ pub async fn write<S: Storage>(storage: &S, dir: &Path, bytes: &[u8]) -> Result<
 /// Reads the checkpoint of `dir`: `Ok(None)` if there is none or it is unusable.
 pub async fn read<S: Storage>(storage: &S, dir: &Path) -> Result<Option<Snapshot>> {
     let file_path = path(dir);
-    if !file_path.exists() {
+    // Asked of the storage, not of the file system: it may not be a real one.
+    if !storage
+        .list(dir)?
+        .iter()
+        .any(|name| name == CHECKPOINT_FILE)
+    {
         return Ok(None);
     }
     let file = storage.open(&file_path, false).await?;

@@ -34,6 +34,10 @@ pub(crate) enum Failure {
         message: String,
     },
     Poisoned(String),
+    Invariant {
+        shard: String,
+        what: String,
+    },
     Closed,
 }
 
@@ -48,6 +52,10 @@ impl Failure {
                 message: source.to_string(),
             },
             EngineError::Closed => Failure::Closed,
+            EngineError::Invariant { shard, what } => Failure::Invariant {
+                shard: shard.clone(),
+                what: what.clone(),
+            },
             other => Failure::Poisoned(other.to_string()),
         }
     }
@@ -71,6 +79,10 @@ impl Failure {
             Failure::Poisoned(cause) => EngineError::Poisoned {
                 shard: shard.to_owned(),
                 cause: cause.clone(),
+            },
+            Failure::Invariant { shard, what } => EngineError::Invariant {
+                shard: shard.clone(),
+                what: what.clone(),
             },
             Failure::Closed => EngineError::Closed,
         }
@@ -278,9 +290,18 @@ impl<S: Storage> Inner<S> {
             aux,
             replicas,
         };
-        let (done, location) =
-            crate::writer::enqueue(self, &mut state, &meta, user, body, |loc| op(loc, meta))?;
+        let enqueued =
+            crate::writer::enqueue(self, &mut state, &meta, user, body, |loc| op(loc, meta));
         drop(state);
+        let (done, location) = match enqueued {
+            Ok(enqueued) => enqueued,
+            Err(error) => {
+                if matches!(error, EngineError::Invariant { .. }) {
+                    crate::writer::poison(self, Vec::new(), &error);
+                }
+                return Err(error);
+            }
+        };
         self.writer_wake.notify();
         Ok(Some((done, location, meta)))
     }

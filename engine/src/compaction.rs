@@ -42,7 +42,7 @@ const RATE_STEP_BYTES: u64 = 256 << 10;
 
 pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
     loop {
-        glommio::timer::sleep(inner.config.compaction.check_interval).await;
+        crate::executor::sleep(inner.config.compaction.check_interval).await;
         if inner.state.borrow().closing {
             return;
         }
@@ -195,7 +195,7 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
             wait_all(inner, &mut outstanding).await?;
         }
         if since_sleep >= RATE_STEP_BYTES {
-            glommio::timer::sleep(Duration::from_secs_f64(since_sleep as f64 / rate as f64)).await;
+            crate::executor::sleep(Duration::from_secs_f64(since_sleep as f64 / rate as f64)).await;
             since_sleep = 0;
         }
     }

@@ -22,6 +22,11 @@ pub enum EngineError {
     /// the disk. Reopening the shard (a restart) recovers from what is durable.
     #[error("shard {shard} stopped accepting writes after a failed {cause}; restart the node to recover")]
     Poisoned { shard: String, cause: String },
+    /// The engine's own bookkeeping broke one of its invariants (a bug, or memory damage):
+    /// the shard stopped accepting writes, as after a failed write. Reopening the shard (a
+    /// restart) rebuilds its state from what is durable.
+    #[error("internal invariant violated in shard {shard}: {what}")]
+    Invariant { shard: String, what: String },
     /// Bytes on disk failed a check; they are never served.
     #[error("corrupt data in {path} at offset {offset}: {reason}")]
     Corrupt {

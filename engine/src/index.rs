@@ -95,6 +95,9 @@ pub struct Index {
     /// (a retried push, a placement retried elsewhere) is refused for a while after.
     retired_tombstones: std::collections::VecDeque<(u64, u128)>,
     retired_tombstone_set: std::collections::HashSet<(u64, u128)>,
+    /// The first broken invariant of the bookkeeping seen since the last
+    /// [`Index::take_violation`] (the writer and recovery check it and poison the shard).
+    violation: Option<String>,
 }
 
 /// Retired tombstones remembered (in memory only) to refuse late puts.
@@ -165,14 +168,38 @@ impl Index {
     }
 
     fn sub_live(&mut self, location: Location) {
-        if let Some(bytes) = self.live_bytes.get_mut(&location.segment) {
-            *bytes = bytes.saturating_sub(u64::from(location.len));
+        let len = u64::from(location.len);
+        match self.live_bytes.get_mut(&location.segment) {
+            Some(bytes) if *bytes >= len => *bytes -= len,
+            found => {
+                let had = found.map(std::mem::take);
+                self.violate(format!(
+                    "live bytes of segment {} would go below zero: {had:?} less {len} for the \
+                     record at {location:?}",
+                    location.segment
+                ));
+            }
         }
+    }
+
+    fn violate(&mut self, what: String) {
+        self.violation.get_or_insert(what);
+    }
+
+    /// The first broken invariant of the index's bookkeeping since the last call, if any:
+    /// bytes counted live in a segment going below zero (or in a segment already forgotten),
+    /// a message count going below zero, a segment forgotten while records in it are live.
+    pub fn take_violation(&mut self) -> Option<String> {
+        self.violation.take()
     }
 
     /// Forgets a segment's accounting once the segment is gone.
     pub fn forget_segment(&mut self, segment: u32) {
-        self.live_bytes.remove(&segment);
+        if let Some(live) = self.live_bytes.remove(&segment).filter(|&b| b != 0) {
+            self.violate(format!(
+                "segment {segment} forgotten with {live} live bytes"
+            ));
+        }
     }
 
     /// The pending replicated update of a message, if any.
@@ -344,7 +371,10 @@ impl Index {
         if mailbox.is_empty() {
             self.mailboxes.remove(user);
         }
-        self.message_count -= 1;
+        match self.message_count.checked_sub(1) {
+            Some(count) => self.message_count = count,
+            None => self.violate(format!("message count below zero removing {id} of {user}")),
+        }
         self.sub_live(entry.location);
         Some(entry)
     }

@@ -4,7 +4,9 @@
 //! optionally slowed to a simulated disk's speed ([`crate::throttle`]).
 //! [`FaultyStorage`] wraps any storage and injects the failures a disk can produce (EIO on a
 //! write or a sync, ENOSPC when a file is prepared) so tests exercise the real error paths on a
-//! real file system. Swapping the runtime later touches this file only.
+//! real file system. [`crate::memory_storage::MemoryStorage`] is the in-memory one, with
+//! durability modelled, for tests without io_uring. Swapping the runtime later touches this
+//! file and `executor.rs` (where tasks are spawned and timers run) only.
 #![allow(async_fn_in_trait)] // single-threaded executors: futures are never sent across threads
 
 use std::cell::Cell;
@@ -56,6 +58,8 @@ pub trait Storage: Clone + 'static {
     async fn remove(&self, path: &Path) -> Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> Result<()>;
+    /// Creates `dir` and any missing parents, durably: each new directory's entry is synced
+    /// in its parent before this returns (a shard's files are only as durable as their names).
     fn create_dir_all(&self, dir: &Path) -> Result<()>;
     /// File names in `dir`.
     fn list(&self, dir: &Path) -> Result<Vec<String>>;
@@ -230,7 +234,24 @@ impl Storage for DmaStorage {
     }
 
     fn create_dir_all(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| EngineError::io("create directory", dir, e))
+        // The directories that do not exist yet, deepest first.
+        let missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.exists()).collect();
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::io("create directory", dir, e))?;
+        // Open-time only, so plain blocking calls: fsync each new directory's parent, from the
+        // top down, so that no power cut can lose a directory that holds synced files.
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| EngineError::io("fsync directory", parent, e))?;
+            }
+        }
+        Ok(())
     }
 
     fn list(&self, dir: &Path) -> Result<Vec<String>> {

@@ -23,6 +23,7 @@ use crate::checkpoint;
 use crate::commit_queue::{Batch, Failure, IndexOp, Inner, Outcome, Span, Spare, State, TailBlock};
 use crate::error::{EngineError, Result};
 use crate::index::Location;
+use crate::invariant::violated;
 use crate::record::{self, RecordMeta};
 use crate::segment::{self, SEGMENT_HEADER_BYTES};
 use crate::signal::Completion;
@@ -54,6 +55,17 @@ pub(crate) fn enqueue<S: Storage>(
     }
     let seq = state.append_seq;
     let pos = state.append_pos;
+    invariant!(
+        &inner.name,
+        pos >= SEGMENT_HEADER_BYTES
+            && pos % record::RECORD_ALIGN as u64 == 0
+            && pos + len as u64 <= inner.config.segment_bytes
+            && (seq, pos) >= state.durable,
+        "append position {pos} of segment {seq} (a record of {len} bytes) is misaligned, \
+         outside the segment ({} bytes) or behind the durable end {:?}",
+        inner.config.segment_bytes,
+        state.durable
+    )?;
     let fits = state
         .queue
         .back()
@@ -63,15 +75,19 @@ pub(crate) fn enqueue<S: Storage>(
         state.queue.push_back(batch);
     }
     let Some(batch) = state.queue.back_mut() else {
-        return Err(EngineError::Setup(
-            "internal: no batch after creating one".into(),
-        ));
+        return Err(violated(&inner.name, "no batch after creating one".into()));
     };
-    debug_assert_eq!(batch.start + batch.used as u64, pos);
+    invariant!(
+        &inner.name,
+        batch.start + batch.used as u64 == pos,
+        "the newest batch of segment {seq} ends at {}, the log at {pos}",
+        batch.start + batch.used as u64
+    )?;
     let at = batch.used;
     let Some(buf) = Rc::get_mut(&mut batch.buf) else {
-        return Err(EngineError::Setup(
-            "internal: a queued batch buffer is shared".into(),
+        return Err(violated(
+            &inner.name,
+            "a queued batch buffer is shared".into(),
         ));
     };
     record::encode_into(&mut buf.bytes_mut()[at..at + len], meta, user, body);
@@ -113,7 +129,7 @@ fn new_batch<S: Storage>(
         .values()
         .next_back()
         .map(|slot| slot.file.clone())
-        .ok_or_else(|| EngineError::Setup("internal: shard has no segment".into()))?;
+        .ok_or_else(|| violated(&inner.name, "the shard has no segment".into()))?;
     let mut buf = file.alloc_buffer(alloc_len);
     if prefix_len > 0 {
         let prefix: &[u8] = match state.queue.back() {
@@ -124,16 +140,21 @@ fn new_batch<S: Storage>(
             }
             _ if state.tail.seq == seq && state.tail.start == start => &state.tail.bytes,
             _ => {
-                return Err(EngineError::Setup(
-                    "internal: tail block is not where the log ends".into(),
+                return Err(violated(
+                    &inner.name,
+                    format!(
+                        "the tail block ({}, {}) is not where the log ends ({seq}, {pos})",
+                        state.tail.seq, state.tail.start
+                    ),
                 ))
             }
         };
-        if prefix.len() != prefix_len {
-            return Err(EngineError::Setup(
-                "internal: tail block length mismatch".into(),
-            ));
-        }
+        invariant!(
+            &inner.name,
+            prefix.len() == prefix_len,
+            "the tail block holds {} bytes, the log's last block {prefix_len}",
+            prefix.len()
+        )?;
         buf.bytes_mut()[..prefix_len].copy_from_slice(prefix);
     }
     Ok(Batch {
@@ -169,11 +190,16 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             inner.writer_wake.notified().await;
         }
         if !inner.config.commit_window.is_zero() {
-            glommio::timer::sleep(inner.config.commit_window).await;
+            crate::executor::sleep(inner.config.commit_window).await;
         }
-        let group = take_group(&inner);
+        let (group, checked) = take_group(&inner);
         inner.space_wake.notify();
         let Some(first) = group.first() else { continue };
+        if let Err(error) = checked {
+            poison(&inner, group, &error);
+            inner.pace_wake.notify();
+            continue;
+        }
         inner.state.borrow_mut().writing = true;
         let seq = first.seq;
         let file = match file_for(&inner, seq).await {
@@ -205,12 +231,18 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
     }
 }
 
+/// A group of batches for one segment, in log order.
+type Group<S> = Vec<Batch<<<S as Storage>::File as StorageFile>::Buffer>>;
+
 /// Takes the queued batches of the front segment (bounded), trims their buffers to whole
-/// blocks and remembers the last partly filled block for the next batch.
-fn take_group<S: Storage>(inner: &Inner<S>) -> Vec<Batch<<S::File as StorageFile>::Buffer>> {
+/// blocks and remembers the last partly filled block for the next batch. The group comes
+/// with the verdict of [`check_group`] (and of the queued-bytes bookkeeping): a group that
+/// fails it is not written.
+fn take_group<S: Storage>(inner: &Inner<S>) -> (Group<S>, Result<()>) {
     let mut state = inner.state.borrow_mut();
     let mut group = Vec::new();
     let mut bytes = 0;
+    let mut checked = Ok(());
     while let Some(front) = state.queue.front() {
         if !group.is_empty()
             && (front.seq != group_seq(&group) || bytes + front.used > WRITE_GROUP_BYTES_MAX)
@@ -234,10 +266,85 @@ fn take_group<S: Storage>(inner: &Inner<S>) -> Vec<Batch<<S::File as StorageFile
             bytes: batch.buf.bytes()[tail_from..batch.used].to_vec(),
         };
         let record_bytes: usize = batch.ops.iter().map(|(_, loc, _)| loc.len as usize).sum();
-        state.queued_bytes -= record_bytes;
+        let queued = state.queued_bytes;
+        match queued.checked_sub(record_bytes) {
+            Some(left) => state.queued_bytes = left,
+            None => {
+                state.queued_bytes = 0;
+                if checked.is_ok() {
+                    checked = Err(violated(
+                        &inner.name,
+                        format!("{queued} bytes queued, a batch of {record_bytes} bytes taken"),
+                    ));
+                }
+            }
+        }
         group.push(batch);
     }
-    group
+    if checked.is_ok() {
+        checked = check_group(inner, &state, &group);
+    }
+    (group, checked)
+}
+
+/// What the writer is about to write: each batch starts on a block, covers whole blocks and
+/// holds its records back to back up to where it ends; the group continues the log exactly
+/// where its durable part ends (or at the first record of a new segment); no record lies
+/// outside its segment.
+fn check_group<S: Storage>(
+    inner: &Inner<S>,
+    state: &State<S::File>,
+    group: &Group<S>,
+) -> Result<()> {
+    let block = BLOCK_BYTES as u64;
+    let mut expected: Option<(u32, u64)> = None;
+    for batch in group {
+        let written = batch.buf.bytes().len();
+        let end = batch.start + batch.used as u64;
+        invariant!(
+            &inner.name,
+            batch.start % block == 0 && written % BLOCK_BYTES == 0 && written >= batch.used,
+            "a batch of segment {} at {} writes {written} bytes for {} used (blocks of {block})",
+            batch.seq,
+            batch.start,
+            batch.used
+        )?;
+        let first = batch.ops.first().map(|(_, loc, _)| u64::from(loc.offset));
+        let mut at = first.unwrap_or(end);
+        let expected_first = match expected {
+            Some((seq, pos)) if seq == batch.seq => pos,
+            _ if batch.seq == state.durable.0 => state.durable.1,
+            _ => SEGMENT_HEADER_BYTES,
+        };
+        invariant!(
+            &inner.name,
+            batch.seq >= state.durable.0 && at == expected_first && align_down(at) == batch.start,
+            "a batch of segment {} starts its records at {at} (block {}), the log is at {:?} \
+             (durable {:?})",
+            batch.seq,
+            batch.start,
+            (batch.seq, expected_first),
+            state.durable
+        )?;
+        for (_, loc, _) in &batch.ops {
+            invariant!(
+                &inner.name,
+                loc.segment == batch.seq && u64::from(loc.offset) == at && loc.len > 0,
+                "a record at {loc:?} in a batch of segment {} whose next record is at {at}",
+                batch.seq
+            )?;
+            at += u64::from(loc.len);
+        }
+        invariant!(
+            &inner.name,
+            at == end && end <= inner.config.segment_bytes,
+            "the records of a batch of segment {} end at {at}, the batch at {end} (segment of {} bytes)",
+            batch.seq,
+            inner.config.segment_bytes
+        )?;
+        expected = Some((batch.seq, end));
+    }
+    Ok(())
 }
 
 fn group_seq<B>(group: &[Batch<B>]) -> u32 {
@@ -305,9 +412,18 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
         state.clock.now()
     };
     let inner = inner.clone();
-    glommio::spawn_local(async move {
+    crate::executor::spawn_local(async move {
         let pace = SparePace { inner: &inner, seq };
-        let result = segment::prepare(&inner.storage, &inner.dir, seq, inner.config.segment_bytes, hlc, inner.config.io_depth, &pace).await;
+        let result = segment::prepare(
+            &inner.storage,
+            &inner.dir,
+            seq,
+            inner.config.segment_bytes,
+            hlc,
+            inner.config.io_depth,
+            &pace,
+        )
+        .await;
         {
             let mut state = inner.state.borrow_mut();
             state.spare = match result {
@@ -319,8 +435,7 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
             };
         }
         inner.spare_wake.notify();
-    })
-    .detach();
+    });
 }
 
 /// How far the zeros of a spare may run ahead of the filling of the segment before it.
@@ -381,7 +496,7 @@ fn fail_segment<S: Storage>(
             if let Some(batch) = state.queue.pop_front() {
                 let record_bytes: usize =
                     batch.ops.iter().map(|(_, loc, _)| loc.len as usize).sum();
-                state.queued_bytes -= record_bytes;
+                state.queued_bytes = state.queued_bytes.saturating_sub(record_bytes);
                 failed.push(batch);
             }
         }
@@ -409,20 +524,24 @@ fn fail_segment<S: Storage>(
     inner.space_wake.notify();
 }
 
-fn poison<S: Storage>(
-    inner: &Inner<S>,
-    group: Vec<Batch<<S::File as StorageFile>::Buffer>>,
-    error: &EngineError,
-) {
-    tracing::error!(shard = %inner.name, %error, "write or sync failed: the shard stops accepting writes");
+/// Stops the shard's writes after `error` (a failed write or sync, or a violated invariant,
+/// already logged): `group` (taken, not written or not acknowledged) and every queued batch
+/// fail with it, and later appends are refused until the shard is reopened.
+pub(crate) fn poison<S: Storage>(inner: &Inner<S>, group: Group<S>, error: &EngineError) {
+    if !matches!(error, EngineError::Invariant { .. }) {
+        tracing::error!(shard = %inner.name, %error, "write or sync failed: the shard stops accepting writes");
+    }
     let failure = Failure::from_error(error);
     let mut failed = group;
     {
         let mut state = inner.state.borrow_mut();
-        state.poisoned = Some(error.to_string());
+        if state.poisoned.is_none() {
+            state.poisoned = Some(error.to_string());
+        }
         failed.extend(state.queue.drain(..));
         state.queued_bytes = 0;
     }
+    inner.writer_wake.notify();
     inner.metrics.borrow_mut().failed_batches += failed.len() as u64;
     for batch in failed {
         batch.done.complete(Err(failure.clone()));
@@ -440,6 +559,20 @@ fn complete<S: Storage>(
     let mut bytes = 0u64;
     let checkpoint_due = {
         let mut state = inner.state.borrow_mut();
+        let before = state.durable;
+        let after = group
+            .last()
+            .map_or(before, |b| (b.seq, b.start + b.used as u64));
+        let checked = invariant!(
+            &inner.name,
+            after >= before,
+            "the durable end would move back from {before:?} to {after:?}"
+        );
+        if let Err(error) = checked {
+            drop(state);
+            poison(inner, group, &error);
+            return;
+        }
         for batch in &group {
             let buf = batch.buf.bytes();
             for (span, location, op) in &batch.ops {
@@ -458,6 +591,12 @@ fn complete<S: Storage>(
             }
             state.durable = (batch.seq, end);
         }
+        if let Some(what) = state.index.take_violation() {
+            drop(state);
+            // The group is durable, but what the index made of it is not to be trusted.
+            poison(inner, group, &violated(&inner.name, what));
+            return;
+        }
         state.bytes_since_checkpoint += bytes;
         let due = state.bytes_since_checkpoint >= inner.config.checkpoint_every_bytes
             && !state.checkpoint_running;
@@ -475,13 +614,12 @@ fn complete<S: Storage>(
     }
     if checkpoint_due {
         let inner = inner.clone();
-        glommio::spawn_local(async move {
+        crate::executor::spawn_local(async move {
             if let Err(error) = write_checkpoint(&inner).await {
                 tracing::warn!(shard = %inner.name, %error, "index checkpoint failed; the next restart scans more log");
             }
             inner.state.borrow_mut().checkpoint_running = false;
-        })
-        .detach();
+        });
     }
 }
 
@@ -542,7 +680,7 @@ async fn write_checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
 /// Writes a checkpoint unless one is being written (then waits for the writer to be idle).
 pub(crate) async fn checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
     while inner.state.borrow().checkpoint_running {
-        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        crate::executor::sleep(std::time::Duration::from_millis(5)).await;
     }
     inner.state.borrow_mut().checkpoint_running = true;
     let result = write_checkpoint(inner).await;

@@ -78,7 +78,9 @@ fn check_user(user: &str) -> Result<()> {
 
 impl<S: Storage> Shard<S> {
     /// Opens (creating if needed) the shard in `dir`: recovers the log, then starts its writer
-    /// and, if configured, its background compaction. Must run inside a glommio executor.
+    /// and, if configured, its background compaction. Must run inside a glommio executor, or
+    /// a [`crate::PlainExecutor`] (with a storage that needs no io_uring, such as
+    /// [`crate::MemoryStorage`]).
     pub async fn open(
         storage: S,
         dir: &Path,
@@ -88,8 +90,14 @@ impl<S: Storage> Shard<S> {
         config.validate().map_err(EngineError::Setup)?;
         // glommio cannot open a directory by a relative path (EBADF): work with absolute ones.
         let dir = &std::path::absolute(dir).map_err(|e| EngineError::io("resolve path", dir, e))?;
-        let recovered = recovery::recover(&storage, dir, &config).await?;
+        let mut recovered = recovery::recover(&storage, dir, &config).await?;
         let report = recovered.report.clone();
+        // Rebuilt from the log, the index must be consistent; if not, the shard serves reads
+        // but takes no writes.
+        let poisoned = recovered
+            .index
+            .take_violation()
+            .map(|what| crate::invariant::violated(name, what).to_string());
         let mut clock = HybridClock::new();
         clock.observe(recovered.clock);
         let state = State {
@@ -103,7 +111,7 @@ impl<S: Storage> Shard<S> {
             queued_bytes: 0,
             tail: recovered.tail,
             spare: Spare::None,
-            poisoned: None,
+            poisoned,
             closing: false,
             bytes_since_checkpoint: 0,
             checkpoint_running: false,
@@ -126,10 +134,10 @@ impl<S: Storage> Shard<S> {
             metrics: RefCell::new(ShardMetrics::new()),
             in_flight: Arc::new(AtomicU32::new(0)),
         });
-        glommio::spawn_local(crate::writer::run(inner.clone())).detach();
+        crate::executor::spawn_local(crate::writer::run(inner.clone()));
         crate::writer::prepare_spare(&inner);
         if !inner.config.compaction.check_interval.is_zero() {
-            glommio::spawn_local(crate::compaction::run(inner.clone())).detach();
+            crate::executor::spawn_local(crate::compaction::run(inner.clone()));
         }
         Ok((Self { inner }, report))
     }
@@ -329,19 +337,35 @@ impl<S: Storage> Shard<S> {
         users
     }
 
-    /// Reads and verifies the record at `location`.
+    /// Reads and verifies the record at `location`, which comes from this shard's index (an
+    /// entry's location): `NotFound` if its segment is gone (compacted since), an
+    /// [`EngineError::Invariant`] (the shard poisoned) if it lies outside what its segment holds.
     pub async fn read(
         &self,
         location: Location,
     ) -> Result<StoredRecord<ReadBytes<<S::File as StorageFile>::ReadBuf>>> {
         let (file, kept) = {
             let state = self.inner.state.borrow();
-            let file = state
+            let slot = state
                 .segments
                 .get(&location.segment)
-                .map(|slot| slot.file.clone())
                 .ok_or(EngineError::NotFound)?;
-            (file, state.recent.get(location).map(<[u8]>::to_vec))
+            let (start, end) = (u64::from(location.offset), slot.end);
+            let inside = invariant!(
+                &self.inner.name,
+                start >= crate::segment::SEGMENT_HEADER_BYTES
+                    && start + u64::from(location.len) <= end
+                    && location.len as usize >= record::HEADER_BYTES,
+                "the index points at {location:?}, beyond the {end} bytes written to its segment"
+            );
+            if let Err(error) = inside {
+                drop(state);
+                return Err(self.poison(error));
+            }
+            (
+                slot.file.clone(),
+                state.recent.get(location).map(<[u8]>::to_vec),
+            )
         };
         let buf = match kept {
             Some(bytes) => ReadBytes::Memory(bytes),
@@ -386,7 +410,33 @@ impl<S: Storage> Shard<S> {
             state.index.message(user, id).map(|m| m.location)
         }
         .ok_or(EngineError::NotFound)?;
-        self.read(location).await
+        let stored = self.read(location).await?;
+        self.check_record(&stored, RecordKind::Put, user, id, location)?;
+        Ok(stored)
+    }
+
+    /// The record the index pointed at is the one it was asked for: never serve another.
+    fn check_record<B: std::ops::Deref<Target = [u8]>>(
+        &self,
+        stored: &StoredRecord<B>,
+        kind: RecordKind,
+        user: &str,
+        id: u128,
+        location: Location,
+    ) -> Result<()> {
+        let found = (stored.meta.kind, stored.user(), stored.meta.message_id);
+        invariant!(
+            &self.inner.name,
+            found == (kind, user, id),
+            "the index points {kind:?} {id} of {user} at {location:?}, which holds {found:?}"
+        )
+        .map_err(|error| self.poison(error))
+    }
+
+    /// Poisons the shard after a violated invariant; returns the error for the caller.
+    fn poison(&self, error: EngineError) -> EngineError {
+        crate::writer::poison(&self.inner, Vec::new(), &error);
+        error
     }
 
     /// Whether the user has at least one message on this shard.
@@ -416,7 +466,11 @@ impl<S: Storage> Shard<S> {
             .map(|p| p.location);
         match location {
             None => Ok(None),
-            Some(location) => Ok(Some(self.read(location).await?.body().to_vec())),
+            Some(location) => {
+                let stored = self.read(location).await?;
+                self.check_record(&stored, RecordKind::ProfilePut, user, 0, location)?;
+                Ok(Some(stored.body().to_vec()))
+            }
         }
     }
 
@@ -458,7 +512,7 @@ impl<S: Storage> Shard<S> {
         // removed under a file it is opening).
         self.settled().await;
         while self.inner.state.borrow().compacting {
-            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            crate::executor::sleep(std::time::Duration::from_millis(2)).await;
         }
         let poisoned = self.inner.state.borrow().poisoned.is_some();
         let result = if poisoned {
