@@ -156,7 +156,8 @@ async fn authenticate(
     loop {
         let view = shared.view.load_full();
         let manager = view.map.manager_of(user);
-        if manager == shared.me.id || view.member(manager).is_none() {
+        let remote = view.member(manager).filter(|_| manager != shared.me.id);
+        let Some(member) = remote else {
             let credential = Credential::Password(password.to_owned());
             return match context
                 .router
@@ -167,13 +168,10 @@ async fn authenticate(
                 Login::BadCredentials => Err(OpenFailure::BadCredentials),
                 Login::InUse | Login::Unavailable => Err(OpenFailure::Unavailable),
             };
-        }
+        };
         let call = Authenticate {
             user: user.to_owned(),
             password: password.to_owned(),
-        };
-        let Some(member) = view.member(manager) else {
-            continue;
         };
         match peers(shared).call(&member.addr, call, PEER_TIMEOUT).await {
             Ok(()) => return Ok(()),
