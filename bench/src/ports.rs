@@ -16,20 +16,50 @@ const RESERVED: [u16; 14] = [
     25, 110, 143, 465, 587, 993, 995, 2525, 1110, 1143, 8025, 7946, 24, 4190,
 ];
 
-/// `count` distinct free loopback ports, none of them [`RESERVED`].
+/// `count` distinct free loopback ports, none of them [`RESERVED`] and none in the kernel's
+/// ephemeral range: a client connection made during the run (a `user add`, a generator's
+/// session) takes its local port from that range, and could otherwise take a port chosen for a
+/// server that has not started yet, which then fails to bind.
 pub fn free_ports(count: usize) -> Result<Vec<u16>> {
-    // Held together until all are chosen, so the kernel cannot hand out one twice.
+    let (low, high) = below_ephemeral_range();
+    let span = u32::from(high - low);
+    // A different starting point per process, so two runs at once rarely probe the same ports.
+    let mut next = std::process::id() % span;
+    // Held together until all are chosen, so no port is handed out twice.
     let mut held = Vec::with_capacity(count);
     let mut ports = Vec::with_capacity(count);
-    while ports.len() < count {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free port")?;
-        let port = listener.local_addr()?.port();
-        if !RESERVED.contains(&port) {
-            ports.push(port);
+    for _ in 0..span {
+        if ports.len() == count {
+            break;
         }
-        held.push(listener);
+        let port = low + u16::try_from(next).unwrap_or(0);
+        next = (next + 7919) % span;
+        if RESERVED.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            ports.push(port);
+            held.push(listener);
+        }
+    }
+    if ports.len() < count {
+        bail!(
+            "only {} free ports below the ephemeral range; {count} needed",
+            ports.len()
+        );
     }
     Ok(ports)
+}
+
+/// The ports a run picks from: from 10,000 up to where the kernel's ephemeral range starts
+/// (`/proc/sys/net/ipv4/ip_local_port_range`).
+fn below_ephemeral_range() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (LOW, start.max(LOW + 1_000))
 }
 
 /// One listening TCP socket on the machine.

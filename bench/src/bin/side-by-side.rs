@@ -212,7 +212,13 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             command.arg("--discard-bodies");
         }
         let pid = run.spawn(name, &mut command)?;
-        wait_admin(admin, pid, name)?;
+        let log_path = base.join(format!("{name}.log"));
+        wait_admin(admin, pid, name).with_context(|| {
+            format!(
+                "{name} did not start; its log ends:\n{}",
+                log_tail(&log_path)
+            )
+        })?;
         let added = Command::new(&bins.porcupine)
             .args([
                 "user",
@@ -427,19 +433,33 @@ fn workspace_root() -> Result<PathBuf> {
         .to_path_buf())
 }
 
-/// How long a server of the run may take to start listening.
-const START_WAIT: Duration = Duration::from_secs(60);
+/// How long a server of the run may take to start listening: generous, because a node
+/// preallocates its first segments and a slow or shared disk (CI's) can take a minute for it.
+const START_WAIT: Duration = Duration::from_secs(180);
 
-/// Waits until `port` is listened on by `pid` (or its children), and by nothing else.
+/// Waits until `port` is listened on by `pid` (or its children), and by nothing else; stops
+/// early if `pid` has exited.
 fn wait_listening(port: u16, pid: u32) -> Result<()> {
     let deadline = Instant::now() + START_WAIT;
     loop {
         match check_owned(port, pid, &porcupine_bench::ports::command_name(pid)) {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) if !porcupine_bench::alive(pid) => {
+                return Err(e.context(format!("pid {pid} exited before it listened")))
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("still not listening after {START_WAIT:?}")))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// The last lines of a server's log, for an error that says why it did not start.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// Waits until the node `pid` answers on its admin port (it has opened its shards).
