@@ -13,6 +13,7 @@
 //! the admin token ([`super::admin_auth`]): 421 and 401 otherwise, with nothing changed.
 //! Password hashing runs on glommio's blocking threads, never on a serving core.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,11 +22,12 @@ use glommio::net::TcpStream;
 
 use super::admin_auth::{self, Refusal};
 use super::clock::now_ms;
+use super::core_calls::{ListUsers, PutProfile, ShardReports};
+use super::core_context::CoreContext;
 use super::metrics::NodeMetrics;
 use super::service::StoreError;
 use super::tls::ClientStream;
 use super::users;
-use super::NodeContext;
 
 const HEAD_BYTES_MAX: usize = 16 << 10;
 /// An import of a million users is about 40 MB.
@@ -65,7 +67,7 @@ fn json(status: u16, value: serde_json::Value) -> Response {
     }
 }
 
-pub async fn serve(stream: TcpStream, context: Arc<NodeContext>) {
+pub async fn serve(stream: TcpStream, context: Rc<CoreContext>) {
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
     // Off loopback the endpoint speaks only HTTPS (the node refuses to start otherwise).
     let mut stream = if context.config.admin_public {
@@ -216,7 +218,7 @@ async fn read_request(stream: &mut ClientStream) -> Result<Request, Response> {
     })
 }
 
-async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
+async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
     let path = request.path.split('?').next().unwrap_or("");
     match (request.method.as_str(), path) {
         ("GET", "/status") => json(200, status(context).await),
@@ -226,7 +228,14 @@ async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
             body: metrics(context).await.into_bytes(),
         },
         ("GET", "/users") => {
-            let mut body = context.router.list_users().await.join("\n");
+            let mut users: Vec<String> = context
+                .call_each(ListUsers)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            users.sort();
+            let mut body = users.join("\n");
             if !body.is_empty() {
                 body.push('\n');
             }
@@ -262,7 +271,7 @@ async fn route(request: Request, context: &Arc<NodeContext>) -> Response {
 /// Changes an existing user's password, here and on every other member (the newest update of
 /// a profile wins everywhere; a member that is down gets it when it rejoins).
 async fn set_password(
-    context: &NodeContext,
+    context: &CoreContext,
     email: &str,
     password: &str,
 ) -> Result<(), (u16, String)> {
@@ -270,7 +279,7 @@ async fn set_password(
     if password.is_empty() {
         return Err((400, "empty password\n".into()));
     }
-    match context.router.user_exists(&email).await {
+    match context.user_exists(&email).await {
         Ok(true) => {}
         Ok(false) => return Err((404, format!("no user {email}\n"))),
         Err(_) => return Err((500, "storage unavailable\n".into())),
@@ -283,13 +292,17 @@ async fn set_password(
 
 /// Stores a profile made here and sends it, with its timestamp, to every other member.
 async fn store_profile(
-    context: &NodeContext,
+    context: &CoreContext,
     email: String,
     profile: Vec<u8>,
 ) -> Result<(), (u16, String)> {
+    let put = PutProfile {
+        user: email.clone(),
+        profile: Arc::new(profile.clone()),
+        stamp: None,
+    };
     let hlc = context
-        .router
-        .put_profile(&email, Arc::new(profile.clone()), None)
+        .call(put)
         .await
         .map_err(|e| (500, format!("storage error: {e:?}\n")))?
         .ok_or_else(|| {
@@ -304,7 +317,7 @@ async fn store_profile(
 
 /// Creates a user; `shared` is a profile made once for many users (bulk creation).
 async fn add_user(
-    context: &NodeContext,
+    context: &CoreContext,
     email: &str,
     password: &str,
     shared: Option<&[u8]>,
@@ -316,7 +329,7 @@ async fn add_user(
     if password.is_empty() {
         return Err((400, "empty password\n".into()));
     }
-    match context.router.user_exists(&email).await {
+    match context.user_exists(&email).await {
         Ok(true) => return Err((409, format!("{email} exists\n"))),
         Ok(false) => {}
         Err(_) => return Err((500, "storage unavailable\n".into())),
@@ -332,7 +345,7 @@ async fn add_user(
     store_profile(context, email, profile).await
 }
 
-async fn import(context: &NodeContext, body: &[u8]) -> Response {
+async fn import(context: &CoreContext, body: &[u8]) -> Response {
     let text_body = String::from_utf8_lossy(body);
     let (mut created, mut failed) = (0u64, Vec::new());
     for (n, line) in text_body.lines().enumerate() {
@@ -356,7 +369,7 @@ async fn import(context: &NodeContext, body: &[u8]) -> Response {
     )
 }
 
-async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
+async fn bulk(context: &Rc<CoreContext>, body: &[u8]) -> Response {
     #[derive(serde::Deserialize)]
     struct Bulk {
         count: u64,
@@ -407,10 +420,14 @@ async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
     };
     for n in 1..=spec.count {
         let email = format!("{}{n}@{}", spec.prefix, spec.domain).to_lowercase();
-        let router = context.router.clone();
-        let profile = phc.clone();
+        let context = context.clone();
+        let put = PutProfile {
+            user: email.clone(),
+            profile: phc.clone(),
+            stamp: None,
+        };
         in_flight.push_back(glommio::spawn_local(async move {
-            let stored = router.put_profile(&email, profile, None).await;
+            let stored = context.call(put).await;
             (email, stored)
         }));
         if in_flight.len() >= BULK_PARALLELISM {
@@ -431,8 +448,13 @@ async fn bulk(context: &Arc<NodeContext>, body: &[u8]) -> Response {
     )
 }
 
-async fn status(context: &NodeContext) -> serde_json::Value {
-    let shards = context.router.reports().await;
+async fn status(context: &CoreContext) -> serde_json::Value {
+    let shards: Vec<_> = context
+        .call_each(ShardReports)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let users: usize = shards.iter().map(|s| s.users).sum();
     let messages: u64 = shards.iter().map(|s| s.messages).sum();
     let config = &context.config;
@@ -522,7 +544,7 @@ type ShardGauge = (
     fn(&super::service::ShardReport) -> f64,
 );
 
-async fn metrics(context: &NodeContext) -> String {
+async fn metrics(context: &CoreContext) -> String {
     use std::fmt::Write;
     let m = &context.metrics;
     let mut out = String::new();
@@ -623,7 +645,12 @@ async fn metrics(context: &NodeContext) -> String {
             context.sessions.open(core)
         );
     }
-    let shards = context.router.reports().await;
+    let shards: Vec<_> = context
+        .call_each(ShardReports)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let per_shard: [ShardGauge; 10] = [
         (
             "porcupine_shard_load",

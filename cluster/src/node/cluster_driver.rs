@@ -5,13 +5,16 @@
 //! (every core), which hands requests to [`super::peer_calls`].
 
 use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::net::TcpStream;
 
-use super::cluster_state::{peers, ToCoreZero};
+use super::cluster_state::ToCoreZero;
+use super::core_calls::{AllProfiles, FragmentUsers, RetireUpdates};
+use super::core_context::CoreContext;
 use super::{metrics, NodeContext};
 use crate::manager::Manager;
 use crate::membership::{Action, Membership, Msg, NodeId, View};
@@ -53,12 +56,12 @@ enum Event {
 
 /// Runs on core 0 until the node stops.
 pub async fn run(
-    context: Arc<NodeContext>,
+    context: Rc<CoreContext>,
     inbox: flume::Receiver<ToCoreZero>,
     stop: flume::Receiver<()>,
 ) {
     let shared = &context.cluster;
-    let peers = peers(shared);
+    let peers = context.peers.clone();
     let seeds: Vec<String> = context.config.join.iter().map(|a| a.to_string()).collect();
     let mut membership = Membership::new(
         shared.me.clone(),
@@ -175,7 +178,7 @@ const LOAD_EXCHANGE_EVERY: Duration = Duration::from_millis(100);
 
 /// Sends this node's own load, fresh, and every load it knows to its ring successor (the next
 /// member by id), so each node's load travels around the ring.
-fn exchange_loads(context: &NodeContext, peers: &std::rc::Rc<crate::transport::Peers>) {
+fn exchange_loads(context: &CoreContext, peers: &std::rc::Rc<crate::transport::Peers>) {
     let shared = &context.cluster;
     let me = shared.me.id;
     shared.loads.set(
@@ -211,7 +214,7 @@ const ALONE_AFTER: Duration = Duration::from_secs(3);
 const MEMBERSHIP_NOTE_EVERY: Duration = Duration::from_secs(60);
 
 /// Records in the first data directory that this node is a cluster member now.
-fn note_membership(context: &NodeContext, last: &mut Instant) {
+fn note_membership(context: &CoreContext, last: &mut Instant) {
     *last = Instant::now();
     if let Some(dir) = context.config.data_dirs.first() {
         if let Err(error) = super::cluster_state::note_membership(dir, wall_ms()) {
@@ -224,12 +227,17 @@ fn note_membership(context: &NodeContext, last: &mut Instant) {
 type MaildropLock = (String, (u64, u64));
 
 /// After a commit: report fragments to the managers, send profiles to newcomers.
-async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: View) {
+async fn after_install(context: Rc<CoreContext>, previous: Arc<View>, view: View) {
     let shared = &context.cluster;
     let me = shared.me.id;
     let started = Instant::now();
     shared.snapshots.fetch_add(1, Ordering::SeqCst);
-    let users = context.router.fragment_users().await;
+    let users: Vec<String> = context
+        .call_each(FragmentUsers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let mut by_manager: BTreeMap<NodeId, Vec<String>> =
         view.members.iter().map(|m| (m.id, Vec::new())).collect();
     for user in users {
@@ -268,8 +276,13 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
     if newcomers.is_empty() {
         return;
     }
-    let profiles = context.router.profiles().await;
-    let peers = peers(shared);
+    let profiles: Vec<_> = context
+        .call_each(AllProfiles)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let peers = &context.peers;
     for newcomer in newcomers {
         for chunk in profiles.chunks(PROFILE_BATCH) {
             let sync = SyncProfiles {
@@ -289,7 +302,7 @@ async fn after_install(context: Arc<NodeContext>, previous: Arc<View>, view: Vie
 
 /// Reports `users` to `manager`, retrying until it takes them or a newer view replaces `view`.
 async fn report(
-    context: &NodeContext,
+    context: &CoreContext,
     view: &View,
     manager: NodeId,
     users: Vec<String>,
@@ -311,7 +324,8 @@ async fn report(
         } else {
             match view.member(manager) {
                 Some(m) => {
-                    peers(shared)
+                    context
+                        .peers
                         .call(&m.addr, report.clone(), PEER_TIMEOUT)
                         .await
                 }
@@ -326,7 +340,7 @@ async fn report(
 }
 
 /// Serves one peer connection (accepted by [`super::listeners`]) until it closes.
-pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
+pub async fn serve_peer(mut stream: TcpStream, context: Rc<CoreContext>) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -342,7 +356,7 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
             return;
         }
     };
-    let peers = peers(&context.cluster);
+    let peers = context.peers.clone();
     let (reader, writer) = futures_lite::io::split(stream);
     let mut reader = FrameReader::new(reader, opener);
     let writer = FrameWriter::new(writer, sealer);
@@ -379,7 +393,7 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
                     }
                     Ok(OneWay::Retired { mut entries }) => {
                         entries.retain(|(_, _, hlc)| stamp_ok(&context, *hlc));
-                        context.router.retired(entries);
+                        retire(&context, entries);
                     }
                     Ok(OneWay::Loads { entries }) => {
                         // This node's own entry comes back around the ring: only it knows
@@ -404,12 +418,10 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
                     let Ok(permit) = in_flight.acquire_static_permit(1).await else {
                         return;
                     };
-                    let (context, replies, peers) =
-                        (context.clone(), replies.clone(), peers.clone());
+                    let (context, replies) = (context.clone(), replies.clone());
                     glommio::spawn_local(async move {
                         let frame =
-                            super::peer_calls::answer(&context, &peers, header.request_id, request)
-                                .await;
+                            super::peer_calls::answer(&context, header.request_id, request).await;
                         if let Some(frame) = frame {
                             let _ = replies.send_async(frame).await;
                         }
@@ -426,6 +438,20 @@ pub async fn serve_peer(mut stream: TcpStream, context: Arc<NodeContext>) {
     futures_lite::future::or(serving, idle).await;
 }
 
+/// Retires, on the core of each user, the updates another node retired: (user, id, HLC).
+fn retire(context: &CoreContext, entries: Vec<(String, u128, u64)>) {
+    let mut by_core: BTreeMap<usize, Vec<(String, u128, u64)>> = BTreeMap::new();
+    for entry in entries {
+        by_core
+            .entry(context.router.core_of(&entry.0))
+            .or_default()
+            .push(entry);
+    }
+    for (core, entries) in by_core {
+        context.router.tell_on(core, RetireUpdates { entries });
+    }
+}
+
 /// Requests one peer connection may have being answered at once.
 const PEER_REQUESTS_MAX: u64 = 1024;
 /// A peer connection with no frame for this long is closed (members ping every 50 ms and
@@ -436,10 +462,10 @@ const PEER_IDLE_CHECK: Duration = Duration::from_secs(10);
 /// Sends new or changed profiles, each with the timestamp of its update, to every other member
 /// (each node holds every profile; the newest update wins). A member that misses them gets
 /// them when it next joins: every member sends its profiles to a node that (re)joins.
-pub async fn replicate_profiles(context: &NodeContext, profiles: Vec<(String, u64, Vec<u8>)>) {
+pub async fn replicate_profiles(context: &CoreContext, profiles: Vec<(String, u64, Vec<u8>)>) {
     let shared = &context.cluster;
     let view = shared.view.load_full();
-    let peers = peers(shared);
+    let peers = &context.peers;
     for member in view.members.iter().filter(|m| m.id != shared.me.id) {
         for chunk in profiles.chunks(PROFILE_BATCH) {
             let sync = SyncProfiles {

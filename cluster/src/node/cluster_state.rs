@@ -2,7 +2,6 @@
 //! atomically by core 0, read lock-free by every session), this node's load, and the channel to
 //! core 0, where membership and the bucket manager run. Also each core's [`Peers`].
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,24 +161,16 @@ impl ClusterShared {
     }
 }
 
-thread_local! {
-    static PEERS: RefCell<Option<Rc<Peers>>> = const { RefCell::new(None) };
-}
-
-/// This core's connections to the other nodes (created on first use).
-pub fn peers(shared: &ClusterShared) -> Rc<Peers> {
-    PEERS.with(|slot| {
-        slot.borrow_mut()
-            .get_or_insert_with(|| {
-                Peers::new(
-                    shared.me.id,
-                    shared.security.clone(),
-                    shared.load.clone(),
-                    shared.loads.clone(),
-                )
-            })
-            .clone()
-    })
+impl ClusterShared {
+    /// A core's connections to the other nodes; call once per core, on its executor.
+    pub fn connect_peers(&self) -> Rc<Peers> {
+        Peers::new(
+            self.me.id,
+            self.security.clone(),
+            self.load.clone(),
+            self.loads.clone(),
+        )
+    }
 }
 
 /// File in the first data directory: when this node was last a member of a cluster of more

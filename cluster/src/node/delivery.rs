@@ -8,7 +8,6 @@
 //! coordinator answers under the ack policy). On a lone node all of this is local. A manager
 //! that is rebuilding its mail map answers "try again", and the policy does, for a bounded time.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -16,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cluster_driver::PEER_TIMEOUT;
-use super::cluster_state::peers;
+use super::core_calls::Deliver;
+use super::core_context::CoreContext;
 use super::service::StoreError;
 use super::NodeContext;
 use crate::delivery::{Delivery, DeliveryAction, DeliveryInput, DeliverySettings, Facts};
@@ -26,6 +26,7 @@ use crate::membership::{Epoch, NodeId, View};
 use crate::node::clock::now_ms;
 use crate::placement::CandidateLoad;
 use crate::rpc::{CallError, NoteFragment, PlaceMail, Placed, StoreMessage};
+use crate::transport::Peers;
 
 /// How long a session waits for the cluster (a membership change, a mail-map rebuild).
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
@@ -37,7 +38,7 @@ pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// store was under way, the current manager may not know of this fragment: it is told before
 /// the store counts as done.
 pub async fn store_here(
-    context: &NodeContext,
+    context: &CoreContext,
     user: &str,
     id: u128,
     message: Arc<Vec<u8>>,
@@ -46,19 +47,25 @@ pub async fn store_here(
 ) -> Result<(), StoreError> {
     let shared = &context.cluster;
     let snapshots = shared.snapshots.load(Ordering::SeqCst);
-    let result = context.router.deliver(user, id, message, replicas).await;
+    let deliver = Deliver {
+        user: user.to_owned(),
+        id,
+        message,
+        replicas,
+    };
+    let result = context.call(deliver).await;
     if result.is_ok()
         && shared.clustered()
         && (shared.view.load().epoch != placed
             || shared.snapshots.load(Ordering::SeqCst) != snapshots)
     {
-        note(context, user).await;
+        note(context, &context.peers, user).await;
     }
     result
 }
 
 /// Tells the user's current manager that this node holds a fragment of the user's mailbox.
-pub(crate) async fn note(context: &NodeContext, user: &str) {
+pub(crate) async fn note(context: &NodeContext, peers: &Rc<Peers>, user: &str) {
     let shared = &context.cluster;
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -68,7 +75,7 @@ pub(crate) async fn note(context: &NodeContext, user: &str) {
             node: shared.me.id,
             epoch: view.epoch,
         };
-        if ask_manager(context, &view, user, note).await.is_ok() {
+        if ask_manager(context, peers, &view, user, note).await.is_ok() {
             return;
         }
         if Instant::now() >= deadline {
@@ -82,6 +89,7 @@ pub(crate) async fn note(context: &NodeContext, user: &str) {
 /// Asks the manager of `user`'s bucket in `view` (this node's own, or a peer).
 pub(crate) async fn ask_manager<C: ManagerCall>(
     context: &NodeContext,
+    peers: &Rc<Peers>,
     view: &View,
     user: &str,
     call: C,
@@ -95,72 +103,56 @@ where
         return shared.ask_local_manager(call).await;
     }
     let member = view.member(manager).ok_or(CallError::Unreachable)?;
-    peers(shared).call(&member.addr, call, PEER_TIMEOUT).await
+    peers.call(&member.addr, call, PEER_TIMEOUT).await
 }
 
 /// Candidates this core was given recently: user → (candidates, epoch). A user's next message
 /// is placed among the same nodes without asking the manager again (the manager recorded them
-/// as the user's fragment nodes), until the membership changes.
-struct PlacementCache {
+/// as the user's fragment nodes), until the membership changes. One per core, in its
+/// [`CoreContext`].
+#[derive(Debug, Default)]
+pub struct PlacementCache {
     entries: HashMap<String, (Rc<[NodeId]>, Epoch)>,
 }
 
 /// Entries before the cache starts over (bounded memory).
 const PLACEMENT_CACHE_MAX: usize = 1 << 18;
 
-thread_local! {
-    static PLACEMENTS: RefCell<PlacementCache> = RefCell::new(PlacementCache {
-        entries: HashMap::new(),
-    });
-    /// The epoch in which this core last warned that there are fewer nodes than replicas.
-    static WARNED_FEW_NODES: RefCell<Option<Epoch>> = const { RefCell::new(None) };
-}
-
-fn cached_placement(user: &str, epoch: Epoch) -> Option<Rc<[NodeId]>> {
-    PLACEMENTS.with(|cache| {
-        cache
-            .borrow()
-            .entries
+impl PlacementCache {
+    fn get(&self, user: &str, epoch: Epoch) -> Option<Rc<[NodeId]>> {
+        self.entries
             .get(user)
             .filter(|(_, at)| *at == epoch)
             .map(|(nodes, _)| nodes.clone())
-    })
-}
+    }
 
-fn remember_placement(user: &str, nodes: Rc<[NodeId]>, epoch: Epoch) {
-    PLACEMENTS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.entries.len() >= PLACEMENT_CACHE_MAX {
-            cache.entries.clear();
+    fn remember(&mut self, user: &str, nodes: Rc<[NodeId]>, epoch: Epoch) {
+        if self.entries.len() >= PLACEMENT_CACHE_MAX {
+            self.entries.clear();
         }
-        cache.entries.insert(user.to_owned(), (nodes, epoch));
-    });
-}
+        self.entries.insert(user.to_owned(), (nodes, epoch));
+    }
 
-fn forget_placement(user: &str) {
-    PLACEMENTS.with(|cache| cache.borrow_mut().entries.remove(user));
-}
-
-/// Warns, once per membership on each core, when there are fewer live nodes than replicas.
-fn warn_if_few_nodes(context: &NodeContext, view: &View) {
-    let wanted = context.config.replicas.max(1);
-    let live = view.members.len();
-    if wanted > live {
-        WARNED_FEW_NODES.with(|warned| {
-            let mut warned = warned.borrow_mut();
-            if *warned != Some(view.epoch) {
-                *warned = Some(view.epoch);
-                tracing::warn!(
-                    replicas = wanted,
-                    live,
-                    "fewer live nodes than replicas: each message is stored on every live node"
-                );
-            }
-        });
+    fn forget(&mut self, user: &str) {
+        self.entries.remove(user);
     }
 }
 
-fn settings(context: &NodeContext) -> DeliverySettings {
+/// Warns, once per membership on each core, when there are fewer live nodes than replicas.
+fn warn_if_few_nodes(context: &CoreContext, view: &View) {
+    let wanted = context.config.replicas.max(1);
+    let live = view.members.len();
+    if wanted > live && context.warned_few_nodes.get() != Some(view.epoch) {
+        context.warned_few_nodes.set(Some(view.epoch));
+        tracing::warn!(
+            replicas = wanted,
+            live,
+            "fewer live nodes than replicas: each message is stored on every live node"
+        );
+    }
+}
+
+fn settings(context: &CoreContext) -> DeliverySettings {
     DeliverySettings {
         replicas: context.config.replicas,
         placement: context.config.placement,
@@ -171,7 +163,7 @@ fn settings(context: &NodeContext) -> DeliverySettings {
 }
 
 /// A node's load as this node knows it: its own first-hand, the others' as last heard.
-fn load_of(context: &NodeContext, node: NodeId) -> CandidateLoad {
+fn load_of(context: &CoreContext, node: NodeId) -> CandidateLoad {
     let shared = &context.cluster;
     if node == shared.me.id {
         return CandidateLoad {
@@ -193,7 +185,7 @@ fn load_of(context: &NodeContext, node: NodeId) -> CandidateLoad {
 /// Delivers one copy of a message to `user`, wherever the cluster places it (the policy is
 /// [`Delivery`]'s; this loop carries out its actions).
 pub async fn deliver(
-    context: &NodeContext,
+    context: &CoreContext,
     user: &str,
     id: u128,
     message: Arc<Vec<u8>>,
@@ -238,7 +230,7 @@ pub async fn deliver(
                         message: message.to_vec(),
                     };
                     StoreError::of_remote(
-                        peers(shared).call(&member.addr, store, PEER_TIMEOUT).await,
+                        context.peers.call(&member.addr, store, PEER_TIMEOUT).await,
                     )
                 }
                 None => Err(StoreError::Unavailable),
@@ -254,7 +246,7 @@ pub async fn deliver(
                 )
             }
             DeliveryAction::ForgetCandidates => {
-                forget_placement(user);
+                context.placements.borrow_mut().forget(user);
                 DeliveryInput::Continue
             }
             DeliveryAction::MarkFull(node) => {
@@ -274,7 +266,7 @@ pub async fn deliver(
 /// epoch, else the manager's; with nodes to avoid, always the manager's (the usual candidates
 /// are weighed again with fresh loads next time).
 async fn candidates_for(
-    context: &NodeContext,
+    context: &CoreContext,
     view: &View,
     user: &str,
     epoch: Epoch,
@@ -282,7 +274,8 @@ async fn candidates_for(
     avoid: &[NodeId],
 ) -> Option<Rc<[NodeId]>> {
     if avoid.is_empty() {
-        if let Some(nodes) = cached_placement(user, epoch) {
+        let cached = context.placements.borrow().get(user, epoch);
+        if let Some(nodes) = cached {
             return Some(nodes);
         }
     }
@@ -291,12 +284,15 @@ async fn candidates_for(
         replicas: wanted.min(usize::from(u8::MAX)) as u8,
         avoid: avoid.to_vec(),
     };
-    let nodes: Rc<[NodeId]> = match ask_manager(context, view, user, place).await {
+    let nodes: Rc<[NodeId]> = match ask_manager(context, &context.peers, view, user, place).await {
         Ok(Placed { nodes }) if !nodes.is_empty() => nodes.into(),
         _ => return None,
     };
     if avoid.is_empty() {
-        remember_placement(user, nodes.clone(), epoch);
+        context
+            .placements
+            .borrow_mut()
+            .remember(user, nodes.clone(), epoch);
     }
     Some(nodes)
 }

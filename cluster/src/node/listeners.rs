@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +27,9 @@ use std::time::Duration;
 use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 
 use super::conn::SessionWatch;
+use super::core_context::CoreContext;
 use super::metrics;
-use super::{NodeConfig, NodeContext, NodeError};
+use super::{NodeConfig, NodeError};
 
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,8 +282,7 @@ fn on_this_executor(listener: std::net::TcpListener) -> TcpListener {
 /// serves it (this one included). Runs on the listener's acceptor core.
 pub async fn accept(
     bound: Bound,
-    core: usize,
-    context: Arc<NodeContext>,
+    context: Rc<CoreContext>,
     stop: flume::Receiver<()>,
     watch: SessionWatch,
 ) {
@@ -319,7 +320,7 @@ pub async fn accept(
                 stream,
                 slot,
             };
-            hand_to(target, core, handoff, &context, &watch);
+            hand_to(target, handoff, &context, &watch);
             continue;
         }
         if protocol != Protocol::Admin && counts.total() >= context.config.connections_max {
@@ -338,20 +339,14 @@ pub async fn accept(
             stream,
             slot: Slot::Session(guard),
         };
-        hand_to(target, core, handoff, &context, &watch);
+        hand_to(target, handoff, &context, &watch);
     }
 }
 
 /// Serves `handoff` here if `target` is this core, else sends it there.
-fn hand_to(
-    target: usize,
-    core: usize,
-    handoff: Handoff,
-    context: &Arc<NodeContext>,
-    watch: &SessionWatch,
-) {
-    if target == core {
-        serve(handoff, core, context.clone(), watch);
+fn hand_to(target: usize, handoff: Handoff, context: &Rc<CoreContext>, watch: &SessionWatch) {
+    if target == context.core {
+        serve(handoff, context.clone(), watch);
         return;
     }
     match context.handoffs.get(target) {
@@ -361,7 +356,7 @@ fn hand_to(
                 drop(handoff.stream.bind_to_executor());
             }
         }
-        None => serve(handoff, core, context.clone(), watch),
+        None => serve(handoff, context.clone(), watch),
     }
 }
 
@@ -369,8 +364,7 @@ fn hand_to(
 /// over are closed.
 pub async fn receive(
     inbox: flume::Receiver<Handoff>,
-    core: usize,
-    context: Arc<NodeContext>,
+    context: Rc<CoreContext>,
     stop: flume::Receiver<()>,
     watch: SessionWatch,
 ) {
@@ -381,7 +375,7 @@ pub async fn receive(
             None
         };
         match futures_lite::future::or(receiving, stopping).await {
-            Some(handoff) => serve(handoff, core, context.clone(), &watch),
+            Some(handoff) => serve(handoff, context.clone(), &watch),
             None => break,
         }
     }
@@ -392,7 +386,7 @@ pub async fn receive(
 }
 
 /// Starts the session of `handoff` on this core.
-fn serve(handoff: Handoff, core: usize, context: Arc<NodeContext>, watch: &SessionWatch) {
+fn serve(handoff: Handoff, context: Rc<CoreContext>, watch: &SessionWatch) {
     let Handoff {
         protocol,
         stream,
@@ -420,7 +414,7 @@ fn serve(handoff: Handoff, core: usize, context: Arc<NodeContext>, watch: &Sessi
     let clock = watch.register(idle, context.config.write_timeout);
     glommio::spawn_local(async move {
         match protocol {
-            Protocol::Smtp => super::smtp_conn::serve(stream, context, clock, core).await,
+            Protocol::Smtp => super::smtp_conn::serve(stream, context, clock).await,
             Protocol::Pop3 => {
                 super::pop3_conn::serve(stream, context, clock, super::pop3_conn::Start::Plain)
                     .await

@@ -8,14 +8,13 @@
 //! and the listing are the local shard's.
 
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cluster_driver::PEER_TIMEOUT;
-use super::cluster_state::peers;
+use super::core_calls::{DeleteHere, ListHere, LogIn, ReadMessage, UnlockHere};
+use super::core_context::CoreContext;
 use super::delivery::{ask_manager, PATIENCE, RETRY_PAUSE};
 use super::service::{Credential, LockMode, Login, StoreError};
-use super::NodeContext;
 use crate::delivery::Facts;
 use crate::maildrop::{
     delete_outcome, Delete, DeleteAction, DeleteInput, MaildropSettings, Open, OpenAction,
@@ -52,7 +51,7 @@ fn settings() -> MaildropSettings {
 /// Authenticates and locks the user's maildrop (the policy is [`Open`]'s; this loop carries
 /// out its actions).
 pub async fn open(
-    context: &Arc<NodeContext>,
+    context: &Rc<CoreContext>,
     user: &str,
     credential: &Credential,
 ) -> Result<Maildrop, OpenFailure> {
@@ -62,11 +61,12 @@ pub async fn open(
         shared.wait_joined(PATIENCE).await;
     }
     if !shared.clustered() {
-        return match context
-            .router
-            .login(user, credential, LockMode::Local)
-            .await
-        {
+        let login = LogIn {
+            user: user.to_owned(),
+            credential: credential.clone(),
+            lock: LockMode::Local,
+        };
+        return match context.call(login).await {
             Login::Ok(messages) => Ok(Maildrop {
                 user: user.to_owned(),
                 messages: messages
@@ -92,7 +92,7 @@ pub async fn open(
     let owner = (me, shared.session_id());
     let mut machine = Open::new(user, owner, settings(), now_ms());
     let mut input = OpenInput::Start;
-    let peers = peers(shared);
+    let peers = &context.peers;
     loop {
         let view = shared.view.load_full();
         let facts = Facts {
@@ -102,21 +102,24 @@ pub async fn open(
         };
         input = match machine.step(input, facts) {
             OpenAction::Lock(lock) => {
-                OpenInput::Locked(ask_manager(context, &view, user, lock).await)
+                OpenInput::Locked(ask_manager(context, peers, &view, user, lock).await)
             }
             OpenAction::RecordLock(owner) => {
                 shared.note_maildrop(user, owner);
                 OpenInput::Continue
             }
             OpenAction::List(node) if node == me => {
-                OpenInput::Listed(context.router.list(user).await.ok())
+                let list = ListHere {
+                    user: user.to_owned(),
+                };
+                OpenInput::Listed(context.call(list).await.ok())
             }
             OpenAction::List(node) => {
                 let list = ListFragment {
                     user: user.to_owned(),
                 };
                 let addr = view.member(node).map(|m| m.addr.clone());
-                let listed = remote(&peers, addr, list).await;
+                let listed = remote(peers, addr, list).await;
                 if let Err(error) = &listed {
                     tracing::warn!(%user, node, %error, "a fragment node did not list its messages");
                 }
@@ -147,7 +150,7 @@ pub async fn open(
 /// Checks the password where the user's bucket is managed, so that one node's cache of
 /// verified credentials serves the user whichever node the client connects to.
 async fn authenticate(
-    context: &NodeContext,
+    context: &CoreContext,
     user: &str,
     password: &str,
 ) -> Result<(), OpenFailure> {
@@ -158,12 +161,12 @@ async fn authenticate(
         let manager = view.map.manager_of(user);
         let remote = view.member(manager).filter(|_| manager != shared.me.id);
         let Some(member) = remote else {
-            let credential = Credential::Password(password.to_owned());
-            return match context
-                .router
-                .login(user, &credential, LockMode::Elsewhere)
-                .await
-            {
+            let login = LogIn {
+                user: user.to_owned(),
+                credential: Credential::Password(password.to_owned()),
+                lock: LockMode::Elsewhere,
+            };
+            return match context.call(login).await {
                 Login::Ok(_) => Ok(()),
                 Login::BadCredentials => Err(OpenFailure::BadCredentials),
                 Login::InUse | Login::Unavailable => Err(OpenFailure::Unavailable),
@@ -173,7 +176,7 @@ async fn authenticate(
             user: user.to_owned(),
             password: password.to_owned(),
         };
-        match peers(shared).call(&member.addr, call, PEER_TIMEOUT).await {
+        match context.peers.call(&member.addr, call, PEER_TIMEOUT).await {
             Ok(()) => return Ok(()),
             Err(CallError::Refused(Failure::BadCredentials)) => {
                 return Err(OpenFailure::BadCredentials)
@@ -184,7 +187,7 @@ async fn authenticate(
     }
 }
 
-fn member_addr(context: &NodeContext, node: NodeId) -> Option<String> {
+fn member_addr(context: &CoreContext, node: NodeId) -> Option<String> {
     context
         .cluster
         .view
@@ -215,9 +218,9 @@ async fn remote<C: Call + Clone>(
 }
 
 /// The holders of a message in the order to read from: this node, then by load heard.
-fn read_order(context: &NodeContext, holders: &[NodeId]) -> Vec<NodeId> {
+fn read_order(context: &CoreContext, holders: &[NodeId]) -> Vec<NodeId> {
     let me = context.cluster.me.id;
-    let peers = peers(&context.cluster);
+    let peers = &context.peers;
     let mut order = holders.to_vec();
     order.sort_by_key(|&node| {
         if node == me {
@@ -230,11 +233,15 @@ fn read_order(context: &NodeContext, holders: &[NodeId]) -> Vec<NodeId> {
 }
 
 /// The message at `index` of the maildrop, from the first holder that answers.
-pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> Option<Vec<u8>> {
+pub async fn fetch(context: &CoreContext, maildrop: &Maildrop, index: usize) -> Option<Vec<u8>> {
     let message = maildrop.messages.get(index)?;
     for node in read_order(context, &message.holders) {
         if node == context.cluster.me.id {
-            if let Ok(body) = context.router.fetch(&maildrop.user, message.id).await {
+            let read = ReadMessage {
+                user: maildrop.user.clone(),
+                id: message.id,
+            };
+            if let Ok(body) = context.call(read).await {
                 return Some(body);
             }
             continue;
@@ -244,7 +251,7 @@ pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> 
             id: message.id,
         };
         if let Ok(Fetched { message }) =
-            remote(&peers(&context.cluster), member_addr(context, node), call).await
+            remote(&context.peers, member_addr(context, node), call).await
         {
             return Some(message);
         }
@@ -255,11 +262,11 @@ pub async fn fetch(context: &NodeContext, maildrop: &Maildrop, index: usize) -> 
 /// Deletes the messages at `indices` on every node that listed them, every member of their
 /// replica sets and a stand-in for an absent replica (the policy is [`Delete`]'s).
 pub async fn delete(
-    context: &NodeContext,
+    context: &CoreContext,
     maildrop: &Maildrop,
     indices: &[usize],
 ) -> Result<(), StoreError> {
-    let peers = peers(&context.cluster);
+    let peers = &context.peers;
     let members: Vec<NodeId> = context
         .cluster
         .view
@@ -276,23 +283,33 @@ pub async fn delete(
             DeleteAction::DeleteAt { node, ids, also } => (node, ids, also),
         };
         let outcome = if node == context.cluster.me.id {
-            context.router.delete(&maildrop.user, ids, also).await
+            let delete = DeleteHere {
+                user: maildrop.user.clone(),
+                ids,
+                fragments: also,
+            };
+            context.call(delete).await
         } else {
             let call = DeleteMessages {
                 user: maildrop.user.clone(),
                 ids,
                 fragments: also,
             };
-            delete_outcome(remote(&peers, member_addr(context, node), call).await)
+            delete_outcome(remote(peers, member_addr(context, node), call).await)
         };
         input = DeleteInput::Deleted(outcome);
     }
 }
 
 /// Releases the maildrop's lock.
-pub async fn close(context: &NodeContext, maildrop: &Maildrop) {
+pub async fn close(context: &CoreContext, maildrop: &Maildrop) {
     match maildrop.cluster_owner {
-        None => context.router.unlock(&maildrop.user).await,
+        None => {
+            let unlock = UnlockHere {
+                user: maildrop.user.clone(),
+            };
+            context.call(unlock).await
+        }
         Some(owner) => unlock(context, &maildrop.user, owner).await,
     }
 }
@@ -303,7 +320,7 @@ const UNLOCK_PATIENCE: Duration = Duration::from_secs(30);
 /// Releases a cluster maildrop lock (the policy is [`Unlock`]'s). A lock that cannot be
 /// released in time stays until the next membership change, which drops it (this node no
 /// longer reports it).
-async fn unlock(context: &NodeContext, user: &str, owner: Owner) {
+async fn unlock(context: &CoreContext, user: &str, owner: Owner) {
     let shared = &context.cluster;
     let mut machine = Unlock::new(user, owner, settings(), now_ms());
     let mut input = UnlockInput::Start;
@@ -320,7 +337,7 @@ async fn unlock(context: &NodeContext, user: &str, owner: Owner) {
                 UnlockInput::Continue
             }
             UnlockAction::Unlock(call) => {
-                UnlockInput::Unlocked(ask_manager(context, &view, user, call).await)
+                UnlockInput::Unlocked(ask_manager(context, &context.peers, &view, user, call).await)
             }
             UnlockAction::Sleep { ms } => {
                 glommio::timer::sleep(Duration::from_millis(ms)).await;

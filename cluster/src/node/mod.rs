@@ -15,6 +15,9 @@ pub mod cluster_driver;
 pub mod cluster_state;
 pub mod config;
 pub mod conn;
+pub mod core_call;
+pub mod core_calls;
+pub mod core_context;
 pub mod core_shards;
 pub mod delivery;
 pub mod listeners;
@@ -37,9 +40,12 @@ use porcupine_engine::{DmaStorage, Placement, Shard};
 use porcupine_runtime as runtime;
 
 use self::conn::SessionWatch;
+use self::core_call::{Router, ToCore};
+use self::core_calls::{ListUsers, PutProfile};
+use self::core_context::CoreContext;
 use self::listeners::{Bound, Handoff, SessionCounts};
 use self::metrics::NodeMetrics;
-use self::service::{CoreService, Request, Router};
+use self::service::CoreService;
 
 pub use self::config::{ConfigError, Fault, NodeConfig};
 
@@ -169,7 +175,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .collect();
     let placement = Placement::weighted(config.cores, config.data_dirs.clone(), weights);
     let (request_txs, request_rxs): (Vec<_>, Vec<_>) = (0..config.cores)
-        .map(|_| flume::unbounded::<Request>())
+        .map(|_| flume::unbounded::<ToCore>())
         .unzip();
     let first_dir = config
         .data_dirs
@@ -383,7 +389,12 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let done = runtime::run_local(move || async move {
-        if !router.list_users().await.is_empty() {
+        if router
+            .call_each(ListUsers)
+            .await
+            .iter()
+            .any(|users| !users.is_empty())
+        {
             return Ok(None);
         }
         let password: String = {
@@ -397,7 +408,11 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
         let email = format!("postmaster@{domain}");
         let secrets = users::make_secrets(&password)?;
         router
-            .put_profile(&email, Arc::new(users::encode_profile(&secrets)), None)
+            .call(PutProfile {
+                user: email.clone(),
+                profile: Arc::new(users::encode_profile(&secrets)),
+                stamp: None,
+            })
             .await
             .map_err(|e| format!("cannot store the first user: {e:?}"))?;
         Ok::<_, String>(Some((email, password)))
@@ -417,7 +432,7 @@ async fn run_core(
     core: usize,
     placement: Placement,
     context: Arc<NodeContext>,
-    requests: flume::Receiver<Request>,
+    requests: flume::Receiver<ToCore>,
     listening: Listening,
     cluster_inbox: Option<flume::Receiver<cluster_state::ToCoreZero>>,
     stop: flume::Receiver<()>,
@@ -454,9 +469,11 @@ async fn run_core(
             }
         }
     }
-    let service = CoreService::new(core, placement, shards, context.clone());
+    let peers = context.cluster.connect_peers();
+    let service = CoreService::new(core, placement, shards, context.clone(), peers.clone());
     glommio::spawn_local(service.replication().run(stop.clone())).detach();
-    let service_task = glommio::spawn_local(service.run(requests));
+    let service_task = glommio::spawn_local(service.clone().run(requests));
+    let context = CoreContext::new(core, context, service, peers);
     let _ = ready.send(Ok(()));
     // Wait until every core is ready (the sender side is dropped), then listen.
     let _ = listen.recv_async().await;
@@ -479,7 +496,6 @@ async fn run_core(
         .map(|bound| {
             glommio::spawn_local(listeners::accept(
                 bound,
-                core,
                 context.clone(),
                 stop.clone(),
                 watch.clone(),
@@ -488,7 +504,6 @@ async fn run_core(
         .collect();
     let receiving = glommio::spawn_local(listeners::receive(
         listening.handoffs,
-        core,
         context.clone(),
         stop.clone(),
         watch.clone(),

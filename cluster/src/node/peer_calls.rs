@@ -7,8 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::cluster_driver::stamp_ok;
+use super::core_calls::{ApplyUpdate, DeleteHere, ListHere, LogIn, PutProfile, ReadMessage};
+use super::core_context::CoreContext;
 use super::service::{Applied, Credential, LockMode, Login};
-use super::NodeContext;
 use crate::manager::ManagerCall;
 use crate::replication::Update;
 use crate::rpc::{
@@ -25,11 +26,11 @@ const PROFILE_PARALLELISM: usize = 512;
 /// Serves `request` on this core; the reply frame to send back (`None`: it did not encode,
 /// which is logged).
 pub async fn answer(
-    context: &NodeContext,
-    peers: &Rc<Peers>,
+    context: &Rc<CoreContext>,
     request_id: u64,
     request: Request,
 ) -> Option<Vec<u8>> {
+    let peers = &context.peers;
     match request {
         Request::PlaceMail(call) => {
             reply::<PlaceMail>(peers, request_id, manager(context, call).await)
@@ -79,7 +80,7 @@ fn reply<C: Call>(
 }
 
 /// A call for the bucket manager, on core 0.
-async fn manager<C: ManagerCall>(context: &NodeContext, call: C) -> Result<C::Reply, Failure>
+async fn manager<C: ManagerCall>(context: &CoreContext, call: C) -> Result<C::Reply, Failure>
 where
     C::Reply: Send,
 {
@@ -90,7 +91,7 @@ where
         .map_err(|error| error.refusal().unwrap_or(Failure::Failed))
 }
 
-async fn store(context: &NodeContext, call: StoreMessage) -> Result<(), Failure> {
+async fn store(context: &CoreContext, call: StoreMessage) -> Result<(), Failure> {
     let StoreMessage {
         user,
         id,
@@ -103,7 +104,7 @@ async fn store(context: &NodeContext, call: StoreMessage) -> Result<(), Failure>
         .map_err(Failure::from)
 }
 
-async fn push(context: &NodeContext, call: PushUpdate) -> Result<Pushed, Failure> {
+async fn push(context: &CoreContext, call: PushUpdate) -> Result<Pushed, Failure> {
     if !stamp_ok(context, call.hlc) {
         return Err(Failure::Failed);
     }
@@ -119,7 +120,7 @@ async fn push(context: &NodeContext, call: PushUpdate) -> Result<Pushed, Failure
         origin: call.origin,
         replicas: call.replicas,
     };
-    match context.router.replicate(update, message).await {
+    match context.call(ApplyUpdate { update, message }).await {
         Ok(Applied::Taken) => Ok(Pushed::Taken),
         // The pusher deletes its copy too (see `replicas::Edge::push`).
         Ok(Applied::DeletedHere) => Ok(Pushed::DeletedHere),
@@ -127,41 +128,46 @@ async fn push(context: &NodeContext, call: PushUpdate) -> Result<Pushed, Failure
     }
 }
 
-async fn list(context: &NodeContext, call: ListFragment) -> Result<Listed, Failure> {
-    context.router.list(&call.user).await.map_err(Failure::from)
+async fn list(context: &CoreContext, call: ListFragment) -> Result<Listed, Failure> {
+    let list = ListHere { user: call.user };
+    context.call(list).await.map_err(Failure::from)
 }
 
-async fn fetch(context: &NodeContext, call: FetchMessage) -> Result<Fetched, Failure> {
+async fn fetch(context: &CoreContext, call: FetchMessage) -> Result<Fetched, Failure> {
+    let read = ReadMessage {
+        user: call.user,
+        id: call.id,
+    };
     context
-        .router
-        .fetch(&call.user, call.id)
+        .call(read)
         .await
         .map(|message| Fetched { message })
         .map_err(Failure::from)
 }
 
-async fn delete(context: &NodeContext, call: DeleteMessages) -> Result<(), Failure> {
-    context
-        .router
-        .delete(&call.user, call.ids, call.fragments)
-        .await
-        .map_err(Failure::from)
+async fn delete(context: &CoreContext, call: DeleteMessages) -> Result<(), Failure> {
+    let delete = DeleteHere {
+        user: call.user,
+        ids: call.ids,
+        fragments: call.fragments,
+    };
+    context.call(delete).await.map_err(Failure::from)
 }
 
-async fn authenticate(context: &NodeContext, call: Authenticate) -> Result<(), Failure> {
-    let credential = Credential::Password(call.password);
-    match context
-        .router
-        .login(&call.user, &credential, LockMode::Elsewhere)
-        .await
-    {
+async fn authenticate(context: &CoreContext, call: Authenticate) -> Result<(), Failure> {
+    let login = LogIn {
+        user: call.user,
+        credential: Credential::Password(call.password),
+        lock: LockMode::Elsewhere,
+    };
+    match context.call(login).await {
         Login::Ok(_) => Ok(()),
         Login::BadCredentials => Err(Failure::BadCredentials),
         Login::InUse | Login::Unavailable => Err(Failure::Failed),
     }
 }
 
-async fn profiles(context: &NodeContext, call: SyncProfiles) -> Result<(), Failure> {
+async fn profiles(context: &Rc<CoreContext>, call: SyncProfiles) -> Result<(), Failure> {
     // A profile stamped in the far future would beat every later password change.
     if !call
         .profiles
@@ -174,13 +180,13 @@ async fn profiles(context: &NodeContext, call: SyncProfiles) -> Result<(), Failu
     let mut result = Ok(());
     let mut in_flight = VecDeque::new();
     for (user, hlc, profile) in call.profiles {
-        let router = context.router.clone();
-        let stamp = Stamp { hlc, origin: 0 };
-        in_flight.push_back(glommio::spawn_local(async move {
-            router
-                .put_profile(&user, Arc::new(profile), Some(stamp))
-                .await
-        }));
+        let context = context.clone();
+        let put = PutProfile {
+            user,
+            profile: Arc::new(profile),
+            stamp: Some(Stamp { hlc, origin: 0 }),
+        };
+        in_flight.push_back(glommio::spawn_local(async move { context.call(put).await }));
         if in_flight.len() >= PROFILE_PARALLELISM {
             if let Some(task) = in_flight.pop_front() {
                 if let Err(error) = task.await {

@@ -4,18 +4,18 @@
 //! nodes holding the messages ([`super::maildrop`]).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Plaintext, Pop3Session, Step, Tls};
 
 use super::conn::{self, Read, SessionClock};
+use super::core_calls::ReadScram;
+use super::core_context::CoreContext;
 use super::maildrop::{self, OpenFailure};
 use super::metrics::add;
 use super::service::Credential;
 use super::tls::ClientStream;
-use super::NodeContext;
 
 /// How a POP3 connection starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Start {
 
 pub async fn serve(
     stream: TcpStream,
-    context: Arc<NodeContext>,
+    context: Rc<CoreContext>,
     clock: Rc<SessionClock>,
     start: Start,
 ) {
@@ -102,11 +102,10 @@ pub async fn serve(
                             glommio::timer::sleep(wait).await;
                         }
                     }
-                    let stored = context
-                        .router
-                        .scram_credentials(&user.to_lowercase())
-                        .await
-                        .unwrap_or(None);
+                    let read = ReadScram {
+                        user: user.to_lowercase(),
+                    };
+                    let stored = context.call(read).await.unwrap_or(None);
                     let mut random = [0u8; 32];
                     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
                     session.scram_credentials(stored, &random, &mut out);

@@ -19,13 +19,13 @@ use porcupine_engine::{DeleteOutcome, PutOutcome, ReplicaSet, Retired, Shard, St
 
 use super::clock::now_ms;
 use super::cluster_driver::PEER_TIMEOUT;
-use super::cluster_state::peers;
 use super::core_shards::CoreShards;
 use super::service::StoreError;
 use super::NodeContext;
 use crate::membership::{Epoch, NodeId};
 use crate::replication::{Action, Replicator, Update};
 use crate::rpc::{OneWay, PushUpdate, Pushed, ReplicaUpdate};
+use crate::transport::Peers;
 
 /// When a delivery's 250 may be sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +62,8 @@ enum PushOutcome {
 
 pub struct CoreReplication {
     context: Arc<NodeContext>,
+    /// This core's connections to the other nodes.
+    peers: Rc<Peers>,
     shards: Rc<CoreShards>,
     replicator: RefCell<Replicator>,
     seen_epoch: Cell<Option<Epoch>>,
@@ -82,11 +84,12 @@ fn to_set(nodes: &[NodeId]) -> ReplicaSet {
 
 impl CoreReplication {
     /// Creates the edge and loads every update still pending in the shards' logs.
-    pub fn new(context: Arc<NodeContext>, shards: Rc<CoreShards>) -> Rc<Self> {
+    pub fn new(context: Arc<NodeContext>, peers: Rc<Peers>, shards: Rc<CoreShards>) -> Rc<Self> {
         let me = context.cluster.me.id;
         let settings = context.config.replication;
         let edge = Rc::new(Self {
             context,
+            peers,
             shards,
             replicator: RefCell::new(Replicator::new(me, settings)),
             seen_epoch: Cell::new(None),
@@ -336,10 +339,7 @@ impl CoreReplication {
             replicas: update.replicas.clone(),
             update: carried,
         };
-        match peers(&self.context.cluster)
-            .call(&addr, push, PEER_TIMEOUT)
-            .await
-        {
+        match self.peers.call(&addr, push, PEER_TIMEOUT).await {
             Ok(Pushed::Taken) => PushOutcome::Held,
             Ok(Pushed::DeletedHere) => PushOutcome::DeletedThere,
             Err(_) => PushOutcome::Failed,
@@ -393,10 +393,9 @@ impl CoreReplication {
             }
         }
         let view = self.context.cluster.view.load_full();
-        let peers = peers(&self.context.cluster);
         for (node, entries) in notices {
             if let Some(member) = view.member(node) {
-                peers.send(&member.addr, &OneWay::Retired { entries });
+                self.peers.send(&member.addr, &OneWay::Retired { entries });
             }
         }
     }
@@ -430,9 +429,13 @@ impl CoreReplication {
                             || shared.view.load().epoch != epoch;
                         if unknown && shared.clustered() {
                             // The user's manager may not know this node holds mail of theirs.
-                            let (context, user) = (self.context.clone(), update.user.clone());
+                            let (context, peers, user) = (
+                                self.context.clone(),
+                                self.peers.clone(),
+                                update.user.clone(),
+                            );
                             glommio::spawn_local(async move {
-                                super::delivery::note(&context, &user).await;
+                                super::delivery::note(&context, &peers, &user).await;
                             })
                             .detach();
                         }

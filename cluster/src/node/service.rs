@@ -1,32 +1,28 @@
-//! The shard service: each core owns its shards and answers requests about the users they
-//! hold, from any core, over a flume channel. Nothing is shared between cores but channels.
+//! The shard service: each core owns its shards, the maildrop locks and the credential cache
+//! of their users, and serves the calls about them ([`super::core_calls`]) that reach it from
+//! any core ([`super::core_call::Router`]) or from its own ([`super::core_context`]). Nothing is
+//! shared between cores but channels.
 //!
 //! A user's mail and profile live on one of the shards of core `placement.core_of(user)`, one
-//! per data directory (which one: [`super::core_shards`]). [`Router`] sends a request to that
-//! core and awaits the answer. The service
-//! runs each request in its own task so concurrent deliveries share group commits. A request
-//! for a user of the asking core itself is served in place, in the asking task: no channel
-//! hop, no cross-thread wakeup. Each core also remembers which users it has seen exist (users
-//! are never removed), so a recipient check costs a hop only the first time.
+//! per data directory (which one: [`super::core_shards`]). Each call runs in its own task, so
+//! concurrent deliveries share group commits.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use porcupine_engine::{DeleteOutcome, EngineError, Placement, ReplicaSet, Shard, Stamp};
+use porcupine_engine::{EngineError, Placement, Shard};
 
+use super::core_call::ToCore;
 use super::core_shards::CoreShards;
 use super::replicas::CoreReplication;
 use super::users;
 use super::NodeContext;
-use crate::membership::NodeId;
-use crate::replication::Update;
-use porcupine_protocols::sasl::ScramCredentials;
+use crate::transport::Peers;
 
 pub use super::replicas::Applied;
 pub use crate::delivery::StoreError;
-pub use crate::rpc::ListedMessage;
 
 /// What an engine failure means to a protocol: a full disk is 452, anything else 451.
 pub fn store_error(error: &EngineError) -> StoreError {
@@ -92,378 +88,6 @@ pub struct ShardReport {
     pub throttle: Option<String>,
 }
 
-type Reply<T> = flume::Sender<T>;
-
-/// A user's mail on this node: oldest first, each with its replica set, and the messages
-/// deleted here whose tombstones are still on their way to other replicas.
-pub use crate::rpc::Listed as Fragment;
-
-/// A request to the core that owns `user`'s shard.
-pub enum Request {
-    /// Store a message here and coordinate its replication to `replicas` (this node first;
-    /// empty or this node alone: not replicated).
-    Deliver {
-        user: String,
-        id: u128,
-        message: Arc<Vec<u8>>,
-        replicas: Vec<NodeId>,
-        reply: Reply<Result<(), StoreError>>,
-    },
-    /// A replicated update pushed by another node.
-    Replicate {
-        update: Update,
-        message: Option<Vec<u8>>,
-        reply: Reply<Result<Applied, StoreError>>,
-    },
-    /// Updates the node driving them retired: (user, id, HLC).
-    Retired {
-        entries: Vec<(String, u128, u64)>,
-    },
-    UserExists {
-        user: String,
-        reply: Reply<Result<bool, StoreError>>,
-    },
-    Login {
-        user: String,
-        credential: Credential,
-        lock: LockMode,
-        reply: Reply<Login>,
-    },
-    /// The user's stored SCRAM-SHA-256 credentials (`None`: no such user, or none stored).
-    ScramCredentials {
-        user: String,
-        reply: Reply<Result<Option<ScramCredentials>, StoreError>>,
-    },
-    /// The user's local fragment.
-    List {
-        user: String,
-        reply: Reply<Fragment>,
-    },
-    /// Users with messages, or with deletes not yet on every replica, on this core's shards.
-    FragmentUsers {
-        reply: Reply<Vec<String>>,
-    },
-    /// Every profile on this core's shards, with the timestamp of its update.
-    Profiles {
-        reply: Reply<Vec<(String, u64, Vec<u8>)>>,
-    },
-    Unlock {
-        user: String,
-        reply: Reply<()>,
-    },
-    Fetch {
-        user: String,
-        id: u128,
-        reply: Reply<Result<Vec<u8>, StoreError>>,
-    },
-    /// Delete messages here; their tombstones also go to `fragments` (nodes that may hold
-    /// copies), beside each message's replica set.
-    Delete {
-        user: String,
-        ids: Vec<u128>,
-        fragments: Vec<NodeId>,
-        reply: Reply<Result<(), StoreError>>,
-    },
-    /// Store a profile: made here (`stamp` `None`) or on another node; the newest wins.
-    /// The answer is the stored update's timestamp (`None`: the profile here was newer).
-    PutProfile {
-        user: String,
-        profile: Arc<Vec<u8>>,
-        stamp: Option<Stamp>,
-        reply: Reply<Result<Option<u64>, StoreError>>,
-    },
-    ListUsers {
-        reply: Reply<Vec<String>>,
-    },
-    Report {
-        reply: Reply<Vec<ShardReport>>,
-    },
-    /// Stop: close the shards (finishing queued writes) and answer when done.
-    Shutdown {
-        reply: Reply<()>,
-    },
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Request")
-    }
-}
-
-/// Users a core remembers as existing before it forgets them all (a bound on memory, not a
-/// correctness limit: a forgotten user is asked about again).
-const KNOWN_USERS_MAX: usize = 1 << 20;
-
-thread_local! {
-    /// The service of the core this thread runs, while it serves ([`CoreService::run`]).
-    static LOCAL_SERVICE: RefCell<Option<(usize, Rc<CoreService>)>> = const { RefCell::new(None) };
-    /// Users this core has been told exist.
-    static KNOWN_USERS: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
-}
-
-/// This thread's core service, if it is `core`'s.
-fn local_service(core: usize) -> Option<Rc<CoreService>> {
-    LOCAL_SERVICE.with(|local| match &*local.borrow() {
-        Some((mine, service)) if *mine == core => Some(service.clone()),
-        _ => None,
-    })
-}
-
-/// Sends requests to the core that owns a user. Cheap to clone; `Send`.
-#[derive(Clone, Debug)]
-pub struct Router {
-    placement: Placement,
-    cores: Vec<flume::Sender<Request>>,
-}
-
-impl Router {
-    pub fn new(placement: Placement, cores: Vec<flume::Sender<Request>>) -> Self {
-        Self { placement, cores }
-    }
-
-    pub fn cores(&self) -> usize {
-        self.cores.len()
-    }
-
-    fn core_of(&self, user: &str) -> usize {
-        self.placement.core_of(user) % self.cores.len()
-    }
-
-    async fn ask<T>(&self, core: usize, make: impl FnOnce(Reply<T>) -> Request) -> Option<T> {
-        let (tx, rx) = flume::bounded(1);
-        if let Some(service) = local_service(core) {
-            // Every handler replies before it returns.
-            service.handle(make(tx)).await;
-            return rx.try_recv().ok();
-        }
-        self.cores.get(core)?.send_async(make(tx)).await.ok()?;
-        rx.recv_async().await.ok()
-    }
-
-    /// Stores a message here, replicated to `replicas` (this node first) if there are others.
-    pub async fn deliver(
-        &self,
-        user: &str,
-        id: u128,
-        message: Arc<Vec<u8>>,
-        replicas: Vec<NodeId>,
-    ) -> Result<(), StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::Deliver {
-            user,
-            id,
-            message,
-            replicas,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
-    }
-
-    /// Applies an update pushed by the node driving it.
-    pub async fn replicate(
-        &self,
-        update: Update,
-        message: Option<Vec<u8>>,
-    ) -> Result<Applied, StoreError> {
-        let core = self.core_of(&update.user);
-        self.ask(core, |reply| Request::Replicate {
-            update,
-            message,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
-    }
-
-    /// Retires updates that the node driving them retired.
-    pub fn retired(&self, entries: Vec<(String, u128, u64)>) {
-        let mut by_core: HashMap<usize, Vec<(String, u128, u64)>> = HashMap::new();
-        for entry in entries {
-            by_core
-                .entry(self.core_of(&entry.0))
-                .or_default()
-                .push(entry);
-        }
-        for (core, entries) in by_core {
-            if let Some(sender) = self.cores.get(core) {
-                let _ = sender.send(Request::Retired { entries });
-            }
-        }
-    }
-
-    pub async fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
-        if KNOWN_USERS.with(|known| known.borrow().contains(user)) {
-            return Ok(true);
-        }
-        let owned = user.to_owned();
-        let exists = self
-            .ask(self.core_of(user), |reply| Request::UserExists {
-                user: owned,
-                reply,
-            })
-            .await
-            .unwrap_or(Err(StoreError::Failed))?;
-        if exists {
-            KNOWN_USERS.with(|known| {
-                let mut known = known.borrow_mut();
-                if known.len() >= KNOWN_USERS_MAX {
-                    known.clear();
-                }
-                known.insert(user.to_owned());
-            });
-        }
-        Ok(exists)
-    }
-
-    pub async fn login(&self, user: &str, credential: &Credential, lock: LockMode) -> Login {
-        let (user, credential) = (user.to_owned(), credential.clone());
-        self.ask(self.core_of(&user), |reply| Request::Login {
-            user,
-            credential,
-            lock,
-            reply,
-        })
-        .await
-        .unwrap_or(Login::Unavailable)
-    }
-
-    /// The user's stored SCRAM-SHA-256 credentials, from the profile on this node.
-    pub async fn scram_credentials(
-        &self,
-        user: &str,
-    ) -> Result<Option<ScramCredentials>, StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::ScramCredentials {
-            user,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
-    }
-
-    /// The user's fragment on this node.
-    pub async fn list(&self, user: &str) -> Result<Fragment, StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::List { user, reply })
-            .await
-            .ok_or(StoreError::Failed)
-    }
-
-    /// Users with mail on this node.
-    pub async fn fragment_users(&self) -> Vec<String> {
-        let mut users = Vec::new();
-        for core in 0..self.cores.len() {
-            users.extend(
-                self.ask(core, |reply| Request::FragmentUsers { reply })
-                    .await
-                    .unwrap_or_default(),
-            );
-        }
-        users
-    }
-
-    /// Every profile on this node, with the timestamp of its update.
-    pub async fn profiles(&self) -> Vec<(String, u64, Vec<u8>)> {
-        let mut profiles = Vec::new();
-        for core in 0..self.cores.len() {
-            profiles.extend(
-                self.ask(core, |reply| Request::Profiles { reply })
-                    .await
-                    .unwrap_or_default(),
-            );
-        }
-        profiles
-    }
-
-    /// Releases a maildrop lock; returns once the owning core has released it.
-    pub async fn unlock(&self, user: &str) {
-        let user = user.to_owned();
-        let _ = self
-            .ask(self.core_of(&user), |reply| Request::Unlock { user, reply })
-            .await;
-    }
-
-    pub async fn fetch(&self, user: &str, id: u128) -> Result<Vec<u8>, StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::Fetch {
-            user,
-            id,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
-    }
-
-    pub async fn delete(
-        &self,
-        user: &str,
-        ids: Vec<u128>,
-        fragments: Vec<NodeId>,
-    ) -> Result<(), StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::Delete {
-            user,
-            ids,
-            fragments,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
-    }
-
-    /// Stores a profile made here (`stamp` `None`) or elsewhere; the newest update wins.
-    /// Returns the stored update's timestamp, `None` if the profile here was newer.
-    pub async fn put_profile(
-        &self,
-        user: &str,
-        profile: Arc<Vec<u8>>,
-        stamp: Option<Stamp>,
-    ) -> Result<Option<u64>, StoreError> {
-        let user = user.to_owned();
-        self.ask(self.core_of(&user), |reply| Request::PutProfile {
-            user,
-            profile,
-            stamp,
-            reply,
-        })
-        .await
-        .unwrap_or(Err(StoreError::Failed))
-    }
-
-    pub async fn list_users(&self) -> Vec<String> {
-        let mut users = Vec::new();
-        for core in 0..self.cores.len() {
-            users.extend(
-                self.ask(core, |reply| Request::ListUsers { reply })
-                    .await
-                    .unwrap_or_default(),
-            );
-        }
-        users.sort();
-        users
-    }
-
-    pub async fn reports(&self) -> Vec<ShardReport> {
-        let mut reports = Vec::new();
-        for core in 0..self.cores.len() {
-            reports.extend(
-                self.ask(core, |reply| Request::Report { reply })
-                    .await
-                    .unwrap_or_default(),
-            );
-        }
-        reports
-    }
-
-    /// Asks `core` to close its shards; the answer arrives on `reply` (usable from any thread).
-    pub fn send_shutdown(&self, core: usize, reply: Reply<()>) -> bool {
-        self.cores
-            .get(core)
-            .is_some_and(|c| c.send(Request::Shutdown { reply }).is_ok())
-    }
-}
-
 /// The shards of one core and the maildrop locks of their users.
 #[derive(Debug)]
 pub struct CoreService {
@@ -505,9 +129,10 @@ impl CoreService {
         placement: Placement,
         shards: HashMap<usize, Shard>,
         context: Arc<NodeContext>,
+        peers: Rc<Peers>,
     ) -> Rc<Self> {
         let shards = Rc::new(CoreShards::new(placement, shards));
-        let replication = CoreReplication::new(context, shards.clone());
+        let replication = CoreReplication::new(context, peers, shards.clone());
         Rc::new(Self {
             core,
             shards,
@@ -525,199 +150,40 @@ impl CoreService {
         self.replication.clone()
     }
 
-    fn shard(&self, user: &str) -> Option<&Shard> {
+    /// This core's shards.
+    pub fn shards(&self) -> &CoreShards {
+        &self.shards
+    }
+
+    /// The shard that holds `user`.
+    pub fn shard(&self, user: &str) -> Option<&Shard> {
         self.shards.for_user(user)
     }
 
-    /// Serves requests until a `Shutdown` has been handled.
-    pub async fn run(self: Rc<Self>, requests: flume::Receiver<Request>) {
-        LOCAL_SERVICE.with(|local| *local.borrow_mut() = Some((self.core, self.clone())));
-        while let Ok(request) = requests.recv_async().await {
-            if let Request::Shutdown { reply } = request {
-                LOCAL_SERVICE.with(|local| local.borrow_mut().take());
-                for shard in self.shards.all() {
-                    if let Err(error) = shard.close().await {
-                        tracing::error!(shard = shard.name(), %error, "closing shard");
-                    }
-                }
-                let _ = reply.send(());
-                return;
-            }
-            let service = self.clone();
-            glommio::spawn_local(async move { service.handle(request).await }).detach();
-        }
-        LOCAL_SERVICE.with(|local| local.borrow_mut().take());
+    /// Releases `user`'s maildrop lock on this core.
+    pub fn unlock(&self, user: &str) {
+        self.locked.borrow_mut().remove(user);
     }
 
-    async fn handle(&self, request: Request) {
-        match request {
-            Request::Deliver {
-                user,
-                id,
-                message,
-                replicas,
-                reply,
-            } => {
-                let result = self
-                    .replication
-                    .coordinate_put(&user, id, message, &replicas)
-                    .await;
-                let _ = reply.send(result);
-            }
-            Request::Replicate {
-                update,
-                message,
-                reply,
-            } => {
-                let _ = reply.send(self.replication.apply(update, message).await);
-            }
-            Request::Retired { entries } => self.replication.retired(entries).await,
-            Request::UserExists { user, reply } => {
-                let _ = reply.send(
-                    self.shard(&user)
-                        .map(|s| s.has_profile(&user))
-                        .ok_or(StoreError::Failed),
-                );
-            }
-            Request::Login {
-                user,
-                credential,
-                lock,
-                reply,
-            } => {
-                let _ = reply.send(self.login(&user, &credential, lock).await);
-            }
-            Request::ScramCredentials { user, reply } => {
-                let result = match self.shard(&user) {
-                    Some(shard) => match shard.read_profile(&user).await {
-                        Ok(profile) => Ok(profile.and_then(|p| users::scram_of(&p))),
-                        Err(e) => Err(store_error(&e)),
-                    },
-                    None => Err(StoreError::Failed),
-                };
-                let _ = reply.send(result);
-            }
-            Request::List { user, reply } => {
-                let _ = reply.send(self.shard(&user).map_or_else(Fragment::default, |shard| {
-                    Fragment {
-                        messages: shard
-                            .messages(&user)
-                            .iter()
-                            .map(|m| ListedMessage {
-                                id: m.id,
-                                size: u64::from(m.body_len),
-                                replicas: m.replicas.as_slice().iter().map(|&n| n.into()).collect(),
-                            })
-                            .collect(),
-                        deleted: shard.pending_tombstones(&user),
-                    }
-                }));
-            }
-            Request::FragmentUsers { reply } => {
-                let mut users = Vec::new();
-                for shard in self.shards.all() {
-                    users.extend(shard.fragment_users());
-                }
-                let _ = reply.send(users);
-            }
-            Request::Profiles { reply } => {
-                let mut profiles = Vec::new();
-                for shard in self.shards.all() {
-                    for user in shard.users() {
-                        let Some(hlc) = shard.profile_hlc(&user) else {
-                            continue;
-                        };
-                        if let Ok(Some(profile)) = shard.read_profile(&user).await {
-                            profiles.push((user, hlc, profile));
+    /// Serves calls until a `Shutdown` has been handled.
+    pub async fn run(self: Rc<Self>, calls: flume::Receiver<ToCore>) {
+        while let Ok(call) = calls.recv_async().await {
+            match call {
+                ToCore::Call(job) => job(&self),
+                ToCore::Shutdown(reply) => {
+                    for shard in self.shards.all() {
+                        if let Err(error) = shard.close().await {
+                            tracing::error!(shard = shard.name(), %error, "closing shard");
                         }
                     }
+                    let _ = reply.send(());
+                    return;
                 }
-                let _ = reply.send(profiles);
             }
-            Request::Unlock { user, reply } => {
-                self.locked.borrow_mut().remove(&user);
-                let _ = reply.send(());
-            }
-            Request::Fetch { user, id, reply } => {
-                let result = match self.shard(&user) {
-                    Some(shard) => shard
-                        .read_message(&user, id)
-                        .await
-                        .map(|r| r.body().to_vec())
-                        .map_err(|e| {
-                            tracing::warn!(%user, error = %e, "read failed");
-                            store_error(&e)
-                        }),
-                    None => Err(StoreError::Failed),
-                };
-                let _ = reply.send(result);
-            }
-            Request::Delete {
-                user,
-                ids,
-                fragments,
-                reply,
-            } => {
-                let also = ReplicaSet::new(fragments.iter().map(|&n| n as u32));
-                let result = match self.shard(&user) {
-                    Some(shard) => {
-                        // All at once, so one group commit (one fdatasync) carries them.
-                        let user = Rc::new(user);
-                        let tasks: Vec<_> = ids
-                            .into_iter()
-                            .map(|id| {
-                                let (shard, user) = (shard.clone(), user.clone());
-                                glommio::spawn_local(async move {
-                                    (id, shard.delete_replicated(&user, id, None, also).await)
-                                })
-                            })
-                            .collect();
-                        let mut result = Ok(());
-                        for task in tasks {
-                            match task.await {
-                                (id, Ok(DeleteOutcome::Deleted(tomb))) => {
-                                    self.replication.deleted(&user, id, tomb);
-                                }
-                                (_, Ok(_)) | (_, Err(EngineError::NotFound)) => {}
-                                (_, Err(e)) => result = Err(store_error(&e)),
-                            }
-                        }
-                        result
-                    }
-                    None => Err(StoreError::Failed),
-                };
-                let _ = reply.send(result);
-            }
-            Request::PutProfile {
-                user,
-                profile,
-                stamp,
-                reply,
-            } => {
-                let result = match self.shard(&user) {
-                    Some(shard) => shard
-                        .put_profile_stamped(&user, &profile, stamp)
-                        .await
-                        .map_err(|e| store_error(&e)),
-                    None => Err(StoreError::Failed),
-                };
-                let _ = reply.send(result);
-            }
-            Request::ListUsers { reply } => {
-                let mut users = Vec::new();
-                for shard in self.shards.all() {
-                    users.extend(shard.users().into_iter().filter(|u| shard.has_profile(u)));
-                }
-                let _ = reply.send(users);
-            }
-            Request::Report { reply } => {
-                let _ = reply.send(self.reports());
-            }
-            Request::Shutdown { .. } => {}
         }
     }
 
-    async fn login(&self, user: &str, credential: &Credential, lock: LockMode) -> Login {
+    pub async fn login(&self, user: &str, credential: &Credential, lock: LockMode) -> Login {
         let Some(shard) = self.shard(user) else {
             return Login::Unavailable;
         };
@@ -817,7 +283,7 @@ impl CoreService {
         }
     }
 
-    fn reports(&self) -> Vec<ShardReport> {
+    pub fn reports(&self) -> Vec<ShardReport> {
         let mut reports: Vec<ShardReport> = self
             .shards
             .all()

@@ -15,17 +15,12 @@ use glommio::net::TcpStream;
 use porcupine_protocols::smtp::{DeliveryOutcome, RecipientCheck, SmtpSession, Step, Tls};
 
 use super::conn::{self, Read, SessionClock};
+use super::core_context::CoreContext;
 use super::metrics::add;
 use super::service::StoreError;
 use super::tls::ClientStream;
-use super::NodeContext;
 
-pub async fn serve(
-    stream: TcpStream,
-    context: Arc<NodeContext>,
-    clock: Rc<SessionClock>,
-    core: usize,
-) {
+pub async fn serve(stream: TcpStream, context: Rc<CoreContext>, clock: Rc<SessionClock>) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -59,7 +54,7 @@ pub async fn serve(
                 Step::CheckRecipient(mailbox) => {
                     // Flush what is answered so far: a pipelining client waits for nothing, but
                     // a lookup on another core should not hold earlier replies back.
-                    let check = match context.router.user_exists(&mailbox.canonical()).await {
+                    let check = match context.user_exists(&mailbox.canonical()).await {
                         Ok(true) => RecipientCheck::Local,
                         Ok(false) => RecipientCheck::Unknown,
                         Err(_) => RecipientCheck::Unavailable,
@@ -67,7 +62,7 @@ pub async fn serve(
                     session.recipient_checked(check, &mut out);
                 }
                 Step::Deliver(envelope) => {
-                    let outcome = deliver(&context, &peer, core, envelope).await;
+                    let outcome = deliver(&context, &peer, envelope).await;
                     session.delivered(outcome, &mut out);
                     let _ = context
                         .transfer
@@ -133,37 +128,12 @@ pub async fn serve(
     }
 }
 
-thread_local! {
-    /// Per-core id counter: the core number is part of the id, so cores need not share one.
-    static NEXT_ID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// A cluster-unique message id: microseconds since the epoch (high bits, so ids sort by arrival
-/// time), then the node id, the core and a per-core counter. Copies of one message on several
-/// replicas share it, and retrieval deduplicates by it, so two messages must never share one.
-fn new_message_id(node: u64, core: usize) -> u128 {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let counter = NEXT_ID.with(|next| {
-        let value = next.get();
-        next.set(value.wrapping_add(1));
-        value
-    });
-    (micros << 64)
-        | (u128::from(node as u32) << 32)
-        | ((core as u128 & 0xff) << 24)
-        | u128::from(counter & 0x00ff_ffff)
-}
-
 async fn deliver(
-    context: &Arc<NodeContext>,
+    context: &Rc<CoreContext>,
     peer: &str,
-    core: usize,
     envelope: porcupine_protocols::smtp::Envelope,
 ) -> DeliveryOutcome {
-    let id = new_message_id(context.cluster.me.id, core);
+    let id = context.new_message_id();
     let id_text = format!("{id:032x}");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -1,0 +1,366 @@
+//! Every operation a core serves on its shards, one type each with its reply type
+//! ([`CoreCall`]): what the sessions, the admin endpoint, the peer calls and the cluster duties
+//! ask of the core that owns a user, or of every core.
+//!
+//! Adding an operation is adding a type here (and, if it crosses nodes, a call in
+//! [`crate::rpc`] whose server in [`super::peer_calls`] makes it).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use porcupine_engine::{DeleteOutcome, EngineError, ReplicaSet, Stamp};
+use porcupine_protocols::sasl::ScramCredentials;
+
+use super::core_call::{CoreCall, UserCall};
+use super::service::{store_error, Applied, CoreService, Credential, LockMode, Login, ShardReport};
+use super::users;
+use crate::delivery::StoreError;
+use crate::membership::NodeId;
+use crate::replication::Update;
+use crate::rpc::{Listed, ListedMessage};
+
+macro_rules! user_call {
+    ($call:ty) => {
+        impl UserCall for $call {
+            fn user(&self) -> &str {
+                &self.user
+            }
+        }
+    };
+}
+
+/// Store a message here and coordinate its replication to `replicas` (this node first; empty
+/// or this node alone: not replicated).
+#[derive(Debug)]
+pub struct Deliver {
+    pub user: String,
+    pub id: u128,
+    pub message: Arc<Vec<u8>>,
+    pub replicas: Vec<NodeId>,
+}
+user_call!(Deliver);
+
+impl CoreCall for Deliver {
+    type Reply = Result<(), StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        service
+            .replication()
+            .coordinate_put(&self.user, self.id, self.message, &self.replicas)
+            .await
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Apply a replicated update pushed by the node driving it.
+#[derive(Debug)]
+pub struct ApplyUpdate {
+    pub update: Update,
+    pub message: Option<Vec<u8>>,
+}
+
+impl UserCall for ApplyUpdate {
+    fn user(&self) -> &str {
+        &self.update.user
+    }
+}
+
+impl CoreCall for ApplyUpdate {
+    type Reply = Result<Applied, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        service.replication().apply(self.update, self.message).await
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Retire updates the node driving them retired: (user, id, HLC), all of this core's users.
+#[derive(Debug)]
+pub struct RetireUpdates {
+    pub entries: Vec<(String, u128, u64)>,
+}
+
+impl CoreCall for RetireUpdates {
+    type Reply = ();
+    async fn serve(self, service: &CoreService) {
+        service.replication().retired(self.entries).await;
+    }
+    fn unanswered() {}
+}
+
+/// Whether the user has a profile here.
+#[derive(Debug)]
+pub struct UserExists {
+    pub user: String,
+}
+user_call!(UserExists);
+
+impl CoreCall for UserExists {
+    type Reply = Result<bool, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        service
+            .shard(&self.user)
+            .map(|s| s.has_profile(&self.user))
+            .ok_or(StoreError::Failed)
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Check the credential and, with [`LockMode::Local`], lock the maildrop; the user's messages.
+#[derive(Debug)]
+pub struct LogIn {
+    pub user: String,
+    pub credential: Credential,
+    pub lock: LockMode,
+}
+user_call!(LogIn);
+
+impl CoreCall for LogIn {
+    type Reply = Login;
+    async fn serve(self, service: &CoreService) -> Login {
+        service.login(&self.user, &self.credential, self.lock).await
+    }
+    fn unanswered() -> Login {
+        Login::Unavailable
+    }
+}
+
+/// The user's stored SCRAM-SHA-256 credentials (`None`: no such user, or none stored).
+#[derive(Debug)]
+pub struct ReadScram {
+    pub user: String,
+}
+user_call!(ReadScram);
+
+impl CoreCall for ReadScram {
+    type Reply = Result<Option<ScramCredentials>, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        match shard.read_profile(&self.user).await {
+            Ok(profile) => Ok(profile.and_then(|p| users::scram_of(&p))),
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// The user's fragment on this node: messages oldest first, and deletes still on their way.
+#[derive(Debug)]
+pub struct ListHere {
+    pub user: String,
+}
+user_call!(ListHere);
+
+impl CoreCall for ListHere {
+    type Reply = Result<Listed, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let user = &self.user;
+        Ok(service
+            .shard(user)
+            .map_or_else(Listed::default, |shard| Listed {
+                messages: shard
+                    .messages(user)
+                    .iter()
+                    .map(|m| ListedMessage {
+                        id: m.id,
+                        size: u64::from(m.body_len),
+                        replicas: m.replicas.as_slice().iter().map(|&n| n.into()).collect(),
+                    })
+                    .collect(),
+                deleted: shard.pending_tombstones(user),
+            }))
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Release the user's maildrop lock on this core.
+#[derive(Debug)]
+pub struct UnlockHere {
+    pub user: String,
+}
+user_call!(UnlockHere);
+
+impl CoreCall for UnlockHere {
+    type Reply = ();
+    async fn serve(self, service: &CoreService) {
+        service.unlock(&self.user);
+    }
+    fn unanswered() {}
+}
+
+/// One message's body, as stored here.
+#[derive(Debug)]
+pub struct ReadMessage {
+    pub user: String,
+    pub id: u128,
+}
+user_call!(ReadMessage);
+
+impl CoreCall for ReadMessage {
+    type Reply = Result<Vec<u8>, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        shard
+            .read_message(&self.user, self.id)
+            .await
+            .map(|r| r.body().to_vec())
+            .map_err(|e| {
+                tracing::warn!(user = %self.user, error = %e, "read failed");
+                store_error(&e)
+            })
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Delete messages here; their tombstones also go to `fragments` (nodes that may hold copies),
+/// beside each message's replica set.
+#[derive(Debug)]
+pub struct DeleteHere {
+    pub user: String,
+    pub ids: Vec<u128>,
+    pub fragments: Vec<NodeId>,
+}
+user_call!(DeleteHere);
+
+impl CoreCall for DeleteHere {
+    type Reply = Result<(), StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        let also = ReplicaSet::new(self.fragments.iter().map(|&n| n as u32));
+        // All at once, so one group commit (one fdatasync) carries them.
+        let user = Rc::new(self.user);
+        let tasks: Vec<_> = self
+            .ids
+            .into_iter()
+            .map(|id| {
+                let (shard, user) = (shard.clone(), user.clone());
+                glommio::spawn_local(async move {
+                    (id, shard.delete_replicated(&user, id, None, also).await)
+                })
+            })
+            .collect();
+        let mut result = Ok(());
+        for task in tasks {
+            match task.await {
+                (id, Ok(DeleteOutcome::Deleted(tomb))) => {
+                    service.replication().deleted(&user, id, tomb);
+                }
+                (_, Ok(_)) | (_, Err(EngineError::NotFound)) => {}
+                (_, Err(e)) => result = Err(store_error(&e)),
+            }
+        }
+        result
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Store a profile made here (`stamp` `None`) or on another node; the newest update wins. The
+/// answer is the stored update's timestamp (`None`: the profile here was newer).
+#[derive(Debug)]
+pub struct PutProfile {
+    pub user: String,
+    pub profile: Arc<Vec<u8>>,
+    pub stamp: Option<Stamp>,
+}
+user_call!(PutProfile);
+
+impl CoreCall for PutProfile {
+    type Reply = Result<Option<u64>, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        shard
+            .put_profile_stamped(&self.user, &self.profile, self.stamp)
+            .await
+            .map_err(|e| store_error(&e))
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Users with messages, or with deletes not yet on every replica, on a core's shards.
+#[derive(Clone, Copy, Debug)]
+pub struct FragmentUsers;
+
+impl CoreCall for FragmentUsers {
+    type Reply = Vec<String>;
+    async fn serve(self, service: &CoreService) -> Vec<String> {
+        service
+            .shards()
+            .all()
+            .flat_map(|shard| shard.fragment_users())
+            .collect()
+    }
+    fn unanswered() -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Every profile on a core's shards, with the timestamp of its update.
+#[derive(Clone, Copy, Debug)]
+pub struct AllProfiles;
+
+impl CoreCall for AllProfiles {
+    type Reply = Vec<(String, u64, Vec<u8>)>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let mut profiles = Vec::new();
+        for shard in service.shards().all() {
+            for user in shard.users() {
+                let Some(hlc) = shard.profile_hlc(&user) else {
+                    continue;
+                };
+                if let Ok(Some(profile)) = shard.read_profile(&user).await {
+                    profiles.push((user, hlc, profile));
+                }
+            }
+        }
+        profiles
+    }
+    fn unanswered() -> Self::Reply {
+        Vec::new()
+    }
+}
+
+/// The users with a profile on a core's shards.
+#[derive(Clone, Copy, Debug)]
+pub struct ListUsers;
+
+impl CoreCall for ListUsers {
+    type Reply = Vec<String>;
+    async fn serve(self, service: &CoreService) -> Vec<String> {
+        let mut users = Vec::new();
+        for shard in service.shards().all() {
+            users.extend(shard.users().into_iter().filter(|u| shard.has_profile(u)));
+        }
+        users
+    }
+    fn unanswered() -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A summary of each of a core's shards, for `/status` and `/metrics`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardReports;
+
+impl CoreCall for ShardReports {
+    type Reply = Vec<ShardReport>;
+    async fn serve(self, service: &CoreService) -> Vec<ShardReport> {
+        service.reports()
+    }
+    fn unanswered() -> Vec<ShardReport> {
+        Vec::new()
+    }
+}
