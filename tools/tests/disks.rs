@@ -141,7 +141,7 @@ fn the_node_runs_on_the_settings_porcupine_tune_writes() {
     };
     let rec = recommend(&[probe(&dirs[0], 1, 1.0), probe(&dirs[1], 2, 0.5)]);
     let config = temp.path().join("tune.toml");
-    std::fs::write(&config, to_toml(&rec, "porcupine-tune (test)")).unwrap();
+    std::fs::write(&config, to_toml(&rec, "porcupine-tune (test)").unwrap()).unwrap();
     for dir in &dirs {
         std::fs::create_dir_all(dir).unwrap();
     }

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use porcupine_tools::serve_config::ServeArgs;
 use serde::Serialize;
 
 /// What the probes measured on one data directory.
@@ -130,37 +131,31 @@ pub fn recommend(probes: &[DiskProbe]) -> Recommendation {
     }
 }
 
-/// The TOML snippet `porcupine serve --config` reads (keys as its flags).
-pub fn to_toml(rec: &Recommendation, header: &str) -> String {
+/// The settings as `porcupine serve` reads them ([`ServeArgs`], the schema of its flags and of
+/// its `--config` file).
+pub fn to_serve_args(rec: &Recommendation) -> ServeArgs {
+    ServeArgs {
+        data: rec.weights.iter().map(|(dir, _)| dir.clone()).collect(),
+        disk_weight: rec
+            .weights
+            .iter()
+            .map(|(dir, weight)| format!("{}={weight}", dir.display()))
+            .collect(),
+        batch_kib: Some(rec.batch_kib),
+        commit_window_us: Some(rec.commit_window_us),
+        io_depth: Some(rec.io_depth),
+        ..ServeArgs::default()
+    }
+}
+
+/// The `porcupine serve --config` file of the settings, under `header` as comments.
+pub fn to_toml(rec: &Recommendation, header: &str) -> Result<String, toml::ser::Error> {
     let mut out = String::new();
     for line in header.lines() {
         let _ = writeln!(out, "# {line}");
     }
-    let quoted = |items: Vec<String>| {
-        items
-            .iter()
-            .map(|i| format!("{:?}", i))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let dirs = quoted(
-        rec.weights
-            .iter()
-            .map(|(d, _)| d.display().to_string())
-            .collect(),
-    );
-    let weights = quoted(
-        rec.weights
-            .iter()
-            .map(|(d, w)| format!("{}={w}", d.display()))
-            .collect(),
-    );
-    let _ = writeln!(out, "data = [{dirs}]");
-    let _ = writeln!(out, "disk-weight = [{weights}]");
-    let _ = writeln!(out, "batch-kib = {}", rec.batch_kib);
-    let _ = writeln!(out, "commit-window-us = {}", rec.commit_window_us);
-    let _ = writeln!(out, "io-depth = {}", rec.io_depth);
-    out
+    out.push_str(&to_serve_args(rec).to_toml()?);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -228,23 +223,19 @@ mod tests {
     #[test]
     fn the_snippet_is_a_config_the_node_reads() {
         let rec = recommend(&[probe("/data/a", 1.0, 2_000), probe("/data/b", 0.5, 2_000)]);
-        let text = to_toml(&rec, "porcupine-tune\nmeasured here");
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-        struct Snippet {
-            data: Vec<String>,
-            disk_weight: Vec<String>,
-            batch_kib: usize,
-            commit_window_us: u64,
-            io_depth: usize,
-        }
-        let parsed: Snippet = toml::from_str(&text).expect("valid TOML");
-        assert_eq!(parsed.data, vec!["/data/a", "/data/b"]);
+        let text = to_toml(&rec, "porcupine-tune\nmeasured here").unwrap();
+        assert!(text.starts_with("# porcupine-tune\n# measured here\n"));
+        // Read back by the node's own reader of `--config` files.
+        let parsed = porcupine_tools::serve_config::parse(&text).expect("a config the node reads");
+        assert_eq!(
+            parsed.data,
+            vec![PathBuf::from("/data/a"), "/data/b".into()]
+        );
         assert_eq!(parsed.disk_weight, vec!["/data/a=1", "/data/b=0.5"]);
         assert_eq!(
             (parsed.batch_kib, parsed.commit_window_us, parsed.io_depth),
-            (256, 0, 4)
+            (Some(256), Some(0), Some(4))
         );
-        assert!(text.starts_with("# porcupine-tune\n# measured here\n"));
+        assert_eq!(parsed, to_serve_args(&rec));
     }
 }

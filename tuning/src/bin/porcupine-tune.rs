@@ -104,7 +104,7 @@ fn run() -> Result<()> {
         probes.len(),
         args.out.display()
     );
-    let snippet = to_toml(&rec, &header);
+    let snippet = to_toml(&rec, &header).context("cannot write the settings as TOML")?;
     std::fs::write(&args.out, &snippet)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!("\nwrote {}:\n{snippet}", args.out.display());
