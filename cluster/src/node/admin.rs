@@ -26,6 +26,10 @@ use super::core_calls::{ListUsers, PutProfile, ShardReports};
 use super::core_context::CoreContext;
 use super::metrics::NodeMetrics;
 use super::service::StoreError;
+use super::status::{
+    AckName, Buckets, DiskStatus, EngineStatus, EpochInfo, MemberStatus, NodeInfo, PlacementName,
+    PlacementStatus, ReplicationStatus, ShardReport, Status,
+};
 use super::tls::ClientStream;
 use super::users;
 
@@ -59,11 +63,11 @@ fn text(status: u16, body: impl Into<String>) -> Response {
     }
 }
 
-fn json(status: u16, value: serde_json::Value) -> Response {
+fn json(status: u16, value: &impl serde::Serialize) -> Response {
     Response {
         status,
         content_type: "application/json",
-        body: value.to_string().into_bytes(),
+        body: serde_json::to_vec(value).unwrap_or_default(),
     }
 }
 
@@ -221,7 +225,7 @@ async fn read_request(stream: &mut ClientStream) -> Result<Request, Response> {
 async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
     let path = request.path.split('?').next().unwrap_or("");
     match (request.method.as_str(), path) {
-        ("GET", "/status") => json(200, status(context).await),
+        ("GET", "/status") => json(200, &status(context).await),
         ("GET", "/metrics") => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4",
@@ -365,7 +369,7 @@ async fn import(context: &CoreContext, body: &[u8]) -> Response {
     }
     json(
         200,
-        serde_json::json!({ "created": created, "failed": failed }),
+        &serde_json::json!({ "created": created, "failed": failed }),
     )
 }
 
@@ -444,29 +448,26 @@ async fn bulk(context: &Rc<CoreContext>, body: &[u8]) -> Response {
     }
     json(
         200,
-        serde_json::json!({ "created": created, "failed": failed, "seconds": started.elapsed().as_secs_f64() }),
+        &serde_json::json!({ "created": created, "failed": failed, "seconds": started.elapsed().as_secs_f64() }),
     )
 }
 
-async fn status(context: &CoreContext) -> serde_json::Value {
-    let shards: Vec<_> = context
+async fn status(context: &CoreContext) -> Status {
+    let shards: Vec<ShardReport> = context
         .call_each(ShardReports)
         .await
         .into_iter()
         .flatten()
         .collect();
-    let users: usize = shards.iter().map(|s| s.users).sum();
-    let messages: u64 = shards.iter().map(|s| s.messages).sum();
     let config = &context.config;
     let view = context.cluster.view.load_full();
-    let owned = view.map.summary();
     let shared = &context.cluster;
-    let members: Vec<serde_json::Value> = view
+    let members = view
         .members
         .iter()
         .map(|m| {
-            let me = m.id == shared.me.id;
-            let (load, full, age_ms) = if me {
+            let is_self = m.id == shared.me.id;
+            let (load, full, load_age_ms) = if is_self {
                 (
                     Some(shared.load.total()),
                     shared.load.is_full(now_ms()),
@@ -478,71 +479,89 @@ async fn status(context: &CoreContext) -> serde_json::Value {
                     None => (None, false, None),
                 }
             };
-            serde_json::json!({
-                "id": m.id, "address": m.addr, "load": load, "load_age_ms": age_ms,
-                "full": full, "self": me,
-            })
+            MemberStatus {
+                id: m.id,
+                address: m.addr.clone(),
+                load,
+                load_age_ms,
+                full,
+                is_self,
+            }
         })
         .collect();
     let (policy, spread) = match config.placement {
-        crate::placement::PlacementPolicy::Static => ("static", None),
-        crate::placement::PlacementPolicy::Random => ("random", None),
-        crate::placement::PlacementPolicy::Dynamic { spread } => ("dynamic", Some(spread)),
+        crate::placement::PlacementPolicy::Static => (PlacementName::Static, None),
+        crate::placement::PlacementPolicy::Random => (PlacementName::Random, None),
+        crate::placement::PlacementPolicy::Dynamic { spread } => {
+            (PlacementName::Dynamic, Some(spread))
+        }
     };
-    serde_json::json!({
-        "node": {
-            "hostname": config.hostname,
-            "version": env!("CARGO_PKG_VERSION"),
-            "cores": context.router.cores(),
-            "domains": config.domains,
-            "smtp": config.smtp.to_string(),
-            "pop3": config.pop3.to_string(),
-            "admin": config.admin.to_string(),
-            "uptime_s": context.started.elapsed().as_secs(),
+    let by_node = view.map.summary();
+    Status {
+        node: NodeInfo {
+            hostname: config.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            cores: context.router.cores(),
+            domains: config.domains.clone(),
+            smtp: config.smtp.to_string(),
+            pop3: config.pop3.to_string(),
+            admin: config.admin.to_string(),
+            uptime_s: context.started.elapsed().as_secs(),
         },
-        "node_id": context.cluster.me.id,
-        "epoch": { "clock": view.epoch.clock, "coordinator": view.epoch.coordinator },
-        "members": members,
-        "buckets": {
-            "total": view.map.buckets(),
-            "owned": owned.get(&context.cluster.me.id).copied().unwrap_or(0),
-            "by_node": owned,
+        node_id: shared.me.id,
+        epoch: EpochInfo {
+            clock: view.epoch.clock,
+            coordinator: view.epoch.coordinator,
         },
-        "users": users,
-        "messages": messages,
-        "replication": {
-            "replicas": config.replicas,
-            "ack": match config.ack_policy {
-                super::replicas::AckPolicy::AllReplicas => "all",
-                super::replicas::AckPolicy::Coordinator => "coordinator",
+        members,
+        buckets: Buckets {
+            total: view.map.buckets(),
+            owned: by_node.get(&shared.me.id).copied().unwrap_or(0),
+            by_node,
+        },
+        users: shards.iter().map(|s| s.users).sum(),
+        messages: shards.iter().map(|s| s.messages).sum(),
+        replication: ReplicationStatus {
+            replicas: config.replicas,
+            ack: match config.ack_policy {
+                super::replicas::AckPolicy::AllReplicas => AckName::All,
+                super::replicas::AckPolicy::Coordinator => AckName::Coordinator,
             },
-            "pending_updates": shards.iter().map(|s| s.pending_updates).sum::<usize>(),
+            pending_updates: shards.iter().map(|s| s.pending_updates).sum(),
         },
-        "placement": {
-            "policy": policy,
-            "spread": spread,
-            "overload_ops": config.overload_ops,
+        placement: PlacementStatus {
+            policy,
+            spread,
+            overload_ops: config.overload_ops,
         },
-        "engine": {
-            "batch_kib": config.engine.batch_bytes_max >> 10,
-            "commit_window_us": config.engine.commit_window.as_micros() as u64,
-            "io_depth": config.engine.io_depth,
+        engine: EngineStatus {
+            batch_kib: config.engine.batch_bytes_max >> 10,
+            commit_window_us: config.engine.commit_window.as_micros() as u64,
+            io_depth: config.engine.io_depth,
         },
-        "disks": config.data_dirs.iter().map(|dir| {
-            let weight = config.disk_weights.iter().find(|(d, _)| d == dir).map_or(1.0, |(_, w)| *w);
-            let throttle = config.throttles.iter().find(|(d, _)| d == dir).map(|(_, t)| t.to_string());
-            serde_json::json!({ "dir": dir.display().to_string(), "weight": weight, "throttle": throttle })
-        }).collect::<Vec<_>>(),
-        "shards": shards,
-    })
+        disks: config
+            .data_dirs
+            .iter()
+            .map(|dir| DiskStatus {
+                dir: dir.display().to_string(),
+                weight: config
+                    .disk_weights
+                    .iter()
+                    .find(|(d, _)| d == dir)
+                    .map_or(1.0, |(_, w)| *w),
+                throttle: config
+                    .throttles
+                    .iter()
+                    .find(|(d, _)| d == dir)
+                    .map(|(_, t)| t.to_string()),
+            })
+            .collect(),
+        shards,
+    }
 }
 
 /// A per-shard gauge: name, help text, and how to read it from a report.
-type ShardGauge = (
-    &'static str,
-    &'static str,
-    fn(&super::service::ShardReport) -> f64,
-);
+type ShardGauge = (&'static str, &'static str, fn(&ShardReport) -> f64);
 
 async fn metrics(context: &CoreContext) -> String {
     use std::fmt::Write;

@@ -28,6 +28,7 @@ pub mod pop3_conn;
 pub mod replicas;
 pub mod service;
 pub mod smtp_conn;
+pub mod status;
 pub mod tls;
 pub mod transfer;
 pub mod users;

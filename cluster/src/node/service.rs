@@ -22,6 +22,7 @@ use super::NodeContext;
 use crate::transport::Peers;
 
 pub use super::replicas::Applied;
+pub use super::status::ShardReport;
 pub use crate::delivery::StoreError;
 
 /// What an engine failure means to a protocol: a full disk is 452, anything else 451.
@@ -59,33 +60,6 @@ pub enum LockMode {
     Local,
     /// Not here: the cluster's bucket manager holds it.
     Elsewhere,
-}
-
-/// Summary of one shard for `/status` and `/metrics`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ShardReport {
-    pub name: String,
-    pub core: usize,
-    pub dir: String,
-    pub messages: u64,
-    pub users: usize,
-    pub segments: usize,
-    pub poisoned: Option<String>,
-    pub appended_records: u64,
-    pub appended_bytes: u64,
-    pub fsyncs: u64,
-    pub records_per_fsync_mean: f64,
-    pub fsync_p50_us: u64,
-    pub fsync_p99_us: u64,
-    pub ack_p50_us: u64,
-    pub ack_p99_us: u64,
-    pub ack_p999_us: u64,
-    /// Replicated updates here not yet acknowledged by every replica.
-    pub pending_updates: usize,
-    /// Operations under way that may touch the shard's disk (what placement balances on).
-    pub load: u32,
-    /// The simulated disk of the shard's directory, if it is throttled (experiments).
-    pub throttle: Option<String>,
 }
 
 /// The shards of one core and the maildrop locks of their users.

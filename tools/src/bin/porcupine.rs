@@ -544,63 +544,54 @@ fn status(json: bool, access: &AdminAccess) -> Result<()> {
         println!("{body}");
         return Ok(());
     }
-    let v: serde_json::Value =
-        serde_json::from_str(&body).context("the node's status is not JSON")?;
-    let node = &v["node"];
+    let status: porcupine_cluster::node::status::Status = serde_json::from_str(&body)
+        .context("the node's status is not the document this CLI reads (a different version?)")?;
+    let node = &status.node;
     println!(
         "node {} (porcupine {}), {} cores, up {} s",
-        node["hostname"].as_str().unwrap_or("?"),
-        node["version"].as_str().unwrap_or("?"),
-        node["cores"],
-        node["uptime_s"]
+        node.hostname, node.version, node.cores, node.uptime_s
     );
     println!(
         "SMTP {}  POP3 {}  admin {}",
-        node["smtp"].as_str().unwrap_or("?"),
-        node["pop3"].as_str().unwrap_or("?"),
-        node["admin"].as_str().unwrap_or("?")
+        node.smtp, node.pop3, node.admin
     );
-    println!("domains: {}", node["domains"]);
-    println!("users: {}  messages: {}", v["users"], v["messages"]);
+    println!("domains: {}", node.domains.join(", "));
+    println!("users: {}  messages: {}", status.users, status.messages);
     println!(
         "node id {}, epoch {} (coordinator {}), {} of {} buckets managed here",
-        v["node_id"],
-        v["epoch"]["clock"],
-        v["epoch"]["coordinator"],
-        v["buckets"]["owned"],
-        v["buckets"]["total"]
+        status.node_id,
+        status.epoch.clock,
+        status.epoch.coordinator,
+        status.buckets.owned,
+        status.buckets.total
     );
-    let members = v["members"].as_array().cloned().unwrap_or_default();
-    println!("members: {}", members.len());
-    for member in &members {
+    println!("members: {}", status.members.len());
+    for member in &status.members {
         println!(
             "  {} {} load {}{}",
-            member["id"],
-            member["address"].as_str().unwrap_or("?"),
-            member["load"],
-            if member["self"] == true {
-                "  (this node)"
-            } else {
-                ""
-            }
+            member.id,
+            member.address,
+            member
+                .load
+                .map_or_else(|| "?".to_owned(), |l| l.to_string()),
+            if member.is_self { "  (this node)" } else { "" }
         );
     }
-    for shard in v["shards"].as_array().into_iter().flatten() {
+    for shard in &status.shards {
         println!(
             "  {} core {} {}: {} messages, {} users, {} segments, {} fsyncs, ack p99 {} µs{}",
-            shard["name"].as_str().unwrap_or("?"),
-            shard["core"],
-            shard["dir"].as_str().unwrap_or("?"),
-            shard["messages"],
-            shard["users"],
-            shard["segments"],
-            shard["fsyncs"],
-            shard["ack_p99_us"],
-            if shard["poisoned"].is_null() {
-                String::new()
-            } else {
-                format!("  POISONED: {}", shard["poisoned"])
-            }
+            shard.name,
+            shard.core,
+            shard.dir,
+            shard.messages,
+            shard.users,
+            shard.segments,
+            shard.fsyncs,
+            shard.ack_p99_us,
+            shard
+                .poisoned
+                .as_ref()
+                .map_or_else(String::new, |why| format!("  POISONED: {why}"))
         );
     }
     Ok(())
