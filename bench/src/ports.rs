@@ -16,39 +16,36 @@ const RESERVED: [u16; 14] = [
     25, 110, 143, 465, 587, 993, 995, 2525, 1110, 1143, 8025, 7946, 24, 4190,
 ];
 
-/// `count` distinct free loopback ports, none of them [`RESERVED`] and none in the kernel's
-/// ephemeral range: a client connection made during the run (a `user add`, a generator's
-/// session) takes its local port from that range, and could otherwise take a port chosen for a
-/// server that has not started yet, which then fails to bind.
+/// `count` free loopback ports, distinct within this process (see [`free_port`]).
 pub fn free_ports(count: usize) -> Result<Vec<u16>> {
+    (0..count).map(|_| free_port()).collect()
+}
+
+/// A free loopback port, never one of [`RESERVED`] and never in the kernel's ephemeral range:
+/// a client connection made during a run (a `user add`, a generator's session) takes its local
+/// port from that range, and could otherwise take a port chosen for a server that has not
+/// started yet, which then fails to bind. Each call in a process returns a different port (the
+/// calls walk one permutation of the range), so none is handed out twice.
+pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // A step coprime with any span of the range this large walks all of it.
+    const STEP: u32 = 7919;
+    static CALLS: AtomicU32 = AtomicU32::new(0);
     let (low, high) = below_ephemeral_range();
     let span = u32::from(high - low);
     // A different starting point per process, so two runs at once rarely probe the same ports.
-    let mut next = std::process::id() % span;
-    // Held together until all are chosen, so no port is handed out twice.
-    let mut held = Vec::with_capacity(count);
-    let mut ports = Vec::with_capacity(count);
+    let start = std::process::id().wrapping_mul(STEP) % span;
     for _ in 0..span {
-        if ports.len() == count {
-            break;
-        }
-        let port = low + u16::try_from(next).unwrap_or(0);
-        next = (next + 7919) % span;
-        if RESERVED.contains(&port) {
+        let call = CALLS.fetch_add(1, Ordering::Relaxed);
+        let offset = start.wrapping_add(call.wrapping_mul(STEP)) % span;
+        let Ok(port) = u16::try_from(u32::from(low) + offset) else {
             continue;
-        }
-        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-            ports.push(port);
-            held.push(listener);
+        };
+        if !RESERVED.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
         }
     }
-    if ports.len() < count {
-        bail!(
-            "only {} free ports below the ephemeral range; {count} needed",
-            ports.len()
-        );
-    }
-    Ok(ports)
+    bail!("no free port below the ephemeral range")
 }
 
 /// The ports a run picks from: from 10,000 up to where the kernel's ephemeral range starts

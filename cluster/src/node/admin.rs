@@ -232,12 +232,7 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
             body: metrics(context).await.into_bytes(),
         },
         ("GET", "/users") => {
-            let mut users: Vec<String> = context
-                .call_each(ListUsers)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
+            let mut users: Vec<String> = context.call_each(ListUsers).await;
             users.sort();
             let mut body = users.join("\n");
             if !body.is_empty() {
@@ -453,12 +448,7 @@ async fn bulk(context: &Rc<CoreContext>, body: &[u8]) -> Response {
 }
 
 async fn status(context: &CoreContext) -> Status {
-    let shards: Vec<ShardReport> = context
-        .call_each(ShardReports)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let shards: Vec<ShardReport> = context.call_each(ShardReports).await;
     let config = &context.config;
     let view = context.cluster.view.load_full();
     let shared = &context.cluster;
@@ -664,12 +654,7 @@ async fn metrics(context: &CoreContext) -> String {
             context.sessions.open(core)
         );
     }
-    let shards: Vec<_> = context
-        .call_each(ShardReports)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let shards: Vec<_> = context.call_each(ShardReports).await;
     let per_shard: [ShardGauge; 10] = [
         (
             "porcupine_shard_load",

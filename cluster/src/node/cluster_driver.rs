@@ -232,12 +232,7 @@ async fn after_install(context: Rc<CoreContext>, previous: Arc<View>, view: View
     let me = shared.me.id;
     let started = Instant::now();
     shared.snapshots.fetch_add(1, Ordering::SeqCst);
-    let users: Vec<String> = context
-        .call_each(FragmentUsers)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let users: Vec<String> = context.call_each(FragmentUsers).await;
     let mut by_manager: BTreeMap<NodeId, Vec<String>> =
         view.members.iter().map(|m| (m.id, Vec::new())).collect();
     for user in users {
@@ -276,12 +271,7 @@ async fn after_install(context: Rc<CoreContext>, previous: Arc<View>, view: View
     if newcomers.is_empty() {
         return;
     }
-    let profiles: Vec<_> = context
-        .call_each(AllProfiles)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let profiles: Vec<_> = context.call_each(AllProfiles).await;
     let peers = &context.peers;
     for newcomer in newcomers {
         for chunk in profiles.chunks(PROFILE_BATCH) {

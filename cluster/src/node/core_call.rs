@@ -114,13 +114,16 @@ impl Router {
         }
     }
 
-    /// Serves `call` on every core, one after another; the answers in core order.
-    pub async fn call_each<C: CoreCall + Clone>(&self, call: C) -> Vec<C::Reply> {
-        let mut replies = Vec::with_capacity(self.cores.len());
+    /// Serves `call` on every core, one after another: every core's answers, in core order.
+    pub async fn call_each<C, T>(&self, call: C) -> Vec<T>
+    where
+        C: CoreCall<Reply = Vec<T>> + Clone,
+    {
+        let mut gathered = Vec::new();
         for core in 0..self.cores.len() {
-            replies.push(self.call_on(core, call.clone()).await);
+            gathered.extend(self.call_on(core, call.clone()).await);
         }
-        replies
+        gathered
     }
 
     /// Asks `core` to close its shards; the answer arrives on `reply` (usable from any thread).

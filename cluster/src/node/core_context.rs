@@ -83,17 +83,20 @@ impl CoreContext {
         self.router.call_on(core, call).await
     }
 
-    /// Serves `call` on every core (this one in place); the answers in core order.
-    pub async fn call_each<C: CoreCall + Clone>(&self, call: C) -> Vec<C::Reply> {
-        let mut replies = Vec::with_capacity(self.router.cores());
+    /// Serves `call` on every core (this one in place): every core's answers, in core order.
+    pub async fn call_each<C, T>(&self, call: C) -> Vec<T>
+    where
+        C: CoreCall<Reply = Vec<T>> + Clone,
+    {
+        let mut gathered = Vec::new();
         for core in 0..self.router.cores() {
-            replies.push(if core == self.core {
+            gathered.extend(if core == self.core {
                 call.clone().serve(&self.service).await
             } else {
                 self.router.call_on(core, call.clone()).await
             });
         }
-        replies
+        gathered
     }
 
     /// Whether `user` exists; a user seen to exist is not asked about again.

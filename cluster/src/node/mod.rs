@@ -390,12 +390,7 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let done = runtime::run_local(move || async move {
-        if router
-            .call_each(ListUsers)
-            .await
-            .iter()
-            .any(|users| !users.is_empty())
-        {
+        if !router.call_each(ListUsers).await.is_empty() {
             return Ok(None);
         }
         let password: String = {
@@ -472,7 +467,7 @@ async fn run_core(
     }
     let peers = context.cluster.connect_peers();
     let service = CoreService::new(core, placement, shards, context.clone(), peers.clone());
-    glommio::spawn_local(service.replication().run(stop.clone())).detach();
+    glommio::spawn_local(service.replication().clone().run(stop.clone())).detach();
     let service_task = glommio::spawn_local(service.clone().run(requests));
     let context = CoreContext::new(core, context, service, peers);
     let _ = ready.send(Ok(()));

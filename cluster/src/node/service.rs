@@ -120,8 +120,8 @@ impl CoreService {
     }
 
     /// This core's replication edge (its timer task runs beside the service).
-    pub fn replication(&self) -> Rc<CoreReplication> {
-        self.replication.clone()
+    pub fn replication(&self) -> &Rc<CoreReplication> {
+        &self.replication
     }
 
     /// This core's shards.

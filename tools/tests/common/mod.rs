@@ -5,45 +5,16 @@
 pub mod cluster;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse";
 
-/// A free loopback port below the kernel's ephemeral range: a port the kernel hands out for
-/// `:0` is also where it puts a client's local end, so a CLI call or a peer connection made
-/// before the server binds could take it. Each call in a process returns a different port.
+/// A free loopback port outside the kernel's ephemeral range, distinct within the test process
+/// (the benches' chooser, [`porcupine_bench::ports::free_port`]).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768)
-        .max(LOW + 1_000);
-    let span = high - LOW;
-    let start = std::process::id().wrapping_mul(7919) % span;
-    for _ in 0..span {
-        let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = LOW + (start + step.wrapping_mul(7919)) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if [
-            24, 25, 110, 143, 465, 587, 993, 995, 1110, 1143, 2525, 4190, 7946, 8025,
-        ]
-        .contains(&port)
-        {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below the ephemeral range");
+    porcupine_bench::ports::free_port().expect("a free port")
 }
 
 pub struct Node {
