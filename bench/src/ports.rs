@@ -24,8 +24,13 @@ pub fn free_ports(count: usize) -> Result<Vec<u16>> {
 /// A free loopback port, never one of [`RESERVED`] and never in the kernel's ephemeral range:
 /// a client connection made during a run (a `user add`, a generator's session) takes its local
 /// port from that range, and could otherwise take a port chosen for a server that has not
-/// started yet, which then fails to bind. Each call in a process returns a different port (the
-/// calls walk one permutation of the range), so none is handed out twice.
+/// started yet, which then fails to bind.
+///
+/// A port is free only when nothing listens there *and* no other live process has claimed it:
+/// between choosing a port and the server binding it there is a window in which a second run
+/// (another test, another benchmark) could choose the same one. Each claim is an exclusive lock
+/// on `<temp>/porcupine-ports/<port>.lock`, held until this process exits (the kernel drops it
+/// then, however the process ends), so no two live processes ever hand out the same port.
 pub fn free_port() -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     // A step coprime with any span of the range this large walks all of it.
@@ -33,19 +38,67 @@ pub fn free_port() -> Result<u16> {
     static CALLS: AtomicU32 = AtomicU32::new(0);
     let (low, high) = below_ephemeral_range();
     let span = u32::from(high - low);
-    // A different starting point per process, so two runs at once rarely probe the same ports.
-    let start = std::process::id().wrapping_mul(STEP) % span;
+    let claims = claim_dir()?;
+    // A starting point that differs between processes, so concurrent runs rarely contend.
+    let start = process_seed() % span;
     for _ in 0..span {
         let call = CALLS.fetch_add(1, Ordering::Relaxed);
         let offset = start.wrapping_add(call.wrapping_mul(STEP)) % span;
         let Ok(port) = u16::try_from(u32::from(low) + offset) else {
             continue;
         };
-        if !RESERVED.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        if RESERVED.contains(&port) || !claim(&claims, port)? {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
             return Ok(port);
         }
     }
     bail!("no free port below the ephemeral range")
+}
+
+/// The directory of port claims, shared by every process on the machine.
+fn claim_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join("porcupine-ports");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Claims `port` for this process's lifetime; false if another live process holds it.
+fn claim(dir: &std::path::Path, port: u16) -> Result<bool> {
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let path = dir.join(format!("{port}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            HELD.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(file);
+            Ok(true)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// A per-process number that is not a linear function of the pid: consecutive pids (two runs
+/// started together) would otherwise walk the same sequence shifted by one step.
+fn process_seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mixed = (u64::from(std::process::id()) << 32 | u64::from(nanos))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as u32
 }
 
 /// The ports a run picks from: from 10,000 up to where the kernel's ephemeral range starts
@@ -244,6 +297,48 @@ mod tests {
         for port in ports {
             TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_claimed_port_is_refused_until_its_holder_exits() {
+        let dir =
+            std::env::temp_dir().join(format!("porcupine-claims-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Another process holds the claim on 20000: `flock` keeps it while `sleep` runs (`-o`:
+        // the lock stays with flock itself, so killing it releases the claim).
+        let lock = dir.join("20000.lock");
+        let mut holder = std::process::Command::new("flock")
+            .arg("-o")
+            .arg(&lock)
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("flock(1) from util-linux");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while claim_probe(&lock) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock never took the lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            !claim(&dir, 20000).unwrap(),
+            "a port another process holds was claimed"
+        );
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert!(claim(&dir, 20000).unwrap(), "the claim outlived its holder");
+        // Held now by this process: a second claim here is refused too.
+        assert!(!claim(&dir, 20000).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whether the lock file is free right now (taken and released at once).
+    fn claim_probe(lock: &std::path::Path) -> bool {
+        let Ok(file) = std::fs::File::open(lock) else {
+            return true;
+        };
+        file.try_lock().is_ok()
     }
 
     #[test]
