@@ -75,17 +75,29 @@ fn claim(dir: &std::path::Path, port: u16) -> Result<bool> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {
-            HELD.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(file);
-            Ok(true)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
+    if !try_lock_exclusive(&file).with_context(|| format!("locking {}", path.display()))? {
+        return Ok(false);
+    }
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(file);
+    Ok(true)
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: true if taken, false if another open file holds it.
+/// (`File::try_lock` is newer than the workspace's rust-version.)
+fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result == 0 {
+        return Ok(true);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(error)
     }
 }
 
@@ -338,7 +350,7 @@ mod tests {
         let Ok(file) = std::fs::File::open(lock) else {
             return true;
         };
-        file.try_lock().is_ok()
+        try_lock_exclusive(&file).unwrap()
     }
 
     #[test]
