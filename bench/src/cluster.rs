@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use porcupine_cluster::admin_client::AdminClient;
+use porcupine_cluster::node::status::Status;
 
 use crate::Servers;
 
@@ -279,31 +281,21 @@ impl Layout {
             .with_context(|| format!("porcupine-load wrote no report (exit {status})"))
     }
 
-    /// GET `path` from node `n`'s admin endpoint; the body.
-    pub fn admin_get(&self, n: usize, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect((self.ip(n).as_str(), self.admin)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: {}:{}\r\nAuthorization: Bearer {}\r\n\r\n",
-            self.ip(n),
-            self.admin,
-            run_token()
-        )
-        .ok()?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
-        Some(text.split_once("\r\n\r\n")?.1.to_owned())
+    /// Node `n`'s admin endpoint, with this run's token.
+    pub fn admin(&self, n: usize) -> Result<AdminClient> {
+        let addr = format!("{}:{}", self.ip(n), self.admin).parse()?;
+        Ok(AdminClient::new(addr)
+            .with_token(run_token())
+            .with_timeout(Duration::from_secs(5)))
     }
 
-    pub fn status(&self, n: usize) -> Option<serde_json::Value> {
-        serde_json::from_str(&self.admin_get(n, "/status")?).ok()
+    /// Node `n`'s `/status`; `None` while it does not answer.
+    pub fn status(&self, n: usize) -> Option<Status> {
+        self.admin(n).ok()?.status().ok()
     }
 
     pub fn members(&self, n: usize) -> usize {
-        self.status(n)
-            .and_then(|s| s["members"].as_array().map(Vec::len))
-            .unwrap_or(0)
+        self.status(n).map_or(0, |s| s.members.len())
     }
 
     /// Waits until every node of `nodes` sees `count` members; how long that took.

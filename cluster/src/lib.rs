@@ -2,6 +2,7 @@
 //! `porcupine-cluster-core` (re-exported here under the same module names) with real sockets,
 //! disks and clocks.
 //!
+//! - [`admin_client`]: the one client of a node's admin endpoint (CLI, benches, tests).
 //! - [`node`]: one node — per-core executors, listeners, the shard service, users, admin HTTP.
 //! - [`transport`]: framed TCP connections between nodes (the glommio edge).
 //! - [`secure`]: the cluster key, the handshake that proves it, the encrypted record stream.
@@ -15,6 +16,7 @@ pub use porcupine_cluster_core::{
     usermap, wire,
 };
 
+pub mod admin_client;
 pub mod node;
 pub mod secure;
 pub mod transport;

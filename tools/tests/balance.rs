@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::cluster::{start_member, status, wait_members, Ports};
+use common::cluster::{start_member, status, try_status, wait_members, Ports};
 use common::{assert_refused, python, Node, PASSWORD};
+use porcupine_cluster::node::status::PlacementName;
 use std::path::Path;
 
 const MESSAGES_PER_NODE: usize = 12;
@@ -60,10 +61,7 @@ fn spread_of_one_mailbox(nodes: &[Node]) -> usize {
         out.contains(&format!("count {}", MESSAGES_PER_NODE * nodes.len())),
         "{out}"
     );
-    nodes
-        .iter()
-        .filter(|n| status(n)["messages"].as_u64().unwrap_or(0) > 0)
-        .count()
+    nodes.iter().filter(|n| status(n).messages > 0).count()
 }
 
 #[test]
@@ -84,7 +82,8 @@ fn each_placement_policy_keeps_a_mailbox_where_it_says() {
         let ports = Ports::free();
         let nodes = cluster(temp.path(), &ports, flags);
         let view = status(&nodes[0]);
-        assert_eq!(view["placement"]["policy"], flags[1], "{view}");
+        let policy = serde_json::to_value(view.placement.policy).unwrap();
+        assert_eq!(policy, flags[1], "{view:?}");
         let holders = spread_of_one_mailbox(&nodes);
         assert!(
             check(holders),
@@ -102,11 +101,12 @@ fn loads_travel_around_the_ring_and_a_throttled_disk_shows() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let fresh = nodes.iter().all(|node| {
-            status(node)["members"].as_array().is_some_and(|members| {
-                members.len() == 3
-                    && members.iter().all(|m| {
-                        m["load"].is_u64() && m["load_age_ms"].as_u64().is_some_and(|a| a < 2000)
-                    })
+            try_status(node).is_some_and(|view| {
+                view.members.len() == 3
+                    && view
+                        .members
+                        .iter()
+                        .all(|m| m.load.is_some() && m.load_age_ms.is_some_and(|age| age < 2000))
             })
         });
         if fresh {
@@ -117,23 +117,21 @@ fn loads_travel_around_the_ring_and_a_throttled_disk_shows() {
             "loads did not spread: {:?}",
             nodes
                 .iter()
-                .map(|n| status(n)["members"].clone())
+                .map(|n| try_status(n).map(|view| view.members))
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let view = status(&nodes[2]);
-    assert_eq!(view["placement"]["policy"], "dynamic");
-    assert_eq!(view["placement"]["spread"], 2);
-    let shards = view["shards"].as_array().unwrap();
+    assert_eq!(view.placement.policy, PlacementName::Dynamic);
+    assert_eq!(view.placement.spread, Some(2));
     assert!(
-        shards
+        view.shards
             .iter()
-            .all(|s| s["throttle"].as_str() == Some("5000 IOPS, 200.0 MB/s")),
-        "{view}"
+            .all(|s| s.throttle.as_deref() == Some("5000 IOPS, 200.0 MB/s")),
+        "{view:?}"
     );
-    assert!(shards.iter().all(|s| s["load"].is_u64()), "{view}");
-    assert!(status(&nodes[0])["shards"][0]["throttle"].is_null());
+    assert!(status(&nodes[0]).shards[0].throttle.is_none());
     let metrics = nodes[0].metrics();
     assert!(metrics.contains("porcupine_shard_load{"), "{metrics}");
 }

@@ -12,16 +12,10 @@ fn users_per_dir(node: &Node, dirs: &[std::path::PathBuf]) -> Vec<u64> {
     let view = status(node);
     dirs.iter()
         .map(|dir| {
-            view["shards"]
-                .as_array()
-                .unwrap()
+            view.shards
                 .iter()
-                .filter(|s| {
-                    s["dir"]
-                        .as_str()
-                        .is_some_and(|d| d.starts_with(&*dir.to_string_lossy()))
-                })
-                .map(|s| s["users"].as_u64().unwrap())
+                .filter(|s| s.dir.starts_with(&*dir.to_string_lossy()))
+                .map(|s| s.users as u64)
                 .sum()
         })
         .collect()
@@ -57,8 +51,8 @@ fn users_spread_over_disks_by_weight_and_stay_reachable_when_weights_change() {
         "fast disk share {share}: {counts:?}"
     );
     let view = status(&node);
-    assert_eq!(view["disks"][0]["weight"], 3.0, "{view}");
-    assert_eq!(view["disks"][1]["weight"], 1.0, "{view}");
+    assert_eq!(view.disks[0].weight, 3.0, "{view:?}");
+    assert_eq!(view.disks[1].weight, 1.0, "{view:?}");
     // Mail for every user, then a restart with the weights reversed: everyone keeps their
     // place and their mail.
     let out = python(
@@ -157,11 +151,11 @@ fn the_node_runs_on_the_settings_porcupine_tune_writes() {
         ],
     );
     let view = status(&node);
-    assert_eq!(view["engine"]["batch_kib"], 256, "{view}");
-    assert_eq!(view["engine"]["io_depth"], 4, "{view}");
-    assert_eq!(view["engine"]["commit_window_us"], 0, "{view}");
-    assert_eq!(view["disks"][0]["weight"], 1.0, "{view}");
-    assert_eq!(view["disks"][1]["weight"], 0.5, "{view}");
+    assert_eq!(view.engine.batch_kib, 256, "{view:?}");
+    assert_eq!(view.engine.io_depth, 4, "{view:?}");
+    assert_eq!(view.engine.commit_window_us, 0, "{view:?}");
+    assert_eq!(view.disks[0].weight, 1.0, "{view:?}");
+    assert_eq!(view.disks[1].weight, 0.5, "{view:?}");
     node.bulk_users(600, "user");
     let counts = users_per_dir(&node, &dirs);
     let share = counts[0] as f64 / 600.0;

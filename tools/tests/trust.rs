@@ -105,7 +105,7 @@ fn a_stranger_without_the_key_changes_nothing_and_reads_nothing() {
         addr: "127.0.0.99:7946".into(),
     };
     let status = common::cluster::status(&node);
-    let node_id = status["node_id"].as_u64().unwrap();
+    let node_id = status.node_id;
     let stamp = (now_ms() + 60_000) << 16;
     let frames = [
         one_way(&OneWay::Membership(Msg::Commit {
@@ -201,7 +201,7 @@ fn a_member_that_sends_a_broken_view_or_a_stamp_from_the_future_is_refused() {
     let ports = Ports::free();
     let node = start_member(dir.path(), "127.0.0", 70, 2, &ports, &[]);
     node.add_user("alice@localhost");
-    let node_id = common::cluster::status(&node)["node_id"].as_u64().unwrap();
+    let node_id = common::cluster::status(&node).node_id;
     let key_text = std::fs::read_to_string(dir.path().join("cluster.key")).unwrap();
     let key = porcupine_cluster::secure::ClusterKey::parse(&key_text).unwrap();
     let target: std::net::SocketAddr = format!("127.0.0.72:{}", ports.cluster).parse().unwrap();

@@ -207,12 +207,7 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
     };
     let report = LAYOUT.load(bins, 3, args.users, PASSWORD, &workload)?;
     let stored: Vec<f64> = (1..=3)
-        .map(|n| {
-            LAYOUT
-                .status(n)
-                .and_then(|s| s["messages"].as_f64())
-                .unwrap_or(0.0)
-        })
+        .map(|n| LAYOUT.status(n).map_or(0.0, |s| s.messages as f64))
         .collect();
     let total = stored.iter().sum::<f64>().max(1.0);
     let shares = [stored[0] / total, stored[1] / total, stored[2] / total];

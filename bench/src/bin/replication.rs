@@ -67,7 +67,8 @@ struct Args {
 /// What one node has appended to its logs, from `/metrics`.
 fn appended_bytes(n: usize) -> Result<f64> {
     let metrics = LAYOUT
-        .admin_get(n, "/metrics")
+        .admin(n)?
+        .metrics()
         .with_context(|| format!("node {n}: no /metrics"))?;
     Ok(metrics
         .lines()

@@ -13,7 +13,7 @@
 //! removes the run's directory unless `--keep`.
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use clap::Parser;
 use porcupine_bench::peers::{self, Mailboxes, Postfix};
 use porcupine_bench::ports::{check_owned, free_ports};
 use porcupine_bench::run::Run as RunDir;
+use porcupine_cluster::admin_client::{AdminClient, AdminError};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -466,7 +467,7 @@ fn log_tail(path: &Path) -> String {
 fn wait_admin(admin: u16, pid: u32, name: &str) -> Result<()> {
     wait_listening(admin, pid)?;
     let deadline = Instant::now() + START_WAIT;
-    while admin_get(admin, "/metrics").is_none() {
+    while metrics(admin).is_err() {
         if Instant::now() > deadline {
             bail!("{name} (pid {pid}) does not answer on its admin port {admin}");
         }
@@ -477,26 +478,17 @@ fn wait_admin(admin: u16, pid: u32, name: &str) -> Result<()> {
 
 /// GET `path` (one that needs no token) from the admin endpoint on `port`: the body of a 200
 /// answer.
-fn admin_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+/// The node's `/metrics` (which needs no token) on loopback `port`.
+fn metrics(port: u16) -> Result<String, AdminError> {
+    AdminClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .with_timeout(Duration::from_secs(10))
+        .metrics()
 }
 
 /// The node's count of messages it acknowledged with 250.
 fn node_deliveries(admin: u16) -> Result<u64> {
-    let metrics = admin_get(admin, "/metrics").context("the node's /metrics did not answer")?;
-    metrics
+    metrics(admin)
+        .context("the node's /metrics did not answer")?
         .lines()
         .find_map(|l| {
             l.strip_prefix("porcupine_deliveries_total ")?

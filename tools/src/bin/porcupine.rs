@@ -72,8 +72,8 @@ struct AdminAccess {
 }
 
 impl AdminAccess {
-    fn admin(&self) -> Result<admin_client::Admin> {
-        admin_client::Admin::new(
+    fn admin(&self) -> Result<admin_client::AdminClient> {
+        admin_client::connect(
             self.admin,
             self.admin_token_file.as_deref(),
             &self.data,
@@ -475,20 +475,15 @@ fn password_from_stdin(password_stdin: bool) -> Result<String> {
 }
 
 fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
-    let admin = access.admin()?;
-    let long = Duration::from_secs(3600);
-    let (status, body) = match command {
+    // A bulk import of many users takes its time.
+    let admin = access.admin()?.with_timeout(Duration::from_secs(3600));
+    let admin_client::Response { status, body } = match command {
         UserCommand::Add {
             email,
             password_stdin,
         } => {
             let password = password_from_stdin(password_stdin)?;
-            admin.request(
-                "POST",
-                "/users",
-                format!("{email}\n{password}").as_bytes(),
-                long,
-            )?
+            admin.request("POST", "/users", format!("{email}\n{password}").as_bytes())?
         }
         UserCommand::Passwd {
             email,
@@ -499,13 +494,12 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
                 "POST",
                 "/users/password",
                 format!("{email}\n{password}").as_bytes(),
-                long,
             )?
         }
         UserCommand::Import { file } => {
             let body =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            admin.request("POST", "/users/import", &body, long)?
+            admin.request("POST", "/users/import", &body)?
         }
         UserCommand::Bulk {
             count,
@@ -520,9 +514,9 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
                 None => bail!("give the users' password with --password-stdin (or --password)"),
             };
             let body = serde_json::json!({ "count": count, "prefix": prefix, "domain": domain, "password": password });
-            admin.request("POST", "/users/bulk", body.to_string().as_bytes(), long)?
+            admin.request("POST", "/users/bulk", body.to_string().as_bytes())?
         }
-        UserCommand::List => admin.request("GET", "/users", b"", long)?,
+        UserCommand::List => admin.request("GET", "/users", b"")?,
     };
     print!("{body}");
     if !body.ends_with('\n') && !body.is_empty() {
@@ -536,16 +530,11 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
 
 fn status(json: bool, access: &AdminAccess) -> Result<()> {
     let admin = access.admin()?;
-    let (code, body) = admin.request("GET", "/status", b"", Duration::from_secs(30))?;
-    if code != 200 {
-        bail!("the node answered {code}: {body}");
-    }
     if json {
-        println!("{body}");
+        println!("{}", admin.get("/status")?);
         return Ok(());
     }
-    let status: porcupine_cluster::node::status::Status = serde_json::from_str(&body)
-        .context("the node's status is not the document this CLI reads (a different version?)")?;
+    let status = admin.status()?;
     let node = &status.node;
     println!(
         "node {} (porcupine {}), {} cores, up {} s",

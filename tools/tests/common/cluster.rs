@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub use porcupine_cluster::node::status::Status;
+
 use super::{free_port, Node};
 
 /// The ports every node of a test cluster uses (each node has its own address).
@@ -56,17 +58,37 @@ pub fn start_member(
     )
 }
 
-pub fn status(node: &Node) -> serde_json::Value {
+/// The node's status through `porcupine status --json`, read back as the node's own type;
+/// `None` while the node does not answer (starting, stopped).
+pub fn try_status(node: &Node) -> Option<Status> {
     let out = std::process::Command::new(super::binary())
         .args(["status", "--json"])
         .args(node.admin_args())
         .output()
         .expect("porcupine status");
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    if !out.status.success() {
+        return None;
+    }
+    let status = serde_json::from_slice(&out.stdout);
+    Some(status.unwrap_or_else(|e| {
+        panic!(
+            "porcupine status --json printed what Status cannot read ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    }))
+}
+
+/// The node's status; the node must answer.
+pub fn status(node: &Node) -> Status {
+    try_status(node).unwrap_or_else(|| panic!("node {} does not answer /status", node.admin_addr()))
 }
 
 pub fn member_count(node: &Node) -> usize {
-    status(node)["members"].as_array().map_or(0, Vec::len)
+    try_status(node).map_or(0, |s| s.members.len())
+}
+
+fn members(node: &Node) -> Option<Vec<porcupine_cluster::node::status::MemberStatus>> {
+    try_status(node).map(|s| s.members)
 }
 
 /// Waits until every node in `nodes` sees exactly `count` members; returns how long it took.
@@ -77,10 +99,7 @@ pub fn wait_members(nodes: &[&Node], count: usize) -> Duration {
         assert!(
             Instant::now() < deadline,
             "nodes did not converge on {count} members: {:?}",
-            nodes
-                .iter()
-                .map(|n| status(n)["members"].clone())
-                .collect::<Vec<_>>()
+            nodes.iter().map(|n| members(n)).collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -93,13 +112,18 @@ pub fn wait_members(nodes: &[&Node], count: usize) -> Duration {
 /// that was slow to answer a ping on a loaded machine may be dropped and merged back).
 pub fn wait_settled(nodes: &[&Node], count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut since: Option<(serde_json::Value, Instant)> = None;
+    let mut since: Option<(porcupine_cluster::node::status::EpochInfo, Instant)> = None;
     loop {
-        let views: Vec<serde_json::Value> = nodes.iter().map(|n| status(n)).collect();
-        let epoch = views[0]["epoch"].clone();
-        let agreed = views
-            .iter()
-            .all(|v| v["epoch"] == epoch && v["members"].as_array().map_or(0, Vec::len) == count);
+        let views: Vec<Option<Status>> = nodes.iter().map(|n| try_status(n)).collect();
+        let epoch = views[0].as_ref().map(|v| v.epoch);
+        let agreed = views.iter().all(|v| {
+            v.as_ref()
+                .is_some_and(|v| Some(v.epoch) == epoch && v.members.len() == count)
+        });
+        let epoch = epoch.unwrap_or(porcupine_cluster::node::status::EpochInfo {
+            clock: 0,
+            coordinator: 0,
+        });
         match (&since, agreed) {
             (Some((e, at)), true) if *e == epoch => {
                 if at.elapsed() >= Duration::from_millis(500) {

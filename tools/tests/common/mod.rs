@@ -179,31 +179,16 @@ impl Node {
         authorization: Option<&str>,
         body: &[u8],
     ) -> (u16, String) {
-        use std::io::Read;
-        let mut http = std::net::TcpStream::connect(self.admin_addr()).unwrap();
-        let auth = authorization
-            .map(|a| format!("Authorization: {a}\r\n"))
-            .unwrap_or_default();
-        write!(
-            http,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.admin_addr(),
-            body.len()
-        )
-        .unwrap();
-        http.write_all(body).unwrap();
-        let mut text = String::new();
-        http.read_to_string(&mut text).unwrap();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned();
-        (status, body)
+        let addr = self.admin_addr().parse().expect("an admin address");
+        let client = porcupine_cluster::admin_client::AdminClient::new(addr);
+        let client = match authorization {
+            Some(value) => client.with_authorization(value),
+            None => client,
+        };
+        let response = client
+            .request(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (response.status, response.body)
     }
 
     /// The node's admin token (from its data directory).
