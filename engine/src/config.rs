@@ -75,6 +75,14 @@ impl EngineConfig {
                 self.segment_bytes
             ));
         }
+        if self.segment_bytes > crate::segment::SEGMENT_BYTES_MAX {
+            return Err(format!(
+                "segment_bytes may be at most {} (4 GiB: a record's location is a 32-bit \
+                 offset; got {})",
+                crate::segment::SEGMENT_BYTES_MAX,
+                self.segment_bytes
+            ));
+        }
         let largest = crate::record::encoded_len(
             crate::record::USER_BYTES_MAX,
             crate::record::REPLICAS_MAX,

@@ -1,10 +1,14 @@
 //! Opening a shard's directory: load the checkpoint if it is usable, scan the log after it
 //! verifying every record, truncate a torn tail, and rebuild the index.
 //!
-//! Rules: the newest segment ends at its first bad record; everything from there on is zeroed
-//! so later appends never sit next to stale bytes. An older (sealed) segment with a bad record
-//! is resynchronised on 8-byte boundaries and the skipped range is reported: its later records
-//! were acknowledged and are still good. No record whose CRC fails is ever indexed.
+//! Rules: every segment is scanned record by record; at a bad record the scan resynchronises on
+//! 8-byte boundaries to the next valid one. Damage that valid records follow (a flipped bit, a
+//! bad sector in the middle of the log) costs only the records it covers: it is skipped and
+//! reported, never zeroed, and the records after it — acknowledged mail — are kept. Damage that
+//! nothing valid follows, at the end of the newest segment, is a *torn tail*: the unfinished
+//! write group of a crash, never acknowledged; the log ends before it and its bytes are zeroed so
+//! later appends never sit next to stale, valid-looking bytes. No record whose CRC fails is ever
+//! indexed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,9 +33,10 @@ pub struct RecoveryReport {
     pub from_checkpoint: bool,
     pub records_scanned: u64,
     pub bytes_scanned: u64,
-    /// The newest segment was cut here (segment, offset, why).
+    /// The newest segment's torn tail was cut here (segment, offset, why).
     pub truncated: Option<(u32, u64, String)>,
-    /// Damaged ranges skipped inside sealed segments.
+    /// Damaged ranges skipped inside the log, with valid records after them: what they held
+    /// is lost here (a replica still has it).
     pub skipped: Vec<(u32, SkippedRange)>,
     pub messages: u64,
     pub elapsed: Duration,
@@ -189,7 +194,8 @@ pub(crate) async fn recover<S: Storage>(
             SEGMENT_HEADER_BYTES
         };
         let is_last = seq >= last;
-        let mut scanner = Scanner::new(&file, start, limit, !is_last);
+        let mut scanner =
+            Scanner::new(&file, start, limit, true).zero_run_max(in_flight_bytes_max(config));
         while let Some((offset, view)) = scanner.next().await? {
             clock = clock.max(view.meta.hlc);
             report.records_scanned += 1;
@@ -197,29 +203,40 @@ pub(crate) async fn recover<S: Storage>(
             apply_recovered(&mut index, seq, offset, &view);
         }
         let end = scanner.position();
-        report
+        // Damage after the last valid record of the newest segment is its torn tail; any other
+        // damage had acknowledged records after it (a sealed segment was complete).
+        let (inside, tail): (Vec<SkippedRange>, Vec<SkippedRange>) = scanner
             .skipped
-            .extend(scanner.skipped.iter().map(|s| (seq, *s)));
-        for skipped in &scanner.skipped {
+            .iter()
+            .partition(|s| !is_last || s.offset < end);
+        for skipped in &inside {
             tracing::error!(path = %path.display(), offset = skipped.offset, bytes = skipped.bytes, error = %skipped.error,
-                "damaged records skipped in a sealed segment");
+                "damaged records skipped; the valid records after them are kept");
         }
-        let damaged = scanner.stop();
+        report.skipped.extend(inside.iter().map(|s| (seq, *s)));
+        let torn = tail
+            .first()
+            .map(|s| (s.offset, s.bytes, s.error))
+            .or(match scanner.stop() {
+                Some(ScanStop::Damaged { offset, error }) if is_last => Some((offset, 0, error)),
+                _ => None,
+            });
+        if let (false, Some(ScanStop::Damaged { offset, error })) = (is_last, scanner.stop()) {
+            tracing::error!(path = %path.display(), offset, %error, "sealed segment ends in damage");
+        }
         drop(scanner);
         if is_last {
             // Whatever an unfinished write group left past the end is zeroed, so a later
             // append can never end up adjacent to a stale, valid-looking record.
-            let scrubbed = scrub(&file, end, limit, in_flight_bytes_max(config)).await?;
-            if let Some(ScanStop::Damaged { offset, error }) = damaged {
-                tracing::warn!(path = %path.display(), offset, %error, "torn tail: the log now ends here");
+            let torn_end = torn.map_or(end, |(offset, bytes, _)| offset.saturating_add(bytes));
+            let window = in_flight_bytes_max(config).max(torn_end.saturating_sub(end));
+            let scrubbed = scrub(&file, end, limit, window).await?;
+            if let Some((offset, bytes, error)) = torn {
+                tracing::warn!(path = %path.display(), offset, bytes, %error, "torn tail: the log now ends here");
                 report.truncated = Some((seq, offset, error.to_string()));
             } else if scrubbed {
                 tracing::warn!(path = %path.display(), offset = end, "unacknowledged bytes past the end were zeroed");
                 report.truncated = Some((seq, end, "bytes past the end".into()));
-            }
-        } else if let Some(ScanStop::Damaged { offset, error }) = damaged {
-            {
-                tracing::error!(path = %path.display(), offset, %error, "sealed segment ends in damage");
             }
         }
         segments.insert(

@@ -2,8 +2,11 @@
 //!
 //! Used by recovery (every record after the checkpoint) and by compaction (every record of a
 //! sealed segment). A scan ends at a zero header (the clean end), at the segment's end, or at
-//! the first record that fails a check. With `resync` (sealed segments) it instead skips
-//! forward on 8-byte boundaries to the next valid record and reports the damaged range.
+//! the first record that fails a check. With `resync` it instead skips forward on 8-byte
+//! boundaries to the next valid record and reports the damaged range; while skipping, a run of
+//! zeros longer than [`Scanner::zero_run_max`] ends the scan (past the log's end a segment
+//! holds only zeros, and nothing inside the log is zero for that long: no record is that large
+//! and no unfinished write group leaves a hole that wide).
 
 use crate::error::Result;
 use crate::record::{self, DecodeError, RecordView, HEADER_BYTES, RECORD_ALIGN};
@@ -34,8 +37,11 @@ pub struct Scanner<'f, F> {
     window: Vec<u8>,
     window_start: u64,
     pos: u64,
+    /// Just past the last good record returned (`pos` runs ahead while skipping damage).
+    good_end: u64,
     limit: u64,
     resync: bool,
+    zero_run_max: u64,
     stop: Option<ScanStop>,
     pub skipped: Vec<SkippedRange>,
 }
@@ -53,16 +59,24 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
             window: Vec::new(),
             window_start: start,
             pos: start,
+            good_end: start,
             limit,
             resync,
+            zero_run_max: u64::MAX,
             stop: None,
             skipped: Vec::new(),
         }
     }
 
+    /// While skipping damage, this many bytes of zeros in a row end the scan (default: never).
+    pub fn zero_run_max(mut self, bytes: u64) -> Self {
+        self.zero_run_max = bytes;
+        self
+    }
+
     /// The offset just past the last good record returned.
     pub fn position(&self) -> u64 {
-        self.pos
+        self.good_end
     }
 
     /// Why the scan stopped (once `next` returned `None`).
@@ -102,6 +116,7 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
             return Ok(None);
         }
         let mut skip_from: Option<(u64, DecodeError)> = None;
+        let mut zeros_from: Option<u64> = None;
         let len = loop {
             let verdict = if !self.fill(HEADER_BYTES).await? {
                 Verdict::Bad(DecodeError::End)
@@ -134,13 +149,23 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
             match verdict {
                 Verdict::Good(len) => break len,
                 Verdict::Bad(error) => {
+                    if error == DecodeError::End {
+                        zeros_from.get_or_insert(self.pos);
+                    } else {
+                        zeros_from = None;
+                    }
                     let at_end = self.pos + HEADER_BYTES as u64 > self.limit;
                     let clean_end = error == DecodeError::End && skip_from.is_none();
-                    if !self.resync || at_end || clean_end {
+                    let past_the_log = zeros_from.is_some_and(|from| {
+                        self.pos + HEADER_BYTES as u64 - from > self.zero_run_max
+                    });
+                    if !self.resync || at_end || clean_end || past_the_log {
                         if let Some((from, error)) = skip_from {
+                            // The damage ends where the zeros past the log begin.
+                            let until = zeros_from.unwrap_or(self.pos).max(from);
                             self.skipped.push(SkippedRange {
                                 offset: from,
-                                bytes: self.pos - from,
+                                bytes: until - from,
                                 error,
                             });
                             self.stop = Some(ScanStop::Clean);
@@ -171,6 +196,7 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
         }
         let offset = self.pos;
         self.pos += len as u64;
+        self.good_end = self.pos;
         let at = (offset - self.window_start) as usize;
         match record::decode(&self.window[at..at + len]) {
             Ok(view) => Ok(Some((offset, view))),

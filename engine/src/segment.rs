@@ -33,6 +33,8 @@ pub const SEGMENT_MAGIC: u32 = 0x4745_5350;
 pub const SEGMENT_VERSION: u8 = 1;
 /// Records start here in every segment.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
+/// The largest segment: a record's [`Location`](crate::Location) is a 32-bit offset into it.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
 /// Zeros are written in pieces of this size when a segment is prepared. A group commit may
 /// wait behind one piece on a busy disk (65 ms at 4 MB/s), so pieces stay small; 256 KiB is
 /// still a full-bandwidth write on an SSD.
@@ -111,6 +113,13 @@ impl SegmentHeader {
         zeroed.crc32 = U32::new(0);
         if crc32fast::hash(zeroed.as_bytes()) != header.crc32.get() {
             return Err(corrupt("segment header crc mismatch".into()));
+        }
+        let bytes = header.segment_bytes.get();
+        if !(SEGMENT_HEADER_BYTES..=SEGMENT_BYTES_MAX).contains(&bytes) {
+            return Err(corrupt(format!(
+                "segment length {bytes} is outside what a location can address \
+                 ({SEGMENT_HEADER_BYTES}..={SEGMENT_BYTES_MAX})"
+            )));
         }
         Ok(header)
     }
@@ -254,5 +263,14 @@ mod tests {
         assert_eq!(parsed.seq.get(), 7);
         bytes[20] ^= 1;
         assert!(SegmentHeader::parse(&bytes, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_a_location_addresses_is_corrupt() {
+        let h = SegmentHeader::new(7, SEGMENT_BYTES_MAX + 4096, 99);
+        let error = SegmentHeader::parse(h.as_bytes(), Path::new("x")).unwrap_err();
+        assert!(error.to_string().contains("outside what a location"), "{error}");
+        let h = SegmentHeader::new(7, SEGMENT_BYTES_MAX, 99);
+        assert!(SegmentHeader::parse(h.as_bytes(), Path::new("x")).is_ok());
     }
 }

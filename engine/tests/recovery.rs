@@ -1,5 +1,7 @@
-//! Recovery from a log cut, or corrupted, at every byte offset of its last records: reopening
-//! yields exactly the records before the first damaged one, and the log accepts appends again.
+//! Recovery from a log cut, or corrupted, at every byte offset of its last records: a cut
+//! (a torn tail: nothing valid after it) keeps exactly the records before it; a flipped byte
+//! (damage with valid records after it) costs only the record it hits; and the log accepts
+//! appends again.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::path::Path;
 use common::{body_for, run, small_config};
 use porcupine_engine::record::HEADER_BYTES;
 use porcupine_engine::segment::segment_path;
-use porcupine_engine::{DmaStorage, Location, Shard};
+use porcupine_engine::{DmaStorage, Location, RecoveryReport, Shard};
 
 const USER: &str = "u@x";
 const RECORDS: u128 = 8;
@@ -28,33 +30,35 @@ enum Damage {
 
 /// The ids a correct recovery keeps after `damage` at `offset`.
 fn expected(records: &[(u128, Location)], damage: Damage, offset: u64) -> Vec<u128> {
-    let mut kept = Vec::new();
-    for &(id, loc) in records {
-        let start = u64::from(loc.offset);
-        let covered_end = start + (HEADER_BYTES + USER.len() + body_len(id)) as u64;
-        let intact = match damage {
-            Damage::Cut => covered_end <= offset,
-            Damage::Flip => !(start..covered_end).contains(&offset),
-        };
-        if !intact {
-            break;
-        }
-        kept.push(id);
-    }
-    kept
+    records
+        .iter()
+        .filter(|&&(id, loc)| {
+            let start = u64::from(loc.offset);
+            let covered_end = start + (HEADER_BYTES + USER.len() + body_len(id)) as u64;
+            match damage {
+                Damage::Cut => covered_end <= offset,
+                Damage::Flip => !(start..covered_end).contains(&offset),
+            }
+        })
+        .map(|&(id, _)| id)
+        .collect()
 }
 
-async fn reopen_ids(dir: &Path) -> Vec<u128> {
-    let (shard, _) = Shard::open(DmaStorage::default(), dir, small_config(), "t")
+async fn reopen(dir: &Path) -> (Vec<u128>, RecoveryReport) {
+    let (shard, report) = Shard::open(DmaStorage::default(), dir, small_config(), "t")
         .await
         .unwrap();
     let ids = shard.messages(USER).iter().map(|m| m.id).collect();
     shard.close().await.unwrap();
-    ids
+    (ids, report)
+}
+
+async fn reopen_ids(dir: &Path) -> Vec<u128> {
+    reopen(dir).await.0
 }
 
 #[test]
-fn every_cut_and_every_flipped_byte_of_the_last_records_keeps_exactly_the_intact_prefix() {
+fn a_cut_keeps_the_records_before_it_and_a_flipped_byte_costs_only_its_record() {
     run(|| async {
         let pristine_dir = tempfile::tempdir().unwrap();
         let (shard, _) = Shard::open(
@@ -90,8 +94,24 @@ fn every_cut_and_every_flipped_byte_of_the_last_records_keeps_exactly_the_intact
                 let dir = tempfile::tempdir().unwrap();
                 std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
                 let want = expected(&records, damage, offset);
-                let got = reopen_ids(dir.path()).await;
+                let (got, report) = reopen(dir.path()).await;
                 assert_eq!(got, want, "{damage:?} at offset {offset}");
+                let lost_before_last =
+                    want.len() < records.len() && want.last() == records.last().map(|r| &r.0);
+                match damage {
+                    // Records follow the damage: it is reported as such, nothing is cut.
+                    Damage::Flip if lost_before_last => {
+                        assert_eq!(report.skipped.len(), 1, "{offset}: {report:?}");
+                        assert!(report.truncated.is_none(), "{offset}: {report:?}");
+                    }
+                    // Nothing valid follows the flip: a torn tail, cut.
+                    Damage::Flip if want.len() < records.len() => {
+                        assert!(report.skipped.is_empty(), "{offset}: {report:?}");
+                        assert!(report.truncated.is_some(), "{offset}: {report:?}");
+                    }
+                    // A cut leaves zeros or a partial record: never reported as inner damage.
+                    _ => assert!(report.skipped.is_empty(), "{offset}: {report:?}"),
+                }
                 if offset % 61 == 0 {
                     // The repaired log takes new appends and keeps them.
                     let (shard, _) =

@@ -239,10 +239,17 @@ impl NodeConfig {
                 self.engine.record_bytes_max, self.smtp_limits.message_bytes_max
             ));
         }
-        if self.engine.validate().is_err() {
+        if self.engine.segment_bytes > porcupine_engine::segment::SEGMENT_BYTES_MAX {
+            return fail(format!(
+                "--segment-mib ({} MiB) may be at most 4096 (a record's location is a 32-bit \
+                 offset into its segment)",
+                self.engine.segment_bytes >> 20
+            ));
+        }
+        if let Err(why) = self.engine.validate() {
             return fail(format!(
                 "--segment-mib ({} MiB) must hold the largest message (--message-bytes-max {} \
-                 bytes) plus 1 MiB",
+                 bytes) plus 1 MiB ({why})",
                 self.engine.segment_bytes >> 20,
                 self.smtp_limits.message_bytes_max
             ));
@@ -305,5 +312,7 @@ mod tests {
             c.engine.segment_bytes = 64 << 20;
         })
         .contains("--segment-mib"));
+        // A segment larger than a 32-bit offset can address is refused by name.
+        assert!(refused(|c| c.engine.segment_bytes = 8 << 30).contains("at most 4096"));
     }
 }

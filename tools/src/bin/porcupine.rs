@@ -350,7 +350,8 @@ fn serve(flags: ServeArgs) -> Result<()> {
         config.smtp_idle_timeout = Duration::from_secs(s);
     }
     if let Some(mib) = args.segment_mib {
-        config.engine.segment_bytes = mib << 20;
+        // Saturates, so an absurd value reaches validate() as too large, not wrapped around.
+        config.engine.segment_bytes = mib.saturating_mul(1 << 20);
     }
     if let Some(us) = args.commit_window_us {
         config.engine.commit_window = Duration::from_micros(us);
