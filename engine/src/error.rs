@@ -55,9 +55,13 @@ impl EngineError {
     /// Classifies an I/O error from a path and an operation.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
+        // glommio's errors reach us re-wrapped: the errno is gone, the kind survives.
+        let full = matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            || matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            );
+        if full {
             EngineError::NoSpace { path }
         } else {
             EngineError::Io { op, path, source }
@@ -71,3 +75,30 @@ impl EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_by_errno_or_by_kind() {
+        let by_errno = EngineError::io("write", "/d", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(by_errno, EngineError::NoSpace { .. }));
+        // As glommio hands it on: a new error of the same kind, its errno only in the text.
+        let rewrapped = io::Error::new(
+            io::ErrorKind::StorageFull,
+            "No space left on device (os error 28)",
+        );
+        assert!(matches!(
+            EngineError::io("write", "/d", rewrapped),
+            EngineError::NoSpace { .. }
+        ));
+        let quota = io::Error::new(io::ErrorKind::QuotaExceeded, "quota");
+        assert!(EngineError::io("write", "/d", quota).is_transient());
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        assert!(matches!(
+            EngineError::io("write", "/d", eio),
+            EngineError::Io { .. }
+        ));
+    }
+}

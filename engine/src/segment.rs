@@ -269,7 +269,10 @@ mod tests {
     fn a_header_claiming_more_than_a_location_addresses_is_corrupt() {
         let h = SegmentHeader::new(7, SEGMENT_BYTES_MAX + 4096, 99);
         let error = SegmentHeader::parse(h.as_bytes(), Path::new("x")).unwrap_err();
-        assert!(error.to_string().contains("outside what a location"), "{error}");
+        assert!(
+            error.to_string().contains("outside what a location"),
+            "{error}"
+        );
         let h = SegmentHeader::new(7, SEGMENT_BYTES_MAX, 99);
         assert!(SegmentHeader::parse(h.as_bytes(), Path::new("x")).is_ok());
     }

@@ -74,6 +74,11 @@ pub struct Bound {
 /// Binds every listener of `config`, exclusively (see the module docs), and writes the
 /// addresses actually bound back into `config` (a port 0 becomes the port the kernel chose).
 pub fn bind_all(config: &mut NodeConfig) -> Result<Vec<Bound>, NodeError> {
+    bind_all_within(config, PORT_RELEASE_WAIT)
+}
+
+/// [`bind_all`], waiting up to `wait` for a port in use.
+fn bind_all_within(config: &mut NodeConfig, wait: Duration) -> Result<Vec<Bound>, NodeError> {
     let mut bound = Vec::new();
     let mut wanted = vec![
         (Protocol::Smtp, &mut config.smtp),
@@ -87,7 +92,7 @@ pub fn bind_all(config: &mut NodeConfig) -> Result<Vec<Bound>, NodeError> {
         wanted.push((Protocol::Cluster, cluster));
     }
     for (protocol, addr) in wanted {
-        let listener = bind_exclusive(*addr).map_err(|e| {
+        let listener = bind_waiting(*addr, wait).map_err(|e| {
             let why = match e.kind() {
                 std::io::ErrorKind::AddrInUse if someone_listens(*addr) => {
                     "another process listens there (a node never shares its ports)".to_owned()
@@ -110,6 +115,30 @@ pub fn bind_all(config: &mut NodeConfig) -> Result<Vec<Bound>, NodeError> {
         bound.push(Bound { protocol, listener });
     }
     Ok(bound)
+}
+
+/// How long a start waits for a port that is still in use. A process killed while its
+/// io_uring had I/O in flight keeps its listening sockets open until that I/O completes (the
+/// ring is torn down after the process is gone), which on a busy or full disk takes a moment:
+/// a restart right after a crash would otherwise fail on its own ports.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// [`bind_exclusive`], retried while the address is in use, for up to `wait`.
+fn bind_waiting(addr: SocketAddr, wait: Duration) -> std::io::Result<std::net::TcpListener> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match bind_exclusive(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < wait => {
+                if !told {
+                    tracing::warn!(%addr, "the port is in use; waiting up to {} s in case a stopped process's socket is still closing", wait.as_secs());
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Whether a process accepts connections on `addr` (to tell a listener from leftovers).
@@ -523,12 +552,25 @@ mod tests {
             cluster: Some("127.0.0.1:0".parse().unwrap()),
             ..NodeConfig::default()
         };
-        let error = bind_all(&mut config).unwrap_err().to_string();
+        let error = bind_all_within(&mut config, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("TIME_WAIT"), "{error}");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         config.smtp = listener.local_addr().unwrap();
-        let error = bind_all(&mut config).unwrap_err().to_string();
+        let error = bind_all_within(&mut config, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("another process listens there"), "{error}");
+        // A port that frees itself while the start waits is taken.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        assert!(bind_waiting(addr, Duration::from_secs(10)).is_ok());
+        release.join().unwrap();
     }
 
     #[test]

@@ -81,15 +81,19 @@ impl Node {
             }
             None => Command::new(binary()),
         };
+        // The test's own value of a flag replaces the helper's default.
+        let default = |flag: &'static str, value: &'static str| {
+            if extra.contains(&flag) {
+                Vec::new()
+            } else {
+                vec![flag, value]
+            }
+        };
         let mut child = command
-            .args([
-                "serve",
-                "--no-pin",
-                "--no-first-user",
-                "--segment-mib",
-                "40",
-                "--data",
-            ])
+            .args(["serve", "--no-pin", "--no-first-user"])
+            .args(default("--segment-mib", "40"))
+            .args(default("--cores", "2"))
+            .arg("--data")
             .arg(data)
             .args([
                 "--smtp",
@@ -97,7 +101,7 @@ impl Node {
                 "--pop3",
                 &format!("{ip}:{pop3}"),
             ])
-            .args(["--admin", &format!("{ip}:{admin}"), "--cores", "2"])
+            .args(["--admin", &format!("{ip}:{admin}")])
             .args(
                 if extra.contains(&"--pop3s") || extra.contains(&"--no-pop3s") {
                     Vec::new()
