@@ -82,6 +82,9 @@ pub struct Facts<'a> {
     /// The view this node has installed now.
     pub view: &'a View,
     pub now_ms: u64,
+    /// Whether `view` holds a majority of the cluster this node knows
+    /// ([`crate::membership::Membership::majority`]).
+    pub majority: bool,
 }
 
 /// An event for the delivery machine: the answer to its last action.
@@ -384,6 +387,7 @@ mod tests {
                 me,
                 view,
                 now_ms: now,
+                majority: true,
             };
             let action = machine.step(input, facts, idle, &mut rng);
             actions.push(action.clone());

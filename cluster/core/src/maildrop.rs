@@ -3,7 +3,9 @@
 //! one session could be shown again to the next. One state machine per step of a session,
 //! driven by the node with real requests and by the seeded simulator (`tests/policy_sim.rs`).
 //!
-//! - [`Open`]: lock the maildrop at the user's bucket manager (a lock counts only if it was
+//! - [`Open`]: only in a view that holds a majority of the known cluster (the minority side
+//!   of a partition cannot know what the majority deleted); lock the maildrop at the user's
+//!   bucket manager (a lock counts only if it was
 //!   granted in the membership this node still has once the lock is recorded among this node's
 //!   reports: then any later manager learns of it), list every fragment node the manager names,
 //!   drop every message some node holds a tombstone for, and keep each id once, oldest first.
@@ -197,7 +199,7 @@ impl Open {
             ) => {
                 // Granted in the membership this node now has: any later change finds the
                 // lock among this node's reports. Otherwise lock again (same owner).
-                if still_in(asked_in, granted, facts.view.epoch) {
+                if still_in(asked_in, granted, facts.view.epoch) && facts.majority {
                     self.list_next(fragments, 0)
                 } else if facts.now_ms >= self.deadline_ms {
                     self.fail(OpenFailure::Unavailable)
@@ -238,6 +240,18 @@ impl Open {
     }
 
     fn ask_lock(&mut self, facts: Facts<'_>) -> OpenAction {
+        // Without a majority this node may be the minority side of a partition: what the
+        // majority deleted meanwhile is unknown here. Wait for one (a membership round may be
+        // about to end), then give up.
+        if !facts.majority {
+            if facts.now_ms >= self.deadline_ms {
+                return self.fail(OpenFailure::Unavailable);
+            }
+            self.phase = OpenPhase::Pausing;
+            return OpenAction::Sleep {
+                ms: self.settings.retry_pause_ms,
+            };
+        }
         self.phase = OpenPhase::AwaitingLock {
             asked_in: facts.view.epoch,
         };
@@ -499,7 +513,53 @@ mod tests {
             me: 3,
             view,
             now_ms,
+            majority: true,
         }
+    }
+
+    #[test]
+    fn a_node_without_a_majority_shows_no_maildrop() {
+        let v = view(1);
+        let minority = Facts {
+            majority: false,
+            ..facts(&v, 0)
+        };
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        // It waits (a membership round may be about to end) and asks nobody for the lock...
+        assert!(matches!(
+            open.step(OpenInput::Start, minority),
+            OpenAction::Sleep { .. }
+        ));
+        // ...and asks once the majority is back.
+        assert!(matches!(
+            open.step(OpenInput::Continue, facts(&v, 10)),
+            OpenAction::Lock(LockMaildrop { .. })
+        ));
+        // Lost again between the grant and the listing: the lock does not count.
+        open.step(
+            OpenInput::Locked(Ok(Locked {
+                fragments: vec![1],
+                epoch: v.epoch,
+            })),
+            facts(&v, 11),
+        );
+        let late = Facts {
+            majority: false,
+            ..facts(&v, 12)
+        };
+        assert!(matches!(
+            open.step(OpenInput::Continue, late),
+            OpenAction::Sleep { .. }
+        ));
+        // Still without one at the deadline: unavailable, nothing listed.
+        let after = Facts {
+            majority: false,
+            ..facts(&v, MaildropSettings::default().patience_ms)
+        };
+        assert_eq!(
+            open.step(OpenInput::Continue, after),
+            OpenAction::Failed(OpenFailure::Unavailable)
+        );
     }
 
     #[test]

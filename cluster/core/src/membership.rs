@@ -96,6 +96,9 @@ pub struct Settings {
     /// How long an accepted round may wait for its commit before this node coordinates.
     pub commit_timeout_ms: u64,
     pub buckets: usize,
+    /// How long a node that was a member (or a seed never heard from) still counts toward
+    /// the cluster's size for [`Membership::majority`] once it is gone.
+    pub member_memory_ms: u64,
 }
 
 impl Default for Settings {
@@ -107,6 +110,7 @@ impl Default for Settings {
             round_timeout_ms: 60,
             commit_timeout_ms: 300,
             buckets: crate::usermap::BUCKETS_DEFAULT,
+            member_memory_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -154,6 +158,9 @@ pub struct Membership {
     now: u64,
     /// Messages refused as implausible (a broken view, an epoch from the far future).
     refused: u64,
+    /// Every other node's address and when it was last a member of a view installed here
+    /// (a seed: when this node started): the cluster's size for [`Membership::majority`].
+    last_member: BTreeMap<String, u64>,
 }
 
 /// Addresses of other nodes remembered at most (probed while they are not members).
@@ -171,11 +178,12 @@ impl Membership {
             members: vec![me.clone()],
             map: UserMap::single(me.id, settings.buckets, epoch),
         };
-        let known = seeds
+        let known: BTreeMap<String, Option<NodeId>> = seeds
             .iter()
             .filter(|s| **s != me.addr)
             .map(|s| (s.clone(), None))
             .collect();
+        let last_member = known.keys().map(|addr| (addr.clone(), now)).collect();
         Self {
             me,
             settings,
@@ -189,7 +197,27 @@ impl Membership {
             next_probe: now,
             now,
             refused: 0,
+            last_member,
         }
+    }
+
+    /// Whether the view installed here holds a strict majority of the cluster this node knows:
+    /// its members, and every node that was a member (or is a seed) within
+    /// `member_memory_ms`. A node on the minority side of a partition — or alone after losing
+    /// its peers — holds none: what the majority deleted meanwhile is unknown to it, so it must
+    /// not show a maildrop (a deleted message would be shown again).
+    pub fn majority(&self) -> bool {
+        let members = self.view.members.len();
+        let absent = self
+            .last_member
+            .iter()
+            .filter(|(addr, at)| {
+                **addr != self.me.addr
+                    && self.now.saturating_sub(**at) <= self.settings.member_memory_ms
+                    && !self.view.members.iter().any(|m| &m.addr == *addr)
+            })
+            .count();
+        members.saturating_mul(2) > members.saturating_add(absent)
     }
 
     /// How many messages this node refused as implausible.
@@ -498,6 +526,14 @@ impl Membership {
             members = ?view.members.iter().map(|m| m.id).collect::<Vec<_>>(),
             "membership installed"
         );
+        for member in &view.members {
+            if member.addr != self.me.addr
+                && (self.last_member.len() < KNOWN_ADDRS_MAX
+                    || self.last_member.contains_key(&member.addr))
+            {
+                self.last_member.insert(member.addr.clone(), self.now);
+            }
+        }
         self.view = view;
         self.phase = Phase::Stable;
         self.behind_since = None;
@@ -537,6 +573,52 @@ mod tests {
             id,
             addr: format!("10.0.0.{id}:7946"),
         }
+    }
+
+    fn view_of(clock: u64, ids: &[NodeId]) -> View {
+        let epoch = Epoch {
+            clock,
+            coordinator: ids[0],
+        };
+        View {
+            epoch,
+            members: ids.iter().map(|&id| member(id)).collect(),
+            map: UserMap::single(ids[0], 16, epoch),
+        }
+    }
+
+    #[test]
+    fn only_a_view_of_most_of_the_known_cluster_holds_a_majority() {
+        let settings = Settings {
+            member_memory_ms: 10_000,
+            ..Settings::default()
+        };
+        // A node on its own, told of no other: the whole cluster.
+        let alone = Membership::new(member(1), &[], settings.clone(), 0);
+        assert!(alone.majority());
+        // Told of two seeds it has not heard from: one of three.
+        let seeds = ["10.0.0.2:7946".to_owned(), "10.0.0.3:7946".to_owned()];
+        let mut m = Membership::new(member(1), &seeds, settings.clone(), 0);
+        assert!(!m.majority());
+        let mut out = Vec::new();
+        m.install(view_of(1, &[1, 2, 3]), &mut out);
+        assert!(m.majority());
+        // Two of three after one is lost; one of three after two are.
+        m.install(view_of(2, &[1, 2]), &mut out);
+        assert!(m.majority());
+        m.install(view_of(3, &[1]), &mut out);
+        assert!(!m.majority());
+        // A node gone for longer than the memory stops counting.
+        m.now = 10_001;
+        assert!(
+            m.majority(),
+            "after the memory, the one left is the cluster"
+        );
+        // Four members, two of them cut off: two of four is no majority.
+        let mut m = Membership::new(member(1), &[], settings, 0);
+        m.install(view_of(1, &[1, 2, 3, 4]), &mut out);
+        m.install(view_of(2, &[1, 2]), &mut out);
+        assert!(!m.majority());
     }
 
     #[test]

@@ -830,6 +830,8 @@ impl Sim {
             me,
             view: &view,
             now_ms: self.now,
+            // The sim knows the whole cluster: a view of most of it holds the majority.
+            majority: view.members.len() * 2 > self.nodes.len(),
         };
         let manager = self.index_of(view.map.manager_of(&session.user));
         let user = session.user.clone();

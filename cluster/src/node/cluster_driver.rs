@@ -90,6 +90,8 @@ pub async fn run(
     let mut stopping = Box::pin(stop.recv_async());
     let mut next = Box::pin(inbox.recv_async());
     loop {
+        shared.note_running();
+        shared.set_majority(membership.majority());
         for action in out.drain(..) {
             match action {
                 Action::Send { to, msg } => peers.send(&to, &OneWay::Membership(msg)),

@@ -55,6 +55,20 @@ pub struct ClusterShared {
     joining: std::sync::atomic::AtomicBool,
     /// How connections to and from other nodes are protected.
     pub security: ClusterSecurity,
+    /// Whether the view holds a majority of the known cluster (`Membership::majority`); a
+    /// node without one shows no maildrop.
+    majority: std::sync::atomic::AtomicBool,
+    /// Bumped each time the majority is lost: a POP session that opened before a loss may
+    /// have had its lock dropped by the other side's managers, and must not acknowledge its
+    /// deletes.
+    majority_losses: AtomicU64,
+    /// When the cluster driver last ran (ms since `started`), and the longest gap that is not
+    /// a stall: a node paused (SIGSTOP, a stalled VM) longer than its peers wait before
+    /// suspecting it may have been dropped meanwhile without knowing it — its view is stale
+    /// until it hears otherwise, so it counts as a loss of the majority.
+    started: std::time::Instant,
+    last_tick_ms: AtomicU64,
+    stall_limit_ms: u64,
 }
 
 impl ClusterShared {
@@ -65,6 +79,7 @@ impl ClusterShared {
         joining: bool,
         shards: usize,
         security: ClusterSecurity,
+        stall_limit: std::time::Duration,
     ) -> Self {
         let epoch = crate::membership::Epoch {
             clock: 0,
@@ -86,7 +101,59 @@ impl ClusterShared {
             open_maildrops: std::sync::Mutex::new(std::collections::HashMap::new()),
             joining: std::sync::atomic::AtomicBool::new(joining),
             security,
+            majority: std::sync::atomic::AtomicBool::new(true),
+            majority_losses: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
+            stall_limit_ms: stall_limit.as_millis() as u64,
         }
+    }
+
+    fn since_start_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Called by the cluster driver each time it runs: a gap longer than the stall limit
+    /// since the last call was a stall, and counts as a loss of the majority.
+    pub fn note_running(&self) {
+        let now = self.since_start_ms();
+        let last = self.last_tick_ms.swap(now, Ordering::AcqRel);
+        let gap = now.saturating_sub(last);
+        if last != 0 && gap > self.stall_limit_ms {
+            self.majority_losses.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(
+                gap_ms = gap,
+                "this node stalled longer than its peers wait before suspecting it: POP3 \
+                 sessions opened before the stall acknowledge no deletes"
+            );
+        }
+    }
+
+    /// Records whether the membership holds a majority now (set by the cluster driver).
+    pub fn set_majority(&self, majority: bool) {
+        let was = self.majority.swap(majority, Ordering::AcqRel);
+        if was && !majority {
+            self.majority_losses.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(
+                "this node's view holds no majority of the cluster it knows: POP3 is refused \
+                 here until it does (a partition's minority cannot know what the majority deleted)"
+            );
+        } else if !was && majority {
+            tracing::info!("this node's view holds a majority of the cluster again");
+        }
+    }
+
+    /// Whether the view holds a majority and the driver ran recently (a node resuming from
+    /// a stall has not yet looked: its view may be stale).
+    pub fn has_majority(&self) -> bool {
+        let last = self.last_tick_ms.load(Ordering::Acquire);
+        let fresh = self.since_start_ms().saturating_sub(last) <= self.stall_limit_ms;
+        self.majority.load(Ordering::Acquire) && fresh
+    }
+
+    /// How many times the majority was lost since the node started.
+    pub fn majority_losses(&self) -> u64 {
+        self.majority_losses.load(Ordering::Acquire)
     }
 
     /// Whether other nodes are in the view (else everything is local, as on a lone node).

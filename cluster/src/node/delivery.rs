@@ -209,6 +209,7 @@ pub async fn deliver(
             me,
             view: &view,
             now_ms: now_ms(),
+            majority: shared.has_majority(),
         };
         let action = machine.step(input, facts, |node| load_of(context, node), &mut rng);
         input = match action {

@@ -38,6 +38,9 @@ pub struct Maildrop {
     fragments: Vec<NodeId>,
     /// The lock owner at the manager, if the lock is the cluster's.
     cluster_owner: Option<Owner>,
+    /// `ClusterShared::majority_losses` when it opened: a loss since then may have let the
+    /// other side's managers drop the lock, so its deletes are not acknowledged.
+    majority_losses: u64,
 }
 
 fn settings() -> MaildropSettings {
@@ -60,6 +63,21 @@ pub async fn open(
     if shared.is_joining() {
         shared.wait_joined(PATIENCE).await;
     }
+    let majority_losses = shared.majority_losses();
+    if !shared.has_majority() {
+        // Alone or on a partition's minority side: a membership round may be about to end.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !shared.has_majority() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(RETRY_PAUSE).await;
+        }
+        if !shared.has_majority() {
+            // The password is still checked, so a wrong one is told as such.
+            if let Credential::Password(password) = credential {
+                authenticate(context, user, password).await?;
+            }
+            return Err(OpenFailure::Unavailable);
+        }
+    }
     if !shared.clustered() {
         let login = LogIn {
             user: user.to_owned(),
@@ -80,6 +98,7 @@ pub async fn open(
                     .collect(),
                 fragments: Vec::new(),
                 cluster_owner: None,
+                majority_losses,
             }),
             Login::BadCredentials => Err(OpenFailure::BadCredentials),
             Login::InUse => Err(OpenFailure::InUse),
@@ -99,6 +118,7 @@ pub async fn open(
             me,
             view: &view,
             now_ms: now_ms(),
+            majority: shared.has_majority(),
         };
         input = match machine.step(input, facts) {
             OpenAction::Lock(lock) => {
@@ -141,6 +161,7 @@ pub async fn open(
                     messages: opened.messages,
                     fragments: opened.fragments,
                     cluster_owner: Some(opened.owner),
+                    majority_losses,
                 })
             }
         };
@@ -266,6 +287,11 @@ pub async fn delete(
     maildrop: &Maildrop,
     indices: &[usize],
 ) -> Result<(), StoreError> {
+    let shared = &context.cluster;
+    if !shared.has_majority() || shared.majority_losses() != maildrop.majority_losses {
+        tracing::warn!(user = %maildrop.user, "a POP3 session's deletes are not acknowledged: this node lost its majority since the maildrop opened (its lock may have been dropped meanwhile)");
+        return Err(StoreError::Failed);
+    }
     let peers = &context.peers;
     let members: Vec<NodeId> = context
         .cluster
@@ -330,6 +356,7 @@ async fn unlock(context: &CoreContext, user: &str, owner: Owner) {
             me: shared.me.id,
             view: &view,
             now_ms: now_ms(),
+            majority: shared.has_majority(),
         };
         input = match machine.step(input, facts) {
             UnlockAction::ForgetLock(owner) => {

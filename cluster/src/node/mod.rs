@@ -258,6 +258,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
             has_seeds,
             placement.shard_count(),
             config.cluster_security.clone(),
+            Duration::from_millis(config.membership.suspect_after_ms),
         ),
         metrics: NodeMetrics::default(),
         started: Instant::now(),

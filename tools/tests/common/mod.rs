@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod netns;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
