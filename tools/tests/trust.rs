@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::cluster::{member_count, start_member, Ports};
+use common::cluster::{member_count, start_lone_member, start_member, Ports};
 use common::{binary, python, Node, PASSWORD};
 use porcupine_cluster::membership::{Epoch, Member, Msg, View};
 use porcupine_cluster::rpc::{
@@ -87,7 +87,7 @@ fn hostile_view(node_id: u64, intruder: Member, buckets: usize) -> View {
 fn a_stranger_without_the_key_changes_nothing_and_reads_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ports = Ports::free();
-    let node = start_member(dir.path(), "127.0.0", 70, 1, &ports, &[]);
+    let node = start_lone_member(dir.path(), "127.0.0", 70, 1, &ports, &[]);
     node.add_user("alice@localhost");
     node.bulk_users(1, "user");
     python(
@@ -199,7 +199,7 @@ fn a_node_with_another_key_cannot_join_and_learns_nothing() {
 fn a_member_that_sends_a_broken_view_or_a_stamp_from_the_future_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ports = Ports::free();
-    let node = start_member(dir.path(), "127.0.0", 70, 2, &ports, &[]);
+    let node = start_lone_member(dir.path(), "127.0.0", 70, 2, &ports, &[]);
     node.add_user("alice@localhost");
     let node_id = common::cluster::status(&node).node_id;
     let key_text = std::fs::read_to_string(dir.path().join("cluster.key")).unwrap();

@@ -126,15 +126,18 @@ const PORT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// [`bind_exclusive`], retried while the address is in use, for up to `wait`.
 fn bind_waiting(addr: SocketAddr, wait: Duration) -> std::io::Result<std::net::TcpListener> {
     let started = std::time::Instant::now();
-    let mut told = false;
+    let mut waited = false;
     loop {
         match bind_exclusive(addr) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < wait => {
-                if !told {
-                    tracing::warn!(%addr, "the port is in use; waiting up to {} s in case a stopped process's socket is still closing", wait.as_secs());
-                    told = true;
-                }
+                waited = true;
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            // Said only when it helped: a refusal stays the one line that names the holder.
+            Ok(listener) if waited => {
+                tracing::warn!(%addr, waited_ms = started.elapsed().as_millis() as u64,
+                    "the port was still held by a stopped process's socket; taken after waiting");
+                return Ok(listener);
             }
             result => return result,
         }

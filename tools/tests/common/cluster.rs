@@ -58,6 +58,32 @@ pub fn start_member(
     )
 }
 
+/// Starts member `n` at `{net}.{base + n}` in `dir/node{n}`, knowing of no other node: the
+/// whole cluster, so it holds the majority (a member seeded with an absent peer does not, and
+/// shows no maildrop).
+pub fn start_lone_member(
+    dir: &Path,
+    net: &str,
+    base: u8,
+    n: usize,
+    ports: &Ports,
+    extra: &[&str],
+) -> Node {
+    let ip = format!("{net}.{}", usize::from(base) + n);
+    let cluster = format!("{ip}:{}", ports.cluster);
+    let mut args = vec!["--cluster", &cluster];
+    args.extend_from_slice(extra);
+    Node::start_in(
+        None,
+        &dir.join(format!("node{n}")),
+        &ip,
+        ports.smtp,
+        ports.pop3,
+        ports.admin,
+        &args,
+    )
+}
+
 /// The node's status through `porcupine status --json`, read back as the node's own type;
 /// `None` while the node does not answer (starting, stopped).
 pub fn try_status(node: &Node) -> Option<Status> {
