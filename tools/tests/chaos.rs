@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{start_member, wait_members, Ports};
-use common::{python, Node, PASSWORD};
+use common::{Node, PASSWORD};
 
 const USERS: u64 = 200;
 
@@ -52,7 +52,7 @@ fn acknowledged_mail_survives_nodes_killed_one_at_a_time() {
     // Long enough that every kill and restart happens while mail flows.
     let seconds = 6 + cycles * 8;
     let report_path = dir.path().join("load.json");
-    let mut load = Command::new(env!("CARGO_BIN_EXE_porcupine-load"))
+    let load = Command::new(env!("CARGO_BIN_EXE_porcupine-load"))
         .args(["--smtp", &addrs(ports.smtp), "--pop3", &addrs(ports.pop3)])
         .args(["--users", &USERS.to_string(), "--password", PASSWORD])
         .args(["--mix", "90:10", "--size", "4700", "--connections", "12"])
@@ -85,61 +85,15 @@ fn acknowledged_mail_survives_nodes_killed_one_at_a_time() {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
-    let deadline = Instant::now() + Duration::from_secs(seconds + 180);
-    let status = loop {
-        if let Some(status) = load.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "porcupine-load did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = load.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "porcupine-load failed:\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    eprintln!(
-        "chaos: {cycles} kills; delivered {}, retrieved {}, POP sessions {}, lost {}, corrupt {}, \
-         seen twice {} {}, uncertain {}, errors {}",
-        report["delivered"],
-        report["retrieved"],
-        report["pop_sessions"],
-        report["lost"],
-        report["corrupt"],
-        report["duplicated"],
-        report["duplicated_sample"],
-        report["uncertain"],
-        report["errors"]
+    let all: Vec<&Node> = nodes.iter().flatten().collect();
+    common::chaos::check_after_faults(
+        "chaos",
+        load,
+        &report_path,
+        Duration::from_secs(seconds + 180),
+        &all,
+        USERS,
     );
-    assert_eq!(report["verified"], true, "{report}");
-    assert!(report["delivered"].as_u64().unwrap() > 200, "{report}");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["corrupt"], 0, "{report}");
-    // Nothing deleted comes back: no message is retrieved again after a session's QUIT was
-    // answered +OK (the policy simulator, `cluster/core/tests/policy_sim.rs`, found the
-    // interleavings that used to show 0–3 per ~50,000 here; see the maildrop module).
-    let duplicated = report["duplicated"].as_u64().unwrap_or(u64::MAX);
-    assert_eq!(
-        duplicated, 0,
-        "messages seen again after their delete was acknowledged: {report}"
-    );
-    // Through every node: every maildrop is empty.
-    for node in nodes.iter().flatten() {
-        let out = python(
-            "cluster_mail.py",
-            &[
-                "empty".into(),
-                node.ip.clone(),
-                node.pop3.to_string(),
-                PASSWORD.into(),
-                USERS.to_string(),
-            ],
-        );
-        assert!(out.contains("empty ok"), "{out}");
-    }
     for node in nodes.into_iter().flatten() {
         assert!(node.terminate().success());
     }

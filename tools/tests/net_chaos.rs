@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::wait_members;
 use common::netns::{Direction, Netns};
-use common::{python, Node, PASSWORD};
+use common::{Node, PASSWORD};
 
 const USERS: u64 = 100;
 const LOAD_SECONDS: u64 = 40;
@@ -107,7 +107,7 @@ fn acknowledged_mail_survives_loss_asymmetric_partitions_pauses_and_kills() {
             .join(",")
     };
     let report_path = dir.path().join("load.json");
-    let mut load = Command::new(env!("CARGO_BIN_EXE_porcupine-load"))
+    let load = Command::new(env!("CARGO_BIN_EXE_porcupine-load"))
         .args(["--smtp", &addrs(ports.smtp), "--pop3", &addrs(ports.pop3)])
         .args(["--users", &USERS.to_string(), "--password", PASSWORD])
         .args(["--mix", "90:10", "--size", "4700", "--connections", "12"])
@@ -192,56 +192,15 @@ fn acknowledged_mail_survives_loss_asymmetric_partitions_pauses_and_kills() {
         eprintln!("net_chaos {:?}: node 1 back", started.elapsed());
     }
 
-    let deadline = Instant::now() + Duration::from_secs(LOAD_SECONDS + 240);
-    let status = loop {
-        if let Some(status) = load.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "porcupine-load did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = load.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "porcupine-load failed:\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    eprintln!(
-        "net_chaos: delivered {}, retrieved {}, POP sessions {}, lost {}, corrupt {}, \
-         seen twice {} {}, uncertain {}, errors {}",
-        report["delivered"],
-        report["retrieved"],
-        report["pop_sessions"],
-        report["lost"],
-        report["corrupt"],
-        report["duplicated"],
-        report["duplicated_sample"],
-        report["uncertain"],
-        report["errors"]
+    let all: Vec<&Node> = nodes.iter().flatten().collect();
+    common::chaos::check_after_faults(
+        "net_chaos",
+        load,
+        &report_path,
+        Duration::from_secs(LOAD_SECONDS + 240),
+        &all,
+        USERS,
     );
-    assert_eq!(report["verified"], true, "{report}");
-    assert!(report["delivered"].as_u64().unwrap() > 200, "{report}");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["corrupt"], 0, "{report}");
-    assert_eq!(
-        report["duplicated"], 0,
-        "messages seen again after their delete was acknowledged: {report}"
-    );
-    for node in nodes.iter().flatten() {
-        let out = python(
-            "cluster_mail.py",
-            &[
-                "empty".into(),
-                node.ip.clone(),
-                node.pop3.to_string(),
-                PASSWORD.into(),
-                USERS.to_string(),
-            ],
-        );
-        assert!(out.contains("empty ok"), "{out}");
-    }
     for node in nodes.into_iter().flatten() {
         assert!(node.terminate().success());
     }

@@ -2,6 +2,7 @@
 //! users added through the CLI, and Python clients.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod cluster;
 pub mod netns;
 
