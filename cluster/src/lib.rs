@@ -12,8 +12,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub use porcupine_cluster_core::{
-    abuse, delivery, loads, maildrop, manager, membership, placement, plausible, replication, rpc,
-    usermap, wire,
+    abuse, delivery, healing, loads, maildrop, manager, membership, placement, plausible,
+    replication, rpc, usermap, wire,
 };
 
 pub mod admin_client;

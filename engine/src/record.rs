@@ -42,7 +42,7 @@ pub const RECORD_VERSION: u8 = 2;
 /// The oldest record format this build reads.
 pub const RECORD_VERSION_MIN: u8 = 1;
 /// Largest replica set a record can carry.
-pub const REPLICAS_MAX: usize = 4;
+pub use porcupine_types::REPLICAS_MAX;
 /// Bytes of one entry in a retire record's body.
 pub const RETIRE_ENTRY_BYTES: usize = 32;
 /// Bytes in a record header.

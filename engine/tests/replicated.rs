@@ -472,3 +472,54 @@ fn a_delete_made_here_of_a_message_not_here_leaves_a_pending_tombstone_when_it_g
         assert_eq!(shard.pending_tombstones("s@x"), vec![5]);
     })
 }
+
+#[test]
+fn a_set_rebuilt_by_healing_replaces_a_full_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        let first = shard
+            .put_message(
+                "w@x",
+                1,
+                &body_for(1, 500),
+                0,
+                ReplicaSet::new([7, 9, 11]),
+                None,
+            )
+            .await
+            .unwrap();
+        let first_entry = shard.message("w@x", 1).unwrap();
+        // Healing after 9 and then 11 died: a set that the union would overflow is taken as
+        // pushed (the newer one, without a dead node), never cut short of the new replicas.
+        let stamp = Stamp {
+            hlc: first.hlc(),
+            origin: first_entry.origin,
+        };
+        for (pushed, kept) in [
+            (vec![7, 9, 11, 13], vec![7, 9, 11, 13]),
+            (vec![7, 11, 13, 15], vec![7, 11, 13, 15]),
+        ] {
+            let outcome = shard
+                .put_message(
+                    "w@x",
+                    1,
+                    &body_for(1, 500),
+                    0,
+                    ReplicaSet::new(pushed.iter().copied()),
+                    Some(stamp),
+                )
+                .await
+                .unwrap();
+            let PutOutcome::AlreadyHere(entry) = outcome else {
+                panic!("expected the copy that was here: {outcome:?}")
+            };
+            assert_eq!(entry.replicas.as_slice(), &kept[..], "pushed {pushed:?}");
+            assert_eq!(entry.hlc, first.hlc());
+        }
+        shard.close().await.unwrap();
+    });
+}

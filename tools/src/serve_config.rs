@@ -137,6 +137,15 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_retention_h: Option<u64>,
+    /// How long a node may be gone before the cluster declares it dead and makes its copies
+    /// again on other nodes, e.g. `4h`, `90m`; decided only by a majority [default: 4h]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_after: Option<String>,
+    /// Copies per second a node makes again once a node is declared dead [default: 200]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal_rate: Option<u32>,
     /// Where new mail goes: `dynamic` (the least loaded of the user's fragment nodes, topped up
     /// at random to the spread), `static` (fixed nodes per user, by hash) or `random` (any
     /// nodes, per message). Every node of a cluster should use the same [default: dynamic]

@@ -96,9 +96,12 @@ pub struct Settings {
     /// How long an accepted round may wait for its commit before this node coordinates.
     pub commit_timeout_ms: u64,
     pub buckets: usize,
-    /// How long a node that was a member (or a seed never heard from) still counts toward
-    /// the cluster's size for [`Membership::majority`] once it is gone.
-    pub member_memory_ms: u64,
+    /// How long a node that was a member (or a seed never heard from) may be gone before it
+    /// is declared dead (`--dead-after`): only while this node's view holds a majority, so a
+    /// partition's minority never declares the majority dead. A dead node no longer counts
+    /// toward the cluster's size for [`Membership::majority`], and the copies it held are
+    /// made again elsewhere (`healing`).
+    pub dead_after_ms: u64,
 }
 
 impl Default for Settings {
@@ -110,9 +113,22 @@ impl Default for Settings {
             round_timeout_ms: 60,
             commit_timeout_ms: 300,
             buckets: crate::usermap::BUCKETS_DEFAULT,
-            member_memory_ms: 24 * 3600 * 1000,
+            dead_after_ms: DEAD_AFTER_MS_DEFAULT,
         }
     }
+}
+
+/// `--dead-after`'s default: four hours, longer than a reboot, a kernel upgrade or a disk
+/// swap, short enough that a second failure is unlikely meanwhile.
+pub const DEAD_AFTER_MS_DEFAULT: u64 = 4 * 3600 * 1000;
+
+/// What a node remembers of its cluster across restarts: every node it knew (address, id if
+/// heard) and the nodes it declared dead. Without it a restarted node would count only its
+/// seeds toward the majority, and would forget what it had declared dead.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub known: Vec<(String, Option<NodeId>)>,
+    pub dead: Vec<(NodeId, String)>,
 }
 
 /// What the caller must do.
@@ -159,8 +175,14 @@ pub struct Membership {
     /// Messages refused as implausible (a broken view, an epoch from the far future).
     refused: u64,
     /// Every other node's address and when it was last a member of a view installed here
-    /// (a seed: when this node started): the cluster's size for [`Membership::majority`].
+    /// (a seed, or a node remembered from before a restart: when this node started): the
+    /// cluster's size for [`Membership::majority`]. Left when declared dead.
     last_member: BTreeMap<String, u64>,
+    /// Nodes declared dead (gone longer than `dead_after_ms` while this node held a
+    /// majority), with their addresses; a node leaves this set when it is a member again.
+    dead: BTreeMap<NodeId, String>,
+    /// Bumped when what [`Membership::memory`] returns changes.
+    memory_version: u64,
 }
 
 /// Addresses of other nodes remembered at most (probed while they are not members).
@@ -198,12 +220,115 @@ impl Membership {
             now,
             refused: 0,
             last_member,
+            dead: BTreeMap::new(),
+            memory_version: 0,
+        }
+    }
+
+    /// What to keep across restarts; see [`Memory`].
+    pub fn memory(&self) -> Memory {
+        Memory {
+            known: self
+                .known
+                .iter()
+                .map(|(addr, id)| (addr.clone(), *id))
+                .collect(),
+            dead: self
+                .dead
+                .iter()
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// Changes each time [`Membership::memory`] would return something new.
+    pub fn memory_version(&self) -> u64 {
+        self.memory_version
+    }
+
+    /// Takes back what an earlier run remembered: its nodes count toward the majority (gone
+    /// since this start, not since they were last seen: a node is declared dead only after
+    /// `dead_after_ms` of this run), and its dead stay dead until they return. Entries that
+    /// do not make sense (this node, implausible addresses) are left out.
+    pub fn restore(&mut self, memory: Memory) {
+        for (id, addr) in memory.dead {
+            if id != self.me.id
+                && self.dead.len() < KNOWN_ADDRS_MAX
+                && crate::plausible::address_plausible(&addr)
+            {
+                self.dead.insert(id, addr);
+            }
+        }
+        for (addr, id) in memory.known {
+            if addr == self.me.addr
+                || id == Some(self.me.id)
+                || !crate::plausible::address_plausible(&addr)
+                || (self.known.len() >= KNOWN_ADDRS_MAX && !self.known.contains_key(&addr))
+            {
+                continue;
+            }
+            let id = id.or_else(|| self.known.get(&addr).copied().flatten());
+            self.known.insert(addr.clone(), id);
+            if !id.is_some_and(|id| self.dead.contains_key(&id)) {
+                self.last_member.insert(addr, self.now);
+            }
+        }
+        self.memory_version += 1;
+    }
+
+    /// The nodes declared dead: their copies are made again elsewhere, and they no longer
+    /// count toward the majority.
+    pub fn dead(&self) -> Vec<NodeId> {
+        self.dead.keys().copied().collect()
+    }
+
+    /// Members of the view are present now; a node gone longer than `dead_after_ms` is
+    /// declared dead, but only while this view holds a majority.
+    fn note_presence(&mut self) {
+        let now = self.now;
+        for member in &self.view.members {
+            if let Some(at) = self.last_member.get_mut(&member.addr) {
+                *at = now;
+            }
+        }
+        if !self.majority() {
+            return;
+        }
+        let gone: Vec<String> = self
+            .last_member
+            .iter()
+            .filter(|(addr, at)| {
+                now.saturating_sub(**at) > self.settings.dead_after_ms
+                    && !self.view.members.iter().any(|m| &m.addr == *addr)
+            })
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        for addr in gone {
+            self.last_member.remove(&addr);
+            self.memory_version += 1;
+            match self.known.get(&addr).copied().flatten() {
+                Some(id) if self.dead.len() < KNOWN_ADDRS_MAX => {
+                    tracing::warn!(
+                        node = self.me.id,
+                        dead = id,
+                        %addr,
+                        after_ms = self.settings.dead_after_ms,
+                        "a node gone longer than --dead-after is declared dead: its copies are made again elsewhere"
+                    );
+                    self.dead.insert(id, addr);
+                }
+                _ => tracing::warn!(
+                    node = self.me.id,
+                    %addr,
+                    "a seed never heard from, gone longer than --dead-after, no longer counts toward the majority"
+                ),
+            }
         }
     }
 
     /// Whether the view installed here holds a strict majority of the cluster this node knows:
-    /// its members, and every node that was a member (or is a seed) within
-    /// `member_memory_ms`. A node on the minority side of a partition — or alone after losing
+    /// its members, and every node that was a member (or is a seed) and has not been declared
+    /// dead. A node on the minority side of a partition — or alone after losing
     /// its peers — holds none: what the majority deleted meanwhile is unknown to it, so it must
     /// not show a maildrop (a deleted message would be shown again).
     pub fn majority(&self) -> bool {
@@ -211,10 +336,8 @@ impl Membership {
         let absent = self
             .last_member
             .iter()
-            .filter(|(addr, at)| {
-                **addr != self.me.addr
-                    && self.now.saturating_sub(**at) <= self.settings.member_memory_ms
-                    && !self.view.members.iter().any(|m| &m.addr == *addr)
+            .filter(|(addr, _)| {
+                **addr != self.me.addr && !self.view.members.iter().any(|m| &m.addr == *addr)
             })
             .count();
         members.saturating_mul(2) > members.saturating_add(absent)
@@ -259,7 +382,10 @@ impl Membership {
             return;
         }
         if self.known.len() < KNOWN_ADDRS_MAX || self.known.contains_key(&member.addr) {
-            self.known.insert(member.addr.clone(), Some(member.id));
+            let before = self.known.insert(member.addr.clone(), Some(member.id));
+            if before != Some(Some(member.id)) {
+                self.memory_version += 1;
+            }
         }
     }
 
@@ -281,6 +407,7 @@ impl Membership {
                 continue;
             }
             self.known.insert(addr.clone(), None);
+            self.memory_version += 1;
             if let Phase::Coordinating { epoch, .. } = &self.phase {
                 out.push(Action::Send {
                     to: addr,
@@ -297,6 +424,7 @@ impl Membership {
     pub fn tick(&mut self, now: u64, out: &mut Vec<Action>) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.note_presence();
         match &self.phase {
             Phase::Coordinating { deadline, .. } if now >= *deadline => self.commit(out),
             Phase::Accepted { deadline } if now >= *deadline => self.coordinate(out),
@@ -533,6 +661,15 @@ impl Membership {
             {
                 self.last_member.insert(member.addr.clone(), self.now);
             }
+            self.learn(member);
+            if self.dead.remove(&member.id).is_some() {
+                tracing::info!(
+                    node = self.me.id,
+                    returned = member.id,
+                    "a node declared dead is a member again"
+                );
+                self.memory_version += 1;
+            }
         }
         self.view = view;
         self.phase = Phase::Stable;
@@ -590,7 +727,7 @@ mod tests {
     #[test]
     fn only_a_view_of_most_of_the_known_cluster_holds_a_majority() {
         let settings = Settings {
-            member_memory_ms: 10_000,
+            dead_after_ms: 10_000,
             ..Settings::default()
         };
         // A node on its own, told of no other: the whole cluster.
@@ -608,17 +745,74 @@ mod tests {
         assert!(m.majority());
         m.install(view_of(3, &[1]), &mut out);
         assert!(!m.majority());
-        // A node gone for longer than the memory stops counting.
-        m.now = 10_001;
-        assert!(
-            m.majority(),
-            "after the memory, the one left is the cluster"
-        );
+        // Alone, it never declares the others dead, however long they are gone: a
+        // partition's minority must not make itself the cluster.
+        m.tick(1_000_000, &mut out);
+        assert!(!m.majority());
+        assert!(m.dead().is_empty());
         // Four members, two of them cut off: two of four is no majority.
         let mut m = Membership::new(member(1), &[], settings, 0);
         m.install(view_of(1, &[1, 2, 3, 4]), &mut out);
         m.install(view_of(2, &[1, 2]), &mut out);
         assert!(!m.majority());
+    }
+
+    #[test]
+    fn a_node_gone_longer_than_dead_after_is_declared_dead_by_a_majority_and_returns() {
+        let settings = Settings {
+            dead_after_ms: 10_000,
+            ..Settings::default()
+        };
+        let mut out = Vec::new();
+        let mut m = Membership::new(member(1), &[], settings, 0);
+        m.install(view_of(1, &[1, 2, 3]), &mut out);
+        // A long stable view: members stay present however old the install.
+        m.tick(50_000, &mut out);
+        m.tick(60_000, &mut out);
+        assert!(m.dead().is_empty());
+        m.install(view_of(60_000, &[1, 2]), &mut out);
+        m.tick(65_000, &mut out);
+        assert!(m.dead().is_empty(), "gone 5 s of 10");
+        let version = m.memory_version();
+        m.tick(70_001, &mut out);
+        assert_eq!(m.dead(), vec![3]);
+        assert_ne!(m.memory_version(), version);
+        // Dead, it no longer counts: the two left are the whole cluster.
+        m.install(view_of(70_002, &[1]), &mut out);
+        assert!(!m.majority(), "one of two");
+        m.install(view_of(70_003, &[1, 2, 3]), &mut out);
+        assert!(m.dead().is_empty(), "a member again");
+        assert!(m.majority());
+    }
+
+    #[test]
+    fn a_restarted_node_remembers_its_cluster_and_its_dead() {
+        let settings = Settings {
+            dead_after_ms: 10_000,
+            ..Settings::default()
+        };
+        let mut out = Vec::new();
+        let mut m = Membership::new(member(1), &[], settings.clone(), 0);
+        m.install(view_of(1, &[1, 2, 3, 4]), &mut out);
+        m.now = 100;
+        m.install(view_of(100, &[1, 2, 3]), &mut out);
+        m.tick(20_000, &mut out);
+        assert_eq!(m.dead(), vec![4]);
+        let memory = m.memory();
+        // Restarted with no seeds: without the memory it would be the whole cluster alone.
+        let mut again = Membership::new(member(1), &[], settings, 50_000);
+        again.restore(memory.clone());
+        assert!(!again.majority(), "one of the three it knew");
+        assert_eq!(again.dead(), vec![4]);
+        // The memory survives its own encoding.
+        let bytes = postcard::to_allocvec(&memory).unwrap();
+        assert_eq!(postcard::from_bytes::<Memory>(&bytes).unwrap(), memory);
+        // The others are gone since this start, not since they were last seen.
+        again.install(view_of(50_001, &[1, 2]), &mut out);
+        again.tick(55_000, &mut out);
+        assert_eq!(again.dead(), vec![4]);
+        again.tick(60_002, &mut out);
+        assert_eq!(again.dead(), vec![3, 4]);
     }
 
     #[test]

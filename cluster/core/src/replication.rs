@@ -11,13 +11,18 @@
 //! are harmless. Updates older than the log retention are dropped, as the paper's were after
 //! a week: a replica away longer rejoins as a new node.
 //!
+//! A node declared dead (`--dead-after`, [`crate::membership`]) is no longer waited for by a
+//! put: its copies are made again elsewhere (`healing`), which widens the update's replica
+//! set. A tombstone still waits for it, until the retention: a dead node that returns must
+//! learn of every delete made meanwhile, or it would show those messages again.
+//!
 //! Events in ([`Replicator::add`], [`Replicator::acked`], [`Replicator::failed`],
 //! [`Replicator::retired`], [`Replicator::view_changed`], [`Replicator::tick`]), actions out.
 //! Time is milliseconds from any origin, given by the caller.
 
 use std::collections::{BTreeSet, HashMap};
 
-use porcupine_types::{supersedes, UpdateKind};
+use porcupine_types::{supersedes, UpdateKind, REPLICAS_MAX};
 
 use crate::membership::NodeId;
 
@@ -91,6 +96,8 @@ pub struct Replicator {
     me: NodeId,
     settings: Settings,
     live: Vec<NodeId>,
+    /// Nodes declared dead: puts do not wait for them.
+    dead: Vec<NodeId>,
     entries: HashMap<Key, Entry>,
     by_serial: HashMap<u64, Key>,
     /// (time, serial): entries to look at again at that time.
@@ -105,6 +112,7 @@ impl Replicator {
             me,
             settings,
             live: vec![me],
+            dead: Vec::new(),
             entries: HashMap::new(),
             by_serial: HashMap::new(),
             wakes: BTreeSet::new(),
@@ -128,6 +136,14 @@ impl Replicator {
             .is_some_and(|e| e.update.hlc == hlc)
     }
 
+    /// The replica set of a pending update (widened by healing, perhaps).
+    pub fn pending_replicas(&self, user: &str, id: u128, hlc: u64) -> Option<Vec<NodeId>> {
+        self.entries
+            .get(&(user.to_owned(), id))
+            .filter(|e| e.update.hlc == hlc)
+            .map(|e| e.update.replicas.clone())
+    }
+
     fn is_live(&self, node: NodeId) -> bool {
         self.live.contains(&node)
     }
@@ -144,16 +160,57 @@ impl Replicator {
         }
     }
 
+    /// The nodes declared dead changed: what waited on them is looked at again.
+    pub fn dead_changed(&mut self, dead: &[NodeId], now: u64) {
+        if self.dead == dead {
+            return;
+        }
+        self.dead = dead.to_vec();
+        let serials: Vec<u64> = self.by_serial.keys().copied().collect();
+        for serial in serials {
+            self.schedule(serial, now);
+        }
+    }
+
+    fn is_dead(&self, node: NodeId) -> bool {
+        self.dead.contains(&node)
+    }
+
     /// An update is pending here: made here, received from its coordinator, or found in the
     /// log at start. A tombstone replaces a pending put of the same message; a put never
-    /// replaces a tombstone; otherwise the newer update wins. `acked`: replicas known to hold
-    /// it (this node always does). Returns the pushes to make now.
+    /// replaces a tombstone; otherwise the newer update wins, and the same update with more
+    /// replicas (a replica set widened by healing) widens the pending one. `acked`: replicas
+    /// known to hold it (this node always does). Returns the pushes to make now.
     pub fn add(&mut self, update: Update, acked: &[NodeId], now: u64) -> Vec<Action> {
         if update.replicas.len() < 2 {
             return Vec::new();
         }
         let key = (update.user.clone(), update.id);
-        if let Some(old) = self.entries.get(&key) {
+        if let Some(old) = self.entries.get_mut(&key) {
+            if old.update.kind == update.kind && old.update.hlc == update.hlc {
+                let before = old.update.replicas.clone();
+                for node in &update.replicas {
+                    if !old.update.replicas.contains(node) {
+                        old.update.replicas.push(*node);
+                    }
+                }
+                if old.update.replicas.len() > REPLICAS_MAX {
+                    // Healing rebuilt the set without a dead node: the new set is the newer.
+                    old.update.replicas = update.replicas.clone();
+                }
+                for node in acked {
+                    if !old.acked.contains(node) {
+                        old.acked.push(*node);
+                    }
+                }
+                if old.update.replicas == before {
+                    return Vec::new();
+                }
+                old.complete_ms = None;
+                let mut actions = Vec::new();
+                self.visit(&key, now, &mut actions);
+                return actions;
+            }
             if !supersedes((old.update.kind, old.update.hlc), (update.kind, update.hlc)) {
                 return Vec::new();
             }
@@ -316,13 +373,19 @@ impl Replicator {
             self.schedule(serial, entry.added_ms + settings.takeover_after_ms);
             return;
         }
-        // Replicas whose acknowledgement is needed: all but a dead coordinator.
+        // Replicas whose acknowledgement is needed: all but a coordinator that is not live,
+        // and for a put, none declared dead (healing replaces them).
+        let put = entry.update.kind == UpdateKind::Put;
         let missing: Vec<NodeId> = entry
             .update
             .replicas
             .iter()
             .copied()
-            .filter(|r| !entry.acked.contains(r) && (*r != origin || origin_live))
+            .filter(|r| {
+                !entry.acked.contains(r)
+                    && (*r != origin || origin_live)
+                    && !(put && self.is_dead(*r))
+            })
             .collect();
         if missing.is_empty() {
             let complete = entry.complete_ms.unwrap_or(now);
@@ -489,6 +552,58 @@ mod tests {
         assert!(!r.retired("u", 1, 10));
         assert!(r.retired("u", 1, 20));
         assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn a_put_stops_waiting_for_a_dead_node_and_a_tombstone_does_not() {
+        let mut r = Replicator::new(1, settings());
+        r.view_changed(&[1, 2], 0);
+        r.add(update(UpdateKind::Put, 10, 1, &[1, 3]), &[], 0);
+        let mut tomb = update(UpdateKind::Delete, 20, 1, &[1, 3]);
+        tomb.id = 2;
+        r.add(tomb, &[], 0);
+        assert!(r.tick(5_000).is_empty(), "3 is away, not dead");
+        r.dead_changed(&[3], 5_000);
+        let actions = r.tick(5_000);
+        assert!(actions.is_empty(), "straggler wait first: {actions:?}");
+        let actions = r.tick(5_100);
+        assert_eq!(actions.len(), 1);
+        assert!(
+            matches!(&actions[0], Action::Retire { update, .. } if update.id == 1),
+            "the put retires without the dead node, the tombstone waits: {actions:?}"
+        );
+        assert!(r.is_pending("u", 2, 20));
+        // The dead node returns: the tombstone reaches it.
+        r.view_changed(&[1, 2, 3], 6_000);
+        r.dead_changed(&[], 6_000);
+        assert_eq!(pushes(&r.tick(6_000)), vec![3]);
+    }
+
+    #[test]
+    fn a_widened_replica_set_widens_the_pending_update() {
+        let mut r = Replicator::new(2, settings());
+        r.view_changed(&[1, 2, 4], 0);
+        // Coordinated by 1, which already pushed to 2; 3 has died.
+        r.add(update(UpdateKind::Put, 10, 1, &[1, 2, 3]), &[1], 0);
+        r.dead_changed(&[3], 0);
+        // Healing here widens it to 4: this node pushes to 4 itself.
+        let actions = r.add(update(UpdateKind::Put, 10, 1, &[1, 2, 3, 4]), &[2], 10);
+        assert!(actions.is_empty(), "the coordinator is live and drives it");
+        assert_eq!(pushes(&r.tick(1_000)), vec![4], "taken over when overdue");
+        r.acked("u", 1, 10, 4, 1_010);
+        let actions = r.tick(1_100);
+        assert!(
+            matches!(&actions[..], [Action::Retire { update, notify }]
+                if update.replicas == vec![1, 2, 3, 4] && notify == &vec![1, 4]),
+            "{actions:?}"
+        );
+        // The same replicas again: nothing new.
+        let mut r = Replicator::new(1, settings());
+        r.view_changed(&[1, 2], 0);
+        r.add(update(UpdateKind::Put, 10, 1, &[1, 2]), &[], 0);
+        assert!(r
+            .add(update(UpdateKind::Put, 10, 1, &[1, 2]), &[], 1)
+            .is_empty());
     }
 
     #[test]

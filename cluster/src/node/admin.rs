@@ -518,6 +518,11 @@ async fn status(context: &CoreContext) -> Status {
                 super::replicas::AckPolicy::Coordinator => AckName::Coordinator,
             },
             pending_updates: shards.iter().map(|s| s.pending_updates).sum(),
+            dead_after_s: config.membership.dead_after_ms / 1000,
+            dead_nodes: shared.dead.load().to_vec(),
+            under_replicated: NodeMetrics::get(&context.metrics.copies_under_replicated),
+            healed: NodeMetrics::get(&context.metrics.copies_healed),
+            heal_failures: NodeMetrics::get(&context.metrics.heal_failures),
         },
         placement: PlacementStatus {
             policy,
@@ -628,6 +633,16 @@ async fn metrics(context: &CoreContext) -> String {
             "POP3 -ERR replies",
             &m.pop3_errors,
         ),
+        (
+            "porcupine_copies_healed_total",
+            "copies of a dead node's mail made again by this node",
+            &m.copies_healed,
+        ),
+        (
+            "porcupine_heal_failures_total",
+            "copies healing could not make again (tried again at the next survey)",
+            &m.heal_failures,
+        ),
     ];
     for (name, help, counter) in counters {
         let _ = writeln!(
@@ -643,6 +658,16 @@ async fn metrics(context: &CoreContext) -> String {
             "porcupine_smtp_replies_total{{code=\"{code}\"}} {count}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP porcupine_copies_under_replicated copies here with fewer holders than --replicas that are not dead\n# TYPE porcupine_copies_under_replicated gauge\nporcupine_copies_under_replicated {}",
+        NodeMetrics::get(&m.copies_under_replicated)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP porcupine_dead_nodes nodes this node declared dead (gone longer than --dead-after)\n# TYPE porcupine_dead_nodes gauge\nporcupine_dead_nodes {}",
+        context.cluster.dead.load().len()
+    );
     let _ = writeln!(
         out,
         "# HELP porcupine_sessions_open client sessions open, by the core serving them\n# TYPE porcupine_sessions_open gauge"

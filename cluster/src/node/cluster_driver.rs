@@ -1,7 +1,8 @@
 //! Core 0's cluster duties: it drives the membership state machine (ticks, messages from
 //! every core's peer connections), answers as bucket manager, publishes each installed view
 //! to every core, and after each commit reports this node's fragments to the new managers and
-//! sends its profiles to nodes that just joined. Also the reading side of peer connections
+//! sends its profiles to nodes that just joined; keeps the membership's memory of the cluster
+//! (`cluster-memory.json`) and publishes the nodes it declared dead. Also the reading side of peer connections
 //! (every core), which hands requests to [`super::peer_calls`].
 
 use std::collections::{BTreeMap, HashSet};
@@ -69,6 +70,14 @@ pub async fn run(
         context.config.membership.clone(),
         wall_ms(),
     );
+    let memory_dir = context.config.data_dirs.first().cloned();
+    if let Some(memory) = memory_dir
+        .as_deref()
+        .and_then(super::cluster_state::load_memory)
+    {
+        membership.restore(memory);
+    }
+    let mut memory_saved = None;
     let mut manager = Manager::new(shared.me.id, context.config.placement, rand::random());
     let mut last_exchange = Instant::now();
     let mut out = vec![Action::Installed(membership.view().clone())];
@@ -92,6 +101,15 @@ pub async fn run(
     loop {
         shared.note_running();
         shared.set_majority(membership.majority());
+        if memory_saved != Some(membership.memory_version()) {
+            memory_saved = Some(membership.memory_version());
+            shared.dead.store(Arc::new(membership.dead()));
+            if let Some(dir) = &memory_dir {
+                if let Err(error) = super::cluster_state::save_memory(dir, &membership.memory()) {
+                    tracing::warn!(%error, "cannot record the cluster memory");
+                }
+            }
+        }
         for action in out.drain(..) {
             match action {
                 Action::Send { to, msg } => peers.send(&to, &OneWay::Membership(msg)),

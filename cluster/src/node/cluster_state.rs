@@ -69,6 +69,8 @@ pub struct ClusterShared {
     started: std::time::Instant,
     last_tick_ms: AtomicU64,
     stall_limit_ms: u64,
+    /// Nodes declared dead by this node's membership (`--dead-after`), set by core 0.
+    pub dead: ArcSwap<Vec<NodeId>>,
 }
 
 impl ClusterShared {
@@ -106,6 +108,7 @@ impl ClusterShared {
             started: std::time::Instant::now(),
             last_tick_ms: AtomicU64::new(0),
             stall_limit_ms: stall_limit.as_millis() as u64,
+            dead: ArcSwap::from_pointee(Vec::new()),
         }
     }
 
@@ -240,6 +243,65 @@ impl ClusterShared {
     }
 }
 
+/// File in the first data directory: what the membership remembers across restarts (JSON,
+/// see [`MemoryFile`]).
+const MEMORY_FILE: &str = "cluster-memory.json";
+
+/// The version of [`MemoryFile`] this build writes and reads.
+const MEMORY_FILE_VERSION: u32 = 1;
+
+/// `cluster-memory.json`: every node this one knew (cluster address, id once heard) and the
+/// nodes it declared dead. JSON so that an operator can read it; an unreadable or newer file
+/// is ignored with a warning (the node then counts only its seeds, as a new node does).
+///
+/// | key       | meaning                                                      |
+/// |-----------|--------------------------------------------------------------|
+/// | `version` | 1                                                            |
+/// | `known`   | `[address, id or null]` for every other node known           |
+/// | `dead`    | `[id, address]` for every node declared dead and not back    |
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MemoryFile {
+    version: u32,
+    #[serde(flatten)]
+    memory: crate::membership::Memory,
+}
+
+/// What an earlier run remembered of the cluster, if anything readable.
+pub fn load_memory(dir: &Path) -> Option<crate::membership::Memory> {
+    let path = dir.join(MEMORY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the cluster memory");
+            return None;
+        }
+    };
+    match serde_json::from_str::<MemoryFile>(&text) {
+        Ok(file) if file.version == MEMORY_FILE_VERSION => Some(file.memory),
+        Ok(file) => {
+            tracing::warn!(path = %path.display(), version = file.version, "cluster memory of another version ignored");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "unreadable cluster memory ignored");
+            None
+        }
+    }
+}
+
+/// Writes what the membership remembers (a new file renamed over the old one).
+pub fn save_memory(dir: &Path, memory: &crate::membership::Memory) -> std::io::Result<()> {
+    let file = MemoryFile {
+        version: MEMORY_FILE_VERSION,
+        memory: memory.clone(),
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(MEMORY_FILE))
+}
+
 /// File in the first data directory: when this node was last a member of a cluster of more
 /// than one node (Unix milliseconds).
 const LAST_MEMBER_FILE: &str = "last-member";
@@ -285,6 +347,7 @@ pub fn retire_if_away_too_long(
         }
     }
     let _ = std::fs::remove_file(first.join("node-id"));
+    let _ = std::fs::remove_file(first.join(MEMORY_FILE));
     std::fs::remove_file(first.join(LAST_MEMBER_FILE))?;
     Ok(true)
 }
@@ -316,6 +379,31 @@ pub fn node_id(dir: &Path) -> std::io::Result<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_memory_reads_back_and_a_bad_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_memory(dir.path()), None);
+        let memory = crate::membership::Memory {
+            known: vec![
+                ("127.0.0.2:7946".into(), Some(5)),
+                ("127.0.0.3:7946".into(), None),
+            ],
+            dead: vec![(9, "127.0.0.4:7946".into())],
+        };
+        save_memory(dir.path(), &memory).unwrap();
+        assert_eq!(load_memory(dir.path()), Some(memory));
+        let text = std::fs::read_to_string(dir.path().join(MEMORY_FILE)).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        std::fs::write(
+            dir.path().join(MEMORY_FILE),
+            "{\"version\": 2, \"known\": [], \"dead\": []}",
+        )
+        .unwrap();
+        assert_eq!(load_memory(dir.path()), None);
+        std::fs::write(dir.path().join(MEMORY_FILE), "garbage").unwrap();
+        assert_eq!(load_memory(dir.path()), None);
+    }
 
     #[test]
     fn a_node_away_longer_than_the_retention_rejoins_as_new() {

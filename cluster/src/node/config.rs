@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub ack_policy: replicas::AckPolicy,
     /// Replication timing and the log retention.
     pub replication: crate::replication::Settings,
+    /// Copies per second a node makes again once a node is declared dead (`--heal-rate`):
+    /// healing's share of the disks and the network, beside the mail it serves.
+    pub heal_rate: u32,
     /// Where new mail goes (see [`crate::placement`]).
     pub placement: crate::placement::PlacementPolicy,
     /// A node with this many operations under way on its disks counts as overloaded: dynamic
@@ -138,6 +141,7 @@ impl Default for NodeConfig {
             replicas: 2,
             ack_policy: replicas::AckPolicy::AllReplicas,
             replication: crate::replication::Settings::default(),
+            heal_rate: 200,
             placement: crate::placement::PlacementPolicy::default(),
             overload_ops: 256,
             throttles: Vec::new(),
@@ -199,6 +203,29 @@ impl NodeConfig {
         }
         if self.replication.retention_ms < 3600 * 1000 {
             return fail("--log-retention-h must be at least 1".into());
+        }
+        let dead_after = self.membership.dead_after_ms;
+        let dead_after_min = self
+            .membership
+            .suspect_after_ms
+            .saturating_mul(10)
+            .max(1000);
+        if dead_after < dead_after_min {
+            return fail(format!(
+                "--dead-after ({dead_after} ms) must be at least ten times --suspect-ms and at \
+                 least 1 s ({dead_after_min} ms): a node paused for a moment is not dead"
+            ));
+        }
+        if dead_after >= self.replication.retention_ms {
+            return fail(format!(
+                "--dead-after ({} h) must be shorter than --log-retention-h ({} h): tombstones \
+                 wait for a dead node only that long",
+                dead_after as f64 / 3_600_000.0,
+                self.replication.retention_ms / 3_600_000
+            ));
+        }
+        if self.heal_rate == 0 {
+            return fail("--heal-rate must be at least 1 copy per second".into());
         }
         if self.smtp_limits.recipients_max < 100 {
             return fail(format!(
@@ -296,6 +323,12 @@ mod tests {
         assert!(refused(|c| c.smtp_limits.recipients_max = 99).contains("--recipients-max"));
         assert!(refused(|c| c.join = vec![([127, 0, 0, 1], 1).into()]).contains("--join needs"));
         assert!(refused(|c| c.cores = 0).contains("--cores"));
+        assert!(refused(|c| c.membership.dead_after_ms = 1999).contains("--dead-after"));
+        assert!(
+            refused(|c| c.membership.dead_after_ms = c.replication.retention_ms)
+                .contains("shorter than --log-retention-h")
+        );
+        assert!(refused(|c| c.heal_rate = 0).contains("--heal-rate"));
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub struct NodeMetrics {
     /// SMTP replies by code (200–599); index = code.
     smtp_replies: Vec<AtomicU64>,
     pub pop3_errors: AtomicU64,
+    /// Copies of a dead node's mail made again by this node (healing).
+    pub copies_healed: AtomicU64,
+    /// Copies here whose replica set has too few nodes that are not dead (a gauge, as of each
+    /// core's last survey).
+    pub copies_under_replicated: AtomicU64,
+    pub heal_failures: AtomicU64,
 }
 
 impl Default for NodeMetrics {
@@ -44,6 +50,9 @@ impl Default for NodeMetrics {
             messages_deleted: AtomicU64::new(0),
             smtp_replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             pop3_errors: AtomicU64::new(0),
+            copies_healed: AtomicU64::new(0),
+            copies_under_replicated: AtomicU64::new(0),
+            heal_failures: AtomicU64::new(0),
         }
     }
 }

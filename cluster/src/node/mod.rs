@@ -20,6 +20,7 @@ pub mod core_calls;
 pub mod core_context;
 pub mod core_shards;
 pub mod delivery;
+pub mod healing;
 pub mod listeners;
 pub mod maildrop;
 pub mod metrics;
@@ -469,6 +470,7 @@ async fn run_core(
     let peers = context.cluster.connect_peers();
     let service = CoreService::new(core, placement, shards, context.clone(), peers.clone());
     glommio::spawn_local(service.replication().clone().run(stop.clone())).detach();
+    glommio::spawn_local(healing::run(service.replication().clone(), stop.clone())).detach();
     let service_task = glommio::spawn_local(service.clone().run(requests));
     let context = CoreContext::new(core, context, service, peers);
     let _ = ready.send(Ok(()));

@@ -61,12 +61,14 @@ enum PushOutcome {
 }
 
 pub struct CoreReplication {
-    context: Arc<NodeContext>,
+    pub(super) context: Arc<NodeContext>,
     /// This core's connections to the other nodes.
     peers: Rc<Peers>,
-    shards: Rc<CoreShards>,
+    pub(super) shards: Rc<CoreShards>,
     replicator: RefCell<Replicator>,
     seen_epoch: Cell<Option<Epoch>>,
+    /// The dead set last given to the replicator.
+    seen_dead: RefCell<Arc<Vec<NodeId>>>,
     started: Instant,
 }
 
@@ -93,6 +95,7 @@ impl CoreReplication {
             shards,
             replicator: RefCell::new(Replicator::new(me, settings)),
             seen_epoch: Cell::new(None),
+            seen_dead: RefCell::new(Arc::new(Vec::new())),
             started: Instant::now(),
         });
         let mut loaded = 0usize;
@@ -138,7 +141,13 @@ impl CoreReplication {
     }
 
     /// Tells the replicator the live members if the view changed since it last looked.
-    fn sync_view(&self) {
+    pub(super) fn sync_view(&self) {
+        let dead = self.context.cluster.dead.load();
+        if !Arc::ptr_eq(&dead, &self.seen_dead.borrow()) {
+            self.seen_dead.replace(Arc::clone(&dead));
+            let now = self.now();
+            self.replicator.borrow_mut().dead_changed(&dead, now);
+        }
         let view = self.context.cluster.view.load();
         if self.seen_epoch.get() == Some(view.epoch) {
             return;
@@ -481,6 +490,60 @@ impl CoreReplication {
             self.execute(actions);
         }
         Ok(Applied::Taken)
+    }
+
+    /// Healing: this node's copy of a message (or its pending tombstone) now names `update`'s
+    /// replicas, nodes added by healing among them; the replicator pushes it to those that
+    /// lack it. A message's copy here is written again with the new set first, so that its
+    /// tombstone, when it comes, reaches the new replicas too.
+    pub(super) async fn heal(
+        self: &Rc<Self>,
+        update: Update,
+        flags: u32,
+    ) -> Result<(), StoreError> {
+        if update.kind == UpdateKind::Put {
+            let shard = self.shard(&update.user).ok_or(StoreError::Failed)?;
+            let record = shard
+                .read_message(&update.user, update.id)
+                .await
+                .map_err(|e| super::service::store_error(&e))?;
+            let stamp = Stamp {
+                hlc: update.hlc,
+                origin: update.origin as u32,
+            };
+            match shard
+                .put_message(
+                    &update.user,
+                    update.id,
+                    record.body(),
+                    flags,
+                    to_set(&update.replicas),
+                    Some(stamp),
+                )
+                .await
+            {
+                Ok(PutOutcome::AlreadyHere(_) | PutOutcome::Stored(_)) => {}
+                // Deleted meanwhile: its tombstone replicates as any other.
+                Ok(PutOutcome::Deleted) => return Ok(()),
+                Err(error) => return Err(super::service::store_error(&error)),
+            }
+        }
+        self.sync_view();
+        let me = self.context.cluster.me.id;
+        let actions = self.replicator.borrow_mut().add(update, &[me], self.now());
+        self.execute(actions);
+        Ok(())
+    }
+
+    /// The replica set of a pending update as the replicator has it (healing may have widened
+    /// it beyond its record's).
+    pub(super) fn pending_replicas(&self, user: &str, id: u128, hlc: u64) -> Option<Vec<NodeId>> {
+        self.replicator.borrow().pending_replicas(user, id, hlc)
+    }
+
+    /// Pushes under way from this core (healing waits while there are many).
+    pub(super) fn pushes_in_flight(&self) -> usize {
+        self.replicator.borrow().pushes_in_flight()
     }
 
     /// A tombstone made here: it goes to the message's other replicas.

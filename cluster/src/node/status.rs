@@ -76,6 +76,21 @@ pub struct ReplicationStatus {
     pub ack: AckName,
     /// Replicated updates here not yet acknowledged by every replica.
     pub pending_updates: usize,
+    /// `--dead-after`, in seconds.
+    #[serde(default)]
+    pub dead_after_s: u64,
+    /// Nodes this node declared dead; their copies are made again elsewhere.
+    #[serde(default)]
+    pub dead_nodes: Vec<u64>,
+    /// Copies here with fewer holders than `replicas` that are not dead (healing's work
+    /// left, as of the last survey).
+    #[serde(default)]
+    pub under_replicated: u64,
+    /// Copies this node made again since it started.
+    #[serde(default)]
+    pub healed: u64,
+    #[serde(default)]
+    pub heal_failures: u64,
 }
 
 /// When a delivery is acknowledged (`--ack`).
@@ -186,6 +201,11 @@ mod tests {
                 replicas: 2,
                 ack: AckName::All,
                 pending_updates: 0,
+                dead_after_s: 14_400,
+                dead_nodes: vec![3],
+                under_replicated: 10,
+                healed: 5,
+                heal_failures: 0,
             },
             placement: PlacementStatus {
                 policy: PlacementName::Dynamic,

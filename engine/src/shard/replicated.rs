@@ -31,15 +31,27 @@ impl<S: Storage> Shard<S> {
             if let Some(entry) = state.index.message(user, id) {
                 // Here already. If this put names replicas the stored copy does not, the copy
                 // is written again, same timestamp, with the union: its tombstone must reach
-                // every node a copy went to.
-                let wider = ReplicaSet::new(
+                // every node a copy went to. A union too large for a record is a set that
+                // healing rebuilt without a dead node: the pushed set is the newer one.
+                let union = || {
                     entry
                         .replicas
                         .as_slice()
                         .iter()
                         .chain(replicas.as_slice())
-                        .copied(),
-                );
+                        .copied()
+                };
+                let mut distinct: Vec<u32> = Vec::with_capacity(2 * record::REPLICAS_MAX);
+                for node in union() {
+                    if !distinct.contains(&node) {
+                        distinct.push(node);
+                    }
+                }
+                let wider = if distinct.len() > record::REPLICAS_MAX {
+                    replicas
+                } else {
+                    ReplicaSet::new(distinct)
+                };
                 if !replicas.is_replicated() || wider == entry.replicas {
                     found.set(Some(PutOutcome::AlreadyHere(*entry)));
                     return None;
@@ -224,6 +236,21 @@ impl<S: Storage> Shard<S> {
                 .map(str::to_owned),
         );
         users
+    }
+
+    /// Every copy here whose replica set names one of `nodes` (the nodes declared dead): what
+    /// healing looks at. One pass over the index, in memory.
+    pub fn copies_naming(&self, nodes: &[u32]) -> Vec<(String, MessageEntry)> {
+        let state = self.inner.state.borrow();
+        let mut found = Vec::new();
+        for (user, _, messages) in state.index.mailboxes() {
+            for entry in messages {
+                if entry.replicas.as_slice().iter().any(|n| nodes.contains(n)) {
+                    found.push((user.to_owned(), *entry));
+                }
+            }
+        }
+        found
     }
 
     /// How many replicated updates are pending here.

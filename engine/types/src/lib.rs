@@ -5,6 +5,11 @@
 //! - [`UpdateKind`] and [`supersedes`]: what a replicated update did to a message, and which of
 //!   two updates of one message wins.
 //! - [`user_key`]: the stable 64-bit key of a user name, which also places a user on a shard.
+//! - [`REPLICAS_MAX`]: the most nodes one update's replica set can name.
+
+/// Largest replica set an update can carry (the log record's limit): shared with the cluster
+/// so that a set rebuilt by healing is never cut short on its way to the log.
+pub const REPLICAS_MAX: usize = 4;
 
 /// What a replicated update did to its message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use porcupine_tools::duration::parse_duration;
 use porcupine_tools::load::{
     self, client::Transfer, workload::SizeDistribution, LoadConfig, Progress,
 };
@@ -88,24 +89,6 @@ struct Args {
     /// Write the report as JSON to FILE, or `-` for the last line of standard output.
     #[arg(long)]
     json: Option<String>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("bad duration unit in {text:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn main() {

@@ -346,6 +346,14 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if let Some(ms) = args.suspect_ms {
         config.membership.suspect_after_ms = ms;
     }
+    if let Some(text) = &args.dead_after {
+        let dead_after = porcupine_tools::duration::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("--dead-after: {e}"))?;
+        config.membership.dead_after_ms = dead_after.as_millis().min(u128::from(u64::MAX)) as u64;
+    }
+    if let Some(rate) = args.heal_rate {
+        config.heal_rate = rate;
+    }
     if let Some(s) = args.smtp_idle_s {
         config.smtp_idle_timeout = Duration::from_secs(s);
     }
@@ -565,6 +573,34 @@ fn status(json: bool, access: &AdminAccess) -> Result<()> {
                 .load
                 .map_or_else(|| "?".to_owned(), |l| l.to_string()),
             if member.is_self { "  (this node)" } else { "" }
+        );
+    }
+    let replication = &status.replication;
+    println!(
+        "replication: {} copies ({} ack), {} updates pending",
+        replication.replicas,
+        match replication.ack {
+            porcupine_cluster::node::status::AckName::All => "all",
+            porcupine_cluster::node::status::AckName::Coordinator => "coordinator",
+        },
+        replication.pending_updates
+    );
+    if replication.dead_nodes.is_empty() {
+        println!(
+            "dead nodes: none (a node gone longer than {} s is declared dead)",
+            replication.dead_after_s
+        );
+    } else {
+        println!(
+            "dead nodes: {:?}; copies here under-replicated: {}, made again by this node: {}{}",
+            replication.dead_nodes,
+            replication.under_replicated,
+            replication.healed,
+            if replication.heal_failures > 0 {
+                format!(", failed: {}", replication.heal_failures)
+            } else {
+                String::new()
+            }
         );
     }
     for shard in &status.shards {

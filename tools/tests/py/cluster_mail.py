@@ -12,6 +12,10 @@ repeat HOST SMTP_PORT TAG COUNT
     COUNT messages "TAG k" to user1@localhost over one connection
 count HOST POP3_PORT PASSWORD USER
     prints "count N": the messages in USER's maildrop (nothing is deleted)
+take HOST POP3_PORT PASSWORD USERS TAG
+    deletes every user's "TAG n" (exactly one each) and QUITs; prints "took N"
+gone HOST POP3_PORT PASSWORD USERS TAG
+    no user's maildrop holds a "TAG n" (a delete did not come back); nothing is deleted
 """
 import poplib
 import smtplib
@@ -68,6 +72,37 @@ def empty(host, port, password, users):
     print(f"empty ok {users}")
 
 
+def with_tag(host, port, password, users, tag, delete):
+    found = []
+    for n in range(1, int(users) + 1):
+        pop = poplib.POP3(host, int(port), timeout=30)
+        pop.user(f"user{n}@localhost")
+        pop.pass_(password)
+        count = len(pop.list()[1])
+        tagged = []
+        for k in range(1, count + 1):
+            text = b"\r\n".join(pop.top(k, 0)[1]).decode()
+            if f"X-Check: {tag}-{n}\r\n" in text + "\r\n":
+                tagged.append(k)
+        if delete:
+            assert len(tagged) == 1, f"user{n}: {tag} seen {len(tagged)} times"
+            for k in tagged:
+                pop.dele(k)
+        found.extend((n, k) for k in tagged)
+        pop.quit()
+    return found
+
+
+def take(host, port, password, users, tag):
+    print(f"took {len(with_tag(host, port, password, users, tag, True))}")
+
+
+def gone(host, port, password, users, tag):
+    found = with_tag(host, port, password, users, tag, False)
+    assert not found, f"deleted messages shown again (user, number): {found[:20]}"
+    print(f"gone ok {users}")
+
+
 def login(host, port, user, password):
     pop = poplib.POP3(host, int(port), timeout=30)
     pop.user(user)
@@ -108,5 +143,9 @@ if __name__ == "__main__":
         repeat(*sys.argv[2:6])
     elif sys.argv[1] == "count":
         count(*sys.argv[2:6])
+    elif sys.argv[1] == "take":
+        take(*sys.argv[2:7])
+    elif sys.argv[1] == "gone":
+        gone(*sys.argv[2:7])
     else:
         check(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])

@@ -1,0 +1,176 @@
+//! Replicas heal: four real `porcupine` processes (127.0.0.91–94, `--replicas 2`, `--dead-after
+//! 4s`). A node is SIGKILLed and stays away past `--dead-after`: the others declare it dead
+//! (status and metrics say so), make its copies again, and report nothing under-replicated.
+//! Then a second node is killed at once — without healing, mail that had its two copies on
+//! those two nodes would be out of reach — and every message is read back, exactly once and
+//! byte-exact, from the two left. Mail deleted while the dead node is away stays deleted when
+//! it returns, and when the second node returns; every message is shown once from every node.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::{start_member, status, try_status, wait_members, Ports, Status};
+use common::{python, Node, PASSWORD};
+
+const USERS: u64 = 40;
+const TAGS: [&str; 3] = ["a", "b", "c"];
+
+fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
+    start_member(
+        dir,
+        "127.0.0",
+        90,
+        n,
+        ports,
+        &["--dead-after", "4s", "--heal-rate", "400"],
+    )
+}
+
+fn mail(node: &Node, command: &str, tail: &[&str]) -> String {
+    let port = if command == "deliver" {
+        node.smtp
+    } else {
+        node.pop3
+    };
+    let mut args = vec![command.to_owned(), node.ip.clone(), port.to_string()];
+    if command != "deliver" {
+        args.push(PASSWORD.into());
+    }
+    args.extend(tail.iter().map(|s| s.to_string()));
+    python("cluster_mail.py", &args)
+}
+
+fn deliver(node: &Node, tag: &str) {
+    let out = mail(node, "deliver", &[tag, &USERS.to_string()]);
+    assert!(out.contains(&format!("delivered {USERS}")), "{out}");
+}
+
+fn check(node: &Node, tags: &[&str]) {
+    let mut tail = vec![USERS.to_string()];
+    tail.extend(tags.iter().map(|t| t.to_string()));
+    let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+    let out = mail(node, "check", &tail);
+    assert!(
+        out.contains(&format!("check ok {}", USERS as usize * tags.len())),
+        "{out}"
+    );
+}
+
+fn gone(node: &Node, tag: &str) {
+    let out = mail(node, "gone", &[&USERS.to_string(), tag]);
+    assert!(out.contains("gone ok"), "{out}");
+}
+
+/// Waits until every node reports `dead` as its dead nodes and nothing under-replicated;
+/// returns the statuses then.
+fn wait_healed(nodes: &[&Node], dead: &[u64], patience: Duration) -> Vec<Status> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let statuses: Vec<Option<Status>> = nodes.iter().map(|n| try_status(n)).collect();
+        let healed = statuses.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                let mut seen = s.replication.dead_nodes.clone();
+                seen.sort_unstable();
+                seen == dead && s.replication.under_replicated == 0
+            })
+        });
+        if healed {
+            return statuses.into_iter().flatten().collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not healed in {patience:?}: {:?}",
+            statuses
+                .iter()
+                .map(|s| s.as_ref().map(|s| &s.replication))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_dead_nodes_copies_are_made_again_and_a_second_death_loses_nothing() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    let ports = Ports::free();
+    let n1 = start(&dir, 1, &ports);
+    let n2 = start(&dir, 2, &ports);
+    let n3 = start(&dir, 3, &ports);
+    let n4 = start(&dir, 4, &ports);
+    wait_members(&[&n1, &n2, &n3, &n4], 4);
+    n1.bulk_users(USERS, "user");
+    for (tag, node) in TAGS.iter().zip([&n1, &n2, &n3]) {
+        deliver(node, tag);
+    }
+    check(&n4, &TAGS);
+    let id4 = status(&n4).node_id;
+    let held_by_4 = status(&n4).messages;
+    assert!(
+        held_by_4 > 0,
+        "node 4 holds no mail: the test would prove nothing"
+    );
+
+    // Node 4 dies for good: after --dead-after the three left make its copies again.
+    n4.kill();
+    wait_members(&[&n1, &n2, &n3], 3);
+    let started = Instant::now();
+    let healed = wait_healed(&[&n1, &n2, &n3], &[id4], Duration::from_secs(60));
+    let copies: u64 = healed.iter().map(|s| s.replication.healed).sum();
+    eprintln!(
+        "declared dead and healed in {:?} after the membership dropped it: {copies} copies \
+         made again (node 4 held {held_by_4})",
+        started.elapsed()
+    );
+    assert!(copies > 0, "nothing was made again: {healed:?}");
+    assert!(
+        copies <= held_by_4,
+        "more copies made ({copies}) than node 4 held ({held_by_4})"
+    );
+    for node in [&n1, &n2, &n3] {
+        let text = node.metrics();
+        assert!(text.contains("porcupine_dead_nodes 1"), "{text}");
+        assert!(
+            text.contains("porcupine_copies_under_replicated 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE porcupine_copies_healed_total counter"),
+            "{text}"
+        );
+    }
+
+    // A second death right away: every message still has a copy on the two left, which are
+    // two of the three nodes not dead — a majority, so they serve maildrops.
+    n3.kill();
+    wait_members(&[&n1, &n2], 2);
+    check(&n1, &TAGS);
+    check(&n2, &TAGS);
+    // Deleted while node 4 is dead and node 3 is away.
+    let out = mail(&n1, "take", &[&USERS.to_string(), "a"]);
+    assert!(out.contains(&format!("took {USERS}")), "{out}");
+    gone(&n2, "a");
+
+    // The dead node returns: it rejoins, learns of the deletes, and shows nothing twice.
+    let n4 = start(&dir, 4, &ports);
+    wait_members(&[&n1, &n2, &n4], 3);
+    let back = status(&n1);
+    assert!(
+        !back.replication.dead_nodes.contains(&id4),
+        "a member again is not dead: {:?}",
+        back.replication
+    );
+    check(&n4, &["b", "c"]);
+    gone(&n4, "a");
+    let n3 = start(&dir, 3, &ports);
+    wait_members(&[&n1, &n2, &n3, &n4], 4);
+    for node in [&n1, &n2, &n3, &n4] {
+        check(node, &["b", "c"]);
+        gone(node, "a");
+    }
+    for node in [n1, n2, n3, n4] {
+        assert!(node.terminate().success());
+    }
+}
