@@ -146,6 +146,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heal_rate: Option<u32>,
+    /// Seconds between anti-entropy rounds: each compares digests of the copies this node and
+    /// the next member in turn hold for each other, and repairs what one lacks [default: 60]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_entropy_s: Option<u64>,
     /// Where new mail goes: `dynamic` (the least loaded of the user's fragment nodes, topped up
     /// at random to the spread), `static` (fixed nodes per user, by hash) or `random` (any
     /// nodes, per message). Every node of a cluster should use the same [default: dynamic]

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{start_member, status, try_status, wait_members, Ports, Status};
-use common::{python, Node, PASSWORD};
+use common::mail::{check, deliver, gone, take};
+use common::Node;
 
 const USERS: u64 = 40;
 const TAGS: [&str; 3] = ["a", "b", "c"];
@@ -26,41 +27,6 @@ fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
         ports,
         &["--dead-after", "4s", "--heal-rate", "400"],
     )
-}
-
-fn mail(node: &Node, command: &str, tail: &[&str]) -> String {
-    let port = if command == "deliver" {
-        node.smtp
-    } else {
-        node.pop3
-    };
-    let mut args = vec![command.to_owned(), node.ip.clone(), port.to_string()];
-    if command != "deliver" {
-        args.push(PASSWORD.into());
-    }
-    args.extend(tail.iter().map(|s| s.to_string()));
-    python("cluster_mail.py", &args)
-}
-
-fn deliver(node: &Node, tag: &str) {
-    let out = mail(node, "deliver", &[tag, &USERS.to_string()]);
-    assert!(out.contains(&format!("delivered {USERS}")), "{out}");
-}
-
-fn check(node: &Node, tags: &[&str]) {
-    let mut tail = vec![USERS.to_string()];
-    tail.extend(tags.iter().map(|t| t.to_string()));
-    let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
-    let out = mail(node, "check", &tail);
-    assert!(
-        out.contains(&format!("check ok {}", USERS as usize * tags.len())),
-        "{out}"
-    );
-}
-
-fn gone(node: &Node, tag: &str) {
-    let out = mail(node, "gone", &[&USERS.to_string(), tag]);
-    assert!(out.contains("gone ok"), "{out}");
 }
 
 /// Waits until every node reports `dead` as its dead nodes and nothing under-replicated;
@@ -103,9 +69,9 @@ fn a_dead_nodes_copies_are_made_again_and_a_second_death_loses_nothing() {
     wait_members(&[&n1, &n2, &n3, &n4], 4);
     n1.bulk_users(USERS, "user");
     for (tag, node) in TAGS.iter().zip([&n1, &n2, &n3]) {
-        deliver(node, tag);
+        deliver(node, USERS, tag);
     }
-    check(&n4, &TAGS);
+    check(&n4, USERS, &TAGS);
     let id4 = status(&n4).node_id;
     let held_by_4 = status(&n4).messages;
     assert!(
@@ -146,12 +112,11 @@ fn a_dead_nodes_copies_are_made_again_and_a_second_death_loses_nothing() {
     // two of the three nodes not dead — a majority, so they serve maildrops.
     n3.kill();
     wait_members(&[&n1, &n2], 2);
-    check(&n1, &TAGS);
-    check(&n2, &TAGS);
+    check(&n1, USERS, &TAGS);
+    check(&n2, USERS, &TAGS);
     // Deleted while node 4 is dead and node 3 is away.
-    let out = mail(&n1, "take", &[&USERS.to_string(), "a"]);
-    assert!(out.contains(&format!("took {USERS}")), "{out}");
-    gone(&n2, "a");
+    take(&n1, USERS, "a");
+    gone(&n2, USERS, "a");
 
     // The dead node returns: it rejoins, learns of the deletes, and shows nothing twice.
     let n4 = start(&dir, 4, &ports);
@@ -162,13 +127,13 @@ fn a_dead_nodes_copies_are_made_again_and_a_second_death_loses_nothing() {
         "a member again is not dead: {:?}",
         back.replication
     );
-    check(&n4, &["b", "c"]);
-    gone(&n4, "a");
+    check(&n4, USERS, &["b", "c"]);
+    gone(&n4, USERS, "a");
     let n3 = start(&dir, 3, &ports);
     wait_members(&[&n1, &n2, &n3, &n4], 4);
     for node in [&n1, &n2, &n3, &n4] {
-        check(node, &["b", "c"]);
-        gone(node, "a");
+        check(node, USERS, &["b", "c"]);
+        gone(node, USERS, "a");
     }
     for node in [n1, n2, n3, n4] {
         assert!(node.terminate().success());

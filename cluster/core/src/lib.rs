@@ -10,7 +10,8 @@
 //! - [`delivery`]: the delivery policy (placement, retries under the same id, full nodes);
 //!   [`maildrop`]: the maildrop policy (lock, list, dedupe, delete, unlock).
 //! - [`replication`]: a core's replication manager: pushes, acks, retirement; [`healing`]:
-//!   which copies are made again once a node is declared dead.
+//!   which copies are made again once a node is declared dead; [`anti_entropy`]: digests two
+//!   holders compare, and what one pushes to the other.
 //! - [`loads`]: this node's load and every node's load as last heard.
 //! - [`abuse`]: connections per client address and the delay after failed logins.
 //! - [`wire`]: the frame format between nodes, defined once; [`rpc`]: what frames carry, one
@@ -18,6 +19,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod abuse;
+pub mod anti_entropy;
 pub mod delivery;
 pub mod healing;
 pub mod loads;

@@ -11,7 +11,7 @@
 //! be of the wrong kind. Adding an operation is one struct and one line of [`calls!`] here
 //! (its reply type with it), and its server on the node; the node's dispatch is an exhaustive
 //! `match` on [`Request`], so the compiler names every place that must learn it. The variant
-//! order is part of the wire format (version 6).
+//! order is part of the wire format (version 7).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -245,6 +245,27 @@ pub struct NoteFragment {
     pub epoch: Epoch,
 }
 
+/// Anti-entropy: the digest of what the receiver holds for `from` (copies naming it, and
+/// tombstones pending for it), see [`crate::anti_entropy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldDigest {
+    pub from: u64,
+}
+
+/// Anti-entropy: what the receiver holds for `from` in these buckets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldItems {
+    pub from: u64,
+    pub buckets: Vec<u16>,
+}
+
+/// The items of [`HeldItems`]; `truncated`: there were more than an answer carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub items: Vec<crate::anti_entropy::Item>,
+    pub truncated: bool,
+}
+
 /// Declares the operations: the [`Request`] enum (one variant per operation, named as its
 /// type) and each operation's [`Call`] impl with its reply type.
 macro_rules! calls {
@@ -291,6 +312,8 @@ calls! {
     SyncProfiles -> ();
     ReportFragments -> ();
     NoteFragment -> ();
+    HeldDigest -> crate::anti_entropy::Digest;
+    HeldItems -> Held;
 }
 
 /// What nodes tell each other without an answer.

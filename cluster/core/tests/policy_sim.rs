@@ -639,12 +639,15 @@ impl Sim {
                 let stored = self.store(to, &call.user, call.id, call.epoch, &call.replicas, size);
                 answer::<StoreMessage>(stored.map_err(Failure::from))
             }
-            // Replication is modelled by each disk's pushes, and sessions neither fetch nor
-            // log in remotely nor sync profiles.
+            // Replication is modelled by each disk's pushes (anti-entropy has its own
+            // property test), and sessions neither fetch nor log in remotely nor sync
+            // profiles.
             request @ (Request::PushUpdate(_)
             | Request::FetchMessage(_)
             | Request::Authenticate(_)
-            | Request::SyncProfiles(_)) => {
+            | Request::SyncProfiles(_)
+            | Request::HeldDigest(_)
+            | Request::HeldItems(_)) => {
                 panic!("the simulated sessions do not send {}", request.name())
             }
         })

@@ -523,6 +523,7 @@ async fn status(context: &CoreContext) -> Status {
             under_replicated: NodeMetrics::get(&context.metrics.copies_under_replicated),
             healed: NodeMetrics::get(&context.metrics.copies_healed),
             heal_failures: NodeMetrics::get(&context.metrics.heal_failures),
+            anti_entropy_repairs: NodeMetrics::get(&context.metrics.anti_entropy_repairs),
         },
         placement: PlacementStatus {
             policy,
@@ -642,6 +643,21 @@ async fn metrics(context: &CoreContext) -> String {
             "porcupine_heal_failures_total",
             "copies healing could not make again (tried again at the next survey)",
             &m.heal_failures,
+        ),
+        (
+            "porcupine_anti_entropy_rounds_total",
+            "anti-entropy rounds begun with another member",
+            &m.anti_entropy_rounds,
+        ),
+        (
+            "porcupine_anti_entropy_buckets_differing_total",
+            "digest buckets found to differ from a member's",
+            &m.anti_entropy_buckets_differing,
+        ),
+        (
+            "porcupine_anti_entropy_repairs_total",
+            "copies pushed to a member that lacked them",
+            &m.anti_entropy_repairs,
         ),
     ];
     for (name, help, counter) in counters {

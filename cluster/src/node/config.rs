@@ -67,6 +67,9 @@ pub struct NodeConfig {
     /// Copies per second a node makes again once a node is declared dead (`--heal-rate`):
     /// healing's share of the disks and the network, beside the mail it serves.
     pub heal_rate: u32,
+    /// Seconds between anti-entropy rounds, each with the next member in turn
+    /// (`--anti-entropy-s`).
+    pub anti_entropy_s: u64,
     /// Where new mail goes (see [`crate::placement`]).
     pub placement: crate::placement::PlacementPolicy,
     /// A node with this many operations under way on its disks counts as overloaded: dynamic
@@ -142,6 +145,7 @@ impl Default for NodeConfig {
             ack_policy: replicas::AckPolicy::AllReplicas,
             replication: crate::replication::Settings::default(),
             heal_rate: 200,
+            anti_entropy_s: 60,
             placement: crate::placement::PlacementPolicy::default(),
             overload_ops: 256,
             throttles: Vec::new(),
@@ -223,6 +227,9 @@ impl NodeConfig {
                 dead_after as f64 / 3_600_000.0,
                 self.replication.retention_ms / 3_600_000
             ));
+        }
+        if self.anti_entropy_s == 0 {
+            return fail("--anti-entropy-s must be at least 1".into());
         }
         if self.heal_rate == 0 {
             return fail("--heal-rate must be at least 1 copy per second".into());

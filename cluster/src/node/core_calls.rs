@@ -8,12 +8,14 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use porcupine_engine::record::user_key;
 use porcupine_engine::{DeleteOutcome, EngineError, ReplicaSet, Stamp};
 use porcupine_protocols::sasl::ScramCredentials;
 
 use super::core_call::{CoreCall, UserCall};
 use super::service::{store_error, Applied, CoreService, Credential, LockMode, Login, ShardReport};
 use super::users;
+use crate::anti_entropy::{bucket_of, Digest, Item, ITEMS_PER_ANSWER_MAX};
 use crate::delivery::StoreError;
 use crate::membership::NodeId;
 use crate::replication::Update;
@@ -362,5 +364,83 @@ impl CoreCall for ShardReports {
     }
     fn unanswered() -> Vec<ShardReport> {
         Vec::new()
+    }
+}
+
+/// Anti-entropy: the digest of what this core's shards hold for `node`; `None` if the core
+/// did not answer (the round is then given up: a partial digest would differ everywhere).
+#[derive(Clone, Copy, Debug)]
+pub struct DigestHeldFor {
+    pub node: NodeId,
+}
+
+impl CoreCall for DigestHeldFor {
+    type Reply = Vec<Option<Digest>>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let mut digest = Digest::default();
+        for shard in service.shards().all() {
+            shard.visit_held_for(self.node as u32, |user, id, hlc, tombstone| {
+                digest.add(user_key(user), id, hlc, tombstone);
+            });
+        }
+        vec![Some(digest)]
+    }
+    fn unanswered() -> Self::Reply {
+        vec![None]
+    }
+}
+
+/// Anti-entropy: what this core's shards hold for `node` in `buckets`, at most
+/// [`ITEMS_PER_ANSWER_MAX`] items; `None` if the core did not answer.
+#[derive(Clone, Debug)]
+pub struct ItemsHeldFor {
+    pub node: NodeId,
+    pub buckets: Arc<Vec<u16>>,
+}
+
+impl CoreCall for ItemsHeldFor {
+    type Reply = Vec<Option<Vec<Item>>>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let mut items = Vec::new();
+        for shard in service.shards().all() {
+            shard.visit_held_for(self.node as u32, |user, id, hlc, tombstone| {
+                if items.len() < ITEMS_PER_ANSWER_MAX
+                    && self.buckets.contains(&bucket_of(user_key(user), id))
+                {
+                    items.push(Item {
+                        user: user.to_owned(),
+                        id,
+                        hlc,
+                        tombstone,
+                    });
+                }
+            });
+        }
+        vec![Some(items)]
+    }
+    fn unanswered() -> Self::Reply {
+        vec![None]
+    }
+}
+
+/// Anti-entropy: push this node's copy of a message to `to`, which lacks it.
+#[derive(Debug)]
+pub struct PushMissing {
+    pub user: String,
+    pub id: u128,
+    pub to: NodeId,
+}
+user_call!(PushMissing);
+
+impl CoreCall for PushMissing {
+    type Reply = bool;
+    async fn serve(self, service: &CoreService) -> bool {
+        service
+            .replication()
+            .push_missing(&self.user, self.id, self.to)
+            .await
+    }
+    fn unanswered() -> bool {
+        false
     }
 }

@@ -30,6 +30,11 @@ pub struct NodeMetrics {
     /// core's last survey).
     pub copies_under_replicated: AtomicU64,
     pub heal_failures: AtomicU64,
+    /// Anti-entropy rounds begun, digest buckets found to differ, copies pushed to a replica
+    /// that lacked them.
+    pub anti_entropy_rounds: AtomicU64,
+    pub anti_entropy_buckets_differing: AtomicU64,
+    pub anti_entropy_repairs: AtomicU64,
 }
 
 impl Default for NodeMetrics {
@@ -53,6 +58,9 @@ impl Default for NodeMetrics {
             copies_healed: AtomicU64::new(0),
             copies_under_replicated: AtomicU64::new(0),
             heal_failures: AtomicU64::new(0),
+            anti_entropy_rounds: AtomicU64::new(0),
+            anti_entropy_buckets_differing: AtomicU64::new(0),
+            anti_entropy_repairs: AtomicU64::new(0),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod admin_auth;
+pub mod anti_entropy;
 pub mod client_limits;
 pub mod clock;
 pub mod cluster_driver;
@@ -479,6 +480,7 @@ async fn run_core(
     let config = &context.config;
     if let Some(inbox) = cluster_inbox {
         glommio::spawn_local(cluster_driver::run(context.clone(), inbox, stop.clone())).detach();
+        glommio::spawn_local(anti_entropy::run(context.clone(), stop.clone())).detach();
     }
     let watch = SessionWatch::default();
     glommio::spawn_local(watch.clone().run(stop.clone())).detach();

@@ -7,15 +7,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::cluster_driver::stamp_ok;
-use super::core_calls::{ApplyUpdate, DeleteHere, ListHere, LogIn, PutProfile, ReadMessage};
+use super::core_calls::{
+    ApplyUpdate, DeleteHere, DigestHeldFor, ItemsHeldFor, ListHere, LogIn, PutProfile, ReadMessage,
+};
 use super::core_context::CoreContext;
 use super::service::{Applied, Credential, LockMode, Login};
+use crate::anti_entropy::{Digest, BUCKETS, BUCKETS_PER_ROUND_MAX, ITEMS_PER_ANSWER_MAX};
 use crate::manager::ManagerCall;
 use crate::replication::Update;
 use crate::rpc::{
-    Authenticate, Call, DeleteMessages, Failure, FetchMessage, Fetched, ListFragment, Listed,
-    LockMaildrop, NoteFragment, PlaceMail, PushUpdate, Pushed, ReplicaUpdate, ReportFragments,
-    Request, StoreMessage, SyncProfiles, UnlockMaildrop,
+    Authenticate, Call, DeleteMessages, Failure, FetchMessage, Fetched, Held, HeldDigest,
+    HeldItems, ListFragment, Listed, LockMaildrop, NoteFragment, PlaceMail, PushUpdate, Pushed,
+    ReplicaUpdate, ReportFragments, Request, StoreMessage, SyncProfiles, UnlockMaildrop,
 };
 use crate::transport::Peers;
 use porcupine_engine::{Stamp, UpdateKind};
@@ -67,6 +70,12 @@ pub async fn answer(
         }
         Request::SyncProfiles(call) => {
             reply::<SyncProfiles>(peers, request_id, profiles(context, call).await)
+        }
+        Request::HeldDigest(call) => {
+            reply::<HeldDigest>(peers, request_id, held_digest(context, call).await)
+        }
+        Request::HeldItems(call) => {
+            reply::<HeldItems>(peers, request_id, held_items(context, call).await)
         }
     }
 }
@@ -201,4 +210,37 @@ async fn profiles(context: &Rc<CoreContext>, call: SyncProfiles) -> Result<(), F
         }
     }
     result
+}
+
+/// Anti-entropy: the digest of what every core here holds for the asker.
+async fn held_digest(context: &CoreContext, call: HeldDigest) -> Result<Digest, Failure> {
+    let parts = context.call_each(DigestHeldFor { node: call.from }).await;
+    let mut digest = Digest::default();
+    for part in parts {
+        digest.merge(&part.ok_or(Failure::Failed)?);
+    }
+    Ok(digest)
+}
+
+/// Anti-entropy: what every core here holds for the asker in the buckets asked (a few, each a
+/// real bucket: anything else is refused).
+async fn held_items(context: &CoreContext, call: HeldItems) -> Result<Held, Failure> {
+    if call.buckets.len() > BUCKETS_PER_ROUND_MAX
+        || call.buckets.iter().any(|&b| usize::from(b) >= BUCKETS)
+    {
+        return Err(Failure::Failed);
+    }
+    let asked = ItemsHeldFor {
+        node: call.from,
+        buckets: Arc::new(call.buckets),
+    };
+    let mut held = Held::default();
+    for part in context.call_each(asked).await {
+        held.items.extend(part.ok_or(Failure::Failed)?);
+    }
+    if held.items.len() > ITEMS_PER_ANSWER_MAX {
+        held.items.truncate(ITEMS_PER_ANSWER_MAX);
+        held.truncated = true;
+    }
+    Ok(held)
 }

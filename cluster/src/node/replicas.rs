@@ -541,6 +541,29 @@ impl CoreReplication {
         self.replicator.borrow().pending_replicas(user, id, hlc)
     }
 
+    /// Anti-entropy: pushes this node's copy of a message to `to`, which lacks it (a lost
+    /// push, a record lost to damage there). Returns whether `to` holds it now; a copy gone
+    /// from here meanwhile needs nothing.
+    pub(super) async fn push_missing(self: &Rc<Self>, user: &str, id: u128, to: NodeId) -> bool {
+        let Some(entry) = self.shard(user).and_then(|shard| shard.message(user, id)) else {
+            return true;
+        };
+        let update = Update {
+            user: user.to_owned(),
+            id,
+            kind: UpdateKind::Put,
+            hlc: entry.hlc,
+            origin: NodeId::from(entry.origin),
+            replicas: entry
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|&n| NodeId::from(n))
+                .collect(),
+        };
+        self.clone().push(to, update, None).await
+    }
+
     /// Pushes under way from this core (healing waits while there are many).
     pub(super) fn pushes_in_flight(&self) -> usize {
         self.replicator.borrow().pushes_in_flight()

@@ -91,6 +91,9 @@ pub struct ReplicationStatus {
     pub healed: u64,
     #[serde(default)]
     pub heal_failures: u64,
+    /// Copies anti-entropy pushed to a member that lacked them, since the node started.
+    #[serde(default)]
+    pub anti_entropy_repairs: u64,
 }
 
 /// When a delivery is acknowledged (`--ack`).
@@ -206,6 +209,7 @@ mod tests {
                 under_replicated: 10,
                 healed: 5,
                 heal_failures: 0,
+                anti_entropy_repairs: 1,
             },
             placement: PlacementStatus {
                 policy: PlacementName::Dynamic,

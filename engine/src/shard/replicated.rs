@@ -253,6 +253,25 @@ impl<S: Storage> Shard<S> {
         found
     }
 
+    /// What this shard holds for `node` (anti-entropy): every copy whose replica set names it,
+    /// then every tombstone pending for it, as (user, id, HLC, tombstone). One pass over the
+    /// index, in memory; `visit` must not call back into the shard.
+    pub fn visit_held_for(&self, node: u32, mut visit: impl FnMut(&str, u128, u64, bool)) {
+        let state = self.inner.state.borrow();
+        for (user, _, messages) in state.index.mailboxes() {
+            for entry in messages {
+                if entry.replicas.contains(node) {
+                    visit(user, entry.id, entry.hlc, false);
+                }
+            }
+        }
+        for pending in state.index.pending_updates() {
+            if pending.kind == crate::index::UpdateKind::Delete && pending.replicas.contains(node) {
+                visit(&pending.user, pending.id, pending.hlc, true);
+            }
+        }
+    }
+
     /// How many replicated updates are pending here.
     pub fn pending_count(&self) -> usize {
         self.inner.state.borrow().index.pending_count()

@@ -354,6 +354,9 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if let Some(rate) = args.heal_rate {
         config.heal_rate = rate;
     }
+    if let Some(seconds) = args.anti_entropy_s {
+        config.anti_entropy_s = seconds;
+    }
     if let Some(s) = args.smtp_idle_s {
         config.smtp_idle_timeout = Duration::from_secs(s);
     }

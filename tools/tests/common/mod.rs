@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod mail;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Write};
