@@ -57,5 +57,5 @@ pub use placement::Placement;
 pub use record::{ReplicaSet, Retired};
 pub use recovery::RecoveryReport;
 pub use shard::{DeleteOutcome, PutOutcome, ReadBytes, Shard, ShardStats, Stamp, StoredRecord};
-pub use storage::{DmaStorage, FaultyStorage, Storage};
+pub use storage::{DmaStorage, EioSwitch, FaultyStorage, Storage};
 pub use throttle::{DiskThrottle, ThrottleLimits};

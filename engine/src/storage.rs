@@ -81,6 +81,28 @@ impl IoBuffer for glommio::io::DmaBuffer {
 #[derive(Clone, Debug, Default)]
 pub struct DmaStorage {
     throttle: Option<Arc<DiskThrottle>>,
+    eio: Option<Arc<EioSwitch>>,
+}
+
+/// Tests only: a switch that, while on, makes every write and `fdatasync` of the storages
+/// that share it fail with EIO, as a dying disk does — the node's own code path, thrown at
+/// runtime (the kernel here has no device mapper for `dm-error`). Off, it costs one relaxed
+/// load per write and sync; storages without one pay nothing.
+#[derive(Debug, Default)]
+pub struct EioSwitch {
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl EioSwitch {
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn failing(switch: &Option<Arc<EioSwitch>>) -> bool {
+        switch
+            .as_ref()
+            .is_some_and(|s| s.on.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl DmaStorage {
@@ -89,7 +111,14 @@ impl DmaStorage {
     pub fn throttled(throttle: Arc<DiskThrottle>) -> Self {
         Self {
             throttle: Some(throttle),
+            eio: None,
         }
+    }
+
+    /// Tests only: writes and syncs fail with EIO while `switch` is on ([`EioSwitch`]).
+    pub fn with_eio_switch(mut self, switch: Arc<EioSwitch>) -> Self {
+        self.eio = Some(switch);
+        self
     }
 
     /// The simulated disk's limits, if this storage is throttled.
@@ -111,6 +140,7 @@ pub struct DmaStorageFile {
     reader: glommio::io::BufferedFile,
     path: PathBuf,
     throttle: Option<Arc<DiskThrottle>>,
+    eio: Option<Arc<EioSwitch>>,
 }
 
 impl DmaStorageFile {
@@ -144,6 +174,9 @@ impl StorageFile for DmaStorageFile {
     async fn write_at(&self, buf: Rc<Self::Buffer>, pos: u64) -> Result<()> {
         let len = buf.len();
         self.admit(len).await;
+        if EioSwitch::failing(&self.eio) {
+            return Err(injected("write", &self.path, libc::EIO));
+        }
         let written = glommio_io("write", &self.path, self.file.write_rc_at(buf, pos).await)?;
         if written != len {
             return Err(EngineError::io(
@@ -165,6 +198,9 @@ impl StorageFile for DmaStorageFile {
 
     async fn sync_data(&self) -> Result<()> {
         self.admit(0).await;
+        if EioSwitch::failing(&self.eio) {
+            return Err(injected("fdatasync", &self.path, libc::EIO));
+        }
         glommio_io("fdatasync", &self.path, self.file.fdatasync().await)
     }
 
@@ -212,6 +248,7 @@ impl Storage for DmaStorage {
             reader,
             path: path.to_path_buf(),
             throttle: self.throttle.clone(),
+            eio: self.eio.clone(),
         })
     }
 

@@ -5,7 +5,7 @@
 //! node every maildrop is then empty: nothing deleted came back. Messages seen twice during
 //! the faults are counted and bounded (see below).
 //!
-//! `PORCUPINE_CHAOS_CYCLES` sets the number of kills (default 3; `.ci/run` runs 8 with
+//! `PORCUPINE_CHAOS_CYCLES` sets the number of kills (default 3; `.ci/run` runs 50 with
 //! `PORCUPINE_LONG=1`).
 
 mod common;

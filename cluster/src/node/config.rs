@@ -105,10 +105,13 @@ pub struct NodeConfig {
 }
 
 /// A fault a test can inject into a running node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// A task on this core panics a second after the node starts serving.
     PanicOnCore(usize),
+    /// Every write and sync of data directory `dir` fails with EIO while the file `trigger`
+    /// exists (looked at every 50 ms): a disk that starts failing under a running node.
+    EioWhile { dir: PathBuf, trigger: PathBuf },
 }
 
 impl Default for NodeConfig {

@@ -89,19 +89,59 @@ fn disks(config: &NodeConfig) -> Result<Vec<DmaStorage>, NodeError> {
             )));
         }
     }
+    let eio = match &config.fault {
+        Some(Fault::EioWhile { dir, trigger }) => {
+            if !config.data_dirs.contains(dir) {
+                return Err(NodeError::Start(format!(
+                    "the EIO fault names {}, which is not a data directory (--data)",
+                    dir.display()
+                )));
+            }
+            Some((dir.clone(), eio_switch(trigger.clone())))
+        }
+        _ => None,
+    };
     Ok(config
         .data_dirs
         .iter()
         .map(|dir| {
-            match config.throttles.iter().find(|(d, _)| d == dir) {
+            let storage = match config.throttles.iter().find(|(d, _)| d == dir) {
                 Some((_, limits)) if limits.is_limited() => {
                     tracing::warn!(dir = %dir.display(), %limits, "disk throttled (experiment mode)");
                     DmaStorage::throttled(Arc::new(porcupine_engine::DiskThrottle::new(*limits)))
                 }
                 _ => DmaStorage::default(),
+            };
+            match &eio {
+                Some((faulty, switch)) if faulty == dir => storage.with_eio_switch(switch.clone()),
+                _ => storage,
             }
         })
         .collect())
+}
+
+/// Tests only: an EIO switch that is on while `trigger` exists.
+fn eio_switch(trigger: std::path::PathBuf) -> Arc<porcupine_engine::EioSwitch> {
+    let switch = Arc::new(porcupine_engine::EioSwitch::default());
+    let watched = switch.clone();
+    let spawned = std::thread::Builder::new()
+        .name("eio-fault".into())
+        .spawn(move || {
+            let mut was = false;
+            loop {
+                let on = trigger.exists();
+                if on != was {
+                    tracing::warn!(on, trigger = %trigger.display(), "fault injection: EIO on every write and sync of a data directory");
+                    was = on;
+                }
+                watched.set(on);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot watch the EIO fault's trigger");
+    }
+    switch
 }
 
 /// A running node.

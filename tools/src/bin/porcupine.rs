@@ -151,15 +151,33 @@ fn exit_on_panic() {
     }));
 }
 
-/// `PORCUPINE_FAULT=panic-core:N` (tests only): a task on core N panics once serving.
+/// `PORCUPINE_FAULT` (tests only): `panic-core:N`, a task on core N panics once serving;
+/// `eio:DIR:TRIGGER`, every write and sync of data directory DIR fails with EIO while the
+/// file TRIGGER exists.
 fn fault_from_env() -> Result<Option<node::Fault>> {
     let Ok(spec) = std::env::var("PORCUPINE_FAULT") else {
         return Ok(None);
     };
+    if let Some(rest) = spec.strip_prefix("eio:") {
+        let (dir, trigger) = rest
+            .split_once(':')
+            .with_context(|| format!("PORCUPINE_FAULT={spec:?}: expected eio:DIR:TRIGGER"))?;
+        tracing::warn!(
+            dir,
+            trigger,
+            "fault injection: EIO on a data directory while the trigger exists"
+        );
+        return Ok(Some(node::Fault::EioWhile {
+            dir: dir.into(),
+            trigger: trigger.into(),
+        }));
+    }
     let core = spec
         .strip_prefix("panic-core:")
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("PORCUPINE_FAULT={spec:?}: expected panic-core:N"))?;
+        .with_context(|| {
+            format!("PORCUPINE_FAULT={spec:?}: expected panic-core:N or eio:DIR:TRIGGER")
+        })?;
     tracing::warn!(core, "fault injection: a task on this core will panic");
     Ok(Some(node::Fault::PanicOnCore(core)))
 }
