@@ -23,10 +23,13 @@ use crate::healing::{plan, Candidate, Cluster, Plan};
 use crate::membership::NodeId;
 use crate::replication::Update;
 
-/// Between surveys while copies remain to be made.
-const SURVEY_EVERY: Duration = Duration::from_secs(2);
+/// Between surveys while copies remain to be made (the under-replicated count an operator
+/// watches is as fresh as the last survey).
+const SURVEY_EVERY: Duration = Duration::from_millis(250);
 /// Between surveys once nothing is left to do (a dead node stays dead until it returns).
 const SURVEY_IDLE: Duration = Duration::from_secs(30);
+/// Copies being made again at once on one core.
+const HEALS_IN_FLIGHT: usize = 16;
 
 /// What one survey found.
 #[derive(Default)]
@@ -45,6 +48,7 @@ pub async fn run(replication: Rc<CoreReplication>, stop: flume::Receiver<()>) {
     let spacing = Duration::from_secs_f64(1.0 / per_core_rate);
     let pushes_max = context.config.replication.pushes_in_flight_max.max(2) / 2;
     let mut reported = 0u64;
+    let healing = Rc::new(std::cell::Cell::new(0usize));
     let mut surveyed: Option<Arc<Vec<NodeId>>> = None;
     let mut next_survey = Instant::now();
     loop {
@@ -85,18 +89,26 @@ pub async fn run(replication: Rc<CoreReplication>, stop: flume::Receiver<()>) {
             {
                 break;
             }
-            while replication.pushes_in_flight() >= pushes_max {
-                if !pause(&stop, Duration::from_millis(50)).await {
+            while replication.pushes_in_flight() >= pushes_max || healing.get() >= HEALS_IN_FLIGHT {
+                if !pause(&stop, Duration::from_millis(5)).await {
                     return;
                 }
             }
-            match replication.heal(update, flags).await {
-                Ok(()) => metrics::add(&context.metrics.copies_healed, 1),
-                Err(error) => {
-                    metrics::add(&context.metrics.heal_failures, 1);
-                    tracing::warn!(?error, "healing: cannot make a copy again");
+            // Several at once, so that their writes share group commits; the spacing keeps
+            // the rate.
+            healing.set(healing.get() + 1);
+            let (edge, context, healing) = (replication.clone(), context.clone(), healing.clone());
+            glommio::spawn_local(async move {
+                match edge.heal(update, flags).await {
+                    Ok(()) => metrics::add(&context.metrics.copies_healed, 1),
+                    Err(error) => {
+                        metrics::add(&context.metrics.heal_failures, 1);
+                        tracing::warn!(?error, "healing: cannot make a copy again");
+                    }
                 }
-            }
+                healing.set(healing.get().saturating_sub(1));
+            })
+            .detach();
             if !pause(&stop, spacing).await {
                 return;
             }
