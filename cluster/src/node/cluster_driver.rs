@@ -28,6 +28,11 @@ const TICK: Duration = Duration::from_millis(5);
 const REPORT_RETRY: Duration = Duration::from_millis(20);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const PROFILE_BATCH: usize = 2000;
+/// Members remembered as having left (when), for the profile sync at their return.
+const LEFT_AT_MAX: usize = 4096;
+/// A returning member gets the profiles stamped since it left less this (clock skew between
+/// nodes, updates in flight as it left).
+const PROFILE_SKEW_MARGIN_MS: u64 = 60_000;
 
 /// Whether a peer's HLC timestamp is plausible ([`crate::plausible`]): one from the far
 /// future would beat every later update of its object, for good. An implausible one is
@@ -79,6 +84,10 @@ pub async fn run(
     }
     let mut memory_saved = None;
     let mut manager = Manager::new(shared.me.id, context.config.placement, rand::random());
+    // Members a profile sync is under way to (one at a time each), and when members left the
+    // view (a member back after a short absence gets only the profiles changed since).
+    let syncing: Rc<std::cell::RefCell<HashSet<NodeId>>> = Rc::default();
+    let mut left_at: std::collections::HashMap<NodeId, u64> = std::collections::HashMap::new();
     let mut last_exchange = Instant::now();
     let mut out = vec![Action::Installed(membership.view().clone())];
     // A node told to join others serves no session on its own until it has joined, or until
@@ -122,7 +131,32 @@ pub async fn run(
                     }
                     let previous = shared.view.swap(Arc::new(view.clone()));
                     manager.install(&view);
-                    glommio::spawn_local(after_install(context.clone(), previous, view)).detach();
+                    let now = wall_ms();
+                    for member in &previous.members {
+                        if view.member(member.id).is_none() && left_at.len() < LEFT_AT_MAX {
+                            left_at.insert(member.id, now);
+                        }
+                    }
+                    // Profiles stamped since a returning member left (less a margin for
+                    // clock skew); everything for one never seen leave.
+                    let since = view
+                        .members
+                        .iter()
+                        .filter(|m| m.id != shared.me.id && previous.member(m.id).is_none())
+                        .map(|m| {
+                            left_at
+                                .remove(&m.id)
+                                .map(|at| at.saturating_sub(PROFILE_SKEW_MARGIN_MS))
+                        })
+                        .try_fold(u64::MAX, |earliest, since| since.map(|s| earliest.min(s)));
+                    glommio::spawn_local(after_install(
+                        context.clone(),
+                        previous,
+                        view,
+                        syncing.clone(),
+                        since,
+                    ))
+                    .detach();
                 }
             }
         }
@@ -247,7 +281,13 @@ fn note_membership(context: &CoreContext, last: &mut Instant) {
 type MaildropLock = (String, (u64, u64));
 
 /// After a commit: report fragments to the managers, send profiles to newcomers.
-async fn after_install(context: Rc<CoreContext>, previous: Arc<View>, view: View) {
+async fn after_install(
+    context: Rc<CoreContext>,
+    previous: Arc<View>,
+    view: View,
+    syncing: Rc<std::cell::RefCell<HashSet<NodeId>>>,
+    since_ms: Option<u64>,
+) {
     let shared = &context.cluster;
     let me = shared.me.id;
     let started = Instant::now();
@@ -282,19 +322,40 @@ async fn after_install(context: Rc<CoreContext>, previous: Arc<View>, view: View
     tracing::info!(epoch = ?view.epoch, elapsed = ?started.elapsed(), "fragments reported to bucket managers");
 
     let before: HashSet<NodeId> = previous.members.iter().map(|m| m.id).collect();
+    // A member a sync is still under way to (it left and came back meanwhile) gets the rest
+    // of that one, not a second copy of every profile.
     let newcomers: Vec<_> = view
         .members
         .iter()
-        .filter(|m| m.id != me && !before.contains(&m.id))
+        .filter(|m| m.id != me && !before.contains(&m.id) && !syncing.borrow().contains(&m.id))
         .cloned()
         .collect();
     if newcomers.is_empty() {
         return;
     }
-    let profiles: Vec<_> = context.call_each(AllProfiles).await;
+    // A newcomer that has left again gets every profile when it next joins: a sync to it
+    // stops (with many users and a flapping member, syncs of every profile would otherwise
+    // pile up, each holding them all).
+    let gone = |id: NodeId| !shared.view.load().members.iter().any(|m| m.id == id);
+    if newcomers.iter().all(|n| gone(n.id)) {
+        return;
+    }
+    syncing.borrow_mut().extend(newcomers.iter().map(|n| n.id));
+    let _done = SyncsDone {
+        syncing: syncing.clone(),
+        nodes: newcomers.iter().map(|n| n.id).collect(),
+    };
+    let profiles: Vec<_> = context.call_each(AllProfiles { since_ms }).await;
     let peers = &context.peers;
     for newcomer in newcomers {
         for chunk in profiles.chunks(PROFILE_BATCH) {
+            if gone(newcomer.id) {
+                tracing::info!(
+                    node = newcomer.id,
+                    "profile sync stopped: the member left again (it gets them when it rejoins)"
+                );
+                break;
+            }
             let sync = SyncProfiles {
                 profiles: chunk.to_vec(),
             };
@@ -306,6 +367,21 @@ async fn after_install(context: Rc<CoreContext>, previous: Arc<View>, view: View
                 tracing::warn!(node = newcomer.id, "profile sync to a new member failed");
                 break;
             }
+        }
+    }
+}
+
+/// Forgets the syncs of a finished (or dropped) `after_install`.
+struct SyncsDone {
+    syncing: Rc<std::cell::RefCell<HashSet<NodeId>>>,
+    nodes: Vec<NodeId>,
+}
+
+impl Drop for SyncsDone {
+    fn drop(&mut self) {
+        let mut syncing = self.syncing.borrow_mut();
+        for node in &self.nodes {
+            syncing.remove(node);
         }
     }
 }

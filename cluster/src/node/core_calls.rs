@@ -312,17 +312,32 @@ impl CoreCall for FragmentUsers {
 
 /// Every profile on a core's shards, with the timestamp of its update.
 #[derive(Clone, Copy, Debug)]
-pub struct AllProfiles;
+pub struct AllProfiles {
+    /// Only profiles updated at or after this wall-clock time (Unix ms; `None`: all): what a
+    /// member that was away since then may have missed.
+    pub since_ms: Option<u64>,
+}
 
 impl CoreCall for AllProfiles {
     type Reply = Vec<(String, u64, Vec<u8>)>;
     async fn serve(self, service: &CoreService) -> Self::Reply {
         let mut profiles = Vec::new();
         for shard in service.shards().all() {
-            for user in shard.users() {
+            for (n, user) in shard.users().into_iter().enumerate() {
+                // Reads served from memory never yield: a million of them in a row would
+                // stall this core's membership driver past its peers' suspicion timeout.
+                if n % 256 == 0 {
+                    glommio::yield_if_needed().await;
+                }
                 let Some(hlc) = shard.profile_hlc(&user) else {
                     continue;
                 };
+                if self
+                    .since_ms
+                    .is_some_and(|since| porcupine_engine::hlc::millis_of(hlc) < since)
+                {
+                    continue;
+                }
                 if let Ok(Some(profile)) = shard.read_profile(&user).await {
                     profiles.push((user, hlc, profile));
                 }
