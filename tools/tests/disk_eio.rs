@@ -50,24 +50,12 @@ fn a_disk_failing_with_eio_refuses_its_users_with_451_serves_the_others_and_lose
     let failed_round = run["full_round"]
         .as_u64()
         .unwrap_or_else(|| panic!("nothing was refused after the disk failed: {out}"));
-    let after = |list: &str| {
-        run[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|entry| {
-                let tag = entry[1].as_str().unwrap();
-                let round: u64 = tag[1..tag.find('-').unwrap()].parse().unwrap();
-                round > failed_round
-            })
-            .count()
-    };
     assert!(
-        after("accepted") > 0,
+        common::filled_after_round(&run, "accepted", failed_round) > 0,
         "nobody was served after the disk failed: {out}"
     );
     assert!(
-        after("refused") > 0,
+        common::filled_after_round(&run, "refused", failed_round) > 0,
         "the failing disk accepted again: {out}"
     );
     let metrics = node.metrics();

@@ -115,24 +115,12 @@ fn a_full_disk_refuses_its_users_with_452_serves_the_others_and_loses_nothing() 
         .as_u64()
         .unwrap_or_else(|| panic!("the small disk never filled: {out}"));
     // After the disk filled, the users on the other disk were still accepted.
-    let after_full = |list: &str| {
-        run[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|entry| {
-                let tag = entry[1].as_str().unwrap();
-                let round: u64 = tag[1..tag.find('-').unwrap()].parse().unwrap();
-                round > full_round
-            })
-            .count()
-    };
     assert!(
-        after_full("accepted") > 0,
+        common::filled_after_round(&run, "accepted", full_round) > 0,
         "nobody was served after the disk filled: {out}"
     );
     assert!(
-        after_full("refused") > 0,
+        common::filled_after_round(&run, "refused", full_round) > 0,
         "the full disk accepted again: {out}"
     );
     let (smtp, pop3, admin) = (node.smtp, node.pop3, node.admin);

@@ -32,15 +32,7 @@ pub async fn run(context: Rc<CoreContext>, stop: flume::Receiver<()>) {
     // Where the last round with a member stopped, when differences exceeded one round.
     let mut resume_after = std::collections::HashMap::<NodeId, u16>::new();
     loop {
-        let sleeping = async {
-            glommio::timer::sleep(every).await;
-            true
-        };
-        let stopping = async {
-            let _ = stop.recv_async().await;
-            false
-        };
-        if !futures_lite::future::or(sleeping, stopping).await {
+        if !super::clock::sleep_unless_stopping(&stop, every).await {
             return;
         }
         let me = context.cluster.me.id;

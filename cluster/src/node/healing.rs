@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use porcupine_engine::UpdateKind;
 
-use super::clock::now_ms;
+use super::clock::{now_ms, sleep_unless_stopping};
 use super::metrics;
 use super::replicas::CoreReplication;
 use crate::healing::{plan, Candidate, Cluster, Plan};
@@ -52,7 +52,7 @@ pub async fn run(replication: Rc<CoreReplication>, stop: flume::Receiver<()>) {
     let mut surveyed: Option<Arc<Vec<NodeId>>> = None;
     let mut next_survey = Instant::now();
     loop {
-        let stopped = !pause(&stop, Duration::from_millis(200)).await;
+        let stopped = !sleep_unless_stopping(&stop, Duration::from_millis(200)).await;
         if stopped {
             break;
         }
@@ -90,7 +90,7 @@ pub async fn run(replication: Rc<CoreReplication>, stop: flume::Receiver<()>) {
                 break;
             }
             while replication.pushes_in_flight() >= pushes_max || healing.get() >= HEALS_IN_FLIGHT {
-                if !pause(&stop, Duration::from_millis(5)).await {
+                if !sleep_unless_stopping(&stop, Duration::from_millis(5)).await {
                     return;
                 }
             }
@@ -109,25 +109,12 @@ pub async fn run(replication: Rc<CoreReplication>, stop: flume::Receiver<()>) {
                 healing.set(healing.get().saturating_sub(1));
             })
             .detach();
-            if !pause(&stop, spacing).await {
+            if !sleep_unless_stopping(&stop, spacing).await {
                 return;
             }
         }
         next_survey = Instant::now() + if work { SURVEY_EVERY } else { SURVEY_IDLE };
     }
-}
-
-/// Sleeps `duration`; false if the node is stopping.
-async fn pause(stop: &flume::Receiver<()>, duration: Duration) -> bool {
-    let sleeping = async {
-        glommio::timer::sleep(duration).await;
-        true
-    };
-    let stopping = async {
-        let _ = stop.recv_async().await;
-        false
-    };
-    futures_lite::future::or(sleeping, stopping).await
 }
 
 /// Moves this core's share of a node-wide gauge from what it reported last to `value`.

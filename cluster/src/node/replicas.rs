@@ -622,15 +622,7 @@ impl CoreReplication {
     /// Makes due pushes and retirements until the node stops.
     pub async fn run(self: Rc<Self>, stop: flume::Receiver<()>) {
         loop {
-            let sleeping = async {
-                glommio::timer::sleep(TICK).await;
-                true
-            };
-            let stopping = async {
-                let _ = stop.recv_async().await;
-                false
-            };
-            if !futures_lite::future::or(sleeping, stopping).await {
+            if !super::clock::sleep_unless_stopping(&stop, TICK).await {
                 return;
             }
             self.sync_view();

@@ -347,3 +347,24 @@ pub fn assert_refused(args: &[&str], expected: &str) {
     assert!(!out.status.success(), "{args:?} was accepted");
     assert!(stderr.contains(expected), "{args:?}: {stderr}");
 }
+
+/// Of a `disk_full.py fill` report, how many messages of `list` ("accepted" or "refused") were
+/// sent in rounds after `round`.
+pub fn filled_after_round(run: &serde_json::Value, list: &str, round: u64) -> usize {
+    run[list]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|entry| {
+                    let tag = entry[1].as_str().unwrap_or("");
+                    let sent: u64 = tag
+                        .get(1..tag.find('-').unwrap_or(1))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    sent > round
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
