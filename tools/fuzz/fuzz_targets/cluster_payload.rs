@@ -67,7 +67,20 @@ fuzz_target!(|payload: &[u8]| {
             | Request::FetchMessage(_)
             | Request::DeleteMessages(_)
             | Request::Authenticate(_)
-            | Request::SyncProfiles(_) => {}
+            | Request::SyncProfiles(_)
+            | Request::HeldDigest(_)
+            | Request::HeldItems(_) => {}
         }
+    }
+    // A peer's anti-entropy answers: whatever shape they have, comparing them never panics.
+    if let Ok(digest) = wire::decode::<porcupine_cluster::anti_entropy::Digest>(payload) {
+        use porcupine_cluster::anti_entropy::{differing, Digest, BUCKETS};
+        let mine = Digest::default();
+        let buckets = differing(&mine, &digest, u16::MAX, BUCKETS);
+        assert!(buckets.len() <= BUCKETS);
+        assert!(digest.well_formed() || buckets.is_empty());
+    }
+    if let Ok(held) = wire::decode::<porcupine_cluster::rpc::Held>(payload) {
+        let _ = porcupine_cluster::anti_entropy::missing_there(&held.items, &held.items);
     }
 });
