@@ -172,7 +172,7 @@ impl CoreCall for ListHere {
                     .map(|m| ListedMessage {
                         id: m.id,
                         size: u64::from(m.body_len),
-                        replicas: m.replicas.as_slice().iter().map(|&n| n.into()).collect(),
+                        replicas: super::replicas::from_set(&m.replicas),
                     })
                     .collect(),
                 deleted: shard.pending_tombstones(user),

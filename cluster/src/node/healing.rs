@@ -18,7 +18,7 @@ use porcupine_engine::UpdateKind;
 
 use super::clock::{now_ms, sleep_unless_stopping};
 use super::metrics;
-use super::replicas::CoreReplication;
+use super::replicas::{pending_update, put_update, CoreReplication};
 use crate::healing::{plan, Candidate, Cluster, Plan};
 use crate::membership::NodeId;
 use crate::replication::Update;
@@ -169,19 +169,7 @@ fn survey(replication: &CoreReplication, dead: &[NodeId]) -> Survey {
     };
     for shard in replication.shards.all() {
         for (user, entry) in shard.copies_naming(&dead32) {
-            let update = Update {
-                user,
-                id: entry.id,
-                kind: UpdateKind::Put,
-                hlc: entry.hlc,
-                origin: NodeId::from(entry.origin),
-                replicas: entry
-                    .replicas
-                    .as_slice()
-                    .iter()
-                    .map(|&n| n.into())
-                    .collect(),
-            };
+            let update = put_update(user, &entry);
             consider(update, entry.flags, &mut found);
         }
         for pending in shard.pending_updates() {
@@ -196,24 +184,12 @@ fn survey(replication: &CoreReplication, dead: &[NodeId]) -> Survey {
             }
             // A tombstone healed before is widened in the replicator only (its record keeps
             // the set it was written with): plan from the wider set.
-            let replicas = replication
-                .pending_replicas(&pending.user, pending.id, pending.hlc)
-                .unwrap_or_else(|| {
-                    pending
-                        .replicas
-                        .as_slice()
-                        .iter()
-                        .map(|&n| n.into())
-                        .collect()
-                });
-            let update = Update {
-                user: pending.user.to_string(),
-                id: pending.id,
-                kind: UpdateKind::Delete,
-                hlc: pending.hlc,
-                origin: NodeId::from(pending.origin),
-                replicas,
-            };
+            let mut update = pending_update(&pending);
+            if let Some(wider) =
+                replication.pending_replicas(&pending.user, pending.id, pending.hlc)
+            {
+                update.replicas = wider;
+            }
             consider(update, 0, &mut found);
         }
     }

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use porcupine_engine::record::user_key;
-use porcupine_engine::{DeleteOutcome, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind};
+use porcupine_engine::{
+    DeleteOutcome, MessageEntry, PendingUpdate, PutOutcome, ReplicaSet, Retired, Shard, Stamp,
+    UpdateKind,
+};
 
 use super::clock::now_ms;
 use super::cluster_driver::PEER_TIMEOUT;
@@ -84,6 +87,35 @@ fn to_set(nodes: &[NodeId]) -> ReplicaSet {
     ReplicaSet::new(nodes.iter().map(|&n| n as u32))
 }
 
+/// The nodes of a record's replica set.
+pub(super) fn from_set(set: &ReplicaSet) -> Vec<NodeId> {
+    set.as_slice().iter().map(|&n| NodeId::from(n)).collect()
+}
+
+/// The replicated update an index's pending entry stands for.
+pub(super) fn pending_update(pending: &PendingUpdate) -> Update {
+    Update {
+        user: pending.user.to_string(),
+        id: pending.id,
+        kind: pending.kind,
+        hlc: pending.hlc,
+        origin: NodeId::from(pending.origin),
+        replicas: from_set(&pending.replicas),
+    }
+}
+
+/// The put that stored a copy here.
+pub(super) fn put_update(user: String, entry: &MessageEntry) -> Update {
+    Update {
+        user,
+        id: entry.id,
+        kind: UpdateKind::Put,
+        hlc: entry.hlc,
+        origin: NodeId::from(entry.origin),
+        replicas: from_set(&entry.replicas),
+    }
+}
+
 impl CoreReplication {
     /// Creates the edge and loads every update still pending in the shards' logs.
     pub fn new(context: Arc<NodeContext>, peers: Rc<Peers>, shards: Rc<CoreShards>) -> Rc<Self> {
@@ -101,19 +133,7 @@ impl CoreReplication {
         let mut loaded = 0usize;
         for shard in edge.shards.all() {
             for pending in shard.pending_updates() {
-                let update = Update {
-                    user: pending.user.to_string(),
-                    id: pending.id,
-                    kind: pending.kind,
-                    hlc: pending.hlc,
-                    origin: NodeId::from(pending.origin),
-                    replicas: pending
-                        .replicas
-                        .as_slice()
-                        .iter()
-                        .map(|&n| NodeId::from(n))
-                        .collect(),
-                };
+                let update = pending_update(&pending);
                 edge.replicator.borrow_mut().add(update, &[], 0);
                 loaded += 1;
             }
@@ -206,12 +226,7 @@ impl CoreReplication {
             replicas: if fresh {
                 replicas.to_vec()
             } else {
-                entry
-                    .replicas
-                    .as_slice()
-                    .iter()
-                    .map(|&n| NodeId::from(n))
-                    .collect()
+                from_set(&entry.replicas)
             },
         };
         self.sync_view();
@@ -548,19 +563,7 @@ impl CoreReplication {
         let Some(entry) = self.shard(user).and_then(|shard| shard.message(user, id)) else {
             return true;
         };
-        let update = Update {
-            user: user.to_owned(),
-            id,
-            kind: UpdateKind::Put,
-            hlc: entry.hlc,
-            origin: NodeId::from(entry.origin),
-            replicas: entry
-                .replicas
-                .as_slice()
-                .iter()
-                .map(|&n| NodeId::from(n))
-                .collect(),
-        };
+        let update = put_update(user.to_owned(), &entry);
         self.clone().push(to, update, None).await
     }
 
@@ -580,12 +583,7 @@ impl CoreReplication {
             kind: UpdateKind::Delete,
             hlc: tomb.hlc,
             origin: NodeId::from(tomb.origin),
-            replicas: tomb
-                .replicas
-                .as_slice()
-                .iter()
-                .map(|&n| NodeId::from(n))
-                .collect(),
+            replicas: from_set(&tomb.replicas),
         };
         self.sync_view();
         let actions = self.replicator.borrow_mut().add(update, &[], self.now());
