@@ -523,3 +523,59 @@ fn a_set_rebuilt_by_healing_replaces_a_full_one() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_pushed_tombstone_over_a_wider_copy_names_the_copys_nodes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        // A delivery placed again widened the copy here to 7, 9 and 11; the tombstone pushed
+        // by 9 names only 7 and 9. The answer tells 9 to send it on to 11.
+        shard
+            .put_message(
+                "a@x",
+                5,
+                &body_for(5, 900),
+                0,
+                ReplicaSet::new([7, 9, 11]),
+                None,
+            )
+            .await
+            .unwrap();
+        let stamp = Stamp {
+            hlc: 1 << 41,
+            origin: 9,
+        };
+        let DeleteOutcome::Deleted(tomb) = shard
+            .delete_replicated(
+                "a@x",
+                5,
+                Some((stamp, ReplicaSet::new([9, 7]))),
+                ReplicaSet::NONE,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("message 5 was there")
+        };
+        assert_eq!(tomb.replicas, ReplicaSet::new([9, 7, 11]));
+        // Without a copy here, a pushed tombstone keeps the pusher's set.
+        let DeleteOutcome::Deleted(tomb) = shard
+            .delete_replicated(
+                "a@x",
+                6,
+                Some((stamp, ReplicaSet::new([9, 7]))),
+                ReplicaSet::NONE,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("a tombstone for a message not here")
+        };
+        assert_eq!(tomb.replicas, ReplicaSet::new([9, 7]));
+        shard.close().await.unwrap();
+    });
+}

@@ -130,6 +130,7 @@ fn a_stranger_without_the_key_changes_nothing_and_reads_nothing() {
             id: u128::from(stamp),
             epoch: Epoch::default(),
             replicas: vec![node_id],
+            also: Vec::new(),
             message: b"Subject: injected\r\n\r\nno Received header\r\n".to_vec(),
         }),
     ];

@@ -13,6 +13,15 @@
 //! is avoided from then on; when every member was full the answer is "no space". The whole
 //! sequence is bounded by the patience: then the client gets a temporary failure and retries.
 //!
+//! A store that failed as "unavailable" may have left copies on its nodes (the coordinator
+//! stored it, then a replica or the answer was lost). The next attempt's replica set names
+//! those nodes too ([`DeliveryAction::StoreAt::also`]; the answer does not wait for them): a
+//! session that deletes the message then sends its tombstone to them as well, and a copy the
+//! new attempt lands is pushed to them, where a tombstone made meanwhile deletes it again.
+//! Placed elsewhere without them, the retry's copy would outlive the first copy's delete once
+//! that tombstone retired, and show the deleted message again (`tests/policy_sim.rs` found it
+//! once tombstones retired there as they do on a node).
+//!
 //! Events in ([`DeliveryInput`]), one action out per step ([`DeliveryAction`]); the time, the
 //! view, the loads and the randomness are the caller's ([`Facts`]).
 
@@ -108,6 +117,9 @@ pub enum DeliveryAction {
     StoreHere {
         placed: Epoch,
         replicas: Vec<NodeId>,
+        /// Nodes an earlier attempt may have left a copy on: named in the replica set after
+        /// `replicas`, pushed to, not waited for.
+        also: Vec<NodeId>,
     },
     /// Ask `coordinator` to store and replicate to `replicas` (the coordinator first). Answer:
     /// `Stored` (`Unavailable` when it cannot be reached or is not a member).
@@ -115,6 +127,8 @@ pub enum DeliveryAction {
         coordinator: NodeId,
         placed: Epoch,
         replicas: Vec<NodeId>,
+        /// As [`DeliveryAction::StoreHere::also`].
+        also: Vec<NodeId>,
     },
     /// Candidates for `replicas` copies from the user's manager, without the nodes in
     /// `avoid`. With `avoid` empty the driver may answer from its cache of the manager's last
@@ -145,6 +159,8 @@ enum Phase {
     Storing {
         coordinator: NodeId,
         lone: bool,
+        /// Every node the attempt named.
+        named: Vec<NodeId>,
     },
     /// After a full coordinator was marked: its candidates are forgotten next.
     MarkedFull,
@@ -164,6 +180,8 @@ pub struct Delivery {
     deadline_ms: u64,
     /// Coordinators that answered "no space" (each count once per answer, as before).
     full_answers: usize,
+    /// Nodes of attempts that ended "unavailable": they may hold a copy.
+    may_hold: Vec<NodeId>,
     phase: Phase,
 }
 
@@ -173,6 +191,7 @@ impl Delivery {
             settings,
             deadline_ms: now_ms.saturating_add(settings.patience_ms),
             full_answers: 0,
+            may_hold: Vec::new(),
             phase: Phase::Begin,
         }
     }
@@ -219,20 +238,24 @@ impl Delivery {
                             nodes.swap(0, at);
                         }
                         let coordinator = nodes[0];
+                        let also = self.also_naming(&nodes);
                         self.phase = Phase::Storing {
                             coordinator,
                             lone: false,
+                            named: nodes.iter().chain(&also).copied().collect(),
                         };
                         if coordinator == facts.me {
                             DeliveryAction::StoreHere {
                                 placed: facts.view.epoch,
                                 replicas: nodes,
+                                also,
                             }
                         } else {
                             DeliveryAction::StoreAt {
                                 coordinator,
                                 placed: facts.view.epoch,
                                 replicas: nodes,
+                                also,
                             }
                         }
                     }
@@ -250,12 +273,24 @@ impl Delivery {
                 }
             }
             (Phase::Placing { .. }, _) => self.pause_or_give_up(facts),
-            (Phase::Storing { coordinator, lone }, DeliveryInput::Stored(outcome)) => {
+            (
+                Phase::Storing {
+                    coordinator,
+                    lone,
+                    named,
+                },
+                DeliveryInput::Stored(outcome),
+            ) => {
                 match outcome {
                     Ok(()) => self.finish(Ok(())),
                     Err(StoreError::Unavailable) if lone => self.pause_or_give_up(facts),
                     // Placed again with a fresh answer from the manager, under the same id.
                     Err(StoreError::Unavailable) => {
+                        for node in named {
+                            if !self.may_hold.contains(&node) {
+                                self.may_hold.push(node);
+                            }
+                        }
                         if facts.now_ms >= self.deadline_ms {
                             return self.finish(Err(StoreError::Failed));
                         }
@@ -308,10 +343,12 @@ impl Delivery {
             self.phase = Phase::Storing {
                 coordinator: facts.me,
                 lone: true,
+                named: Vec::new(),
             };
             return DeliveryAction::StoreHere {
                 placed: view.epoch,
                 replicas: Vec::new(),
+                also: Vec::new(),
             };
         }
         self.phase = Phase::Placing { avoid: Vec::new() };
@@ -330,6 +367,26 @@ impl Delivery {
         DeliveryAction::Sleep {
             ms: self.settings.retry_pause_ms,
         }
+    }
+
+    /// The nodes that may hold a copy and are not among `nodes`, as many as a replica set
+    /// has room for (the earliest attempts' first: they are the likeliest to have stored it).
+    fn also_naming(&self, nodes: &[NodeId]) -> Vec<NodeId> {
+        let room = porcupine_types::REPLICAS_MAX.saturating_sub(nodes.len());
+        let also: Vec<NodeId> = self
+            .may_hold
+            .iter()
+            .copied()
+            .filter(|n| !nodes.contains(n))
+            .collect();
+        if also.len() > room {
+            tracing::warn!(
+                ?also,
+                room,
+                "a delivery placed again names only some of the nodes earlier attempts may have left a copy on"
+            );
+        }
+        also.into_iter().take(room).collect()
     }
 
     fn finish(&mut self, result: Result<(), StoreError>) -> DeliveryAction {
@@ -412,7 +469,8 @@ mod tests {
             vec![
                 DeliveryAction::StoreHere {
                     placed: v.epoch,
-                    replicas: vec![]
+                    replicas: vec![],
+                    also: vec![]
                 },
                 DeliveryAction::Finish(Ok(()))
             ]
@@ -434,9 +492,46 @@ mod tests {
             actions[1],
             DeliveryAction::StoreHere {
                 placed: v.epoch,
-                replicas: vec![2, 1]
+                replicas: vec![2, 1],
+                also: vec![]
             }
         );
+    }
+
+    #[test]
+    fn an_attempt_after_an_unavailable_one_names_its_nodes_too() {
+        let v = view(&[1, 2, 3, 4, 5]);
+        let mut m = Delivery::new(settings(2), 0);
+        let mut stores = Vec::new();
+        let mut asked = 0;
+        let actions = run(&mut m, &v, 9, |action, _| match action {
+            DeliveryAction::AskCandidates { .. } => {
+                asked += 1;
+                let first = if asked == 1 { vec![1, 2] } else { vec![3, 4] };
+                DeliveryInput::Candidates(Some(first.into()))
+            }
+            DeliveryAction::StoreAt { replicas, also, .. } => {
+                stores.push((replicas.clone(), also.clone()));
+                DeliveryInput::Stored(if stores.len() == 1 {
+                    Err(StoreError::Unavailable)
+                } else {
+                    Ok(())
+                })
+            }
+            _ => DeliveryInput::Continue,
+        });
+        assert_eq!(actions.last(), Some(&DeliveryAction::Finish(Ok(()))));
+        assert_eq!(stores.len(), 2, "{stores:?}");
+        assert!(stores[0].1.is_empty());
+        let (mut first, second) = (stores[0].0.clone(), &stores[1]);
+        first.sort_unstable();
+        let mut also = second.1.clone();
+        also.sort_unstable();
+        assert_eq!(
+            also, first,
+            "the second attempt names the first one's nodes: {stores:?}"
+        );
+        assert!(second.0.iter().all(|n| [3, 4].contains(n)));
     }
 
     #[test]

@@ -26,6 +26,11 @@ use porcupine_types::{supersedes, UpdateKind, REPLICAS_MAX};
 
 use crate::membership::NodeId;
 
+/// The default [`Settings::tombstone_min_age_ms`]: 10 s, against a delivery patience of 5 s
+/// and a peer timeout of 2 s. Not more: every pending tombstone of a user is in each of its
+/// listings, and a hot mailbox makes thousands a second.
+pub const TOMBSTONE_MIN_AGE_MS: u64 = 10_000;
+
 /// Timing of the replication manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -37,6 +42,12 @@ pub struct Settings {
     pub takeover_after_ms: u64,
     /// Updates pending longer than this are dropped (DESIGN.md §1: a week in the paper).
     pub retention_ms: u64,
+    /// A tombstone is kept at least this long after it was made, acknowledged or not: a
+    /// delivery still retrying the same message id (its first answer was lost, and it is
+    /// placed again under the same id for up to its patience, plus a request on the wire)
+    /// must find it, or the copy it lands would show the deleted message again. Longer than
+    /// the delivery's patience and a peer timeout together.
+    pub tombstone_min_age_ms: u64,
     /// Pushes in flight at once from this core.
     pub pushes_in_flight_max: usize,
 }
@@ -48,6 +59,7 @@ impl Default for Settings {
             straggler_wait_ms: 500,
             takeover_after_ms: 10_000,
             retention_ms: 7 * 24 * 3600 * 1000,
+            tombstone_min_age_ms: TOMBSTONE_MIN_AGE_MS,
             pushes_in_flight_max: 512,
         }
     }
@@ -367,10 +379,20 @@ impl Replicator {
         }
         let origin = entry.update.origin;
         let origin_live = origin == me || self.is_live(origin);
-        let overdue = now.saturating_sub(entry.added_ms) >= settings.takeover_after_ms;
+        let tombstone = entry.update.kind == UpdateKind::Delete;
+        // A tombstone's coordinator keeps it for its minimum age before it tells the others
+        // to retire it: that wait is not a lost notice.
+        let takeover_after = if tombstone {
+            settings
+                .takeover_after_ms
+                .saturating_add(settings.tombstone_min_age_ms)
+        } else {
+            settings.takeover_after_ms
+        };
+        let overdue = now.saturating_sub(entry.added_ms) >= takeover_after;
         if !(origin == me || !origin_live || overdue) {
             // The coordinator drives it; look again when it may be overdue.
-            self.schedule(serial, entry.added_ms + settings.takeover_after_ms);
+            self.schedule(serial, entry.added_ms.saturating_add(takeover_after));
             return;
         }
         // Replicas whose acknowledgement is needed: all but a coordinator that is not live,
@@ -389,7 +411,11 @@ impl Replicator {
             .collect();
         if missing.is_empty() {
             let complete = entry.complete_ms.unwrap_or(now);
-            if complete + settings.straggler_wait_ms <= now {
+            let mut retire_at = complete.saturating_add(settings.straggler_wait_ms);
+            if tombstone {
+                retire_at = retire_at.max(added_ms.saturating_add(settings.tombstone_min_age_ms));
+            }
+            if retire_at <= now {
                 let update = entry.update.clone();
                 let notify = update
                     .replicas
@@ -403,7 +429,7 @@ impl Replicator {
                 if let Some(entry) = self.entries.get_mut(key) {
                     entry.complete_ms = Some(complete);
                 }
-                self.schedule(serial, complete + settings.straggler_wait_ms);
+                self.schedule(serial, retire_at);
             }
             return;
         }
@@ -470,6 +496,7 @@ mod tests {
             straggler_wait_ms: 50,
             takeover_after_ms: 1000,
             retention_ms: 100_000,
+            tombstone_min_age_ms: 0,
             pushes_in_flight_max: 8,
         }
     }
@@ -510,6 +537,41 @@ mod tests {
         assert_eq!(pushes(&r.tick(20_110)), vec![3]);
         r.acked("u", 1, 10, 3, 20_120);
         assert!(matches!(r.tick(20_200)[..], [Action::Retire { .. }]));
+    }
+
+    #[test]
+    fn a_tombstone_outlives_a_delivery_that_may_still_retry_its_message() {
+        let settings = Settings {
+            tombstone_min_age_ms: 30_000,
+            ..settings()
+        };
+        let mut r = Replicator::new(1, settings);
+        r.view_changed(&[1, 2], 0);
+        assert_eq!(
+            pushes(&r.add(update(UpdateKind::Delete, 20, 1, &[1, 2]), &[], 0)),
+            vec![2]
+        );
+        r.acked("u", 1, 20, 2, 10);
+        // Acknowledged by every replica, past the straggler wait: still kept.
+        assert!(r.tick(1_000).is_empty());
+        assert!(r.tick(29_999).is_empty());
+        assert_eq!(r.pending(), 1);
+        assert!(matches!(r.tick(30_000)[..], [Action::Retire { .. }]));
+        // A put waits only for the stragglers.
+        let mut r = Replicator::new(1, settings);
+        r.view_changed(&[1, 2], 0);
+        r.add(update(UpdateKind::Put, 10, 1, &[1, 2]), &[], 0);
+        r.acked("u", 1, 10, 2, 10);
+        assert!(matches!(r.tick(100)[..], [Action::Retire { .. }]));
+        // A holder that is not the coordinator does not take a kept tombstone for a lost
+        // retire notice until the minimum age and the takeover wait have both passed.
+        let mut r = Replicator::new(2, settings);
+        r.view_changed(&[1, 2, 3], 0);
+        assert!(r
+            .add(update(UpdateKind::Delete, 20, 1, &[1, 2, 3]), &[1], 0)
+            .is_empty());
+        assert!(pushes(&r.tick(30_000)).is_empty());
+        assert_eq!(pushes(&r.tick(31_000)), vec![3]);
     }
 
     #[test]

@@ -105,12 +105,15 @@ pub struct Placed {
 
 /// Store a message in the user's fragment on the receiving node, which coordinates its
 /// replication to `replicas` (itself first). `epoch`: the membership of the placement.
+/// `also`: nodes an earlier attempt of this delivery may have left a copy on, named in the
+/// replica set after `replicas` and pushed to, but not waited for (see [`crate::delivery`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMessage {
     pub user: String,
     pub id: u128,
     pub epoch: Epoch,
     pub replicas: Vec<u64>,
+    pub also: Vec<u64>,
     #[serde(with = "serde_bytes")]
     pub message: Vec<u8>,
 }
@@ -138,10 +141,14 @@ pub enum ReplicaUpdate {
 }
 
 /// How a replica took a pushed update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Pushed {
     /// Durable here (or a newer update of the message is).
     Taken,
+    /// A tombstone, durable here over a copy whose replica set also named these nodes (a
+    /// delivery placed again): the pusher sends them the tombstone too, or their copies
+    /// would outlive the delete.
+    TakenNaming(Vec<u64>),
     /// This node holds a tombstone for the pushed message: it was read and deleted already,
     /// and the pusher's copy is to be deleted too.
     DeletedHere,
@@ -373,6 +380,7 @@ mod tests {
                 id: 9,
                 epoch: Epoch::default(),
                 replicas: vec![1, 2],
+                also: vec![3],
                 message: b"hello".to_vec(),
             }
             .into(),

@@ -7,7 +7,7 @@
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 7; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 8; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
 //! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
@@ -22,7 +22,8 @@
 //! avoid; version 4 the epoch in which a maildrop lock was released; version 5 each listed
 //! message's replica set and the answer that a pushed message is deleted at the replica;
 //! version 6 typed calls (a reply is its operation's `Result`, not a tagged body); version 7
-//! the anti-entropy calls (digests and bucket listings).
+//! the anti-entropy calls (digests and bucket listings); version 8 the nodes a store names
+//! besides its replicas (`StoreMessage::also`: where an earlier attempt may have left a copy).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,7 +31,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 7;
+pub const FRAME_VERSION: u8 = 8;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -224,6 +225,7 @@ mod tests {
             id: 9,
             epoch: Epoch::default(),
             replicas: vec![1, 2],
+            also: vec![7],
             message: b"hello".to_vec(),
         }
         .into();
@@ -271,7 +273,8 @@ mod tests {
         for old in 1..FRAME_VERSION {
             // 2 lacked the load exchange; 3 answered an unlock with `Done` whatever the
             // manager's state; 4 listed messages without their replica sets; 5 answered with
-            // tagged bodies; 6 knew no anti-entropy: each is refused, never misread.
+            // tagged bodies; 6 knew no anti-entropy; 7 stored without the nodes an earlier
+            // attempt may have left a copy on: each is refused, never misread.
             bytes[4] = old;
             assert_eq!(
                 decode_frame::<Request>(&bytes).unwrap_err(),

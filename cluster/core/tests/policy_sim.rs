@@ -1,7 +1,8 @@
 //! Deterministic simulation of the delivery and maildrop policy: the real [`Delivery`],
 //! [`Open`], [`Delete`] and [`Unlock`] machines in SMTP and POP3 sessions on every node, the
 //! real bucket [`Manager`] on every node, with a model of each node's fragments (puts and
-//! tombstones, pushed on to replicas and fragment nodes as the replication manager does), on
+//! tombstones, pushed on to replicas and fragment nodes as the replication manager does, and
+//! tombstones retired once nothing is left to push and their minimum age has passed), on
 //! one thread with a simulated clock. Faults: message loss and delay, node crashes and
 //! restarts, and memberships installed at different moments on different nodes (the window
 //! where a maildrop lock could be granted twice).
@@ -41,6 +42,9 @@ const REPLICATION_TICK_MS: u64 = 50;
 const REQUEST_TIMEOUT_MS: u64 = 300;
 const BUCKETS: usize = 16;
 const REPLICAS: usize = 2;
+/// As the replication manager's minimum tombstone age: longer than the delivery's patience
+/// (2 s here) and a request's timeout together.
+const TOMBSTONE_MIN_AGE_MS: u64 = 2_600;
 
 /// What one node's disk holds for a message of a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +266,11 @@ struct Sim {
     acked: BTreeMap<u128, String>,
     /// Acknowledged deletes: id → when.
     deleted_at: HashMap<u128, u64>,
+    /// Messages whose tombstone was retired somewhere (a delete that landed, acknowledged or
+    /// not).
+    retired: HashSet<u128>,
+    /// When each node's tombstone was first seen by [`Sim::retire_tombstones`].
+    tomb_seen: HashMap<(usize, String, u128), u64>,
     violations: Vec<String>,
     loss: f64,
     /// What to print as the run goes (read once from the environment).
@@ -322,6 +331,8 @@ impl Sim {
             users: (0..3).map(|u| format!("user{u}@example.org")).collect(),
             acked: BTreeMap::new(),
             deleted_at: HashMap::new(),
+            retired: HashSet::new(),
+            tomb_seen: HashMap::new(),
             violations: Vec::new(),
             loss,
             trace: Trace::from_env(),
@@ -636,7 +647,15 @@ impl Sim {
             }
             Request::StoreMessage(call) => {
                 let size = call.message.len() as u64;
-                let stored = self.store(to, &call.user, call.id, call.epoch, &call.replicas, size);
+                let stored = self.store(
+                    to,
+                    &call.user,
+                    call.id,
+                    call.epoch,
+                    &call.replicas,
+                    &call.also,
+                    size,
+                );
                 answer::<StoreMessage>(stored.map_err(Failure::from))
             }
             // Replication is modelled by each disk's pushes (anti-entropy has its own
@@ -655,7 +674,8 @@ impl Sim {
 
     /// A coordinator stores and replicates: written here, pushed to every other replica; the
     /// store counts once every replica that is up has it (one that is down gets it later,
-    /// and the delivery is placed again under the same id).
+    /// and the delivery is placed again under the same id). `also` (where an earlier attempt
+    /// may have left a copy) joins the replica set and gets its push later, not waited for.
     #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
@@ -664,16 +684,26 @@ impl Sim {
         id: u128,
         placed: Epoch,
         replicas: &[NodeId],
+        also: &[NodeId],
         size: u64,
     ) -> Result<(), StoreError> {
         let me = self.nodes[at].id;
+        let mut named = replicas.to_vec();
+        named.extend(also.iter().copied().filter(|n| !replicas.contains(n)));
         let put = Rec::Put {
             size,
-            replicas: replicas.to_vec(),
+            replicas: named,
         };
+
         if self.nodes[at].disk.write(user, id, put.clone()) {
             // Deleted already: a retry of a message its owner has read and deleted.
             return Ok(());
+        }
+        for &node in also.iter().filter(|&&n| n != me && !replicas.contains(&n)) {
+            self.nodes[at]
+                .disk
+                .pushes
+                .push((node, user.to_owned(), id, put.clone()));
         }
         if self.traces_message(id) {
             eprintln!(
@@ -723,6 +753,7 @@ impl Sim {
     }
 
     fn replicate(&mut self) {
+        self.retire_tombstones();
         for from in 0..self.nodes.len() {
             if !self.nodes[from].up {
                 continue;
@@ -742,6 +773,24 @@ impl Sim {
                         );
                     }
                     let is_put = matches!(rec, Rec::Put { .. });
+                    // A tombstone over a copy that names more nodes (a delivery placed again
+                    // widened it): the answer names them, and the pusher sends it on to them.
+                    let naming: Vec<NodeId> = match self.nodes[index]
+                        .disk
+                        .records
+                        .get(&user)
+                        .and_then(|r| r.get(&id))
+                    {
+                        Some(Rec::Put { replicas, .. }) if !is_put => replicas
+                            .iter()
+                            .copied()
+                            .filter(|&n| n != to && n != self.nodes[from].id)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    for node in naming {
+                        kept.push((node, user.clone(), id, Rec::Tomb));
+                    }
                     if self.nodes[index].disk.write(&user, id, rec) {
                         let me = self.nodes[from].id;
                         self.nodes[from].disk.delete(me, &user, id, &[]);
@@ -756,6 +805,41 @@ impl Sim {
                 }
             }
             self.nodes[from].disk.pushes.extend(kept);
+        }
+    }
+
+    /// Retires every tombstone no node still has to push and that is older than
+    /// [`TOMBSTONE_MIN_AGE_MS`], as the replication manager does once every node of its replica
+    /// set acknowledged it and its minimum age passed: the record is gone, and a put of that id
+    /// arriving later is stored again. A node that is down keeps its records until it is back.
+    fn retire_tombstones(&mut self) {
+        let pending: HashSet<(String, u128)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.disk.pushes.iter())
+            .filter(|(_, _, _, rec)| matches!(rec, Rec::Tomb))
+            .map(|(_, user, id, _)| (user.clone(), *id))
+            .collect();
+        let now = self.now;
+        for (index, node) in self.nodes.iter_mut().enumerate().filter(|(_, n)| n.up) {
+            for (user, records) in node.disk.records.iter_mut() {
+                records.retain(|id, rec| {
+                    if !matches!(rec, Rec::Tomb) {
+                        return true;
+                    }
+                    let seen = *self
+                        .tomb_seen
+                        .entry((index, user.clone(), *id))
+                        .or_insert(now);
+                    let retire = now.saturating_sub(seen) >= TOMBSTONE_MIN_AGE_MS
+                        && !pending.contains(&(user.clone(), *id));
+                    if retire {
+                        self.retired.insert(*id);
+                        self.tomb_seen.remove(&(index, user.clone(), *id));
+                    }
+                    !retire
+                });
+            }
         }
     }
 
@@ -850,8 +934,12 @@ impl Sim {
                         }
                         return;
                     }
-                    DeliveryAction::StoreHere { placed, replicas } => {
-                        let result = self.store(node, &user, msg, placed, &replicas, 100);
+                    DeliveryAction::StoreHere {
+                        placed,
+                        replicas,
+                        also,
+                    } => {
+                        let result = self.store(node, &user, msg, placed, &replicas, &also, 100);
                         let input = Input::Delivery(DeliveryInput::Stored(result));
                         self.at(self.now + 1, Event::Step { session: id, input });
                     }
@@ -859,6 +947,7 @@ impl Sim {
                         coordinator,
                         placed,
                         replicas,
+                        also,
                     } => {
                         let to = self.index_of(coordinator);
                         let store = StoreMessage {
@@ -866,6 +955,7 @@ impl Sim {
                             id: msg,
                             epoch: placed,
                             replicas,
+                            also,
                             message: vec![0; 100],
                         };
                         self.call(id, to, store, |answer| {
@@ -1074,7 +1164,7 @@ impl Sim {
                 )
             });
             // A delete that was not acknowledged (its session failed at QUIT) may have landed.
-            if !listed && !tombstoned {
+            if !listed && !tombstoned && !self.retired.contains(id) {
                 self.violations.push(format!(
                     "{user}: message {id} acknowledged with 250 and lost"
                 ));

@@ -438,6 +438,7 @@ fn run(seed: u64) -> Result<(), String> {
         straggler_wait_ms: 200,
         takeover_after_ms: 3_000,
         retention_ms: u64::MAX / 4,
+        tombstone_min_age_ms: 2_000,
         pushes_in_flight_max: 64,
     };
     let nodes = (0..count)

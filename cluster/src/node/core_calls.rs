@@ -32,13 +32,15 @@ macro_rules! user_call {
 }
 
 /// Store a message here and coordinate its replication to `replicas` (this node first; empty
-/// or this node alone: not replicated).
+/// or this node alone: not replicated); `also`: nodes an earlier attempt may have left a copy
+/// on (named in the replica set, not waited for).
 #[derive(Debug)]
 pub struct Deliver {
     pub user: String,
     pub id: u128,
     pub message: Arc<Vec<u8>>,
     pub replicas: Vec<NodeId>,
+    pub also: Vec<NodeId>,
 }
 user_call!(Deliver);
 
@@ -47,7 +49,13 @@ impl CoreCall for Deliver {
     async fn serve(self, service: &CoreService) -> Self::Reply {
         service
             .replication()
-            .coordinate_put(&self.user, self.id, self.message, &self.replicas)
+            .coordinate_put(
+                &self.user,
+                self.id,
+                self.message,
+                &self.replicas,
+                &self.also,
+            )
             .await
     }
     fn unanswered() -> Self::Reply {

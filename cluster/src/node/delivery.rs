@@ -44,6 +44,7 @@ pub async fn store_here(
     message: Arc<Vec<u8>>,
     placed: Epoch,
     replicas: Vec<NodeId>,
+    also: Vec<NodeId>,
 ) -> Result<(), StoreError> {
     let shared = &context.cluster;
     let snapshots = shared.snapshots.load(Ordering::SeqCst);
@@ -52,6 +53,7 @@ pub async fn store_here(
         id,
         message,
         replicas,
+        also,
     };
     let result = context.call(deliver).await;
     if result.is_ok()
@@ -197,7 +199,7 @@ pub async fn deliver(
     if !shared.clustered() {
         // A lone node: no manager to ask (and no shared reference count to bump per message).
         let epoch = shared.view.load().epoch;
-        return store_here(context, user, id, message, epoch, Vec::new()).await;
+        return store_here(context, user, id, message, epoch, Vec::new(), Vec::new()).await;
     }
     let me = shared.me.id;
     let mut machine = Delivery::new(settings(context), now_ms());
@@ -214,13 +216,18 @@ pub async fn deliver(
         let action = machine.step(input, facts, |node| load_of(context, node), &mut rng);
         input = match action {
             DeliveryAction::Finish(result) => return result,
-            DeliveryAction::StoreHere { placed, replicas } => DeliveryInput::Stored(
-                store_here(context, user, id, message.clone(), placed, replicas).await,
+            DeliveryAction::StoreHere {
+                placed,
+                replicas,
+                also,
+            } => DeliveryInput::Stored(
+                store_here(context, user, id, message.clone(), placed, replicas, also).await,
             ),
             DeliveryAction::StoreAt {
                 coordinator,
                 placed,
                 replicas,
+                also,
             } => DeliveryInput::Stored(match view.member(coordinator) {
                 Some(member) => {
                     let store = StoreMessage {
@@ -228,6 +235,7 @@ pub async fn deliver(
                         id,
                         epoch: placed,
                         replicas,
+                        also,
                         message: message.to_vec(),
                     };
                     StoreError::of_remote(

@@ -106,9 +106,11 @@ async fn store(context: &CoreContext, call: StoreMessage) -> Result<(), Failure>
         id,
         epoch,
         replicas,
+        also,
         message,
     } = call;
-    super::delivery::store_here(context, &user, id, Arc::new(message), epoch, replicas)
+    let message = Arc::new(message);
+    super::delivery::store_here(context, &user, id, message, epoch, replicas, also)
         .await
         .map_err(Failure::from)
 }
@@ -131,6 +133,7 @@ async fn push(context: &CoreContext, call: PushUpdate) -> Result<Pushed, Failure
     };
     match context.call(ApplyUpdate { update, message }).await {
         Ok(Applied::Taken) => Ok(Pushed::Taken),
+        Ok(Applied::TakenNaming(nodes)) => Ok(Pushed::TakenNaming(nodes)),
         // The pusher deletes its copy too (see `replicas::Edge::push`).
         Ok(Applied::DeletedHere) => Ok(Pushed::DeletedHere),
         Err(error) => Err(error.into()),

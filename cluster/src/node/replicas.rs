@@ -29,6 +29,7 @@ use crate::membership::{Epoch, NodeId};
 use crate::replication::{Action, Replicator, Update};
 use crate::rpc::{OneWay, PushUpdate, Pushed, ReplicaUpdate};
 use crate::transport::Peers;
+use porcupine_engine::record::REPLICAS_MAX;
 
 /// When a delivery's 250 may be sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,18 +46,22 @@ const TICK: Duration = Duration::from_millis(25);
 
 /// One core's replication: its replicator and what it needs to act.
 /// What applying a pushed update did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// Stored (or there already, or superseded by a newer update of the same kind).
     Taken,
+    /// A tombstone taken over a copy that also named these nodes ([`Pushed::TakenNaming`]).
+    TakenNaming(Vec<NodeId>),
     /// A put of a message this node holds a tombstone for: the pusher deletes its copy.
     DeletedHere,
 }
 
 /// How a push went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum PushOutcome {
     Held,
+    /// Held; the replica's copy named these nodes too, which the tombstone must reach.
+    HeldNaming(Vec<NodeId>),
     /// The replica holds a tombstone of the pushed message: it counts as held, and this
     /// node's copy is deleted.
     DeletedThere,
@@ -181,17 +186,22 @@ impl CoreReplication {
     /// Stores a message delivered here and coordinates its replication to `replicas` (this
     /// node first). Under [`AckPolicy::AllReplicas`] it returns only once every replica holds
     /// the message durably; a replica that cannot take it makes it `Unavailable` (delivery
-    /// then places the message again, under the same id).
+    /// then places the message again, under the same id). `also` (where an earlier attempt
+    /// may have left a copy) joins the replica set and gets the message, but is not waited for.
     pub async fn coordinate_put(
         self: &Rc<Self>,
         user: &str,
         id: u128,
         message: Arc<Vec<u8>>,
         replicas: &[NodeId],
+        also: &[NodeId],
     ) -> Result<(), StoreError> {
         let shard = self.shard(user).ok_or(StoreError::Failed)?;
+        let mut named = replicas.to_vec();
+        named.extend(also.iter().copied().filter(|n| !replicas.contains(n)));
+        named.truncate(REPLICAS_MAX);
         let set = if replicas.len() > 1 {
-            to_set(replicas)
+            to_set(&named)
         } else {
             ReplicaSet::NONE
         };
@@ -224,7 +234,7 @@ impl CoreReplication {
             hlc: entry.hlc,
             origin: NodeId::from(entry.origin),
             replicas: if fresh {
-                replicas.to_vec()
+                named.clone()
             } else {
                 from_set(&entry.replicas)
             },
@@ -246,16 +256,22 @@ impl CoreReplication {
             // A retry: the message is here from an earlier attempt (perhaps with other
             // replicas); this attempt's replicas get it directly, with the widened set.
             let me = self.context.cluster.me.id;
-            replicas.iter().copied().filter(|&n| n != me).collect()
+            named.iter().copied().filter(|&n| n != me).collect()
         };
         let expected = replicas.len() - 1;
-        let tasks: Vec<_> = pushes
-            .into_iter()
-            .map(|to| {
-                let (edge, update, message) = (self.clone(), update.clone(), message.clone());
-                glommio::spawn_local(async move { edge.push(to, update, Some(message)).await })
-            })
-            .collect();
+        let mut tasks = Vec::new();
+        for to in pushes {
+            let (edge, update, message) = (self.clone(), update.clone(), message.clone());
+            let task =
+                glommio::spawn_local(async move { edge.push(to, update, Some(message)).await });
+            if replicas.contains(&to) {
+                tasks.push(task);
+            } else {
+                // Where an earlier attempt may have left a copy: not waited for (it may be
+                // the node that failed); the replicator keeps it pending until it has it.
+                task.detach();
+            }
+        }
         if self.context.config.ack_policy == AckPolicy::Coordinator {
             for task in tasks {
                 task.detach();
@@ -290,7 +306,19 @@ impl CoreReplication {
         let actions = {
             let mut replicator = self.replicator.borrow_mut();
             if held {
-                replicator.acked(&update.user, update.id, update.hlc, to, now)
+                let mut actions = replicator.acked(&update.user, update.id, update.hlc, to, now);
+                if let PushOutcome::HeldNaming(nodes) = &outcome {
+                    // The replica's copy named more nodes: this tombstone goes to them too
+                    // (the pending entry widens, and waits for them before it retires).
+                    let mut wider = update.clone();
+                    for node in nodes {
+                        if !wider.replicas.contains(node) {
+                            wider.replicas.push(*node);
+                        }
+                    }
+                    actions.extend(replicator.add(wider, &[to], now));
+                }
+                actions
             } else {
                 replicator.failed(&update.user, update.id, to, now);
                 Vec::new()
@@ -365,6 +393,7 @@ impl CoreReplication {
         };
         match self.peers.call(&addr, push, PEER_TIMEOUT).await {
             Ok(Pushed::Taken) => PushOutcome::Held,
+            Ok(Pushed::TakenNaming(nodes)) => PushOutcome::HeldNaming(nodes),
             Ok(Pushed::DeletedHere) => PushOutcome::DeletedThere,
             Err(_) => PushOutcome::Failed,
         }
@@ -438,6 +467,8 @@ impl CoreReplication {
         };
         let set = to_set(&update.replicas);
         let shared = &self.context.cluster;
+        // The nodes beyond the update's that a deleted copy here named.
+        let mut naming: Vec<NodeId> = Vec::new();
         let applied = match (update.kind, message) {
             (UpdateKind::Put, Some(message)) => {
                 let known_before = shard.has_messages(&update.user);
@@ -480,16 +511,25 @@ impl CoreReplication {
             }
             (UpdateKind::Put, None) => return Err(StoreError::Failed),
             (UpdateKind::Delete, _) => {
-                match shard
+                let deleted = shard
                     .delete_replicated(
                         &update.user,
                         update.id,
                         Some((stamp, set)),
                         ReplicaSet::NONE,
                     )
-                    .await
-                {
-                    Ok(DeleteOutcome::Deleted(_)) => true,
+                    .await;
+                match deleted {
+                    Ok(DeleteOutcome::Deleted(tomb)) => {
+                        let extra: Vec<NodeId> = from_set(&tomb.replicas)
+                            .into_iter()
+                            .filter(|n| !update.replicas.contains(n))
+                            .collect();
+                        if !extra.is_empty() {
+                            naming = extra;
+                        }
+                        true
+                    }
                     Ok(DeleteOutcome::AlreadyDeleted | DeleteOutcome::NotFound) => false,
                     Err(error) => return Err(super::service::store_error(&error)),
                 }
@@ -498,13 +538,19 @@ impl CoreReplication {
         if applied {
             self.sync_view();
             let origin = update.origin;
+            let mut update = update;
+            update.replicas.extend(naming.iter().copied());
             let actions = self
                 .replicator
                 .borrow_mut()
                 .add(update, &[origin], self.now());
             self.execute(actions);
         }
-        Ok(Applied::Taken)
+        if naming.is_empty() {
+            Ok(Applied::Taken)
+        } else {
+            Ok(Applied::TakenNaming(naming))
+        }
     }
 
     /// Healing: this node's copy of a message (or its pending tombstone) now names `update`'s

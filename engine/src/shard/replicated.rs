@@ -129,9 +129,18 @@ impl<S: Storage> Shard<S> {
                     }
                     Some(m.oldest_segment)
                 }
-                (Some((_, set)), m) => {
+                // A pushed tombstone over a copy whose replica set names more nodes (a delivery
+                // placed again widened it): the record names them too, so the pusher, told
+                // by the answer, sends them the tombstone as well.
+                (Some((_, set)), Some(m)) => {
+                    replicas.set(ReplicaSet::new(
+                        set.as_slice().iter().chain(m.replicas.as_slice()).copied(),
+                    ));
+                    Some(m.oldest_segment)
+                }
+                (Some((_, set)), None) => {
                     replicas.set(set);
-                    Some(m.map_or(state.append_seq, |m| m.oldest_segment))
+                    Some(state.append_seq)
                 }
             }
         };

@@ -70,6 +70,7 @@ fn main() {
                     id: 7,
                     epoch,
                     replicas: vec![1, 2],
+                    also: vec![3],
                     message: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
                 }
                 .into(),
