@@ -69,6 +69,12 @@ impl Disk {
     /// Writes `rec` unless it is a put over a tombstone (a delete supersedes any put);
     /// returns whether the message is deleted here (the put was refused for a tombstone).
     fn write(&mut self, user: &str, id: u128, rec: Rec) -> bool {
+        if rec == Rec::Tomb {
+            // A tombstone, made here or pushed, replaces a pending put of the message, as in
+            // the replication manager.
+            self.pushes
+                .retain(|(_, u, i, r)| !(u == user && *i == id && matches!(r, Rec::Put { .. })));
+        }
         let slot = self.records.entry(user.to_owned()).or_default();
         match (slot.get_mut(&id), rec) {
             (Some(Rec::Tomb), Rec::Put { .. }) => return true,
