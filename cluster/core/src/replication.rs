@@ -397,7 +397,6 @@ impl Replicator {
         }
         // Replicas whose acknowledgement is needed: all but a coordinator that is not live,
         // and for a put, none declared dead (healing replaces them).
-        let put = entry.update.kind == UpdateKind::Put;
         let missing: Vec<NodeId> = entry
             .update
             .replicas
@@ -406,7 +405,7 @@ impl Replicator {
             .filter(|r| {
                 !entry.acked.contains(r)
                     && (*r != origin || origin_live)
-                    && !(put && self.is_dead(*r))
+                    && (tombstone || !self.is_dead(*r))
             })
             .collect();
         if missing.is_empty() {

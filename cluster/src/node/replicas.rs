@@ -234,7 +234,7 @@ impl CoreReplication {
             hlc: entry.hlc,
             origin: NodeId::from(entry.origin),
             replicas: if fresh {
-                named.clone()
+                std::mem::take(&mut named)
             } else {
                 from_set(&entry.replicas)
             },
@@ -254,9 +254,9 @@ impl CoreReplication {
                 .collect()
         } else {
             // A retry: the message is here from an earlier attempt (perhaps with other
-            // replicas); this attempt's replicas get it directly, with the widened set.
+            // replicas); this attempt's nodes get it directly, with the widened set.
             let me = self.context.cluster.me.id;
-            named.iter().copied().filter(|&n| n != me).collect()
+            named.into_iter().filter(|&n| n != me).collect()
         };
         let expected = replicas.len() - 1;
         let mut tasks = Vec::new();
@@ -457,7 +457,7 @@ impl CoreReplication {
     /// message) is durable here.
     pub async fn apply(
         self: &Rc<Self>,
-        update: Update,
+        mut update: Update,
         message: Option<Vec<u8>>,
     ) -> Result<Applied, StoreError> {
         let shard = self.shard(&update.user).ok_or(StoreError::Failed)?;
@@ -521,13 +521,10 @@ impl CoreReplication {
                     .await;
                 match deleted {
                     Ok(DeleteOutcome::Deleted(tomb)) => {
-                        let extra: Vec<NodeId> = from_set(&tomb.replicas)
+                        naming = from_set(&tomb.replicas)
                             .into_iter()
                             .filter(|n| !update.replicas.contains(n))
                             .collect();
-                        if !extra.is_empty() {
-                            naming = extra;
-                        }
                         true
                     }
                     Ok(DeleteOutcome::AlreadyDeleted | DeleteOutcome::NotFound) => false,
@@ -538,7 +535,6 @@ impl CoreReplication {
         if applied {
             self.sync_view();
             let origin = update.origin;
-            let mut update = update;
             update.replicas.extend(naming.iter().copied());
             let actions = self
                 .replicator
