@@ -164,9 +164,9 @@ pub(crate) struct State<F: StorageFile> {
     pub writing: bool,
     pub recent: crate::recent::RecentWrites,
     pub compacting: bool,
-    /// Messages with a delete or flag update queued but not yet durable (count per id): the
-    /// index does not show those changes yet, so compaction must not copy such a message now.
-    pub pending_changes: std::collections::HashMap<u128, u32>,
+    /// Puts, deletes and flag updates queued but not yet durable: what the index does not
+    /// show yet (see [`crate::queued`]).
+    pub queued: crate::queued::QueuedChanges,
 }
 
 pub(crate) struct Inner<S: Storage> {

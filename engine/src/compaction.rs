@@ -129,9 +129,7 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
         let view_hlc = view.meta.hlc;
         // Decided at the moment the copy is encoded (see `Inner::submit`).
         let decide = |state: &crate::commit_queue::State<S::File>| -> Option<u32> {
-            if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate)
-                && state.pending_changes.contains_key(&id)
-            {
+            if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate) && state.queued.change(id) {
                 // A queued change is not in the index yet; copying now could order the copy
                 // after it. Skip: the segment keeps live bytes and is compacted again later.
                 return None;

@@ -36,6 +36,7 @@ pub mod memory_storage;
 pub mod metrics;
 pub mod outcomes;
 pub mod placement;
+mod queued;
 pub mod recent;
 pub mod record;
 pub mod recovery;

@@ -102,9 +102,7 @@ pub(crate) fn enqueue<S: Storage>(
         len: user.len() as u16,
     };
     let op = op(location);
-    if let IndexOp::Remove { id, .. } | IndexOp::Flags { id, .. } = op {
-        *state.pending_changes.entry(id).or_default() += 1;
-    }
+    state.queued.note(&op);
     batch.ops.push((span, location, op));
     let done = batch.done.clone();
     state.append_pos += len as u64;
@@ -623,16 +621,9 @@ fn complete<S: Storage>(
     }
 }
 
-/// A queued delete or flag update is no longer pending (applied or failed).
+/// A queued record is no longer queued (applied or failed).
 fn settle<F: StorageFile>(state: &mut State<F>, op: &IndexOp) {
-    if let IndexOp::Remove { id, .. } | IndexOp::Flags { id, .. } = *op {
-        if let Some(count) = state.pending_changes.get_mut(&id) {
-            *count -= 1;
-            if *count == 0 {
-                state.pending_changes.remove(&id);
-            }
-        }
-    }
+    state.queued.settle(op);
 }
 
 pub(crate) fn apply<F: StorageFile>(

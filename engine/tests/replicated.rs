@@ -579,3 +579,53 @@ fn a_pushed_tombstone_over_a_wider_copy_names_the_copys_nodes_too() {
         shard.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_put_racing_a_queued_tombstone_of_its_message_does_not_land_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        // A tombstone pushed by 9 is queued and not yet durable when a retried delivery of
+        // the same message is stored here: the index shows neither yet. The put must see the
+        // queued tombstone, or its copy would land behind it, look deleted to every later
+        // delete and be listed for ever.
+        let stamp = Stamp {
+            hlc: 1 << 41,
+            origin: 9,
+        };
+        let set = ReplicaSet::new([9, 7]);
+        let body = body_for(8, 900);
+        let (deleted, put) = futures_lite::future::zip(
+            shard.delete_replicated("a@x", 8, Some((stamp, set)), ReplicaSet::NONE),
+            shard.put_message("a@x", 8, &body, 0, ReplicaSet::new([7, 9, 11]), None),
+        )
+        .await;
+        assert!(matches!(deleted.unwrap(), DeleteOutcome::Deleted(_)));
+        assert!(matches!(put.unwrap(), PutOutcome::Deleted));
+        assert!(shard.message("a@x", 8).is_none());
+        assert!(shard.messages("a@x").is_empty());
+        // The other order: a put still queued when a tombstone of it is decided. The tombstone
+        // lands behind it, removes it, and names the put's replicas as if it had been durable.
+        let (put, deleted) = futures_lite::future::zip(
+            shard.put_message("a@x", 9, &body, 0, ReplicaSet::new([7, 9, 11]), None),
+            shard.delete_replicated("a@x", 9, Some((stamp, set)), ReplicaSet::NONE),
+        )
+        .await;
+        assert!(matches!(put.unwrap(), PutOutcome::Stored(_)));
+        let DeleteOutcome::Deleted(tomb) = deleted.unwrap() else {
+            panic!("the queued put counts as here")
+        };
+        assert_eq!(tomb.replicas, ReplicaSet::new([9, 7, 11]));
+        assert!(shard.messages("a@x").is_empty());
+        // Both hold after a reopen from the log.
+        shard.close().await.unwrap();
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        assert!(shard.messages("a@x").is_empty());
+        shard.close().await.unwrap();
+    });
+}

@@ -118,7 +118,7 @@ impl<S: Storage> Shard<S> {
             writing: false,
             recent: crate::recent::RecentWrites::new(config.read_cache_bytes),
             compacting: false,
-            pending_changes: std::collections::HashMap::new(),
+            queued: crate::queued::QueuedChanges::default(),
         };
         let inner = Rc::new(Inner {
             name: name.to_owned(),

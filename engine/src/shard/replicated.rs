@@ -24,7 +24,8 @@ impl<S: Storage> Shard<S> {
         let found = std::cell::Cell::new(None);
         let widened = std::cell::Cell::new(false);
         let decide = |state: &State<S::File>| {
-            if state.index.is_tombstoned(user, id) {
+            // A tombstone still queued counts: this put would land behind it.
+            if state.index.is_tombstoned(user, id) || state.queued.delete(id) {
                 found.set(Some(PutOutcome::Deleted));
                 return None;
             }
@@ -111,7 +112,13 @@ impl<S: Storage> Shard<S> {
                 already.set(true);
                 return None;
             }
-            let message = state.index.message(user, id);
+            // A put still queued is here for this purpose: the tombstone lands behind it and
+            // must name its replicas.
+            let message = state
+                .index
+                .message(user, id)
+                .map(|m| (m.replicas, m.oldest_segment))
+                .or_else(|| state.queued.put(id).map(|q| (q.replicas, q.segment)));
             match (pushed, message) {
                 // Not here (a replica the put has not reached yet, or a stand-in for an absent
                 // replica): a tombstone all the same, replicated to `also`, so a late copy
@@ -121,22 +128,22 @@ impl<S: Storage> Shard<S> {
                     Some(state.append_seq)
                 }
                 (None, None) => None,
-                (None, Some(m)) => {
-                    if m.replicas.is_replicated() {
+                (None, Some((held, oldest_segment))) => {
+                    if held.is_replicated() {
                         replicas.set(ReplicaSet::new(
-                            m.replicas.as_slice().iter().chain(also.as_slice()).copied(),
+                            held.as_slice().iter().chain(also.as_slice()).copied(),
                         ));
                     }
-                    Some(m.oldest_segment)
+                    Some(oldest_segment)
                 }
                 // A pushed tombstone over a copy whose replica set names more nodes (a delivery
                 // placed again widened it): the record names them too, so the pusher, told
                 // by the answer, sends them the tombstone as well.
-                (Some((_, set)), Some(m)) => {
+                (Some((_, set)), Some((held, oldest_segment))) => {
                     replicas.set(ReplicaSet::new(
-                        set.as_slice().iter().chain(m.replicas.as_slice()).copied(),
+                        set.as_slice().iter().chain(held.as_slice()).copied(),
                     ));
-                    Some(m.oldest_segment)
+                    Some(oldest_segment)
                 }
                 (Some((_, set)), None) => {
                     replicas.set(set);

@@ -66,9 +66,15 @@ def empty(host, port, password, users):
         pop.pass_(password)
         count, _ = pop.stat()
         if count:
-            found.append((n, count))
+            # Which messages: the headers say whether each is a load message (X-Load-Id) and
+            # the Received: line when and through which node it arrived.
+            heads = []
+            for k in range(1, min(count, 5) + 1):
+                lines = pop.top(k, 0)[1]
+                heads.append(b" | ".join(lines).decode(errors="replace"))
+            found.append((n, count, heads))
         pop.quit()
-    assert not found, f"maildrops not empty (user, messages): {found[:20]}"
+    assert not found, f"maildrops not empty (user, messages, headers): {found[:20]}"
     print(f"empty ok {users}")
 
 
