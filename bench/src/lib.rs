@@ -4,12 +4,14 @@
 //! - [`cluster`]: clusters of real `porcupine` processes on loopback addresses;
 //! - [`peers`]: private Postfix, Dovecot and smtp-sink instances to compare with;
 //! - [`ports`]: free ports, and who listens on them;
-//! - [`run`]: a run's directory and servers, cleaned up on every way out.
+//! - [`run`]: a run's directory and servers, cleaned up on every way out;
+//! - [`stock`]: Postfix's `smtp-source` against a server, the shapes a stock MTA produces.
 
 pub mod cluster;
 pub mod peers;
 pub mod ports;
 pub mod run;
+pub mod stock;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

@@ -176,6 +176,8 @@ fn a_run_measures_only_its_own_servers_and_changes_nothing_outside_its_directory
     let out = bench()
         .args(["--rounds", "1", "--connections", "2", "--seconds", "1"])
         .args(["--users", "30", "--name", "hermetic", "--json"])
+        .args(["--stock-sessions", "2", "--stock-recipients", "1,2"])
+        .args(["--stock-messages", "200"])
         .arg("--results")
         .arg(scratch.path().join("results"))
         .arg("--run-parent")
@@ -200,6 +202,15 @@ fn a_run_measures_only_its_own_servers_and_changes_nothing_outside_its_directory
             report[system].as_f64().unwrap_or(0.0) > 0.0,
             "{system}: {report}"
         );
+    }
+    // Postfix's smtp-source ran against porcupine and smtp-sink at each shape asked for.
+    let stock = report["smtp_source"]
+        .as_array()
+        .expect("smtp_source in the report");
+    assert_eq!(stock.len(), 2, "{report}");
+    for shape in stock {
+        assert!(shape["porcupine"].as_f64().unwrap_or(0.0) > 0.0, "{shape}");
+        assert!(shape["smtp_sink"].as_f64().unwrap_or(0.0) > 0.0, "{shape}");
     }
     assert!(
         !stderr.contains("counted"),

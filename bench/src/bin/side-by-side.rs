@@ -1,8 +1,11 @@
 //! Side by side, one machine, one run: the same `porcupine-load` workload against
 //! (a) porcupine, (b) Postfix + Dovecot (Maildir), (c) Postfix's `smtp-sink` (SMTP only, no disk:
 //! the protocol ceiling) and (d) porcupine with `--discard-bodies` (the paper's "infinitely fast
-//! disk"), for several connection counts. Writes `<results>/<name>.md` and `<name>.svg`; with
-//! `--json` its last line holds the best delivered rates and the total of lost or corrupt mail.
+//! disk"), for several connection counts; then, each round, (e) Postfix's own `smtp-source`
+//! against the durable SMTP-only porcupine and smtp-sink at 1, 20 and 100 sessions with 1 and 4
+//! recipients (`porcupine_bench::stock`), so the headline never rests on our generator alone.
+//! Writes `<results>/<name>.md` and `<name>.svg`; with `--json` its last line holds the best
+//! delivered rates, the smtp-source medians and ratios, and the total of lost or corrupt mail.
 //!
 //! Hermetic: every server is a private instance in the run's directory on ports chosen free at
 //! start (see `porcupine_bench::peers` and `ports`); nothing of the machine's own Postfix or
@@ -23,6 +26,7 @@ use clap::Parser;
 use porcupine_bench::peers::{self, Mailboxes, Postfix};
 use porcupine_bench::ports::{check_owned, free_ports};
 use porcupine_bench::run::Run as RunDir;
+use porcupine_bench::stock::{self, Shape, StockRun, StockTarget};
 use porcupine_cluster::admin_client::{AdminClient, AdminError};
 
 #[global_allocator]
@@ -30,6 +34,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DOMAIN: &str = "sbs.test";
 const PASSWORD: &str = "pw";
+/// The local part smtp-source's recipients are made from (`stock`, `2stock`, …).
+const STOCK_LOCAL: &str = "stock";
 /// Every system measured, in the order of the tables and the plot (the last two with --tls).
 const SYSTEMS: [&str; 8] = [
     "porcupine",
@@ -79,6 +85,19 @@ struct Args {
     /// Dovecot (one made with openssl); the generator does not check certificates.
     #[arg(long)]
     tls: bool,
+    /// Sessions of Postfix's `smtp-source -d` to measure against porcupine-smtp and smtp-sink
+    /// (each at every `--stock-recipients`), once per round after the generator's runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,20,100")]
+    stock_sessions: Vec<usize>,
+    /// Recipients per message of the smtp-source runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    stock_recipients: Vec<usize>,
+    /// Messages per smtp-source run [default: 200 per session, at least 2,000].
+    #[arg(long)]
+    stock_messages: Option<usize>,
+    /// Skip the smtp-source runs.
+    #[arg(long)]
+    no_stock: bool,
     /// Take `porcupine` and `porcupine-load` from this directory instead of building them.
     #[arg(long)]
     bins: Option<PathBuf>,
@@ -178,12 +197,35 @@ fn main() -> Result<()> {
     let outcome = measure(&args, &bins, &run);
     // Every server stops (and the directory goes) before the report is written.
     run.finish();
-    let runs = outcome?;
-    report(&args, &runs, &results)
+    let (runs, stock_runs) = outcome?;
+    report(&args, &runs, &stock_runs, &results)
+}
+
+/// The smtp-source shapes to measure (none with `--no-stock`).
+fn stock_shapes(args: &Args) -> Vec<Shape> {
+    if args.no_stock {
+        return Vec::new();
+    }
+    let bytes = args.size.parse().unwrap_or(4700);
+    let mut shapes = Vec::new();
+    for &recipients in &args.stock_recipients {
+        for &sessions in &args.stock_sessions {
+            let mut shape = Shape::sized(sessions, recipients, bytes);
+            if let Some(messages) = args.stock_messages {
+                shape.messages = messages.max(sessions);
+            }
+            shapes.push(shape);
+        }
+    }
+    shapes
 }
 
 /// Starts every system, measures them all, round after round.
-fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> Result<Vec<Run>> {
+fn measure(
+    args: &Args,
+    bins: &porcupine_bench::cluster::Bins,
+    run: &RunDir,
+) -> Result<(Vec<Run>, Vec<StockRun>)> {
     let base = run.dir().to_path_buf();
     let mut ports = free_ports(12)?.into_iter();
     let mut port = || ports.next().context("ran out of chosen ports");
@@ -239,6 +281,13 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
                 "user bulk on {name} failed: {}",
                 String::from_utf8_lossy(&added.stderr)
             );
+        }
+        if name == "porcupine-smtp" {
+            // smtp-source's recipients: `stock`, `2stock`, … (see porcupine_bench::stock).
+            let most = args.stock_recipients.iter().copied().max().unwrap_or(1);
+            for user in stock::recipients(STOCK_LOCAL, DOMAIN, most) {
+                add_user(bins, &base.join(name), admin, &user)?;
+            }
         }
         nodes.push(Node {
             pid,
@@ -373,7 +422,22 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
             .collect();
         plan.extend(encrypted);
     }
+    let shapes = stock_shapes(args);
+    let stored_on_smtp_node = || stored_copies(nodes[1].admin);
+    let stock_targets = [
+        StockTarget {
+            system: "porcupine-smtp",
+            port: nodes[1].smtp,
+            stored: Some(&stored_on_smtp_node),
+        },
+        StockTarget {
+            system: "smtp-sink",
+            port: sink_smtp,
+            stored: None,
+        },
+    ];
     let mut runs = Vec::new();
+    let mut stock_runs = Vec::new();
     for round in 0..args.rounds {
         for &c in &args.connections {
             for i in 0..plan.len() {
@@ -387,15 +451,66 @@ fn measure(args: &Args, bins: &porcupine_bench::cluster::Bins, run: &RunDir) -> 
                 runs.push(r);
             }
         }
+        if !shapes.is_empty() {
+            check_owned(nodes[1].smtp, nodes[1].pid, "porcupine-smtp")?;
+            check_owned(sink_smtp, sink, "smtp-sink")?;
+            stock_runs.extend(stock::measure_round(
+                &stock_targets,
+                &shapes,
+                round,
+                STOCK_LOCAL,
+                DOMAIN,
+            )?);
+        }
     }
-    Ok(runs)
+    Ok((runs, stock_runs))
+}
+
+/// Adds `user` (password [`PASSWORD`]) on the node with admin port `admin`.
+fn add_user(
+    bins: &porcupine_bench::cluster::Bins,
+    data: &Path,
+    admin: u16,
+    user: &str,
+) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(&bins.porcupine)
+        .args(["user", "add", user, "--password-stdin"])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{PASSWORD}")?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "user add {user} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Writes the tables and the plot; prints the report (and the JSON line).
-fn report(args: &Args, runs: &[Run], results: &Path) -> Result<()> {
+fn report(args: &Args, runs: &[Run], stock_runs: &[StockRun], results: &Path) -> Result<()> {
     std::fs::create_dir_all(results)?;
     let medians = medians(runs, &args.connections);
-    let report = table(runs, &medians, args);
+    let mut report = table(runs, &medians, args);
+    let shapes = stock_shapes(args);
+    if !shapes.is_empty() {
+        report.push('\n');
+        report.push_str(&stock::table(
+            stock_runs,
+            &shapes,
+            "porcupine-smtp",
+            "smtp-sink",
+        ));
+    }
     std::fs::write(results.join(format!("{}.md", args.name)), &report)?;
     plot(&medians, &results.join(format!("{}.svg", args.name)))?;
     eprintln!(
@@ -418,6 +533,7 @@ fn report(args: &Args, runs: &[Run], results: &Path) -> Result<()> {
                 "porcupine_discard": best("porcupine-discard"),
                 "porcupine_tls": best("porcupine-tls"),
                 "postfix_dovecot_tls": best("postfix+dovecot-tls"),
+                "smtp_source": stock::summary(stock_runs, &shapes, "porcupine-smtp", "smtp-sink"),
                 "lost": lost,
                 "rounds": args.rounds,
             })
@@ -483,6 +599,20 @@ fn metrics(port: u16) -> Result<String, AdminError> {
     AdminClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .with_timeout(Duration::from_secs(10))
         .metrics()
+}
+
+/// The node's count of mailbox copies stored (one per recipient of each message).
+fn stored_copies(admin: u16) -> Result<u64> {
+    metrics(admin)
+        .context("the node's /metrics did not answer")?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("porcupine_recipients_delivered_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .context("no porcupine_recipients_delivered_total in /metrics")
 }
 
 /// The node's count of messages it acknowledged with 250.
