@@ -82,6 +82,17 @@ pub enum OpenFailure {
     Unavailable,
 }
 
+/// How many members of a view of `members` nodes other than this one must answer that they
+/// are in this node's epoch before a maildrop opens, and again before its deletes are
+/// acknowledged: with this node, a majority of the view. The view's own majority of the known
+/// cluster is not enough: while a partition heals, two views can each hold a majority of the
+/// known nodes at once (a node in both moved on; the other has not heard), and each view's
+/// manager would grant the same maildrop. A majority that answers "this epoch" after the
+/// tombstones are written orders this session's deletes before any session of a later view.
+pub fn confirmations_needed(members: usize) -> usize {
+    members / 2
+}
+
 /// Whether a manager's answer from `epoch` holds: it is the epoch of the view the request
 /// went out under (`asked_in`), and this node has not moved on since (`now_in`).
 pub fn still_in(asked_in: Epoch, epoch: Epoch, now_in: Epoch) -> bool {
@@ -514,6 +525,19 @@ mod tests {
             view,
             now_ms,
             majority: true,
+        }
+    }
+
+    #[test]
+    fn a_view_is_confirmed_by_a_majority_of_its_members_counting_this_node() {
+        // Alone: nothing to ask. Two: the other one. Three: one of the two others (two of
+        // three). Four: two of the three others (three of four). Five: two others.
+        let needed: Vec<usize> = (1..=5).map(confirmations_needed).collect();
+        assert_eq!(needed, vec![0, 1, 1, 2, 2]);
+        for members in 1..=9usize {
+            let with_me = confirmations_needed(members) + 1;
+            assert!(2 * with_me > members, "{members}: {with_me} is a majority");
+            assert!(2 * (with_me - 1) <= members, "{members}: no fewer would be");
         }
     }
 

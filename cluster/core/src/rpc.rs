@@ -273,6 +273,13 @@ pub struct Held {
     pub truncated: bool,
 }
 
+/// The membership epoch the receiver is in now. A POP3 session's node asks a majority of its
+/// view before its maildrop opens and before its deletes are acknowledged: a view that a
+/// majority has left behind (two overlapping majorities while a partition heals) must not
+/// grant a maildrop a second time (see [`crate::maildrop::confirmations_needed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentEpoch {}
+
 /// Declares the operations: the [`Request`] enum (one variant per operation, named as its
 /// type) and each operation's [`Call`] impl with its reply type.
 macro_rules! calls {
@@ -321,6 +328,7 @@ calls! {
     NoteFragment -> ();
     HeldDigest -> crate::anti_entropy::Digest;
     HeldItems -> Held;
+    CurrentEpoch -> Epoch;
 }
 
 /// What nodes tell each other without an answer.

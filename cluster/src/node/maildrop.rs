@@ -21,10 +21,12 @@ use crate::maildrop::{
     OpenInput, Owner, Unlock, UnlockAction, UnlockInput,
 };
 pub use crate::maildrop::{MaildropMessage, OpenFailure};
+use crate::membership::Epoch;
 use crate::membership::NodeId;
 use crate::node::clock::now_ms;
 use crate::rpc::{
-    Authenticate, Call, CallError, DeleteMessages, Failure, FetchMessage, Fetched, ListFragment,
+    Authenticate, Call, CallError, CurrentEpoch, DeleteMessages, Failure, FetchMessage, Fetched,
+    ListFragment,
 };
 use crate::transport::Peers;
 
@@ -41,6 +43,9 @@ pub struct Maildrop {
     /// `ClusterShared::majority_losses` when it opened: a loss since then may have let the
     /// other side's managers drop the lock, so its deletes are not acknowledged.
     majority_losses: u64,
+    /// The view it opened in, confirmed by a majority of that view; its deletes are
+    /// acknowledged only if a majority still confirms it once the tombstones are written.
+    epoch: Epoch,
 }
 
 fn settings() -> MaildropSettings {
@@ -99,6 +104,7 @@ pub async fn open(
                 fragments: Vec::new(),
                 cluster_owner: None,
                 majority_losses,
+                epoch: shared.view.load().epoch,
             }),
             Login::BadCredentials => Err(OpenFailure::BadCredentials),
             Login::InUse => Err(OpenFailure::InUse),
@@ -156,13 +162,22 @@ pub async fn open(
                 return Err(failure);
             }
             OpenAction::Opened(opened) => {
+                let epoch = shared.view.load().epoch;
+                if !view_confirmed(context, epoch).await {
+                    tracing::warn!(%user, "a maildrop did not open: no majority of this node's view confirmed it (the cluster may have moved on without this node)");
+                    let (context, user) = (context.clone(), user.to_owned());
+                    glommio::spawn_local(async move { unlock(&context, &user, owner).await })
+                        .detach();
+                    return Err(OpenFailure::Unavailable);
+                }
                 return Ok(Maildrop {
                     user: user.to_owned(),
                     messages: opened.messages,
                     fragments: opened.fragments,
                     cluster_owner: Some(opened.owner),
                     majority_losses,
-                })
+                    epoch,
+                });
             }
         };
     }
@@ -305,6 +320,15 @@ pub async fn delete(
     let mut input = DeleteInput::Start;
     loop {
         let (node, ids, also) = match machine.step(input) {
+            DeleteAction::Finish(Ok(())) if maildrop.cluster_owner.is_some() => {
+                // After the tombstones, not before: a session of any later view that a
+                // majority moves to lists after them.
+                if !view_confirmed(context, maildrop.epoch).await {
+                    tracing::warn!(user = %maildrop.user, "a POP3 session's deletes are not acknowledged: no majority of the view it opened in still confirms it (its lock may have been granted again elsewhere)");
+                    return Err(StoreError::Failed);
+                }
+                return Ok(());
+            }
             DeleteAction::Finish(result) => return result,
             DeleteAction::DeleteAt { node, ids, also } => (node, ids, also),
         };
@@ -325,6 +349,41 @@ pub async fn delete(
         };
         input = DeleteInput::Deleted(outcome);
     }
+}
+
+/// Whether this node is still in `epoch` and enough other members of that view answer that
+/// they are too ([`crate::maildrop::confirmations_needed`]): asked at once, done at the first
+/// answers that suffice, so one silent member costs nothing while the others answer.
+async fn view_confirmed(context: &CoreContext, epoch: Epoch) -> bool {
+    let shared = &context.cluster;
+    let view = shared.view.load_full();
+    if view.epoch != epoch {
+        return false;
+    }
+    let needed = crate::maildrop::confirmations_needed(view.members.len());
+    if needed == 0 {
+        return true;
+    }
+    let (sender, answers) = flume::unbounded::<bool>();
+    for member in view.members.iter().filter(|m| m.id != shared.me.id) {
+        let (peers, sender, addr) = (context.peers.clone(), sender.clone(), member.addr.clone());
+        glommio::spawn_local(async move {
+            let answer = peers.call(&addr, CurrentEpoch {}, PEER_TIMEOUT).await;
+            let _ = sender.send(matches!(answer, Ok(theirs) if theirs == epoch));
+        })
+        .detach();
+    }
+    drop(sender);
+    let mut agreeing = 0usize;
+    while let Ok(agrees) = answers.recv_async().await {
+        if agrees {
+            agreeing += 1;
+            if agreeing >= needed {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Releases the maildrop's lock.

@@ -16,9 +16,9 @@ use crate::anti_entropy::{Digest, BUCKETS, BUCKETS_PER_ROUND_MAX, ITEMS_PER_ANSW
 use crate::manager::ManagerCall;
 use crate::replication::Update;
 use crate::rpc::{
-    Authenticate, Call, DeleteMessages, Failure, FetchMessage, Fetched, Held, HeldDigest,
-    HeldItems, ListFragment, Listed, LockMaildrop, NoteFragment, PlaceMail, PushUpdate, Pushed,
-    ReplicaUpdate, ReportFragments, Request, StoreMessage, SyncProfiles, UnlockMaildrop,
+    Authenticate, Call, CurrentEpoch, DeleteMessages, Failure, FetchMessage, Fetched, Held,
+    HeldDigest, HeldItems, ListFragment, Listed, LockMaildrop, NoteFragment, PlaceMail, PushUpdate,
+    Pushed, ReplicaUpdate, ReportFragments, Request, StoreMessage, SyncProfiles, UnlockMaildrop,
 };
 use crate::transport::Peers;
 use porcupine_engine::{Stamp, UpdateKind};
@@ -76,6 +76,10 @@ pub async fn answer(
         }
         Request::HeldItems(call) => {
             reply::<HeldItems>(peers, request_id, held_items(context, call).await)
+        }
+        Request::CurrentEpoch(_) => {
+            let epoch = context.cluster.view.load().epoch;
+            reply::<CurrentEpoch>(peers, request_id, Ok(epoch))
         }
     }
 }
