@@ -11,6 +11,18 @@ use porcupine_engine::{
     DeleteOutcome, DmaStorage, PutOutcome, ReplicaSet, Retired, Shard, Stamp, UpdateKind,
 };
 
+/// A tombstone of message `id` of `a@x` pushed by node 9, whose set names 9 and 7.
+async fn pushed_by_9(shard: &Shard, id: u128) -> porcupine_engine::Result<DeleteOutcome> {
+    let stamp = Stamp {
+        hlc: 1 << 41,
+        origin: 9,
+    };
+    let set = ReplicaSet::new([9, 7]);
+    shard
+        .delete_replicated("a@x", id, Some((stamp, set)), ReplicaSet::NONE)
+        .await
+}
+
 fn pending_kinds(shard: &Shard) -> Vec<(String, u128, UpdateKind)> {
     let mut pending: Vec<_> = shard
         .pending_updates()
@@ -545,34 +557,12 @@ fn a_pushed_tombstone_over_a_wider_copy_names_the_copys_nodes_too() {
             )
             .await
             .unwrap();
-        let stamp = Stamp {
-            hlc: 1 << 41,
-            origin: 9,
-        };
-        let DeleteOutcome::Deleted(tomb) = shard
-            .delete_replicated(
-                "a@x",
-                5,
-                Some((stamp, ReplicaSet::new([9, 7]))),
-                ReplicaSet::NONE,
-            )
-            .await
-            .unwrap()
-        else {
+        let DeleteOutcome::Deleted(tomb) = pushed_by_9(&shard, 5).await.unwrap() else {
             panic!("message 5 was there")
         };
         assert_eq!(tomb.replicas, ReplicaSet::new([9, 7, 11]));
         // Without a copy here, a pushed tombstone keeps the pusher's set.
-        let DeleteOutcome::Deleted(tomb) = shard
-            .delete_replicated(
-                "a@x",
-                6,
-                Some((stamp, ReplicaSet::new([9, 7]))),
-                ReplicaSet::NONE,
-            )
-            .await
-            .unwrap()
-        else {
+        let DeleteOutcome::Deleted(tomb) = pushed_by_9(&shard, 6).await.unwrap() else {
             panic!("a tombstone for a message not here")
         };
         assert_eq!(tomb.replicas, ReplicaSet::new([9, 7]));
@@ -592,14 +582,9 @@ fn a_put_racing_a_queued_tombstone_of_its_message_does_not_land_behind_it() {
         // the same message is stored here: the index shows neither yet. The put must see the
         // queued tombstone, or its copy would land behind it, look deleted to every later
         // delete and be listed for ever.
-        let stamp = Stamp {
-            hlc: 1 << 41,
-            origin: 9,
-        };
-        let set = ReplicaSet::new([9, 7]);
         let body = body_for(8, 900);
         let (deleted, put) = futures_lite::future::zip(
-            shard.delete_replicated("a@x", 8, Some((stamp, set)), ReplicaSet::NONE),
+            pushed_by_9(&shard, 8),
             shard.put_message("a@x", 8, &body, 0, ReplicaSet::new([7, 9, 11]), None),
         )
         .await;
@@ -611,7 +596,7 @@ fn a_put_racing_a_queued_tombstone_of_its_message_does_not_land_behind_it() {
         // lands behind it, removes it, and names the put's replicas as if it had been durable.
         let (put, deleted) = futures_lite::future::zip(
             shard.put_message("a@x", 9, &body, 0, ReplicaSet::new([7, 9, 11]), None),
-            shard.delete_replicated("a@x", 9, Some((stamp, set)), ReplicaSet::NONE),
+            pushed_by_9(&shard, 9),
         )
         .await;
         assert!(matches!(put.unwrap(), PutOutcome::Stored(_)));

@@ -601,32 +601,23 @@ fn metrics(port: u16) -> Result<String, AdminError> {
         .metrics()
 }
 
-/// The node's count of mailbox copies stored (one per recipient of each message).
-fn stored_copies(admin: u16) -> Result<u64> {
+/// The value of the node's unlabelled counter `name` in its `/metrics`.
+fn node_counter(admin: u16, name: &str) -> Result<u64> {
     metrics(admin)
         .context("the node's /metrics did not answer")?
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("porcupine_recipients_delivered_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .context("no porcupine_recipients_delivered_total in /metrics")
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics"))
+}
+
+/// The node's count of mailbox copies stored (one per recipient of each message).
+fn stored_copies(admin: u16) -> Result<u64> {
+    node_counter(admin, "porcupine_recipients_delivered_total")
 }
 
 /// The node's count of messages it acknowledged with 250.
 fn node_deliveries(admin: u16) -> Result<u64> {
-    metrics(admin)
-        .context("the node's /metrics did not answer")?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("porcupine_deliveries_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .context("no porcupine_deliveries_total in /metrics")
+    node_counter(admin, "porcupine_deliveries_total")
 }
 
 /// Every greeting of `service` ("smtp", "pop3") on `endpoint`'s port must be its server's.

@@ -7,7 +7,7 @@
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 8; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 9; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
 //! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
