@@ -135,7 +135,23 @@ pub(crate) struct SegmentSlot<F> {
     pub file: Rc<F>,
     /// Offset just past the last durable record.
     pub end: u64,
+    /// The file may hold an earlier life's records (a version-2 segment header): only records
+    /// naming this segment belong to it.
+    pub recyclable: bool,
 }
+
+/// A segment compaction emptied, kept as `<seq>.recycle` to become a later segment
+/// ([`crate::segment::recycle`]). The open file is kept so that a read begun before the
+/// segment left the map (holding another reference) is waited out: a file is recycled only
+/// when this is its last reference.
+pub(crate) struct Recyclable<F> {
+    pub old_seq: u32,
+    pub file: Rc<F>,
+}
+
+/// At most this many emptied segments wait to be recycled per shard; more are deleted (each
+/// holds a whole segment's disk space).
+pub(crate) const RECYCLE_POOL_MAX: usize = 2;
 
 /// The spare segment prepared ahead of the writer.
 pub(crate) enum Spare<F> {
@@ -156,6 +172,8 @@ pub(crate) struct State<F: StorageFile> {
     pub queued_bytes: usize,
     pub tail: TailBlock,
     pub spare: Spare<F>,
+    /// Emptied segments waiting to become the next spare.
+    pub recycle_pool: Vec<Recyclable<F>>,
     pub poisoned: Option<String>,
     pub closing: bool,
     pub bytes_since_checkpoint: u64,
@@ -173,6 +191,8 @@ pub(crate) struct Inner<S: Storage> {
     pub name: String,
     pub dir: PathBuf,
     pub config: EngineConfig,
+    /// The unit of the log's writes (see [`EngineConfig::write_block_bytes`]), resolved at open.
+    pub block: u64,
     pub storage: S,
     pub state: RefCell<State<S::File>>,
     pub writer_wake: Notify,

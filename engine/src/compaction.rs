@@ -15,7 +15,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::commit_queue::{IndexOp, Inner, Outcome};
+use crate::commit_queue::{IndexOp, Inner, Outcome, Recyclable, RECYCLE_POOL_MAX};
 use crate::error::{EngineError, Result};
 use crate::index::Location;
 use crate::record::RecordKind;
@@ -23,7 +23,7 @@ use crate::scan::Scanner;
 use crate::segment::{self, SEGMENT_HEADER_BYTES};
 use crate::shard::Stamp;
 use crate::signal::Completion;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 /// What one compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,17 +43,25 @@ const RATE_STEP_BYTES: u64 = 256 << 10;
 pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
     loop {
         crate::executor::sleep(inner.config.compaction.check_interval).await;
-        if inner.state.borrow().closing {
-            return;
-        }
-        match compact_once(&inner).await {
-            Ok(Some(report)) => tracing::info!(shard = %inner.name, ?report, "compacted a segment"),
-            Ok(None) => {}
-            Err(EngineError::Closed) => return,
-            Err(EngineError::Busy { .. }) => {}
-            Err(error) => {
-                tracing::warn!(shard = %inner.name, %error, "compaction failed; will retry")
+        // Every segment below the threshold, one after the other (each at the bounded rate):
+        // the log's new segments are recycled from these, so compaction keeps pace with it.
+        loop {
+            if inner.state.borrow().closing {
+                return;
             }
+            match compact_once(&inner).await {
+                Ok(Some(report)) => {
+                    tracing::info!(shard = %inner.name, ?report, "compacted a segment");
+                    continue;
+                }
+                Ok(None) => {}
+                Err(EngineError::Closed) => return,
+                Err(EngineError::Busy { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(shard = %inner.name, %error, "compaction failed; will retry")
+                }
+            }
+            break;
         }
     }
 }
@@ -113,7 +121,14 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
     let mut outstanding: Vec<Rc<Completion<Outcome>>> = Vec::new();
     let mut since_sleep = 0u64;
     let rate = inner.config.compaction.rate_bytes_per_s.max(1);
-    let mut scanner = Scanner::new(&*file, SEGMENT_HEADER_BYTES, end, true);
+    let recyclable = inner
+        .state
+        .borrow()
+        .segments
+        .get(&seq)
+        .is_some_and(|slot| slot.recyclable);
+    let mut scanner =
+        Scanner::new(&*file, SEGMENT_HEADER_BYTES, end, true).segment(seq, recyclable, inner.block);
     while let Some((offset, view)) = scanner.next().await? {
         report.records_read += 1;
         since_sleep += view.encoded_len as u64;
@@ -209,11 +224,27 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
         state.index.forget_segment(seq);
     }
     crate::writer::checkpoint(inner).await?;
-    inner
-        .storage
-        .remove(&segment::segment_path(&inner.dir, seq))
-        .await?;
-    inner.storage.sync_dir(&inner.dir).await?;
+    let path = segment::segment_path(&inner.dir, seq);
+    let full_length = file.len().await.ok() == Some(inner.config.segment_bytes);
+    let keep = full_length && inner.state.borrow().recycle_pool.len() < RECYCLE_POOL_MAX;
+    if keep {
+        // Kept to become a later segment: its bytes are written once more, not twice.
+        inner
+            .storage
+            .rename(&path, &segment::recycle_path(&inner.dir, seq))
+            .await?;
+        inner.storage.sync_dir(&inner.dir).await?;
+        inner
+            .state
+            .borrow_mut()
+            .recycle_pool
+            .push(Recyclable { old_seq: seq, file });
+        crate::writer::prepare_spare(inner);
+    } else {
+        drop(file);
+        inner.storage.remove(&path).await?;
+        inner.storage.sync_dir(&inner.dir).await?;
+    }
     {
         let mut metrics = inner.metrics.borrow_mut();
         metrics.compacted_segments += 1;

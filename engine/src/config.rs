@@ -26,6 +26,12 @@ pub struct EngineConfig {
     pub read_cache_bytes: usize,
     /// Node id written into every record (the node sets its own; 0 in engine-only tools).
     pub node_id: u32,
+    /// The unit of the log's writes: each group commit writes whole blocks from the block
+    /// holding the log's end, so a commit costs up to a block more than its records. 0: the
+    /// device's logical block size (512 on most disks: a small commit then writes about 512
+    /// bytes more than its records, not 4 KiB). A power of two from 512 to 4096, and at least
+    /// the device's logical block size.
+    pub write_block_bytes: usize,
     pub compaction: CompactionConfig,
 }
 
@@ -51,6 +57,7 @@ impl Default for EngineConfig {
             io_depth: 1,
             read_cache_bytes: 64 << 20,
             node_id: 0,
+            write_block_bytes: 0,
             compaction: CompactionConfig::default(),
         }
     }
@@ -101,6 +108,16 @@ impl EngineConfig {
         }
         if self.batch_bytes_max < 4096 || self.queue_bytes_max < self.batch_bytes_max {
             return Err("batch_bytes_max must be >= 4096 and <= queue_bytes_max".into());
+        }
+        if self.write_block_bytes != 0
+            && !(self.write_block_bytes.is_power_of_two()
+                && (512..=crate::writer::BLOCK_BYTES).contains(&self.write_block_bytes))
+        {
+            return Err(format!(
+                "write_block_bytes must be 0 (the device's) or a power of two from 512 to 4096 \
+                 (got {})",
+                self.write_block_bytes
+            ));
         }
         if self.io_depth == 0 || self.io_depth > 64 {
             return Err(format!(

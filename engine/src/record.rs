@@ -7,7 +7,7 @@
 //! | offset | size | field          | meaning                                                          |
 //! |-------:|-----:|----------------|------------------------------------------------------------------|
 //! | 0      | 4    | `magic`        | `0x5043_5252` (`"RRCP"` on disk); 0 marks the end of a segment     |
-//! | 4      | 1    | `version`      | format version, currently 2 (1 is read: it has no replica sets)  |
+//! | 4      | 1    | `version`      | format version, currently 3 (1 and 2 are read, see below)        |
 //! | 5      | 1    | `kind`         | [`RecordKind`]                                                    |
 //! | 6      | 2    | `user_len`     | bytes of user name at the start of the payload (UTF-8)            |
 //! | 8      | 4    | `payload_len`  | user name + replica set + body bytes that follow the header       |
@@ -18,7 +18,8 @@
 //! | 48     | 4    | `node_id`      | node that made the update: the replication coordinator (HLC tie break; 0 from engine-only tools) |
 //! | 52     | 4    | `aux`          | put / flag update: message flags; delete: the oldest segment that may hold the put |
 //! | 56     | 1    | `replica_count`| nodes in the update's replica set (0 or 1: not replicated), at most [`REPLICAS_MAX`] |
-//! | 57     | 7    | `reserved`     | zero; a reader rejects a record where it is not                   |
+//! | 57     | 3    | `reserved`     | zero; a reader rejects a record where it is not                   |
+//! | 60     | 4    | `segment`      | the sequence number of the segment the record was written to (never 0) |
 //!
 //! The payload is the user name (`user_len` bytes), then `replica_count` little-endian `u32`
 //! node ids (the replica set, coordinator first), then the body.
@@ -29,8 +30,13 @@
 //! longer pending (DESIGN.md §1, "the log is the update log").
 //!
 //! Version 1 had `reserved` (8 bytes of zeros) where version 2 has `replica_count` and 7
-//! reserved bytes, so a version-1 record is a version-2 record without a replica set; both are
-//! read. Changing this layout requires a version bump and a test of the old version's bytes.
+//! reserved bytes, so a version-1 record is a version-2 record without a replica set. Version 3
+//! puts the segment's sequence number in the last 4 of those bytes: segments are recycled (a
+//! compacted file becomes the next segment without being zeroed, so each byte reaches the disk
+//! once), and a record left over from a file's earlier life is valid but names another segment;
+//! the scan of a recycled segment ([`crate::segment`]) takes it for the end of the log. All three
+//! versions are read. Changing this layout requires a version bump and a test of the old
+//! version's bytes.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -38,7 +44,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Marks the start of a record; chosen to be unlikely in mail text and never zero.
 pub const RECORD_MAGIC: u32 = 0x5043_5252;
 /// The record format written by this build.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 /// The oldest record format this build reads.
 pub const RECORD_VERSION_MIN: u8 = 1;
 /// Largest replica set a record can carry.
@@ -99,7 +105,8 @@ pub struct RecordHeader {
     pub node_id: U32,
     pub aux: U32,
     pub replica_count: u8,
-    pub reserved: [u8; 7],
+    pub reserved: [u8; 3],
+    pub segment: U32,
 }
 
 const _: () = assert!(std::mem::size_of::<RecordHeader>() == HEADER_BYTES);
@@ -227,6 +234,13 @@ pub enum DecodeError {
     BadCrc { stored: u32, computed: u32 },
     #[error("user name is not UTF-8 or does not match its key")]
     BadUser,
+    /// A valid record of another segment: left over from a recycled file's earlier life (or,
+    /// for version 1 and 2, a record a recycled segment cannot hold).
+    #[error("a record of segment {written_in:?} found in segment {segment}")]
+    Stale {
+        written_in: Option<u32>,
+        segment: u32,
+    },
 }
 
 /// A record borrowed from a buffer that has passed every check.
@@ -237,6 +251,23 @@ pub struct RecordView<'a> {
     pub body: &'a [u8],
     /// Bytes the record occupies in the log, padding included.
     pub encoded_len: usize,
+    /// The segment the record says it was written to (version 3; `None` before).
+    pub written_in: Option<u32>,
+}
+
+impl RecordView<'_> {
+    /// Whether this record belongs where it was found: in segment `segment`, which is
+    /// `recyclable` if its file may hold an earlier life's records (see the module table).
+    pub fn check_segment(&self, segment: u32, recyclable: bool) -> Result<(), DecodeError> {
+        match self.written_in {
+            Some(seq) if seq == segment => Ok(()),
+            None if !recyclable => Ok(()),
+            written_in => Err(DecodeError::Stale {
+                written_in,
+                segment,
+            }),
+        }
+    }
 }
 
 pub use porcupine_types::user_key;
@@ -253,10 +284,10 @@ pub(crate) fn align_up(value: usize, align: usize) -> usize {
     value.div_ceil(align) * align
 }
 
-/// Writes a record into `out`, which must be exactly
+/// Writes a record of segment `segment` into `out`, which must be exactly
 /// `encoded_len(user.len(), meta.replicas.len(), body.len())` bytes. Padding is zeroed here so
 /// stale buffer contents never reach the disk.
-pub fn encode_into(out: &mut [u8], meta: &RecordMeta, user: &str, body: &[u8]) {
+pub fn encode_into(out: &mut [u8], segment: u32, meta: &RecordMeta, user: &str, body: &[u8]) {
     let replicas = meta.replicas.as_slice();
     let payload_len = user.len() + 4 * replicas.len() + body.len();
     debug_assert_eq!(
@@ -277,7 +308,8 @@ pub fn encode_into(out: &mut [u8], meta: &RecordMeta, user: &str, body: &[u8]) {
         node_id: U32::new(meta.node_id),
         aux: U32::new(meta.aux),
         replica_count: replicas.len() as u8,
-        reserved: [0; 7],
+        reserved: [0; 3],
+        segment: U32::new(segment),
     };
     let (head, rest) = out.split_at_mut(HEADER_BYTES);
     let (user_out, rest) = rest.split_at_mut(user.len());
@@ -298,10 +330,11 @@ pub fn encode_into(out: &mut [u8], meta: &RecordMeta, user: &str, body: &[u8]) {
     head.copy_from_slice(header.as_bytes());
 }
 
-/// Encodes a record into a fresh vector (tests, tools; the write path encodes in place).
-pub fn encode(meta: &RecordMeta, user: &str, body: &[u8]) -> Vec<u8> {
+/// Encodes a record of segment `segment` into a fresh vector (tests, tools; the write path
+/// encodes in place).
+pub fn encode(segment: u32, meta: &RecordMeta, user: &str, body: &[u8]) -> Vec<u8> {
     let mut out = vec![0; encoded_len(user.len(), meta.replicas.len(), body.len())];
-    encode_into(&mut out, meta, user, body);
+    encode_into(&mut out, segment, meta, user, body);
     out
 }
 
@@ -330,7 +363,12 @@ pub fn check_header(bytes: &[u8]) -> Result<(RecordHeader, usize), DecodeError> 
     if RecordKind::from_u8(header.kind).is_none() {
         return Err(DecodeError::BadKind(header.kind));
     }
-    if header.reserved != [0; 7] || (header.version == 1 && header.replica_count != 0) {
+    let reserved_clear = match header.version {
+        1 => header.replica_count == 0 && header.reserved == [0; 3] && header.segment.get() == 0,
+        2 => header.reserved == [0; 3] && header.segment.get() == 0,
+        _ => header.reserved == [0; 3] && header.segment.get() != 0,
+    };
+    if !reserved_clear {
         return Err(DecodeError::BadReserved);
     }
     if usize::from(header.replica_count) > REPLICAS_MAX {
@@ -396,6 +434,7 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
         user,
         body,
         encoded_len: encoded,
+        written_in: (header.version >= 3).then(|| header.segment.get()),
     })
 }
 
@@ -425,16 +464,20 @@ mod tests {
             replica_nodes in proptest::collection::vec(any::<u32>(), 0..=REPLICAS_MAX),
             user in "[a-z0-9.@_-]{0,64}",
             body in proptest::collection::vec(any::<u8>(), 0..5000),
+            segment in 1u32..,
         ) {
             let replicas = ReplicaSet::new(replica_nodes);
             let meta = RecordMeta { kind, hlc, message_id, node_id, aux, replicas };
-            let bytes = encode(&meta, &user, &body);
+            let bytes = encode(segment, &meta, &user, &body);
             prop_assert_eq!(bytes.len() % RECORD_ALIGN, 0);
             let view = decode(&bytes).unwrap();
             prop_assert_eq!(view.meta, meta);
             prop_assert_eq!(view.user, user.as_str());
             prop_assert_eq!(view.body, &body[..]);
             prop_assert_eq!(view.encoded_len, bytes.len());
+            prop_assert_eq!(view.written_in, Some(segment));
+            prop_assert!(view.check_segment(segment, true).is_ok());
+            prop_assert!(view.check_segment(segment.wrapping_add(1).max(1), true).is_err());
         }
 
         #[test]
@@ -445,7 +488,7 @@ mod tests {
         ) {
             let replicas = ReplicaSet::new([4, 9]);
             let meta = RecordMeta { kind: RecordKind::Put, hlc: 7, message_id: 9, node_id: 1, aux: 0, replicas };
-            let mut bytes = encode(&meta, "alice@localhost", &body);
+            let mut bytes = encode(3, &meta, "alice@localhost", &body);
             let payload_end = HEADER_BYTES + "alice@localhost".len() + 8 + body.len();
             let at = flip_at.index(payload_end);
             bytes[at] ^= flip;
@@ -498,9 +541,60 @@ mod tests {
         assert_eq!(view.encoded_len, 72);
     }
 
+    /// The bytes a version-2 writer produced for a put of message 0x11 of user "u", replicated
+    /// to nodes 3 and 0x0a0b0c0d, with body "xy".
+    fn version_two_put() -> Vec<u8> {
+        let mut bytes = vec![0u8; 80];
+        bytes[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        bytes[4] = 2;
+        bytes[5] = 1;
+        bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
+        bytes[8..12].copy_from_slice(&11u32.to_le_bytes());
+        bytes[16..24].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        bytes[24] = 0x11;
+        bytes[40..48].copy_from_slice(&user_key("u").to_le_bytes());
+        bytes[48..52].copy_from_slice(&3u32.to_le_bytes());
+        bytes[52..56].copy_from_slice(&5u32.to_le_bytes());
+        bytes[56] = 2;
+        bytes[64] = b'u';
+        bytes[65..69].copy_from_slice(&3u32.to_le_bytes());
+        bytes[69..73].copy_from_slice(&0x0a0b_0c0du32.to_le_bytes());
+        bytes[73..75].copy_from_slice(b"xy");
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&bytes[..75]);
+        let crc = hasher.finalize();
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
     #[test]
-    fn version_two_layout_is_stable() {
-        // The exact bytes of a version-2 record: a change here is a format change.
+    fn version_two_records_are_still_read_but_not_in_a_recycled_segment() {
+        let bytes = version_two_put();
+        let view = decode(&bytes).unwrap();
+        assert_eq!(view.meta.kind, RecordKind::Put);
+        assert_eq!(view.meta.replicas.as_slice(), &[3, 0x0a0b_0c0d]);
+        assert_eq!(view.body, b"xy");
+        assert_eq!(view.written_in, None);
+        assert!(view.check_segment(9, false).is_ok());
+        assert_eq!(
+            view.check_segment(9, true).unwrap_err(),
+            DecodeError::Stale {
+                written_in: None,
+                segment: 9
+            }
+        );
+    }
+
+    #[test]
+    fn a_version_three_record_without_its_segment_is_rejected() {
+        let mut bytes = version_two_put();
+        bytes[4] = 3;
+        assert_eq!(decode(&bytes).unwrap_err(), DecodeError::BadReserved);
+    }
+
+    #[test]
+    fn version_three_layout_is_stable() {
+        // The exact bytes of a version-3 record: a change here is a format change.
         let meta = RecordMeta {
             kind: RecordKind::Put,
             hlc: 0x0102_0304_0506_0708,
@@ -509,10 +603,10 @@ mod tests {
             aux: 5,
             replicas: ReplicaSet::new([3, 0x0a0b_0c0d]),
         };
-        let bytes = encode(&meta, "u", b"xy");
+        let bytes = encode(0x0102_0304, &meta, "u", b"xy");
         assert_eq!(bytes.len(), 80);
         assert_eq!(&bytes[0..4], &RECORD_MAGIC.to_le_bytes());
-        assert_eq!(bytes[4], 2);
+        assert_eq!(bytes[4], 3);
         assert_eq!(bytes[5], 1);
         assert_eq!(&bytes[6..8], &1u16.to_le_bytes());
         assert_eq!(&bytes[8..12], &11u32.to_le_bytes());
@@ -521,7 +615,8 @@ mod tests {
         assert_eq!(&bytes[48..52], &3u32.to_le_bytes());
         assert_eq!(&bytes[52..56], &5u32.to_le_bytes());
         assert_eq!(bytes[56], 2);
-        assert!(bytes[57..64].iter().all(|&b| b == 0));
+        assert!(bytes[57..60].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[60..64], &0x0102_0304u32.to_le_bytes());
         assert_eq!(bytes[64], b'u');
         assert_eq!(&bytes[65..69], &3u32.to_le_bytes());
         assert_eq!(&bytes[69..73], &0x0a0b_0c0du32.to_le_bytes());
@@ -530,6 +625,16 @@ mod tests {
         let view = decode(&bytes).unwrap();
         assert_eq!(view.meta, meta);
         assert_eq!(view.body, b"xy");
+        assert_eq!(view.written_in, Some(0x0102_0304));
+        // The same record written in another life of the file: valid, and stale here.
+        let stale = view.check_segment(0x0102_0305, true).unwrap_err();
+        assert!(matches!(
+            stale,
+            DecodeError::Stale {
+                written_in: Some(0x0102_0304),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint;
-use crate::commit_queue::{SegmentSlot, TailBlock};
+use crate::commit_queue::{Recyclable, SegmentSlot, TailBlock, RECYCLE_POOL_MAX};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::index::{Index, Location, MessageEntry, ProfileEntry, Tomb};
@@ -43,8 +43,11 @@ pub struct RecoveryReport {
 }
 
 pub(crate) struct Recovered<F> {
+    /// The unit of the log's writes (see [`EngineConfig::write_block_bytes`]).
+    pub write_block: u64,
     pub index: Index,
     pub segments: BTreeMap<u32, SegmentSlot<F>>,
+    pub recycle_pool: Vec<Recyclable<F>>,
     pub active: u32,
     pub end: u64,
     pub tail: TailBlock,
@@ -60,11 +63,24 @@ pub(crate) async fn recover<S: Storage>(
     let started = Instant::now();
     storage.create_dir_all(dir)?;
     let mut seqs = Vec::new();
+    let mut recycle_pool = Vec::new();
     for name in storage.list(dir)? {
         if name.ends_with(".tmp") {
             storage.remove(&dir.join(&name)).await?;
         } else if let Some(seq) = segment::parse_segment_name(&name) {
             seqs.push(seq);
+        } else if let Some(old_seq) = segment::parse_recycle_name(&name) {
+            let path = dir.join(&name);
+            let file = storage.open(&path, false).await?;
+            if recycle_pool.len() < RECYCLE_POOL_MAX && file.len().await? == config.segment_bytes {
+                recycle_pool.push(Recyclable {
+                    old_seq,
+                    file: Rc::new(file),
+                });
+            } else {
+                drop(file);
+                storage.remove(&path).await?;
+            }
         }
     }
     seqs.sort_unstable();
@@ -86,13 +102,17 @@ pub(crate) async fn recover<S: Storage>(
             SegmentSlot {
                 file,
                 end: SEGMENT_HEADER_BYTES,
+                recyclable: true,
             },
         );
         report.segments = 1;
         report.elapsed = started.elapsed();
+        let write_block = write_block(config, &*segments[&1].file);
         return Ok(Recovered {
+            write_block,
             index: Index::new(),
             segments,
+            recycle_pool,
             active: 1,
             end: SEGMENT_HEADER_BYTES,
             tail: TailBlock {
@@ -177,6 +197,7 @@ pub(crate) async fn recover<S: Storage>(
             });
         }
         let limit = header.segment_bytes.get().min(file.len().await?);
+        let recyclable = header.recyclable();
         if seq < scan_from.0 {
             let end = ends.get(&seq).copied().unwrap_or(SEGMENT_HEADER_BYTES);
             segments.insert(
@@ -184,6 +205,7 @@ pub(crate) async fn recover<S: Storage>(
                 SegmentSlot {
                     file: Rc::new(file),
                     end,
+                    recyclable,
                 },
             );
             continue;
@@ -194,8 +216,9 @@ pub(crate) async fn recover<S: Storage>(
             SEGMENT_HEADER_BYTES
         };
         let is_last = seq >= last;
-        let mut scanner =
-            Scanner::new(&file, start, limit, true).zero_run_max(in_flight_bytes_max(config));
+        let mut scanner = Scanner::new(&file, start, limit, true)
+            .zero_run_max(in_flight_bytes_max(config))
+            .segment(seq, recyclable, write_block(config, &file));
         while let Some((offset, view)) = scanner.next().await? {
             clock = clock.max(view.meta.hlc);
             report.records_scanned += 1;
@@ -230,7 +253,12 @@ pub(crate) async fn recover<S: Storage>(
             // append can never end up adjacent to a stale, valid-looking record.
             let torn_end = torn.map_or(end, |(offset, bytes, _)| offset.saturating_add(bytes));
             let window = in_flight_bytes_max(config).max(torn_end.saturating_sub(end));
-            let scrubbed = scrub(&file, end, limit, window).await?;
+            let stale = if recyclable {
+                Stale::NamingThis(seq)
+            } else {
+                Stale::AnythingButZeros
+            };
+            let scrubbed = scrub(&file, end, limit, window, stale).await?;
             if let Some((offset, bytes, error)) = torn {
                 tracing::warn!(path = %path.display(), offset, bytes, %error, "torn tail: the log now ends here");
                 report.truncated = Some((seq, offset, error.to_string()));
@@ -244,6 +272,7 @@ pub(crate) async fn recover<S: Storage>(
             SegmentSlot {
                 file: Rc::new(file),
                 end,
+                recyclable,
             },
         );
     }
@@ -253,7 +282,8 @@ pub(crate) async fn recover<S: Storage>(
         .next_back()
         .map(|(seq, slot)| (*seq, slot.end))
         .ok_or_else(|| EngineError::Setup("no segments".into()))?;
-    let tail_start = end / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+    let write_block = write_block(config, &*segments[&active].file);
+    let tail_start = end / write_block * write_block;
     let tail_bytes = if end > tail_start {
         let file = &segments[&active].file;
         file.read_at(tail_start, (end - tail_start) as usize)
@@ -266,8 +296,10 @@ pub(crate) async fn recover<S: Storage>(
     report.messages = index.message_count();
     report.elapsed = started.elapsed();
     Ok(Recovered {
+        write_block,
         index,
         segments,
+        recycle_pool,
         active,
         end,
         tail: TailBlock {
@@ -278,6 +310,17 @@ pub(crate) async fn recover<S: Storage>(
         clock,
         report,
     })
+}
+
+/// The unit of the log's writes: as configured, else the device's logical block size; never
+/// below the device's, 512 or 4096.
+fn write_block<F: StorageFile>(config: &EngineConfig, file: &F) -> u64 {
+    let device = file.alignment().clamp(512, BLOCK_BYTES);
+    let wanted = match config.write_block_bytes {
+        0 => device,
+        bytes => bytes.max(device),
+    };
+    wanted.next_power_of_two().min(BLOCK_BYTES) as u64
 }
 
 /// How far past the durable end an unfinished write group can have reached.
@@ -332,9 +375,46 @@ pub(crate) fn apply_recovered(index: &mut Index, seq: u32, offset: u64, view: &R
     }
 }
 
-/// Zeroes every non-zero chunk of `[offset, offset + window)` (keeping the bytes before
-/// `offset` in its block) and syncs if anything changed. Returns whether it wrote.
-async fn scrub<F: StorageFile>(file: &F, offset: u64, limit: u64, window: u64) -> Result<bool> {
+/// Which bytes past the log's end could one day pass for its records.
+#[derive(Clone, Copy, Debug)]
+enum Stale {
+    /// A segment that is never recycled: anything but zeros.
+    AnythingButZeros,
+    /// A recycled segment `seq`: what looks like the start of a record naming it (the earlier
+    /// life's records name other segments and can never pass).
+    NamingThis(u32),
+}
+
+impl Stale {
+    fn found_in(self, bytes: &[u8]) -> bool {
+        match self {
+            Stale::AnythingButZeros => bytes.iter().any(|&b| b != 0),
+            Stale::NamingThis(seq) => {
+                let magic = crate::record::RECORD_MAGIC.to_le_bytes();
+                (0..bytes.len())
+                    .step_by(crate::record::RECORD_ALIGN)
+                    .any(|at| {
+                        let head = &bytes[at..];
+                        head.starts_with(&magic)
+                            && head.get(4).is_some_and(|&v| v >= 3)
+                            // A header cut by the chunk's end counts (zeroing it is harmless).
+                            && head.get(60..64).is_none_or(|s| s == seq.to_le_bytes())
+                    })
+            }
+        }
+    }
+}
+
+/// Zeroes every chunk of `[offset, offset + window)` holding bytes that could pass for records
+/// (keeping the bytes before `offset` in its block) and syncs if anything changed. Returns
+/// whether it wrote.
+async fn scrub<F: StorageFile>(
+    file: &F,
+    offset: u64,
+    limit: u64,
+    window: u64,
+    stale: Stale,
+) -> Result<bool> {
     const CHUNK: u64 = 1 << 20;
     let block = BLOCK_BYTES as u64;
     let first_block = offset / block * block;
@@ -350,7 +430,7 @@ async fn scrub<F: StorageFile>(file: &F, offset: u64, limit: u64, window: u64) -
         } else {
             0
         };
-        if current.len() >= keep && current[keep..].iter().any(|&b| b != 0) {
+        if current.len() >= keep && stale.found_in(&current[keep..]) {
             let mut buf = file.alloc_buffer(len);
             let bytes = buf.bytes_mut();
             bytes[..len].fill(0);

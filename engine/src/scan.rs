@@ -7,6 +7,12 @@
 //! zeros longer than [`Scanner::zero_run_max`] ends the scan (past the log's end a segment
 //! holds only zeros, and nothing inside the log is zero for that long: no record is that large
 //! and no unfinished write group leaves a hole that wide).
+//!
+//! In a recycled segment ([`crate::segment`]) the log's end is followed by the records of the
+//! file's earlier life rather than zeros. A valid record naming another segment ends the scan
+//! cleanly; bytes skipped on the way to it are damage only if they start where a record of this
+//! segment could (not at a block boundary, or with a record's magic): the writer pads every
+//! write to a block with zeros, so the earlier life's bytes begin on a block boundary.
 
 use crate::error::Result;
 use crate::record::{self, DecodeError, RecordView, HEADER_BYTES, RECORD_ALIGN};
@@ -42,6 +48,11 @@ pub struct Scanner<'f, F> {
     limit: u64,
     resync: bool,
     zero_run_max: u64,
+    /// The segment scanned and whether its file may hold an earlier life's records; `None`:
+    /// no record is checked against its segment.
+    segment: Option<(u32, bool)>,
+    /// The unit the log was written in: a write ends on a multiple of it.
+    write_block: u64,
     stop: Option<ScanStop>,
     pub skipped: Vec<SkippedRange>,
 }
@@ -63,6 +74,8 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
             limit,
             resync,
             zero_run_max: u64::MAX,
+            segment: None,
+            write_block: crate::writer::BLOCK_BYTES as u64,
             stop: None,
             skipped: Vec::new(),
         }
@@ -71,6 +84,14 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
     /// While skipping damage, this many bytes of zeros in a row end the scan (default: never).
     pub fn zero_run_max(mut self, bytes: u64) -> Self {
         self.zero_run_max = bytes;
+        self
+    }
+
+    /// Checks every record against segment `seq`, which is `recyclable` if its header says so
+    /// and was written in blocks of `write_block` bytes.
+    pub fn segment(mut self, seq: u32, recyclable: bool, write_block: u64) -> Self {
+        self.segment = Some((seq, recyclable));
+        self.write_block = write_block.max(1);
         self
     }
 
@@ -110,12 +131,33 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
         Ok(true)
     }
 
+    /// Whether damage starting at `offset` may have held records of this segment: anywhere in
+    /// a segment that is never recycled; in a recycled one, unless it starts on a block
+    /// boundary, or after zeros up to one (a write ends on a block boundary, padded with
+    /// zeros), without a record's magic there.
+    fn could_be_ours(&self, offset: u64) -> bool {
+        if !self.segment.is_some_and(|(_, recyclable)| recyclable) {
+            return true;
+        }
+        let Some(at) = offset.checked_sub(self.window_start) else {
+            return true;
+        };
+        let block_end = offset.next_multiple_of(self.write_block);
+        let padding = (block_end - offset) as usize;
+        let from = at as usize;
+        let Some(bytes) = self.window.get(from..from + padding + 4) else {
+            return true;
+        };
+        let (padding, next) = bytes.split_at(padding);
+        padding.iter().any(|&b| b != 0) || next == record::RECORD_MAGIC.to_le_bytes()
+    }
+
     /// The next intact record and its offset, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<(u64, RecordView<'_>)>> {
         if self.stop.is_some() {
             return Ok(None);
         }
-        let mut skip_from: Option<(u64, DecodeError)> = None;
+        let mut skip_from: Option<(u64, DecodeError, bool)> = None;
         let mut zeros_from: Option<u64> = None;
         let len = loop {
             let verdict = if !self.fill(HEADER_BYTES).await? {
@@ -138,7 +180,15 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
                         } else {
                             let at = (self.pos - self.window_start) as usize;
                             match record::decode(&self.window[at..at + len]) {
-                                Ok(_) => Verdict::Good(len),
+                                Ok(view) => match self.segment {
+                                    Some((seq, recyclable)) => {
+                                        match view.check_segment(seq, recyclable) {
+                                            Ok(()) => Verdict::Good(len),
+                                            Err(e) => Verdict::Bad(e),
+                                        }
+                                    }
+                                    None => Verdict::Good(len),
+                                },
                                 Err(e) => Verdict::Bad(e),
                             }
                         }
@@ -148,6 +198,20 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
             };
             match verdict {
                 Verdict::Good(len) => break len,
+                Verdict::Bad(DecodeError::Stale { .. }) => {
+                    // The earlier life of a recycled file: the log ended before it.
+                    if let Some((from, error, ours)) = skip_from {
+                        if ours {
+                            self.skipped.push(SkippedRange {
+                                offset: from,
+                                bytes: self.pos - from,
+                                error,
+                            });
+                        }
+                    }
+                    self.stop = Some(ScanStop::Clean);
+                    return Ok(None);
+                }
                 Verdict::Bad(error) => {
                     if error == DecodeError::End {
                         zeros_from.get_or_insert(self.pos);
@@ -160,14 +224,16 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
                         self.pos + HEADER_BYTES as u64 - from > self.zero_run_max
                     });
                     if !self.resync || at_end || clean_end || past_the_log {
-                        if let Some((from, error)) = skip_from {
+                        if let Some((from, error, ours)) = skip_from {
                             // The damage ends where the zeros past the log begin.
                             let until = zeros_from.unwrap_or(self.pos).max(from);
-                            self.skipped.push(SkippedRange {
-                                offset: from,
-                                bytes: until - from,
-                                error,
-                            });
+                            if ours {
+                                self.skipped.push(SkippedRange {
+                                    offset: from,
+                                    bytes: until - from,
+                                    error,
+                                });
+                            }
                             self.stop = Some(ScanStop::Clean);
                         } else {
                             self.stop = Some(match error {
@@ -181,13 +247,13 @@ impl<'f, F: StorageFile> Scanner<'f, F> {
                         return Ok(None);
                     }
                     if skip_from.is_none() && error != DecodeError::End {
-                        skip_from = Some((self.pos, error));
+                        skip_from = Some((self.pos, error, self.could_be_ours(self.pos)));
                     }
                     self.pos += RECORD_ALIGN as u64;
                 }
             }
         };
-        if let Some((from, error)) = skip_from {
+        if let Some((from, error, _)) = skip_from {
             self.skipped.push(SkippedRange {
                 offset: from,
                 bytes: self.pos - from,

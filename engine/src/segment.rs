@@ -1,18 +1,30 @@
-//! Segment files: naming, the segment header block, and writing a segment out ahead of use.
+//! Segment files: naming, the segment header block, and making a segment ready ahead of use.
 //!
 //! A shard's log is a sequence of files `DIR/<seq>.log` (`seq` zero-padded to 12 digits), each
 //! exactly `segment_bytes` long. The first [`SEGMENT_HEADER_BYTES`] hold the segment header;
-//! records follow from there. A segment is created as `<seq>.log.tmp`, filled with zeros,
-//! synced, then renamed: so a `.log` file always has its full length and already-written
-//! blocks, and the writer's `fdatasync` never has to commit file-system metadata (extent
-//! conversion or a size change). Leftover `.tmp` files are removed on open.
+//! records follow from there. A `.log` file always has its full length and already-written
+//! blocks, so the writer's `fdatasync` never has to commit file-system metadata (extent
+//! conversion or a size change). A segment comes to be in one of two ways:
+//! - **recycled** ([`recycle`]): a segment that compaction emptied is kept as `<old>.recycle`
+//!   and becomes the next segment by rewriting its first two blocks (the new header, and zeros
+//!   where the first record goes), then a rename. Its old records stay on disk behind the new
+//!   ones but cannot be mistaken for them: every version-3 record names its segment
+//!   ([`crate::record`]), and the scan of a version-2 segment stops at a record of another
+//!   segment. In steady state (mail deleted about as fast as it comes) every segment is
+//!   recycled and each byte of the log reaches the disk once.
+//! - **written out** ([`prepare`]), when there is none to recycle (the store is growing): as
+//!   `<seq>.log.tmp`, filled with zeros, synced, then renamed. The zeros are a second write of
+//!   every byte, paced alongside the log's filling of the segment before it.
+//!
+//! Leftover `.tmp` files are removed on open; `.recycle` files of the right length are kept
+//! for reuse.
 //!
 //! Segment header (little-endian, at offset 0, rest of the 4 KiB block zero):
 //!
 //! | offset | size | field           | meaning                                     |
 //! |-------:|-----:|-----------------|---------------------------------------------|
 //! | 0      | 4    | `magic`         | `0x4745_5350` (`"PSEG"` on disk)            |
-//! | 4      | 1    | `version`       | 1                                            |
+//! | 4      | 1    | `version`       | 2; 1 (read): records need not name their segment, never recycled |
 //! | 5      | 3    | `reserved`      | zero                                         |
 //! | 8      | 4    | `seq`           | this segment's sequence number               |
 //! | 12     | 4    | `crc32`         | CRC-32 of these 48 bytes with this field 0   |
@@ -30,7 +42,9 @@ use crate::error::{EngineError, Result};
 use crate::storage::{IoBuffer, Storage, StorageFile};
 
 pub const SEGMENT_MAGIC: u32 = 0x4745_5350;
-pub const SEGMENT_VERSION: u8 = 1;
+pub const SEGMENT_VERSION: u8 = 2;
+/// The oldest segment header this build reads.
+pub const SEGMENT_VERSION_MIN: u8 = 1;
 /// Records start here in every segment.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
 /// The largest segment: a record's [`Location`](crate::Location) is a 32-bit offset into it.
@@ -103,7 +117,7 @@ impl SegmentHeader {
                 header.magic.get()
             )));
         }
-        if header.version != SEGMENT_VERSION {
+        if !(SEGMENT_VERSION_MIN..=SEGMENT_VERSION).contains(&header.version) {
             return Err(corrupt(format!(
                 "unsupported segment version {}",
                 header.version
@@ -125,9 +139,65 @@ impl SegmentHeader {
     }
 }
 
+impl SegmentHeader {
+    /// Whether the segment's file may hold records of an earlier life (version 2): then only
+    /// records naming this segment belong to it.
+    pub fn recyclable(&self) -> bool {
+        self.version >= 2
+    }
+}
+
 /// `DIR/<seq>.log`.
 pub fn segment_path(dir: &Path, seq: u32) -> PathBuf {
     dir.join(format!("{seq:012}.log"))
+}
+
+/// `DIR/<seq>.recycle`: a compacted segment kept to become a later one.
+pub fn recycle_path(dir: &Path, seq: u32) -> PathBuf {
+    dir.join(format!("{seq:012}.recycle"))
+}
+
+/// The old sequence number of a recycle file name, if it is one.
+pub fn parse_recycle_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".recycle")?;
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Makes the recycle file `from` segment `seq`: a new header, a zero block where the first
+/// record goes (so the segment reads as empty), synced, then renamed to its segment name. Only
+/// the first two blocks are written; the rest keeps the old life's records, which name another
+/// segment.
+pub(crate) async fn recycle<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    from: &Path,
+    seq: u32,
+    segment_bytes: u64,
+    created_hlc: u64,
+) -> Result<Rc<S::File>> {
+    let file = storage.open(from, false).await?;
+    if file.len().await? != segment_bytes {
+        return Err(EngineError::Setup(format!(
+            "{} is not {segment_bytes} bytes long",
+            from.display()
+        )));
+    }
+    let len = 2 * SEGMENT_HEADER_BYTES as usize;
+    let mut head = file.alloc_buffer(len);
+    head.bytes_mut()[..len].fill(0);
+    let header = SegmentHeader::new(seq, segment_bytes, created_hlc);
+    head.bytes_mut()[..48].copy_from_slice(header.as_bytes());
+    head.truncate(len);
+    file.write_at(Rc::new(head), 0).await?;
+    file.sync_data().await?;
+    drop(file);
+    let final_path = segment_path(dir, seq);
+    storage.rename(from, &final_path).await?;
+    storage.sync_dir(dir).await?;
+    Ok(Rc::new(storage.open(&final_path, false).await?))
 }
 
 /// The sequence number of a segment file name, if it is one.
@@ -253,6 +323,25 @@ mod tests {
         assert_eq!(parse_segment_name("000000000042.log"), Some(42));
         assert_eq!(parse_segment_name("000000000042.log.tmp"), None);
         assert_eq!(parse_segment_name("42.log"), None);
+        let r = recycle_path(Path::new("/d"), 42);
+        assert_eq!(r, Path::new("/d/000000000042.recycle"));
+        assert_eq!(parse_recycle_name("000000000042.recycle"), Some(42));
+        assert_eq!(parse_recycle_name("000000000042.log"), None);
+    }
+
+    #[test]
+    fn version_one_headers_are_read_and_not_recyclable() {
+        let mut h = SegmentHeader::new(7, 1 << 20, 99);
+        assert!(h.recyclable());
+        h.version = 1;
+        h.crc32 = U32::new(0);
+        h.crc32 = U32::new(crc32fast::hash(h.as_bytes()));
+        let parsed = SegmentHeader::parse(h.as_bytes(), Path::new("x")).unwrap();
+        assert!(!parsed.recyclable());
+        h.version = 3;
+        h.crc32 = U32::new(0);
+        h.crc32 = U32::new(crc32fast::hash(h.as_bytes()));
+        assert!(SegmentHeader::parse(h.as_bytes(), Path::new("x")).is_err());
     }
 
     #[test]

@@ -29,13 +29,14 @@ use crate::segment::{self, SEGMENT_HEADER_BYTES};
 use crate::signal::Completion;
 use crate::storage::{IoBuffer, Storage, StorageFile};
 
-/// Writes are aligned to this (the largest logical block size in common use).
+/// The largest write block ([`crate::EngineConfig::write_block_bytes`]): the largest logical
+/// block size in common use.
 pub const BLOCK_BYTES: usize = 4096;
 /// At most this many bytes of batches are written before one sync.
 pub(crate) const WRITE_GROUP_BYTES_MAX: usize = 8 << 20;
 
-fn align_down(value: u64) -> u64 {
-    value / BLOCK_BYTES as u64 * BLOCK_BYTES as u64
+fn align_down(value: u64, block: u64) -> u64 {
+    value / block * block
 }
 
 /// Encodes one record into the queue; returns the batch's completion and the record's place.
@@ -90,7 +91,7 @@ pub(crate) fn enqueue<S: Storage>(
             "a queued batch buffer is shared".into(),
         ));
     };
-    record::encode_into(&mut buf.bytes_mut()[at..at + len], meta, user, body);
+    record::encode_into(&mut buf.bytes_mut()[at..at + len], seq, meta, user, body);
     batch.used += len;
     let location = Location {
         segment: seq,
@@ -117,7 +118,8 @@ fn new_batch<S: Storage>(
     pos: u64,
     record_len: usize,
 ) -> Result<Batch<<S::File as StorageFile>::Buffer>> {
-    let start = align_down(pos);
+    let block = inner.block;
+    let start = align_down(pos, block);
     let prefix_len = (pos - start) as usize;
     let capacity = inner.config.batch_bytes_max.max(prefix_len + record_len);
     let alloc_len = capacity.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
@@ -132,7 +134,7 @@ fn new_batch<S: Storage>(
     if prefix_len > 0 {
         let prefix: &[u8] = match state.queue.back() {
             Some(prev) if prev.seq == seq => {
-                let prev_block = align_down(prev.start + prev.used as u64);
+                let prev_block = align_down(prev.start + prev.used as u64, block);
                 let from = (prev_block - prev.start) as usize;
                 &prev.buf.bytes()[from..prev.used]
             }
@@ -251,8 +253,9 @@ fn take_group<S: Storage>(inner: &Inner<S>) -> (Group<S>, Result<()>) {
             break;
         };
         bytes += batch.used;
-        let padded = batch.used.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
-        let tail_from = align_down(batch.used as u64) as usize;
+        let block = inner.block as usize;
+        let padded = batch.used.div_ceil(block) * block;
+        let tail_from = align_down(batch.used as u64, inner.block) as usize;
         if let Some(buf) = Rc::get_mut(&mut batch.buf) {
             let bytes = buf.bytes_mut();
             bytes[batch.used..padded].fill(0);
@@ -294,14 +297,14 @@ fn check_group<S: Storage>(
     state: &State<S::File>,
     group: &Group<S>,
 ) -> Result<()> {
-    let block = BLOCK_BYTES as u64;
+    let block = inner.block;
     let mut expected: Option<(u32, u64)> = None;
     for batch in group {
         let written = batch.buf.bytes().len();
         let end = batch.start + batch.used as u64;
         invariant!(
             &inner.name,
-            batch.start % block == 0 && written % BLOCK_BYTES == 0 && written >= batch.used,
+            batch.start % block == 0 && written as u64 % block == 0 && written >= batch.used,
             "a batch of segment {} at {} writes {written} bytes for {} used (blocks of {block})",
             batch.seq,
             batch.start,
@@ -316,7 +319,9 @@ fn check_group<S: Storage>(
         };
         invariant!(
             &inner.name,
-            batch.seq >= state.durable.0 && at == expected_first && align_down(at) == batch.start,
+            batch.seq >= state.durable.0
+                && at == expected_first
+                && align_down(at, block) == batch.start,
             "a batch of segment {} starts its records at {at} (block {}), the log is at {:?} \
              (durable {:?})",
             batch.seq,
@@ -367,6 +372,7 @@ async fn file_for<S: Storage>(
                         crate::commit_queue::SegmentSlot {
                             file: file.clone(),
                             end: SEGMENT_HEADER_BYTES,
+                            recyclable: true,
                         },
                     );
                     drop(state);
@@ -404,24 +410,63 @@ pub(crate) fn prepare_spare<S: Storage>(inner: &Rc<Inner<S>>) {
 }
 
 fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
-    let hlc = {
+    let (hlc, recyclable) = {
         let mut state = inner.state.borrow_mut();
         state.spare = Spare::Preparing(seq);
-        state.clock.now()
+        // Only a file nobody reads any more: a read begun before its segment was compacted
+        // holds another reference until it is done.
+        let free = state
+            .recycle_pool
+            .iter()
+            .position(|r| Rc::strong_count(&r.file) == 1);
+        (
+            state.clock.now(),
+            free.map(|i| state.recycle_pool.remove(i)),
+        )
     };
     let inner = inner.clone();
     crate::executor::spawn_local(async move {
-        let pace = SparePace { inner: &inner, seq };
-        let result = segment::prepare(
-            &inner.storage,
-            &inner.dir,
-            seq,
-            inner.config.segment_bytes,
-            hlc,
-            inner.config.io_depth,
-            &pace,
-        )
-        .await;
+        let mut result = Err(crate::error::EngineError::NotFound);
+        if let Some(recyclable) = recyclable {
+            let from = segment::recycle_path(&inner.dir, recyclable.old_seq);
+            // Nobody reads the old file any more (see above); it is opened again by its name.
+            drop(recyclable.file);
+            result = segment::recycle(
+                &inner.storage,
+                &inner.dir,
+                &from,
+                seq,
+                inner.config.segment_bytes,
+                hlc,
+            )
+            .await;
+            match &result {
+                Ok(_) => inner.metrics.borrow_mut().recycled_segments += 1,
+                Err(error) => {
+                    tracing::warn!(shard = %inner.name, seq, %error, from = %from.display(),
+                        "could not recycle a segment; writing a new one out instead");
+                    let _ = inner.storage.remove(&from).await;
+                }
+            }
+        }
+        if result.is_err() {
+            let pace = SparePace { inner: &inner, seq };
+            result = segment::prepare(
+                &inner.storage,
+                &inner.dir,
+                seq,
+                inner.config.segment_bytes,
+                hlc,
+                inner.config.io_depth,
+                &pace,
+            )
+            .await;
+            if result.is_ok() {
+                let mut metrics = inner.metrics.borrow_mut();
+                metrics.prepared_segments += 1;
+                metrics.prepared_bytes += inner.config.segment_bytes;
+            }
+        }
         {
             let mut state = inner.state.borrow_mut();
             state.spare = match result {
@@ -665,7 +710,11 @@ async fn write_checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
         state.bytes_since_checkpoint = 0;
         checkpoint::encode(&state.index, &segments, state.durable, clock)
     };
-    checkpoint::write(&inner.storage, &inner.dir, &bytes).await
+    checkpoint::write(&inner.storage, &inner.dir, &bytes).await?;
+    let mut metrics = inner.metrics.borrow_mut();
+    metrics.checkpoints += 1;
+    metrics.checkpoint_bytes += bytes.len() as u64;
+    Ok(())
 }
 
 /// Writes a checkpoint unless one is being written (then waits for the writer to be idle).

@@ -13,9 +13,15 @@
 //! (`--insecure-plaintext-cluster`), alternating with the encrypted runs `--cost-pairs` times;
 //! `encryption_cost` is 1 − encrypted / plaintext msgs/s, on the medians.
 //!
+//! Steady state (`--steady-seconds N`, issue 20): one replica, the paper's 90:10 mix (POP
+//! sessions retrieve and delete), 64 MiB segments, a warm-up of `--steady-warmup-seconds` first
+//! so that segments roll over, are compacted and come back recycled; then the disk bytes per
+//! accepted byte over the next N seconds, beside how many segments were recycled and how many
+//! written out with zeros in that time.
+//!
 //! Writes `bench/results/<name>.md`; with `--json` the last stdout line is
 //! `{"r1": {"msgs_per_s", "write_amplification", "disk_write_amplification"}, "r2": …, "r3": …,
-//! "r2_plaintext": …, "encryption_cost"}`.
+//! "r2_plaintext": …, "encryption_cost", "steady": {…} (with `--steady-seconds`)}`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -54,6 +60,15 @@ struct Args {
     /// Encrypted and plaintext `--replicas 2` runs, alternating, for the encryption's cost.
     #[arg(long, default_value_t = 1)]
     cost_pairs: usize,
+    /// Seconds of the steady-state measurement (0: none); see the module comment.
+    #[arg(long, default_value_t = 0)]
+    steady_seconds: u64,
+    /// Seconds of load before the steady-state measurement starts.
+    #[arg(long, default_value_t = 60)]
+    steady_warmup_seconds: u64,
+    /// Only the steady-state measurement.
+    #[arg(long)]
+    steady_only: bool,
     #[arg(long, default_value = "replication")]
     name: String,
     /// Take `porcupine` and `porcupine-load` from this directory instead of building them (to
@@ -107,6 +122,28 @@ fn process_cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11) + ticks(12)) / hz)
 }
 
+/// Segments the nodes recycled and wrote out with zeros, bytes compaction copied and bytes
+/// of checkpoints, from `/metrics`.
+fn segment_counts(n: usize) -> Result<[f64; 4]> {
+    let metrics = LAYOUT
+        .admin(n)?
+        .metrics()
+        .with_context(|| format!("node {n}: no /metrics"))?;
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok([
+        sum("porcupine_shard_segments_recycled_total"),
+        sum("porcupine_shard_segments_prepared_total"),
+        sum("porcupine_shard_compacted_bytes_total"),
+        sum("porcupine_shard_checkpoint_bytes_total"),
+    ])
+}
+
 struct Measured {
     msgs_per_s: f64,
     /// Node CPU (all three processes) per delivered message, microseconds.
@@ -114,8 +151,24 @@ struct Measured {
     accepted_bytes: f64,
     appended_bytes: f64,
     disk_bytes: f64,
+    /// Segments recycled and written out with zeros during the measurement, bytes compaction
+    /// copied, checkpoint bytes.
+    recycled: f64,
+    prepared: f64,
+    compacted_bytes: f64,
+    checkpoint_bytes: f64,
     lost: u64,
     errors: serde_json::Value,
+}
+
+/// What a measurement runs: the load's mix, and a warm-up before it (the steady state).
+struct Shape {
+    replicas: usize,
+    channel: Channel,
+    mix: &'static str,
+    warmup_seconds: u64,
+    seconds: u64,
+    extra: Vec<String>,
 }
 
 /// How the cluster's connections are protected in a run.
@@ -132,20 +185,54 @@ fn measure(
     replicas: usize,
     channel: Channel,
 ) -> Result<Measured> {
+    measure_shape(
+        bins,
+        args,
+        base,
+        &Shape {
+            replicas,
+            channel,
+            mix: "100:0",
+            warmup_seconds: 0,
+            seconds: args.seconds,
+            extra: Vec::new(),
+        },
+    )
+}
+
+fn measure_shape(
+    bins: &Bins,
+    args: &Args,
+    base: &std::path::Path,
+    shape: &Shape,
+) -> Result<Measured> {
+    let (replicas, channel) = (shape.replicas, shape.channel);
     let mut servers = Servers::default();
     let flag = replicas.to_string();
     let mut extra = vec!["--replicas", &flag];
     if channel == Channel::Plaintext {
         extra.push("--insecure-plaintext-cluster");
     }
+    extra.extend(shape.extra.iter().map(String::as_str));
     let dir = base.join(format!("r{replicas}-{channel:?}-{}", rand_suffix()));
     for n in 1..=3 {
         LAYOUT.start_node(bins, &mut servers, &dir, n, true, &extra)?;
     }
     LAYOUT.wait_members(&[1, 2, 3], 3, Duration::from_secs(30))?;
     LAYOUT.add_users(bins, 1, USERS, PASSWORD)?;
+    if shape.warmup_seconds > 0 {
+        let warmup = Workload {
+            mix: shape.mix.into(),
+            size: args.size,
+            connections: args.connections,
+            seconds: shape.warmup_seconds,
+            extra: vec!["--no-sweep".into()],
+        };
+        LAYOUT.load(bins, 3, USERS, PASSWORD, &warmup)?;
+    }
     // Segments are prepared at start: let that finish before the baseline is read.
     std::thread::sleep(Duration::from_secs(2));
+    let segments_before = (1..=3).map(segment_counts).collect::<Result<Vec<_>>>()?;
     let pids: Vec<u32> = servers.children.iter().map(|(_, c)| c.id()).collect();
     let appended_before: f64 = (1..=3).map(appended_bytes).sum::<Result<f64>>()?;
     let disk_before: f64 = pids
@@ -157,10 +244,10 @@ fn measure(
         .map(|&p| process_cpu_seconds(p))
         .sum::<Result<f64>>()?;
     let workload = Workload {
-        mix: "100:0".into(),
+        mix: shape.mix.into(),
         size: args.size,
         connections: args.connections,
-        seconds: args.seconds,
+        seconds: shape.seconds,
         extra: vec!["--no-sweep".into()],
     };
     let report = LAYOUT.load(bins, 3, USERS, PASSWORD, &workload)?;
@@ -175,6 +262,14 @@ fn measure(
         .iter()
         .map(|&p| process_write_bytes(p))
         .sum::<Result<f64>>()?;
+    let segments_after = (1..=3).map(segment_counts).collect::<Result<Vec<_>>>()?;
+    let mut counts = [0.0; 4];
+    for (before, after) in segments_before.iter().zip(&segments_after) {
+        for (i, count) in counts.iter_mut().enumerate() {
+            *count += after[i] - before[i];
+        }
+    }
+    let [recycled, prepared, compacted_bytes, checkpoint_bytes] = counts;
     let delivered = report["delivered"].as_f64().unwrap_or(0.0);
     let accepted_bytes = delivered * report["mean_message_bytes"].as_f64().unwrap_or(0.0);
     drop(servers);
@@ -184,6 +279,10 @@ fn measure(
         accepted_bytes,
         appended_bytes: appended_after - appended_before,
         disk_bytes: disk_after - disk_before,
+        recycled,
+        prepared,
+        compacted_bytes,
+        checkpoint_bytes,
         lost: report["lost"].as_u64().unwrap_or(0) + report["corrupt"].as_u64().unwrap_or(0),
         errors: report["errors"].clone(),
     })
@@ -215,8 +314,70 @@ fn main() -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("porcupine-replication")
         .tempdir_in("/var/tmp")?;
-    let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
+    let mut steady_md = String::new();
+    if args.steady_seconds > 0 {
+        let m = measure_shape(
+            &bins,
+            &args,
+            work.path(),
+            &Shape {
+                replicas: 1,
+                channel: Channel::Encrypted,
+                mix: "90:10",
+                warmup_seconds: args.steady_warmup_seconds,
+                seconds: args.steady_seconds,
+                extra: vec!["--segment-mib".into(), "64".into()],
+            },
+        )?;
+        let per = |bytes: f64| bytes / m.accepted_bytes.max(1.0);
+        let disk = per(m.disk_bytes);
+        let log = per(m.appended_bytes);
+        let (compacted, checkpoints) = (per(m.compacted_bytes), per(m.checkpoint_bytes));
+        eprintln!(
+            "steady state, 1 replica, 90:10: {:.0} msg/s, log bytes / accepted {log:.3} (of \
+             which compaction's copies {compacted:.3}), checkpoints {checkpoints:.3}, disk \
+             {disk:.3}, segments recycled {} and written out {}, errors {}",
+            m.msgs_per_s, m.recycled, m.prepared, m.errors
+        );
+        json.insert(
+            "steady".into(),
+            serde_json::json!({
+                "msgs_per_s": m.msgs_per_s,
+                "write_amplification": log,
+                "disk_write_amplification": disk,
+                "segments_recycled": m.recycled,
+                "segments_written_out": m.prepared,
+                "compaction_copies": compacted,
+                "checkpoints": checkpoints,
+                "lost": m.lost,
+            }),
+        );
+        let _ =
+            writeln!(
+            steady_md,
+            "\n## Steady state\n\nOne replica, the 90:10 mix (POP sessions retrieve and delete), \
+             64 MiB segments, after {} s of the same load: over the next {} s, {:.0} msg/s \
+             delivered, **{disk:.3} disk bytes per accepted byte**: log bytes {log:.3} (of \
+             which compaction's copies {compacted:.3}), index checkpoints {checkpoints:.3}, the \
+             rest the zeros of segments written out and the partial block each commit \
+             rewrites; {} segments recycled, {} written out with zeros; lost {}.",
+            args.steady_warmup_seconds, args.steady_seconds, m.msgs_per_s, m.recycled,
+            m.prepared, m.lost
+        );
+    }
+    if args.steady_only {
+        let results = root.join("bench/results");
+        std::fs::create_dir_all(&results)?;
+        let md = format!("# Replication: steady state\n{steady_md}");
+        std::fs::write(results.join(format!("{}.md", args.name)), &md)?;
+        print!("{md}");
+        if args.json {
+            println!("{}", serde_json::Value::Object(json));
+        }
+        return Ok(());
+    }
+    let mut rows = Vec::new();
     // The encryption's cost: r2 encrypted and in plaintext, alternating.
     let (mut encrypted, mut plaintext) = (Vec::new(), Vec::new());
     let (mut encrypted_cpu, mut plaintext_cpu) = (Vec::new(), Vec::new());
@@ -322,6 +483,7 @@ fn main() -> Result<()> {
          records. Disk bytes are the node processes' write_bytes in /proc: they add the zeros \
          written ahead of the log when a segment is prepared, and index checkpoints."
     );
+    md.push_str(&steady_md);
     let results = root.join("bench/results");
     std::fs::create_dir_all(&results)?;
     std::fs::write(results.join(format!("{}.md", args.name)), &md)?;

@@ -696,7 +696,7 @@ async fn metrics(context: &CoreContext) -> String {
         );
     }
     let shards: Vec<_> = context.call_each(ShardReports).await;
-    let per_shard: [ShardGauge; 10] = [
+    let per_shard: [ShardGauge; 14] = [
         (
             "porcupine_shard_load",
             "operations under way that may touch the shard's disk",
@@ -714,6 +714,26 @@ async fn metrics(context: &CoreContext) -> String {
             "porcupine_shard_appended_bytes_total",
             "bytes appended to the log",
             |s| s.appended_bytes as f64,
+        ),
+        (
+            "porcupine_shard_segments_recycled_total",
+            "new segments made from compacted ones (no zeros written)",
+            |s| s.segments_recycled as f64,
+        ),
+        (
+            "porcupine_shard_segments_prepared_total",
+            "new segments written out with zeros (every byte written twice)",
+            |s| s.segments_prepared as f64,
+        ),
+        (
+            "porcupine_shard_compacted_bytes_total",
+            "bytes compaction copied forward",
+            |s| s.compacted_bytes as f64,
+        ),
+        (
+            "porcupine_shard_checkpoint_bytes_total",
+            "bytes of index checkpoints written",
+            |s| s.checkpoint_bytes as f64,
         ),
         (
             "porcupine_shard_fsyncs_total",

@@ -148,6 +148,16 @@ pub struct ShardReport {
     pub poisoned: Option<String>,
     pub appended_records: u64,
     pub appended_bytes: u64,
+    /// New segments made from compacted ones, and written out with zeros (a second write).
+    #[serde(default)]
+    pub segments_recycled: u64,
+    #[serde(default)]
+    pub segments_prepared: u64,
+    /// Bytes compaction copied forward, and index checkpoint bytes written.
+    #[serde(default)]
+    pub compacted_bytes: u64,
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
     pub fsyncs: u64,
     pub records_per_fsync_mean: f64,
     pub fsync_p50_us: u64,

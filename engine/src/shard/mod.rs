@@ -111,6 +111,7 @@ impl<S: Storage> Shard<S> {
             queued_bytes: 0,
             tail: recovered.tail,
             spare: Spare::None,
+            recycle_pool: recovered.recycle_pool,
             poisoned,
             closing: false,
             bytes_since_checkpoint: 0,
@@ -123,6 +124,7 @@ impl<S: Storage> Shard<S> {
         let inner = Rc::new(Inner {
             name: name.to_owned(),
             dir: dir.to_path_buf(),
+            block: recovered.write_block,
             config,
             storage,
             state: RefCell::new(state),
@@ -383,6 +385,9 @@ impl<S: Storage> Shard<S> {
             reason,
         };
         let view = record::decode(&buf).map_err(|e| corrupt(e.to_string()))?;
+        // A record of this segment's file's earlier life is never served as this one.
+        view.check_segment(location.segment, false)
+            .map_err(|e| corrupt(e.to_string()))?;
         if view.encoded_len != location.len as usize {
             return Err(corrupt("record length differs from the index".into()));
         }

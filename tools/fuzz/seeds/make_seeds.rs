@@ -150,6 +150,7 @@ fn main() {
         &corpus.join("record"),
         "put",
         &record::encode(
+            1,
             &meta(RecordKind::Put, 7),
             "a@x",
             b"Subject: hi\r\n\r\nbody\r\n",
@@ -158,7 +159,7 @@ fn main() {
     write(
         &corpus.join("record"),
         "delete",
-        &record::encode(&meta(RecordKind::Delete, 7), "a@x", b""),
+        &record::encode(1, &meta(RecordKind::Delete, 7), "a@x", b""),
     );
     let retired = record::encode_retired(&[Retired {
         user_key: record::user_key("a@x"),
@@ -168,7 +169,7 @@ fn main() {
     write(
         &corpus.join("record"),
         "retire",
-        &record::encode(&meta(RecordKind::Retire, 0), "", &retired),
+        &record::encode(1, &meta(RecordKind::Retire, 0), "", &retired),
     );
     let index = Index::new();
     write(
