@@ -117,6 +117,8 @@ pub(crate) struct Batch<B> {
     pub start: u64,
     pub buf: Rc<B>,
     pub capacity: usize,
+    /// Bytes of the buffer's allocation (what keeping it costs).
+    pub alloc_bytes: usize,
     pub used: usize,
     pub ops: Vec<(Span, Location, IndexOp)>,
     pub done: Rc<Completion<Outcome>>,
@@ -138,6 +140,9 @@ pub(crate) struct SegmentSlot<F> {
     /// The file may hold an earlier life's records (a version-2 segment header): only records
     /// naming this segment belong to it.
     pub recyclable: bool,
+    /// Blocks from here to the segment's end may be reserved but never written (a created
+    /// segment the zeroer has not finished); the segment's length once all are written.
+    pub unwritten_from: u64,
 }
 
 /// A segment compaction emptied, kept as `<seq>.recycle` to become a later segment
@@ -157,7 +162,8 @@ pub(crate) const RECYCLE_POOL_MAX: usize = 2;
 pub(crate) enum Spare<F> {
     None,
     Preparing(u32),
-    Ready(u32, Rc<F>),
+    /// Ready: its file, and where its unwritten blocks start (see [`SegmentSlot`]).
+    Ready(u32, Rc<F>, u64),
     Failed(u32, Failure),
 }
 
@@ -170,10 +176,14 @@ pub(crate) struct State<F: StorageFile> {
     pub durable: (u32, u64),
     pub queue: VecDeque<Batch<F::Buffer>>,
     pub queued_bytes: usize,
+    /// Bytes a write group held lately (moving average): new batch buffers are sized to it.
+    pub group_bytes_recent: usize,
     pub tail: TailBlock,
     pub spare: Spare<F>,
     /// Emptied segments waiting to become the next spare.
     pub recycle_pool: Vec<Recyclable<F>>,
+    /// The zeroer's write in flight: segment, start, end (see [`crate::zeroer`]).
+    pub zeroing: Option<(u32, u64, u64)>,
     pub poisoned: Option<String>,
     pub closing: bool,
     pub bytes_since_checkpoint: u64,
@@ -198,9 +208,14 @@ pub(crate) struct Inner<S: Storage> {
     pub writer_wake: Notify,
     pub space_wake: Notify,
     pub spare_wake: Notify,
-    /// Wakes a paced spare preparation (see `writer::SparePace`): a commit ended, or the log
-    /// waits for the spare, or the shard stops.
-    pub pace_wake: Notify,
+    /// Wakes the zeroer ([`crate::zeroer`]): a commit ended, a segment was created, or the
+    /// shard stops.
+    pub idle_wake: Notify,
+    /// The zeroer's write finished (the writer may be waiting to write where it wrote).
+    pub zero_done: Notify,
+    /// Wakes background compaction early: the log took a new segment and none was left to
+    /// recycle.
+    pub compaction_wake: Notify,
     pub writer_done: Completion<()>,
     pub metrics: RefCell<ShardMetrics>,
     /// Operations under way that may touch the disk (see [`Shard::load`]).

@@ -42,9 +42,15 @@ const RATE_STEP_BYTES: u64 = 256 << 10;
 
 pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
     loop {
-        crate::executor::sleep(inner.config.compaction.check_interval).await;
-        // Every segment below the threshold, one after the other (each at the bounded rate):
-        // the log's new segments are recycled from these, so compaction keeps pace with it.
+        crate::signal::either(
+            crate::executor::sleep(inner.config.compaction.check_interval),
+            inner.compaction_wake.notified(),
+        )
+        .await;
+        // One segment each time (space comes back at that pace however full the pool is), and
+        // then more, one after the other, while the recycle pool has room: the log's new
+        // segments are made from these, so compaction keeps pace with the log, and no faster
+        // (a segment left alone longer holds less to copy).
         loop {
             if inner.state.borrow().closing {
                 return;
@@ -52,7 +58,9 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             match compact_once(&inner).await {
                 Ok(Some(report)) => {
                     tracing::info!(shard = %inner.name, ?report, "compacted a segment");
-                    continue;
+                    if inner.state.borrow().recycle_pool.len() < RECYCLE_POOL_MAX {
+                        continue;
+                    }
                 }
                 Ok(None) => {}
                 Err(EngineError::Closed) => return,

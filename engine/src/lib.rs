@@ -8,7 +8,8 @@
 //!   for tests without io_uring).
 //! - [`record`]: the on-disk record format, defined once. [`segment`]: segment files.
 //! - [`writer`]: group commit, draining the commit queue (`commit_queue.rs`) it shares with
-//!   the shard's appenders. [`scan`] and [`recovery`]: reading the log back after a crash.
+//!   the shard's appenders; `zeroer.rs`: zeros ahead of the log in idle time. [`scan`] and
+//!   [`recovery`]: reading the log back after a crash.
 //! - [`index`] and [`checkpoint`]: the in-memory index and its snapshot.
 //! - `invariant.rs`: the index's and the writer's invariants, checked in release builds too;
 //!   a violation poisons the shard with [`EngineError::Invariant`] instead of panicking.
@@ -47,6 +48,7 @@ mod signal;
 pub mod storage;
 pub mod throttle;
 pub mod writer;
+mod zeroer;
 
 pub use config::{CompactionConfig, EngineConfig};
 pub use error::{EngineError, Result};

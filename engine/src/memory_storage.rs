@@ -454,6 +454,21 @@ impl StorageFile for MemoryFile {
             .map_or(0, |i| i.data.len() as u64))
     }
 
+    /// Modelled as a write of zeros past the current end: until the next `sync_data`, a power
+    /// cut may keep any of its sectors or none (the file then ends where they stop).
+    async fn allocate(&self, len: u64) -> Result<()> {
+        yield_once().await;
+        let mut fs = self.fs.borrow_mut();
+        let inode = fs.inodes.entry(self.inode).or_default();
+        let old = inode.data.len();
+        if (len as usize) > old {
+            let zeros: Rc<[u8]> = vec![0u8; len as usize - old].into();
+            write_into(&mut inode.data, old, &zeros);
+            inode.unsynced.push((old as u64, zeros));
+        }
+        Ok(())
+    }
+
     fn path(&self) -> &Path {
         &self.path
     }

@@ -2,15 +2,31 @@
 //! stamp of a replicated update, how a put or a delete went, and a shard's counts.
 
 use std::ops::Range;
+use std::rc::Rc;
 
 use crate::index::{MessageEntry, Tomb};
 use crate::record::RecordMeta;
+use crate::storage::IoBuffer;
 
-/// The bytes of a record read back: from the disk, or from the copy of a recent batch.
+/// The bytes of a record read back: from the disk, or from a recent batch's buffer, shared.
 #[derive(Debug)]
 pub enum ReadBytes<B> {
     Disk(B),
-    Memory(Vec<u8>),
+    Memory(Shared),
+}
+
+/// A range of a buffer the writer wrote from, shared with the shard's recent writes.
+pub struct Shared {
+    pub(crate) buf: Rc<dyn IoBuffer>,
+    pub(crate) range: Range<usize>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("range", &self.range)
+            .finish()
+    }
 }
 
 impl<B: std::ops::Deref<Target = [u8]>> std::ops::Deref for ReadBytes<B> {
@@ -18,7 +34,7 @@ impl<B: std::ops::Deref<Target = [u8]>> std::ops::Deref for ReadBytes<B> {
     fn deref(&self) -> &[u8] {
         match self {
             Self::Disk(bytes) => bytes,
-            Self::Memory(bytes) => bytes,
+            Self::Memory(shared) => &shared.buf.bytes()[shared.range.clone()],
         }
     }
 }

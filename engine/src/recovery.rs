@@ -86,16 +86,8 @@ pub(crate) async fn recover<S: Storage>(
     seqs.sort_unstable();
     let mut report = RecoveryReport::default();
     if seqs.is_empty() {
-        let file = segment::prepare(
-            storage,
-            dir,
-            1,
-            config.segment_bytes,
-            0,
-            config.io_depth,
-            &segment::Unpaced,
-        )
-        .await?;
+        let (file, unwritten_from) =
+            segment::prepare(storage, dir, 1, config.segment_bytes, 0, config.io_depth).await?;
         let mut segments = BTreeMap::new();
         segments.insert(
             1,
@@ -103,6 +95,7 @@ pub(crate) async fn recover<S: Storage>(
                 file,
                 end: SEGMENT_HEADER_BYTES,
                 recyclable: true,
+                unwritten_from,
             },
         );
         report.segments = 1;
@@ -206,6 +199,9 @@ pub(crate) async fn recover<S: Storage>(
                     file: Rc::new(file),
                     end,
                     recyclable,
+                    // Not known after a restart: taken as written (at worst, some syncs of
+                    // this segment commit the journal).
+                    unwritten_from: config.segment_bytes,
                 },
             );
             continue;
@@ -273,6 +269,7 @@ pub(crate) async fn recover<S: Storage>(
                 file: Rc::new(file),
                 end,
                 recyclable,
+                unwritten_from: config.segment_bytes,
             },
         );
     }

@@ -2,9 +2,8 @@
 //!
 //! A shard's log is a sequence of files `DIR/<seq>.log` (`seq` zero-padded to 12 digits), each
 //! exactly `segment_bytes` long. The first [`SEGMENT_HEADER_BYTES`] hold the segment header;
-//! records follow from there. A `.log` file always has its full length and already-written
-//! blocks, so the writer's `fdatasync` never has to commit file-system metadata (extent
-//! conversion or a size change). A segment comes to be in one of two ways:
+//! records follow from there. A `.log` file always has its full length, so the writer's
+//! `fdatasync` never commits a size change. A segment comes to be in one of two ways:
 //! - **recycled** ([`recycle`]): a segment that compaction emptied is kept as `<old>.recycle`
 //!   and becomes the next segment by rewriting its first two blocks (the new header, and zeros
 //!   where the first record goes), then a rename. Its old records stay on disk behind the new
@@ -12,9 +11,15 @@
 //!   ([`crate::record`]), and the scan of a version-2 segment stops at a record of another
 //!   segment. In steady state (mail deleted about as fast as it comes) every segment is
 //!   recycled and each byte of the log reaches the disk once.
-//! - **written out** ([`prepare`]), when there is none to recycle (the store is growing): as
-//!   `<seq>.log.tmp`, filled with zeros, synced, then renamed. The zeros are a second write of
-//!   every byte, paced alongside the log's filling of the segment before it.
+//! - **created** ([`prepare`]), when there is none to recycle (the store is growing): as
+//!   `<seq>.log.tmp` with its blocks reserved (`fallocate`) and its first two blocks written,
+//!   synced, then renamed. Reserved blocks read as zeros, but the first `fdatasync` after a
+//!   write into one commits the file system's journal (extent conversion), about halving the
+//!   commit rate. So the shard's zeroer (`crate::zeroer`) writes zeros ahead of the log while
+//!   the disk has nothing else to do: at low and moderate load the log always writes into
+//!   written blocks (fast syncs, at the price of writing those bytes twice, in idle time); a
+//!   saturated disk is never idle, the zeros are never written, and each byte reaches it once
+//!   (a journal commit per group commit is cheap beside a large batch).
 //!
 //! Leftover `.tmp` files are removed on open; `.recycle` files of the right length are kept
 //! for reuse.
@@ -49,27 +54,9 @@ pub const SEGMENT_VERSION_MIN: u8 = 1;
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
 /// The largest segment: a record's [`Location`](crate::Location) is a 32-bit offset into it.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 32;
-/// Zeros are written in pieces of this size when a segment is prepared. A group commit may
-/// wait behind one piece on a busy disk (65 ms at 4 MB/s), so pieces stay small; 256 KiB is
-/// still a full-bandwidth write on an SSD.
+/// Zeros are written in pieces of this size when a segment is written out whole (a file
+/// system without `fallocate`).
 pub const PREPARE_CHUNK_BYTES: usize = 256 << 10;
-
-/// When a segment's preparation may write its next piece. The log a spare is prepared for
-/// shares its disk: [`Unpaced`] writes as fast as the disk takes it (a new shard, a test); the
-/// writer's pace (`writer::SparePace`) spreads the zeros over the filling of the current
-/// segment, so no commit waits behind a long run of them.
-pub(crate) trait Pace {
-    /// Resolves once the piece starting at `offset` may be written.
-    async fn ready(&self, offset: u64);
-}
-
-/// Writes every piece at once.
-#[derive(Debug)]
-pub(crate) struct Unpaced;
-
-impl Pace for Unpaced {
-    async fn ready(&self, _offset: u64) {}
-}
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -209,9 +196,13 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Writes a complete, zero-filled segment with its header and makes it durable under its
-/// final name, with up to `io_depth` chunk writes in flight, each when `pace` lets it. On
-/// failure the partial `.tmp` file is removed (best effort).
+/// Creates segment `seq` and makes it durable under its final name: its blocks reserved
+/// (`fallocate`), its header and the zero block where the first record goes written and synced.
+/// The rest is not written: the shard's zeroer writes it out while the disk is idle
+/// (`crate::zeroer`), so that a commit's `fdatasync` need not commit the file system's journal.
+/// If the file system cannot reserve blocks (`fallocate` unsupported), the whole segment is
+/// written out with zeros here instead, `io_depth` pieces at a time. On failure the partial
+/// `.tmp` file is removed (best effort). Returns the file and where its unwritten part starts.
 pub(crate) async fn prepare<S: Storage>(
     storage: &S,
     dir: &Path,
@@ -219,22 +210,20 @@ pub(crate) async fn prepare<S: Storage>(
     segment_bytes: u64,
     created_hlc: u64,
     io_depth: usize,
-    pace: &impl Pace,
-) -> Result<Rc<S::File>> {
+) -> Result<(Rc<S::File>, u64)> {
     let final_path = segment_path(dir, seq);
     let tmp_path = dir.join(format!("{seq:012}.log.tmp"));
-    let result = write_out(
+    let result = create(
         storage,
         &tmp_path,
         seq,
         segment_bytes,
         created_hlc,
         io_depth,
-        pace,
     )
     .await;
-    let file = match result {
-        Ok(file) => file,
+    let (file, unwritten_from) = match result {
+        Ok(created) => created,
         Err(error) => {
             let _ = storage.remove(&tmp_path).await;
             return Err(error);
@@ -244,26 +233,61 @@ pub(crate) async fn prepare<S: Storage>(
     storage.sync_dir(dir).await?;
     drop(file);
     // Reopen under the final name so error messages name the real file.
-    Ok(Rc::new(storage.open(&final_path, false).await?))
+    Ok((
+        Rc::new(storage.open(&final_path, false).await?),
+        unwritten_from,
+    ))
 }
 
-async fn write_out<S: Storage>(
+/// Where a newly created segment's unwritten blocks start: past its header and first block.
+pub const CREATED_WRITTEN_BYTES: u64 = 2 * SEGMENT_HEADER_BYTES;
+
+async fn create<S: Storage>(
     storage: &S,
     tmp_path: &Path,
     seq: u32,
     segment_bytes: u64,
     created_hlc: u64,
     io_depth: usize,
-    pace: &impl Pace,
-) -> Result<Rc<S::File>> {
+) -> Result<(Rc<S::File>, u64)> {
     let file = Rc::new(storage.open(tmp_path, true).await?);
+    let unwritten_from = match file.allocate(segment_bytes).await {
+        Ok(()) => {
+            let len = CREATED_WRITTEN_BYTES as usize;
+            let mut head = file.alloc_buffer(len);
+            head.bytes_mut()[..len].fill(0);
+            let header = SegmentHeader::new(seq, segment_bytes, created_hlc);
+            head.bytes_mut()[..48].copy_from_slice(header.as_bytes());
+            head.truncate(len);
+            file.write_at(Rc::new(head), 0).await?;
+            CREATED_WRITTEN_BYTES
+        }
+        Err(error @ EngineError::NoSpace { .. }) => return Err(error),
+        Err(error) => {
+            tracing::warn!(path = %tmp_path.display(), %error,
+                "cannot reserve a segment's blocks; writing it out with zeros instead");
+            write_out(&file, seq, segment_bytes, created_hlc, io_depth).await?;
+            segment_bytes
+        }
+    };
+    file.sync_data().await?;
+    Ok((file, unwritten_from))
+}
+
+/// Writes the whole segment: its header, then zeros.
+async fn write_out<F: StorageFile>(
+    file: &Rc<F>,
+    seq: u32,
+    segment_bytes: u64,
+    created_hlc: u64,
+    io_depth: usize,
+) -> Result<()> {
     let mut offset = 0u64;
     while offset < segment_bytes {
         // Up to `io_depth` pieces at once, polled together in this task: no spawned task
         // outlives the segment's preparation if it is abandoned.
         let mut writes = Vec::with_capacity(io_depth.max(1));
         while offset < segment_bytes && writes.len() < io_depth.max(1) {
-            pace.ready(offset).await;
             let len = PREPARE_CHUNK_BYTES.min((segment_bytes - offset) as usize);
             let mut chunk = file.alloc_buffer(len);
             chunk.bytes_mut().fill(0);
@@ -282,8 +306,7 @@ async fn write_out<S: Storage>(
         }
         join_all(writes).await?;
     }
-    file.sync_data().await?;
-    Ok(file)
+    Ok(())
 }
 
 /// Polls every future until all are done; the first error, if any.

@@ -4,7 +4,7 @@
 //! Everything in a shard runs on one executor thread, so these need no atomics or locks.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::task::{Poll, Waker};
 
 /// Wakes every waiter. Single-threaded, so a waiter that checked its condition and then
@@ -36,6 +36,19 @@ impl Notify {
         })
         .await
     }
+}
+
+/// Waits for whichever of two futures finishes first (the other is dropped).
+pub(crate) async fn either<A: Future, B: Future>(a: A, b: B) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    poll_fn(|cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// The outcome of one batch, awaited by each of its appends.

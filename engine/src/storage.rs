@@ -45,6 +45,10 @@ pub trait StorageFile: 'static {
     /// `fdatasync`: written data reaches stable storage.
     async fn sync_data(&self) -> Result<()>;
     async fn len(&self) -> Result<u64>;
+    /// Makes the file `len` bytes long with every block reserved (`fallocate`): what was never
+    /// written reads as zeros, and the next `sync_data` makes the length durable. A later write
+    /// into such a block costs its first `fdatasync` a file-system journal commit.
+    async fn allocate(&self, len: u64) -> Result<()>;
     fn path(&self) -> &Path;
 }
 
@@ -206,6 +210,14 @@ impl StorageFile for DmaStorageFile {
 
     async fn len(&self) -> Result<u64> {
         glommio_io("stat", &self.path, self.file.file_size().await)
+    }
+
+    async fn allocate(&self, len: u64) -> Result<()> {
+        glommio_io(
+            "fallocate",
+            &self.path,
+            self.file.pre_allocate(len, false).await,
+        )
     }
 
     fn path(&self) -> &Path {
@@ -382,6 +394,12 @@ impl<F: StorageFile> StorageFile for FaultyFile<F> {
     }
     async fn len(&self) -> Result<u64> {
         self.inner.len().await
+    }
+    async fn allocate(&self, len: u64) -> Result<()> {
+        if self.plan.disk_full.get() {
+            return Err(injected("fallocate", self.path(), libc::ENOSPC));
+        }
+        self.inner.allocate(len).await
     }
     fn path(&self) -> &Path {
         self.inner.path()

@@ -34,6 +34,8 @@ use crate::storage::{IoBuffer, Storage, StorageFile};
 pub const BLOCK_BYTES: usize = 4096;
 /// At most this many bytes of batches are written before one sync.
 pub(crate) const WRITE_GROUP_BYTES_MAX: usize = 8 << 20;
+/// The smallest batch buffer (a few messages).
+const BATCH_BYTES_MIN: usize = 16 << 10;
 
 fn align_down(value: u64, block: u64) -> u64 {
     value / block * block
@@ -121,7 +123,12 @@ fn new_batch<S: Storage>(
     let block = inner.block;
     let start = align_down(pos, block);
     let prefix_len = (pos - start) as usize;
-    let capacity = inner.config.batch_bytes_max.max(prefix_len + record_len);
+    // Sized to what recent groups held (twice that, rounded up), not to the largest batch: a
+    // buffer's pages are touched, and kept by the read cache, in proportion to its size.
+    let sized = (2 * state.group_bytes_recent)
+        .next_power_of_two()
+        .clamp(BATCH_BYTES_MIN, inner.config.batch_bytes_max);
+    let capacity = sized.max(prefix_len + record_len);
     let alloc_len = capacity.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
     // Any segment's file can allocate: buffers depend only on alignment.
     let file = state
@@ -162,6 +169,7 @@ fn new_batch<S: Storage>(
         start,
         buf: Rc::new(buf),
         capacity,
+        alloc_bytes: alloc_len,
         used: prefix_len,
         ops: Vec::new(),
         done: Rc::new(Completion::default()),
@@ -184,7 +192,7 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             }
             if stopping {
                 inner.writer_done.complete(());
-                inner.pace_wake.notify();
+                inner.idle_wake.notify();
                 return;
             }
             inner.writer_wake.notified().await;
@@ -197,7 +205,7 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
         let Some(first) = group.first() else { continue };
         if let Err(error) = checked {
             poison(&inner, group, &error);
-            inner.pace_wake.notify();
+            inner.idle_wake.notify();
             continue;
         }
         inner.state.borrow_mut().writing = true;
@@ -206,10 +214,23 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             Ok(file) => file,
             Err(failure) => {
                 fail_segment(&inner, group, seq, failure);
-                inner.pace_wake.notify();
+                inner.idle_wake.notify();
                 continue;
             }
         };
+        // A zero write of the zeroer in flight where this group writes lands first.
+        let group_start = first.start;
+        loop {
+            let overlapping = inner
+                .state
+                .borrow()
+                .zeroing
+                .is_some_and(|(zseq, _, zend)| zseq == seq && zend > group_start);
+            if !overlapping {
+                break;
+            }
+            inner.zero_done.notified().await;
+        }
         let started = Instant::now();
         let mut result = Ok(());
         for batch in &group {
@@ -227,7 +248,7 @@ pub(crate) async fn run<S: Storage>(inner: Rc<Inner<S>>) {
             Err(error) => poison(&inner, group, &error),
         }
         inner.state.borrow_mut().writing = false;
-        inner.pace_wake.notify();
+        inner.idle_wake.notify();
     }
 }
 
@@ -285,6 +306,8 @@ fn take_group<S: Storage>(inner: &Inner<S>) -> (Group<S>, Result<()>) {
     if checked.is_ok() {
         checked = check_group(inner, &state, &group);
     }
+    // What groups hold lately (a moving average), for the size of the next batch buffers.
+    state.group_bytes_recent = (state.group_bytes_recent * 7 + bytes) / 8;
     (group, checked)
 }
 
@@ -366,13 +389,14 @@ async fn file_for<S: Storage>(
                 return Ok(slot.file.clone());
             }
             match std::mem::replace(&mut state.spare, Spare::None) {
-                Spare::Ready(spare_seq, file) if spare_seq == seq => {
+                Spare::Ready(spare_seq, file, unwritten_from) if spare_seq == seq => {
                     state.segments.insert(
                         seq,
                         crate::commit_queue::SegmentSlot {
                             file: file.clone(),
                             end: SEGMENT_HEADER_BYTES,
                             recyclable: true,
+                            unwritten_from,
                         },
                     );
                     drop(state);
@@ -382,8 +406,6 @@ async fn file_for<S: Storage>(
                 Spare::Failed(spare_seq, failure) if spare_seq == seq => return Err(failure),
                 Spare::Preparing(spare_seq) => {
                     state.spare = Spare::Preparing(spare_seq);
-                    // The log waits for it: the preparation stops pacing itself.
-                    inner.pace_wake.notify();
                 }
                 other => {
                     // A spare for another segment (cannot happen) or none: prepare this one.
@@ -419,18 +441,21 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
             .recycle_pool
             .iter()
             .position(|r| Rc::strong_count(&r.file) == 1);
-        (
-            state.clock.now(),
-            free.map(|i| state.recycle_pool.remove(i)),
-        )
+        let taken = free.map(|i| state.recycle_pool.remove(i));
+        if state.recycle_pool.is_empty() {
+            // The next segment should be recycled too: compaction need not wait for its timer.
+            inner.compaction_wake.notify();
+        }
+        (state.clock.now(), taken)
     };
     let inner = inner.clone();
     crate::executor::spawn_local(async move {
-        let mut result = Err(crate::error::EngineError::NotFound);
+        let mut result: Result<(Rc<S::File>, u64)> = Err(crate::error::EngineError::NotFound);
         if let Some(recyclable) = recyclable {
             let from = segment::recycle_path(&inner.dir, recyclable.old_seq);
             // Nobody reads the old file any more (see above); it is opened again by its name.
             drop(recyclable.file);
+            // Every block of a recycled file is written: nothing for the zeroer.
             result = segment::recycle(
                 &inner.storage,
                 &inner.dir,
@@ -439,7 +464,8 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
                 inner.config.segment_bytes,
                 hlc,
             )
-            .await;
+            .await
+            .map(|file| (file, inner.config.segment_bytes));
             match &result {
                 Ok(_) => inner.metrics.borrow_mut().recycled_segments += 1,
                 Err(error) => {
@@ -450,7 +476,6 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
             }
         }
         if result.is_err() {
-            let pace = SparePace { inner: &inner, seq };
             result = segment::prepare(
                 &inner.storage,
                 &inner.dir,
@@ -458,19 +483,16 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
                 inner.config.segment_bytes,
                 hlc,
                 inner.config.io_depth,
-                &pace,
             )
             .await;
             if result.is_ok() {
-                let mut metrics = inner.metrics.borrow_mut();
-                metrics.prepared_segments += 1;
-                metrics.prepared_bytes += inner.config.segment_bytes;
+                inner.metrics.borrow_mut().created_segments += 1;
             }
         }
         {
             let mut state = inner.state.borrow_mut();
             state.spare = match result {
-                Ok(file) => Spare::Ready(seq, file),
+                Ok((file, unwritten_from)) => Spare::Ready(seq, file, unwritten_from),
                 Err(error) => {
                     tracing::warn!(shard = %inner.name, seq, %error, "could not prepare the next segment");
                     Spare::Failed(seq, Failure::from_error(&error))
@@ -479,49 +501,6 @@ fn start_spare<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) {
         }
         inner.spare_wake.notify();
     });
-}
-
-/// How far the zeros of a spare may run ahead of the filling of the segment before it.
-const PACE_LEAD_BYTES: u64 = 2 * segment::PREPARE_CHUNK_BYTES as u64;
-
-/// The pace of a spare's preparation (see [`segment::Pace`]): its zeros keep step with the
-/// log's progress through the current segment (plus a lead), so the commits that share the
-/// disk wait behind at most a piece of them at a time instead of a whole segment's worth. It
-/// writes freely while this shard has nothing to commit, once the log needs the spare, and
-/// when the shard closes or fails.
-struct SparePace<'a, S: Storage> {
-    inner: &'a Inner<S>,
-    seq: u32,
-}
-
-impl<S: Storage> SparePace<'_, S> {
-    fn may_write(&self, offset: u64) -> bool {
-        let state = self.inner.state.borrow();
-        if state.closing || state.poisoned.is_some() || state.append_seq >= self.seq {
-            return true;
-        }
-        if state.queue.is_empty() && !state.writing {
-            return true;
-        }
-        offset <= paced_zero_bytes(state.append_pos, self.inner.config.segment_bytes)
-    }
-}
-
-/// How far into a spare its zeros may go while the log stands at `append_pos` of the segment
-/// before it: in proportion to that segment's filling, plus [`PACE_LEAD_BYTES`].
-fn paced_zero_bytes(append_pos: u64, segment_bytes: u64) -> u64 {
-    let usable = segment_bytes.saturating_sub(SEGMENT_HEADER_BYTES).max(1);
-    let filled = append_pos.saturating_sub(SEGMENT_HEADER_BYTES);
-    let in_step = (u128::from(filled) * u128::from(segment_bytes) / u128::from(usable)) as u64;
-    in_step.saturating_add(PACE_LEAD_BYTES)
-}
-
-impl<S: Storage> segment::Pace for SparePace<'_, S> {
-    async fn ready(&self, offset: u64) {
-        while !self.may_write(offset) {
-            self.inner.pace_wake.notified().await;
-        }
-    }
 }
 
 /// The next segment could not be prepared (a full disk): fail the appends bound for it, leave
@@ -626,9 +605,13 @@ fn complete<S: Storage>(
                 bytes += u64::from(location.len);
             }
             let end = batch.start + batch.used as u64;
-            state
-                .recent
-                .remember(batch.seq, batch.start, &buf[..batch.used]);
+            state.recent.remember(
+                batch.seq,
+                batch.start,
+                batch.buf.clone(),
+                batch.used,
+                batch.alloc_bytes,
+            );
             if let Some(slot) = state.segments.get_mut(&batch.seq) {
                 slot.end = slot.end.max(end);
             }
@@ -726,34 +709,4 @@ pub(crate) async fn checkpoint<S: Storage>(inner: &Inner<S>) -> Result<()> {
     let result = write_checkpoint(inner).await;
     inner.state.borrow_mut().checkpoint_running = false;
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_spare_is_written_out_in_step_with_the_segment_before_it() {
-        let segment = 128u64 << 20;
-        // An empty segment: only the lead.
-        assert_eq!(
-            paced_zero_bytes(SEGMENT_HEADER_BYTES, segment),
-            PACE_LEAD_BYTES
-        );
-        // Half full: half the spare, plus the lead.
-        let half = SEGMENT_HEADER_BYTES + (segment - SEGMENT_HEADER_BYTES) / 2;
-        assert_eq!(
-            paced_zero_bytes(half, segment),
-            segment / 2 + PACE_LEAD_BYTES
-        );
-        // Full: all of it, before the log needs it.
-        assert!(paced_zero_bytes(segment, segment) >= segment);
-        // Never less for a fuller segment.
-        let mut last = 0;
-        for pos in (0..=segment).step_by(1 << 20) {
-            let allowed = paced_zero_bytes(pos, segment);
-            assert!(allowed >= last);
-            last = allowed;
-        }
-    }
 }

@@ -75,6 +75,8 @@ struct Model {
     compacted: u64,
     /// Segments made from compacted ones (their old records still on the "disk").
     recycled: u64,
+    /// Zeros written ahead of the log into created segments, while the log writes there too.
+    zeroed_bytes: u64,
     segments_max: usize,
     poisoned: u64,
 }
@@ -353,6 +355,7 @@ fn scenario(seed: u64, rounds: &[Round], setup: Setup) -> Model {
                 let mut m = model.borrow_mut();
                 m.compacted += shard.metrics().compacted_segments;
                 m.recycled += shard.metrics().recycled_segments;
+                m.zeroed_bytes += shard.metrics().zeroed_bytes;
                 m.segments_max = m.segments_max.max(shard.stats().segments);
                 m.poisoned += u64::from(shard.stats().poisoned.is_some());
             }
@@ -475,18 +478,20 @@ fn acknowledged_work_survives_power_cuts_seeded_sweep() {
         total.from_checkpoint += model.from_checkpoint;
         total.compacted += model.compacted;
         total.recycled += model.recycled;
+        total.zeroed_bytes += model.zeroed_bytes;
         total.segments_max = total.segments_max.max(model.segments_max);
     }
     eprintln!(
         "sweep: {} operations acknowledged, {} rounds cut, {} torn tails cut, {} reopenings \
-         from a checkpoint, {} segments compacted, {} recycled, up to {} segments, {} shards \
-         poisoned",
+         from a checkpoint, {} segments compacted, {} recycled, {} bytes zeroed ahead, up to {} \
+         segments, {} shards poisoned",
         total.acked_ops,
         total.cut_rounds,
         total.truncated,
         total.from_checkpoint,
         total.compacted,
         total.recycled,
+        total.zeroed_bytes,
         total.segments_max,
         total.poisoned
     );
@@ -500,6 +505,8 @@ fn acknowledged_work_survives_power_cuts_seeded_sweep() {
     // Power cuts while recycled segments are written: their earlier life must never pass for
     // records (the checks above would find it as a message never put or one deleted).
     assert!(total.recycled > 10, "{total:?}");
+    // And while created segments are zeroed ahead of the log in idle moments.
+    assert!(total.zeroed_bytes > 1 << 20, "{total:?}");
 }
 
 proptest! {

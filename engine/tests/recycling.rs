@@ -124,11 +124,11 @@ fn recycled_segments_never_serve_their_earlier_life() {
             }
         }
         let recycled = shard.metrics().recycled_segments;
-        let prepared = shard.metrics().prepared_segments;
+        let prepared = shard.metrics().created_segments;
         assert!(
             recycled > prepared,
             "once deletes keep up, most new segments are recycled ({recycled} recycled, \
-             {prepared} written out)"
+             {prepared} created)"
         );
         end_on_a_block(&shard, &mut live, &mut next).await;
         let stats = shard.stats();

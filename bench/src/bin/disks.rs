@@ -61,8 +61,8 @@ struct Args {
     /// How many times slower the slow disk of the heterogeneous runs is.
     #[arg(long, default_value_t = 4.0)]
     slow_factor: f64,
-    /// Segment size of the node, MiB (each segment is written out with zeros first, through
-    /// the simulated disk).
+    /// Segment size of the node, MiB (zeros are written ahead of the log through the simulated
+    /// disk while it is idle).
     #[arg(long, default_value_t = 4)]
     segment_mib: u64,
     /// Only these runs (keys: d1, d2, d4, unthrottled, slow, hetero_equal, hetero_weighted).
@@ -90,6 +90,10 @@ struct Run {
 
 struct Measured {
     msgs_per_s: f64,
+    /// The simulated disks' bandwidth bound: their bytes per second over the log bytes one
+    /// stored message takes (record header, user, the node's Received header, padding), as
+    /// appended in the run; `None` when a disk is unthrottled.
+    bound_msgs_per_s: Option<f64>,
     p99_ms: f64,
     lost: u64,
     errors: serde_json::Value,
@@ -208,14 +212,36 @@ fn measure(bins: &Bins, args: &Args, base: &Path, run: &Run) -> Result<Measured>
         seconds: args.seconds,
         extra: vec!["--zipf".into(), "0".into(), "--no-sweep".into()],
     };
+    let appended_before = appended_bytes()?;
     let report = LAYOUT.load(bins, 1, args.users, PASSWORD, &workload)?;
+    let appended = appended_bytes()? - appended_before;
     drop(servers);
+    let delivered = report["delivered"].as_f64().unwrap_or(0.0);
+    let bandwidth: Option<f64> = run
+        .disks
+        .iter()
+        .map(|d| d.speed.map(|s| args.disk_mbps * 1e6 * s))
+        .sum();
+    let bound_msgs_per_s = bandwidth
+        .filter(|_| delivered > 0.0 && appended > 0.0)
+        .map(|bytes_per_s| bytes_per_s / (appended / delivered));
     Ok(Measured {
         msgs_per_s: report["msgs_per_s"].as_f64().unwrap_or(0.0),
+        bound_msgs_per_s,
         p99_ms: report["smtp"]["p99_ms"].as_f64().unwrap_or(0.0),
         lost: report["lost"].as_u64().unwrap_or(0) + report["corrupt"].as_u64().unwrap_or(0),
         errors: report["errors"].clone(),
     })
+}
+
+/// Log bytes the node has appended, from `/metrics`.
+fn appended_bytes() -> Result<f64> {
+    let metrics = LAYOUT.admin(1)?.metrics()?;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("porcupine_shard_appended_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 fn main() -> Result<()> {
@@ -241,8 +267,13 @@ fn main() -> Result<()> {
     for (i, run) in runs(&args).into_iter().enumerate() {
         let m = measure(&bins, &args, &work.path().join(format!("run{i}")), &run)?;
         eprintln!(
-            "{}: {:.0} msg/s, SMTP p99 {:.1} ms, lost {}, errors {}",
-            run.label, m.msgs_per_s, m.p99_ms, m.lost, m.errors
+            "{}: {:.0} msg/s (bound {:.0}), SMTP p99 {:.1} ms, lost {}, errors {}",
+            run.label,
+            m.msgs_per_s,
+            m.bound_msgs_per_s.unwrap_or(0.0),
+            m.p99_ms,
+            m.lost,
+            m.errors
         );
         results.push((run, m));
     }
@@ -275,13 +306,13 @@ fn main() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "| data directories | msgs/s | vs 1 disk | SMTP p99 ms | lost |"
+        "| data directories | msgs/s | vs 1 disk | bandwidth bound msgs/s | of the bound | SMTP p99 ms | lost |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for (run, m) in &results {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {} | {:.1} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {:.1} | {} |",
             run.label,
             m.msgs_per_s,
             if ran("d1") {
@@ -289,10 +320,22 @@ fn main() -> Result<()> {
             } else {
                 "–".into()
             },
+            m.bound_msgs_per_s.map_or("–".into(), |b| format!("{b:.0}")),
+            m.bound_msgs_per_s.map_or("–".into(), |b| format!(
+                "{:.0} %",
+                m.msgs_per_s / b * 100.0
+            )),
             m.p99_ms,
             m.lost
         );
     }
+    let _ = writeln!(
+        md,
+        "\nThe bandwidth bound is the simulated disks' bytes per second over the log bytes one \
+         stored message took in the run (its record header, user name, the node's Received \
+         header and padding): what the disks could take if every byte reached them once and \
+         nothing else did."
+    );
     if let Some(sum) = hetero_sum {
         let _ = writeln!(
             md,
@@ -313,6 +356,12 @@ fn main() -> Result<()> {
         let mut json = serde_json::Map::new();
         for (run, m) in &results {
             json.insert(run.key.into(), m.msgs_per_s.into());
+            if let Some(bound) = m.bound_msgs_per_s {
+                json.insert(
+                    format!("{}_of_bound", run.key),
+                    (m.msgs_per_s / bound).into(),
+                );
+            }
         }
         if let Some(sum) = hetero_sum {
             json.insert("hetero_sum".into(), sum.into());

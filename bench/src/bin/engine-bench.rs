@@ -38,6 +38,10 @@ struct Args {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+    /// Seconds to wait after the engine's segment is written out, before its timed run (to
+    /// attach a profiler to the timed part alone: `perf record --delay`).
+    #[arg(long, default_value_t = 0.0)]
+    pause_s: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,8 +99,14 @@ fn median(mut runs: Vec<Measured>) -> Measured {
 }
 
 async fn engine_run(args: &Args, dir: &Path) -> Result<Measured> {
+    // One segment holds the whole run, written out before timing (`settled`), as the raw
+    // baseline's file is: both write into written blocks, and neither rolls over.
+    let record = porcupine_engine::record::encoded_len("user0000@bench".len(), 0, args.size);
+    let segment_bytes = ((args.count * record) as u64 * 21 / 20 + (16 << 20))
+        .next_multiple_of(1 << 20)
+        .clamp(256 << 20, porcupine_engine::segment::SEGMENT_BYTES_MAX);
     let config = EngineConfig {
-        segment_bytes: 256 << 20,
+        segment_bytes,
         compaction: porcupine_engine::CompactionConfig {
             check_interval: Duration::ZERO,
             ..Default::default()
@@ -104,8 +114,15 @@ async fn engine_run(args: &Args, dir: &Path) -> Result<Measured> {
         ..EngineConfig::default()
     };
     let (shard, _) = Shard::open(DmaStorage::default(), dir, config, "bench").await?;
-    // Let the first spare segment be written before timing, as on a running node.
+    // Let the segment's zeros be written before timing, as on a running node between bursts.
     shard.settled().await;
+    if args.pause_s > 0.0 {
+        eprintln!(
+            "engine segment written out; timing starts in {} s",
+            args.pause_s
+        );
+        glommio::timer::sleep(Duration::from_secs_f64(args.pause_s)).await;
+    }
     let body = Rc::new(vec![b'm'; args.size]);
     let per_writer = args.count / args.writers;
     let started = Instant::now();

@@ -138,7 +138,7 @@ fn segment_counts(n: usize) -> Result<[f64; 4]> {
     };
     Ok([
         sum("porcupine_shard_segments_recycled_total"),
-        sum("porcupine_shard_segments_prepared_total"),
+        sum("porcupine_shard_segments_created_total"),
         sum("porcupine_shard_compacted_bytes_total"),
         sum("porcupine_shard_checkpoint_bytes_total"),
     ])
@@ -337,7 +337,7 @@ fn main() -> Result<()> {
         eprintln!(
             "steady state, 1 replica, 90:10: {:.0} msg/s, log bytes / accepted {log:.3} (of \
              which compaction's copies {compacted:.3}), checkpoints {checkpoints:.3}, disk \
-             {disk:.3}, segments recycled {} and written out {}, errors {}",
+             {disk:.3}, segments recycled {} and created {}, errors {}",
             m.msgs_per_s, m.recycled, m.prepared, m.errors
         );
         json.insert(
@@ -347,7 +347,7 @@ fn main() -> Result<()> {
                 "write_amplification": log,
                 "disk_write_amplification": disk,
                 "segments_recycled": m.recycled,
-                "segments_written_out": m.prepared,
+                "segments_created": m.prepared,
                 "compaction_copies": compacted,
                 "checkpoints": checkpoints,
                 "lost": m.lost,
@@ -360,8 +360,8 @@ fn main() -> Result<()> {
              64 MiB segments, after {} s of the same load: over the next {} s, {:.0} msg/s \
              delivered, **{disk:.3} disk bytes per accepted byte**: log bytes {log:.3} (of \
              which compaction's copies {compacted:.3}), index checkpoints {checkpoints:.3}, the \
-             rest the zeros of segments written out and the partial block each commit \
-             rewrites; {} segments recycled, {} written out with zeros; lost {}.",
+             rest zeros written ahead of the log in idle time and the partial block each \
+             commit rewrites; {} segments recycled, {} created; lost {}.",
             args.steady_warmup_seconds, args.steady_seconds, m.msgs_per_s, m.recycled,
             m.prepared, m.lost
         );

@@ -696,7 +696,7 @@ async fn metrics(context: &CoreContext) -> String {
         );
     }
     let shards: Vec<_> = context.call_each(ShardReports).await;
-    let per_shard: [ShardGauge; 14] = [
+    let per_shard: [ShardGauge; 15] = [
         (
             "porcupine_shard_load",
             "operations under way that may touch the shard's disk",
@@ -721,9 +721,14 @@ async fn metrics(context: &CoreContext) -> String {
             |s| s.segments_recycled as f64,
         ),
         (
-            "porcupine_shard_segments_prepared_total",
-            "new segments written out with zeros (every byte written twice)",
-            |s| s.segments_prepared as f64,
+            "porcupine_shard_segments_created_total",
+            "new segments created with reserved blocks (none to recycle: the store grows)",
+            |s| s.segments_created as f64,
+        ),
+        (
+            "porcupine_shard_zeroed_bytes_total",
+            "zeros written ahead of the log in idle time (a second write of those bytes)",
+            |s| s.zeroed_bytes as f64,
         ),
         (
             "porcupine_shard_compacted_bytes_total",

@@ -148,11 +148,14 @@ pub struct ShardReport {
     pub poisoned: Option<String>,
     pub appended_records: u64,
     pub appended_bytes: u64,
-    /// New segments made from compacted ones, and written out with zeros (a second write).
+    /// New segments made from compacted ones, and created (blocks reserved); zeros written
+    /// ahead of the log in idle time (a second write of those bytes).
     #[serde(default)]
     pub segments_recycled: u64,
     #[serde(default)]
-    pub segments_prepared: u64,
+    pub segments_created: u64,
+    #[serde(default)]
+    pub zeroed_bytes: u64,
     /// Bytes compaction copied forward, and index checkpoint bytes written.
     #[serde(default)]
     pub compacted_bytes: u64,

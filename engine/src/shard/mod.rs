@@ -109,9 +109,11 @@ impl<S: Storage> Shard<S> {
             durable: (recovered.active, recovered.end),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            group_bytes_recent: 0,
             tail: recovered.tail,
             spare: Spare::None,
             recycle_pool: recovered.recycle_pool,
+            zeroing: None,
             poisoned,
             closing: false,
             bytes_since_checkpoint: 0,
@@ -131,12 +133,15 @@ impl<S: Storage> Shard<S> {
             writer_wake: Notify::default(),
             space_wake: Notify::default(),
             spare_wake: Notify::default(),
-            pace_wake: Notify::default(),
+            idle_wake: Notify::default(),
+            zero_done: Notify::default(),
+            compaction_wake: Notify::default(),
             writer_done: Completion::default(),
             metrics: RefCell::new(ShardMetrics::new()),
             in_flight: Arc::new(AtomicU32::new(0)),
         });
         crate::executor::spawn_local(crate::writer::run(inner.clone()));
+        crate::executor::spawn_local(crate::zeroer::run(inner.clone()));
         crate::writer::prepare_spare(&inner);
         if !inner.config.compaction.check_interval.is_zero() {
             crate::executor::spawn_local(crate::compaction::run(inner.clone()));
@@ -144,11 +149,15 @@ impl<S: Storage> Shard<S> {
         Ok((Self { inner }, report))
     }
 
-    /// Waits until background preparation of the next segment has finished (benchmarks use
-    /// this so a measurement does not start while 128 MiB of zeros are still being written).
+    /// Waits until background preparation of the next segment has finished and the zeroer
+    /// has nothing left to write while the shard is idle (benchmarks use this so a measurement
+    /// does not start while zeros are still being written).
     pub async fn settled(&self) {
         while matches!(self.inner.state.borrow().spare, Spare::Preparing(_)) {
             self.inner.spare_wake.notified().await;
+        }
+        while !self.inner.state.borrow().closing && crate::zeroer::has_work(&self.inner) {
+            crate::executor::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 
@@ -366,11 +375,14 @@ impl<S: Storage> Shard<S> {
             }
             (
                 slot.file.clone(),
-                state.recent.get(location).map(<[u8]>::to_vec),
+                state
+                    .recent
+                    .get(location)
+                    .map(|(buf, range)| crate::outcomes::Shared { buf, range }),
             )
         };
         let buf = match kept {
-            Some(bytes) => ReadBytes::Memory(bytes),
+            Some(shared) => ReadBytes::Memory(shared),
             None => {
                 let _busy = self.busy();
                 ReadBytes::Disk(
@@ -510,7 +522,7 @@ impl<S: Storage> Shard<S> {
     pub async fn close(&self) -> Result<()> {
         self.inner.state.borrow_mut().closing = true;
         self.inner.writer_wake.notify();
-        self.inner.pace_wake.notify();
+        self.inner.idle_wake.notify();
         self.inner.space_wake.notify();
         self.inner.writer_done.wait().await;
         // No background file work may outlive the shard (glommio cannot cope with a directory
@@ -518,6 +530,30 @@ impl<S: Storage> Shard<S> {
         self.settled().await;
         while self.inner.state.borrow().compacting {
             crate::executor::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        while self.inner.state.borrow().zeroing.is_some() {
+            self.inner.zero_done.notified().await;
+        }
+        // Zeros written ahead of the log since its last commit: synced too, so a closed shard
+        // leaves nothing unsynced (they would read as zeros anyway).
+        let files: Vec<_> = {
+            let state = self.inner.state.borrow();
+            let mut files: Vec<_> = state
+                .segments
+                .values()
+                .next_back()
+                .map(|s| s.file.clone())
+                .into_iter()
+                .collect();
+            if let Spare::Ready(_, file, _) = &state.spare {
+                files.push(file.clone());
+            }
+            files
+        };
+        if self.inner.state.borrow().poisoned.is_none() {
+            for file in files {
+                file.sync_data().await?;
+            }
         }
         let poisoned = self.inner.state.borrow().poisoned.is_some();
         let result = if poisoned {
