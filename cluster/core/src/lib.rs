@@ -8,7 +8,8 @@
 //! - [`manager`]: a bucket manager's mail map and maildrop locks; [`placement`]: where new mail
 //!   goes (static, random or dynamic placement).
 //! - [`delivery`]: the delivery policy (placement, retries under the same id, full nodes);
-//!   [`maildrop`]: the maildrop policy (lock, list, dedupe, delete, unlock).
+//!   [`maildrop`]: the maildrop policy (lock, list, dedupe, delete, unlock); [`mailbox`]: a
+//!   user's IMAP mailboxes at their authority (folders, UIDs, flags, MODSEQs).
 //! - [`replication`]: a core's replication manager: pushes, acks, retirement; [`healing`]:
 //!   which copies are made again once a node is declared dead; [`anti_entropy`]: digests two
 //!   holders compare, and what one pushes to the other.
@@ -23,6 +24,7 @@ pub mod anti_entropy;
 pub mod delivery;
 pub mod healing;
 pub mod loads;
+pub mod mailbox;
 pub mod maildrop;
 pub mod manager;
 pub mod membership;

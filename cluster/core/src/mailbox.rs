@@ -1,0 +1,930 @@
+//! One user's IMAP mailboxes at their authority, as a pure state machine: folders, UIDs, flags
+//! and MODSEQs over the user's mail, wherever its copies lie.
+//!
+//! Who decides what (DESIGN §11):
+//! - The **authority** of a user (this machine, run by one core of one node at a time) gives
+//!   out UIDs and MODSEQs and applies every flag change, so concurrent sessions on any nodes are
+//!   serialized in one place, flag by flag (`+FLAGS \Seen` and `+FLAGS \Flagged` made at once by
+//!   two sessions both stay).
+//! - A message's IMAP state — folder, UID, flags, MODSEQ — is [`MessageMeta`], stored with the
+//!   message on every node holding a copy (the node writes it there before the authority's
+//!   answer goes out), so it survives any one node's death with the copies themselves.
+//! - The folder list, keywords, each folder's UIDVALIDITY and the UIDs and MODSEQs *reserved*
+//!   so far are the user's [`MailboxProfile`], stored like a profile (on every node). A UID is
+//!   given out only below its folder's reservation, and a reservation is stored before any UID
+//!   from it is given out, so an authority started anew (after its node died, or moved) starts
+//!   above every UID the old one could have given: **a UID is never given twice** within a
+//!   folder's UIDVALIDITY. It also starts above every UID it finds on the copies.
+//! - New mail arrives without meta (SMTP, LMTP, POP3 know nothing of it): it is in INBOX and
+//!   gets its UID when the authority first sees it, in arrival order, so UIDs grow in the
+//!   order clients can see messages (what sync clients like mbsync rely on).
+//!
+//! UIDVALIDITY is set when a folder is made (the time, in seconds) and never changes for it;
+//! a folder deleted and made again under the same name gets a new one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::membership::NodeId;
+
+/// Flag bits of [`MessageMeta::flags`]; bits 5 and up are keywords (`MailboxProfile::keywords`).
+pub const SEEN: u32 = 1;
+pub const ANSWERED: u32 = 1 << 1;
+pub const FLAGGED: u32 = 1 << 2;
+pub const DELETED: u32 = 1 << 3;
+pub const DRAFT: u32 = 1 << 4;
+/// How many keywords a user may have (one bit each).
+pub const KEYWORDS_MAX: usize = 27;
+/// INBOX's folder id (mail without meta is in it).
+pub const INBOX: u32 = 0;
+/// UIDs (and MODSEQs) are reserved this many at a time.
+pub const RESERVE_BLOCK: u32 = 256;
+/// Most folders a user may have.
+pub const FOLDERS_MAX: usize = 1000;
+
+/// The IMAP state of one message, stored with each copy of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub folder: u32,
+    /// 0: not given yet.
+    pub uid: u32,
+    pub flags: u32,
+    pub modseq: u64,
+    /// INTERNALDATE override (APPEND's date), Unix seconds; 0: the delivery time.
+    pub date: i64,
+}
+
+/// One folder, as the profile keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderRecord {
+    pub id: u32,
+    pub name: String,
+    pub uid_validity: u32,
+    /// Every UID below this may have been given out.
+    pub uid_reserved: u32,
+    pub subscribed: bool,
+    pub special_use: Option<String>,
+}
+
+/// The user's mailbox list and reservations, stored as a profile (every node has it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxProfile {
+    pub version: u32,
+    pub folders: Vec<FolderRecord>,
+    pub keywords: Vec<String>,
+    pub next_folder_id: u32,
+    /// Every MODSEQ below this may have been given out.
+    pub modseq_reserved: u64,
+}
+
+impl MailboxProfile {
+    pub const VERSION: u32 = 1;
+
+    /// A new user's: INBOX and the special-use folders (RFC 6154), subscribed.
+    pub fn new(now_secs: u64) -> Self {
+        let validity = u32::try_from(now_secs).unwrap_or(u32::MAX).max(1);
+        let folders = [
+            ("INBOX", None),
+            ("Sent", Some("\\Sent")),
+            ("Drafts", Some("\\Drafts")),
+            ("Trash", Some("\\Trash")),
+            ("Junk", Some("\\Junk")),
+            ("Archive", Some("\\Archive")),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, special))| FolderRecord {
+            id: i as u32,
+            name: (*name).to_owned(),
+            uid_validity: validity,
+            uid_reserved: 1,
+            subscribed: true,
+            special_use: special.map(str::to_owned),
+        })
+        .collect::<Vec<_>>();
+        Self {
+            version: Self::VERSION,
+            next_folder_id: folders.len() as u32,
+            folders,
+            keywords: Vec::new(),
+            modseq_reserved: 1,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes::<Self>(bytes)
+            .ok()
+            .filter(|p| p.version == Self::VERSION && p.folders.len() <= FOLDERS_MAX)
+    }
+}
+
+/// A message as a listing of the user's fragments shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub id: u128,
+    pub size: u64,
+    /// Delivery time, Unix seconds.
+    pub delivered: i64,
+    pub holders: Vec<NodeId>,
+    /// `None`: never given IMAP state (new mail).
+    pub meta: Option<MessageMeta>,
+}
+
+/// A message as the authority knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub id: u128,
+    pub meta: MessageMeta,
+    pub size: u64,
+    pub delivered: i64,
+    pub holders: Vec<NodeId>,
+}
+
+impl Message {
+    /// INTERNALDATE: APPEND's date, else the delivery time.
+    pub fn internal_date(&self) -> i64 {
+        if self.meta.date != 0 {
+            self.meta.date
+        } else {
+            self.delivered
+        }
+    }
+}
+
+/// Something the node must make durable before the authority's answer goes out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Store the profile (a reservation grew, or the folders changed).
+    Profile(MailboxProfile),
+    /// Store this meta with every copy of the message.
+    Meta {
+        id: u128,
+        meta: MessageMeta,
+        holders: Vec<NodeId>,
+    },
+    /// Delete the message (expunge).
+    Delete { id: u128, holders: Vec<NodeId> },
+}
+
+/// Why an operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MailboxError {
+    #[error("no such mailbox")]
+    NoSuchMailbox,
+    #[error("mailbox already exists")]
+    AlreadyExists,
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+/// How STORE changes flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagChange {
+    Replace,
+    Add,
+    Remove,
+}
+
+/// One user's mailboxes (see the module comment).
+#[derive(Debug)]
+pub struct Mailboxes {
+    profile: MailboxProfile,
+    /// Reservations that must be stored before what they cover is given out.
+    profile_dirty: bool,
+    messages: HashMap<u128, Message>,
+    /// folder → uid → message id.
+    by_folder: HashMap<u32, BTreeMap<u32, u128>>,
+    /// The next UID of each folder (below its reservation, or the reservation grows).
+    next_uid: HashMap<u32, u32>,
+    next_modseq: u64,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.contains("//")
+        && !name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+}
+
+impl Mailboxes {
+    /// The user's mailboxes from their stored profile (`None`: a new user's, made now; the
+    /// node stores it before answering).
+    pub fn new(profile: Option<MailboxProfile>, now_secs: u64) -> Self {
+        let (profile, dirty) = match profile {
+            Some(p) => (p, false),
+            None => (MailboxProfile::new(now_secs), true),
+        };
+        let next_uid = profile
+            .folders
+            .iter()
+            .map(|f| (f.id, f.uid_reserved))
+            .collect();
+        let next_modseq = profile.modseq_reserved.max(1);
+        let mut boxes = Self {
+            profile,
+            profile_dirty: dirty,
+            messages: HashMap::new(),
+            by_folder: HashMap::new(),
+            next_uid,
+            next_modseq,
+        };
+        // Start above every reservation: what the last authority reserved may have been given.
+        let folders: Vec<u32> = boxes.profile.folders.iter().map(|f| f.id).collect();
+        for id in folders {
+            boxes.by_folder.entry(id).or_default();
+        }
+        boxes
+    }
+
+    pub fn profile(&self) -> &MailboxProfile {
+        &self.profile
+    }
+
+    fn folder_id(&self, name: &str) -> Option<u32> {
+        self.profile
+            .folders
+            .iter()
+            .find(|f| f.name == name || (f.id == INBOX && name.eq_ignore_ascii_case("INBOX")))
+            .map(|f| f.id)
+    }
+
+    fn folder(&self, id: u32) -> Option<&FolderRecord> {
+        self.profile.folders.iter().find(|f| f.id == id)
+    }
+
+    /// A UID for folder `id`, reserving more if needed.
+    fn take_uid(&mut self, id: u32) -> u32 {
+        let next = self.next_uid.get(&id).copied().unwrap_or(1).max(1);
+        if let Some(folder) = self.profile.folders.iter_mut().find(|f| f.id == id) {
+            if next >= folder.uid_reserved {
+                folder.uid_reserved = next.saturating_add(RESERVE_BLOCK);
+                self.profile_dirty = true;
+            }
+        }
+        self.next_uid.insert(id, next.saturating_add(1));
+        next
+    }
+
+    fn take_modseq(&mut self) -> u64 {
+        let next = self.next_modseq;
+        if next >= self.profile.modseq_reserved {
+            self.profile.modseq_reserved = next.saturating_add(u64::from(RESERVE_BLOCK));
+            self.profile_dirty = true;
+        }
+        self.next_modseq = next.saturating_add(1);
+        next
+    }
+
+    /// The profile, if it changed since it was last handed out for storing.
+    fn take_profile(&mut self) -> Option<Persist> {
+        std::mem::take(&mut self.profile_dirty).then(|| Persist::Profile(self.profile.clone()))
+    }
+
+    fn index(&mut self, message: Message) {
+        self.by_folder
+            .entry(message.meta.folder)
+            .or_default()
+            .insert(message.meta.uid, message.id);
+        self.messages.insert(message.id, message);
+    }
+
+    fn unindex(&mut self, id: u128) -> Option<Message> {
+        let message = self.messages.remove(&id)?;
+        if let Some(folder) = self.by_folder.get_mut(&message.meta.folder) {
+            if folder.get(&message.meta.uid) == Some(&id) {
+                folder.remove(&message.meta.uid);
+            }
+        }
+        Some(message)
+    }
+
+    /// Adopts a fresh listing of every copy of the user's mail: messages gone are dropped,
+    /// new ones get UIDs (in arrival order), conflicting ones are settled. Returns what to
+    /// persist before anything learnt here is shown (the profile first, if it is in it).
+    pub fn refresh(&mut self, listing: Vec<Listed>) -> Vec<Persist> {
+        let mut listed: BTreeMap<u128, Listed> = BTreeMap::new();
+        for item in listing {
+            match listed.get_mut(&item.id) {
+                Some(known) => {
+                    for h in item.holders {
+                        if !known.holders.contains(&h) {
+                            known.holders.push(h);
+                        }
+                    }
+                    // Copies may disagree (one missed a change): the newest meta wins.
+                    if item.meta.map(|m| m.modseq) > known.meta.map(|m| m.modseq) {
+                        known.meta = item.meta;
+                    }
+                }
+                None => {
+                    listed.insert(item.id, item);
+                }
+            }
+        }
+        let gone: Vec<u128> = self
+            .messages
+            .keys()
+            .filter(|id| !listed.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.unindex(id);
+        }
+        let mut persist = Vec::new();
+        // Meta already stored: keep it, and keep the counters above it.
+        for item in listed.values() {
+            let Some(meta) = item.meta.filter(|m| m.uid != 0) else {
+                continue;
+            };
+            let next = self.next_uid.entry(meta.folder).or_insert(1);
+            *next = (*next).max(meta.uid.saturating_add(1));
+            self.next_modseq = self.next_modseq.max(meta.modseq.saturating_add(1));
+        }
+        for (id, item) in listed {
+            if let Some(known) = self.messages.get_mut(&id) {
+                known.holders = item.holders.clone();
+                if let Some(meta) = item.meta.filter(|m| m.modseq > known.meta.modseq) {
+                    let id = known.id;
+                    let mut message = self.unindex(id).unwrap_or_else(|| unreachable_message(id));
+                    message.meta = meta;
+                    self.index(message);
+                }
+                continue;
+            }
+            let mut meta = item.meta.filter(|m| m.uid != 0).unwrap_or_default();
+            // A folder that is gone (deleted while a copy was away): back to INBOX.
+            if self.folder(meta.folder).is_none() {
+                meta = MessageMeta {
+                    folder: INBOX,
+                    uid: 0,
+                    ..meta
+                };
+            }
+            // Two messages with one UID (an authority that did not know of the other): the
+            // later keeps it, as it can only have been shown by the newer authority.
+            let clash = self
+                .by_folder
+                .get(&meta.folder)
+                .and_then(|f| f.get(&meta.uid))
+                .is_some_and(|_| meta.uid != 0);
+            if meta.uid == 0 || clash {
+                meta.uid = self.take_uid(meta.folder);
+                meta.modseq = self.take_modseq();
+                persist.push(Persist::Meta {
+                    id,
+                    meta,
+                    holders: item.holders.clone(),
+                });
+            }
+            self.index(Message {
+                id,
+                meta,
+                size: item.size,
+                delivered: item.delivered,
+                holders: item.holders,
+            });
+        }
+        if let Some(profile) = self.take_profile() {
+            persist.insert(0, profile);
+        }
+        persist
+    }
+
+    /// A folder's messages in UID order, with its UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ.
+    pub fn folder_view(&self, name: &str) -> Result<FolderView<'_>, MailboxError> {
+        let id = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        let folder = self.folder(id).ok_or(MailboxError::NoSuchMailbox)?;
+        let messages: Vec<&Message> = self
+            .by_folder
+            .get(&id)
+            .into_iter()
+            .flat_map(|f| f.values())
+            .filter_map(|mid| self.messages.get(mid))
+            .collect();
+        let highest_modseq = messages.iter().map(|m| m.meta.modseq).max().unwrap_or(0);
+        Ok(FolderView {
+            uid_validity: folder.uid_validity,
+            uid_next: self.next_uid.get(&id).copied().unwrap_or(1).max(1),
+            highest_modseq: highest_modseq.max(self.next_modseq.saturating_sub(1)),
+            messages,
+        })
+    }
+
+    /// Every folder, for LIST.
+    pub fn folders(&self) -> &[FolderRecord] {
+        &self.profile.folders
+    }
+
+    /// The message `uid` of folder `name`.
+    pub fn message(&self, name: &str, uid: u32) -> Option<&Message> {
+        let id = self.folder_id(name)?;
+        let mid = self.by_folder.get(&id)?.get(&uid)?;
+        self.messages.get(mid)
+    }
+
+    /// The bit of a keyword, adding it to the user's keywords if there is room.
+    fn keyword_bit(&mut self, keyword: &str) -> Option<u32> {
+        if let Some(i) = self
+            .profile
+            .keywords
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(keyword))
+        {
+            return Some(1 << (5 + i));
+        }
+        if self.profile.keywords.len() >= KEYWORDS_MAX || keyword.len() > 100 {
+            return None;
+        }
+        self.profile.keywords.push(keyword.to_owned());
+        self.profile_dirty = true;
+        Some(1 << (4 + self.profile.keywords.len()))
+    }
+
+    /// The bits of system flags and keywords (`None` if a keyword does not fit).
+    pub fn flag_bits(&mut self, system: u32, keywords: &[String]) -> Option<u32> {
+        let mut bits = system & 0x1f;
+        for k in keywords {
+            bits |= self.keyword_bit(k)?;
+        }
+        Some(bits)
+    }
+
+    /// The keywords of a flag word.
+    pub fn keywords_of(&self, flags: u32) -> Vec<String> {
+        self.profile
+            .keywords
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| flags & (1 << (5 + i)) != 0)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// STORE: changes the flags of these UIDs of folder `name`, one flag at a time (only
+    /// messages whose flags change get a new MODSEQ). Returns the changed messages' ids and
+    /// what to persist.
+    pub fn store(
+        &mut self,
+        name: &str,
+        uids: &[u32],
+        change: FlagChange,
+        bits: u32,
+    ) -> Result<(Vec<u128>, Vec<Persist>), MailboxError> {
+        let folder = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        let mut changed = Vec::new();
+        let mut persist = Vec::new();
+        for &uid in uids {
+            let Some(&id) = self.by_folder.get(&folder).and_then(|f| f.get(&uid)) else {
+                continue;
+            };
+            let Some(current) = self.messages.get(&id).map(|m| m.meta.flags) else {
+                continue;
+            };
+            let flags = match change {
+                FlagChange::Replace => bits,
+                FlagChange::Add => current | bits,
+                FlagChange::Remove => current & !bits,
+            };
+            if flags == current {
+                changed.push(id);
+                continue;
+            }
+            let modseq = self.take_modseq();
+            if let Some(message) = self.messages.get_mut(&id) {
+                message.meta.flags = flags;
+                message.meta.modseq = modseq;
+                persist.push(Persist::Meta {
+                    id,
+                    meta: message.meta,
+                    holders: message.holders.clone(),
+                });
+                changed.push(id);
+            }
+        }
+        if let Some(profile) = self.take_profile() {
+            persist.insert(0, profile);
+        }
+        Ok((changed, persist))
+    }
+
+    /// EXPUNGE: removes these UIDs of folder `name`. Returns the UIDs removed and the deletes.
+    pub fn expunge(
+        &mut self,
+        name: &str,
+        uids: &[u32],
+    ) -> Result<(Vec<u32>, Vec<Persist>), MailboxError> {
+        let folder = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        let mut gone = Vec::new();
+        let mut persist = Vec::new();
+        for &uid in uids {
+            let Some(&id) = self.by_folder.get(&folder).and_then(|f| f.get(&uid)) else {
+                continue;
+            };
+            if let Some(message) = self.unindex(id) {
+                gone.push(uid);
+                persist.push(Persist::Delete {
+                    id,
+                    holders: message.holders,
+                });
+            }
+        }
+        Ok((gone, persist))
+    }
+
+    /// A message stored anew (APPEND, COPY) into folder `name` with these flags (and
+    /// APPEND's date, 0 for none): the folder's UIDVALIDITY, the message's UID, and what to
+    /// persist.
+    pub fn place(
+        &mut self,
+        name: &str,
+        message: Listed,
+        flags: u32,
+        date: i64,
+    ) -> Result<(u32, u32, Vec<Persist>), MailboxError> {
+        let Listed {
+            id,
+            size,
+            delivered,
+            holders,
+            ..
+        } = message;
+        let folder = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        if let Some(old) = self.messages.get(&id) {
+            // Listed already by a refresh that ran before its meta was stored: place it anew.
+            let old_id = old.id;
+            self.unindex(old_id);
+        }
+        let meta = MessageMeta {
+            folder,
+            uid: self.take_uid(folder),
+            flags,
+            modseq: self.take_modseq(),
+            date,
+        };
+        let validity = self.folder(folder).map_or(1, |f| f.uid_validity);
+        let mut persist = vec![Persist::Meta {
+            id,
+            meta,
+            holders: holders.clone(),
+        }];
+        self.index(Message {
+            id,
+            meta,
+            size,
+            delivered,
+            holders,
+        });
+        if let Some(profile) = self.take_profile() {
+            persist.insert(0, profile);
+        }
+        Ok((validity, meta.uid, persist))
+    }
+
+    /// MOVE: gives these UIDs of `from` new UIDs in `to` (the copies stay where they are).
+    pub fn relocate(&mut self, from: &str, uids: &[u32], to: &str) -> Result<Moved, MailboxError> {
+        let source = self.folder_id(from).ok_or(MailboxError::NoSuchMailbox)?;
+        let target = self.folder_id(to).ok_or(MailboxError::NoSuchMailbox)?;
+        let validity = self.folder(target).map_or(1, |f| f.uid_validity);
+        let mut pairs = Vec::new();
+        let mut persist = Vec::new();
+        for &uid in uids {
+            let Some(&id) = self.by_folder.get(&source).and_then(|f| f.get(&uid)) else {
+                continue;
+            };
+            let Some(mut message) = self.unindex(id) else {
+                continue;
+            };
+            message.meta.folder = target;
+            message.meta.uid = self.take_uid(target);
+            message.meta.modseq = self.take_modseq();
+            pairs.push((uid, message.meta.uid));
+            persist.push(Persist::Meta {
+                id,
+                meta: message.meta,
+                holders: message.holders.clone(),
+            });
+            self.index(message);
+        }
+        if let Some(profile) = self.take_profile() {
+            persist.insert(0, profile);
+        }
+        Ok(Moved {
+            uid_validity: validity,
+            pairs,
+            persist,
+        })
+    }
+
+    /// CREATE.
+    pub fn create(&mut self, name: &str, now_secs: u64) -> Result<Vec<Persist>, MailboxError> {
+        let name = name.trim_end_matches('/');
+        if !valid_name(name) {
+            return Err(MailboxError::NotAllowed("invalid mailbox name".into()));
+        }
+        if self.folder_id(name).is_some() {
+            return Err(MailboxError::AlreadyExists);
+        }
+        if self.profile.folders.len() >= FOLDERS_MAX {
+            return Err(MailboxError::NotAllowed("too many mailboxes".into()));
+        }
+        let id = self.profile.next_folder_id;
+        self.profile.next_folder_id = id.saturating_add(1);
+        // A new UIDVALIDITY, never an old one of the same name.
+        let validity = u32::try_from(now_secs).unwrap_or(u32::MAX).max(
+            self.profile
+                .folders
+                .iter()
+                .map(|f| f.uid_validity)
+                .max()
+                .unwrap_or(0)
+                + 1,
+        );
+        self.profile.folders.push(FolderRecord {
+            id,
+            name: name.to_owned(),
+            uid_validity: validity,
+            uid_reserved: 1,
+            subscribed: false,
+            special_use: None,
+        });
+        self.next_uid.insert(id, 1);
+        self.by_folder.entry(id).or_default();
+        self.profile_dirty = false;
+        Ok(vec![Persist::Profile(self.profile.clone())])
+    }
+
+    /// DELETE: the folder and its messages (INBOX cannot be deleted).
+    pub fn delete(&mut self, name: &str) -> Result<Vec<Persist>, MailboxError> {
+        let id = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        if id == INBOX {
+            return Err(MailboxError::NotAllowed("INBOX cannot be deleted".into()));
+        }
+        let ids: Vec<u128> = self
+            .by_folder
+            .remove(&id)
+            .map(|f| f.into_values().collect())
+            .unwrap_or_default();
+        let mut persist = Vec::new();
+        for mid in ids {
+            if let Some(message) = self.messages.remove(&mid) {
+                persist.push(Persist::Delete {
+                    id: mid,
+                    holders: message.holders,
+                });
+            }
+        }
+        self.profile.folders.retain(|f| f.id != id);
+        self.next_uid.remove(&id);
+        self.profile_dirty = false;
+        persist.insert(0, Persist::Profile(self.profile.clone()));
+        Ok(persist)
+    }
+
+    /// RENAME (of INBOX: its messages move to the new folder, INBOX stays, empty).
+    pub fn rename(
+        &mut self,
+        from: &str,
+        to: &str,
+        now_secs: u64,
+    ) -> Result<Vec<Persist>, MailboxError> {
+        let to = to.trim_end_matches('/');
+        let id = self.folder_id(from).ok_or(MailboxError::NoSuchMailbox)?;
+        if !valid_name(to) || to.eq_ignore_ascii_case("INBOX") {
+            return Err(MailboxError::NotAllowed("invalid mailbox name".into()));
+        }
+        if self.folder_id(to).is_some() {
+            return Err(MailboxError::AlreadyExists);
+        }
+        if id == INBOX {
+            let mut persist = self.create(to, now_secs)?;
+            let uids: Vec<u32> = self
+                .by_folder
+                .get(&INBOX)
+                .map(|f| f.keys().copied().collect())
+                .unwrap_or_default();
+            persist.extend(self.relocate("INBOX", &uids, to)?.persist);
+            return Ok(persist);
+        }
+        // The folder and those below it.
+        let prefix = format!("{from}/");
+        for folder in &mut self.profile.folders {
+            if folder.id == id {
+                folder.name = to.to_owned();
+            } else if let Some(rest) = folder.name.strip_prefix(&prefix) {
+                folder.name = format!("{to}/{rest}");
+            }
+        }
+        self.profile_dirty = false;
+        Ok(vec![Persist::Profile(self.profile.clone())])
+    }
+
+    /// SUBSCRIBE / UNSUBSCRIBE.
+    pub fn subscribe(&mut self, name: &str, on: bool) -> Result<Vec<Persist>, MailboxError> {
+        let id = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        if let Some(folder) = self.profile.folders.iter_mut().find(|f| f.id == id) {
+            folder.subscribed = on;
+        }
+        self.profile_dirty = false;
+        Ok(vec![Persist::Profile(self.profile.clone())])
+    }
+}
+
+fn unreachable_message(id: u128) -> Message {
+    Message {
+        id,
+        meta: MessageMeta::default(),
+        size: 0,
+        delivered: 0,
+        holders: Vec::new(),
+    }
+}
+
+/// What MOVE did: the target's UIDVALIDITY, (old, new) UID pairs, what to persist.
+#[derive(Debug)]
+pub struct Moved {
+    pub uid_validity: u32,
+    pub pairs: Vec<(u32, u32)>,
+    pub persist: Vec<Persist>,
+}
+
+/// A folder's messages, in UID order.
+#[derive(Debug)]
+pub struct FolderView<'a> {
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    pub highest_modseq: u64,
+    pub messages: Vec<&'a Message>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: u128, meta: Option<MessageMeta>) -> Listed {
+        Listed {
+            id,
+            size: 100,
+            delivered: 1000 + id as i64,
+            holders: vec![1, 2],
+            meta,
+        }
+    }
+
+    fn uids(boxes: &Mailboxes, folder: &str) -> Vec<(u32, u128)> {
+        boxes
+            .folder_view(folder)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|m| (m.meta.uid, m.id))
+            .collect()
+    }
+
+    #[test]
+    fn new_mail_gets_uids_in_arrival_order_after_the_profile_is_stored() {
+        let mut boxes = Mailboxes::new(None, 1_700_000_000);
+        let persist = boxes.refresh(vec![listed(30, None), listed(10, None), listed(20, None)]);
+        assert!(matches!(persist[0], Persist::Profile(_)), "{persist:?}");
+        assert_eq!(uids(&boxes, "INBOX"), vec![(1, 10), (2, 20), (3, 30)]);
+        assert_eq!(persist.len(), 4);
+        // Seen again: nothing new to store; later mail goes above.
+        assert!(boxes
+            .refresh(vec![listed(10, None), listed(20, None), listed(30, None)])
+            .iter()
+            .all(|p| !matches!(p, Persist::Profile(_))));
+    }
+
+    #[test]
+    fn a_new_authority_starts_above_every_reservation_and_every_uid_it_finds() {
+        let mut first = Mailboxes::new(None, 1_700_000_000);
+        let persist = first.refresh((1..=5).map(|id| listed(id, None)).collect());
+        let Persist::Profile(profile) = persist[0].clone() else {
+            panic!()
+        };
+        let metas: Vec<(u128, MessageMeta)> = persist
+            .iter()
+            .filter_map(|p| match p {
+                Persist::Meta { id, meta, .. } => Some((*id, *meta)),
+                _ => None,
+            })
+            .collect();
+        // The first authority dies; the next has the stored profile and the copies.
+        let mut second = Mailboxes::new(Some(profile.clone()), 1_700_000_100);
+        let mut listing: Vec<Listed> = metas.iter().map(|(id, m)| listed(*id, Some(*m))).collect();
+        listing.push(listed(6, None));
+        second.refresh(listing);
+        let got = uids(&second, "INBOX");
+        assert_eq!(&got[..5], &[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+        let inbox = profile.folders.iter().find(|f| f.id == INBOX).unwrap();
+        assert!(got[5].0 >= inbox.uid_reserved, "{got:?} {inbox:?}");
+        // Without the copies (their nodes down), still never a UID of the old reservation.
+        let mut third = Mailboxes::new(Some(profile.clone()), 1_700_000_200);
+        third.refresh(vec![listed(7, None)]);
+        assert!(uids(&third, "INBOX")[0].0 >= inbox.uid_reserved);
+    }
+
+    #[test]
+    fn flags_change_one_by_one_and_modseqs_only_grow() {
+        let mut boxes = Mailboxes::new(None, 1);
+        boxes.refresh(vec![listed(1, None), listed(2, None)]);
+        let before = boxes.folder_view("INBOX").unwrap().highest_modseq;
+        boxes.store("INBOX", &[1], FlagChange::Add, SEEN).unwrap();
+        boxes
+            .store("INBOX", &[1], FlagChange::Add, FLAGGED)
+            .unwrap();
+        let m = boxes.message("INBOX", 1).unwrap();
+        assert_eq!(m.meta.flags, SEEN | FLAGGED);
+        assert!(m.meta.modseq > before);
+        let (changed, persist) = boxes
+            .store("INBOX", &[1, 2], FlagChange::Remove, SEEN)
+            .unwrap();
+        assert_eq!(changed.len(), 2);
+        assert_eq!(persist.len(), 1, "only message 1 changed: {persist:?}");
+        assert_eq!(boxes.message("INBOX", 1).unwrap().meta.flags, FLAGGED);
+        let kw = boxes.flag_bits(0, &["$Junk".into()]).unwrap();
+        assert_eq!(boxes.keywords_of(kw), vec!["$Junk".to_owned()]);
+    }
+
+    #[test]
+    fn move_expunge_and_folders() {
+        let mut boxes = Mailboxes::new(None, 1_000);
+        boxes.refresh(vec![listed(1, None), listed(2, None), listed(3, None)]);
+        boxes.create("Work", 1_001).unwrap();
+        assert_eq!(
+            boxes.create("Work", 1_002),
+            Err(MailboxError::AlreadyExists)
+        );
+        let moved = boxes.relocate("INBOX", &[2, 3], "Work").unwrap();
+        assert_eq!(moved.pairs, vec![(2, 1), (3, 2)]);
+        assert_eq!(uids(&boxes, "INBOX"), vec![(1, 1)]);
+        let (gone, persist) = boxes.expunge("Work", &[1, 9]).unwrap();
+        assert_eq!(gone, vec![1]);
+        assert!(matches!(persist[0], Persist::Delete { id: 2, .. }));
+        // A listing that still shows the expunged copy (its tombstone not yet everywhere)
+        // would bring it back: the node lists after the deletes are durable.
+        boxes.rename("Work", "Play", 1_003).unwrap();
+        assert!(boxes.folder_view("Play").is_ok());
+        assert!(boxes.delete("INBOX").is_err());
+        let persist = boxes.delete("Play").unwrap();
+        assert!(persist
+            .iter()
+            .any(|p| matches!(p, Persist::Delete { id: 3, .. })));
+        assert_eq!(
+            boxes.folder_view("Play").err(),
+            Some(MailboxError::NoSuchMailbox)
+        );
+        // Made again: a new UIDVALIDITY.
+        boxes.create("Play", 1_003).unwrap();
+        let old = 1_001;
+        assert!(boxes.folder_view("Play").unwrap().uid_validity > old);
+    }
+
+    #[test]
+    fn renaming_inbox_moves_its_mail() {
+        let mut boxes = Mailboxes::new(None, 1_000);
+        boxes.refresh(vec![listed(1, None), listed(2, None)]);
+        boxes.rename("INBOX", "Old", 1_001).unwrap();
+        assert!(uids(&boxes, "INBOX").is_empty());
+        assert_eq!(uids(&boxes, "Old").len(), 2);
+    }
+
+    #[test]
+    fn copies_that_disagree_settle_on_the_newest_and_clashing_uids_are_redone() {
+        let mut boxes = Mailboxes::new(None, 1_000);
+        let older = MessageMeta {
+            folder: INBOX,
+            uid: 1,
+            flags: 0,
+            modseq: 5,
+            date: 0,
+        };
+        let newer = MessageMeta {
+            flags: SEEN,
+            modseq: 9,
+            ..older
+        };
+        let clash = MessageMeta { modseq: 7, ..older };
+        let persist = boxes.refresh(vec![
+            listed(1, Some(older)),
+            listed(1, Some(newer)),
+            listed(2, Some(clash)),
+        ]);
+        assert_eq!(boxes.message("INBOX", 1).unwrap().meta.flags, SEEN);
+        let redone = persist
+            .iter()
+            .find_map(|p| match p {
+                Persist::Meta { id: 2, meta, .. } => Some(*meta),
+                _ => None,
+            })
+            .unwrap();
+        assert!(redone.uid > 1, "{redone:?}");
+        assert!(MailboxProfile::decode(&boxes.profile().encode()).is_some());
+    }
+}

@@ -1,0 +1,14 @@
+//! The IMAP server side, sans-IO: [`framer`] cuts input into commands within limits,
+//! [`parser`] makes them [`command`]s, [`session`] runs them (asking the node for what it
+//! needs through its steps), and [`mime`] computes the MIME structure FETCH answers from.
+
+pub mod command;
+pub mod framer;
+pub mod mime;
+pub mod parser;
+pub mod session;
+
+pub use session::{
+    Counts, Folder, ImapLimits, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView,
+    Snapshot, Step,
+};

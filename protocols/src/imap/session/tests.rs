@@ -1,0 +1,518 @@
+//! The session driven through scripts against a small in-memory mailbox store that answers its
+//! steps, fed in chunks of every size.
+
+use super::*;
+
+/// A user's mailboxes, answering the session's steps the way the node does.
+#[derive(Debug, Clone)]
+struct Store {
+    folders: Vec<(String, u32, u32, bool)>, // name, uidvalidity, uidnext, subscribed
+    messages: Vec<(String, MessageView, Vec<u8>)>,
+    modseq: u64,
+}
+
+impl Store {
+    fn new() -> Self {
+        let mut store = Self {
+            folders: vec![
+                ("INBOX".into(), 7, 1, true),
+                ("Sent".into(), 8, 1, true),
+                ("Archive/2024".into(), 9, 1, false),
+            ],
+            messages: Vec::new(),
+            modseq: 1,
+        };
+        store.add("INBOX", b"From: A <a@x.org>\r\nSubject: first\r\nDate: Tue, 1 Jul 2003 10:52:37 +0200\r\n\r\nhello world\r\n", vec![]);
+        store.add(
+            "INBOX",
+            b"From: B <b@y.org>\r\nSubject: second\r\n\r\nanother body\r\n",
+            vec![Flag::Seen],
+        );
+        store.add(
+            "INBOX",
+            b"Subject: third\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n\r\npart one\r\n--q\r\nContent-Type: text/html\r\n\r\n<b>two</b>\r\n--q--\r\n",
+            vec![Flag::Flagged],
+        );
+        store
+    }
+
+    fn add(&mut self, folder: &str, bytes: &[u8], flags: Vec<Flag>) -> u32 {
+        self.modseq += 1;
+        let f = self.folders.iter_mut().find(|f| f.0 == folder).unwrap();
+        let uid = f.2;
+        f.2 += 1;
+        self.messages.push((
+            folder.into(),
+            MessageView {
+                uid,
+                flags,
+                modseq: self.modseq,
+                size: bytes.len() as u32,
+                internal_date: 1_700_000_000,
+            },
+            bytes.to_vec(),
+        ));
+        uid
+    }
+
+    fn snapshot(&self, folder: &str) -> Result<Snapshot, MailboxError> {
+        let f = self
+            .folders
+            .iter()
+            .find(|f| f.0 == folder)
+            .ok_or(MailboxError::NoSuchMailbox)?;
+        Ok(Snapshot {
+            uid_validity: f.1,
+            uid_next: f.2,
+            highest_modseq: self.modseq,
+            messages: self
+                .messages
+                .iter()
+                .filter(|m| m.0 == folder)
+                .map(|m| m.1.clone())
+                .collect(),
+        })
+    }
+
+    /// Answers one step; returns the next step the session asked for.
+    fn answer(&mut self, session: &mut ImapSession, step: Step, out: &mut Vec<u8>) -> Option<Step> {
+        let selected = session.selected_mailbox().map(str::to_owned);
+        match step {
+            Step::Login { user, password } => {
+                let outcome = if password == "secret" {
+                    LoginOutcome::Ok
+                } else {
+                    LoginOutcome::BadCredentials
+                };
+                session.logged_in(&user, outcome, out);
+                None
+            }
+            Step::Folders => session.folders(
+                Ok(self
+                    .folders
+                    .iter()
+                    .map(|f| Folder {
+                        name: f.0.clone(),
+                        subscribed: f.3,
+                        special_use: (f.0 == "Sent").then(|| "\\Sent".to_owned()),
+                    })
+                    .collect()),
+                out,
+            ),
+            Step::Counts { mailboxes } => {
+                let counts = mailboxes
+                    .iter()
+                    .map(|m| {
+                        self.snapshot(m).map(|s| Counts {
+                            messages: s.messages.len() as u32,
+                            unseen: s
+                                .messages
+                                .iter()
+                                .filter(|m| !m.flags.contains(&Flag::Seen))
+                                .count() as u32,
+                            uid_next: s.uid_next,
+                            uid_validity: s.uid_validity,
+                            highest_modseq: s.highest_modseq,
+                            size: 0,
+                        })
+                    })
+                    .collect();
+                session.counts(counts, out)
+            }
+            Step::Select { mailbox, .. } => session.selected(self.snapshot(&mailbox), out),
+            Step::Poll => {
+                let snapshot = self.snapshot(selected.as_deref().unwrap_or(""));
+                session.polled(snapshot, out)
+            }
+            Step::Load { uids } => {
+                let folder = selected.unwrap_or_default();
+                let bodies = uids
+                    .iter()
+                    .map(|uid| {
+                        self.messages
+                            .iter()
+                            .find(|m| m.0 == folder && m.1.uid == *uid)
+                            .map(|m| m.2.clone())
+                    })
+                    .collect();
+                session.loaded(bodies, out)
+            }
+            Step::Store {
+                uids,
+                action,
+                flags,
+                ..
+            } => {
+                let folder = selected.unwrap_or_default();
+                let mut views = Vec::new();
+                for uid in uids {
+                    self.modseq += 1;
+                    let modseq = self.modseq;
+                    if let Some(m) = self
+                        .messages
+                        .iter_mut()
+                        .find(|m| m.0 == folder && m.1.uid == uid)
+                    {
+                        match action {
+                            StoreAction::Replace => m.1.flags = flags.clone(),
+                            StoreAction::Add => {
+                                for f in &flags {
+                                    if !m.1.flags.contains(f) {
+                                        m.1.flags.push(f.clone());
+                                    }
+                                }
+                            }
+                            StoreAction::Remove => m.1.flags.retain(|f| !flags.contains(f)),
+                        }
+                        m.1.flags.sort();
+                        m.1.modseq = modseq;
+                        views.push(m.1.clone());
+                    }
+                }
+                session.stored(Ok(views), out)
+            }
+            Step::Expunge { uids } => {
+                let folder = selected.unwrap_or_default();
+                self.messages
+                    .retain(|m| !(m.0 == folder && uids.contains(&m.1.uid)));
+                session.expunged(Ok(uids), out)
+            }
+            Step::Append {
+                mailbox,
+                flags,
+                message,
+                ..
+            } => {
+                if !self.folders.iter().any(|f| f.0 == mailbox) {
+                    return session.appended(Err(MailboxError::NoSuchMailbox), out);
+                }
+                let uid = self.add(&mailbox, &message, flags);
+                let validity = self.folders.iter().find(|f| f.0 == mailbox).unwrap().1;
+                session.appended(Ok((validity, uid)), out)
+            }
+            Step::Copy {
+                uids,
+                mailbox,
+                moving,
+            } => {
+                let folder = selected.unwrap_or_default();
+                if !self.folders.iter().any(|f| f.0 == mailbox) {
+                    return session.copied(Err(MailboxError::NoSuchMailbox), out);
+                }
+                let mut pairs = Vec::new();
+                for uid in uids {
+                    let found = self
+                        .messages
+                        .iter()
+                        .find(|m| m.0 == folder && m.1.uid == uid)
+                        .cloned();
+                    if let Some((_, view, bytes)) = found {
+                        let new = self.add(&mailbox, &bytes, view.flags.clone());
+                        pairs.push((uid, new));
+                        if moving {
+                            self.messages.retain(|m| !(m.0 == folder && m.1.uid == uid));
+                        }
+                    }
+                }
+                let validity = self.folders.iter().find(|f| f.0 == mailbox).unwrap().1;
+                session.copied(Ok((validity, pairs)), out)
+            }
+            Step::Mailbox(op) => {
+                let result = match op {
+                    MailboxOp::Create(name) => {
+                        if self.folders.iter().any(|f| f.0 == name) {
+                            Err(MailboxError::AlreadyExists)
+                        } else {
+                            self.folders.push((name, 99, 1, false));
+                            Ok(())
+                        }
+                    }
+                    MailboxOp::Delete(name) => {
+                        let before = self.folders.len();
+                        self.folders.retain(|f| f.0 != name);
+                        if before == self.folders.len() {
+                            Err(MailboxError::NoSuchMailbox)
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    MailboxOp::Rename { from, to } => {
+                        match self.folders.iter_mut().find(|f| f.0 == from) {
+                            Some(f) => {
+                                f.0 = to;
+                                Ok(())
+                            }
+                            None => Err(MailboxError::NoSuchMailbox),
+                        }
+                    }
+                    MailboxOp::Subscribe(name, on) => {
+                        match self.folders.iter_mut().find(|f| f.0 == name) {
+                            Some(f) => {
+                                f.3 = on;
+                                Ok(())
+                            }
+                            None => Err(MailboxError::NoSuchMailbox),
+                        }
+                    }
+                };
+                session.mailbox_done(result, out)
+            }
+            Step::Idle => {
+                // Deliver something while idling, then let the session poll.
+                self.add("INBOX", b"Subject: while idle\r\n\r\nx\r\n", vec![]);
+                let poll = session.poll_idle()?;
+                self.answer(session, poll, out)
+            }
+            Step::NeedInput | Step::StartTls | Step::Close => Some(step),
+        }
+    }
+}
+
+/// Runs `script` through a session fed in `chunk`-byte pieces; returns all output.
+fn run(store: &mut Store, script: &[u8], chunk: usize) -> String {
+    let mut session = ImapSession::new(ImapLimits::default());
+    let mut out = Vec::new();
+    session.greeting(&mut out);
+    for piece in script.chunks(chunk.max(1)) {
+        session.push(piece);
+        loop {
+            let mut step = session.step(&mut out);
+            while !matches!(step, Step::NeedInput | Step::Close | Step::StartTls) {
+                match store.answer(&mut session, step, &mut out) {
+                    Some(next) => step = next,
+                    None => step = session.step(&mut out),
+                }
+            }
+            if matches!(step, Step::NeedInput | Step::Close | Step::StartTls) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn run_all(script: &str) -> String {
+    let mut reference = None;
+    for chunk in [1, 2, 3, 5, 8, 64, 512, 100_000] {
+        let mut store = Store::new();
+        let output = run(&mut store, script.as_bytes(), chunk);
+        match &reference {
+            None => reference = Some(output),
+            Some(r) => assert_eq!(&output, r, "chunk {chunk} answers differently"),
+        }
+    }
+    reference.unwrap_or_default()
+}
+
+#[test]
+fn login_select_fetch_in_any_chunking() {
+    let out = run_all(
+        "a1 CAPABILITY\r\na2 LOGIN alice secret\r\na3 SELECT inbox\r\na4 FETCH 1:* (UID FLAGS RFC822.SIZE)\r\na5 UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY[TEXT])\r\na6 LOGOUT\r\n",
+    );
+    assert!(out.starts_with("* OK [CAPABILITY IMAP4rev1 "), "{out}");
+    assert!(out.contains("a2 OK [CAPABILITY"), "{out}");
+    assert!(out.contains("* 3 EXISTS\r\n"), "{out}");
+    assert!(out.contains("* OK [UIDVALIDITY 7]"), "{out}");
+    assert!(out.contains("* OK [UIDNEXT 4]"), "{out}");
+    assert!(out.contains("* OK [UNSEEN 1]"), "{out}");
+    assert!(out.contains("a3 OK [READ-WRITE] SELECT completed"), "{out}");
+    assert!(
+        out.contains("* 1 FETCH (UID 1 FLAGS () RFC822.SIZE 88)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* 2 FETCH (UID 2 FLAGS (\\Seen) RFC822.SIZE"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* 2 FETCH (UID 2 BODY[HEADER.FIELDS (SUBJECT)] {19}\r\nSubject: second\r\n\r\n BODY[TEXT] {14}\r\nanother body\r\n)"),
+        "{out}"
+    );
+    assert!(out.contains("* BYE"), "{out}");
+    assert!(out.ends_with("a6 OK LOGOUT completed\r\n"), "{out}");
+}
+
+#[test]
+fn a_body_fetch_sets_seen_and_reports_it() {
+    let out =
+        run_all("a LOGIN u secret\r\nb SELECT INBOX\r\nc FETCH 1 BODY[]\r\nd FETCH 1 FLAGS\r\n");
+    assert!(out.contains("* 1 FETCH (BODY[] {88}\r\n"), "{out}");
+    assert!(out.contains(" FLAGS (\\Seen))\r\nc OK"), "{out}");
+    assert!(out.contains("* 1 FETCH (FLAGS (\\Seen))\r\nd OK"), "{out}");
+}
+
+#[test]
+fn store_search_expunge() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb SELECT INBOX\r\nc STORE 1 +FLAGS (\\Deleted)\r\nd SEARCH DELETED\r\ne SEARCH OR SUBJECT second FLAGGED\r\nf UID SEARCH TEXT \"hello WORLD\"\r\ng EXPUNGE\r\nh FETCH 1:* UID\r\ni SEARCH RETURN (MIN MAX COUNT) ALL\r\n",
+    );
+    assert!(
+        out.contains("* 1 FETCH (FLAGS (\\Deleted))\r\nc OK"),
+        "{out}"
+    );
+    assert!(out.contains("* SEARCH 1\r\nd OK"), "{out}");
+    assert!(out.contains("* SEARCH 2 3\r\ne OK"), "{out}");
+    assert!(out.contains("* SEARCH 1\r\nf OK"), "{out}");
+    assert!(out.contains("* 1 EXPUNGE\r\ng OK"), "{out}");
+    assert!(
+        out.contains("* 1 FETCH (UID 2)\r\n* 2 FETCH (UID 3)\r\nh OK"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"i\") MIN 1 MAX 2 COUNT 2\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn structure_and_envelope() {
+    let out = run_all("a LOGIN u secret\r\nb EXAMINE INBOX\r\nc FETCH 3 (BODYSTRUCTURE BODY.PEEK[2])\r\nd FETCH 1 ENVELOPE\r\n");
+    assert!(out.contains("b OK [READ-ONLY]"), "{out}");
+    assert!(out.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 8 1 NIL NIL NIL NIL)(\"TEXT\" \"HTML\" NIL NIL NIL \"7BIT\" 10 1 NIL NIL NIL NIL) \"MIXED\" (\"BOUNDARY\" \"q\") NIL NIL NIL)"), "{out}");
+    assert!(out.contains("BODY[2] {10}\r\n<b>two</b>)"), "{out}");
+    assert!(
+        out.contains(
+            "ENVELOPE (\"Tue, 1 Jul 2003 10:52:37 +0200\" \"first\" ((\"A\" NIL \"a\" \"x.org\"))"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn append_copy_move_and_uidplus() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb APPEND Sent (\\Seen) {11}\r\nhello there\r\nc APPEND Nowhere {1+}\r\nx\r\nd SELECT INBOX\r\ne COPY 1:2 Sent\r\nf UID MOVE 3 Sent\r\ng STATUS Sent (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)\r\n",
+    );
+    assert!(out.contains("+ go ahead\r\n"), "{out}");
+    assert!(
+        out.contains("b OK [APPENDUID 8 1] APPEND completed"),
+        "{out}"
+    );
+    assert!(out.contains("c NO [TRYCREATE]"), "{out}");
+    assert!(
+        out.contains("e OK [COPYUID 8 1,2 2,3] COPY completed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* OK [COPYUID 8 3 4] moved\r\n* 3 EXPUNGE\r\nf OK MOVE completed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* STATUS \"Sent\" (MESSAGES 4 UIDNEXT 5 UIDVALIDITY 8 UNSEEN 2)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn list_lsub_and_mailbox_management() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb LIST \"\" \"*\"\r\nc LSUB \"\" \"*\"\r\nd LIST \"\" %\r\ne CREATE Work\r\nf CREATE Work\r\ng RENAME Work Play\r\nh LIST \"\" \"*\" RETURN (STATUS (MESSAGES))\r\ni LIST \"\" \"\"\r\nj DELETE Gone\r\n",
+    );
+    assert!(
+        out.contains("* LIST (\\HasNoChildren) \"/\" \"INBOX\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("* LIST (\\HasNoChildren) \"/\" \"Archive/2024\""),
+        "{out}"
+    );
+    assert!(
+        !out.contains("* LSUB (\\HasNoChildren) \"/\" \"Archive/2024\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("* LSUB (\\HasNoChildren) \"/\" \"INBOX\""),
+        "{out}"
+    );
+    // % does not cross the hierarchy delimiter.
+    let d = &out[out.find("c OK").unwrap()..out.find("d OK").unwrap()];
+    assert!(!d.contains("Archive/2024"), "{d}");
+    assert!(out.contains("e OK CREATE completed"), "{out}");
+    assert!(out.contains("f NO [ALREADYEXISTS]"), "{out}");
+    assert!(out.contains("* STATUS \"Play\" (MESSAGES 0)"), "{out}");
+    assert!(out.contains("* LIST (\\Noselect) \"/\" \"\""), "{out}");
+    assert!(out.contains("j NO [NONEXISTENT]"), "{out}");
+}
+
+#[test]
+fn idle_reports_new_mail_and_ends_on_done() {
+    let out = run_all("a LOGIN u secret\r\nb SELECT INBOX\r\nc IDLE\r\nDONE\r\nd NOOP\r\n");
+    assert!(out.contains("+ idling\r\n* 4 EXISTS\r\n"), "{out}");
+    assert!(out.contains("c OK IDLE terminated"), "{out}");
+    assert!(out.contains("d OK NOOP completed"), "{out}");
+}
+
+#[test]
+fn authenticate_plain_with_and_without_initial_response() {
+    let out = run_all("a AUTHENTICATE PLAIN AHUAc2VjcmV0\r\n");
+    assert!(out.contains("a OK [CAPABILITY"), "{out}");
+    let out = run_all("a AUTHENTICATE PLAIN\r\nAHUAd3Jvbmc=\r\nb AUTHENTICATE PLAIN\r\n*\r\n");
+    assert!(out.contains("+ \r\n"), "{out}");
+    assert!(out.contains("a NO [AUTHENTICATIONFAILED]"), "{out}");
+    assert!(out.contains("b BAD AUTHENTICATE cancelled"), "{out}");
+}
+
+#[test]
+fn bad_input_gets_bad_and_no_and_the_session_goes_on() {
+    let out = run_all(
+        "a SELECT INBOX\r\n\r\nb FROB\r\nc LOGIN u secret\r\nd FETCH 1 FLAGS\r\ne SELECT INBOX\r\nf FETCH 99 FLAGS\r\ng FETCH 1 (FLAGS\r\nh APPEND INBOX {999999999999}\r\ni NOOP\r\n",
+    );
+    assert!(
+        out.contains("a BAD command not valid before login"),
+        "{out}"
+    );
+    assert!(out.contains("* BAD no tag"), "{out}");
+    assert!(out.contains("b BAD unknown command FROB"), "{out}");
+    assert!(out.contains("d BAD no mailbox selected"), "{out}");
+    assert!(out.contains("f BAD message number out of range"), "{out}");
+    assert!(out.contains("g BAD syntax"), "{out}");
+    assert!(out.contains("h NO [TOOBIG]"), "{out}");
+    assert!(out.ends_with("i OK NOOP completed\r\n"), "{out}");
+}
+
+#[test]
+fn login_is_refused_in_clear_where_plaintext_is_refused() {
+    let mut session = ImapSession::new(ImapLimits::default());
+    session.set_security(Tls::Offered, Plaintext::Refused);
+    let mut out = Vec::new();
+    session.greeting(&mut out);
+    session.push(b"a LOGIN u secret\r\nb STARTTLS\r\n");
+    assert_eq!(session.step(&mut out), Step::StartTls);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("LOGINDISABLED"), "{text}");
+    assert!(text.contains("STARTTLS"), "{text}");
+    assert!(text.contains("a NO [PRIVACYREQUIRED]"), "{text}");
+    assert!(text.contains("b OK begin TLS"), "{text}");
+    session.tls_started();
+    session.push(b"c LOGIN u secret\r\n");
+    assert!(matches!(session.step(&mut out), Step::Login { .. }));
+}
+
+#[test]
+fn internal_dates_format() {
+    assert_eq!(internal_date(0), "01-Jan-1970 00:00:00 +0000");
+    assert_eq!(internal_date(1_700_000_000), "14-Nov-2023 22:13:20 +0000");
+}
+
+#[test]
+fn list_patterns() {
+    assert!(list_matches(b"*", b"a/b"));
+    assert!(!list_matches(b"%", b"a/b"));
+    assert!(list_matches(b"a/%", b"a/b"));
+    assert!(list_matches(b"INBOX", b"inbox"));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+    #[test]
+    fn garbage_after_login_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+        let mut store = Store::new();
+        let mut script = b"a LOGIN u secret\r\nb SELECT INBOX\r\n".to_vec();
+        script.extend(bytes);
+        let _ = run(&mut store, &script, 7);
+    }
+}
