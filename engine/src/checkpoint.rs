@@ -10,7 +10,7 @@
 //! | offset | size | field            | meaning                                         |
 //! |-------:|-----:|------------------|-------------------------------------------------|
 //! | 0      | 4    | `magic`          | `0x504b_4350` (`"PCKP"` on disk)               |
-//! | 4      | 1    | `version`        | 2 (a version-1 checkpoint is ignored: the log is scanned) |
+//! | 4      | 1    | `version`        | 3; 2 is read (it has no filings); a version-1 checkpoint is ignored: the log is scanned |
 //! | 5      | 3    | `reserved`       | zero                                            |
 //! | 8      | 4    | `crc32`          | CRC-32 of this header (this field zeroed) and the body |
 //! | 12     | 4    | `covered_segment`| the log up to (`covered_segment`, `covered_offset`) is in the snapshot |
@@ -21,7 +21,7 @@
 //!
 //! Body: `u32` segment count, then per segment (`u32` seq, `u64` end offset); `u32` mailbox
 //! count, then per mailbox `u16` user length, the user, `u32` message count and that many
-//! 72-byte [`MessageRecord`]s; `u32` profile count, then per profile `u16` user length, the user
+//! 96-byte [`MessageRecord`]s (72 bytes in version 2: without the filing's last four fields); `u32` profile count, then per profile `u16` user length, the user
 //! and a 24-byte [`ProfileRecord`]; `u32` pending-update count, then per update `u16` user
 //! length, the user and a 48-byte [`PendingRecord`].
 
@@ -37,7 +37,11 @@ use crate::record::{ReplicaSet, REPLICAS_MAX};
 use crate::storage::{IoBuffer, Storage, StorageFile};
 
 pub const CHECKPOINT_MAGIC: u32 = 0x504b_4350;
-pub const CHECKPOINT_VERSION: u8 = 2;
+pub const CHECKPOINT_VERSION: u8 = 3;
+/// The oldest version read.
+pub const CHECKPOINT_VERSION_MIN: u8 = 2;
+/// Bytes of a message record in version 2 (no filing).
+const MESSAGE_RECORD_V2_BYTES: usize = 72;
 pub const CHECKPOINT_FILE: &str = "index.ckpt";
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -69,8 +73,12 @@ struct MessageRecord {
     origin: U32,
     replica_count: U32,
     replicas: [U32; REPLICAS_MAX],
+    filing_folder: U32,
+    filing_uid: U32,
+    filing_modseq: U64,
+    filing_date: U64,
 }
-const _: () = assert!(std::mem::size_of::<MessageRecord>() == 72);
+const _: () = assert!(std::mem::size_of::<MessageRecord>() == 96);
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -127,6 +135,17 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Serialises the index (synchronously: the snapshot must match `covered` exactly).
 pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock: u64) -> Vec<u8> {
+    encode_version(index, segments, covered, clock, CHECKPOINT_VERSION)
+}
+
+/// [`encode`] in format `version` (2 or 3; 2 only to test that it is still read).
+fn encode_version(
+    index: &Index,
+    segments: &[(u32, u64)],
+    covered: (u32, u64),
+    clock: u64,
+    version: u8,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + index.message_count() as usize * 64);
     body.extend_from_slice(&(segments.len() as u32).to_le_bytes());
     for &(seq, end) in segments {
@@ -152,8 +171,17 @@ pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock
                 origin: U32::new(m.origin),
                 replica_count,
                 replicas,
+                filing_folder: U32::new(m.filing.folder),
+                filing_uid: U32::new(m.filing.uid),
+                filing_modseq: U64::new(m.filing.modseq),
+                filing_date: U64::new(m.filing.date as u64),
             };
-            body.extend_from_slice(record.as_bytes());
+            let bytes = record.as_bytes();
+            if version == 2 {
+                body.extend_from_slice(&bytes[..MESSAGE_RECORD_V2_BYTES]);
+            } else {
+                body.extend_from_slice(bytes);
+            }
         }
     }
     let profiles: Vec<_> = index.profile_users().collect();
@@ -191,7 +219,7 @@ pub fn encode(index: &Index, segments: &[(u32, u64)], covered: (u32, u64), clock
     }
     let mut header = CheckpointHeader {
         magic: U32::new(CHECKPOINT_MAGIC),
-        version: CHECKPOINT_VERSION,
+        version,
         reserved0: [0; 3],
         crc32: U32::new(0),
         covered_segment: U32::new(covered.0),
@@ -248,9 +276,16 @@ impl<'a> Reader<'a> {
 /// Parses a checkpoint; `None` if it fails any check.
 pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
     let (header, rest) = CheckpointHeader::read_from_prefix(bytes).ok()?;
-    if header.magic.get() != CHECKPOINT_MAGIC || header.version != CHECKPOINT_VERSION {
+    if header.magic.get() != CHECKPOINT_MAGIC
+        || !(CHECKPOINT_VERSION_MIN..=CHECKPOINT_VERSION).contains(&header.version)
+    {
         return None;
     }
+    let record_bytes = if header.version == 2 {
+        MESSAGE_RECORD_V2_BYTES
+    } else {
+        std::mem::size_of::<MessageRecord>()
+    };
     let body = rest.get(..usize::try_from(header.body_len.get()).ok()?)?;
     if checksum(&header, body) != header.crc32.get() {
         return None;
@@ -265,7 +300,10 @@ pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
     for _ in 0..r.u32()? {
         let user = r.user()?;
         for _ in 0..r.u32()? {
-            let (m, _) = MessageRecord::read_from_prefix(r.take(72)?).ok()?;
+            // A version-2 record is a version-3 one without the filing (zeros).
+            let mut bytes = [0u8; std::mem::size_of::<MessageRecord>()];
+            bytes[..record_bytes].copy_from_slice(r.take(record_bytes)?);
+            let (m, _) = MessageRecord::read_from_prefix(&bytes[..]).ok()?;
             index.restore(
                 user,
                 MessageEntry {
@@ -281,6 +319,12 @@ pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
                     oldest_segment: m.oldest_segment.get(),
                     origin: m.origin.get(),
                     replicas: replica_set(m.replica_count.get(), &m.replicas)?,
+                    filing: crate::index::Filing {
+                        folder: m.filing_folder.get(),
+                        uid: m.filing_uid.get(),
+                        modseq: m.filing_modseq.get(),
+                        date: m.filing_date.get() as i64,
+                    },
                 },
             );
         }
@@ -389,6 +433,12 @@ mod tests {
                 oldest_segment: 1,
                 origin: 3,
                 replicas: ReplicaSet::new([3, 4]),
+                filing: crate::index::Filing {
+                    folder: 2,
+                    uid: 9,
+                    modseq: 11,
+                    date: -1,
+                },
             },
         );
         index.delete(
@@ -434,5 +484,21 @@ mod tests {
             );
         }
         assert!(decode(&bytes[..bytes.len() - 1]).is_none());
+        assert_eq!(snap.index.messages("bob@x")[0].filing.uid, 9);
+        assert_eq!(snap.index.messages("bob@x")[0].filing.date, -1);
+        // The previous format is still read: everything but the filings.
+        let old = encode_version(&index, &[(1, 9000), (2, 5000)], (2, 5000), 42, 2);
+        assert_eq!(old[4], 2);
+        assert_eq!(old.len(), bytes.len() - 24);
+        let snap = decode(&old).unwrap();
+        assert_eq!(
+            snap.index.messages("bob@x")[0].replicas,
+            ReplicaSet::new([3, 4])
+        );
+        assert_eq!(
+            snap.index.messages("bob@x")[0].filing,
+            crate::index::Filing::default()
+        );
+        assert!(snap.index.is_tombstoned("ann@x", 12));
     }
 }

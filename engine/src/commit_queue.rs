@@ -102,11 +102,24 @@ pub(crate) struct Span {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum IndexOp {
     Put(MessageEntry),
-    Relocate { id: u128, from: Location },
-    Remove { id: u128, tomb: Tomb },
-    Flags { id: u128, flags: u32 },
+    Relocate {
+        id: u128,
+        from: Location,
+    },
+    Remove {
+        id: u128,
+        tomb: Tomb,
+    },
+    /// New flags, and a new filing if `Some`.
+    Flags {
+        id: u128,
+        flags: u32,
+        filing: Option<crate::index::Filing>,
+    },
     Profile(ProfileEntry),
-    RelocateProfile { from: Location },
+    RelocateProfile {
+        from: Location,
+    },
     Nothing,
 }
 

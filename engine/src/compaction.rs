@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::commit_queue::{IndexOp, Inner, Outcome, Recyclable, RECYCLE_POOL_MAX};
 use crate::error::{EngineError, Result};
-use crate::index::Location;
+use crate::index::{Filing, Location};
 use crate::record::RecordKind;
+use crate::record::{self, ReplicaSet};
 use crate::scan::Scanner;
 use crate::segment::{self, SEGMENT_HEADER_BYTES};
 use crate::shard::Stamp;
@@ -150,6 +151,25 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
         let kind = view.meta.kind;
         let aux = view.meta.aux;
         let view_hlc = view.meta.hlc;
+        // The message's filing now: a flag update is copied with it (not the old record's),
+        // and a put copied forward is followed by it, or recovery would meet the put after
+        // every record that filed it.
+        let filing_now = if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate) {
+            inner
+                .state
+                .borrow()
+                .index
+                .message(user, id)
+                .map(|m| m.filing)
+                .unwrap_or_default()
+        } else {
+            Filing::default()
+        };
+        let filing_body = if filing_now == Filing::default() {
+            Vec::new()
+        } else {
+            record::encode_filing(&filing_now).to_vec()
+        };
         // Decided at the moment the copy is encoded (see `Inner::submit`).
         let decide = |state: &crate::commit_queue::State<S::File>| -> Option<u32> {
             if matches!(kind, RecordKind::Put | RecordKind::FlagUpdate) && state.queued.change(id) {
@@ -178,7 +198,7 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
                 RecordKind::FlagUpdate => state
                     .index
                     .message(user, id)
-                    .filter(|m| m.location.segment < seq)
+                    .filter(|m| m.location.segment < seq && m.filing == filing_now)
                     .map(|m| m.flags),
                 RecordKind::ProfilePut => state
                     .index
@@ -202,7 +222,11 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
                 view.meta.replicas,
                 id,
                 user,
-                view.body,
+                if kind == RecordKind::FlagUpdate {
+                    &filing_body
+                } else {
+                    view.body
+                },
                 decide,
                 |_, _| op,
             )
@@ -211,6 +235,29 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
             report.records_copied += 1;
             report.bytes_copied += view.encoded_len as u64;
             outstanding.push(done);
+            if kind == RecordKind::Put && filing_now != Filing::default() {
+                let filed = inner
+                    .submit(
+                        RecordKind::FlagUpdate,
+                        None,
+                        ReplicaSet::NONE,
+                        id,
+                        user,
+                        &filing_body,
+                        |state| {
+                            state
+                                .index
+                                .message(user, id)
+                                .filter(|m| m.filing == filing_now)
+                                .map(|m| m.flags)
+                        },
+                        |_, _| IndexOp::Nothing,
+                    )
+                    .await?;
+                if let Some((done, _, _)) = filed {
+                    outstanding.push(done);
+                }
+            }
         }
         if outstanding.len() >= OUTSTANDING_COPIES_MAX {
             wait_all(inner, &mut outstanding).await?;

@@ -32,6 +32,19 @@ pub struct MessageEntry {
     pub origin: u32,
     /// Where the put was replicated (empty if it was not).
     pub replicas: ReplicaSet,
+    /// Where the message is filed for IMAP (set with [`crate::Shard::set_filing`]).
+    pub filing: Filing,
+}
+
+/// Where a message is filed for IMAP: folder, UID, MODSEQ and an INTERNALDATE override. The
+/// engine keeps it with the message (in flag-update records, see [`crate::record`]) and makes
+/// nothing of it; all zero: never filed (new mail, in INBOX).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Filing {
+    pub folder: u32,
+    pub uid: u32,
+    pub modseq: u64,
+    pub date: i64,
 }
 
 pub use porcupine_types::UpdateKind;
@@ -338,6 +351,11 @@ impl Index {
         match mailbox.insert(entry.id, entry) {
             Some(old) => {
                 entry.oldest_segment = entry.oldest_segment.min(old.oldest_segment);
+                // The same message written again (a wider replica set, compaction): its
+                // filing stays unless the new record says otherwise.
+                if entry.filing == Filing::default() {
+                    entry.filing = old.filing;
+                }
                 mailbox.insert(entry.id, entry);
                 self.sub_live(old.location);
                 false
@@ -383,6 +401,18 @@ impl Index {
         match self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) {
             Some(entry) => {
                 entry.flags = flags;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets a message's flags and filing.
+    pub fn set_filing(&mut self, user: &str, id: u128, flags: u32, filing: Filing) -> bool {
+        match self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) {
+            Some(entry) => {
+                entry.flags = flags;
+                entry.filing = filing;
                 true
             }
             None => false,
@@ -454,6 +484,7 @@ mod tests {
             oldest_segment: location.segment,
             origin: 0,
             replicas: ReplicaSet::NONE,
+            filing: Filing::default(),
         }
     }
 

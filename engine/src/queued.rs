@@ -118,6 +118,7 @@ mod tests {
 
     fn put(id: u128, nodes: &[u32], segment: u32) -> IndexOp {
         IndexOp::Put(MessageEntry {
+            filing: crate::index::Filing::default(),
             id,
             location: Location {
                 segment,
@@ -172,7 +173,11 @@ mod tests {
     #[test]
     fn a_flag_update_is_a_change_but_not_a_delete() {
         let mut queued = QueuedChanges::default();
-        let flags = IndexOp::Flags { id: 5, flags: 1 };
+        let flags = IndexOp::Flags {
+            id: 5,
+            flags: 1,
+            filing: None,
+        };
         queued.note(&flags);
         assert!(queued.change(5) && !queued.delete(5));
         queued.settle(&flags);

@@ -24,6 +24,10 @@
 //! The payload is the user name (`user_len` bytes), then `replica_count` little-endian `u32`
 //! node ids (the replica set, coordinator first), then the body.
 //!
+//! A *flag update* (kind 3) sets the message's flags (`aux`); its body is empty, or the
+//! message's 24-byte [`Filing`](crate::index::Filing) (little-endian `u32` folder, `u32` UID,
+//! `u64` MODSEQ, `i64` date), which it then sets too.
+//!
 //! Kinds 1–5 are defined; 6–15 are reserved. A *retire* record (kind 5) has an empty user and
 //! no replica set; its body is a list of 32-byte entries (`u64` user key, `u128` message id,
 //! `u64` HLC of the update): those replicated updates are acknowledged by every replica and no
@@ -180,6 +184,36 @@ pub struct Retired {
     pub user_key: u64,
     pub message_id: u128,
     pub hlc: u64,
+}
+
+/// Bytes of a filing in a flag-update record's body.
+pub const FILING_BYTES: usize = 24;
+
+/// A filing as a flag-update record's body.
+pub fn encode_filing(filing: &crate::index::Filing) -> [u8; FILING_BYTES] {
+    let mut out = [0u8; FILING_BYTES];
+    out[0..4].copy_from_slice(&filing.folder.to_le_bytes());
+    out[4..8].copy_from_slice(&filing.uid.to_le_bytes());
+    out[8..16].copy_from_slice(&filing.modseq.to_le_bytes());
+    out[16..24].copy_from_slice(&filing.date.to_le_bytes());
+    out
+}
+
+/// The filing of a flag-update record's body (`None` for an empty body: flags only).
+pub fn decode_filing(body: &[u8]) -> Option<crate::index::Filing> {
+    let bytes: &[u8; FILING_BYTES] = body.get(..FILING_BYTES)?.try_into().ok()?;
+    let word4 =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let mut word8 = [0u8; 8];
+    word8.copy_from_slice(&bytes[8..16]);
+    let modseq = u64::from_le_bytes(word8);
+    word8.copy_from_slice(&bytes[16..24]);
+    Some(crate::index::Filing {
+        folder: word4(0),
+        uid: word4(4),
+        modseq,
+        date: i64::from_le_bytes(word8),
+    })
 }
 
 /// Encodes retire entries as a retire record's body.
@@ -642,6 +676,20 @@ mod tests {
         let mut bytes = version_one_delete();
         bytes[56] = 1;
         assert_eq!(decode(&bytes).unwrap_err(), DecodeError::BadReserved);
+    }
+
+    #[test]
+    fn filings_round_trip() {
+        let filing = crate::index::Filing {
+            folder: 3,
+            uid: 0x0102_0304,
+            modseq: u64::MAX - 1,
+            date: -5,
+        };
+        let bytes = encode_filing(&filing);
+        assert_eq!(&bytes[4..8], &0x0102_0304u32.to_le_bytes());
+        assert_eq!(decode_filing(&bytes), Some(filing));
+        assert_eq!(decode_filing(&[]), None);
     }
 
     #[test]

@@ -348,6 +348,7 @@ pub(crate) fn apply_recovered(index: &mut Index, seq: u32, offset: u64, view: &R
                 oldest_segment: seq,
                 origin: view.meta.node_id,
                 replicas: view.meta.replicas,
+                filing: crate::index::Filing::default(),
             },
         ),
         RecordKind::Delete => {
@@ -358,9 +359,14 @@ pub(crate) fn apply_recovered(index: &mut Index, seq: u32, offset: u64, view: &R
                 index.retire(&retired);
             }
         }
-        RecordKind::FlagUpdate => {
-            index.set_flags(view.user, id, view.meta.aux);
-        }
+        RecordKind::FlagUpdate => match crate::record::decode_filing(view.body) {
+            Some(filing) => {
+                index.set_filing(view.user, id, view.meta.aux, filing);
+            }
+            None => {
+                index.set_flags(view.user, id, view.meta.aux);
+            }
+        },
         RecordKind::ProfilePut => index.put_profile(
             view.user,
             ProfileEntry {

@@ -669,8 +669,19 @@ pub(crate) fn apply<F: StorageFile>(
         IndexOp::Remove { id, tomb } => {
             state.index.delete(user, id, tomb);
         }
-        IndexOp::Flags { id, flags } => {
+        IndexOp::Flags {
+            id,
+            flags,
+            filing: None,
+        } => {
             state.index.set_flags(user, id, flags);
+        }
+        IndexOp::Flags {
+            id,
+            flags,
+            filing: Some(filing),
+        } => {
+            state.index.set_filing(user, id, flags, filing);
         }
         IndexOp::Profile(entry) => state.index.put_profile(user, entry),
         IndexOp::RelocateProfile { from } => {

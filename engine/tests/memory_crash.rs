@@ -33,7 +33,9 @@ use std::time::Duration;
 
 use common::{body_for, small_config};
 use porcupine_engine::storage::FaultyStorage;
-use porcupine_engine::{EngineConfig, EngineError, MemoryStorage, PlainExecutor, Shard, Storage};
+use porcupine_engine::{
+    EngineConfig, EngineError, Filing, MemoryStorage, PlainExecutor, Shard, Storage,
+};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -197,6 +199,8 @@ async fn verify<S: Storage>(shard: &Shard<S>, model: &RefCell<Model>) {
             _ => msg.flags,
         };
         assert_eq!(entry.flags, flags, "flags of {id}");
+        // Flags were always set with the filing made from them (compaction carries it too).
+        assert_eq!(entry.filing, filing_of(flags), "filing of {id}");
         m.present.insert(id, Msg { flags, ..msg });
         let stored = shard.read_message(&user, id).await.expect("read");
         assert_eq!(stored.body(), &body_for(id, msg.len)[..], "body of {id}");
@@ -224,6 +228,19 @@ fn failed(error: EngineError, faults: bool, what: &str) {
         EngineError::Io { .. } | EngineError::Poisoned { .. } | EngineError::NoSpace { .. }
     );
     assert!(faults && expected, "{what}: {error}");
+}
+
+/// The filing set with `flags` (none for a message never flagged).
+fn filing_of(flags: u32) -> Filing {
+    if flags == 0 {
+        return Filing::default();
+    }
+    Filing {
+        folder: flags % 7,
+        uid: flags,
+        modseq: u64::from(flags) * 3,
+        date: -i64::from(flags),
+    }
 }
 
 /// One client: a random mix of puts, deletes, flag updates, reads, checkpoints, compactions.
@@ -287,7 +304,10 @@ async fn client<S: Storage>(
             };
             let flags = rng.gen_range(1..1000);
             model.borrow_mut().flagging.insert(id, flags);
-            if let Err(error) = shard.set_flags(&user_of(id), id, flags).await {
+            if let Err(error) = shard
+                .set_filing(&user_of(id), id, flags, filing_of(flags))
+                .await
+            {
                 return failed(error, faults, "set flags");
             }
             let mut m = model.borrow_mut();

@@ -17,7 +17,7 @@ use std::time::Instant;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::hlc::HybridClock;
-use crate::index::{Index, Location, MessageEntry, ProfileEntry};
+use crate::index::{Filing, Index, Location, MessageEntry, ProfileEntry};
 use crate::index::{PendingUpdate, Tomb};
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::record::{self, RecordKind, RecordMeta, ReplicaSet, Retired, USER_BYTES_MAX};
@@ -56,6 +56,7 @@ impl<S: Storage> std::fmt::Debug for Shard<S> {
 /// The index entry of a put record written at `location`: its flags are the record's `aux`.
 fn put_entry(id: u128, body_len: usize, location: Location, meta: RecordMeta) -> MessageEntry {
     MessageEntry {
+        filing: Filing::default(),
         id,
         location,
         body_len: body_len as u32,
@@ -263,7 +264,40 @@ impl<S: Storage> Shard<S> {
                 user,
                 &[],
                 present,
-                |_, _| IndexOp::Flags { id, flags },
+                |_, _| IndexOp::Flags {
+                    id,
+                    flags,
+                    filing: None,
+                },
+            )
+            .await?;
+        let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
+        self.inner.finish(done, started).await
+    }
+
+    /// Sets a message's flags and where it is filed, durably (`NotFound` if the message is
+    /// not here).
+    pub async fn set_filing(&self, user: &str, id: u128, flags: u32, filing: Filing) -> Result<()> {
+        let _busy = self.busy();
+        check_user(user)?;
+        let started = Instant::now();
+        let present = |state: &State<S::File>| state.index.message(user, id).map(|_| flags);
+        let body = record::encode_filing(&filing);
+        let submitted = self
+            .inner
+            .submit(
+                RecordKind::FlagUpdate,
+                None,
+                ReplicaSet::NONE,
+                id,
+                user,
+                &body,
+                present,
+                |_, _| IndexOp::Flags {
+                    id,
+                    flags,
+                    filing: Some(filing),
+                },
             )
             .await?;
         let (done, _, _) = submitted.ok_or(EngineError::NotFound)?;
