@@ -243,7 +243,7 @@ enum Waiting {
     },
     Poll {
         tag: Option<String>,
-        done: &'static str,
+        done: String,
     },
     FetchLoad(FetchJob),
     FetchSeen(FetchJob, Vec<Option<Vec<u8>>>),
@@ -262,10 +262,13 @@ enum Waiting {
     },
     Append {
         tag: String,
+        /// Into the selected mailbox: the new message is announced before the tagged OK.
+        into_selected: bool,
     },
     Copy {
         tag: String,
         moving: bool,
+        into_selected: bool,
     },
     Mailbox {
         tag: String,
@@ -446,6 +449,11 @@ impl ImapSession {
     /// The selected mailbox's name.
     pub fn selected_mailbox(&self) -> Option<&str> {
         self.selected.as_ref().map(|s| s.name.as_str())
+    }
+
+    /// Whether the session is in IDLE (the edge then calls `poll_idle` now and then).
+    pub fn is_idling(&self) -> bool {
+        matches!(self.waiting, Some(Waiting::Idle { .. }))
     }
 
     pub fn errors_sent(&self) -> u64 {
@@ -645,9 +653,9 @@ impl ImapSession {
                     self.waiting = Some(Waiting::Poll {
                         tag: Some(tag),
                         done: if command == C::Noop {
-                            "NOOP completed"
+                            "NOOP completed".into()
                         } else {
-                            "CHECK completed"
+                            "CHECK completed".into()
                         },
                     });
                     return Some(Step::Poll);
@@ -866,7 +874,8 @@ impl ImapSession {
                     self.no(out, &tag, "[TOOBIG] message too large");
                     return None;
                 }
-                self.waiting = Some(Waiting::Append { tag });
+                let into_selected = self.is_selected(&mailbox);
+                self.waiting = Some(Waiting::Append { tag, into_selected });
                 Some(Step::Append {
                     mailbox,
                     flags: flags.into_iter().filter(|f| *f != Flag::Recent).collect(),
@@ -1106,7 +1115,12 @@ impl ImapSession {
                     status_line(out, &tag, "OK", "nothing to copy");
                     return None;
                 }
-                self.waiting = Some(Waiting::Copy { tag, moving });
+                let into_selected = self.is_selected(&mailbox);
+                self.waiting = Some(Waiting::Copy {
+                    tag,
+                    moving,
+                    into_selected,
+                });
                 Some(Step::Copy {
                     uids,
                     mailbox,
@@ -1441,7 +1455,7 @@ impl ImapSession {
                     Err(_) => {}
                 }
                 if let Some(tag) = tag {
-                    status_line(out, &tag, "OK", done);
+                    status_line(out, &tag, "OK", &done);
                 }
                 None
             }
@@ -1706,16 +1720,22 @@ impl ImapSession {
         result: Result<(u32, u32), MailboxError>,
         out: &mut Vec<u8>,
     ) -> Option<Step> {
-        let Some(Waiting::Append { tag }) = self.waiting.take() else {
+        let Some(Waiting::Append { tag, into_selected }) = self.waiting.take() else {
             return None;
         };
         match result {
-            Ok((validity, uid)) => status_line(
-                out,
-                &tag,
-                "OK",
-                &format!("[APPENDUID {validity} {uid}] APPEND completed"),
-            ),
+            Ok((validity, uid)) => {
+                let done = format!("[APPENDUID {validity} {uid}] APPEND completed");
+                if into_selected {
+                    // RFC 3501 6.3.11: the client hears of the new message at once.
+                    self.waiting = Some(Waiting::Poll {
+                        tag: Some(tag),
+                        done,
+                    });
+                    return Some(Step::Poll);
+                }
+                status_line(out, &tag, "OK", &done)
+            }
             Err(MailboxError::NoSuchMailbox) => self.no(out, &tag, "[TRYCREATE] no such mailbox"),
             Err(error) => self.mailbox_error(out, &tag, &error),
         }
@@ -1728,7 +1748,12 @@ impl ImapSession {
         result: Result<(u32, Vec<(u32, u32)>), MailboxError>,
         out: &mut Vec<u8>,
     ) -> Option<Step> {
-        let Some(Waiting::Copy { tag, moving }) = self.waiting.take() else {
+        let Some(Waiting::Copy {
+            tag,
+            moving,
+            into_selected,
+        }) = self.waiting.take()
+        else {
             return None;
         };
         match result {
@@ -1744,20 +1769,35 @@ impl ImapSession {
                         ordered_set(&copies)
                     )
                 };
-                if moving {
+                let done = if moving {
                     if !code.is_empty() {
                         out.extend_from_slice(format!("* OK {code}moved\r\n").as_bytes());
                     }
                     self.remove_uids(&sources, out);
-                    status_line(out, &tag, "OK", "MOVE completed");
+                    "MOVE completed".to_owned()
                 } else {
-                    status_line(out, &tag, "OK", &format!("{code}COPY completed"));
+                    format!("{code}COPY completed")
+                };
+                if into_selected && !pairs.is_empty() {
+                    self.waiting = Some(Waiting::Poll {
+                        tag: Some(tag),
+                        done,
+                    });
+                    return Some(Step::Poll);
                 }
+                status_line(out, &tag, "OK", &done);
             }
             Err(MailboxError::NoSuchMailbox) => self.no(out, &tag, "[TRYCREATE] no such mailbox"),
             Err(error) => self.mailbox_error(out, &tag, &error),
         }
         None
+    }
+
+    /// Whether `mailbox` (as the parser gave it: INBOX in capitals) is the selected one.
+    fn is_selected(&self, mailbox: &str) -> bool {
+        self.selected
+            .as_ref()
+            .is_some_and(|selected| selected.name == mailbox)
     }
 
     /// The answer to [`Step::Mailbox`].

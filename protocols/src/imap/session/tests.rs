@@ -404,6 +404,22 @@ fn append_copy_move_and_uidplus() {
 }
 
 #[test]
+fn append_and_copy_into_the_selected_mailbox_announce_the_new_message() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb SELECT INBOX\r\nc APPEND INBOX {5}\r\nhello\r\nd COPY 1 INBOX\r\ne FETCH 5 UID\r\n",
+    );
+    assert!(
+        out.contains("* 4 EXISTS\r\nc OK [APPENDUID 7 4] APPEND completed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* 5 EXISTS\r\nd OK [COPYUID 7 1 5] COPY completed"),
+        "{out}"
+    );
+    assert!(out.contains("* 5 FETCH (UID 5)\r\ne OK"), "{out}");
+}
+
+#[test]
 fn list_lsub_and_mailbox_management() {
     let out = run_all(
         "a LOGIN u secret\r\nb LIST \"\" \"*\"\r\nc LSUB \"\" \"*\"\r\nd LIST \"\" %\r\ne CREATE Work\r\nf CREATE Work\r\ng RENAME Work Play\r\nh LIST \"\" \"*\" RETURN (STATUS (MESSAGES))\r\ni LIST \"\" \"\"\r\nj DELETE Gone\r\n",
