@@ -12,8 +12,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub use porcupine_cluster_core::{
-    abuse, anti_entropy, delivery, healing, loads, maildrop, manager, membership, placement,
-    plausible, replication, rpc, usermap, wire,
+    abuse, anti_entropy, delivery, healing, loads, mailbox, maildrop, manager, membership,
+    placement, plausible, replication, rpc, usermap, wire,
 };
 
 pub mod admin_client;

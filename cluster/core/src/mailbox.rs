@@ -202,6 +202,8 @@ pub struct Mailboxes {
     /// The next UID of each folder (below its reservation, or the reservation grows).
     next_uid: HashMap<u32, u32>,
     next_modseq: u64,
+    /// Ids being placed by APPEND or COPY (see [`Mailboxes::expect`]).
+    expected: std::collections::HashSet<u128>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -234,6 +236,7 @@ impl Mailboxes {
             by_folder: HashMap::new(),
             next_uid,
             next_modseq,
+            expected: std::collections::HashSet::new(),
         };
         // Start above every reservation: what the last authority reserved may have been given.
         let folders: Vec<u32> = boxes.profile.folders.iter().map(|f| f.id).collect();
@@ -331,7 +334,7 @@ impl Mailboxes {
         let gone: Vec<u128> = self
             .messages
             .keys()
-            .filter(|id| !listed.contains_key(id))
+            .filter(|id| !listed.contains_key(id) && !self.expected.contains(id))
             .copied()
             .collect();
         for id in gone {
@@ -348,6 +351,9 @@ impl Mailboxes {
             self.next_modseq = self.next_modseq.max(meta.modseq.saturating_add(1));
         }
         for (id, item) in listed {
+            if self.expected.contains(&id) {
+                continue;
+            }
             if let Some(known) = self.messages.get_mut(&id) {
                 known.holders = item.holders.clone();
                 if let Some(meta) = item.meta.filter(|m| m.modseq > known.meta.modseq) {
@@ -556,6 +562,7 @@ impl Mailboxes {
             ..
         } = message;
         let folder = self.folder_id(name).ok_or(MailboxError::NoSuchMailbox)?;
+        self.expected.remove(&id);
         if let Some(old) = self.messages.get(&id) {
             // Listed already by a refresh that ran before its meta was stored: place it anew.
             let old_id = old.id;
@@ -743,6 +750,219 @@ fn unreachable_message(id: u128) -> Message {
         size: 0,
         delivered: 0,
         holders: Vec::new(),
+    }
+}
+
+// ---- The authority's calls, as they cross between nodes ----
+
+/// A message as a session learns it from the authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMessage {
+    pub id: u128,
+    pub uid: u32,
+    /// System flag bits ([`SEEN`], …) and keywords by name.
+    pub flags: u32,
+    pub keywords: Vec<String>,
+    pub modseq: u64,
+    pub size: u64,
+    /// INTERNALDATE, Unix seconds.
+    pub date: i64,
+    pub holders: Vec<NodeId>,
+}
+
+/// A folder's state for a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFolder {
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    pub highest_modseq: u64,
+    pub messages: Vec<WireMessage>,
+}
+
+/// A folder in the user's list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFolderInfo {
+    pub name: String,
+    pub subscribed: bool,
+    pub special_use: Option<String>,
+}
+
+/// A folder's counts (STATUS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCounts {
+    pub messages: u32,
+    pub unseen: u32,
+    pub uid_next: u32,
+    pub uid_validity: u32,
+    pub highest_modseq: u64,
+    pub size: u64,
+}
+
+/// What a session asks of the authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImapOp {
+    /// The folder's messages (after a fresh listing of the copies when `refresh`).
+    Folder {
+        folder: String,
+        refresh: bool,
+    },
+    Store {
+        folder: String,
+        uids: Vec<u32>,
+        /// 0 replace, 1 add, 2 remove.
+        change: u8,
+        flags: u32,
+        keywords: Vec<String>,
+    },
+    Expunge {
+        folder: String,
+        uids: Vec<u32>,
+    },
+    /// Store `message` in `folder` (APPEND): answered `Placed`.
+    Append {
+        folder: String,
+        flags: u32,
+        keywords: Vec<String>,
+        date: i64,
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
+    /// Copy (or move) UIDs of `from` into `to`: answered `Copied`.
+    Copy {
+        from: String,
+        uids: Vec<u32>,
+        to: String,
+        moving: bool,
+    },
+    Folders,
+    Counts {
+        folders: Vec<String>,
+    },
+    Create {
+        folder: String,
+    },
+    Delete {
+        folder: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        folder: String,
+        on: bool,
+    },
+}
+
+/// The authority's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImapAnswer {
+    Folder(WireFolder),
+    Changed(Vec<WireMessage>),
+    Expunged(Vec<u32>),
+    Placed {
+        uid_validity: u32,
+        uid: u32,
+    },
+    Copied {
+        uid_validity: u32,
+        pairs: Vec<(u32, u32)>,
+    },
+    Folders(Vec<WireFolderInfo>),
+    Counts(Vec<Option<WireCounts>>),
+    Done,
+    NoSuchMailbox,
+    AlreadyExists,
+    NotAllowed(String),
+    /// Storage or a node could not be reached: try again.
+    Unavailable,
+}
+
+impl From<MailboxError> for ImapAnswer {
+    fn from(error: MailboxError) -> Self {
+        match error {
+            MailboxError::NoSuchMailbox => ImapAnswer::NoSuchMailbox,
+            MailboxError::AlreadyExists => ImapAnswer::AlreadyExists,
+            MailboxError::NotAllowed(why) => ImapAnswer::NotAllowed(why),
+        }
+    }
+}
+
+impl Mailboxes {
+    /// A message as sessions see it.
+    pub fn wire(&self, message: &Message) -> WireMessage {
+        WireMessage {
+            id: message.id,
+            uid: message.meta.uid,
+            flags: message.meta.flags & 0x1f,
+            keywords: self.keywords_of(message.meta.flags),
+            modseq: message.meta.modseq,
+            size: message.size,
+            date: message.internal_date(),
+            holders: message.holders.clone(),
+        }
+    }
+
+    /// A folder's state as sessions see it.
+    pub fn wire_folder(&self, name: &str) -> Result<WireFolder, MailboxError> {
+        let view = self.folder_view(name)?;
+        Ok(WireFolder {
+            uid_validity: view.uid_validity,
+            uid_next: view.uid_next,
+            highest_modseq: view.highest_modseq,
+            messages: view.messages.iter().map(|m| self.wire(m)).collect(),
+        })
+    }
+
+    /// A folder's counts.
+    pub fn counts(&self, name: &str) -> Option<WireCounts> {
+        let view = self.folder_view(name).ok()?;
+        Some(WireCounts {
+            messages: view.messages.len() as u32,
+            unseen: view
+                .messages
+                .iter()
+                .filter(|m| m.meta.flags & SEEN == 0)
+                .count() as u32,
+            uid_next: view.uid_next,
+            uid_validity: view.uid_validity,
+            highest_modseq: view.highest_modseq,
+            size: view.messages.iter().map(|m| m.size).sum(),
+        })
+    }
+
+    /// The messages with these ids, as sessions see them.
+    pub fn wire_ids(&self, ids: &[u128]) -> Vec<WireMessage> {
+        ids.iter()
+            .filter_map(|id| self.messages.get(id))
+            .map(|m| self.wire(m))
+            .collect()
+    }
+
+    /// Folders for LIST.
+    pub fn folder_infos(&self) -> Vec<WireFolderInfo> {
+        let mut folders: Vec<WireFolderInfo> = self
+            .profile
+            .folders
+            .iter()
+            .map(|f| WireFolderInfo {
+                name: f.name.clone(),
+                subscribed: f.subscribed,
+                special_use: f.special_use.clone(),
+            })
+            .collect();
+        folders.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
+        folders
+    }
+
+    /// Messages that arrive through APPEND or COPY while their placement is under way: a
+    /// refresh in the meantime leaves them alone (they are not new mail for INBOX).
+    pub fn expect(&mut self, id: u128) {
+        self.expected.insert(id);
+    }
+
+    pub fn unexpect(&mut self, id: u128) {
+        self.expected.remove(&id);
     }
 }
 

@@ -636,6 +636,8 @@ mod tests {
             OpenAction::List(1)
         );
         let listed = |id: u128, size: u64, replicas: &[NodeId]| ListedMessage {
+            hlc: 0,
+            meta: None,
             id,
             size,
             replicas: replicas.to_vec(),

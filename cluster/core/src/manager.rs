@@ -14,8 +14,8 @@ use rand::SeedableRng;
 use crate::membership::{Epoch, NodeId, View};
 use crate::placement::{self, PlacementPolicy};
 use crate::rpc::{
-    Call, Failure, LockMaildrop, Locked, NoteFragment, PlaceMail, Placed, ReportFragments,
-    UnlockMaildrop, Unlocked,
+    Call, Failure, Fragments, LockMaildrop, Locked, NoteFragment, PlaceMail, Placed,
+    ReportFragments, UnlockMaildrop, Unlocked, UserFragments,
 };
 
 #[derive(Debug)]
@@ -184,6 +184,17 @@ impl Manager {
         }
     }
 
+    /// The nodes holding `user`'s mail, without a lock (the IMAP authority's listing).
+    pub fn fragments(&mut self, call: UserFragments) -> Result<Fragments, Failure> {
+        if !self.manages(&call.user) || !self.complete() {
+            return Err(Failure::TryAgain);
+        }
+        Ok(Fragments {
+            nodes: self.live_fragments(&call.user),
+            epoch: self.epoch().unwrap_or_default(),
+        })
+    }
+
     /// Only a complete manager releases a lock: every member's report of this epoch (which
     /// may name the lock) has arrived, so none can bring it back later.
     pub fn unlock(&mut self, call: UnlockMaildrop) -> Result<Unlocked, Failure> {
@@ -254,6 +265,12 @@ impl ManagerCall for ReportFragments {
 impl ManagerCall for LockMaildrop {
     fn serve(self, manager: &mut Manager) -> Result<Locked, Failure> {
         manager.lock(self)
+    }
+}
+
+impl ManagerCall for UserFragments {
+    fn serve(self, manager: &mut Manager) -> Result<Fragments, Failure> {
+        manager.fragments(self)
     }
 }
 

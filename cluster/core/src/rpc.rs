@@ -85,6 +85,35 @@ pub struct ListedMessage {
     /// The nodes the message was stored on (empty: not replicated): a delete goes to each
     /// of them that is a member, whether it answered the listing or not.
     pub replicas: Vec<u64>,
+    /// When it was delivered (HLC), and its IMAP state here (`None`: never filed).
+    pub hlc: u64,
+    pub meta: Option<crate::mailbox::MessageMeta>,
+}
+
+/// Files messages of `user` on the receiving node: each copy there takes this IMAP state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMessages {
+    pub user: String,
+    pub items: Vec<(u128, crate::mailbox::MessageMeta)>,
+}
+
+/// Manager: the nodes holding `user`'s mail (the mail map), without locking anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserFragments {
+    pub user: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fragments {
+    pub nodes: Vec<u64>,
+    pub epoch: Epoch,
+}
+
+/// An IMAP operation for the authority of `user`'s mailboxes (on the node managing the user).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapRequest {
+    pub user: String,
+    pub op: crate::mailbox::ImapOp,
 }
 
 /// Manager: the candidate nodes for new messages of `user` (at least `replicas` of them when
@@ -329,6 +358,9 @@ calls! {
     HeldDigest -> crate::anti_entropy::Digest;
     HeldItems -> Held;
     CurrentEpoch -> Epoch;
+    FileMessages -> ();
+    UserFragments -> Fragments;
+    ImapRequest -> crate::mailbox::ImapAnswer;
 }
 
 /// What nodes tell each other without an answer.
@@ -352,6 +384,8 @@ mod tests {
     fn a_reply_decodes_as_its_operations_reply_only() {
         let listed = Listed {
             messages: vec![ListedMessage {
+                hlc: 0,
+                meta: None,
                 id: u128::MAX,
                 size: 4_700,
                 replicas: vec![1, u64::from(u32::MAX) + 2],

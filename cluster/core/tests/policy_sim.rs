@@ -121,6 +121,8 @@ impl Disk {
         for (&id, rec) in self.records.get(user).into_iter().flatten() {
             match rec {
                 Rec::Put { size, replicas } => listing.messages.push(ListedMessage {
+                    hlc: 0,
+                    meta: None,
                     id,
                     size: *size,
                     replicas: replicas.clone(),
@@ -674,7 +676,10 @@ impl Sim {
             | Request::SyncProfiles(_)
             | Request::HeldDigest(_)
             | Request::HeldItems(_)
-            | Request::CurrentEpoch(_)) => {
+            | Request::CurrentEpoch(_)
+            | Request::FileMessages(_)
+            | Request::UserFragments(_)
+            | Request::ImapRequest(_)) => {
                 panic!("the simulated sessions do not send {}", request.name())
             }
         })

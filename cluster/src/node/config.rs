@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use porcupine_engine::record::REPLICAS_MAX;
 use porcupine_engine::EngineConfig;
+use porcupine_protocols::imap::ImapLimits;
 use porcupine_protocols::pop3::Pop3Limits;
 use porcupine_protocols::smtp::SmtpLimits;
 
@@ -32,6 +33,9 @@ pub struct NodeConfig {
     pub pop3: SocketAddr,
     /// POP3 over TLS from the first byte (RFC 8314; 995 in production).
     pub pop3s: Option<SocketAddr>,
+    pub imap: SocketAddr,
+    /// IMAP over TLS from the first byte (RFC 8314; 993 in production).
+    pub imaps: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// The cluster port (framed TCP between nodes); other nodes reach this node there. A lone
     /// node (no cluster port and no seeds) listens for no other node.
@@ -47,8 +51,11 @@ pub struct NodeConfig {
     pub engine: EngineConfig,
     pub smtp_limits: SmtpLimits,
     pub pop3_limits: Pop3Limits,
+    pub imap_limits: ImapLimits,
     pub smtp_idle_timeout: Duration,
     pub pop3_idle_timeout: Duration,
+    /// At least 30 minutes (RFC 9051 5.4): an IDLE client says nothing for 29.
+    pub imap_idle_timeout: Duration,
     /// Open SMTP + POP3 connections per node.
     pub connections_max: usize,
     /// How long sessions may take to finish after a stop.
@@ -128,6 +135,8 @@ impl Default for NodeConfig {
             pin: true,
             smtp: addr("127.0.0.1:2525"),
             pop3: addr("127.0.0.1:1110"),
+            imap: addr("127.0.0.1:1143"),
+            imaps: addr("127.0.0.1:1993").into(),
             admin: addr("127.0.0.1:8025"),
             cluster: None,
             cluster_security: crate::secure::ClusterSecurity::Plaintext,
@@ -138,8 +147,10 @@ impl Default for NodeConfig {
             engine: EngineConfig::default(),
             smtp_limits: SmtpLimits::default(),
             pop3_limits: Pop3Limits::default(),
+            imap_limits: ImapLimits::default(),
             smtp_idle_timeout: Duration::from_secs(300),
             pop3_idle_timeout: Duration::from_secs(600),
+            imap_idle_timeout: Duration::from_secs(31 * 60),
             connections_max: 4096,
             shutdown_grace: Duration::from_secs(20),
             first_user: true,
@@ -174,6 +185,12 @@ impl NodeConfig {
             .smtp_limits
             .message_bytes_max
             .saturating_add(RECORD_OVERHEAD_BYTES);
+        // APPEND takes what SMTP takes (APPENDLIMIT).
+        self.imap_limits.frame.literal_bytes_max = self.smtp_limits.message_bytes_max;
+        self.imap_limits.frame.command_bytes_max = self
+            .smtp_limits
+            .message_bytes_max
+            .saturating_add(self.imap_limits.frame.line_bytes_max * 4);
     }
 
     /// Checks every rule; the message names the `serve` flag of the setting at fault.

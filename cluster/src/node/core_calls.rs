@@ -181,6 +181,8 @@ impl CoreCall for ListHere {
                         id: m.id,
                         size: u64::from(m.body_len),
                         replicas: super::replicas::from_set(&m.replicas),
+                        hlc: m.hlc,
+                        meta: super::imap_authority::meta_of(m),
                     })
                     .collect(),
                 deleted: shard.pending_tombstones(user),
@@ -276,6 +278,91 @@ impl CoreCall for DeleteHere {
     }
 }
 
+/// Files these messages of the user here (their IMAP state; copies not here are skipped).
+#[derive(Debug)]
+pub struct FileHere {
+    pub user: String,
+    pub items: Vec<(u128, crate::mailbox::MessageMeta)>,
+}
+user_call!(FileHere);
+
+impl CoreCall for FileHere {
+    type Reply = Result<(), StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let Some(shard) = service.shard(&self.user) else {
+            return Ok(());
+        };
+        // All at once, so one group commit carries them.
+        let user = Rc::new(self.user);
+        let tasks: Vec<_> = self
+            .items
+            .into_iter()
+            .map(|(id, meta)| {
+                let (shard, user) = (shard.clone(), user.clone());
+                glommio::spawn_local(async move {
+                    let filing = super::imap_authority::filing_of(&meta);
+                    shard.set_filing(&user, id, meta.flags, filing).await
+                })
+            })
+            .collect();
+        let mut result = Ok(());
+        for task in tasks {
+            match task.await {
+                Ok(()) | Err(EngineError::NotFound) => {}
+                Err(e) => result = Err(store_error(&e)),
+            }
+        }
+        result
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// A user's profile as stored here (the IMAP authority's mailbox list is one).
+#[derive(Debug)]
+pub struct ReadProfile {
+    pub user: String,
+}
+user_call!(ReadProfile);
+
+impl CoreCall for ReadProfile {
+    type Reply = Result<Option<Vec<u8>>, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let Some(shard) = service.shard(&self.user) else {
+            return Ok(None);
+        };
+        shard
+            .read_profile(&self.user)
+            .await
+            .map_err(|e| store_error(&e))
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// An IMAP operation for the user's authority on this node (see [`super::imap_authority`]).
+#[derive(Debug)]
+pub struct ImapCall {
+    pub user: String,
+    pub op: crate::mailbox::ImapOp,
+}
+user_call!(ImapCall);
+
+impl CoreCall for ImapCall {
+    type Reply = crate::mailbox::ImapAnswer;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        match service.context() {
+            Some(context) => super::imap_authority::serve(&context, &self.user, self.op).await,
+            None => crate::mailbox::ImapAnswer::Unavailable,
+        }
+    }
+    fn unanswered() -> Self::Reply {
+        crate::mailbox::ImapAnswer::Unavailable
+    }
+}
+
 /// Store a profile made here (`stamp` `None`) or on another node; the newest update wins. The
 /// answer is the stored update's timestamp (`None`: the profile here was newer).
 #[derive(Debug)]
@@ -367,7 +454,12 @@ impl CoreCall for ListUsers {
     async fn serve(self, service: &CoreService) -> Vec<String> {
         let mut users = Vec::new();
         for shard in service.shards().all() {
-            users.extend(shard.users().into_iter().filter(|u| shard.has_profile(u)));
+            users.extend(
+                shard
+                    .users()
+                    .into_iter()
+                    .filter(|u| shard.has_profile(u) && !super::imap_authority::is_internal(u)),
+            );
         }
         users
     }

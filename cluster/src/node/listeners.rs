@@ -38,6 +38,9 @@ pub enum Protocol {
     Pop3,
     /// POP3 in TLS from the first byte.
     Pop3s,
+    Imap,
+    /// IMAP in TLS from the first byte.
+    Imaps,
     /// The admin HTTP endpoint, served on core 0.
     Admin,
     /// Other nodes (framed TCP).
@@ -50,6 +53,8 @@ impl Protocol {
             Protocol::Smtp => "SMTP",
             Protocol::Pop3 => "POP3",
             Protocol::Pop3s => "POP3S",
+            Protocol::Imap => "IMAP",
+            Protocol::Imaps => "IMAPS",
             Protocol::Admin => "admin",
             Protocol::Cluster => "the cluster",
         }
@@ -59,7 +64,12 @@ impl Protocol {
     fn is_client_session(self) -> bool {
         matches!(
             self,
-            Protocol::Smtp | Protocol::Pop3 | Protocol::Pop3s | Protocol::Admin
+            Protocol::Smtp
+                | Protocol::Pop3
+                | Protocol::Pop3s
+                | Protocol::Imap
+                | Protocol::Imaps
+                | Protocol::Admin
         )
     }
 }
@@ -83,10 +93,14 @@ fn bind_all_within(config: &mut NodeConfig, wait: Duration) -> Result<Vec<Bound>
     let mut wanted = vec![
         (Protocol::Smtp, &mut config.smtp),
         (Protocol::Pop3, &mut config.pop3),
+        (Protocol::Imap, &mut config.imap),
         (Protocol::Admin, &mut config.admin),
     ];
     if let Some(pop3s) = &mut config.pop3s {
         wanted.push((Protocol::Pop3s, pop3s));
+    }
+    if let Some(imaps) = &mut config.imaps {
+        wanted.push((Protocol::Imaps, imaps));
     }
     if let Some(cluster) = &mut config.cluster {
         wanted.push((Protocol::Cluster, cluster));
@@ -427,20 +441,22 @@ fn serve(handoff: Handoff, context: Rc<CoreContext>, watch: &SessionWatch) {
     let stream = stream.bind_to_executor();
     // Client sessions count against their address ([`crate::abuse`]; loopback is exempt).
     let address_slot = match (protocol, stream.peer_addr()) {
-        (Protocol::Smtp | Protocol::Pop3 | Protocol::Pop3s, Ok(peer)) => {
-            match context.clients.admit(peer.ip()) {
-                Ok(slot) => slot,
-                Err(why) => {
-                    metrics::add(&context.metrics.sessions_refused, 1);
-                    refuse_address(protocol, why, stream);
-                    return;
-                }
+        (
+            Protocol::Smtp | Protocol::Pop3 | Protocol::Pop3s | Protocol::Imap | Protocol::Imaps,
+            Ok(peer),
+        ) => match context.clients.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                metrics::add(&context.metrics.sessions_refused, 1);
+                refuse_address(protocol, why, stream);
+                return;
             }
-        }
+        },
         _ => None,
     };
     let idle = match protocol {
         Protocol::Pop3 | Protocol::Pop3s => context.config.pop3_idle_timeout,
+        Protocol::Imap | Protocol::Imaps => context.config.imap_idle_timeout,
         _ => context.config.smtp_idle_timeout,
     };
     let clock = watch.register(idle, context.config.write_timeout);
@@ -454,6 +470,14 @@ fn serve(handoff: Handoff, context: Rc<CoreContext>, watch: &SessionWatch) {
             Protocol::Pop3s => {
                 let start = super::pop3_conn::Start::ImplicitTls;
                 super::pop3_conn::serve(stream, context, clock, start).await
+            }
+            Protocol::Imap => {
+                let start = super::imap_conn::Start::Plain;
+                super::imap_conn::serve(stream, context, clock, start).await
+            }
+            Protocol::Imaps => {
+                let start = super::imap_conn::Start::ImplicitTls;
+                super::imap_conn::serve(stream, context, clock, start).await
             }
             Protocol::Admin => super::admin::serve(stream, context).await,
             Protocol::Cluster => super::cluster_driver::serve_peer(stream, context).await,
@@ -472,6 +496,7 @@ fn refuse_address(protocol: Protocol, why: crate::abuse::Admission, stream: TcpS
         }
         (Protocol::Smtp, _) => b"421 4.7.0 Too many connections from your address\r\n",
         (Protocol::Pop3, _) => b"-ERR [SYS/TEMP] too many connections from your address\r\n",
+        (Protocol::Imap, _) => b"* BYE [UNAVAILABLE] too many connections from your address\r\n",
         _ => b"",
     };
     write_and_close(stream, refusal);
@@ -482,7 +507,8 @@ fn refuse(protocol: Protocol, stream: TcpStream) {
     let refusal: &'static [u8] = match protocol {
         Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections\r\n",
-        Protocol::Pop3s | Protocol::Admin | Protocol::Cluster => b"",
+        Protocol::Imap => b"* BYE [UNAVAILABLE] too many connections\r\n",
+        Protocol::Pop3s | Protocol::Imaps | Protocol::Admin | Protocol::Cluster => b"",
     };
     write_and_close(stream, refusal);
 }

@@ -185,7 +185,7 @@ pub async fn open(
 
 /// Checks the password where the user's bucket is managed, so that one node's cache of
 /// verified credentials serves the user whichever node the client connects to.
-async fn authenticate(
+pub(crate) async fn authenticate(
     context: &CoreContext,
     user: &str,
     password: &str,
@@ -254,7 +254,7 @@ async fn remote<C: Call + Clone>(
 }
 
 /// The holders of a message in the order to read from: this node, then by load heard.
-fn read_order(context: &CoreContext, holders: &[NodeId]) -> Vec<NodeId> {
+pub(crate) fn read_order(context: &CoreContext, holders: &[NodeId]) -> Vec<NodeId> {
     let me = context.cluster.me.id;
     let peers = &context.peers;
     let mut order = holders.to_vec();

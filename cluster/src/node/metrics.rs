@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct NodeMetrics {
     pub smtp_sessions: AtomicU64,
     pub pop3_sessions: AtomicU64,
+    pub imap_sessions: AtomicU64,
     pub sessions_refused: AtomicU64,
     /// Cluster connections closed because they could not prove they hold the cluster key.
     pub peers_refused: AtomicU64,
@@ -24,6 +25,8 @@ pub struct NodeMetrics {
     /// SMTP replies by code (200–599); index = code.
     smtp_replies: Vec<AtomicU64>,
     pub pop3_errors: AtomicU64,
+    /// IMAP `NO` and `BAD` replies.
+    pub imap_errors: AtomicU64,
     /// Copies of a dead node's mail made again by this node (healing).
     pub copies_healed: AtomicU64,
     /// Copies here whose replica set has too few nodes that are not dead (a gauge, as of each
@@ -42,6 +45,7 @@ impl Default for NodeMetrics {
         Self {
             smtp_sessions: AtomicU64::new(0),
             pop3_sessions: AtomicU64::new(0),
+            imap_sessions: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
             peers_refused: AtomicU64::new(0),
             peer_messages_refused: AtomicU64::new(0),
@@ -55,6 +59,7 @@ impl Default for NodeMetrics {
             messages_deleted: AtomicU64::new(0),
             smtp_replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             pop3_errors: AtomicU64::new(0),
+            imap_errors: AtomicU64::new(0),
             copies_healed: AtomicU64::new(0),
             copies_under_replicated: AtomicU64::new(0),
             heal_failures: AtomicU64::new(0),

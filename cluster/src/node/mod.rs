@@ -22,6 +22,8 @@ pub mod core_context;
 pub mod core_shards;
 pub mod delivery;
 pub mod healing;
+pub mod imap_authority;
+pub mod imap_conn;
 pub mod listeners;
 pub mod maildrop;
 pub mod metrics;
@@ -514,6 +516,7 @@ async fn run_core(
     glommio::spawn_local(healing::run(service.replication().clone(), stop.clone())).detach();
     let service_task = glommio::spawn_local(service.clone().run(requests));
     let context = CoreContext::new(core, context, service, peers);
+    context.service.set_context(&context);
     let _ = ready.send(Ok(()));
     // Wait until every core is ready (the sender side is dropped), then listen.
     let _ = listen.recv_async().await;

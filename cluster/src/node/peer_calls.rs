@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use super::cluster_driver::stamp_ok;
 use super::core_calls::{
-    ApplyUpdate, DeleteHere, DigestHeldFor, ItemsHeldFor, ListHere, LogIn, PutProfile, ReadMessage,
+    ApplyUpdate, DeleteHere, DigestHeldFor, FileHere, ImapCall, ItemsHeldFor, ListHere, LogIn,
+    PutProfile, ReadMessage,
 };
 use super::core_context::CoreContext;
 use super::service::{Applied, Credential, LockMode, Login};
@@ -16,9 +17,10 @@ use crate::anti_entropy::{Digest, BUCKETS, BUCKETS_PER_ROUND_MAX, ITEMS_PER_ANSW
 use crate::manager::ManagerCall;
 use crate::replication::Update;
 use crate::rpc::{
-    Authenticate, Call, CurrentEpoch, DeleteMessages, Failure, FetchMessage, Fetched, Held,
-    HeldDigest, HeldItems, ListFragment, Listed, LockMaildrop, NoteFragment, PlaceMail, PushUpdate,
-    Pushed, ReplicaUpdate, ReportFragments, Request, StoreMessage, SyncProfiles, UnlockMaildrop,
+    Authenticate, Call, CurrentEpoch, DeleteMessages, Failure, FetchMessage, Fetched, FileMessages,
+    Held, HeldDigest, HeldItems, ImapRequest, ListFragment, Listed, LockMaildrop, NoteFragment,
+    PlaceMail, PushUpdate, Pushed, ReplicaUpdate, ReportFragments, Request, StoreMessage,
+    SyncProfiles, UnlockMaildrop, UserFragments,
 };
 use crate::transport::Peers;
 use porcupine_engine::{Stamp, UpdateKind};
@@ -80,6 +82,33 @@ pub async fn answer(
         Request::CurrentEpoch(_) => {
             let epoch = context.cluster.view.load().epoch;
             reply::<CurrentEpoch>(peers, request_id, Ok(epoch))
+        }
+        Request::UserFragments(call) => {
+            reply::<UserFragments>(peers, request_id, manager(context, call).await)
+        }
+        Request::FileMessages(call) => {
+            let file = FileHere {
+                user: call.user,
+                items: call.items,
+            };
+            let result = context.call(file).await.map_err(Failure::from);
+            reply::<FileMessages>(peers, request_id, result)
+        }
+        Request::ImapRequest(call) => {
+            let answer = if context.cluster.view.load().map.manager_of(&call.user)
+                == context.cluster.me.id
+            {
+                context
+                    .call(ImapCall {
+                        user: call.user,
+                        op: call.op,
+                    })
+                    .await
+            } else {
+                // Not the authority (any more): the caller asks again where it now is.
+                crate::mailbox::ImapAnswer::Unavailable
+            };
+            reply::<ImapRequest>(peers, request_id, Ok(answer))
         }
     }
 }

@@ -65,6 +65,10 @@ pub enum LockMode {
 /// The shards of one core and the maildrop locks of their users.
 #[derive(Debug)]
 pub struct CoreService {
+    /// This core's context (set once it exists): for the calls that reach other nodes.
+    context: RefCell<std::rc::Weak<super::core_context::CoreContext>>,
+    /// The IMAP authorities this core runs, by user ([`super::imap_authority`]).
+    pub(super) imap: RefCell<HashMap<String, Rc<super::imap_authority::Authority>>>,
     core: usize,
     shards: Rc<CoreShards>,
     locked: RefCell<HashSet<String>>,
@@ -108,6 +112,8 @@ impl CoreService {
         let shards = Rc::new(CoreShards::new(placement, shards));
         let replication = CoreReplication::new(context, peers, shards.clone());
         Rc::new(Self {
+            context: RefCell::new(std::rc::Weak::new()),
+            imap: RefCell::new(HashMap::new()),
             core,
             shards,
             locked: RefCell::new(HashSet::new()),
@@ -117,6 +123,16 @@ impl CoreService {
             started: std::time::Instant::now(),
             replication,
         })
+    }
+
+    /// Remembers this core's context (once, when it is made).
+    pub fn set_context(&self, context: &Rc<super::core_context::CoreContext>) {
+        *self.context.borrow_mut() = Rc::downgrade(context);
+    }
+
+    /// This core's context, if the core is running.
+    pub fn context(&self) -> Option<Rc<super::core_context::CoreContext>> {
+        self.context.borrow().upgrade()
     }
 
     /// This core's replication edge (its timer task runs beside the service).

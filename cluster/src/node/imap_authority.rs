@@ -1,0 +1,711 @@
+//! The IMAP authority's edge: runs a user's [`Mailboxes`] machine on the user's core of the
+//! node that manages the user (the bucket manager), one operation at a time per user, and makes
+//! what it decides durable before answering: the mailbox list (a profile, on every node), each
+//! message's IMAP state (with every copy of it), expunges (tombstones, as POP3 deletes).
+//!
+//! Sessions on any node reach it through [`call`]: in place or across cores on the managing
+//! node, by `ImapRequest` from other nodes. Its state is soft: built from the stored mailbox
+//! list and a listing of the user's fragments, and built again when the membership changes
+//! (another node may have been the authority meanwhile) or after a quiet minute.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use porcupine_engine::{Filing, MessageEntry};
+
+use super::core_calls::{DeleteHere, FileHere, ListHere, PutProfile, ReadMessage, ReadProfile};
+use super::core_context::CoreContext;
+use super::delivery::{PATIENCE, RETRY_PAUSE};
+use crate::mailbox::{
+    FlagChange, ImapAnswer, ImapOp, Listed, MailboxProfile, Mailboxes, MessageMeta, Persist,
+};
+use crate::membership::{Epoch, NodeId};
+use crate::rpc::{
+    CallError, DeleteMessages, FetchMessage, FileMessages, ImapRequest, ListFragment, UserFragments,
+};
+
+/// A listing of the copies older than this is taken again before a poll is answered.
+const REFRESH_AFTER: Duration = Duration::from_millis(200);
+/// An authority's state unused this long is dropped (built again when next needed).
+const IDLE_DROP: Duration = Duration::from_secs(60);
+/// Authorities one core keeps at most (the least recently used are dropped).
+const AUTHORITIES_MAX: usize = 10_000;
+
+/// The profile name under which a user's mailbox list is stored.
+pub fn profile_name(user: &str) -> String {
+    format!("\u{1}imap:{user}")
+}
+
+/// Whether a profile name is one of ours, not a user.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with('\u{1}')
+}
+
+/// A message's IMAP state as a listing reports it (`None`: never filed).
+pub fn meta_of(entry: &MessageEntry) -> Option<MessageMeta> {
+    (entry.filing != Filing::default()).then_some(MessageMeta {
+        folder: entry.filing.folder,
+        uid: entry.filing.uid,
+        flags: entry.flags,
+        modseq: entry.filing.modseq,
+        date: entry.filing.date,
+    })
+}
+
+/// The engine's filing of a message's IMAP state.
+pub fn filing_of(meta: &MessageMeta) -> Filing {
+    Filing {
+        folder: meta.folder,
+        uid: meta.uid,
+        modseq: meta.modseq,
+        date: meta.date,
+    }
+}
+
+/// One user's authority on this core.
+#[derive(Debug)]
+pub struct Authority {
+    state: RefCell<Option<(Mailboxes, Epoch)>>,
+    /// One operation at a time.
+    busy: Cell<bool>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+    refreshed: Cell<Option<Instant>>,
+    used: Cell<Instant>,
+}
+
+impl Authority {
+    fn new() -> Self {
+        Self {
+            state: RefCell::new(None),
+            busy: Cell::new(false),
+            waiters: RefCell::new(Vec::new()),
+            refreshed: Cell::new(None),
+            used: Cell::new(Instant::now()),
+        }
+    }
+
+    async fn lock(self: &Rc<Self>) -> Turn {
+        std::future::poll_fn(|cx| {
+            if self.busy.get() {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            } else {
+                self.busy.set(true);
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        Turn(self.clone())
+    }
+}
+
+/// The authority's turn; the next operation may run once it is dropped.
+struct Turn(Rc<Authority>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+        for waker in self.0.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs `op` at the user's authority, wherever it is.
+pub async fn call(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnswer {
+    let shared = &context.cluster;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        let manager = view.map.manager_of(user);
+        let remote = view
+            .member(manager)
+            .filter(|_| shared.clustered() && manager != shared.me.id);
+        let Some(member) = remote else {
+            return context
+                .call(super::core_calls::ImapCall {
+                    user: user.to_owned(),
+                    op,
+                })
+                .await;
+        };
+        let request = ImapRequest {
+            user: user.to_owned(),
+            op: op.clone(),
+        };
+        match context
+            .peers
+            .call(&member.addr, request, Duration::from_secs(30))
+            .await
+        {
+            Ok(answer) => return answer,
+            Err(_) if Instant::now() >= deadline => return ImapAnswer::Unavailable,
+            Err(_) => glommio::timer::sleep(RETRY_PAUSE).await,
+        }
+    }
+}
+
+/// Serves `op` for `user` on this core (the user's core on the managing node).
+pub async fn serve(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnswer {
+    let authority = {
+        let mut all = context.service.imap.borrow_mut();
+        if all.len() >= AUTHORITIES_MAX {
+            let idle: Vec<String> = all
+                .iter()
+                .filter(|(_, a)| !a.busy.get() && a.used.get().elapsed() > IDLE_DROP)
+                .map(|(u, _)| u.clone())
+                .collect();
+            for u in idle {
+                all.remove(&u);
+            }
+        }
+        all.entry(user.to_owned())
+            .or_insert_with(|| Rc::new(Authority::new()))
+            .clone()
+    };
+    let _turn = authority.lock().await;
+    authority.used.set(Instant::now());
+    match run(context, &authority, user, op).await {
+        Ok(answer) => answer,
+        Err(Unavailable) => {
+            // Whatever was half done is built again from what is stored.
+            *authority.state.borrow_mut() = None;
+            ImapAnswer::Unavailable
+        }
+    }
+}
+
+/// Storage or a node could not be reached.
+#[derive(Debug)]
+struct Unavailable;
+
+impl From<CallError> for Unavailable {
+    fn from(_: CallError) -> Self {
+        Unavailable
+    }
+}
+
+async fn run(
+    context: &Rc<CoreContext>,
+    authority: &Rc<Authority>,
+    user: &str,
+    op: ImapOp,
+) -> Result<ImapAnswer, Unavailable> {
+    let epoch = context.cluster.view.load().epoch;
+    let stale = match &*authority.state.borrow() {
+        None => true,
+        Some((_, at)) => *at != epoch,
+    } || authority
+        .refreshed
+        .get()
+        .is_some_and(|at| at.elapsed() > IDLE_DROP);
+    if stale {
+        let profile = context
+            .call(ReadProfile {
+                user: profile_name(user),
+            })
+            .await
+            .map_err(|_| Unavailable)?
+            .and_then(|bytes| MailboxProfile::decode(&bytes));
+        *authority.state.borrow_mut() = Some((Mailboxes::new(profile, now_secs()), epoch));
+        authority.refreshed.set(None);
+    }
+    let needs_listing = match &op {
+        ImapOp::Folder { refresh, .. } => {
+            *refresh
+                || authority
+                    .refreshed
+                    .get()
+                    .is_none_or(|at| at.elapsed() > REFRESH_AFTER)
+        }
+        ImapOp::Counts { .. } | ImapOp::Copy { .. } => authority
+            .refreshed
+            .get()
+            .is_none_or(|at| at.elapsed() > REFRESH_AFTER),
+        _ => authority.refreshed.get().is_none(),
+    };
+    if needs_listing {
+        refresh(context, authority, user).await?;
+    }
+    let change = |c: u8| match c {
+        1 => FlagChange::Add,
+        2 => FlagChange::Remove,
+        _ => FlagChange::Replace,
+    };
+    let answer = match op {
+        ImapOp::Folder { folder, .. } => with(authority, |boxes| {
+            boxes
+                .wire_folder(&folder)
+                .map_or_else(ImapAnswer::from, ImapAnswer::Folder)
+        }),
+        ImapOp::Folders => with(authority, |boxes| ImapAnswer::Folders(boxes.folder_infos())),
+        ImapOp::Counts { folders } => with(authority, |boxes| {
+            ImapAnswer::Counts(folders.iter().map(|f| boxes.counts(f)).collect())
+        }),
+        ImapOp::Store {
+            folder,
+            uids,
+            change: how,
+            flags,
+            keywords,
+        } => {
+            let decided = with(authority, |boxes| {
+                let Some(bits) = boxes.flag_bits(flags, &keywords) else {
+                    return Err(ImapAnswer::NotAllowed("too many keywords".into()));
+                };
+                boxes
+                    .store(&folder, &uids, change(how), bits)
+                    .map_err(ImapAnswer::from)
+            });
+            match decided {
+                Ok((changed, persist)) => {
+                    execute(context, user, persist).await?;
+                    with(authority, |boxes| {
+                        ImapAnswer::Changed(boxes.wire_ids(&changed))
+                    })
+                }
+                Err(answer) => answer,
+            }
+        }
+        ImapOp::Expunge { folder, uids } => {
+            match with(authority, |boxes| boxes.expunge(&folder, &uids)) {
+                Ok((gone, persist)) => {
+                    execute(context, user, persist).await?;
+                    ImapAnswer::Expunged(gone)
+                }
+                Err(error) => error.into(),
+            }
+        }
+        ImapOp::Append {
+            folder,
+            flags,
+            keywords,
+            date,
+            message,
+        } => {
+            if with(authority, |boxes| boxes.folder_view(&folder).is_err()) {
+                return Ok(ImapAnswer::NoSuchMailbox);
+            }
+            let Some(bits) = with(authority, |boxes| boxes.flag_bits(flags, &keywords)) else {
+                return Ok(ImapAnswer::NotAllowed("too many keywords".into()));
+            };
+            let id = context.new_message_id();
+            let size = message.len() as u64;
+            with(authority, |boxes| boxes.expect(id));
+            let stored = super::delivery::deliver(context, user, id, Arc::new(message)).await;
+            if stored.is_err() {
+                with(authority, |boxes| boxes.unexpect(id));
+                return Err(Unavailable);
+            }
+            let holders = holders_of(context, user, id).await?;
+            let placed = with(authority, |boxes| {
+                boxes.place(
+                    &folder,
+                    Listed {
+                        id,
+                        size,
+                        delivered: now_secs() as i64,
+                        holders,
+                        meta: None,
+                    },
+                    bits,
+                    date,
+                )
+            });
+            match placed {
+                Ok((uid_validity, uid, persist)) => {
+                    execute(context, user, persist).await?;
+                    ImapAnswer::Placed { uid_validity, uid }
+                }
+                Err(error) => error.into(),
+            }
+        }
+        ImapOp::Copy {
+            from,
+            uids,
+            to,
+            moving: true,
+        } => match with(authority, |boxes| boxes.relocate(&from, &uids, &to)) {
+            Ok(moved) => {
+                execute(context, user, moved.persist).await?;
+                ImapAnswer::Copied {
+                    uid_validity: moved.uid_validity,
+                    pairs: moved.pairs,
+                }
+            }
+            Err(error) => error.into(),
+        },
+        ImapOp::Copy {
+            from,
+            uids,
+            to,
+            moving: false,
+        } => copy(context, authority, user, &from, &uids, &to).await?,
+        ImapOp::Create { folder } => {
+            let result = with(authority, |boxes| boxes.create(&folder, now_secs()));
+            persisted(context, user, result).await?
+        }
+        ImapOp::Delete { folder } => {
+            let result = with(authority, |boxes| boxes.delete(&folder));
+            persisted(context, user, result).await?
+        }
+        ImapOp::Rename { from, to } => {
+            let result = with(authority, |boxes| boxes.rename(&from, &to, now_secs()));
+            persisted(context, user, result).await?
+        }
+        ImapOp::Subscribe { folder, on } => {
+            let result = with(authority, |boxes| boxes.subscribe(&folder, on));
+            persisted(context, user, result).await?
+        }
+    };
+    Ok(answer)
+}
+
+fn with<T>(authority: &Authority, f: impl FnOnce(&mut Mailboxes) -> T) -> T {
+    let mut state = authority.state.borrow_mut();
+    // The state is made before any operation runs (see `run`).
+    let (boxes, _) =
+        state.get_or_insert_with(|| (Mailboxes::new(None, now_secs()), Epoch::default()));
+    f(boxes)
+}
+
+async fn persisted(
+    context: &Rc<CoreContext>,
+    user: &str,
+    result: Result<Vec<Persist>, crate::mailbox::MailboxError>,
+) -> Result<ImapAnswer, Unavailable> {
+    match result {
+        Ok(persist) => {
+            execute(context, user, persist).await?;
+            Ok(ImapAnswer::Done)
+        }
+        Err(error) => Ok(error.into()),
+    }
+}
+
+/// COPY: each message stored again (a new id, in `to`), then placed.
+async fn copy(
+    context: &Rc<CoreContext>,
+    authority: &Rc<Authority>,
+    user: &str,
+    from: &str,
+    uids: &[u32],
+    to: &str,
+) -> Result<ImapAnswer, Unavailable> {
+    let target = with(authority, |boxes| {
+        boxes.folder_view(to).map(|view| view.uid_validity)
+    });
+    let uid_validity = match target {
+        Ok(validity) => validity,
+        Err(error) => return Ok(error.into()),
+    };
+    let sources: Vec<(u32, u128, u32, i64, Vec<NodeId>)> = match with(authority, |boxes| {
+        boxes.folder_view(from).map(|_| {
+            uids.iter()
+                .filter_map(|&uid| boxes.message(from, uid))
+                .map(|m| {
+                    (
+                        m.meta.uid,
+                        m.id,
+                        m.meta.flags,
+                        m.internal_date(),
+                        m.holders.clone(),
+                    )
+                })
+                .collect()
+        })
+    }) {
+        Ok(sources) => sources,
+        Err(error) => return Ok(error.into()),
+    };
+    let mut pairs = Vec::new();
+    for (uid, id, flags, date, holders) in sources {
+        let body = read_body(context, user, id, &holders).await?;
+        let copy_id = context.new_message_id();
+        let size = body.len() as u64;
+        with(authority, |boxes| boxes.expect(copy_id));
+        if super::delivery::deliver(context, user, copy_id, Arc::new(body))
+            .await
+            .is_err()
+        {
+            with(authority, |boxes| boxes.unexpect(copy_id));
+            return Err(Unavailable);
+        }
+        let holders = holders_of(context, user, copy_id).await?;
+        let placed = with(authority, |boxes| {
+            boxes.place(
+                to,
+                Listed {
+                    id: copy_id,
+                    size,
+                    delivered: now_secs() as i64,
+                    holders,
+                    meta: None,
+                },
+                flags,
+                date,
+            )
+        });
+        match placed {
+            Ok((_, new_uid, persist)) => {
+                execute(context, user, persist).await?;
+                pairs.push((uid, new_uid));
+            }
+            Err(error) => return Ok(error.into()),
+        }
+    }
+    Ok(ImapAnswer::Copied {
+        uid_validity,
+        pairs,
+    })
+}
+
+/// The nodes holding the user's mail: the manager's mail map, or this node alone.
+async fn fragment_nodes(context: &Rc<CoreContext>, user: &str) -> Result<Vec<NodeId>, Unavailable> {
+    let shared = &context.cluster;
+    if !shared.clustered() {
+        return Ok(vec![shared.me.id]);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = shared.view.load_full();
+        let call = UserFragments {
+            user: user.to_owned(),
+        };
+        match super::delivery::ask_manager(&context.node, &context.peers, &view, user, call).await {
+            Ok(fragments) => return Ok(fragments.nodes),
+            Err(_) if Instant::now() < deadline => glommio::timer::sleep(RETRY_PAUSE).await,
+            Err(_) => return Err(Unavailable),
+        }
+    }
+}
+
+fn member_addr(context: &CoreContext, node: NodeId) -> Option<String> {
+    context
+        .cluster
+        .view
+        .load()
+        .member(node)
+        .map(|m| m.addr.clone())
+}
+
+/// Every copy of the user's mail, listed (copies deleted but not yet everywhere left out).
+async fn list_all(context: &Rc<CoreContext>, user: &str) -> Result<Vec<Listed>, Unavailable> {
+    let mut listing = Vec::new();
+    let mut deleted = std::collections::HashSet::new();
+    for node in fragment_nodes(context, user).await? {
+        let listed = if node == context.cluster.me.id {
+            context
+                .call(ListHere {
+                    user: user.to_owned(),
+                })
+                .await
+                .map_err(|_| Unavailable)?
+        } else {
+            let addr = member_addr(context, node).ok_or(Unavailable)?;
+            let call = ListFragment {
+                user: user.to_owned(),
+            };
+            context
+                .peers
+                .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+                .await?
+        };
+        deleted.extend(listed.deleted);
+        for m in listed.messages {
+            listing.push(Listed {
+                id: m.id,
+                size: m.size,
+                delivered: (porcupine_engine::hlc::millis_of(m.hlc) / 1000) as i64,
+                holders: vec![node],
+                meta: m.meta,
+            });
+        }
+    }
+    listing.retain(|m| !deleted.contains(&m.id));
+    Ok(listing)
+}
+
+/// The nodes holding message `id` (just stored), from a listing.
+async fn holders_of(
+    context: &Rc<CoreContext>,
+    user: &str,
+    id: u128,
+) -> Result<Vec<NodeId>, Unavailable> {
+    let holders: Vec<NodeId> = list_all(context, user)
+        .await?
+        .into_iter()
+        .filter(|m| m.id == id)
+        .flat_map(|m| m.holders)
+        .collect();
+    if holders.is_empty() {
+        return Err(Unavailable);
+    }
+    Ok(holders)
+}
+
+/// Lists every copy and lets the machine adopt it; persists what that decides.
+async fn refresh(
+    context: &Rc<CoreContext>,
+    authority: &Rc<Authority>,
+    user: &str,
+) -> Result<(), Unavailable> {
+    let listing = list_all(context, user).await?;
+    let persist = with(authority, |boxes| boxes.refresh(listing));
+    execute(context, user, persist).await?;
+    authority.refreshed.set(Some(Instant::now()));
+    Ok(())
+}
+
+/// Reads a message's body from the first holder that answers.
+async fn read_body(
+    context: &Rc<CoreContext>,
+    user: &str,
+    id: u128,
+    holders: &[NodeId],
+) -> Result<Vec<u8>, Unavailable> {
+    for &node in holders {
+        if node == context.cluster.me.id {
+            let read = ReadMessage {
+                user: user.to_owned(),
+                id,
+            };
+            if let Ok(body) = context.call(read).await {
+                return Ok(body);
+            }
+            continue;
+        }
+        let Some(addr) = member_addr(context, node) else {
+            continue;
+        };
+        let call = FetchMessage {
+            user: user.to_owned(),
+            id,
+        };
+        if let Ok(fetched) = context
+            .peers
+            .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+            .await
+        {
+            return Ok(fetched.message);
+        }
+    }
+    Err(Unavailable)
+}
+
+/// Makes what the machine decided durable, in order.
+async fn execute(
+    context: &Rc<CoreContext>,
+    user: &str,
+    persist: Vec<Persist>,
+) -> Result<(), Unavailable> {
+    // Meta for many messages goes to each holder in one call.
+    let mut filings: std::collections::BTreeMap<NodeId, Vec<(u128, MessageMeta)>> =
+        Default::default();
+    let mut deletes: std::collections::BTreeMap<NodeId, Vec<u128>> = Default::default();
+    let mut all_holders: Vec<NodeId> = Vec::new();
+    for item in persist {
+        match item {
+            Persist::Profile(profile) => {
+                // Before any UID it reserves is shown.
+                flush_filings(context, user, &mut filings).await?;
+                let name = profile_name(user);
+                let bytes = profile.encode();
+                let hlc = context
+                    .call(PutProfile {
+                        user: name.clone(),
+                        profile: Arc::new(bytes.clone()),
+                        stamp: None,
+                    })
+                    .await
+                    .map_err(|_| Unavailable)?;
+                if let Some(hlc) = hlc {
+                    if context.cluster.clustered() {
+                        super::cluster_driver::replicate_profiles(
+                            context,
+                            vec![(name, hlc, bytes)],
+                        )
+                        .await;
+                    }
+                }
+            }
+            Persist::Meta { id, meta, holders } => {
+                for node in holders {
+                    filings.entry(node).or_default().push((id, meta));
+                }
+            }
+            Persist::Delete { id, holders } => {
+                for node in &holders {
+                    if !all_holders.contains(node) {
+                        all_holders.push(*node);
+                    }
+                    deletes.entry(*node).or_default().push(id);
+                }
+            }
+        }
+    }
+    flush_filings(context, user, &mut filings).await?;
+    for (node, ids) in deletes {
+        let also: Vec<NodeId> = all_holders.iter().copied().filter(|&n| n != node).collect();
+        if node == context.cluster.me.id {
+            context
+                .call(DeleteHere {
+                    user: user.to_owned(),
+                    ids,
+                    fragments: also,
+                })
+                .await
+                .map_err(|_| Unavailable)?;
+        } else {
+            let addr = member_addr(context, node).ok_or(Unavailable)?;
+            let call = DeleteMessages {
+                user: user.to_owned(),
+                ids,
+                fragments: also,
+            };
+            context
+                .peers
+                .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn flush_filings(
+    context: &Rc<CoreContext>,
+    user: &str,
+    filings: &mut std::collections::BTreeMap<NodeId, Vec<(u128, MessageMeta)>>,
+) -> Result<(), Unavailable> {
+    for (node, items) in std::mem::take(filings) {
+        if node == context.cluster.me.id {
+            context
+                .call(FileHere {
+                    user: user.to_owned(),
+                    items,
+                })
+                .await
+                .map_err(|_| Unavailable)?;
+        } else {
+            let addr = member_addr(context, node).ok_or(Unavailable)?;
+            let call = FileMessages {
+                user: user.to_owned(),
+                items,
+            };
+            context
+                .peers
+                .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+                .await?;
+        }
+    }
+    Ok(())
+}

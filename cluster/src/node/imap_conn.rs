@@ -1,0 +1,474 @@
+//! The IMAP edge: a glommio socket on one side, the sans-IO [`ImapSession`] on the other, the
+//! user's IMAP authority ([`super::imap_authority`], wherever it runs) behind every mailbox
+//! step, and the nodes holding the copies behind every message read.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use porcupine_protocols::imap::command::{Flag, StoreAction};
+use porcupine_protocols::imap::session::{Plaintext, Tls};
+use porcupine_protocols::imap::{
+    Counts, Folder, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView, Snapshot, Step,
+};
+
+use super::conn::{self, Read, SessionClock};
+use super::core_calls::ReadMessage;
+use super::core_context::CoreContext;
+use super::imap_authority;
+use super::maildrop;
+use super::metrics::add;
+use super::tls::ClientStream;
+use crate::mailbox::{self, ImapAnswer, ImapOp, WireFolder, WireMessage};
+use crate::maildrop::OpenFailure;
+use crate::membership::NodeId;
+use crate::rpc::FetchMessage;
+
+/// How an IMAP connection starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// In clear, STARTTLS offered (port 143 style).
+    Plain,
+    /// TLS from the first byte (IMAPS, RFC 8314).
+    ImplicitTls,
+}
+
+/// How often an idling session asks for changes.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+fn flags_of(message: &WireMessage) -> Vec<Flag> {
+    let mut flags = Vec::new();
+    for (bit, flag) in [
+        (mailbox::SEEN, Flag::Seen),
+        (mailbox::ANSWERED, Flag::Answered),
+        (mailbox::FLAGGED, Flag::Flagged),
+        (mailbox::DELETED, Flag::Deleted),
+        (mailbox::DRAFT, Flag::Draft),
+    ] {
+        if message.flags & bit != 0 {
+            flags.push(flag);
+        }
+    }
+    flags.extend(message.keywords.iter().cloned().map(Flag::Keyword));
+    flags
+}
+
+/// System flag bits and keywords of IMAP flags.
+fn bits_of(flags: &[Flag]) -> (u32, Vec<String>) {
+    let mut bits = 0;
+    let mut keywords = Vec::new();
+    for flag in flags {
+        match flag {
+            Flag::Seen => bits |= mailbox::SEEN,
+            Flag::Answered => bits |= mailbox::ANSWERED,
+            Flag::Flagged => bits |= mailbox::FLAGGED,
+            Flag::Deleted => bits |= mailbox::DELETED,
+            Flag::Draft => bits |= mailbox::DRAFT,
+            Flag::Recent => {}
+            Flag::Keyword(k) => keywords.push(k.clone()),
+        }
+    }
+    (bits, keywords)
+}
+
+fn view_of(message: &WireMessage) -> MessageView {
+    MessageView {
+        uid: message.uid,
+        flags: flags_of(message),
+        modseq: message.modseq.max(1),
+        size: u32::try_from(message.size).unwrap_or(u32::MAX),
+        internal_date: message.date,
+    }
+}
+
+fn error_of(answer: ImapAnswer) -> MailboxError {
+    match answer {
+        ImapAnswer::NoSuchMailbox => MailboxError::NoSuchMailbox,
+        ImapAnswer::AlreadyExists => MailboxError::AlreadyExists,
+        ImapAnswer::NotAllowed(why) => MailboxError::NotAllowed(why),
+        _ => MailboxError::Unavailable,
+    }
+}
+
+/// The selected folder's messages as the node needs them: UID → (id, holders).
+#[derive(Debug, Default)]
+struct Selected {
+    folder: String,
+    messages: HashMap<u32, (u128, Vec<NodeId>)>,
+}
+
+impl Selected {
+    fn learn(&mut self, folder: &WireFolder) -> Snapshot {
+        self.messages = folder
+            .messages
+            .iter()
+            .map(|m| (m.uid, (m.id, m.holders.clone())))
+            .collect();
+        Snapshot {
+            uid_validity: folder.uid_validity,
+            uid_next: folder.uid_next,
+            highest_modseq: folder.highest_modseq,
+            messages: folder.messages.iter().map(view_of).collect(),
+        }
+    }
+}
+
+/// Reads message `id` from the first of its holders that answers.
+async fn read(context: &CoreContext, user: &str, id: u128, holders: &[NodeId]) -> Option<Vec<u8>> {
+    for node in maildrop::read_order(context, holders) {
+        if node == context.cluster.me.id {
+            let read = ReadMessage {
+                user: user.to_owned(),
+                id,
+            };
+            if let Ok(body) = context.call(read).await {
+                return Some(body);
+            }
+            continue;
+        }
+        let addr = context
+            .cluster
+            .view
+            .load()
+            .member(node)
+            .map(|m| m.addr.clone());
+        let Some(addr) = addr else { continue };
+        let call = FetchMessage {
+            user: user.to_owned(),
+            id,
+        };
+        if let Ok(fetched) = context
+            .peers
+            .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+            .await
+        {
+            return Some(fetched.message);
+        }
+    }
+    None
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    context: Rc<CoreContext>,
+    clock: Rc<SessionClock>,
+    start: Start,
+) {
+    add(&context.metrics.imap_sessions, 1);
+    let peer = stream.peer_addr().ok();
+    let mut stream = ClientStream::Plain(stream);
+    let mut session = ImapSession::new(context.config.imap_limits.clone());
+    let tls = match start {
+        Start::Plain => Tls::Offered,
+        Start::ImplicitTls => match stream.start_tls(&context.tls).await {
+            Ok(secure) => {
+                stream = secure;
+                add(&context.metrics.tls_handshakes, 1);
+                Tls::Active
+            }
+            Err(error) => {
+                add(&context.metrics.tls_failures, 1);
+                tracing::debug!(?peer, %error, "IMAPS handshake failed");
+                return;
+            }
+        },
+    };
+    let plaintext =
+        if context.config.allow_plaintext_auth || peer.is_some_and(|p| p.ip().is_loopback()) {
+            Plaintext::Allowed
+        } else {
+            Plaintext::Refused
+        };
+    session.set_security(tls, plaintext);
+    let mut out = Vec::with_capacity(4096);
+    session.greeting(&mut out);
+    let mut buf = vec![0u8; 16 << 10];
+    let mut user = String::new();
+    let mut selected = Selected::default();
+    let mut errors_counted = 0;
+    'session: loop {
+        let mut step = session.step(&mut out);
+        loop {
+            let next = match step {
+                Step::NeedInput => break,
+                Step::Close => break 'session,
+                Step::Idle => None,
+                Step::StartTls => {
+                    if !conn::flush(&mut stream, &mut out, &clock, |_| {}).await {
+                        break 'session;
+                    }
+                    match stream.start_tls(&context.tls).await {
+                        Ok(secure) => {
+                            stream = secure;
+                            add(&context.metrics.tls_handshakes, 1);
+                            session.tls_started();
+                            None
+                        }
+                        Err(error) => {
+                            add(&context.metrics.tls_failures, 1);
+                            tracing::debug!(?peer, %error, "STARTTLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                Step::Login {
+                    user: name,
+                    password,
+                } => {
+                    let name = name.to_lowercase();
+                    if let Some(ip) = peer.map(|p| p.ip()) {
+                        let wait = context.clients.login_penalty(ip);
+                        if !wait.is_zero() {
+                            glommio::timer::sleep(wait).await;
+                        }
+                    }
+                    let checked = maildrop::authenticate(&context, &name, &password).await;
+                    if let Some(ip) = peer.map(|p| p.ip()) {
+                        match &checked {
+                            Err(OpenFailure::BadCredentials) => context.clients.login_failed(ip),
+                            Ok(()) => context.clients.login_succeeded(ip),
+                            Err(_) => {}
+                        }
+                    }
+                    let outcome = match checked {
+                        Ok(()) => {
+                            user = name.clone();
+                            LoginOutcome::Ok
+                        }
+                        Err(OpenFailure::BadCredentials) => LoginOutcome::BadCredentials,
+                        Err(_) => LoginOutcome::Unavailable,
+                    };
+                    session.logged_in(&name, outcome, &mut out);
+                    None
+                }
+                Step::Folders => {
+                    let answer = imap_authority::call(&context, &user, ImapOp::Folders).await;
+                    let folders = match answer {
+                        ImapAnswer::Folders(list) => Ok(list
+                            .into_iter()
+                            .map(|f| Folder {
+                                name: f.name,
+                                subscribed: f.subscribed,
+                                special_use: f.special_use,
+                            })
+                            .collect()),
+                        other => Err(error_of(other)),
+                    };
+                    session.folders(folders, &mut out)
+                }
+                Step::Counts { mailboxes } => {
+                    let count = mailboxes.len();
+                    let op = ImapOp::Counts { folders: mailboxes };
+                    let counts = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Counts(list) => list
+                            .into_iter()
+                            .map(|c| {
+                                c.map(|c| Counts {
+                                    messages: c.messages,
+                                    unseen: c.unseen,
+                                    uid_next: c.uid_next,
+                                    uid_validity: c.uid_validity,
+                                    highest_modseq: c.highest_modseq,
+                                    size: c.size,
+                                })
+                                .ok_or(MailboxError::NoSuchMailbox)
+                            })
+                            .collect(),
+                        other => vec![Err(error_of(other)); count],
+                    };
+                    session.counts(counts, &mut out)
+                }
+                Step::Select { mailbox, .. } => {
+                    let op = ImapOp::Folder {
+                        folder: mailbox.clone(),
+                        refresh: true,
+                    };
+                    let snapshot = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Folder(folder) => {
+                            selected.folder = mailbox;
+                            Ok(selected.learn(&folder))
+                        }
+                        other => Err(error_of(other)),
+                    };
+                    session.selected(snapshot, &mut out)
+                }
+                Step::Poll => {
+                    let op = ImapOp::Folder {
+                        folder: selected.folder.clone(),
+                        refresh: false,
+                    };
+                    let snapshot = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Folder(folder) => Ok(selected.learn(&folder)),
+                        other => Err(error_of(other)),
+                    };
+                    session.polled(snapshot, &mut out)
+                }
+                Step::Load { uids } => {
+                    let mut bodies = Vec::with_capacity(uids.len());
+                    for uid in uids {
+                        let body = match selected.messages.get(&uid) {
+                            Some((id, holders)) => read(&context, &user, *id, holders).await,
+                            None => None,
+                        };
+                        if body.is_some() {
+                            add(&context.metrics.messages_retrieved, 1);
+                        }
+                        bodies.push(body);
+                    }
+                    session.loaded(bodies, &mut out)
+                }
+                Step::Store {
+                    uids,
+                    action,
+                    flags,
+                    ..
+                } => {
+                    let (bits, keywords) = bits_of(&flags);
+                    let op = ImapOp::Store {
+                        folder: selected.folder.clone(),
+                        uids,
+                        change: match action {
+                            StoreAction::Replace => 0,
+                            StoreAction::Add => 1,
+                            StoreAction::Remove => 2,
+                        },
+                        flags: bits,
+                        keywords,
+                    };
+                    let result = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Changed(messages) => Ok(messages.iter().map(view_of).collect()),
+                        other => Err(error_of(other)),
+                    };
+                    session.stored(result, &mut out)
+                }
+                Step::Expunge { uids } => {
+                    let op = ImapOp::Expunge {
+                        folder: selected.folder.clone(),
+                        uids,
+                    };
+                    let result = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Expunged(gone) => {
+                            add(&context.metrics.messages_deleted, gone.len() as u64);
+                            Ok(gone)
+                        }
+                        other => Err(error_of(other)),
+                    };
+                    session.expunged(result, &mut out)
+                }
+                Step::Append {
+                    mailbox,
+                    flags,
+                    date,
+                    message,
+                } => {
+                    let (bits, keywords) = bits_of(&flags);
+                    let op = ImapOp::Append {
+                        folder: mailbox,
+                        flags: bits,
+                        keywords,
+                        date: date.unwrap_or(0),
+                        message,
+                    };
+                    let result = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Placed { uid_validity, uid } => {
+                            add(&context.metrics.messages_accepted, 1);
+                            Ok((uid_validity, uid))
+                        }
+                        other => Err(error_of(other)),
+                    };
+                    session.appended(result, &mut out)
+                }
+                Step::Copy {
+                    uids,
+                    mailbox,
+                    moving,
+                } => {
+                    let op = ImapOp::Copy {
+                        from: selected.folder.clone(),
+                        uids,
+                        to: mailbox,
+                        moving,
+                    };
+                    let result = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Copied {
+                            uid_validity,
+                            pairs,
+                        } => Ok((uid_validity, pairs)),
+                        other => Err(error_of(other)),
+                    };
+                    session.copied(result, &mut out)
+                }
+                Step::Mailbox(op) => {
+                    let op = match op {
+                        MailboxOp::Create(folder) => ImapOp::Create { folder },
+                        MailboxOp::Delete(folder) => ImapOp::Delete { folder },
+                        MailboxOp::Rename { from, to } => ImapOp::Rename { from, to },
+                        MailboxOp::Subscribe(folder, on) => ImapOp::Subscribe { folder, on },
+                    };
+                    let result = match imap_authority::call(&context, &user, op).await {
+                        ImapAnswer::Done => Ok(()),
+                        other => Err(error_of(other)),
+                    };
+                    session.mailbox_done(result, &mut out)
+                }
+            };
+            step = match next {
+                Some(next) => next,
+                None => session.step(&mut out),
+            };
+        }
+        add(
+            &context.metrics.imap_errors,
+            session.errors_sent() - errors_counted,
+        );
+        errors_counted = session.errors_sent();
+        if !conn::flush(&mut stream, &mut out, &clock, |_| {}).await {
+            break;
+        }
+        let read = if session.is_idling() {
+            // While idling, look for changes now and then as well as for DONE.
+            let reading = conn::read(&mut stream, &mut buf, &clock);
+            let waiting = async {
+                glommio::timer::sleep(IDLE_POLL).await;
+                None
+            };
+            futures_lite::future::or(async { Some(reading.await) }, waiting).await
+        } else {
+            Some(conn::read(&mut stream, &mut buf, &clock).await)
+        };
+        match read {
+            None => {
+                if let Some(poll) = session.poll_idle() {
+                    // Answered on the next turn of the loop.
+                    let mut step = poll;
+                    if let Step::Poll = step {
+                        let op = ImapOp::Folder {
+                            folder: selected.folder.clone(),
+                            refresh: false,
+                        };
+                        let snapshot = match imap_authority::call(&context, &user, op).await {
+                            ImapAnswer::Folder(folder) => Ok(selected.learn(&folder)),
+                            other => Err(error_of(other)),
+                        };
+                        if let Some(next) = session.polled(snapshot, &mut out) {
+                            step = next;
+                            if step == Step::Close {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Read::Bytes(n)) => session.push(&buf[..n]),
+            Some(Read::Closed) => break,
+            Some(Read::Stop) => {
+                session.goodbye(&mut out, "server shutting down");
+                break;
+            }
+        }
+    }
+    conn::flush(&mut stream, &mut out, &clock, |_| {}).await;
+    let _ = stream.close().await;
+}
