@@ -66,7 +66,7 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_unset")]
     pub no_pop3s: bool,
-    /// TLS certificate chain (PEM) for STARTTLS, STLS and POP3S, reloaded on SIGHUP
+    /// TLS certificate chain (PEM) for STARTTLS, STLS, POP3S and IMAPS, reloaded on SIGHUP
     /// [default: a self-signed certificate made once in <data>/tls/]
     #[arg(long, requires = "tls_key")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,10 +80,19 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_unset")]
     pub allow_plaintext_auth: bool,
-    /// IMAP listen address (accepted; IMAP is not implemented yet)
+    /// IMAP listen address (STARTTLS offered; 143 in production) [default: 127.0.0.1:1143]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imap: Option<SocketAddr>,
+    /// IMAPS (TLS from the first byte, RFC 8314) listen address; 993 in production
+    /// [default: 127.0.0.1:1993]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imaps: Option<SocketAddr>,
+    /// Do not listen for IMAPS
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_unset")]
+    pub no_imaps: bool,
     /// Admin HTTP address [default: 127.0.0.1:8025]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,7 +23,7 @@ fn no_other_process_can_take_a_share_of_a_nodes_listeners() {
             &format!("127.0.0.1:{pop3s}"),
         ],
     );
-    let ports = [node.smtp, node.pop3, pop3s, node.admin, cluster];
+    let ports = [node.smtp, node.pop3, node.imap, pop3s, node.admin, cluster];
     let mut args = vec!["intrude".to_owned(), node.ip.clone()];
     args.extend(ports.iter().map(u16::to_string));
     assert!(python("ports.py", &args).contains("intrude ok"));
@@ -34,6 +34,7 @@ fn no_other_process_can_take_a_share_of_a_nodes_listeners() {
         .arg(dir.path().join("second"))
         .args(["--smtp", &format!("127.0.0.1:{}", node.smtp)])
         .args(["--pop3", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--imap", "127.0.0.1:0", "--no-imaps"])
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -81,15 +82,16 @@ fn no_other_process_can_take_a_share_of_a_nodes_listeners() {
 fn a_node_refuses_to_start_where_another_process_listens() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = squatter.local_addr().unwrap().port();
-    for flag in ["--smtp", "--pop3", "--admin", "--cluster"] {
+    for flag in ["--smtp", "--pop3", "--imap", "--admin", "--cluster"] {
         let dir = tempfile::tempdir().unwrap();
         let key = common::cluster_key(dir.path());
-        let mut args: Vec<String> = ["--smtp", "--pop3", "--admin", "--cluster"]
+        let mut args: Vec<String> = ["--smtp", "--pop3", "--imap", "--admin", "--cluster"]
             .iter()
             .flat_map(|f| [f.to_string(), "127.0.0.1:0".to_owned()])
             .collect();
         args.extend(["--cluster-key".to_owned(), key.display().to_string()]);
         args.extend(["--pop3s".to_owned(), "127.0.0.1:0".to_owned()]);
+        args.extend(["--imaps".to_owned(), "127.0.0.1:0".to_owned()]);
         let at = args.iter().position(|a| a == flag).unwrap();
         args[at + 1] = format!("127.0.0.1:{port}");
         let out = Command::new(binary())

@@ -437,6 +437,9 @@ fn a_panic_on_a_core_stops_the_node_loudly_instead_of_leaving_it_half_alive() {
             "--no-first-user",
             "--no-pin",
             "--no-pop3s",
+            "--no-imaps",
+            "--imap",
+            "127.0.0.1:0",
             "--cores",
             "2",
         ])

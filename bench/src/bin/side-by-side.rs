@@ -248,6 +248,7 @@ fn measure(
             .args(["--pop3", &format!("127.0.0.1:{pop3}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--no-pop3s")
+            .args(["--imap", "127.0.0.1:0", "--no-imaps"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

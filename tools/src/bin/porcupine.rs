@@ -255,9 +255,6 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if cores == 0 || cores > available {
         bail!("--cores must be between 1 and {available} on this machine (got {cores})");
     }
-    if args.imap.is_some() {
-        tracing::warn!("--imap is accepted but IMAP is not implemented yet");
-    }
     // Ranges and the rules between settings are the node's (`NodeConfig::validate`), checked
     // below once the flags are in.
     let replicas = args.replicas.unwrap_or(defaults.replicas as u32) as usize;
@@ -305,6 +302,12 @@ fn serve(flags: ServeArgs) -> Result<()> {
             None
         } else {
             args.pop3s.or(defaults.pop3s)
+        },
+        imap: args.imap.unwrap_or(defaults.imap),
+        imaps: if args.no_imaps {
+            None
+        } else {
+            args.imaps.or(defaults.imaps)
         },
         tls_files: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(node::tls::TlsFiles {
@@ -421,11 +424,13 @@ fn serve(flags: ServeArgs) -> Result<()> {
     // The addresses bound (a port 0 in the configuration is the port the kernel chose).
     let bound = &handle.context().config;
     println!(
-        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, admin http://{}, cluster {} (domains: {})",
+        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, IMAP {}, IMAPS {}, admin http://{}, cluster {} (domains: {})",
         bound.cores,
         bound.smtp,
         bound.pop3,
         bound.pop3s.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        bound.imap,
+        bound.imaps.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         bound.admin,
         bound
             .cluster

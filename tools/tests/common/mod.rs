@@ -25,6 +25,7 @@ pub struct Node {
     pub ip: String,
     pub smtp: u16,
     pub pop3: u16,
+    pub imap: u16,
     pub admin: u16,
     pub data: PathBuf,
     /// The admin endpoint speaks HTTPS (`--admin-public`): the CLI trusts the node's cert.
@@ -92,6 +93,14 @@ impl Node {
                 vec![flag, value]
             }
         };
+        let imap = match extra.iter().position(|a| *a == "--imap") {
+            Some(at) => extra
+                .get(at + 1)
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|port| port.parse().ok())
+                .expect("--imap ADDR:PORT"),
+            None => free_port(),
+        };
         let mut child = command
             .args(["serve", "--no-pin", "--no-first-user"])
             .args(default("--segment-mib", "40"))
@@ -105,6 +114,18 @@ impl Node {
                 &format!("{ip}:{pop3}"),
             ])
             .args(["--admin", &format!("{ip}:{admin}")])
+            .args(if extra.contains(&"--imap") {
+                Vec::new()
+            } else {
+                vec!["--imap".to_owned(), format!("{ip}:{imap}")]
+            })
+            .args(
+                if extra.contains(&"--imaps") || extra.contains(&"--no-imaps") {
+                    Vec::new()
+                } else {
+                    vec!["--imaps".to_owned(), format!("{ip}:{}", free_port())]
+                },
+            )
             .args(
                 if extra.contains(&"--pop3s") || extra.contains(&"--no-pop3s") {
                     Vec::new()
@@ -152,6 +173,7 @@ impl Node {
             ip: ip.to_owned(),
             smtp,
             pop3,
+            imap,
             admin,
             data: data.to_path_buf(),
             admin_https: extra.contains(&"--admin-public"),
@@ -340,6 +362,7 @@ pub fn assert_refused(args: &[&str], expected: &str) {
         .arg(temp.path().join("data"))
         .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
         .args(args)
         .output()
         .unwrap();
