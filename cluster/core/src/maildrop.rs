@@ -161,6 +161,8 @@ pub struct Open {
     phase: OpenPhase,
     by_id: BTreeMap<u128, MaildropMessage>,
     tombstoned: Vec<u128>,
+    /// The newest IMAP filing any copy reported, per message: POP3 shows INBOX only.
+    filed: BTreeMap<u128, crate::mailbox::MessageMeta>,
 }
 
 impl Open {
@@ -173,6 +175,7 @@ impl Open {
             phase: OpenPhase::Locking,
             by_id: BTreeMap::new(),
             tombstoned: Vec::new(),
+            filed: BTreeMap::new(),
         }
     }
 
@@ -225,6 +228,12 @@ impl Open {
                     listed = true;
                     self.tombstoned.extend(listing.deleted);
                     for listed in listing.messages {
+                        if let Some(meta) = listed.meta {
+                            let newest = self.filed.entry(listed.id).or_insert(meta);
+                            if meta.modseq > newest.modseq {
+                                *newest = meta;
+                            }
+                        }
                         let message =
                             self.by_id
                                 .entry(listed.id)
@@ -280,6 +289,13 @@ impl Open {
         // A copy on a replica that its tombstone has not reached yet is deleted all the same.
         for id in std::mem::take(&mut self.tombstoned) {
             self.by_id.remove(&id);
+        }
+        // POP3 and IMAP share INBOX; mail an IMAP client filed in another folder is not in the
+        // maildrop (a copy that missed the filing shows it until the next open sees it).
+        for (id, meta) in std::mem::take(&mut self.filed) {
+            if meta.folder != crate::mailbox::INBOX {
+                self.by_id.remove(&id);
+            }
         }
         // Ids begin with their arrival time: in id order the maildrop is oldest first, and
         // each message appears once however many replicas listed it.
@@ -692,6 +708,58 @@ mod tests {
             ]
         );
         assert_eq!(opened.fragments, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_maildrop_is_inbox_by_the_newest_filing_of_any_copy() {
+        use crate::mailbox::MessageMeta;
+        let v = view(1);
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        open.step(OpenInput::Start, facts(&v, 0));
+        open.step(
+            OpenInput::Locked(Ok(Locked {
+                fragments: vec![1, 2],
+                epoch: v.epoch,
+            })),
+            facts(&v, 0),
+        );
+        open.step(OpenInput::Continue, facts(&v, 0));
+        let filed = |id: u128, folder: u32, modseq: u64| ListedMessage {
+            id,
+            size: 10,
+            replicas: vec![1, 2],
+            hlc: 0,
+            meta: Some(MessageMeta {
+                folder,
+                uid: 1,
+                modseq,
+                ..MessageMeta::default()
+            }),
+        };
+        // 10: moved to folder 3 (node 2's copy missed it); 20: moved back to INBOX;
+        // 30: never filed.
+        let first = Listing {
+            messages: vec![
+                filed(10, 3, 5),
+                filed(20, 0, 9),
+                ListedMessage {
+                    meta: None,
+                    ..filed(30, 0, 0)
+                },
+            ],
+            deleted: vec![],
+        };
+        open.step(OpenInput::Listed(Some(first)), facts(&v, 0));
+        let second = Listing {
+            messages: vec![filed(10, 0, 2), filed(20, 4, 3)],
+            deleted: vec![],
+        };
+        let OpenAction::Opened(opened) = open.step(OpenInput::Listed(Some(second)), facts(&v, 0))
+        else {
+            panic!("not opened");
+        };
+        let ids: Vec<u128> = opened.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![20, 30]);
     }
 
     #[test]
