@@ -575,6 +575,16 @@ async fn metrics(context: &CoreContext) -> String {
             &m.pop3_sessions,
         ),
         (
+            "porcupine_imap_sessions_total",
+            "IMAP connections accepted (IMAP and IMAPS)",
+            &m.imap_sessions,
+        ),
+        (
+            "porcupine_imap_errors_total",
+            "IMAP BAD and NO replies",
+            &m.imap_errors,
+        ),
+        (
             "porcupine_sessions_refused_total",
             "connections refused over the limit",
             &m.sessions_refused,
@@ -591,7 +601,7 @@ async fn metrics(context: &CoreContext) -> String {
         ),
         (
             "porcupine_tls_handshakes_total",
-            "client TLS handshakes completed (STARTTLS, STLS, POP3S)",
+            "client TLS handshakes completed (STARTTLS, STLS, POP3S, IMAPS)",
             &m.tls_handshakes,
         ),
         (

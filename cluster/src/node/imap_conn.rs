@@ -295,9 +295,11 @@ pub async fn serve(
                     session.selected(snapshot, &mut out)
                 }
                 Step::Poll => {
+                    // A client's NOOP or CHECK asks for what changed: the copies are listed
+                    // again (an idling session's polls share one listing per moment instead).
                     let op = ImapOp::Folder {
                         folder: selected.folder.clone(),
-                        refresh: false,
+                        refresh: true,
                     };
                     let snapshot = match imap_authority::call(&context, &user, op).await {
                         ImapAnswer::Folder(folder) => Ok(selected.learn(&folder)),

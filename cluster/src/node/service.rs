@@ -187,10 +187,12 @@ impl CoreService {
         if lock == LockMode::Local && !self.locked.borrow_mut().insert(user.to_owned()) {
             return Login::InUse;
         }
+        // POP3 and IMAP share INBOX: mail an IMAP client filed elsewhere is not listed.
         Login::Ok(
             shard
                 .messages(user)
                 .iter()
+                .filter(|m| m.filing.folder == crate::mailbox::INBOX)
                 .map(|m| (m.id, u64::from(m.body_len)))
                 .collect(),
         )

@@ -26,6 +26,8 @@ pub struct Node {
     pub smtp: u16,
     pub pop3: u16,
     pub imap: u16,
+    /// 0: none (`--no-imaps`).
+    pub imaps: u16,
     pub admin: u16,
     pub data: PathBuf,
     /// The admin endpoint speaks HTTPS (`--admin-public`): the CLI trusts the node's cert.
@@ -101,6 +103,15 @@ impl Node {
                 .expect("--imap ADDR:PORT"),
             None => free_port(),
         };
+        let imaps = match extra.iter().position(|a| *a == "--imaps") {
+            Some(at) => extra
+                .get(at + 1)
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|port| port.parse().ok())
+                .expect("--imaps ADDR:PORT"),
+            None if extra.contains(&"--no-imaps") => 0,
+            None => free_port(),
+        };
         let mut child = command
             .args(["serve", "--no-pin", "--no-first-user"])
             .args(default("--segment-mib", "40"))
@@ -123,7 +134,7 @@ impl Node {
                 if extra.contains(&"--imaps") || extra.contains(&"--no-imaps") {
                     Vec::new()
                 } else {
-                    vec!["--imaps".to_owned(), format!("{ip}:{}", free_port())]
+                    vec!["--imaps".to_owned(), format!("{ip}:{imaps}")]
                 },
             )
             .args(
@@ -174,6 +185,7 @@ impl Node {
             smtp,
             pop3,
             imap,
+            imaps,
             admin,
             data: data.to_path_buf(),
             admin_https: extra.contains(&"--admin-public"),

@@ -1,0 +1,284 @@
+//! IMAP through the real binary with Python's imaplib: on one node, byte-exact APPEND and
+//! FETCH, one INBOX shared with POP3, IDLE, folders, TLS and hostile input; UIDs, UIDVALIDITY
+//! and flags unchanged across a restart and a SIGKILL; on three nodes, a session on one node
+//! sees mail delivered through another and flags set on a third, and a flag change answered
+//! OK survives the SIGKILL of a node holding a copy.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::cluster::{start_member, wait_members, Ports};
+use common::{free_port, python, Node, PASSWORD};
+
+const USER: &str = "alice@localhost";
+
+fn imap_args(node: &Node) -> Vec<String> {
+    vec![
+        node.ip.clone(),
+        node.imap.to_string(),
+        USER.into(),
+        PASSWORD.into(),
+    ]
+}
+
+fn snapshot(node: &Node) -> serde_json::Value {
+    let out = python(
+        "imap.py",
+        &[vec!["snapshot".into()], imap_args(node)].concat(),
+    );
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("snapshot "))
+        .unwrap_or_else(|| panic!("no snapshot in {out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn inbox_uids(snapshot: &serde_json::Value) -> Vec<u64> {
+    snapshot["INBOX"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn stock_imap_clients_share_one_mailbox_with_pop3_on_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]);
+    node.add_user(USER);
+    let ca = node.data.join("tls/cert.pem");
+    let out = python(
+        "imap.py",
+        &[
+            "basics".into(),
+            node.ip.clone(),
+            node.smtp.to_string(),
+            node.imap.to_string(),
+            node.imaps.to_string(),
+            node.pop3.to_string(),
+            ca.display().to_string(),
+            USER.into(),
+            PASSWORD.into(),
+        ],
+    );
+    assert!(out.contains("basics ok"), "{out}");
+    println!("{out}");
+    let sessions = node.metric("porcupine_imap_sessions_total").unwrap_or(0.0);
+    assert!(sessions >= 10.0, "IMAP sessions counted: {sessions}");
+    let errors = node.metric("porcupine_imap_errors_total").unwrap_or(0.0);
+    assert!(errors >= 5.0, "IMAP BAD/NO counted: {errors}");
+}
+
+#[test]
+fn uids_uidvalidity_and_flags_survive_restart_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let imap = free_port();
+    let imap_addr = format!("127.0.0.1:{imap}");
+    let args = ["--imap", imap_addr.as_str()];
+    let node = Node::start(&data, &args);
+    let (smtp, pop3, admin) = (node.smtp, node.pop3, node.admin);
+    node.add_user(USER);
+    let out = python(
+        "imap.py",
+        &[
+            vec!["populate".into()],
+            imap_args(&node),
+            vec!["first".into(), "30".into()],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("populated 30"), "{out}");
+    let before = snapshot(&node);
+    assert_eq!(inbox_uids(&before).len(), 20, "{before}");
+
+    // A clean restart.
+    assert!(node.terminate().success());
+    let node = Node::start_on(&data, smtp, pop3, admin, &args);
+    let after_restart = snapshot(&node);
+    assert_eq!(before, after_restart, "a restart changed the mailbox");
+
+    // A flag change answered OK, then SIGKILL at once.
+    let uid = inbox_uids(&before)[5].to_string();
+    let out = python(
+        "imap.py",
+        &[
+            vec!["store".into()],
+            imap_args(&node),
+            vec![uid.clone(), "$AfterKill".into()],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("stored"), "{out}");
+    node.kill();
+    let node = Node::start_on(&data, smtp, pop3, admin, &args);
+    let after_kill = snapshot(&node);
+    let row = after_kill["INBOX"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row[0].as_u64().map(|u| u.to_string()).as_deref() == Some(uid.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("UID {uid} gone after SIGKILL: {after_kill}"));
+    assert!(
+        row[1].as_array().unwrap().iter().any(|f| f == "$AfterKill"),
+        "the flag change answered OK was lost: {row}"
+    );
+    for folder in ["INBOX", "Archive", "Sent"] {
+        assert_eq!(
+            before[folder]["uidvalidity"], after_kill[folder]["uidvalidity"],
+            "UIDVALIDITY of {folder} changed"
+        );
+    }
+    // New mail takes a UID above every one given before the crash.
+    let out = python(
+        "imap.py",
+        &[
+            "deliver".into(),
+            node.ip.clone(),
+            smtp.to_string(),
+            USER.into(),
+            "after-kill".into(),
+        ],
+    );
+    assert!(out.contains("delivered"), "{out}");
+    let last = snapshot(&node);
+    let uids = inbox_uids(&last);
+    let newest = *uids.last().unwrap();
+    assert!(
+        inbox_uids(&before).iter().all(|&u| u < newest),
+        "a UID was given again: {uids:?} after {:?}",
+        inbox_uids(&before)
+    );
+    assert_eq!(uids.len(), 21, "{last}");
+}
+
+fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
+    start_member(dir, "127.0.0", 70, n, ports, &["--replicas", "2"])
+}
+
+#[test]
+fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    let ports = Ports::free();
+    let n1 = start(&dir, 1, &ports);
+    let n2 = start(&dir, 2, &ports);
+    let n3 = start(&dir, 3, &ports);
+    wait_members(&[&n1, &n2, &n3], 3);
+    n1.add_user(USER);
+    // Wait until the user is known everywhere (profiles replicate in the background).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = [&n1, &n2, &n3].iter().all(|n| {
+            std::process::Command::new("python3")
+                .args(["-c", &format!(
+                    "import imaplib;m=imaplib.IMAP4('{}',{});m.login('{USER}','{PASSWORD}');m.logout()",
+                    n.ip, n.imap
+                )])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the user never reached every node"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A session IDLEs on node 1; mail arrives through node 2.
+    let idle_args = [vec!["idle-for".into()], imap_args(&n1), vec!["10".into()]].concat();
+    let idler = std::thread::spawn(move || python("imap.py", &idle_args));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = python(
+        "imap.py",
+        &[
+            "deliver".into(),
+            n2.ip.clone(),
+            n2.smtp.to_string(),
+            USER.into(),
+            "via-n2".into(),
+        ],
+    );
+    assert!(out.contains("delivered"), "{out}");
+    let idle = idler.join().unwrap();
+    assert!(idle.contains("idle saw 1 EXISTS"), "{idle}");
+    println!("{idle}");
+
+    // A session on node 1 sees a flag set through node 3.
+    let uid = inbox_uids(&snapshot(&n1))[0].to_string();
+    let watch_args = [
+        vec!["flags-of".into()],
+        imap_args(&n1),
+        vec![uid.clone(), "10".into()],
+    ]
+    .concat();
+    let watcher = std::thread::spawn(move || python("imap.py", &watch_args));
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = python(
+        "imap.py",
+        &[
+            vec!["store".into()],
+            imap_args(&n3),
+            vec![uid.clone(), "\\Flagged".into()],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("stored"), "{out}");
+    let seen = watcher.join().unwrap();
+    assert!(seen.contains("\\\\Flagged"), "{seen}");
+
+    // Every node shows the same mailbox.
+    let view = snapshot(&n2);
+    assert_eq!(view, snapshot(&n3));
+    assert_eq!(view, snapshot(&n1));
+
+    // A flag change answered OK survives the SIGKILL of whichever node ran it.
+    let out = python(
+        "imap.py",
+        &[
+            vec!["store".into()],
+            imap_args(&n2),
+            vec![uid.clone(), "$Kept".into()],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("stored"), "{out}");
+    n2.kill();
+    wait_members(&[&n1, &n3], 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/imap.py"))
+            .arg("snapshot")
+            .args(imap_args(&n1))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("snapshot ")) {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 never served the mailbox again: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let flags = &after["INBOX"]["messages"][0][1];
+    assert!(
+        flags.as_array().unwrap().iter().any(|f| f == "$Kept"),
+        "a flag change answered OK was lost with its node: {after}"
+    );
+    assert_eq!(after["INBOX"]["uidvalidity"], view["INBOX"]["uidvalidity"]);
+    assert_eq!(
+        inbox_uids(&after),
+        inbox_uids(&view),
+        "UIDs changed after a node's death"
+    );
+}
