@@ -11,7 +11,7 @@ seconds=${1:-20}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(smtp_session pop3_session address sasl admin_http cluster_frame cluster_payload
+  targets=(smtp_session pop3_session imap_session address sasl admin_http cluster_frame cluster_payload
            record checkpoint segment_header config_toml)
 fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
