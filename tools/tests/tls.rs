@@ -284,6 +284,7 @@ fn off_loopback_a_password_waits_for_tls_and_the_admin_endpoint_speaks_https() {
         .args([&outside.host_ip, &pop3.to_string(), &pop3s.to_string()])
         .arg(&ca)
         .args(["bob@localhost", PASSWORD])
+        .args([node.imap.to_string(), node.imaps.to_string()])
         .output()
         .unwrap();
     let text = format!(

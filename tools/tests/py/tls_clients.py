@@ -14,6 +14,7 @@ fingerprint HOST POP3S
     Prints the SHA-256 of the certificate a new POP3S connection gets.
 """
 import hashlib
+import imaplib
 import poplib
 import smtplib
 import ssl
@@ -64,7 +65,7 @@ def starttls(host, smtp, pop3, pop3s, cafile, user, password, tag):
     print("tls ok")
 
 
-def privacy(host, pop3, pop3s, cafile, user, password):
+def privacy(host, pop3, pop3s, cafile, user, password, imap=None, imaps=None):
     ctx = context(cafile)
     p = poplib.POP3(host, int(pop3), timeout=30)
     capa = p.capa()
@@ -85,6 +86,25 @@ def privacy(host, pop3, pop3s, cafile, user, password):
     p.user(user)
     p.pass_(password)
     p.quit()
+    if imap:
+        # IMAP the same: LOGINDISABLED and no AUTH=PLAIN in clear, LOGIN refused; after
+        # STARTTLS or on IMAPS it works.
+        m = imaplib.IMAP4(host, int(imap), timeout=30)
+        assert "LOGINDISABLED" in m.capabilities and "AUTH=PLAIN" not in m.capabilities, m.capabilities
+        try:
+            m.login(user, password)
+        except imaplib.IMAP4.error as e:
+            assert "PRIVACY" in str(e) or "LOGINDISABLED" in str(e) or "TLS" in str(e), e
+        else:
+            raise AssertionError("IMAP LOGIN accepted in clear from off loopback")
+        m = imaplib.IMAP4(host, int(imap), timeout=30)
+        m.starttls(ctx)
+        assert "LOGINDISABLED" not in m.capabilities, m.capabilities
+        m.login(user, password)
+        m.logout()
+        m = imaplib.IMAP4_SSL(host, int(imaps), ssl_context=ctx, timeout=30)
+        m.login(user, password)
+        m.logout()
     print("privacy ok")
 
 
