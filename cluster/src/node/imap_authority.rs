@@ -156,6 +156,12 @@ pub async fn call(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnsw
 
 /// Serves `op` for `user` on this core (the user's core on the managing node).
 pub async fn serve(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnswer {
+    // A node on a partition's minority side may still think it manages the user while the
+    // majority has moved the bucket: it must not give out UIDs the new authority gives too.
+    let shared = &context.cluster;
+    if shared.clustered() && !shared.has_majority() {
+        return ImapAnswer::Unavailable;
+    }
     let authority = {
         let mut all = context.service.imap.borrow_mut();
         if all.len() >= AUTHORITIES_MAX {
