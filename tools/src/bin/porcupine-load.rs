@@ -1,5 +1,6 @@
 //! `porcupine-load`: the paper's workload (90% SMTP deliveries, 10% POP sessions, Zipf users,
-//! sizes with mean 4.7 KB) against any SMTP + POP3 service, counting lost and corrupt mail.
+//! sizes with mean 4.7 KB) against any SMTP + POP3 service, counting lost and corrupt mail;
+//! with `--imap` and a three-part `--mix`, IMAP sessions too (or only them).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -21,11 +22,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "porcupine-load",
     version,
-    about = "The Porcupine workload against any SMTP + POP3 service"
+    about = "The Porcupine workload against any SMTP + POP3 (+ IMAP) service"
 )]
 struct Args {
-    /// SMTP targets (connections are spread over them).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// SMTP targets (connections are spread over them); needed when the mix has deliveries.
+    #[arg(long, value_delimiter = ',')]
     smtp: Vec<SocketAddr>,
     /// POP3 targets; without them only deliveries run and lost mail is not counted.
     #[arg(long, value_delimiter = ',')]
@@ -36,9 +37,22 @@ struct Args {
     user_format: String,
     #[arg(long, default_value = "pw")]
     password: String,
-    /// SMTP deliveries : POP sessions.
+    /// IMAP targets: sessions that log in, SELECT INBOX, fetch new headers and some bodies
+    /// (checked), set \Seen, APPEND one message, expunge one, sometimes IDLE, LOG OUT.
+    #[arg(long, value_delimiter = ',')]
+    imap: Vec<SocketAddr>,
+    /// SMTP deliveries : POP sessions [: IMAP sessions], e.g. 90:10, 0:0:100.
     #[arg(long, default_value = "90:10")]
     mix: String,
+    /// Bodies an IMAP session fetches at most (the newest of its new messages).
+    #[arg(long, default_value_t = 3)]
+    imap_bodies: usize,
+    /// Percentage of IMAP sessions that IDLE before LOGOUT.
+    #[arg(long, default_value_t = 5)]
+    imap_idle_percent: u32,
+    /// How long such an IDLE lasts at most (it ends at once when EXISTS arrives).
+    #[arg(long, value_parser = parse_duration, default_value = "50ms")]
+    imap_idle: Duration,
     /// Zipf exponent for choosing users (0 = uniform).
     #[arg(long, default_value_t = 1.0)]
     zipf: f64,
@@ -100,11 +114,24 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = Args::parse();
-    let (smtp_share, pop_share) = args
+    let shares: Vec<u32> = args
         .mix
-        .split_once(':')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .context("--mix must look like 90:10")?;
+        .split(':')
+        .map(|part| part.parse().ok())
+        .collect::<Option<_>>()
+        .filter(|parts: &Vec<u32>| (2..=3).contains(&parts.len()))
+        .context("--mix must look like 90:10 or 80:10:10 (SMTP : POP [: IMAP])")?;
+    let (smtp_share, pop_share) = (shares[0], shares[1]);
+    let imap_share = shares.get(2).copied().unwrap_or(0);
+    if imap_share > 0 && args.imap.is_empty() {
+        bail!("an IMAP share in --mix needs --imap");
+    }
+    if smtp_share > 0 && args.smtp.is_empty() {
+        bail!("deliveries in --mix need --smtp");
+    }
+    if args.duration.is_none() && smtp_share == 0 {
+        bail!("without deliveries in --mix, give --duration");
+    }
     if args.duration.is_none() && args.messages.is_none() {
         bail!("give --duration or --messages");
     }
@@ -125,6 +152,11 @@ fn real_main() -> Result<()> {
         smtp: args.smtp,
         pop_share: if args.pop3.is_empty() { 0 } else { pop_share },
         pop3: args.pop3,
+        imap_share: if args.imap.is_empty() { 0 } else { imap_share },
+        imap: args.imap,
+        imap_bodies: args.imap_bodies,
+        imap_idle: args.imap_idle,
+        imap_idle_percent: args.imap_idle_percent.min(100),
         users: args.users,
         user_format: args.user_format,
         password: args.password,
@@ -209,6 +241,15 @@ fn show_progress(progress: &Progress, duration: Option<Duration>, messages: Opti
         let delivered = progress.delivered.load(Ordering::Relaxed);
         let rate = delivered as f64 / started.elapsed().as_secs_f64().max(0.001);
         let errors = progress.errors.load(Ordering::Relaxed);
+        let imap_ops = progress.imap_ops.load(Ordering::Relaxed);
+        let imap = if imap_ops > 0 {
+            format!(
+                ", {imap_ops} IMAP ops, {:.0}/s",
+                imap_ops as f64 / started.elapsed().as_secs_f64().max(0.001)
+            )
+        } else {
+            String::new()
+        };
         match &bar {
             Some(bar) => {
                 bar.set_position(if messages.is_some() {
@@ -217,13 +258,13 @@ fn show_progress(progress: &Progress, duration: Option<Duration>, messages: Opti
                     started.elapsed().as_secs()
                 });
                 bar.set_message(format!(
-                    "{delivered} delivered, {rate:.0}/s, {errors} errors"
+                    "{delivered} delivered, {rate:.0}/s{imap}, {errors} errors"
                 ));
             }
             None if last_print.elapsed() >= Duration::from_secs(5) => {
                 last_print = std::time::Instant::now();
                 eprintln!(
-                    "[{:>5.1}s] {delivered} delivered, {rate:.0}/s, {errors} errors",
+                    "[{:>5.1}s] {delivered} delivered, {rate:.0}/s{imap}, {errors} errors",
                     started.elapsed().as_secs_f64()
                 );
             }

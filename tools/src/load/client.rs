@@ -26,6 +26,8 @@ pub enum ClientError {
     /// The server answered with this code (SMTP) or `-ERR` (POP3, code 0).
     Reply(u16, String),
     Protocol(String),
+    /// An IMAP command answered NO or BAD: the command's name and the tagged line.
+    Imap(&'static str, String),
 }
 
 impl From<std::io::Error> for ClientError {
@@ -45,6 +47,17 @@ impl ClientError {
             },
             ClientError::Reply(code, _) => code.to_string(),
             ClientError::Protocol(_) => "protocol".into(),
+            ClientError::Imap(command, line) => {
+                // "a7 NO [TRYCREATE] …": the command, the status and its response code if any.
+                let mut words = line.split_whitespace().skip(1);
+                let status = words.next().unwrap_or("?");
+                match words.next() {
+                    Some(code) if code.starts_with('[') => {
+                        format!("imap:{command}:{status}:{}", code.trim_end_matches(']'))
+                    }
+                    _ => format!("imap:{command}:{status}"),
+                }
+            }
         }
     }
 }
@@ -68,7 +81,7 @@ pub async fn within<T>(
 
 /// A buffered line reader over a socket. The buffer is zeroed once and reused: bytes between
 /// `start` and `end` are unread.
-struct Lines {
+pub(super) struct Lines {
     stream: Conn,
     addr: SocketAddr,
     buf: Vec<u8>,
@@ -77,13 +90,15 @@ struct Lines {
 }
 
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// The longest line a server may send (a longer one is a protocol error, not a bigger buffer).
+const LINE_BYTES_MAX: usize = 1 << 20;
 
 /// How long one connect, delivery or POP session may take.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Lines {
     /// Connects (callers bound the whole exchange with [`within`]).
-    async fn connect(addr: SocketAddr) -> Result<Self> {
+    pub(super) async fn connect(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::Io(e.into()))?;
@@ -100,7 +115,7 @@ impl Lines {
     }
 
     /// Upgrades the connection to TLS (after STARTTLS / STLS was accepted).
-    async fn start_tls(&mut self, config: &Arc<rustls::ClientConfig>) -> Result<()> {
+    pub(super) async fn start_tls(&mut self, config: &Arc<rustls::ClientConfig>) -> Result<()> {
         if self.start != self.end {
             return Err(ClientError::Protocol(
                 "the server sent more after accepting TLS".into(),
@@ -112,7 +127,7 @@ impl Lines {
     }
 
     /// The next line without its CRLF.
-    async fn line(&mut self) -> Result<Vec<u8>> {
+    pub(super) async fn line(&mut self) -> Result<Vec<u8>> {
         let mut searched: usize = 0;
         loop {
             let unread = &self.buf[self.start..self.end];
@@ -122,9 +137,29 @@ impl Lines {
                 self.start += from + at + 2;
                 return Ok(line);
             }
+            if unread.len() > LINE_BYTES_MAX {
+                return Err(ClientError::Protocol(format!(
+                    "a line longer than {LINE_BYTES_MAX} bytes"
+                )));
+            }
             searched = unread.len();
             self.read_more().await?;
         }
+    }
+
+    /// The next `n` bytes, whatever they are (an IMAP literal; callers bound `n`).
+    pub(super) async fn exact(&mut self, n: usize) -> Result<Vec<u8>> {
+        while self.end - self.start < n {
+            self.read_more().await?;
+        }
+        let bytes = self.buf[self.start..self.start + n].to_vec();
+        self.start += n;
+        Ok(bytes)
+    }
+
+    /// Closes the connection (errors ignored: the exchange is over).
+    pub(super) async fn close(&mut self) {
+        let _ = self.stream.close().await;
     }
 
     /// The body of the multi-line response that follows, dot-unstuffed, lines ending in CRLF.
@@ -142,8 +177,14 @@ impl Lines {
         }
     }
 
+    /// Whether a whole line is already buffered.
+    pub(super) fn has_line(&self) -> bool {
+        dots::find_crlf(&self.buf[self.start..self.end]).is_some()
+    }
+
     /// Moves the unread bytes to the front, grows a full buffer, and reads what the socket has.
-    async fn read_more(&mut self) -> Result<()> {
+    /// Cancel-safe: the reader's state changes only once a read has completed.
+    pub(super) async fn read_more(&mut self) -> Result<()> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -161,7 +202,7 @@ impl Lines {
         Ok(())
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(super) async fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await?;
         Ok(())

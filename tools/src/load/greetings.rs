@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 pub enum Service {
     Smtp,
     Pop3,
+    Imap,
 }
 
 /// More distinct greetings than this per target are counted together.
@@ -80,6 +81,7 @@ impl Greetings {
                 let service = match service {
                     Service::Smtp => "smtp",
                     Service::Pop3 => "pop3",
+                    Service::Imap => "imap",
                 };
                 (format!("{service} {addr}"), counts.clone())
             })

@@ -1,10 +1,12 @@
-//! `porcupine-load`: the paper's workload against any SMTP + POP3 service.
+//! `porcupine-load`: the paper's workload against any SMTP + POP3 (+ IMAP) service.
 //!
 //! One glommio executor per thread (`--threads`, default every core), each running its share of
 //! the `--connections` workers. A worker repeats, until the duration or message count is reached:
-//! with probability `smtp/(smtp+pop)` deliver one message over its persistent SMTP connection to a
-//! Zipf-chosen user, otherwise run a POP session for a Zipf-chosen user (retrieve everything,
-//! verify, delete, quit). Closed loop by default; `--rate` paces deliveries (open loop).
+//! with probability `smtp/(smtp+pop+imap)` deliver one message over its persistent SMTP
+//! connection to a Zipf-chosen user, with probability `pop/…` run a POP session for a
+//! Zipf-chosen user (retrieve everything, verify, delete, quit), otherwise an IMAP session
+//! (see [`imap`]: headers of new mail, some bodies checked, flags, one APPEND, one EXPUNGE).
+//! Closed loop by default; `--rate` paces deliveries (open loop).
 //!
 //! Integrity: every acknowledged message is remembered; every message retrieved (during the run
 //! and by the final sweep, which empties every mailbox that got mail) is checked against its
@@ -12,10 +14,14 @@
 //! checksum mismatch. A POP session that fails after its QUIT was sent (the server died, or
 //! answered -ERR) may or may not have deleted what it retrieved: those messages are
 //! *uncertain*, neither lost if they never show up again nor duplicated if they do.
+//! Mail an IMAP session appended (answered OK) is acknowledged mail like a delivery; mail it
+//! expunged (answered OK) is gone on purpose, neither lost nor retrieved; mail it flagged
+//! \Deleted without seeing EXPUNGE's OK is uncertain. Every IMAP body fetched is checked.
 
 pub mod client;
 pub mod dots;
 pub mod greetings;
+pub mod imap;
 pub mod tls;
 pub mod workload;
 
@@ -44,6 +50,15 @@ pub struct LoadConfig {
     pub zipf: f64,
     pub smtp_share: u32,
     pub pop_share: u32,
+    /// IMAP targets and the share of IMAP sessions in the mix.
+    pub imap: Vec<SocketAddr>,
+    pub imap_share: u32,
+    /// Bodies an IMAP session fetches (and checks) at most.
+    pub imap_bodies: usize,
+    /// How long an IMAP session's IDLE lasts at most, and the percentage of sessions that
+    /// IDLE (0: none).
+    pub imap_idle: Duration,
+    pub imap_idle_percent: u32,
     pub size: SizeDistribution,
     pub connections: usize,
     pub threads: usize,
@@ -74,6 +89,8 @@ pub struct Progress {
     pub delivered: AtomicU64,
     pub errors: AtomicU64,
     pub pop_sessions: AtomicU64,
+    pub imap_sessions: AtomicU64,
+    pub imap_ops: AtomicU64,
     pub started: AtomicU64,
     pub done: AtomicBool,
 }
@@ -99,6 +116,70 @@ struct ThreadResult {
     unswept: HashMap<usize, String>,
     /// Users whose mailbox a sweep pass emptied.
     swept: HashSet<usize>,
+    imap: ImapCounts,
+    /// Messages of this run an IMAP session expunged (answered OK).
+    expunged: HashSet<u64>,
+}
+
+/// What the IMAP sessions of a thread did.
+#[derive(Debug)]
+struct ImapCounts {
+    sessions: u64,
+    ops: u64,
+    /// Every command answered OK, whole sessions, and each kind of command.
+    op_latency: Histogram<u64>,
+    session_latency: Histogram<u64>,
+    commands: BTreeMap<imap::Command, Histogram<u64>>,
+    headers: u64,
+    bodies_checked: u64,
+    bodies_foreign: u64,
+    appended: u64,
+    expunged: u64,
+    idles: u64,
+    idles_woken: u64,
+}
+
+impl ImapCounts {
+    fn new() -> Self {
+        Self {
+            sessions: 0,
+            ops: 0,
+            op_latency: latency_histogram(),
+            session_latency: latency_histogram(),
+            commands: BTreeMap::new(),
+            headers: 0,
+            bodies_checked: 0,
+            bodies_foreign: 0,
+            appended: 0,
+            expunged: 0,
+            idles: 0,
+            idles_woken: 0,
+        }
+    }
+
+    fn merge(&mut self, other: ImapCounts) {
+        self.sessions += other.sessions;
+        self.ops += other.ops;
+        self.op_latency.add(&other.op_latency).ok();
+        self.session_latency.add(&other.session_latency).ok();
+        for (command, h) in other.commands {
+            match self.commands.get_mut(&command) {
+                Some(mine) => {
+                    mine.add(&h).ok();
+                }
+                None => {
+                    self.commands.insert(command, h);
+                }
+            }
+        }
+        self.headers += other.headers;
+        self.bodies_checked += other.bodies_checked;
+        self.bodies_foreign += other.bodies_foreign;
+        self.appended += other.appended;
+        self.expunged += other.expunged;
+        self.idles += other.idles;
+        self.idles_woken += other.idles_woken;
+    }
 }
 
 impl ThreadResult {
@@ -118,7 +199,41 @@ impl ThreadResult {
             greetings: Greetings::default(),
             unswept: HashMap::new(),
             swept: HashSet::new(),
+            imap: ImapCounts::new(),
+            expunged: HashSet::new(),
         }
+    }
+
+    /// Accounts what an IMAP session did (also the part a failed session did).
+    fn account_imap(&mut self, run: &str, tally: &imap::Tally, progress: &Progress) {
+        let key = |id: &str| {
+            id.strip_prefix(run)
+                .and_then(|k| u64::from_str_radix(k, 16).ok())
+        };
+        for &(command, micros) in &tally.ops {
+            self.imap.ops += 1;
+            let _ = self.imap.op_latency.record(micros);
+            let _ = self
+                .imap
+                .commands
+                .entry(command)
+                .or_insert_with(latency_histogram)
+                .record(micros);
+        }
+        progress
+            .imap_ops
+            .fetch_add(tally.ops.len() as u64, Ordering::Relaxed);
+        self.imap.headers += tally.headers;
+        self.imap.bodies_checked += tally.bodies_checked;
+        self.imap.bodies_foreign += tally.bodies_foreign;
+        self.imap.idles += u64::from(tally.idled);
+        self.imap.idles_woken += u64::from(tally.idle_woken);
+        self.corrupt += tally.corrupt.len() as u64;
+        self.imap.expunged += tally.expunged.len() as u64;
+        self.expunged
+            .extend(tally.expunged.iter().filter_map(|id| key(id)));
+        self.uncertain
+            .extend(tally.uncertain.iter().filter_map(|id| key(id)));
     }
 
     fn error(&mut self, e: &ClientError, progress: &Progress) {
@@ -146,6 +261,8 @@ impl ThreadResult {
         self.greetings.merge(other.greetings);
         self.unswept.extend(other.unswept);
         self.swept.extend(other.swept);
+        self.imap.merge(other.imap);
+        self.expunged.extend(other.expunged);
         for (key, count) in other.seen {
             *self.seen.entry(key).or_default() += count;
         }
@@ -187,6 +304,10 @@ impl ThreadResult {
             *self.seen.entry(key).or_default() += 1;
         }
     }
+}
+
+fn micros_since(began: Instant) -> u64 {
+    (began.elapsed().as_micros() as u64).max(1)
 }
 
 fn latency_histogram() -> Histogram<u64> {
@@ -231,13 +352,15 @@ pub struct Report {
     pub retrieved: u64,
     pub smtp: Latency,
     pub pop: Latency,
+    pub imap: ImapReport,
     pub errors: BTreeMap<String, u64>,
     /// Whether every acknowledged message was looked for (POP3 given and the sweep ran).
     pub verified: bool,
     pub lost: u64,
     pub duplicated: u64,
     pub corrupt: u64,
-    /// Messages retrieved by POP sessions that failed after QUIT was sent.
+    /// Messages retrieved by POP sessions that failed after QUIT was sent, and messages IMAP
+    /// sessions flagged \Deleted but failed before EXPUNGE was answered.
     pub uncertain: u64,
     /// Up to 20 lost messages: "<message id> user<n>", to look for them on the servers.
     pub lost_sample: Vec<String>,
@@ -254,13 +377,72 @@ pub struct Report {
     pub greetings: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+/// What the IMAP sessions did. An op is one command answered OK (LOGIN, SELECT, each FETCH,
+/// STORE, APPEND, EXPUNGE, IDLE, LOGOUT, …).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImapReport {
+    pub sessions: u64,
+    pub sessions_per_s: f64,
+    pub ops: u64,
+    pub ops_per_s: f64,
+    /// Latency of every op, then of whole sessions (connect to LOGOUT's OK).
+    pub op: Latency,
+    pub session: Latency,
+    /// Latency of each kind of command.
+    pub commands: BTreeMap<String, Latency>,
+    pub headers_fetched: u64,
+    /// Bodies fetched and checked against their checksum and announced size (corrupt ones
+    /// are counted in the report's `corrupt`); bodies of other mail are not checked.
+    pub bodies_checked: u64,
+    pub bodies_foreign: u64,
+    pub appended: u64,
+    pub expunged: u64,
+    pub idles: u64,
+    /// IDLEs ended by an EXISTS before their time was up.
+    pub idles_woken: u64,
+}
+
+fn imap_report(counts: &ImapCounts, seconds: f64) -> ImapReport {
+    ImapReport {
+        sessions: counts.sessions,
+        sessions_per_s: counts.sessions as f64 / seconds,
+        ops: counts.ops,
+        ops_per_s: counts.ops as f64 / seconds,
+        op: latency(&counts.op_latency),
+        session: latency(&counts.session_latency),
+        commands: counts
+            .commands
+            .iter()
+            .map(|(c, h)| (c.name().to_owned(), latency(h)))
+            .collect(),
+        headers_fetched: counts.headers,
+        bodies_checked: counts.bodies_checked,
+        bodies_foreign: counts.bodies_foreign,
+        appended: counts.appended,
+        expunged: counts.expunged,
+        idles: counts.idles,
+        idles_woken: counts.idles_woken,
+    }
+}
+
 fn user_name(format: &str, n: usize) -> String {
     format.replace("{n}", &n.to_string())
 }
 
 /// Runs the workload; `progress` is updated as it goes.
 pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report> {
-    anyhow::ensure!(!config.smtp.is_empty(), "give at least one --smtp target");
+    anyhow::ensure!(
+        config.smtp_share == 0 || !config.smtp.is_empty(),
+        "give at least one --smtp target (or a mix without deliveries)"
+    );
+    anyhow::ensure!(
+        config.imap_share == 0 || !config.imap.is_empty(),
+        "an IMAP share in the mix needs at least one --imap target"
+    );
+    anyhow::ensure!(
+        config.smtp_share + config.pop_share + config.imap_share > 0,
+        "the mix is empty"
+    );
     anyhow::ensure!(
         config.connections >= 1 && config.threads >= 1,
         "--connections and --threads must be at least 1"
@@ -274,11 +456,15 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         config.duration.is_some() || config.messages.is_some(),
         "give --duration or --messages"
     );
+    anyhow::ensure!(
+        config.duration.is_some() || config.smtp_share > 0,
+        "without deliveries in the mix, --messages never ends a run: give --duration"
+    );
     let threads = config.threads.min(config.connections);
     let run_id = format!("{:08x}-", rand::thread_rng().gen::<u32>());
     let zipf = Arc::new(Zipf::new(config.users, config.zipf));
     let config = Arc::new(config);
-    if config.warm_logins && !config.pop3.is_empty() {
+    if config.warm_logins && !(config.pop3.is_empty() && config.imap.is_empty()) {
         let warm_started = Instant::now();
         let failed = warm_logins(&config, threads)?;
         eprintln!(
@@ -343,7 +529,11 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
             let missing: HashSet<usize> = total
                 .acked
                 .iter()
-                .filter(|(k, _)| !total.seen.contains_key(k) && !total.uncertain.contains(k))
+                .filter(|(k, _)| {
+                    !total.seen.contains_key(k)
+                        && !total.uncertain.contains(k)
+                        && !total.expunged.contains(k)
+                })
                 .map(|(_, user)| *user as usize)
                 .collect();
             if missing.is_empty() || Instant::now() >= deadline {
@@ -354,7 +544,11 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         }
     }
     let verified = swept && unswept.is_empty();
-    let not_seen = |key: &u64| !total.seen.contains_key(key) && !total.uncertain.contains(key);
+    let not_seen = |key: &u64| {
+        !total.seen.contains_key(key)
+            && !total.uncertain.contains(key)
+            && !total.expunged.contains(key)
+    };
     let unverified = total
         .acked
         .iter()
@@ -391,6 +585,7 @@ pub fn run(config: LoadConfig, progress: Arc<Progress>) -> anyhow::Result<Report
         retrieved: total.retrieved,
         smtp: latency(&total.smtp_latency),
         pop: latency(&total.pop_latency),
+        imap: imap_report(&total.imap, seconds),
         errors: total.errors,
         verified,
         lost,
@@ -434,6 +629,8 @@ async fn run_thread(
 ) -> (ThreadResult, HashSet<usize>) {
     let result = std::rc::Rc::new(std::cell::RefCell::new(ThreadResult::new()));
     let recipients = std::rc::Rc::new(std::cell::RefCell::new(HashSet::new()));
+    // What this thread's IMAP clients remember of each mailbox (UIDVALIDITY, highest UID).
+    let caches = std::rc::Rc::new(std::cell::RefCell::new(HashMap::new()));
     // One body source per thread (2 MiB of text), shared by its workers.
     let bodies = std::rc::Rc::new(workload::BodySource::new(
         &mut rand::rngs::SmallRng::seed_from_u64(rand::thread_rng().gen()),
@@ -447,7 +644,7 @@ async fn run_thread(
             progress.clone(),
             run_id.clone(),
         );
-        let (result, recipients) = (result.clone(), recipients.clone());
+        let (result, recipients, caches) = (result.clone(), recipients.clone(), caches.clone());
         tasks.push(glommio::spawn_local(async move {
             worker_loop(
                 thread,
@@ -460,6 +657,7 @@ async fn run_thread(
                 &bodies,
                 &result,
                 &recipients,
+                &caches,
             )
             .await
         }));
@@ -484,11 +682,13 @@ async fn worker_loop(
     bodies: &workload::BodySource,
     result: &std::cell::RefCell<ThreadResult>,
     recipients: &std::cell::RefCell<HashSet<usize>>,
+    caches: &std::cell::RefCell<HashMap<usize, (u32, u32)>>,
 ) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::thread_rng().gen());
-    let smtp_target = config.smtp[worker % config.smtp.len()];
+    let smtp_target = config.smtp.get(worker % config.smtp.len().max(1)).copied();
     let pop_target = config.pop3.get(worker % config.pop3.len().max(1)).copied();
-    let share_total = (config.smtp_share + config.pop_share).max(1);
+    let imap_target = config.imap.get(worker % config.imap.len().max(1)).copied();
+    let share_total = (config.smtp_share + config.pop_share + config.imap_share).max(1);
     let mut smtp: Option<SmtpClient> = None;
     let mut message = Vec::new();
     let mut seq: u64 = 0;
@@ -497,7 +697,60 @@ async fn worker_loop(
         if config.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        let is_pop = pop_target.is_some() && rng.gen_range(0..share_total) >= config.smtp_share;
+        let draw = rng.gen_range(0..share_total);
+        let is_imap = imap_target.is_some() && draw >= config.smtp_share + config.pop_share;
+        let is_pop = !is_imap && pop_target.is_some() && draw >= config.smtp_share;
+        if is_imap {
+            let Some(target) = imap_target else { continue };
+            let user_number = zipf.sample(&mut rng);
+            let user = user_name(&config.user_format, user_number);
+            seq += 1;
+            let key =
+                ((thread as u64) << 56) | ((worker as u64 & 0xff_ffff) << 32) | (seq & 0xffff_ffff);
+            let id = format!("{run_id}{key:x}");
+            let size = config.size.sample(&mut rng);
+            workload::message(&id, size, bodies, &mut rng, &mut message);
+            let idle = (config.imap_idle_percent > 0
+                && rng.gen_range(0..100) < config.imap_idle_percent)
+                .then_some(config.imap_idle);
+            let plan = imap::Plan {
+                addr: target,
+                user: &user,
+                password: &config.password,
+                tls: config.tls.as_ref(),
+                cache: caches.borrow().get(&user_number).copied(),
+                bodies_max: config.imap_bodies,
+                append: &message,
+                expunge: true,
+                idle,
+                login_only: false,
+            };
+            let mut tally = imap::Tally::default();
+            let began = Instant::now();
+            let outcome = imap::session(&plan, IO_TIMEOUT, &mut tally).await;
+            if let Some(cache) = tally.cache {
+                caches.borrow_mut().insert(user_number, cache);
+            }
+            let mut r = result.borrow_mut();
+            if let Some(greeting) = &tally.greeting {
+                r.greetings.record(Service::Imap, target, greeting);
+            }
+            r.account_imap(run_id, &tally, progress);
+            if tally.appended {
+                r.imap.appended += 1;
+                r.acked.insert(key, user_number as u32);
+                recipients.borrow_mut().insert(user_number);
+            }
+            match outcome {
+                Ok(()) => {
+                    let _ = r.imap.session_latency.record(micros_since(began));
+                    r.imap.sessions += 1;
+                    progress.imap_sessions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => r.error(&e, progress),
+            }
+            continue;
+        }
         if !is_pop {
             let n = progress.started.fetch_add(1, Ordering::Relaxed);
             if config.messages.is_some_and(|m| n >= m) {
@@ -559,6 +812,9 @@ async fn worker_loop(
         let id = format!("{run_id}{key:x}");
         let size = config.size.sample(&mut rng);
         workload::message(&id, size, bodies, &mut rng, &mut message);
+        let Some(smtp_target) = smtp_target else {
+            continue;
+        };
         if smtp.is_none() {
             let tls = config.tls.as_ref();
             match SmtpClient::connect(smtp_target, "porcupine-load", config.transfer, tls).await {
@@ -731,12 +987,14 @@ fn warm_logins(config: &Arc<LoadConfig>, threads: usize) -> anyhow::Result<u64> 
                     let mut n = 1 + thread * SESSIONS_PER_THREAD + lane;
                     while n <= config.users {
                         let user = user_name(&config.user_format, n);
-                        let target = config.pop3[n % config.pop3.len()];
                         let tls = config.tls.as_ref();
-                        if pop_login(target, &user, &config.password, tls)
-                            .await
-                            .is_err()
-                        {
+                        let logged_in = match config.pop3.get(n % config.pop3.len().max(1)) {
+                            Some(&target) => pop_login(target, &user, &config.password, tls)
+                                .await
+                                .is_ok(),
+                            None => imap_login(&config, n, &user).await,
+                        };
+                        if !logged_in {
                             failed += 1;
                         }
                         n += stride;
@@ -752,6 +1010,28 @@ fn warm_logins(config: &Arc<LoadConfig>, threads: usize) -> anyhow::Result<u64> 
         }
     })?;
     Ok(failures.into_iter().sum())
+}
+
+/// Logs in once by IMAP as `user` (the warm-up, when there is no POP3 target).
+async fn imap_login(config: &LoadConfig, n: usize, user: &str) -> bool {
+    let Some(&target) = config.imap.get(n % config.imap.len().max(1)) else {
+        return false;
+    };
+    let plan = imap::Plan {
+        addr: target,
+        user,
+        password: &config.password,
+        tls: config.tls.as_ref(),
+        cache: None,
+        bodies_max: 0,
+        append: &[],
+        expunge: false,
+        idle: None,
+        login_only: true,
+    };
+    imap::session(&plan, IO_TIMEOUT, &mut imap::Tally::default())
+        .await
+        .is_ok()
 }
 
 /// The summary table.
@@ -780,11 +1060,57 @@ pub fn table(report: &Report) -> String {
             l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
         );
     }
+    let imap = &report.imap;
+    if imap.sessions > 0 || imap.ops > 0 {
+        let _ = writeln!(
+            out,
+            "{:<6} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  (one op: a command answered OK)",
+            "imap",
+            imap.op.count,
+            imap.op.p50_ms,
+            imap.op.p90_ms,
+            imap.op.p99_ms,
+            imap.op.p999_ms,
+            imap.op.max_ms
+        );
+    }
     let _ = writeln!(
         out,
         "POP sessions {}, messages retrieved {}",
         report.pop_sessions, report.retrieved
     );
+    if imap.sessions > 0 || imap.ops > 0 {
+        let _ = writeln!(
+            out,
+            "IMAP: {} sessions ({:.1}/s), {} ops: {:.0} ops/s; {} headers, {} bodies checked \
+             ({} other mail), {} appended, {} expunged, {} IDLEs ({} woken by EXISTS)",
+            imap.sessions,
+            imap.sessions_per_s,
+            imap.ops,
+            imap.ops_per_s,
+            imap.headers_fetched,
+            imap.bodies_checked,
+            imap.bodies_foreign,
+            imap.appended,
+            imap.expunged,
+            imap.idles,
+            imap.idles_woken
+        );
+        let _ = writeln!(
+            out,
+            "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "IMAP command", "count", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms"
+        );
+        let rows = std::iter::once(("session", &imap.session))
+            .chain(imap.commands.iter().map(|(name, l)| (name.as_str(), l)));
+        for (name, l) in rows {
+            let _ = writeln!(
+                out,
+                "{name:<14} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+    }
     if report.errors.is_empty() {
         let _ = writeln!(out, "errors: none");
     } else {
@@ -813,7 +1139,7 @@ pub fn table(report: &Report) -> String {
     } else if report.verified {
         let _ = writeln!(
             out,
-            "integrity: lost {}, duplicated {}, corrupt {} (uncertain: {} retrieved by sessions cut off after QUIT)",
+            "integrity: lost {}, duplicated {}, corrupt {} (uncertain: {} retrieved by POP sessions cut off after QUIT, or flagged \\Deleted by IMAP sessions cut off before EXPUNGE's OK)",
             report.lost, report.duplicated, report.corrupt, report.uncertain
         );
     } else {
