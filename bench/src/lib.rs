@@ -2,12 +2,14 @@
 //! measures one thing against a baseline taken in the same run and reports the ratio.
 //!
 //! - [`cluster`]: clusters of real `porcupine` processes on loopback addresses;
+//! - [`imap_side`]: the IMAP part of `side-by-side` (porcupine's IMAP against Dovecot's);
 //! - [`peers`]: private Postfix, Dovecot and smtp-sink instances to compare with;
 //! - [`ports`]: free ports, and who listens on them;
 //! - [`run`]: a run's directory and servers, cleaned up on every way out;
 //! - [`stock`]: Postfix's `smtp-source` against a server, the shapes a stock MTA produces.
 
 pub mod cluster;
+pub mod imap_side;
 pub mod peers;
 pub mod ports;
 pub mod run;

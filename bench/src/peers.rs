@@ -1,7 +1,7 @@
 //! The mail servers porcupine is compared with, each a private instance inside the run's
 //! directory: Postfix with its own `config_directory`, `queue_directory` and
-//! `data_directory` (`postfix -c DIR`), Dovecot with its own configuration, `base_dir` and
-//! `state_dir`, and `smtp-sink`. Nothing outside the run's directory is written: not
+//! `data_directory` (`postfix -c DIR`), Dovecot (POP3, and IMAP when asked) with its own
+//! configuration, `base_dir` and `state_dir`, and `smtp-sink`. Nothing outside the run's directory is written: not
 //! `/etc/postfix`, not the system's queue, not `/etc/passwd` (mail is stored as the existing
 //! user `nobody`). Every listener is on a port the run chose, and the system's own Postfix or
 //! Dovecot, running or not, is left alone.
@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::run::Run;
+
+/// Dovecot's IMAP server (Debian's dovecot-imapd), needed for the IMAP runs.
+pub const DOVECOT_IMAP: &str = "/usr/lib/dovecot/imap";
+
+/// Whether Dovecot's IMAP server is installed; an error saying what to install if not.
+pub fn require_dovecot_imap() -> Result<()> {
+    if !Path::new(DOVECOT_IMAP).exists() {
+        bail!(
+            "missing {DOVECOT_IMAP}: install the Debian package dovecot-imapd for the IMAP \
+             runs (or leave them out with --only mail)"
+        );
+    }
+    Ok(())
+}
 
 /// The programs a comparison needs, and where they come from.
 pub fn require_programs() -> Result<()> {
@@ -47,12 +61,22 @@ pub fn mail_owner() -> Result<(u32, u32)> {
     user_ids("nobody")
 }
 
-/// `user1@domain` … `user<users>@domain`, the same in every system.
+/// The same mailboxes in every system: for each `(prefix, count)` of `sets`,
+/// `<prefix>1@domain` … `<prefix><count>@domain`.
 #[derive(Debug)]
 pub struct Mailboxes<'a> {
     pub domain: &'a str,
-    pub users: usize,
+    pub sets: Vec<(&'a str, usize)>,
     pub password: &'a str,
+}
+
+impl Mailboxes<'_> {
+    /// Every mailbox's local part.
+    pub fn locals(&self) -> impl Iterator<Item = String> + '_ {
+        self.sets
+            .iter()
+            .flat_map(|&(prefix, count)| (1..=count).map(move |n| format!("{prefix}{n}")))
+    }
 }
 
 /// A certificate and key (PEM) for the peers' TLS, made with `openssl` in `dir` (self-signed,
@@ -139,9 +163,9 @@ impl Postfix {
             std::fs::create_dir_all(dir)?;
         }
         let mut vmailbox = String::new();
-        for n in 1..=mailboxes.users {
+        for local in mailboxes.locals() {
             let domain = mailboxes.domain;
-            let _ = writeln!(vmailbox, "user{n}@{domain} {domain}/user{n}/");
+            let _ = writeln!(vmailbox, "{local}@{domain} {domain}/{local}/");
         }
         std::fs::write(config.join("vmailbox"), vmailbox)?;
         let (uid, gid) = owner;
@@ -245,10 +269,15 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
-/// A private Dovecot POP3 server over the Maildirs Postfix writes; its master's pid.
+/// A private Dovecot POP3 server over the Maildirs Postfix writes, and IMAP on `imap_port`
+/// if given; its master's pid. Dovecot's defaults otherwise (`mail_fsync = optimized`: a
+/// saved message is fsynced, flag changes and expunges are not), except that one user may
+/// have any number of IMAP connections from one address (the load generator's sessions of
+/// one popular user all come from 127.0.0.1).
 pub fn start_dovecot(
     run: &Run,
     pop3_port: u16,
+    imap_port: Option<u16>,
     mailboxes: &Mailboxes,
     owner: (u32, u32),
     tls: Option<&(PathBuf, PathBuf)>,
@@ -259,10 +288,10 @@ pub fn start_dovecot(
         std::fs::create_dir_all(dir)?;
     }
     let mut users = String::new();
-    for n in 1..=mailboxes.users {
+    for local in mailboxes.locals() {
         let _ = writeln!(
             users,
-            "user{n}@{}:{{PLAIN}}{}",
+            "{local}@{}:{{PLAIN}}{}",
             mailboxes.domain, mailboxes.password
         );
     }
@@ -270,14 +299,30 @@ pub fn start_dovecot(
     let (uid, gid) = owner;
     let (b, mail) = (base.display(), run.dir().join("mail"));
     let mail = mail.display();
+    let (protocols, imap) = match imap_port {
+        Some(port) => (
+            "pop3 imap",
+            format!(
+                "service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    \
+                 port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 protocol imap {{\n  mail_max_userip_connections = 100000\n}}\n"
+            ),
+        ),
+        None => (
+            "pop3",
+            "service imap-login {\n  inet_listener imap {\n    port = 0\n  }\n  \
+             inet_listener imaps {\n    port = 0\n  }\n}\n"
+                .to_owned(),
+        ),
+    };
     let conf = format!(
-        "protocols = pop3\nlisten = 127.0.0.1\nbase_dir = {runtime}\nstate_dir = {state}\n\
+        "protocols = {protocols}\nlisten = 127.0.0.1\nbase_dir = {runtime}\nstate_dir = {state}\n\
          log_path = {b}/dovecot.log\n{ssl}disable_plaintext_auth = no\nauth_mechanisms = plain\n\
          mail_location = maildir:{mail}/%d/%n\nfirst_valid_uid = {uid}\n\
          passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {b}/users\n}}\n\
          userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={mail}/%d/%n\n}}\n\
          service pop3-login {{\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {pop3_port}\n  }}\n}}\n\
-         service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
+         {imap}",
         runtime = runtime.display(),
         state = state.display(),
         ssl = match tls {

@@ -4,8 +4,12 @@
 //! disk"), for several connection counts; then, each round, (e) Postfix's own `smtp-source`
 //! against the durable SMTP-only porcupine and smtp-sink at 1, 20 and 100 sessions with 1 and 4
 //! recipients (`porcupine_bench::stock`), so the headline never rests on our generator alone.
+//! Then (f) IMAP: porcupine's IMAP against Dovecot's over the same number of mailboxes given
+//! the same amount of mail, at a few connection counts (`porcupine_bench::imap_side`);
+//! `--only imap` runs that part alone, `--only mail` the rest alone.
 //! Writes `<results>/<name>.md` and `<name>.svg`; with `--json` its last line holds the best
-//! delivered rates, the smtp-source medians and ratios, and the total of lost or corrupt mail.
+//! delivered rates, the smtp-source medians and ratios, the IMAP ops/s and their ratio, and
+//! the total of lost or corrupt mail.
 //!
 //! Hermetic: every server is a private instance in the run's directory on ports chosen free at
 //! start (see `porcupine_bench::peers` and `ports`); nothing of the machine's own Postfix or
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use porcupine_bench::imap_side::{self, ImapRun};
 use porcupine_bench::peers::{self, Mailboxes, Postfix};
 use porcupine_bench::ports::{check_owned, free_ports};
 use porcupine_bench::run::Run as RunDir;
@@ -36,6 +41,10 @@ const DOMAIN: &str = "sbs.test";
 const PASSWORD: &str = "pw";
 /// The local part smtp-source's recipients are made from (`stock`, `2stock`, …).
 const STOCK_LOCAL: &str = "stock";
+/// The local part of the IMAP runs' mailboxes (`imap1`, `imap2`, …), apart from the others.
+const IMAP_PREFIX: &str = "imap";
+/// The IMAP runs' systems, in the order of their table.
+const IMAP_SYSTEMS: [&str; 2] = ["porcupine-imap", "dovecot-imap"];
 /// Every system measured, in the order of the tables and the plot (the last two with --tls).
 const SYSTEMS: [&str; 8] = [
     "porcupine",
@@ -48,8 +57,31 @@ const SYSTEMS: [&str; 8] = [
     "postfix+dovecot-tls",
 ];
 
+/// Which parts of the comparison run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    /// Everything: the SMTP/POP3 runs, smtp-source, then IMAP.
+    All,
+    /// The SMTP/POP3 runs and smtp-source, no IMAP (needs no dovecot-imapd).
+    Mail,
+    /// Only the IMAP runs.
+    Imap,
+}
+
 #[derive(Parser, Debug)]
 struct Args {
+    /// Which parts to run.
+    #[arg(long, value_enum, default_value = "all")]
+    only: Only,
+    /// Connection counts of the IMAP runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    imap_connections: Vec<usize>,
+    /// Mailboxes of the IMAP runs (`imap1` …, apart from the SMTP/POP3 runs' users).
+    #[arg(long, default_value_t = 200)]
+    imap_users: usize,
+    /// Messages each IMAP mailbox gets (on average) before the IMAP runs.
+    #[arg(long, default_value_t = 10)]
+    imap_preload: usize,
     /// Users (the same in every system).
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -171,14 +203,29 @@ struct Node {
     smtp: u16,
     pop3: u16,
     admin: u16,
+    /// Its IMAP port (0: an ephemeral one nobody uses).
+    imap: u16,
+}
+
+/// What the IMAP part measured.
+#[derive(Debug, Default)]
+struct ImapResult {
+    filled: Vec<imap_side::Filled>,
+    runs: Vec<ImapRun>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.rounds == 0 || args.connections.is_empty() {
-        bail!("--rounds and --connections need at least one value each");
+    if args.rounds == 0 || args.connections.is_empty() || args.imap_connections.is_empty() {
+        bail!("--rounds, --connections and --imap-connections need at least one value each");
+    }
+    if args.imap_users == 0 || args.imap_preload == 0 {
+        bail!("--imap-users and --imap-preload must be at least 1");
     }
     peers::require_programs()?;
+    if args.only != Only::Mail {
+        peers::require_dovecot_imap()?;
+    }
     let root = workspace_root()?;
     let bins = match &args.bins {
         Some(dir) => porcupine_bench::cluster::Bins::at(dir)?,
@@ -197,13 +244,13 @@ fn main() -> Result<()> {
     let outcome = measure(&args, &bins, &run);
     // Every server stops (and the directory goes) before the report is written.
     run.finish();
-    let (runs, stock_runs) = outcome?;
-    report(&args, &runs, &stock_runs, &results)
+    let (runs, stock_runs, imap) = outcome?;
+    report(&args, &runs, &stock_runs, &imap, &results)
 }
 
 /// The smtp-source shapes to measure (none with `--no-stock`).
 fn stock_shapes(args: &Args) -> Vec<Shape> {
-    if args.no_stock {
+    if args.no_stock || args.only == Only::Imap {
         return Vec::new();
     }
     let bytes = args.size.parse().unwrap_or(4700);
@@ -225,20 +272,31 @@ fn measure(
     args: &Args,
     bins: &porcupine_bench::cluster::Bins,
     run: &RunDir,
-) -> Result<(Vec<Run>, Vec<StockRun>)> {
+) -> Result<(Vec<Run>, Vec<StockRun>, ImapResult)> {
     let base = run.dir().to_path_buf();
-    let mut ports = free_ports(12)?.into_iter();
+    let mut ports = free_ports(18)?.into_iter();
     let mut port = || ports.next().context("ran out of chosen ports");
+    let (mail, imap) = (args.only != Only::Imap, args.only != Only::Mail);
 
     // (a) porcupine, (a') porcupine for the SMTP-only workload smtp-sink gets (its own data, so
-    // its mailboxes never weigh on the mixed runs), and (d) porcupine discarding bodies.
+    // its mailboxes never weigh on the mixed runs), and (d) porcupine discarding bodies; for
+    // the IMAP runs, (f) porcupine-imap with its own data and users.
     let mut nodes = Vec::new();
-    for (name, discard) in [
-        ("porcupine", false),
-        ("porcupine-smtp", false),
-        ("porcupine-discard", true),
-    ] {
+    let mut imap_node = None;
+    let mut names = Vec::new();
+    if mail {
+        names.extend([
+            ("porcupine", false),
+            ("porcupine-smtp", false),
+            ("porcupine-discard", true),
+        ]);
+    }
+    if imap {
+        names.push((IMAP_SYSTEMS[0], false));
+    }
+    for (name, discard) in names {
         let (smtp, pop3, admin) = (port()?, port()?, port()?);
+        let imap_port = if name == IMAP_SYSTEMS[0] { port()? } else { 0 };
         let log = std::fs::File::create(base.join(format!("{name}.log")))?;
         let mut command = Command::new(&bins.porcupine);
         command
@@ -248,7 +306,7 @@ fn measure(
             .args(["--pop3", &format!("127.0.0.1:{pop3}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--no-pop3s")
-            .args(["--imap", "127.0.0.1:0", "--no-imaps"])
+            .args(["--imap", &format!("127.0.0.1:{imap_port}"), "--no-imaps"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -263,15 +321,17 @@ fn measure(
                 log_tail(&log_path)
             )
         })?;
+        if imap_port != 0 {
+            wait_listening(imap_port, pid)?;
+        }
+        let (count, prefix) = if imap_port != 0 {
+            (args.imap_users, IMAP_PREFIX)
+        } else {
+            (args.users, "user")
+        };
         let added = Command::new(&bins.porcupine)
-            .args([
-                "user",
-                "bulk",
-                "--count",
-                &args.users.to_string(),
-                "--prefix",
-                "user",
-            ])
+            .args(["user", "bulk", "--count", &count.to_string()])
+            .args(["--prefix", prefix])
             .args(["--domain", DOMAIN, "--password", PASSWORD])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--data")
@@ -290,37 +350,142 @@ fn measure(
                 add_user(bins, &base.join(name), admin, &user)?;
             }
         }
-        nodes.push(Node {
+        let node = Node {
             pid,
             smtp,
             pop3,
             admin,
-        });
+            imap: imap_port,
+        };
+        if imap_port != 0 {
+            imap_node = Some(node);
+        } else {
+            nodes.push(node);
+        }
     }
 
     // (b) Postfix + Dovecot with the same users, and (c) smtp-sink.
+    let mut sets = Vec::new();
+    if mail {
+        sets.push(("user", args.users));
+    }
+    if imap {
+        sets.push((IMAP_PREFIX, args.imap_users));
+    }
     let mailboxes = Mailboxes {
         domain: DOMAIN,
-        users: args.users,
+        sets,
         password: PASSWORD,
     };
     let owner = peers::mail_owner()?;
     let (postfix_smtp, dovecot_pop3, sink_smtp) = (port()?, port()?, port()?);
+    let dovecot_imap = if imap { Some(port()?) } else { None };
     let certificate = args
         .tls
         .then(|| peers::certificate(run.dir()))
         .transpose()?;
     let postfix = Postfix::start(run, postfix_smtp, &mailboxes, owner, certificate.as_ref())?;
-    let dovecot = peers::start_dovecot(run, dovecot_pop3, &mailboxes, owner, certificate.as_ref())?;
-    let sink = peers::start_sink(run, sink_smtp)?;
-    for (port, pid) in [
-        (postfix_smtp, postfix.master),
-        (dovecot_pop3, dovecot),
-        (sink_smtp, sink),
-    ] {
+    let dovecot = peers::start_dovecot(
+        run,
+        dovecot_pop3,
+        dovecot_imap,
+        &mailboxes,
+        owner,
+        certificate.as_ref(),
+    )?;
+    let sink = if mail {
+        Some(peers::start_sink(run, sink_smtp)?)
+    } else {
+        None
+    };
+    let mut listening = vec![(postfix_smtp, postfix.master), (dovecot_pop3, dovecot)];
+    listening.extend(sink.map(|pid| (sink_smtp, pid)));
+    listening.extend(dovecot_imap.map(|port| (port, dovecot)));
+    for (port, pid) in listening {
         wait_listening(port, pid)?;
     }
+    let mut runs = Vec::new();
+    let mut stock_runs = Vec::new();
+    if let Some(sink) = sink {
+        measure_mail(
+            args,
+            bins,
+            run,
+            &nodes,
+            &postfix,
+            dovecot,
+            (postfix_smtp, dovecot_pop3, sink_smtp, sink),
+            &mut runs,
+            &mut stock_runs,
+        )?;
+    }
+    let mut imap_result = ImapResult::default();
+    if let (Some(node), Some(dovecot_imap)) = (imap_node, dovecot_imap) {
+        let targets = [
+            imap_side::Target {
+                system: IMAP_SYSTEMS[0],
+                smtp: imap_side::Endpoint {
+                    port: node.smtp,
+                    owner: node.pid,
+                    greeting: "ESMTP porcupine",
+                },
+                imap: imap_side::Endpoint {
+                    port: node.imap,
+                    owner: node.pid,
+                    greeting: "porcupine",
+                },
+                postfix: None,
+            },
+            imap_side::Target {
+                system: IMAP_SYSTEMS[1],
+                smtp: imap_side::Endpoint {
+                    port: postfix_smtp,
+                    owner: postfix.master,
+                    greeting: "ESMTP Postfix",
+                },
+                imap: imap_side::Endpoint {
+                    port: dovecot_imap,
+                    owner: dovecot,
+                    greeting: "Dovecot",
+                },
+                postfix: Some(&postfix),
+            },
+        ];
+        let (filled, runs) = imap_side::measure(run, &imap_settings(args, &bins.load), &targets)?;
+        imap_result = ImapResult { filled, runs };
+    }
+    Ok((runs, stock_runs, imap_result))
+}
 
+/// The IMAP part's settings (`load`: the porcupine-load binary; the report needs none).
+fn imap_settings<'a>(args: &'a Args, load: &'a Path) -> imap_side::Settings<'a> {
+    imap_side::Settings {
+        load,
+        domain: DOMAIN,
+        prefix: IMAP_PREFIX,
+        users: args.imap_users,
+        password: PASSWORD,
+        preload: args.imap_preload,
+        connections: &args.imap_connections,
+        rounds: args.rounds,
+        seconds: args.seconds,
+        size: &args.size,
+    }
+}
+
+/// The SMTP/POP3 runs and smtp-source, round after round.
+#[allow(clippy::too_many_arguments)]
+fn measure_mail(
+    args: &Args,
+    bins: &porcupine_bench::cluster::Bins,
+    run: &RunDir,
+    nodes: &[Node],
+    postfix: &Postfix,
+    dovecot: u32,
+    (postfix_smtp, dovecot_pop3, sink_smtp, sink): (u16, u16, u16, u32),
+    runs: &mut Vec<Run>,
+    stock_runs: &mut Vec<StockRun>,
+) -> Result<()> {
     let porcupine = |node: &Node, pop3: bool| {
         (
             Endpoint {
@@ -371,7 +536,7 @@ fn measure(
             }),
             mix: Mix::Paper(Transfer::Data),
             admin: None,
-            postfix: Some(&postfix),
+            postfix: Some(postfix),
             tls: false,
         },
         Target {
@@ -437,8 +602,6 @@ fn measure(
             stored: None,
         },
     ];
-    let mut runs = Vec::new();
-    let mut stock_runs = Vec::new();
     for round in 0..args.rounds {
         for &c in &args.connections {
             for i in 0..plan.len() {
@@ -464,7 +627,7 @@ fn measure(
             )?);
         }
     }
-    Ok((runs, stock_runs))
+    Ok(())
 }
 
 /// Adds `user` (password [`PASSWORD`]) on the node with admin port `admin`.
@@ -498,29 +661,65 @@ fn add_user(
 }
 
 /// Writes the tables and the plot; prints the report (and the JSON line).
-fn report(args: &Args, runs: &[Run], stock_runs: &[StockRun], results: &Path) -> Result<()> {
+fn report(
+    args: &Args,
+    runs: &[Run],
+    stock_runs: &[StockRun],
+    imap: &ImapResult,
+    results: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(results)?;
     let medians = medians(runs, &args.connections);
-    let mut report = table(runs, &medians, args);
+    let mut report = String::new();
     let shapes = stock_shapes(args);
-    if !shapes.is_empty() {
+    if args.only != Only::Imap {
+        report.push_str(&table(runs, &medians, args));
+        if !shapes.is_empty() {
+            report.push('\n');
+            report.push_str(&stock::table(
+                stock_runs,
+                &shapes,
+                "porcupine-smtp",
+                "smtp-sink",
+            ));
+        }
+    } else {
+        let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let _ = writeln!(
+            report,
+            "# Side by side, IMAP only: porcupine and Dovecot\n\nMachine: {machine} cores, \
+             `uname -r` {}.",
+            kernel.trim()
+        );
+    }
+    let settings = imap_settings(args, Path::new(""));
+    if args.only != Only::Mail {
         report.push('\n');
-        report.push_str(&stock::table(
-            stock_runs,
-            &shapes,
-            "porcupine-smtp",
-            "smtp-sink",
+        report.push_str(&imap_side::table(
+            &settings,
+            &imap.filled,
+            &imap.runs,
+            IMAP_SYSTEMS,
         ));
     }
     std::fs::write(results.join(format!("{}.md", args.name)), &report)?;
-    plot(&medians, &results.join(format!("{}.svg", args.name)))?;
+    if !runs.is_empty() {
+        plot(&medians, &results.join(format!("{}.svg", args.name)))?;
+    }
     eprintln!(
-        "wrote {0}/{1}.md and {0}/{1}.svg",
+        "wrote {0}/{1}.md{2}",
         results.display(),
-        args.name
+        args.name,
+        if runs.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}/{}.svg", results.display(), args.name)
+        }
     );
     let best = |system: &str| best_rate(&medians, system);
-    let lost: u64 = runs.iter().map(|r| r.lost + r.corrupt).sum();
+    let lost: u64 = runs.iter().map(|r| r.lost + r.corrupt).sum::<u64>()
+        + imap.runs.iter().map(|r| r.corrupt).sum::<u64>();
     print!("{report}");
     if args.json {
         println!(
@@ -535,6 +734,11 @@ fn report(args: &Args, runs: &[Run], stock_runs: &[StockRun], results: &Path) ->
                 "porcupine_tls": best("porcupine-tls"),
                 "postfix_dovecot_tls": best("postfix+dovecot-tls"),
                 "smtp_source": stock::summary(stock_runs, &shapes, "porcupine-smtp", "smtp-sink"),
+                "imap": if args.only == Only::Mail {
+                    serde_json::Value::Null
+                } else {
+                    imap_side::summary(&settings, &imap.runs, IMAP_SYSTEMS)
+                },
                 "lost": lost,
                 "rounds": args.rounds,
             })
