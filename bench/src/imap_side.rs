@@ -1,7 +1,7 @@
 //! The IMAP part of `side-by-side`: the same mailboxes given the same amount of mail on
 //! porcupine (through its SMTP) and on Dovecot (through Postfix, drained into the Maildirs),
 //! then `porcupine-load`'s IMAP sessions (`--mix 0:0:100`: LOGIN, SELECT INBOX, new headers,
-//! some bodies checked, \Seen, one APPEND, one STORE \Deleted + EXPUNGE, now and then a short
+//! some bodies checked, \Seen, one APPEND, STORE \Deleted + EXPUNGE, now and then a short
 //! IDLE, LOGOUT) against each IMAP server at several connection counts, the two systems
 //! alternating within each round; ops/s (commands answered OK) and the ratio at each system's
 //! best connection count.
@@ -380,8 +380,9 @@ pub fn table(
          mailbox opened about once). One session: LOGIN, SELECT INBOX, UID FETCH of the \
          headers not seen before by this client, UID FETCH BODY.PEEK[] of the newest 3 of \
          them (each checked against its checksum and RFC822.SIZE), UID STORE +FLAGS (\\Seen), \
-         APPEND of one message, UID STORE +FLAGS (\\Deleted) and EXPUNGE of one message, 5 % \
-         of sessions IDLE up to 50 ms, LOGOUT. An op is a command answered OK.\n",
+         APPEND of one message, UID STORE +FLAGS (\\Deleted) and EXPUNGE of one message the \
+         client knows, at random (two while the mailbox is larger than the client first found \
+         it, so that hot mailboxes keep their size), 5 % of sessions IDLE up to 50 ms, LOGOUT. An op is a command answered OK.\n",
         settings.users,
         settings.prefix,
         settings.preload,

@@ -6,8 +6,10 @@
 //! user's UIDVALIDITY and highest UID seen), `UID FETCH … (BODY.PEEK[])` of the newest few of
 //! those (each body checked against its `X-Load-Sum` and its RFC822.SIZE), `UID STORE …
 //! +FLAGS (\Seen)` on them, APPEND of one new message (LITERAL+ when offered), `UID STORE …
-//! +FLAGS (\Deleted)` and EXPUNGE of one of the new messages, now and then a short IDLE (done
-//! at once when EXISTS arrives, else after a bounded time), LOGOUT. STARTTLS first when asked.
+//! +FLAGS (\Deleted)` and EXPUNGE of one message the client knows, chosen at random (two
+//! while the mailbox is larger than when this client first opened it, so that hot mailboxes
+//! that concurrent sessions append to keep their size), now and then a short IDLE (done at
+//! once when EXISTS arrives, else after a bounded time), LOGOUT. STARTTLS first when asked.
 //!
 //! Responses are read whole: a line ending in `{n}` is followed by an n-byte literal and the
 //! rest of the response, so bodies, headers and odd strings in any field parse the same way.
@@ -78,6 +80,21 @@ impl Command {
     }
 }
 
+/// What a client remembers of a mailbox between its sessions.
+#[derive(Clone, Debug, Default)]
+pub struct Cache {
+    pub uidvalidity: u32,
+    /// The highest UID whose header it has fetched.
+    pub last_uid: u32,
+    /// Messages it has seen and not deleted itself: UID and load id.
+    pub known: Vec<(u32, Option<String>)>,
+    /// The mailbox's size (EXISTS) when this client first opened it.
+    pub baseline: u32,
+}
+
+/// Messages a client remembers per mailbox at most (the oldest are forgotten first).
+const KNOWN_MAX: usize = 10_000;
+
 /// What one session should do beyond reading.
 #[derive(Debug)]
 pub struct Plan<'a> {
@@ -85,8 +102,10 @@ pub struct Plan<'a> {
     pub user: &'a str,
     pub password: &'a str,
     pub tls: Tls<'a>,
-    /// The user's UIDVALIDITY and the highest UID this client has seen, if it has been here.
-    pub cache: Option<(u32, u32)>,
+    /// What this client remembers of the mailbox, if it has been here.
+    pub cache: Option<Cache>,
+    /// A random number: which known messages to delete.
+    pub pick: u64,
     /// Bodies fetched (and checked) at most, the newest of the new messages.
     pub bodies_max: usize,
     /// The message to APPEND to INBOX.
@@ -107,7 +126,7 @@ pub struct Tally {
     /// Every command answered OK, with its latency in microseconds.
     pub ops: Vec<(Command, u64)>,
     /// The cache to keep for the next session of this user.
-    pub cache: Option<(u32, u32)>,
+    pub cache: Option<Cache>,
     /// Headers fetched.
     pub headers: u64,
     /// Bodies fetched and checked (load messages only: others have no checksum).
@@ -572,10 +591,14 @@ async fn steps(plan: &Plan<'_>, tally: &mut Tally) -> Result<()> {
 
     // SELECT: UIDVALIDITY decides whether the cache still holds.
     let mut uidvalidity = None;
+    let mut messages = 0;
     let select = conn
         .command(Command::Select, "SELECT INBOX", tally, |r| {
             if let Some(v) = code_number(&r.text(), "UIDVALIDITY") {
                 uidvalidity = Some(v);
+            }
+            if let Some(n) = exists(r) {
+                messages = n;
             }
             Ok(())
         })
@@ -585,11 +608,15 @@ async fn steps(plan: &Plan<'_>, tally: &mut Tally) -> Result<()> {
         return Err(ClientError::Imap("SELECT", select));
     }
     let uidvalidity = uidvalidity.unwrap_or(0);
-    let last_seen = match plan.cache {
-        Some((v, last)) if v == uidvalidity => last,
-        _ => 0,
+    let mut cache = match &plan.cache {
+        Some(cache) if cache.uidvalidity == uidvalidity => cache.clone(),
+        _ => Cache {
+            uidvalidity,
+            baseline: messages,
+            ..Cache::default()
+        },
     };
-    tally.cache = Some((uidvalidity, last_seen));
+    let last_seen = cache.last_uid;
 
     // The headers of what is new since this client's last visit.
     let from = last_seen.saturating_add(1);
@@ -615,8 +642,16 @@ async fn steps(plan: &Plan<'_>, tally: &mut Tally) -> Result<()> {
     new.dedup_by_key(|s| s.uid);
     tally.headers += new.len() as u64;
     if let Some(newest) = new.last() {
-        tally.cache = Some((uidvalidity, newest.uid.max(last_seen)));
+        cache.last_uid = newest.uid.max(last_seen);
     }
+    cache
+        .known
+        .extend(new.iter().map(|s| (s.uid, s.id.clone())));
+    if cache.known.len() > KNOWN_MAX {
+        let extra = cache.known.len() - KNOWN_MAX;
+        cache.known.drain(..extra);
+    }
+    tally.cache = Some(cache.clone());
 
     // The newest few bodies, checked, then marked \Seen.
     let chosen: Vec<u32> = new
@@ -672,27 +707,35 @@ async fn steps(plan: &Plan<'_>, tally: &mut Tally) -> Result<()> {
     append(&mut conn, plan.append, tally).await?;
     tally.appended = true;
 
-    // One of the new messages deleted (the oldest of them).
-    if plan.expunge {
-        if let Some(victim) = new.first() {
-            let id = victim.id.clone();
-            if let Some(id) = &id {
-                tally.uncertain.push(id.clone());
-            }
-            conn.command(
-                Command::StoreDeleted,
-                &format!("UID STORE {} +FLAGS (\\Deleted)", victim.uid),
-                tally,
-                |_| Ok(()),
-            )
-            .await?;
-            conn.command(Command::Expunge, "EXPUNGE", tally, |_| Ok(()))
-                .await?;
-            if let Some(id) = id {
-                tally.uncertain.retain(|u| *u != id);
-                tally.expunged.push(id);
-            }
+    // One known message deleted, chosen at random (two while the mailbox is larger than
+    // this client first found it). One another session deleted already is flagged in vain.
+    if plan.expunge && !cache.known.is_empty() {
+        let count = if messages > cache.baseline { 2 } else { 1 };
+        let mut pick = plan.pick;
+        let mut victims = Vec::new();
+        for _ in 0..count.min(cache.known.len()) {
+            // xorshift64*: a few independent choices from one random number.
+            pick ^= pick >> 12;
+            pick ^= pick << 25;
+            pick ^= pick >> 27;
+            let at = (pick.wrapping_mul(0x2545_f491_4f6c_dd1d) % cache.known.len() as u64) as usize;
+            victims.push(cache.known.swap_remove(at));
         }
+        tally.cache = Some(cache.clone());
+        let ids: Vec<String> = victims.iter().filter_map(|(_, id)| id.clone()).collect();
+        tally.uncertain.extend(ids.iter().cloned());
+        let uids: Vec<u32> = victims.iter().map(|(uid, _)| *uid).collect();
+        conn.command(
+            Command::StoreDeleted,
+            &format!("UID STORE {} +FLAGS (\\Deleted)", uid_set(&uids)),
+            tally,
+            |_| Ok(()),
+        )
+        .await?;
+        conn.command(Command::Expunge, "EXPUNGE", tally, |_| Ok(()))
+            .await?;
+        tally.uncertain.retain(|u| !ids.contains(u));
+        tally.expunged.extend(ids);
     }
 
     if let Some(bound) = plan.idle {

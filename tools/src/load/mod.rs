@@ -5,7 +5,7 @@
 //! with probability `smtp/(smtp+pop+imap)` deliver one message over its persistent SMTP
 //! connection to a Zipf-chosen user, with probability `pop/…` run a POP session for a
 //! Zipf-chosen user (retrieve everything, verify, delete, quit), otherwise an IMAP session
-//! (see [`imap`]: headers of new mail, some bodies checked, flags, one APPEND, one EXPUNGE).
+//! (see [`imap`]: headers of new mail, some bodies checked, flags, one APPEND, an EXPUNGE).
 //! Closed loop by default; `--rate` paces deliveries (open loop).
 //!
 //! Integrity: every acknowledged message is remembered; every message retrieved (during the run
@@ -682,7 +682,7 @@ async fn worker_loop(
     bodies: &workload::BodySource,
     result: &std::cell::RefCell<ThreadResult>,
     recipients: &std::cell::RefCell<HashSet<usize>>,
-    caches: &std::cell::RefCell<HashMap<usize, (u32, u32)>>,
+    caches: &std::cell::RefCell<HashMap<usize, imap::Cache>>,
 ) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(rand::thread_rng().gen());
     let smtp_target = config.smtp.get(worker % config.smtp.len().max(1)).copied();
@@ -718,7 +718,8 @@ async fn worker_loop(
                 user: &user,
                 password: &config.password,
                 tls: config.tls.as_ref(),
-                cache: caches.borrow().get(&user_number).copied(),
+                cache: caches.borrow().get(&user_number).cloned(),
+                pick: rng.gen(),
                 bodies_max: config.imap_bodies,
                 append: &message,
                 expunge: true,
@@ -728,7 +729,7 @@ async fn worker_loop(
             let mut tally = imap::Tally::default();
             let began = Instant::now();
             let outcome = imap::session(&plan, IO_TIMEOUT, &mut tally).await;
-            if let Some(cache) = tally.cache {
+            if let Some(cache) = tally.cache.take() {
                 caches.borrow_mut().insert(user_number, cache);
             }
             let mut r = result.borrow_mut();
@@ -1023,6 +1024,7 @@ async fn imap_login(config: &LoadConfig, n: usize, user: &str) -> bool {
         password: &config.password,
         tls: config.tls.as_ref(),
         cache: None,
+        pick: 0,
         bodies_max: 0,
         append: &[],
         expunge: false,
