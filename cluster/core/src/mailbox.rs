@@ -133,6 +133,9 @@ pub struct Listed {
     pub holders: Vec<NodeId>,
     /// `None`: never given IMAP state (new mail).
     pub meta: Option<MessageMeta>,
+    /// The node whose copy this is, with `meta` as that copy has it (`None`: not a copy's
+    /// listing, a message just stored).
+    pub listed_by: Option<NodeId>,
 }
 
 /// A message as the authority knows it.
@@ -313,7 +316,13 @@ impl Mailboxes {
     /// persist before anything learnt here is shown (the profile first, if it is in it).
     pub fn refresh(&mut self, listing: Vec<Listed>) -> Vec<Persist> {
         let mut listed: BTreeMap<u128, Listed> = BTreeMap::new();
+        // Each copy's MODSEQ (0: no meta), to bring copies that missed changes up to date.
+        let mut copies: BTreeMap<u128, Vec<(NodeId, u64)>> = BTreeMap::new();
         for item in listing {
+            if let Some(node) = item.listed_by {
+                let modseq = item.meta.map_or(0, |m| m.modseq);
+                copies.entry(item.id).or_default().push((node, modseq));
+            }
             match listed.get_mut(&item.id) {
                 Some(known) => {
                     for h in item.holders {
@@ -396,6 +405,36 @@ impl Mailboxes {
                 delivered: item.delivered,
                 holders: item.holders,
             });
+        }
+        // A copy whose node missed changes (it was down, or its copy arrived after them) is
+        // given the current state now: otherwise it would be the only state left if the
+        // up-to-date copies' nodes failed later.
+        let written: std::collections::HashSet<u128> = persist
+            .iter()
+            .filter_map(|p| match p {
+                Persist::Meta { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for (id, listed_copies) in copies {
+            let Some(message) = self.messages.get(&id) else {
+                continue;
+            };
+            if written.contains(&id) || message.meta.uid == 0 {
+                continue;
+            }
+            let stale: Vec<NodeId> = listed_copies
+                .iter()
+                .filter(|(_, modseq)| *modseq != message.meta.modseq)
+                .map(|(node, _)| *node)
+                .collect();
+            if !stale.is_empty() {
+                persist.push(Persist::Meta {
+                    id,
+                    meta: message.meta,
+                    holders: stale,
+                });
+            }
         }
         if let Some(profile) = self.take_profile() {
             persist.insert(0, profile);
@@ -801,6 +840,12 @@ pub struct WireCounts {
 /// What a session asks of the authority.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ImapOp {
+    /// From a new authority to every other member, before it builds its state: finish the
+    /// user's operation under way here and take no more for the user until this node's view
+    /// is at `epoch` or later (so the new authority's listing sees everything answered here).
+    Fence {
+        epoch: crate::membership::Epoch,
+    },
     /// The folder's messages (after a fresh listing of the copies when `refresh`).
     Folder {
         folder: String,
@@ -994,6 +1039,7 @@ mod tests {
             delivered: 1000 + id as i64,
             holders: vec![1, 2],
             meta,
+            listed_by: None,
         }
     }
 
@@ -1005,6 +1051,49 @@ mod tests {
             .iter()
             .map(|m| (m.meta.uid, m.id))
             .collect()
+    }
+
+    #[test]
+    fn a_copy_that_missed_changes_is_brought_up_to_date() {
+        let mut boxes = Mailboxes::new(None, 1_700_000_000);
+        let copy = |node: NodeId, meta: Option<MessageMeta>| Listed {
+            holders: vec![node],
+            listed_by: Some(node),
+            ..listed(10, meta)
+        };
+        boxes.refresh(vec![copy(1, None), copy(2, None)]);
+        let current = boxes.messages[&10].meta;
+        let older = MessageMeta {
+            modseq: current.modseq.saturating_sub(1),
+            flags: 0,
+            ..current
+        };
+        let newer = MessageMeta {
+            modseq: current.modseq + 5,
+            flags: SEEN,
+            ..current
+        };
+        // Node 2 was down while the change was made on node 1; node 3 got its copy late,
+        // without meta.
+        let persist = boxes.refresh(vec![
+            copy(1, Some(newer)),
+            copy(2, Some(older)),
+            copy(3, None),
+        ]);
+        let repaired: Vec<(u128, MessageMeta, Vec<NodeId>)> = persist
+            .into_iter()
+            .filter_map(|p| match p {
+                Persist::Meta { id, meta, holders } => Some((id, meta, holders)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(repaired, vec![(10, newer, vec![2, 3])]);
+        // Copies that agree need nothing.
+        let persist = boxes.refresh(vec![copy(1, Some(newer)), copy(2, Some(newer))]);
+        assert!(
+            persist.iter().all(|p| !matches!(p, Persist::Meta { .. })),
+            "{persist:?}"
+        );
     }
 
     #[test]

@@ -358,7 +358,8 @@ calls! {
     HeldDigest -> crate::anti_entropy::Digest;
     HeldItems -> Held;
     CurrentEpoch -> Epoch;
-    FileMessages -> ();
+    /// The ids the node does not hold (yet).
+    FileMessages -> Vec<u128>;
     UserFragments -> Fragments;
     ImapRequest -> crate::mailbox::ImapAnswer;
 }

@@ -287,10 +287,11 @@ pub struct FileHere {
 user_call!(FileHere);
 
 impl CoreCall for FileHere {
-    type Reply = Result<(), StoreError>;
+    /// The ids not held here (a copy still on its way, or deleted meanwhile).
+    type Reply = Result<Vec<u128>, StoreError>;
     async fn serve(self, service: &CoreService) -> Self::Reply {
         let Some(shard) = service.shard(&self.user) else {
-            return Ok(());
+            return Ok(self.items.iter().map(|(id, _)| *id).collect());
         };
         // All at once, so one group commit carries them.
         let user = Rc::new(self.user);
@@ -301,18 +302,23 @@ impl CoreCall for FileHere {
                 let (shard, user) = (shard.clone(), user.clone());
                 glommio::spawn_local(async move {
                     let filing = super::imap_authority::filing_of(&meta);
-                    shard.set_filing(&user, id, meta.flags, filing).await
+                    (id, shard.set_filing(&user, id, meta.flags, filing).await)
                 })
             })
             .collect();
-        let mut result = Ok(());
+        let mut missing = Vec::new();
+        let mut failed = None;
         for task in tasks {
             match task.await {
-                Ok(()) | Err(EngineError::NotFound) => {}
-                Err(e) => result = Err(store_error(&e)),
+                (_, Ok(())) => {}
+                (id, Err(EngineError::NotFound)) => missing.push(id),
+                (_, Err(e)) => failed = Some(store_error(&e)),
             }
         }
-        result
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(missing),
+        }
     }
     fn unanswered() -> Self::Reply {
         Err(StoreError::Failed)

@@ -73,6 +73,8 @@ pub struct Authority {
     waiters: RefCell<Vec<std::task::Waker>>,
     refreshed: Cell<Option<Instant>>,
     used: Cell<Instant>,
+    /// A newer authority elsewhere fenced this one off until this node's view reaches it.
+    fenced: Cell<Option<Epoch>>,
 }
 
 impl Authority {
@@ -83,6 +85,7 @@ impl Authority {
             waiters: RefCell::new(Vec::new()),
             refreshed: Cell::new(None),
             used: Cell::new(Instant::now()),
+            fenced: Cell::new(None),
         }
     }
 
@@ -156,9 +159,12 @@ pub async fn call(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnsw
 
 /// Serves `op` for `user` on this core (the user's core on the managing node).
 pub async fn serve(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnswer {
+    let shared = &context.cluster;
+    if let ImapOp::Fence { epoch } = op {
+        return fence(context, user, epoch).await;
+    }
     // A node on a partition's minority side may still think it manages the user while the
     // majority has moved the bucket: it must not give out UIDs the new authority gives too.
-    let shared = &context.cluster;
     if shared.clustered() && !shared.has_majority() {
         return ImapAnswer::Unavailable;
     }
@@ -180,6 +186,13 @@ pub async fn serve(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAns
     };
     let _turn = authority.lock().await;
     authority.used.set(Instant::now());
+    if authority
+        .fenced
+        .get()
+        .is_some_and(|fenced| shared.view.load().epoch < fenced)
+    {
+        return ImapAnswer::Unavailable;
+    }
     match run(context, &authority, user, op).await {
         Ok(answer) => answer,
         Err(Unavailable) => {
@@ -188,6 +201,90 @@ pub async fn serve(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAns
             ImapAnswer::Unavailable
         }
     }
+}
+
+/// Fences this node's authority for `user` off (see [`ImapOp::Fence`]): waits for the
+/// operation under way, forgets the state, refuses operations until the view reaches `epoch`.
+async fn fence(context: &Rc<CoreContext>, user: &str, epoch: Epoch) -> ImapAnswer {
+    let authority = context
+        .service
+        .imap
+        .borrow_mut()
+        .entry(user.to_owned())
+        .or_insert_with(|| Rc::new(Authority::new()))
+        .clone();
+    let _turn = authority.lock().await;
+    if authority.fenced.get().is_none_or(|old| old < epoch) {
+        authority.fenced.set(Some(epoch));
+    }
+    *authority.state.borrow_mut() = None;
+    ImapAnswer::Done
+}
+
+/// Before a new authority builds its state: every other member finishes what it was doing
+/// for the user as an authority and stops, so the listing that follows sees all of it. A
+/// member that does not answer is asked again until it answers or leaves the view.
+async fn fence_others(
+    context: &Rc<CoreContext>,
+    user: &str,
+    epoch: Epoch,
+) -> Result<(), Unavailable> {
+    let shared = &context.cluster;
+    if !shared.clustered() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let others: Vec<NodeId> = shared
+        .view
+        .load()
+        .members
+        .iter()
+        .map(|m| m.id)
+        .filter(|&id| id != shared.me.id)
+        .collect();
+    let calls = others.into_iter().map(|node| {
+        let context = context.clone();
+        let user = user.to_owned();
+        async move {
+            loop {
+                let Some(addr) = member_addr(&context, node) else {
+                    return Ok(());
+                };
+                let request = ImapRequest {
+                    user: user.clone(),
+                    op: ImapOp::Fence { epoch },
+                };
+                match context
+                    .peers
+                    .call(&addr, request, super::cluster_driver::PEER_TIMEOUT)
+                    .await
+                {
+                    Ok(ImapAnswer::Done) => return Ok(()),
+                    _ if Instant::now() >= deadline => return Err(Unavailable),
+                    _ => glommio::timer::sleep(RETRY_PAUSE).await,
+                }
+            }
+        }
+    });
+    for result in join_all(calls).await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Runs these futures concurrently on this executor; their outputs in order.
+async fn join_all<F: std::future::Future + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: 'static,
+{
+    let tasks: Vec<_> = futures.map(glommio::spawn_local).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await);
+    }
+    out
 }
 
 /// Storage or a node could not be reached.
@@ -215,6 +312,7 @@ async fn run(
         .get()
         .is_some_and(|at| at.elapsed() > IDLE_DROP);
     if stale {
+        fence_others(context, user, epoch).await?;
         let profile = context
             .call(ReadProfile {
                 user: profile_name(user),
@@ -248,6 +346,8 @@ async fn run(
         _ => FlagChange::Replace,
     };
     let answer = match op {
+        // Served by `serve` before any state is built.
+        ImapOp::Fence { .. } => ImapAnswer::Done,
         ImapOp::Folder { folder, .. } => with(authority, |boxes| {
             boxes
                 .wire_folder(&folder)
@@ -322,6 +422,7 @@ async fn run(
                         delivered: now_secs() as i64,
                         holders,
                         meta: None,
+                        listed_by: None,
                     },
                     bits,
                     date,
@@ -456,6 +557,7 @@ async fn copy(
                     delivered: now_secs() as i64,
                     holders,
                     meta: None,
+                    listed_by: None,
                 },
                 flags,
                 date,
@@ -528,12 +630,21 @@ async fn list_all(context: &Rc<CoreContext>, user: &str) -> Result<Vec<Listed>, 
         };
         deleted.extend(listed.deleted);
         for m in listed.messages {
+            // Every node the message was stored on holds (or is about to hold) a copy that
+            // must carry its IMAP state, not only the nodes that listed it just now.
+            let mut holders = vec![node];
+            for replica in m.replicas {
+                if !holders.contains(&replica) {
+                    holders.push(replica);
+                }
+            }
             listing.push(Listed {
                 id: m.id,
                 size: m.size,
                 delivered: (porcupine_engine::hlc::millis_of(m.hlc) / 1000) as i64,
-                holders: vec![node],
+                holders,
                 meta: m.meta,
+                listed_by: Some(node),
             });
         }
     }
@@ -672,7 +783,11 @@ async fn execute(
                 .await
                 .map_err(|_| Unavailable)?;
         } else {
-            let addr = member_addr(context, node).ok_or(Unavailable)?;
+            // A holder that is not a member: the tombstones on the others stay pending for it
+            // (it is in their `fragments`) and reach it when it is back.
+            let Some(addr) = member_addr(context, node) else {
+                continue;
+            };
             let call = DeleteMessages {
                 user: user.to_owned(),
                 ids,
@@ -692,25 +807,43 @@ async fn flush_filings(
     user: &str,
     filings: &mut std::collections::BTreeMap<NodeId, Vec<(u128, MessageMeta)>>,
 ) -> Result<(), Unavailable> {
-    for (node, items) in std::mem::take(filings) {
-        if node == context.cluster.me.id {
-            context
-                .call(FileHere {
+    // A copy still on its way to a replica (the push follows the first holder's fsync) is
+    // filed when it has arrived: the answer waits for it, within the patience.
+    let deadline = Instant::now() + PATIENCE;
+    for (node, mut items) in std::mem::take(filings) {
+        loop {
+            let missing = if node == context.cluster.me.id {
+                context
+                    .call(FileHere {
+                        user: user.to_owned(),
+                        items: items.clone(),
+                    })
+                    .await
+                    .map_err(|_| Unavailable)?
+            } else {
+                // A node that is not a member is filed by the newest-meta rule when it is
+                // back: its copy's older meta loses to the ones written now.
+                let Some(addr) = member_addr(context, node) else {
+                    break;
+                };
+                let call = FileMessages {
                     user: user.to_owned(),
-                    items,
-                })
-                .await
-                .map_err(|_| Unavailable)?;
-        } else {
-            let addr = member_addr(context, node).ok_or(Unavailable)?;
-            let call = FileMessages {
-                user: user.to_owned(),
-                items,
+                    items: items.clone(),
+                };
+                context
+                    .peers
+                    .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+                    .await?
             };
-            context
-                .peers
-                .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
-                .await?;
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(%user, node, missing = missing.len(), "copies never arrived to be filed");
+                return Err(Unavailable);
+            }
+            items.retain(|(id, _)| missing.contains(id));
+            glommio::timer::sleep(Duration::from_millis(20)).await;
         }
     }
     Ok(())

@@ -95,8 +95,9 @@ pub async fn answer(
             reply::<FileMessages>(peers, request_id, result)
         }
         Request::ImapRequest(call) => {
-            let answer = if context.cluster.view.load().map.manager_of(&call.user)
-                == context.cluster.me.id
+            let fence = matches!(call.op, crate::mailbox::ImapOp::Fence { .. });
+            let answer = if fence
+                || context.cluster.view.load().map.manager_of(&call.user) == context.cluster.me.id
             {
                 context
                     .call(ImapCall {

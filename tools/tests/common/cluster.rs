@@ -14,6 +14,7 @@ pub struct Ports {
     pub pop3: u16,
     pub admin: u16,
     pub cluster: u16,
+    pub imap: u16,
 }
 
 impl Ports {
@@ -23,6 +24,7 @@ impl Ports {
             pop3: free_port(),
             admin: free_port(),
             cluster: free_port(),
+            imap: free_port(),
         }
     }
 }
@@ -45,7 +47,11 @@ pub fn start_member(
         base + 2,
         ports.cluster
     );
+    let imap = format!("{ip}:{}", ports.imap);
     let mut args = vec!["--cluster", &cluster, "--join", &seeds];
+    if !extra.contains(&"--imap") {
+        args.extend(["--imap", imap.as_str()]);
+    }
     args.extend_from_slice(extra);
     Node::start_in(
         None,
