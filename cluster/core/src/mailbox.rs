@@ -865,6 +865,9 @@ pub enum ImapOp {
     },
     /// Store `message` in `folder` (APPEND): answered `Placed`.
     Append {
+        /// The message's id, chosen by the session's node: an operation asked again (its
+        /// authority died before answering) stores the same message, never a second one.
+        id: u128,
         folder: String,
         flags: u32,
         keywords: Vec<String>,
@@ -878,6 +881,9 @@ pub enum ImapOp {
         uids: Vec<u32>,
         to: String,
         moving: bool,
+        /// The copies' ids, one per UID of `uids` in order (chosen by the session's node,
+        /// as Append's).
+        ids: Vec<u128>,
     },
     Folders,
     Counts {

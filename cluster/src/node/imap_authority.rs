@@ -392,6 +392,7 @@ async fn run(
             }
         }
         ImapOp::Append {
+            id,
             folder,
             flags,
             keywords,
@@ -404,7 +405,6 @@ async fn run(
             let Some(bits) = with(authority, |boxes| boxes.flag_bits(flags, &keywords)) else {
                 return Ok(ImapAnswer::NotAllowed("too many keywords".into()));
             };
-            let id = context.new_message_id();
             let size = message.len() as u64;
             with(authority, |boxes| boxes.expect(id));
             let stored = super::delivery::deliver(context, user, id, Arc::new(message)).await;
@@ -441,6 +441,7 @@ async fn run(
             uids,
             to,
             moving: true,
+            ..
         } => match with(authority, |boxes| boxes.relocate(&from, &uids, &to)) {
             Ok(moved) => {
                 execute(context, user, moved.persist).await?;
@@ -456,7 +457,8 @@ async fn run(
             uids,
             to,
             moving: false,
-        } => copy(context, authority, user, &from, &uids, &to).await?,
+            ids,
+        } => copy(context, authority, user, &from, &uids, &ids, &to).await?,
         ImapOp::Create { folder } => {
             let result = with(authority, |boxes| boxes.create(&folder, now_secs()));
             persisted(context, user, result).await?
@@ -506,8 +508,14 @@ async fn copy(
     user: &str,
     from: &str,
     uids: &[u32],
+    ids: &[u128],
     to: &str,
 ) -> Result<ImapAnswer, Unavailable> {
+    if ids.len() != uids.len() {
+        return Ok(ImapAnswer::NotAllowed("one id per message to copy".into()));
+    }
+    let copy_ids: std::collections::HashMap<u32, u128> =
+        uids.iter().copied().zip(ids.iter().copied()).collect();
     let target = with(authority, |boxes| {
         boxes.folder_view(to).map(|view| view.uid_validity)
     });
@@ -537,7 +545,9 @@ async fn copy(
     let mut pairs = Vec::new();
     for (uid, id, flags, date, holders) in sources {
         let body = read_body(context, user, id, &holders).await?;
-        let copy_id = context.new_message_id();
+        let Some(&copy_id) = copy_ids.get(&uid) else {
+            continue;
+        };
         let size = body.len() as u64;
         with(authority, |boxes| boxes.expect(copy_id));
         if super::delivery::deliver(context, user, copy_id, Arc::new(body))

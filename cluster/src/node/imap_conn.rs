@@ -367,6 +367,7 @@ pub async fn serve(
                 } => {
                     let (bits, keywords) = bits_of(&flags);
                     let op = ImapOp::Append {
+                        id: context.new_message_id(),
                         folder: mailbox,
                         flags: bits,
                         keywords,
@@ -387,11 +388,13 @@ pub async fn serve(
                     mailbox,
                     moving,
                 } => {
+                    let ids = uids.iter().map(|_| context.new_message_id()).collect();
                     let op = ImapOp::Copy {
                         from: selected.folder.clone(),
                         uids,
                         to: mailbox,
                         moving,
+                        ids,
                     };
                     let result = match imap_authority::call(&context, &user, op).await {
                         ImapAnswer::Copied {

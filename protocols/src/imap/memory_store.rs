@@ -44,7 +44,13 @@ impl MemoryStore {
     /// Stores a message; returns its UID.
     pub fn add(&mut self, folder: &str, bytes: &[u8], flags: Vec<Flag>) -> u32 {
         self.modseq += 1;
-        let f = self.folders.iter_mut().find(|f| f.0 == folder).unwrap();
+        // A folder deleted meanwhile is made again (the store is a test double, not storage).
+        if !self.folders.iter().any(|f| f.0 == folder) {
+            self.folders.push((folder.to_owned(), 99, 1, false));
+        }
+        let Some(f) = self.folders.iter_mut().find(|f| f.0 == folder) else {
+            return 0;
+        };
         let uid = f.2;
         f.2 += 1;
         self.messages.push((
@@ -198,7 +204,7 @@ impl MemoryStore {
                     return session.appended(Err(MailboxError::NoSuchMailbox), out);
                 }
                 let uid = self.add(&mailbox, &message, flags);
-                let validity = self.folders.iter().find(|f| f.0 == mailbox).unwrap().1;
+                let validity = self.folders.iter().find(|f| f.0 == mailbox).map_or(0, |f| f.1);
                 session.appended(Ok((validity, uid)), out)
             }
             Step::Copy {
@@ -225,7 +231,7 @@ impl MemoryStore {
                         }
                     }
                 }
-                let validity = self.folders.iter().find(|f| f.0 == mailbox).unwrap().1;
+                let validity = self.folders.iter().find(|f| f.0 == mailbox).map_or(0, |f| f.1);
                 session.copied(Ok((validity, pairs)), out)
             }
             Step::Mailbox(op) => {

@@ -206,6 +206,21 @@ def check(hosts, users, password, log_path):
     if failures:
         # What the log says about each message that failed, for the post-mortem.
         for f in failures[:5]:
+            found = re.search(r"^(\S+): (\S+) ", f)
+            if found and found.group(2).startswith("chaos-"):
+                user, subject = found.group(1), found.group(2)
+                print(f"log of {subject}:")
+                uids = set()
+                for line in open(log_path):
+                    parts = line.split()
+                    if subject in parts:
+                        print("  ", line.rstrip())
+                        if parts[0] == "A":
+                            uids.add(parts[3])
+                for line in open(log_path):
+                    parts = line.split()
+                    if parts[1] == user and parts[0] in ("X", "X?", "F", "F?") and parts[2] in uids:
+                        print("  ", line.rstrip())
             found = re.search(r"^(\S+): .*UID (\d+)", f)
             if found:
                 user, uid = found.group(1), found.group(2)
