@@ -38,6 +38,8 @@ pub struct Target<'a> {
 /// What to run.
 #[derive(Debug)]
 pub struct Settings<'a> {
+    /// Dovecot's processes reused (its "high-performance" mode) rather than its default.
+    pub dovecot_reuse_processes: bool,
     pub load: &'a Path,
     pub domain: &'a str,
     /// Mailboxes `<prefix>1` … `<prefix><users>`.
@@ -390,7 +392,7 @@ pub fn table(
         settings.seconds,
         settings.rounds,
     );
-    let _ = writeln!(out, "Durability: porcupine makes every APPEND and STORE durable (fdatasync, group commit) before its OK. Dovecot runs with its defaults (`mail_fsync = optimized`: a saved message is fsynced before APPEND's OK; flag changes and expunges are renames and index updates, not fsynced), and its default process model (a login process and an imap process per connection).\n");
+    let _ = writeln!(out, "Durability: porcupine makes every APPEND and STORE durable (fdatasync, group commit) before its OK. Dovecot runs with its defaults (`mail_fsync = optimized`: a saved message is fsynced before APPEND's OK; flag changes and expunges are renames and index updates, not fsynced), {}.\n", if settings.dovecot_reuse_processes { "and with `--dovecot-reuse-processes`: its \"high-performance\" login (`service imap-login { service_count = 0, process_min_avail = 2 }`) and imap processes reused (`service imap { service_count = 1000, process_min_avail = 8 }`)" } else { "and its default process model (a new login process and a new imap process for every connection)" });
     for f in filled {
         let _ = writeln!(
             out,

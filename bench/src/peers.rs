@@ -269,15 +269,26 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
-/// A private Dovecot POP3 server over the Maildirs Postfix writes, and IMAP on `imap_port`
-/// if given; its master's pid. Dovecot's defaults otherwise (`mail_fsync = optimized`: a
+/// Dovecot's IMAP listener and how its processes are used.
+#[derive(Clone, Copy, Debug)]
+pub struct DovecotImap {
+    pub port: u16,
+    /// Dovecot's "high-performance" login (one `imap-login` process serves many connections,
+    /// two kept ready) and `imap` processes reused for up to 1,000 sessions (eight kept
+    /// ready), instead of its default of a new login process and a new `imap` process per
+    /// connection.
+    pub reuse_processes: bool,
+}
+
+/// A private Dovecot POP3 server over the Maildirs Postfix writes, and IMAP if asked; its
+/// master's pid. Dovecot's defaults otherwise (`mail_fsync = optimized`: a
 /// saved message is fsynced, flag changes and expunges are not), except that one user may
 /// have any number of IMAP connections from one address (the load generator's sessions of
 /// one popular user all come from 127.0.0.1).
 pub fn start_dovecot(
     run: &Run,
     pop3_port: u16,
-    imap_port: Option<u16>,
+    imap: Option<DovecotImap>,
     mailboxes: &Mailboxes,
     owner: (u32, u32),
     tls: Option<&(PathBuf, PathBuf)>,
@@ -299,13 +310,26 @@ pub fn start_dovecot(
     let (uid, gid) = owner;
     let (b, mail) = (base.display(), run.dir().join("mail"));
     let mail = mail.display();
-    let (protocols, imap) = match imap_port {
-        Some(port) => (
+    let (protocols, imap) = match imap {
+        Some(DovecotImap {
+            port,
+            reuse_processes,
+        }) => (
             "pop3 imap",
             format!(
                 "service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    \
-                 port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
-                 protocol imap {{\n  mail_max_userip_connections = 100000\n}}\n"
+                 port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n{login}}}\n\
+                 {imap}protocol imap {{\n  mail_max_userip_connections = 100000\n}}\n",
+                login = if reuse_processes {
+                    "  service_count = 0\n  process_min_avail = 2\n"
+                } else {
+                    ""
+                },
+                imap = if reuse_processes {
+                    "service imap {\n  service_count = 1000\n  process_min_avail = 8\n}\n"
+                } else {
+                    ""
+                },
             ),
         ),
         None => (

@@ -82,6 +82,11 @@ struct Args {
     /// Messages each IMAP mailbox gets (on average) before the IMAP runs.
     #[arg(long, default_value_t = 10)]
     imap_preload: usize,
+    /// Run Dovecot's IMAP in its "high-performance" process mode (login processes serve many
+    /// connections, imap processes are reused) instead of its default (new processes for
+    /// every connection).
+    #[arg(long)]
+    dovecot_reuse_processes: bool,
     /// Users (the same in every system).
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -388,7 +393,10 @@ fn measure(
     let dovecot = peers::start_dovecot(
         run,
         dovecot_pop3,
-        dovecot_imap,
+        dovecot_imap.map(|port| peers::DovecotImap {
+            port,
+            reuse_processes: args.dovecot_reuse_processes,
+        }),
         &mailboxes,
         owner,
         certificate.as_ref(),
@@ -460,6 +468,7 @@ fn measure(
 /// The IMAP part's settings (`load`: the porcupine-load binary; the report needs none).
 fn imap_settings<'a>(args: &'a Args, load: &'a Path) -> imap_side::Settings<'a> {
     imap_side::Settings {
+        dovecot_reuse_processes: args.dovecot_reuse_processes,
         load,
         domain: DOMAIN,
         prefix: IMAP_PREFIX,
