@@ -258,6 +258,8 @@ impl Framer {
                     }
                     let Some(literal) = announcement(trim_line_end(line)) else {
                         self.line_start = 0;
+                        // The limit is per command: the next one starts counting afresh.
+                        self.literals = 0;
                         return Some(Framed::Command(std::mem::take(&mut self.command)));
                     };
                     self.literals += 1;
@@ -466,6 +468,21 @@ mod tests {
                 },
                 Framed::Command(b"t4 NOOP\r\n".to_vec()),
             ]
+        );
+    }
+
+    #[test]
+    fn the_literal_limit_counts_each_command_afresh() {
+        // small() allows 3 literals per command; ten commands of two each all pass.
+        let mut input = Vec::new();
+        for n in 0..10 {
+            input.extend(format!("t{n} X {{1+}}\r\na {{1+}}\r\nb\r\n").as_bytes());
+        }
+        let framed = frame(&input, 5, small());
+        assert_eq!(framed.len(), 10, "{framed:?}");
+        assert!(
+            framed.iter().all(|f| matches!(f, Framed::Command(_))),
+            "{framed:?}"
         );
     }
 
