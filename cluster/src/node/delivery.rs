@@ -192,6 +192,19 @@ pub async fn deliver(
     id: u128,
     message: Arc<Vec<u8>>,
 ) -> Result<(), StoreError> {
+    deliver_to_holders(context, user, id, message)
+        .await
+        .map(|_| ())
+}
+
+/// [`deliver`], answering with the nodes the message was stored on (its coordinator and
+/// replicas), so a caller that files it (IMAP) needs no listing to find its copies.
+pub async fn deliver_to_holders(
+    context: &CoreContext,
+    user: &str,
+    id: u128,
+    message: Arc<Vec<u8>>,
+) -> Result<Vec<NodeId>, StoreError> {
     let shared = &context.cluster;
     if shared.is_joining() {
         shared.wait_joined(PATIENCE).await;
@@ -199,8 +212,11 @@ pub async fn deliver(
     if !shared.clustered() {
         // A lone node: no manager to ask (and no shared reference count to bump per message).
         let epoch = shared.view.load().epoch;
-        return store_here(context, user, id, message, epoch, Vec::new(), Vec::new()).await;
+        return store_here(context, user, id, message, epoch, Vec::new(), Vec::new())
+            .await
+            .map(|()| vec![shared.me.id]);
     }
+    let mut holders: Vec<NodeId> = Vec::new();
     let me = shared.me.id;
     let mut machine = Delivery::new(settings(context), now_ms());
     let mut input = DeliveryInput::Start;
@@ -215,14 +231,17 @@ pub async fn deliver(
         };
         let action = machine.step(input, facts, |node| load_of(context, node), &mut rng);
         input = match action {
-            DeliveryAction::Finish(result) => return result,
+            DeliveryAction::Finish(result) => return result.map(|()| holders),
             DeliveryAction::StoreHere {
                 placed,
                 replicas,
                 also,
-            } => DeliveryInput::Stored(
-                store_here(context, user, id, message.clone(), placed, replicas, also).await,
-            ),
+            } => {
+                holders = holders_of(me, &replicas);
+                DeliveryInput::Stored(
+                    store_here(context, user, id, message.clone(), placed, replicas, also).await,
+                )
+            }
             DeliveryAction::StoreAt {
                 coordinator,
                 placed,
@@ -230,6 +249,7 @@ pub async fn deliver(
                 also,
             } => DeliveryInput::Stored(match view.member(coordinator) {
                 Some(member) => {
+                    holders = holders_of(coordinator, &replicas);
                     let store = StoreMessage {
                         user: user.to_owned(),
                         id,
@@ -269,6 +289,17 @@ pub async fn deliver(
             }
         };
     }
+}
+
+/// A store's coordinator and its replica set, once each.
+fn holders_of(coordinator: NodeId, replicas: &[NodeId]) -> Vec<NodeId> {
+    let mut holders = vec![coordinator];
+    for &node in replicas {
+        if !holders.contains(&node) {
+            holders.push(node);
+        }
+    }
+    holders
 }
 
 /// The candidates for `user`'s new mail: with nothing to avoid, cached for the membership

@@ -407,12 +407,12 @@ async fn run(
             };
             let size = message.len() as u64;
             with(authority, |boxes| boxes.expect(id));
-            let stored = super::delivery::deliver(context, user, id, Arc::new(message)).await;
-            if stored.is_err() {
+            let stored =
+                super::delivery::deliver_to_holders(context, user, id, Arc::new(message)).await;
+            let Ok(holders) = stored else {
                 with(authority, |boxes| boxes.unexpect(id));
                 return Err(Unavailable);
-            }
-            let holders = holders_of(context, user, id).await?;
+            };
             let placed = with(authority, |boxes| {
                 boxes.place(
                     &folder,
@@ -550,14 +550,12 @@ async fn copy(
         };
         let size = body.len() as u64;
         with(authority, |boxes| boxes.expect(copy_id));
-        if super::delivery::deliver(context, user, copy_id, Arc::new(body))
-            .await
-            .is_err()
-        {
+        let stored =
+            super::delivery::deliver_to_holders(context, user, copy_id, Arc::new(body)).await;
+        let Ok(holders) = stored else {
             with(authority, |boxes| boxes.unexpect(copy_id));
             return Err(Unavailable);
-        }
-        let holders = holders_of(context, user, copy_id).await?;
+        };
         let placed = with(authority, |boxes| {
             boxes.place(
                 to,
@@ -660,24 +658,6 @@ async fn list_all(context: &Rc<CoreContext>, user: &str) -> Result<Vec<Listed>, 
     }
     listing.retain(|m| !deleted.contains(&m.id));
     Ok(listing)
-}
-
-/// The nodes holding message `id` (just stored), from a listing.
-async fn holders_of(
-    context: &Rc<CoreContext>,
-    user: &str,
-    id: u128,
-) -> Result<Vec<NodeId>, Unavailable> {
-    let holders: Vec<NodeId> = list_all(context, user)
-        .await?
-        .into_iter()
-        .filter(|m| m.id == id)
-        .flat_map(|m| m.holders)
-        .collect();
-    if holders.is_empty() {
-        return Err(Unavailable);
-    }
-    Ok(holders)
 }
 
 /// Lists every copy and lets the machine adopt it; persists what that decides.
