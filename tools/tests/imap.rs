@@ -2,7 +2,8 @@
 //! FETCH, one INBOX shared with POP3, IDLE, folders, TLS and hostile input; UIDs, UIDVALIDITY
 //! and flags unchanged across a restart and a SIGKILL; on three nodes, a session on one node
 //! sees mail delivered through another and flags set on a third, and a flag change answered
-//! OK survives the SIGKILL of a node holding a copy.
+//! OK survives the SIGKILL of a node holding a copy; an expunge made through one node is
+//! announced to a session on another.
 
 mod common;
 
@@ -234,6 +235,39 @@ fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill()
     assert!(out.contains("stored"), "{out}");
     let seen = watcher.join().unwrap();
     assert!(seen.contains("\\\\Flagged"), "{seen}");
+
+    // A session on node 1 is told of an expunge made through node 3.
+    let out = python(
+        "imap.py",
+        &[
+            "deliver".into(),
+            n2.ip.clone(),
+            n2.smtp.to_string(),
+            USER.into(),
+            "to-expunge".into(),
+        ],
+    );
+    assert!(out.contains("delivered"), "{out}");
+    let doomed = inbox_uids(&snapshot(&n1))
+        .last()
+        .copied()
+        .expect("the second message")
+        .to_string();
+    let watch_args = [
+        vec!["expunge-seen".into()],
+        imap_args(&n1),
+        vec![doomed.clone(), "10".into()],
+    ]
+    .concat();
+    let watcher = std::thread::spawn(move || python("imap.py", &watch_args));
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = python(
+        "imap.py",
+        &[vec!["expunge".into()], imap_args(&n3), vec![doomed]].concat(),
+    );
+    assert!(out.contains("expunged"), "{out}");
+    let seen = watcher.join().unwrap();
+    assert!(seen.contains("expunge seen"), "{seen}");
 
     // Every node shows the same mailbox.
     let view = snapshot(&n2);

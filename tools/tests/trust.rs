@@ -397,8 +397,8 @@ fn a_lone_node_listens_for_no_other_node_and_a_cluster_needs_its_key() {
     let node = Node::start(&dir.path().join("data"), &[]);
     assert_eq!(
         listening_sockets(node.child.id()),
-        4,
-        "SMTP, POP3, POP3S and admin only"
+        6,
+        "SMTP, POP3, POP3S, IMAP, IMAPS and admin only"
     );
     common::assert_refused(
         &["--cluster", "127.0.0.1:0"],

@@ -13,6 +13,10 @@ API, IDLE and hostile input). Subcommands:
       IDLEs in INBOX; prints `idle saw N EXISTS` when new mail is announced.
   store HOST IMAP USER PASSWORD UID FLAG
       sets FLAG on UID in INBOX; prints `stored`.
+  expunge HOST IMAP USER PASSWORD UID
+      expunges UID from INBOX (STORE \Deleted, UID EXPUNGE); prints `expunged`.
+  expunge-seen HOST IMAP USER PASSWORD UID SECONDS
+      NOOPs until an EXPUNGE of UID's message is announced; prints `expunge seen`.
   deliver HOST SMTP USER SUBJECT
       sends one message by SMTP; prints `delivered`.
   flags-of HOST IMAP USER PASSWORD UID SECONDS
@@ -357,6 +361,34 @@ def flags_of(host, imap, user, password, uid, seconds):
     fail(f"flags of {uid} did not change in {seconds} s")
 
 
+def expunge(host, imap, user, password, uid):
+    m = login(host, imap, user, password)
+    selected_count(m, "INBOX")
+    ok(m.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)"), "STORE")
+    ok(m.uid("EXPUNGE", uid), "UID EXPUNGE")
+    m.logout()
+    print("expunged")
+
+
+def expunge_seen(host, imap, user, password, uid, seconds):
+    m = login(host, imap, user, password)
+    selected_count(m, "INBOX")
+    check(int(uid) in uid_fetch(m, uid, "(FLAGS)"), f"UID {uid} not there to begin with")
+    print("watching", flush=True)
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        typ, _ = m.noop()
+        check(typ == "OK", "NOOP")
+        if m.untagged_responses.pop("EXPUNGE", None):
+            typ, data = m.uid("FETCH", uid, "(FLAGS)")
+            check(typ == "OK" and data in ([None], []), f"expunged UID still answers: {data}")
+            print("expunge seen")
+            m.logout()
+            return
+        time.sleep(0.05)
+    fail(f"no EXPUNGE of UID {uid} announced in {seconds} s")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     {
@@ -366,5 +398,7 @@ if __name__ == "__main__":
         "idle-for": idle_for,
         "store": store,
         "flags-of": flags_of,
+        "expunge": expunge,
+        "expunge-seen": expunge_seen,
         "deliver": lambda host, smtp, user, subject: (deliver(host, smtp, user, subject), print("delivered")),
     }[command](*args)
