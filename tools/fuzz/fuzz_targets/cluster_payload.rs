@@ -1,7 +1,8 @@
 //! What an authenticated member could send: any payload behind a valid header and CRC (so the
 //! fuzzer reaches the decoders, not the checksum); every membership message it decodes to goes
 //! through the membership machine, whose view must stay sound, and every bucket-manager call
-//! (fragment reports, placements, notes, locks, unlocks) through a manager of that view.
+//! (fragment reports, placements, notes, locks, unlocks, fragment lookups) through a manager
+//! of that view.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -60,6 +61,7 @@ fuzz_target!(|payload: &[u8]| {
             Request::NoteFragment(call) => twice(&membership, call),
             Request::LockMaildrop(call) => twice(&membership, call),
             Request::UnlockMaildrop(call) => twice(&membership, call),
+            Request::UserFragments(call) => twice(&membership, call),
             // Served by the node's shards, not by a pure machine: decoding is what is fuzzed.
             Request::StoreMessage(_)
             | Request::PushUpdate(_)
@@ -70,7 +72,9 @@ fuzz_target!(|payload: &[u8]| {
             | Request::SyncProfiles(_)
             | Request::HeldDigest(_)
             | Request::HeldItems(_)
-            | Request::CurrentEpoch(_) => {}
+            | Request::CurrentEpoch(_)
+            | Request::FileMessages(_)
+            | Request::ImapRequest(_) => {}
         }
     }
     // A peer's anti-entropy answers: whatever shape they have, comparing them never panics.
