@@ -204,7 +204,11 @@ impl MemoryStore {
                     return session.appended(Err(MailboxError::NoSuchMailbox), out);
                 }
                 let uid = self.add(&mailbox, &message, flags);
-                let validity = self.folders.iter().find(|f| f.0 == mailbox).map_or(0, |f| f.1);
+                let validity = self
+                    .folders
+                    .iter()
+                    .find(|f| f.0 == mailbox)
+                    .map_or(0, |f| f.1);
                 session.appended(Ok((validity, uid)), out)
             }
             Step::Copy {
@@ -231,7 +235,11 @@ impl MemoryStore {
                         }
                     }
                 }
-                let validity = self.folders.iter().find(|f| f.0 == mailbox).map_or(0, |f| f.1);
+                let validity = self
+                    .folders
+                    .iter()
+                    .find(|f| f.0 == mailbox)
+                    .map_or(0, |f| f.1);
                 session.copied(Ok((validity, pairs)), out)
             }
             Step::Mailbox(op) => {
