@@ -9,31 +9,21 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use porcupine_protocols::imap::command::{Flag, StoreAction};
-use porcupine_protocols::imap::session::{Plaintext, Tls};
 use porcupine_protocols::imap::{
     Counts, Folder, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView, Snapshot, Step,
 };
 
+use super::client_start::{self, Start};
 use super::conn::{self, Read, SessionClock};
 use super::core_calls::ReadMessage;
 use super::core_context::CoreContext;
 use super::imap_authority;
 use super::maildrop;
 use super::metrics::add;
-use super::tls::ClientStream;
 use crate::mailbox::{self, ImapAnswer, ImapOp, WireFolder, WireMessage};
 use crate::maildrop::OpenFailure;
 use crate::membership::NodeId;
 use crate::rpc::FetchMessage;
-
-/// How an IMAP connection starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// In clear, STARTTLS offered (port 143 style).
-    Plain,
-    /// TLS from the first byte (IMAPS, RFC 8314).
-    ImplicitTls,
-}
 
 /// How often an idling session asks for changes.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -158,30 +148,12 @@ pub async fn serve(
 ) {
     add(&context.metrics.imap_sessions, 1);
     let peer = stream.peer_addr().ok();
-    let mut stream = ClientStream::Plain(stream);
-    let mut session = ImapSession::new(context.config.imap_limits.clone());
-    let tls = match start {
-        Start::Plain => Tls::Offered,
-        Start::ImplicitTls => match stream.start_tls(&context.tls).await {
-            Ok(secure) => {
-                stream = secure;
-                add(&context.metrics.tls_handshakes, 1);
-                Tls::Active
-            }
-            Err(error) => {
-                add(&context.metrics.tls_failures, 1);
-                tracing::debug!(?peer, %error, "IMAPS handshake failed");
-                return;
-            }
-        },
+    let Some((mut stream, tls)) = client_start::open(stream, &context, start, peer, "IMAPS").await
+    else {
+        return;
     };
-    let plaintext =
-        if context.config.allow_plaintext_auth || peer.is_some_and(|p| p.ip().is_loopback()) {
-            Plaintext::Allowed
-        } else {
-            Plaintext::Refused
-        };
-    session.set_security(tls, plaintext);
+    let mut session = ImapSession::new(context.config.imap_limits.clone());
+    session.set_security(tls, client_start::plaintext_policy(&context, peer));
     let mut out = Vec::with_capacity(4096);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];

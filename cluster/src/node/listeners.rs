@@ -464,19 +464,19 @@ fn serve(handoff: Handoff, context: Rc<CoreContext>, watch: &SessionWatch) {
         match protocol {
             Protocol::Smtp => super::smtp_conn::serve(stream, context, clock).await,
             Protocol::Pop3 => {
-                super::pop3_conn::serve(stream, context, clock, super::pop3_conn::Start::Plain)
+                super::pop3_conn::serve(stream, context, clock, super::client_start::Start::Plain)
                     .await
             }
             Protocol::Pop3s => {
-                let start = super::pop3_conn::Start::ImplicitTls;
+                let start = super::client_start::Start::ImplicitTls;
                 super::pop3_conn::serve(stream, context, clock, start).await
             }
             Protocol::Imap => {
-                let start = super::imap_conn::Start::Plain;
+                let start = super::client_start::Start::Plain;
                 super::imap_conn::serve(stream, context, clock, start).await
             }
             Protocol::Imaps => {
-                let start = super::imap_conn::Start::ImplicitTls;
+                let start = super::client_start::Start::ImplicitTls;
                 super::imap_conn::serve(stream, context, clock, start).await
             }
             Protocol::Admin => super::admin::serve(stream, context).await,

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod anti_entropy;
 pub mod client_limits;
+pub mod client_start;
 pub mod clock;
 pub mod cluster_driver;
 pub mod cluster_state;

@@ -7,24 +7,15 @@ use std::rc::Rc;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Plaintext, Pop3Session, Step, Tls};
+use porcupine_protocols::pop3::{AuthOutcome, MaildropEntry, Pop3Session, Step};
 
+use super::client_start::{self, Start};
 use super::conn::{self, Read, SessionClock};
 use super::core_calls::ReadScram;
 use super::core_context::CoreContext;
 use super::maildrop::{self, OpenFailure};
 use super::metrics::add;
 use super::service::Credential;
-use super::tls::ClientStream;
-
-/// How a POP3 connection starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// In clear, STLS offered (port 110 style).
-    Plain,
-    /// TLS from the first byte (POP3S, RFC 8314).
-    ImplicitTls,
-}
 
 pub async fn serve(
     stream: TcpStream,
@@ -34,31 +25,12 @@ pub async fn serve(
 ) {
     add(&context.metrics.pop3_sessions, 1);
     let peer = stream.peer_addr().ok();
-    let mut stream = ClientStream::Plain(stream);
-    let mut session = Pop3Session::new(context.config.pop3_limits.clone());
-    let tls = match start {
-        Start::Plain => Tls::Offered,
-        Start::ImplicitTls => match stream.start_tls(&context.tls).await {
-            Ok(secure) => {
-                stream = secure;
-                add(&context.metrics.tls_handshakes, 1);
-                Tls::Active
-            }
-            Err(error) => {
-                add(&context.metrics.tls_failures, 1);
-                tracing::debug!(?peer, %error, "POP3S handshake failed");
-                return;
-            }
-        },
+    let Some((mut stream, tls)) = client_start::open(stream, &context, start, peer, "POP3S").await
+    else {
+        return;
     };
-    // A password may cross in clear only on loopback, or where the operator allows it.
-    let plaintext =
-        if context.config.allow_plaintext_auth || peer.is_some_and(|p| p.ip().is_loopback()) {
-            Plaintext::Allowed
-        } else {
-            Plaintext::Refused
-        };
-    session.set_security(tls, plaintext);
+    let mut session = Pop3Session::new(context.config.pop3_limits.clone());
+    session.set_security(tls, client_start::plaintext_policy(&context, peer));
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
