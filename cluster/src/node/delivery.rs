@@ -192,9 +192,7 @@ pub async fn deliver(
     id: u128,
     message: Arc<Vec<u8>>,
 ) -> Result<(), StoreError> {
-    deliver_to_holders(context, user, id, message)
-        .await
-        .map(|_| ())
+    deliver_noting_holders(context, user, id, message, None).await
 }
 
 /// [`deliver`], answering with the nodes the message was stored on (its coordinator and
@@ -205,6 +203,20 @@ pub async fn deliver_to_holders(
     id: u128,
     message: Arc<Vec<u8>>,
 ) -> Result<Vec<NodeId>, StoreError> {
+    let mut holders = Vec::new();
+    deliver_noting_holders(context, user, id, message, Some(&mut holders)).await?;
+    Ok(holders)
+}
+
+/// The delivery loop; the holders of the last store tried are noted in `holders` only when
+/// asked (SMTP's deliveries allocate nothing for it).
+async fn deliver_noting_holders(
+    context: &CoreContext,
+    user: &str,
+    id: u128,
+    message: Arc<Vec<u8>>,
+    mut holders: Option<&mut Vec<NodeId>>,
+) -> Result<(), StoreError> {
     let shared = &context.cluster;
     if shared.is_joining() {
         shared.wait_joined(PATIENCE).await;
@@ -212,11 +224,11 @@ pub async fn deliver_to_holders(
     if !shared.clustered() {
         // A lone node: no manager to ask (and no shared reference count to bump per message).
         let epoch = shared.view.load().epoch;
-        return store_here(context, user, id, message, epoch, Vec::new(), Vec::new())
-            .await
-            .map(|()| vec![shared.me.id]);
+        if let Some(holders) = holders {
+            *holders = vec![shared.me.id];
+        }
+        return store_here(context, user, id, message, epoch, Vec::new(), Vec::new()).await;
     }
-    let mut holders: Vec<NodeId> = Vec::new();
     let me = shared.me.id;
     let mut machine = Delivery::new(settings(context), now_ms());
     let mut input = DeliveryInput::Start;
@@ -231,13 +243,13 @@ pub async fn deliver_to_holders(
         };
         let action = machine.step(input, facts, |node| load_of(context, node), &mut rng);
         input = match action {
-            DeliveryAction::Finish(result) => return result.map(|()| holders),
+            DeliveryAction::Finish(result) => return result,
             DeliveryAction::StoreHere {
                 placed,
                 replicas,
                 also,
             } => {
-                holders = holders_of(me, &replicas);
+                note_holders(holders.as_deref_mut(), me, &replicas);
                 DeliveryInput::Stored(
                     store_here(context, user, id, message.clone(), placed, replicas, also).await,
                 )
@@ -249,7 +261,7 @@ pub async fn deliver_to_holders(
                 also,
             } => DeliveryInput::Stored(match view.member(coordinator) {
                 Some(member) => {
-                    holders = holders_of(coordinator, &replicas);
+                    note_holders(holders.as_deref_mut(), coordinator, &replicas);
                     let store = StoreMessage {
                         user: user.to_owned(),
                         id,
@@ -291,15 +303,18 @@ pub async fn deliver_to_holders(
     }
 }
 
-/// A store's coordinator and its replica set, once each.
-fn holders_of(coordinator: NodeId, replicas: &[NodeId]) -> Vec<NodeId> {
-    let mut holders = vec![coordinator];
+/// Notes a store's coordinator and its replica set, once each, where they are asked for.
+fn note_holders(holders: Option<&mut Vec<NodeId>>, coordinator: NodeId, replicas: &[NodeId]) {
+    let Some(holders) = holders else {
+        return;
+    };
+    holders.clear();
+    holders.push(coordinator);
     for &node in replicas {
         if !holders.contains(&node) {
             holders.push(node);
         }
     }
-    holders
 }
 
 /// The candidates for `user`'s new mail: with nothing to avoid, cached for the membership
