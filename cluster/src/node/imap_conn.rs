@@ -73,6 +73,24 @@ fn view_of(message: &WireMessage) -> MessageView {
     }
 }
 
+/// The selected folder's state now, learnt by `selected` (after a fresh listing of the
+/// copies when `refresh`).
+async fn poll_selected(
+    context: &Rc<CoreContext>,
+    user: &str,
+    selected: &mut Selected,
+    refresh: bool,
+) -> Result<Snapshot, MailboxError> {
+    let op = ImapOp::Folder {
+        folder: selected.folder.clone(),
+        refresh,
+    };
+    match imap_authority::call(context, user, op).await {
+        ImapAnswer::Folder(folder) => Ok(selected.learn(&folder)),
+        other => Err(error_of(other)),
+    }
+}
+
 fn error_of(answer: ImapAnswer) -> MailboxError {
     match answer {
         ImapAnswer::NoSuchMailbox => MailboxError::NoSuchMailbox,
@@ -269,14 +287,7 @@ pub async fn serve(
                 Step::Poll => {
                     // A client's NOOP or CHECK asks for what changed: the copies are listed
                     // again (an idling session's polls share one listing per moment instead).
-                    let op = ImapOp::Folder {
-                        folder: selected.folder.clone(),
-                        refresh: true,
-                    };
-                    let snapshot = match imap_authority::call(&context, &user, op).await {
-                        ImapAnswer::Folder(folder) => Ok(selected.learn(&folder)),
-                        other => Err(error_of(other)),
-                    };
+                    let snapshot = poll_selected(&context, &user, &mut selected, true).await;
                     session.polled(snapshot, &mut out)
                 }
                 Step::Load { uids } => {
@@ -421,14 +432,7 @@ pub async fn serve(
                     // Answered on the next turn of the loop.
                     let mut step = poll;
                     if let Step::Poll = step {
-                        let op = ImapOp::Folder {
-                            folder: selected.folder.clone(),
-                            refresh: false,
-                        };
-                        let snapshot = match imap_authority::call(&context, &user, op).await {
-                            ImapAnswer::Folder(folder) => Ok(selected.learn(&folder)),
-                            other => Err(error_of(other)),
-                        };
+                        let snapshot = poll_selected(&context, &user, &mut selected, false).await;
                         if let Some(next) = session.polled(snapshot, &mut out) {
                             step = next;
                             if step == Step::Close {
