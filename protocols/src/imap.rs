@@ -9,6 +9,7 @@ pub mod memory_store;
 pub mod mime;
 pub mod parser;
 pub mod session;
+pub mod sets;
 
 pub use session::{
     Counts, Folder, ImapLimits, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView,

@@ -580,6 +580,14 @@ impl Mailboxes {
                 });
             }
         }
+        if !gone.is_empty() {
+            // An expunge is a change: HIGHESTMODSEQ moves, so a client that compares it
+            // (CONDSTORE, QRESYNC) knows to look, and learns what vanished.
+            self.take_modseq();
+            if let Some(profile) = self.take_profile() {
+                persist.insert(0, profile);
+            }
+        }
         Ok((gone, persist))
     }
 
@@ -835,6 +843,8 @@ pub struct WireCounts {
     pub uid_validity: u32,
     pub highest_modseq: u64,
     pub size: u64,
+    /// Messages flagged `\Deleted`.
+    pub deleted: u32,
 }
 
 /// What a session asks of the authority.
@@ -979,6 +989,11 @@ impl Mailboxes {
             uid_validity: view.uid_validity,
             highest_modseq: view.highest_modseq,
             size: view.messages.iter().map(|m| m.size).sum(),
+            deleted: view
+                .messages
+                .iter()
+                .filter(|m| m.meta.flags & DELETED != 0)
+                .count() as u32,
         })
     }
 
@@ -1165,6 +1180,20 @@ mod tests {
         assert_eq!(boxes.message("INBOX", 1).unwrap().meta.flags, FLAGGED);
         let kw = boxes.flag_bits(0, &["$Junk".into()]).unwrap();
         assert_eq!(boxes.keywords_of(kw), vec!["$Junk".to_owned()]);
+    }
+
+    #[test]
+    fn an_expunge_moves_highestmodseq() {
+        let mut boxes = Mailboxes::new(None, 1);
+        boxes.refresh(vec![listed(1, None), listed(2, None)]);
+        let before = boxes.folder_view("INBOX").unwrap().highest_modseq;
+        let (gone, _) = boxes.expunge("INBOX", &[2]).unwrap();
+        assert_eq!(gone, vec![2]);
+        let after = boxes.folder_view("INBOX").unwrap().highest_modseq;
+        assert!(after > before, "{before} -> {after}");
+        // Expunging nothing changes nothing.
+        boxes.expunge("INBOX", &[2, 9]).unwrap();
+        assert_eq!(boxes.folder_view("INBOX").unwrap().highest_modseq, after);
     }
 
     #[test]

@@ -262,6 +262,7 @@ pub async fn serve(
                                     uid_validity: c.uid_validity,
                                     highest_modseq: c.highest_modseq,
                                     size: c.size,
+                                    deleted: c.deleted,
                                 })
                                 .ok_or(MailboxError::NoSuchMailbox)
                             })

@@ -32,6 +32,8 @@ pub enum Command {
         mailbox: String,
         read_only: bool,
         condstore: bool,
+        /// `(QRESYNC (uidvalidity modseq [known-uids]))` (RFC 7162 3.2.5).
+        qresync: Option<Resync>,
     },
     Create(String),
     Delete(String),
@@ -51,6 +53,11 @@ pub enum Command {
         special_use: bool,
         /// LSUB rather than LIST (answered with `* LSUB`).
         lsub: bool,
+        /// `RETURN (SUBSCRIBED)`: `\Subscribed` on every subscribed mailbox listed.
+        return_subscribed: bool,
+        /// The `RECURSIVEMATCH` selection: a mailbox that does not match the selection but
+        /// has a descendant that does is listed with `CHILDINFO`.
+        recursive_match: bool,
     },
     Status {
         mailbox: String,
@@ -81,6 +88,8 @@ pub enum Command {
         set: SequenceSet,
         items: Vec<FetchItem>,
         changed_since: Option<u64>,
+        /// `(CHANGEDSINCE n VANISHED)` (QRESYNC): expunged UIDs of the set are reported.
+        vanished: bool,
     },
     Store {
         uid: bool,
@@ -97,6 +106,15 @@ pub enum Command {
         /// MOVE rather than COPY.
         moving: bool,
     },
+}
+
+/// What a client knew of a mailbox when it last synchronised (QRESYNC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resync {
+    pub uid_validity: u32,
+    pub modseq: u64,
+    /// The UIDs the client holds; `None`: all below UIDNEXT.
+    pub known_uids: Option<SequenceSet>,
 }
 
 /// A message flag: a system flag or a keyword.
@@ -144,15 +162,30 @@ pub enum SeqNum {
     Value(NonZeroU32),
     /// `*`: the largest number in use.
     Largest,
+    /// `$` (RFC 5182 SEARCHRES): the last saved search result, always a set on its own. The
+    /// session replaces it with the saved messages before it uses the set.
+    Saved,
 }
 
 impl SequenceSet {
+    /// `$`: the saved search result.
+    pub fn saved() -> Self {
+        Self(vec![(SeqNum::Saved, SeqNum::Saved)])
+    }
+
+    pub fn is_saved(&self) -> bool {
+        self.0
+            .iter()
+            .any(|r| r.0 == SeqNum::Saved || r.1 == SeqNum::Saved)
+    }
+
     /// Whether `n` is in the set when the largest number in use is `largest`.
     pub fn contains(&self, n: u32, largest: u32) -> bool {
         self.0.iter().any(|&(a, b)| {
             let value = |s: SeqNum| match s {
                 SeqNum::Value(v) => v.get(),
                 SeqNum::Largest => largest,
+                SeqNum::Saved => 0,
             };
             let (lo, hi) = (value(a).min(value(b)), value(a).max(value(b)));
             (lo..=hi).contains(&n)
@@ -170,6 +203,8 @@ pub enum StatusItem {
     Unseen,
     HighestModSeq,
     Size,
+    /// IMAP4rev2: messages with `\\Deleted`.
+    Deleted,
 }
 
 /// What FETCH asks for.
@@ -263,4 +298,6 @@ pub enum SearchReturn {
     Max,
     All,
     Count,
+    /// SEARCHRES: keep the result for `$`.
+    Save,
 }

@@ -131,6 +131,11 @@ impl MemoryStore {
                             uid_validity: s.uid_validity,
                             highest_modseq: s.highest_modseq,
                             size: 0,
+                            deleted: s
+                                .messages
+                                .iter()
+                                .filter(|m| m.flags.contains(&Flag::Deleted))
+                                .count() as u32,
                         })
                     })
                     .collect();

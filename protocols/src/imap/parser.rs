@@ -226,6 +226,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn sequence_set(&mut self) -> Result<SequenceSet> {
+        if self.eat(b'$') {
+            return Ok(SequenceSet::saved());
+        }
         let mut ranges = Vec::new();
         loop {
             let first = self.seq_number()?;
@@ -498,11 +501,22 @@ fn body(c: &mut Cursor<'_>, name: &str, uid: bool) -> Result<Command> {
         "SELECT" | "EXAMINE" => {
             let mailbox = c.mailbox()?;
             let mut condstore = false;
+            let mut qresync = None;
             if c.eat(b' ') {
-                for parameter in c.paren_list(|c| c.keyword())? {
-                    match parameter.as_str() {
-                        "CONDSTORE" => condstore = true,
-                        other => return Err(format!("unsupported SELECT parameter {other}")),
+                for parameter in c.paren_list(|c| {
+                    let name = c.keyword()?;
+                    match name.as_str() {
+                        "CONDSTORE" => Ok(None),
+                        "QRESYNC" => {
+                            c.sp()?;
+                            resync(c).map(Some)
+                        }
+                        other => Err(format!("unsupported SELECT parameter {other}")),
+                    }
+                })? {
+                    match parameter {
+                        None => condstore = true,
+                        Some(params) => qresync = Some(params),
                     }
                 }
             }
@@ -510,6 +524,7 @@ fn body(c: &mut Cursor<'_>, name: &str, uid: bool) -> Result<Command> {
                 mailbox,
                 read_only: name == "EXAMINE",
                 condstore,
+                qresync,
             }
         }
         "CREATE" => {
@@ -568,23 +583,30 @@ fn body(c: &mut Cursor<'_>, name: &str, uid: bool) -> Result<Command> {
             c.sp()?;
             let items = fetch_items(c)?;
             let mut changed_since = None;
+            let mut vanished = false;
             if c.eat(b' ') {
-                for (modifier, value) in c.paren_list(|c| {
-                    let name = c.keyword()?;
-                    let value = if c.eat(b' ') { Some(c.number()?) } else { None };
-                    Ok((name, value))
-                })? {
-                    match (modifier.as_str(), value) {
-                        ("CHANGEDSINCE", Some(v)) => changed_since = Some(v),
+                c.paren_list(|c| {
+                    let modifier = c.keyword()?;
+                    match modifier.as_str() {
+                        "CHANGEDSINCE" => {
+                            c.sp()?;
+                            changed_since = Some(c.number()?);
+                        }
+                        "VANISHED" => vanished = true,
                         _ => return Err(format!("unsupported FETCH modifier {modifier}")),
                     }
-                }
+                    Ok(())
+                })?;
+            }
+            if vanished && (!uid || changed_since.is_none()) {
+                return Err("VANISHED needs UID FETCH and CHANGEDSINCE".into());
             }
             Command::Fetch {
                 uid,
                 set,
                 items,
                 changed_since,
+                vanished,
             }
         }
         "STORE" => {
@@ -666,7 +688,41 @@ fn status_item(c: &mut Cursor<'_>) -> Result<StatusItem> {
         "UNSEEN" => StatusItem::Unseen,
         "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
         "SIZE" => StatusItem::Size,
+        "DELETED" => StatusItem::Deleted,
         _ => return Err(format!("unknown status item {item}")),
+    })
+}
+
+/// QRESYNC's `(uidvalidity modseq [known-uids [(seq-match)]])`; the sequence match only
+/// narrows what the server must check, and every known UID is checked here anyway.
+fn resync(c: &mut Cursor<'_>) -> Result<Resync> {
+    c.expect(b'(')?;
+    let uid_validity = c.number32()?;
+    c.sp()?;
+    let modseq = c.number()?;
+    let mut known_uids = None;
+    if c.eat(b' ') {
+        let set = c.sequence_set()?;
+        if set.is_saved() {
+            return Err("$ is not a list of known UIDs".into());
+        }
+        known_uids = Some(set);
+        if c.eat(b' ') {
+            c.expect(b'(')?;
+            let _msns = c.sequence_set()?;
+            c.sp()?;
+            let _uids = c.sequence_set()?;
+            c.expect(b')')?;
+        }
+    }
+    c.expect(b')')?;
+    if uid_validity == 0 {
+        return Err("UIDVALIDITY 0".into());
+    }
+    Ok(Resync {
+        uid_validity,
+        modseq,
+        known_uids,
     })
 }
 
@@ -674,14 +730,21 @@ fn status_item(c: &mut Cursor<'_>) -> Result<StatusItem> {
 fn list(c: &mut Cursor<'_>, lsub: bool) -> Result<Command> {
     let mut subscribed_only = lsub;
     let mut special_use = false;
+    let mut recursive_match = false;
+    let mut return_subscribed = false;
     if !lsub && c.peek() == Some(b'(') {
         for option in c.paren_list(|c| c.keyword())? {
             match option.as_str() {
                 "SUBSCRIBED" => subscribed_only = true,
                 "SPECIAL-USE" => special_use = true,
-                "REMOTE" | "RECURSIVEMATCH" => {}
+                "RECURSIVEMATCH" => recursive_match = true,
+                "REMOTE" => {}
                 other => return Err(format!("unsupported LIST selection {other}")),
             }
+        }
+        // RFC 5258 3.1: RECURSIVEMATCH alone says nothing to recurse on.
+        if recursive_match && !subscribed_only && !special_use {
+            return Err("RECURSIVEMATCH needs another selection option".into());
         }
         c.sp()?;
     }
@@ -703,8 +766,9 @@ fn list(c: &mut Cursor<'_>, lsub: bool) -> Result<Command> {
             loop {
                 let option = c.keyword()?;
                 match option.as_str() {
-                    // Special-use attributes are always shown.
-                    "SUBSCRIBED" | "CHILDREN" | "SPECIAL-USE" => {}
+                    "SUBSCRIBED" => return_subscribed = true,
+                    // Children and special-use attributes are always shown.
+                    "CHILDREN" | "SPECIAL-USE" => {}
                     "STATUS" => {
                         c.sp()?;
                         status = c.paren_list(status_item)?;
@@ -725,6 +789,8 @@ fn list(c: &mut Cursor<'_>, lsub: bool) -> Result<Command> {
         status,
         special_use,
         lsub,
+        return_subscribed,
+        recursive_match,
     })
 }
 
@@ -742,7 +808,7 @@ fn search(c: &mut Cursor<'_>, uid: bool) -> Result<Command> {
                     "MAX" => SearchReturn::Max,
                     "ALL" => SearchReturn::All,
                     "COUNT" => SearchReturn::Count,
-                    "SAVE" => return Err("SEARCHRES is not supported".into()),
+                    "SAVE" => SearchReturn::Save,
                     other => return Err(format!("unknown RETURN option {other}")),
                 })
             })?;
@@ -805,7 +871,7 @@ fn search_key(c: &mut Cursor<'_>) -> Result<SearchKey> {
         c.depth -= 1;
         return Ok(SearchKey::And(keys));
     }
-    if matches!(c.peek(), Some(b'0'..=b'9' | b'*')) {
+    if matches!(c.peek(), Some(b'0'..=b'9' | b'*' | b'$')) {
         return Ok(SearchKey::Sequence(c.sequence_set()?));
     }
     let word = c.keyword()?;
@@ -1084,7 +1150,8 @@ mod tests {
             Command::Select {
                 mailbox: "INBOX".into(),
                 read_only: false,
-                condstore: false
+                condstore: false,
+                qresync: None
             }
         );
         assert_eq!(
@@ -1092,7 +1159,8 @@ mod tests {
             Command::Select {
                 mailbox: "Sent".into(),
                 read_only: true,
-                condstore: true
+                condstore: true,
+                qresync: None
             }
         );
         assert_eq!(
@@ -1137,6 +1205,7 @@ mod tests {
                     },
                 ],
                 changed_since: None,
+                vanished: false,
             }
         );
         assert_eq!(
@@ -1149,7 +1218,8 @@ mod tests {
                     FetchItem::InternalDate,
                     FetchItem::Rfc822Size
                 ],
-                changed_since: None
+                changed_since: None,
+                vanished: false
             }
         );
         assert_eq!(
@@ -1166,7 +1236,8 @@ mod tests {
                     peek: false,
                     binary: false
                 }],
-                changed_since: None
+                changed_since: None,
+                vanished: false
             }
         );
         assert!(parse(b"a FETCH 0 FLAGS\r\n").is_err());
@@ -1220,7 +1291,9 @@ mod tests {
                 subscribed_only: false,
                 status: vec![StatusItem::Messages, StatusItem::Unseen],
                 special_use: false,
-                lsub: false
+                lsub: false,
+                return_subscribed: false,
+                recursive_match: false
             }
         );
         assert_eq!(
@@ -1231,9 +1304,77 @@ mod tests {
                 subscribed_only: true,
                 status: vec![],
                 special_use: false,
-                lsub: true
+                lsub: true,
+                return_subscribed: false,
+                recursive_match: false
             }
         );
+    }
+
+    #[test]
+    fn qresync_searchres_and_rev2_syntax() {
+        assert_eq!(
+            cmd("a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541 (1:2 41,43)))\r\n"),
+            Command::Select {
+                mailbox: "INBOX".into(),
+                read_only: false,
+                condstore: false,
+                qresync: Some(Resync {
+                    uid_validity: 67_890_007,
+                    modseq: 20_050_715_194_045_000,
+                    known_uids: Some(SequenceSet(vec![
+                        (n(41), n(41)),
+                        (n(43), n(211)),
+                        (n(214), n(541))
+                    ])),
+                })
+            }
+        );
+        assert!(matches!(
+            cmd("a EXAMINE x (CONDSTORE QRESYNC (1 2))\r\n"),
+            Command::Select {
+                condstore: true,
+                qresync: Some(Resync {
+                    known_uids: None,
+                    ..
+                }),
+                ..
+            }
+        ));
+        assert!(matches!(
+            cmd("a UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\n"),
+            Command::Fetch {
+                vanished: true,
+                changed_since: Some(12345),
+                ..
+            }
+        ));
+        for bad in [
+            "a FETCH 1 FLAGS (CHANGEDSINCE 1 VANISHED)\r\n",
+            "a UID FETCH 1 FLAGS (VANISHED)\r\n",
+            "a SELECT INBOX (QRESYNC (0 1))\r\n",
+            "a SELECT INBOX (QRESYNC (1 1 $))\r\n",
+            "a LIST (RECURSIVEMATCH) \"\" *\r\n",
+            "a FETCH $,1 FLAGS\r\n",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            cmd("a UID STORE $ +FLAGS (\\Seen)\r\n"),
+            Command::Store { set, .. } if set.is_saved()
+        ));
+        assert!(matches!(
+            cmd("a SEARCH RETURN (SAVE MIN) $ UNSEEN\r\n"),
+            Command::Search { esearch: Some(r), key: SearchKey::And(_), .. } if r == vec![SearchReturn::Save, SearchReturn::Min]
+        ));
+        assert!(matches!(
+            cmd("a STATUS INBOX (DELETED SIZE)\r\n"),
+            Command::Status { items, .. } if items == vec![StatusItem::Deleted, StatusItem::Size]
+        ));
+        assert!(matches!(
+            cmd("a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (% Archive/*) RETURN (SUBSCRIBED CHILDREN)\r\n"),
+            Command::List { recursive_match: true, return_subscribed: true, subscribed_only: true, ref patterns, .. } if patterns.len() == 2
+        ));
     }
 
     #[test]

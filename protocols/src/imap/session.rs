@@ -1,6 +1,14 @@
-//! The IMAP server session (RFC 3501 IMAP4rev1, with LITERAL+, SASL-IR, ID, ENABLE, IDLE,
-//! NAMESPACE, UNSELECT, UIDPLUS, MOVE, CHILDREN, SPECIAL-USE, LIST-STATUS, ESEARCH, CONDSTORE
-//! and APPENDLIMIT), sans-IO.
+//! The IMAP server session (RFC 3501 IMAP4rev1 and RFC 9051 IMAP4rev2, with LITERAL+, SASL-IR,
+//! ID, ENABLE, IDLE, NAMESPACE, UNSELECT, UIDPLUS, MOVE, CHILDREN, SPECIAL-USE, LIST-EXTENDED,
+//! LIST-STATUS, ESEARCH, SEARCHRES, CONDSTORE, QRESYNC, BINARY, STATUS=SIZE and APPENDLIMIT),
+//! sans-IO.
+//!
+//! A client speaks IMAP4rev1 until it sends `ENABLE IMAP4rev2`; then SEARCH answers with
+//! ESEARCH, SELECT sends the mailbox's LIST line and no RECENT. After `ENABLE QRESYNC`
+//! expunges are announced as `VANISHED` UID sets, and SELECT may carry what the client knew.
+//! No history of expunges is kept: `VANISHED (EARLIER)` names every UID the client may hold
+//! (its known UIDs, or all below UIDNEXT) that is not in the mailbox now, which RFC 7162
+//! allows (UIDs reported that the client never had are ignored by it).
 //!
 //! Same shape as the SMTP and POP3 sessions: `push` bytes, call `step` until
 //! [`Step::NeedInput`], and answer each request step with the matching method (the step says
@@ -16,6 +24,7 @@ use super::command::*;
 use super::framer::{FrameError, FrameLimits, Framed, Framer};
 use super::mime;
 use super::parser::{self, ParseError};
+use super::sets::{absent_in, ordered_set, ranges as uid_ranges, uid_set, write_ranges};
 pub use crate::security::{Plaintext, Tls};
 
 /// The session's limits.
@@ -77,6 +86,8 @@ pub struct Counts {
     pub uid_validity: u32,
     pub highest_modseq: u64,
     pub size: u64,
+    /// Messages flagged `\Deleted` (IMAP4rev2 STATUS DELETED).
+    pub deleted: u32,
 }
 
 /// Why a mailbox operation failed.
@@ -240,6 +251,7 @@ enum Waiting {
         tag: String,
         mailbox: String,
         read_only: bool,
+        qresync: Option<Resync>,
     },
     Poll {
         tag: Option<String>,
@@ -299,6 +311,12 @@ pub struct ImapSession {
     tls: Tls,
     plaintext: Plaintext,
     condstore: bool,
+    /// `ENABLE QRESYNC` was sent: expunges are announced as VANISHED.
+    qresync: bool,
+    /// `ENABLE IMAP4rev2` was sent.
+    rev2: bool,
+    /// The UIDs of the last `SEARCH RETURN (SAVE)` in the selected mailbox (`$`).
+    saved: Vec<u32>,
     errors: u32,
     /// `NO` and `BAD` replies written, for the node's metrics.
     errors_sent: u64,
@@ -329,42 +347,6 @@ fn write_flags(out: &mut Vec<u8>, flags: &[Flag]) {
         out.extend_from_slice(flag.as_str().as_bytes());
     }
     out.push(b')');
-}
-
-/// UIDs as an IMAP set, ranges joined (`3:5,9`).
-fn uid_set(uids: &[u32]) -> String {
-    let mut sorted: Vec<u32> = uids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Same as [`uid_set`] but keeping order (COPYUID pairs must correspond).
-fn ordered_set(values: &[u32]) -> String {
-    values
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// `dd-Mon-yyyy hh:mm:ss +0000`.
@@ -424,6 +406,9 @@ impl ImapSession {
             tls: Tls::Unavailable,
             plaintext: Plaintext::Allowed,
             condstore: false,
+            qresync: false,
+            rev2: false,
+            saved: Vec::new(),
             errors: 0,
             errors_sent: 0,
             append_limit,
@@ -467,8 +452,9 @@ impl ImapSession {
 
     fn capabilities(&self) -> String {
         let mut caps = String::from(
-            "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE CHILDREN \
-             SPECIAL-USE LIST-STATUS ESEARCH CONDSTORE",
+            "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE \
+             CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES CONDSTORE QRESYNC \
+             BINARY STATUS=SIZE",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.append_limit));
         if self.tls == Tls::Offered && self.state == State::NotAuthenticated {
@@ -798,9 +784,22 @@ impl ImapSession {
             C::Enable(caps) => {
                 let mut enabled = Vec::new();
                 for cap in caps {
-                    if cap == "CONDSTORE" {
-                        self.condstore = true;
-                        enabled.push(cap);
+                    let newly = match cap.as_str() {
+                        "CONDSTORE" => !std::mem::replace(&mut self.condstore, true),
+                        // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
+                        "QRESYNC" => {
+                            self.condstore = true;
+                            !std::mem::replace(&mut self.qresync, true)
+                        }
+                        "IMAP4REV2" => !std::mem::replace(&mut self.rev2, true),
+                        _ => false,
+                    };
+                    if newly {
+                        enabled.push(if cap == "IMAP4REV2" {
+                            "IMAP4rev2".to_owned()
+                        } else {
+                            cap
+                        });
                     }
                 }
                 out.extend_from_slice(
@@ -821,17 +820,28 @@ impl ImapSession {
                 mailbox,
                 read_only,
                 condstore,
+                qresync,
             } => {
+                if qresync.is_some() && !self.qresync {
+                    self.bad(out, &tag, "QRESYNC parameter without ENABLE QRESYNC");
+                    return None;
+                }
                 if condstore {
                     self.condstore = true;
                 }
+                self.saved.clear();
                 if self.selected.take().is_some() {
                     self.state = State::Authenticated;
+                    if self.qresync || self.rev2 {
+                        // RFC 7162 3.2.11, RFC 9051 7.1: where one mailbox's responses end.
+                        out.extend_from_slice(b"* OK [CLOSED] previous mailbox closed\r\n");
+                    }
                 }
                 self.waiting = Some(Waiting::Select {
                     tag,
                     mailbox: mailbox.clone(),
                     read_only,
+                    qresync,
                 });
                 Some(Step::Select { mailbox, read_only })
             }
@@ -941,8 +951,10 @@ impl ImapSession {
     ) -> Option<Step> {
         use Command as C;
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+        let command = self.expand_saved(command);
         match command {
             C::Close | C::Unselect => {
+                self.saved.clear();
                 if command == C::Close && !read_only {
                     let uids = self.deleted_uids(None);
                     if !uids.is_empty() {
@@ -979,10 +991,20 @@ impl ImapSession {
                 set,
                 mut items,
                 changed_since,
+                vanished,
             } => {
                 if !uid && self.set_out_of_range(&set) {
                     self.bad(out, &tag, "message number out of range");
                     return None;
+                }
+                if vanished {
+                    if !self.qresync {
+                        self.bad(out, &tag, "VANISHED without ENABLE QRESYNC");
+                        return None;
+                    }
+                    // RFC 7162 3.2.6: before the FETCH responses.
+                    let gone = self.vanished_from(&set);
+                    write_vanished(out, true, &gone);
                 }
                 if changed_since.is_some() {
                     self.condstore = true;
@@ -1078,8 +1100,16 @@ impl ImapSession {
                     unchanged_since,
                 })
             }
-            C::Search { uid, key, esearch } => {
+            C::Search {
+                uid,
+                key,
+                mut esearch,
+            } => {
                 let count = self.selected.as_ref().map_or(0, |s| s.messages.len());
+                if esearch.is_none() && self.rev2 {
+                    // RFC 9051 6.4.4: SEARCH is answered by ESEARCH, as RETURN (ALL).
+                    esearch = Some(vec![SearchReturn::All]);
+                }
                 let job = SearchJob {
                     tag,
                     uid,
@@ -1149,6 +1179,134 @@ impl ImapSession {
             .collect()
     }
 
+    /// The command with `$` replaced by the saved search result (as UIDs or message
+    /// numbers, as the command counts).
+    fn expand_saved(&self, command: Command) -> Command {
+        let expand = |set: SequenceSet, uid: bool| -> SequenceSet {
+            if !set.is_saved() {
+                return set;
+            }
+            let Some(selected) = &self.selected else {
+                return SequenceSet(Vec::new());
+            };
+            let values: Vec<u32> = if uid {
+                self.saved.clone()
+            } else {
+                selected
+                    .messages
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| self.saved.binary_search(&m.uid).is_ok())
+                    .map(|(i, _)| i as u32 + 1)
+                    .collect()
+            };
+            SequenceSet(
+                uid_ranges(&values)
+                    .into_iter()
+                    .filter_map(|(a, b)| {
+                        Some((
+                            SeqNum::Value(std::num::NonZeroU32::new(a)?),
+                            SeqNum::Value(std::num::NonZeroU32::new(b)?),
+                        ))
+                    })
+                    .collect(),
+            )
+        };
+        fn expand_key(
+            key: SearchKey,
+            expand: &dyn Fn(SequenceSet, bool) -> SequenceSet,
+        ) -> SearchKey {
+            match key {
+                SearchKey::Sequence(set) => SearchKey::Sequence(expand(set, false)),
+                SearchKey::Uid(set) => SearchKey::Uid(expand(set, true)),
+                SearchKey::And(keys) => {
+                    SearchKey::And(keys.into_iter().map(|k| expand_key(k, expand)).collect())
+                }
+                SearchKey::Or(a, b) => SearchKey::Or(
+                    Box::new(expand_key(*a, expand)),
+                    Box::new(expand_key(*b, expand)),
+                ),
+                SearchKey::Not(k) => SearchKey::Not(Box::new(expand_key(*k, expand))),
+                other => other,
+            }
+        }
+        match command {
+            Command::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+                vanished,
+            } => Command::Fetch {
+                uid,
+                set: expand(set, uid),
+                items,
+                changed_since,
+                vanished,
+            },
+            Command::Store {
+                uid,
+                set,
+                action,
+                silent,
+                flags,
+                unchanged_since,
+            } => Command::Store {
+                uid,
+                set: expand(set, uid),
+                action,
+                silent,
+                flags,
+                unchanged_since,
+            },
+            Command::Copy {
+                uid,
+                set,
+                mailbox,
+                moving,
+            } => Command::Copy {
+                uid,
+                set: expand(set, uid),
+                mailbox,
+                moving,
+            },
+            Command::Expunge { uids: Some(set) } => Command::Expunge {
+                uids: Some(expand(set, true)),
+            },
+            Command::Search { uid, key, esearch } => Command::Search {
+                uid,
+                key: expand_key(key, &expand),
+                esearch,
+            },
+            other => other,
+        }
+    }
+
+    /// The UIDs of `set` (a UID set; `*` up to UIDNEXT - 1) not in the mailbox now.
+    fn vanished_from(&self, set: &SequenceSet) -> Vec<(u32, u32)> {
+        let Some(selected) = &self.selected else {
+            return Vec::new();
+        };
+        let largest = selected.uid_next.saturating_sub(1);
+        let present: Vec<u32> = selected.messages.iter().map(|m| m.uid).collect();
+        absent_in(set, largest, &present)
+    }
+
+    /// Reports messages gone from the view: `* n EXPUNGE` for each, from the highest number
+    /// down (so each number is right when it is sent), or one `* VANISHED` under QRESYNC.
+    fn report_expunged(qresync: bool, removed: &[(usize, u32)], out: &mut Vec<u8>) {
+        if qresync {
+            let uids: Vec<u32> = removed.iter().map(|r| r.1).collect();
+            write_vanished(out, false, &uid_ranges(&uids));
+            return;
+        }
+        let mut numbers: Vec<usize> = removed.iter().map(|r| r.0).collect();
+        numbers.sort_unstable_by(|a, b| b.cmp(a));
+        for n in numbers {
+            out.extend_from_slice(format!("* {n} EXPUNGE\r\n").as_bytes());
+        }
+    }
+
     // ---- Answers from the node ----
 
     /// The answer to [`Step::Folders`].
@@ -1167,6 +1325,8 @@ impl ImapSession {
             status,
             special_use,
             lsub,
+            return_subscribed,
+            recursive_match,
         } = command
         else {
             return None;
@@ -1185,44 +1345,27 @@ impl ImapSession {
             status_line(out, &tag, "OK", &format!("{word} completed"));
             return None;
         }
-        let mut lines = Vec::new();
-        for folder in &folders {
-            if subscribed_only && !folder.subscribed {
-                continue;
-            }
-            if special_use && folder.special_use.is_none() {
-                continue;
-            }
-            let matched = patterns.iter().any(|p| {
+        let selection = ListSelection {
+            subscribed_only,
+            special_use,
+            recursive_match,
+            return_subscribed: !lsub && (subscribed_only || return_subscribed),
+        };
+        let lines: Vec<(Folder, Vec<u8>)> = list_lines(&folders, &selection, |name| {
+            patterns.iter().any(|p| {
                 let full = format!("{reference}{p}");
-                list_matches(full.as_bytes(), folder.name.as_bytes())
-                    || (folder.name == "INBOX"
+                list_matches(full.as_bytes(), name.as_bytes())
+                    || (name == "INBOX"
                         && list_matches(full.to_ascii_uppercase().as_bytes(), b"INBOX"))
-            });
-            if !matched {
-                continue;
-            }
-            let children = folders.iter().any(|f| {
-                f.name.len() > folder.name.len() + 1
-                    && f.name.starts_with(&format!("{}/", folder.name))
-            });
-            let mut attrs = vec![if children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            }
-            .to_owned()];
-            if !lsub && subscribed_only && folder.subscribed {
-                attrs.push("\\Subscribed".into());
-            }
-            if let Some(use_) = &folder.special_use {
-                attrs.push(use_.clone());
-            }
-            let mut line = format!("* {word} ({}) \"/\" ", attrs.join(" ")).into_bytes();
-            mime::write_string(&mut line, folder.name.as_bytes());
-            line.extend_from_slice(b"\r\n");
-            lines.push((folder.clone(), line));
-        }
+            })
+        })
+        .into_iter()
+        .map(|(folder, mut line)| {
+            let mut full = format!("* {word} ").into_bytes();
+            full.append(&mut line);
+            (folder, full)
+        })
+        .collect();
         if !status.is_empty() && !lines.is_empty() {
             let mailboxes = lines.iter().map(|(f, _)| f.name.clone()).collect();
             self.waiting = Some(Waiting::ListStatus {
@@ -1253,6 +1396,7 @@ impl ImapSession {
                 StatusItem::Unseen => format!("UNSEEN {}", counts.unseen),
                 StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", counts.highest_modseq),
                 StatusItem::Size => format!("SIZE {}", counts.size),
+                StatusItem::Deleted => format!("DELETED {}", counts.deleted),
             })
             .collect();
         out.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
@@ -1318,6 +1462,7 @@ impl ImapSession {
             tag,
             mailbox,
             read_only,
+            qresync,
         }) = self.waiting.take()
         else {
             return None;
@@ -1331,13 +1476,22 @@ impl ImapSession {
         };
         out.extend_from_slice(format!("* FLAGS {FLAGS}\r\n").as_bytes());
         out.extend_from_slice(format!("* {} EXISTS\r\n", snapshot.messages.len()).as_bytes());
-        out.extend_from_slice(b"* 0 RECENT\r\n");
-        if let Some(n) = snapshot
-            .messages
-            .iter()
-            .position(|m| !m.flags.contains(&Flag::Seen))
-        {
-            out.extend_from_slice(format!("* OK [UNSEEN {}] first unseen\r\n", n + 1).as_bytes());
+        if self.rev2 {
+            // RFC 9051 6.3.2: the mailbox's name as the server spells it; no RECENT.
+            out.extend_from_slice(b"* LIST () \"/\" ");
+            mime::write_string(out, mailbox.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(b"* 0 RECENT\r\n");
+            if let Some(n) = snapshot
+                .messages
+                .iter()
+                .position(|m| !m.flags.contains(&Flag::Seen))
+            {
+                out.extend_from_slice(
+                    format!("* OK [UNSEEN {}] first unseen\r\n", n + 1).as_bytes(),
+                );
+            }
         }
         let permanent = if read_only { "()" } else { PERMANENT_FLAGS };
         out.extend_from_slice(
@@ -1364,6 +1518,9 @@ impl ImapSession {
             )
             .as_bytes(),
         );
+        if let Some(resync) = qresync.filter(|r| r.uid_validity == snapshot.uid_validity) {
+            Self::resynchronise(&resync, &snapshot, out);
+        }
         status_line(
             out,
             &tag,
@@ -1386,9 +1543,32 @@ impl ImapSession {
         None
     }
 
+    /// QRESYNC at SELECT (RFC 7162 3.2.5.2): the known UIDs gone since, then the flags of
+    /// what changed after the client's MODSEQ.
+    fn resynchronise(resync: &Resync, snapshot: &Snapshot, out: &mut Vec<u8>) {
+        let largest = snapshot.uid_next.saturating_sub(1);
+        let present: Vec<u32> = snapshot.messages.iter().map(|m| m.uid).collect();
+        let all = SequenceSet(vec![(
+            SeqNum::Value(std::num::NonZeroU32::MIN),
+            SeqNum::Largest,
+        )]);
+        let known = resync.known_uids.as_ref().unwrap_or(&all);
+        write_vanished(out, true, &absent_in(known, largest, &present));
+        for (i, m) in snapshot.messages.iter().enumerate() {
+            if m.modseq > resync.modseq && known.contains(m.uid, largest) {
+                out.extend_from_slice(
+                    format!("* {} FETCH (UID {} FLAGS ", i + 1, m.uid).as_bytes(),
+                );
+                write_flags(out, &m.flags);
+                out.extend_from_slice(format!(" MODSEQ ({}))\r\n", m.modseq).as_bytes());
+            }
+        }
+    }
+
     /// Reports the differences between the session's view and `snapshot` and adopts it.
     fn apply_snapshot(&mut self, snapshot: Snapshot, out: &mut Vec<u8>) {
         let condstore = self.condstore;
+        let qresync = self.qresync;
         let Some(selected) = &mut self.selected else {
             return;
         };
@@ -1400,13 +1580,8 @@ impl ImapSession {
         }
         let present: std::collections::HashSet<u32> =
             snapshot.messages.iter().map(|m| m.uid).collect();
-        // Expunges, from the highest number down so each number is right when it is sent.
-        for n in (1..=selected.messages.len()).rev() {
-            if !present.contains(&selected.messages[n - 1].uid) {
-                selected.messages.remove(n - 1);
-                out.extend_from_slice(format!("* {n} EXPUNGE\r\n").as_bytes());
-            }
-        }
+        let removed = remove_where(&mut selected.messages, |m| !present.contains(&m.uid));
+        Self::report_expunged(qresync, &removed, out);
         let by_uid: std::collections::HashMap<u32, &MessageView> =
             snapshot.messages.iter().map(|m| (m.uid, m)).collect();
         for (i, m) in selected.messages.iter_mut().enumerate() {
@@ -1706,12 +1881,8 @@ impl ImapSession {
         let Some(selected) = &mut self.selected else {
             return;
         };
-        for n in (1..=selected.messages.len()).rev() {
-            if gone.contains(&selected.messages[n - 1].uid) {
-                selected.messages.remove(n - 1);
-                out.extend_from_slice(format!("* {n} EXPUNGE\r\n").as_bytes());
-            }
-        }
+        let removed = remove_where(&mut selected.messages, |m| gone.contains(&m.uid));
+        Self::report_expunged(self.qresync, &removed, out);
     }
 
     /// The answer to [`Step::Append`]: the mailbox's UIDVALIDITY and the new message's UID.
@@ -1886,7 +2057,39 @@ impl ImapSession {
                 .max()
                 .unwrap_or(0)
         });
+        if let Some(options) = job
+            .esearch
+            .as_ref()
+            .filter(|o| o.contains(&SearchReturn::Save))
+        {
+            // RFC 5182 2.1: with only MIN and/or MAX beside SAVE, only those are saved.
+            let uids: Vec<u32> = job
+                .found
+                .iter()
+                .map(|&n| selected.messages[n - 1].uid)
+                .collect();
+            let only_ends = !options.contains(&SearchReturn::All)
+                && !options.contains(&SearchReturn::Count)
+                && (options.contains(&SearchReturn::Min) || options.contains(&SearchReturn::Max));
+            let mut saved = if only_ends {
+                let mut ends = Vec::new();
+                if options.contains(&SearchReturn::Min) {
+                    ends.extend(uids.first());
+                }
+                if options.contains(&SearchReturn::Max) {
+                    ends.extend(uids.last());
+                }
+                ends
+            } else {
+                uids
+            };
+            saved.sort_unstable();
+            saved.dedup();
+            self.saved = saved;
+        }
         match &job.esearch {
+            // SAVE alone: the result is kept, not sent.
+            Some(options) if options.iter().all(|o| *o == SearchReturn::Save) => {}
             None => {
                 out.extend_from_slice(b"* SEARCH");
                 for v in &values {
@@ -1915,7 +2118,7 @@ impl ImapSession {
                             ),
                             SearchReturn::All => out
                                 .extend_from_slice(format!(" ALL {}", uid_set(&values)).as_bytes()),
-                            SearchReturn::Count => {}
+                            SearchReturn::Count | SearchReturn::Save => {}
                         }
                     }
                 }
@@ -1931,6 +2134,125 @@ impl ImapSession {
         status_line(out, &job.tag, "OK", "SEARCH completed");
         None
     }
+}
+
+/// What a LIST selects and returns (RFC 5258).
+struct ListSelection {
+    subscribed_only: bool,
+    special_use: bool,
+    recursive_match: bool,
+    return_subscribed: bool,
+}
+
+/// The LIST lines (after `* LIST `) for the folders whose names `matches`, with the parents
+/// a folder implies but that do not exist: listed `\Noselect` where the pattern would
+/// otherwise hide their children (`%`), and with `CHILDINFO` under RECURSIVEMATCH.
+fn list_lines(
+    folders: &[Folder],
+    selection: &ListSelection,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<(Folder, Vec<u8>)> {
+    let qualifies = |f: &Folder| {
+        (!selection.subscribed_only || f.subscribed)
+            && (!selection.special_use || f.special_use.is_some())
+    };
+    let mut candidates: Vec<(Folder, bool)> = folders.iter().map(|f| (f.clone(), true)).collect();
+    for folder in folders {
+        for (i, _) in folder.name.match_indices('/') {
+            let parent = &folder.name[..i];
+            if !parent.is_empty() && !candidates.iter().any(|(c, _)| c.name == parent) {
+                let implied = Folder {
+                    name: parent.to_owned(),
+                    subscribed: false,
+                    special_use: None,
+                };
+                candidates.push((implied, false));
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for (folder, exists) in &candidates {
+        if !matches(&folder.name) {
+            continue;
+        }
+        let prefix = format!("{}/", folder.name);
+        let descendants = || folders.iter().filter(|f| f.name.starts_with(&prefix));
+        let mut attrs: Vec<&str> = Vec::new();
+        let mut child_info = None;
+        if *exists && qualifies(folder) {
+        } else if selection.recursive_match && descendants().any(qualifies) {
+            // RFC 5258 3.5: listed for a descendant that qualifies.
+            child_info = Some(if selection.subscribed_only {
+                "SUBSCRIBED"
+            } else {
+                "SPECIAL-USE"
+            });
+            if !exists {
+                attrs.push("\\NonExistent");
+            }
+        } else if !exists
+            && !selection.subscribed_only
+            && !selection.special_use
+            && !descendants().any(|f| matches(&f.name))
+        {
+            // RFC 3501 6.3.8: a parent whose children the pattern hides.
+            attrs.push("\\Noselect");
+        } else {
+            continue;
+        }
+        attrs.push(if descendants().next().is_some() {
+            "\\HasChildren"
+        } else {
+            "\\HasNoChildren"
+        });
+        if selection.return_subscribed && folder.subscribed {
+            attrs.push("\\Subscribed");
+        }
+        if let Some(use_) = &folder.special_use {
+            attrs.push(use_);
+        }
+        let mut line = format!("({}) \"/\" ", attrs.join(" ")).into_bytes();
+        mime::write_string(&mut line, folder.name.as_bytes());
+        if let Some(info) = child_info {
+            line.extend_from_slice(format!(" (\"CHILDINFO\" (\"{info}\"))").as_bytes());
+        }
+        line.extend_from_slice(b"\r\n");
+        lines.push((folder.clone(), line));
+    }
+    lines
+}
+
+/// Removes the messages `gone` says, returning each one's message number (before any was
+/// removed) and UID.
+fn remove_where(
+    messages: &mut Vec<MessageView>,
+    gone: impl Fn(&MessageView) -> bool,
+) -> Vec<(usize, u32)> {
+    let mut removed = Vec::new();
+    let mut n = 0;
+    messages.retain(|m| {
+        n += 1;
+        if gone(m) {
+            removed.push((n, m.uid));
+            false
+        } else {
+            true
+        }
+    });
+    removed
+}
+
+/// `* VANISHED [(EARLIER)] uid-set`, nothing when `uids` is empty.
+fn write_vanished(out: &mut Vec<u8>, earlier: bool, uids: &[(u32, u32)]) {
+    if uids.is_empty() {
+        return;
+    }
+    out.extend_from_slice(b"* VANISHED ");
+    if earlier {
+        out.extend_from_slice(b"(EARLIER) ");
+    }
+    out.extend_from_slice(write_ranges(uids).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn batch_len(job: &SearchJob, batch: usize) -> usize {
@@ -2122,6 +2444,15 @@ fn write_literal(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A BINARY section: a `~{n}` literal when it holds a NUL, which a plain literal may not
+/// (RFC 3516 4.3).
+fn write_binary_literal(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.contains(&0) {
+        out.push(b'~');
+    }
+    write_literal(out, bytes);
+}
+
 /// Decodes base64 or quoted-printable content for BINARY.
 fn decode_transfer(encoding: &str, bytes: &[u8]) -> Vec<u8> {
     match encoding {
@@ -2285,11 +2616,21 @@ fn write_fetch(
                         let start_usize = (*start as usize).min(data.len());
                         let end = start_usize.saturating_add(*len as usize).min(data.len());
                         out.extend_from_slice(format!("<{start}> ").as_bytes());
-                        write_literal(out, &data[start_usize..end]);
+                        let write = if *binary {
+                            write_binary_literal
+                        } else {
+                            write_literal
+                        };
+                        write(out, &data[start_usize..end]);
                     }
                     (Some(data), None) => {
                         out.push(b' ');
-                        write_literal(out, &data);
+                        let write = if *binary {
+                            write_binary_literal
+                        } else {
+                            write_literal
+                        };
+                        write(out, &data);
                     }
                 }
             }

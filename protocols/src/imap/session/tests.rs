@@ -268,3 +268,145 @@ proptest::proptest! {
         let _ = run(&mut store, &script, 7);
     }
 }
+
+/// The output from the line starting `from` to the line starting `to`.
+fn between<'a>(out: &'a str, from: &str, to: &str) -> &'a str {
+    let start = out.find(&format!("\r\n{from}")).unwrap_or(0);
+    let end = out[start..]
+        .find(&format!("\r\n{to}"))
+        .map_or(out.len(), |e| start + e + 2);
+    &out[start..end]
+}
+
+#[test]
+fn qresync_reports_expunges_as_vanished_and_resynchronises_at_select() {
+    // Without ENABLE QRESYNC its SELECT parameter and FETCH modifier are refused.
+    let out = run_all(
+        "a LOGIN u secret\r\nb SELECT INBOX (QRESYNC (7 1))\r\nc SELECT INBOX\r\nd UID FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)\r\n",
+    );
+    assert!(out.contains("b BAD"), "{out}");
+    assert!(out.contains("d BAD"), "{out}");
+    let out = run_all(
+        "a LOGIN u secret\r\nb ENABLE QRESYNC\r\nc SELECT INBOX\r\nd STORE 2 +FLAGS.SILENT (\\Deleted)\r\ne EXPUNGE\r\nf UID FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)\r\ng SELECT INBOX (QRESYNC (7 3 1:3))\r\nh SELECT INBOX (QRESYNC (7 4))\r\ni SELECT INBOX (QRESYNC (6 1 1:3))\r\n",
+    );
+    assert!(out.contains("* ENABLED QRESYNC\r\n"), "{out}");
+    // An expunge is announced by UID, not by number.
+    assert!(out.contains("* VANISHED 2\r\ne OK"), "{out}");
+    assert!(!out.contains(" EXPUNGE\r\n"), "{out}");
+    // VANISHED (EARLIER) comes before the FETCH responses of the set.
+    assert!(
+        out.contains("* VANISHED (EARLIER) 2\r\n* 1 FETCH (UID 1 FLAGS () MODSEQ ("),
+        "{out}"
+    );
+    // A reselect reports the known UIDs gone and the messages changed after the client's
+    // MODSEQ, closing the previous mailbox first.
+    let g = between(&out, "f OK", "g OK");
+    assert!(out.contains("* OK [CLOSED]"), "{out}");
+    assert!(g.contains("* VANISHED (EARLIER) 2\r\n"), "{out}");
+    assert!(
+        g.contains("* 2 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ (4))\r\n"),
+        "{out}"
+    );
+    assert!(!g.contains("* 1 FETCH"), "{out}");
+    // Without known UIDs every UID below UIDNEXT may be held: 2 is reported all the same.
+    let h = between(&out, "g OK", "h OK");
+    assert!(h.contains("* VANISHED (EARLIER) 2\r\n"), "{out}");
+    assert!(!h.contains(" FETCH ("), "{out}");
+    // Another UIDVALIDITY: the client's state is worthless, nothing is resynchronised.
+    let i = between(&out, "h OK", "i OK");
+    assert!(!i.contains("VANISHED"), "{out}");
+    assert!(out.contains("i OK [READ-WRITE]"), "{out}");
+}
+
+#[test]
+fn imap4rev2_answers_search_with_esearch_and_select_with_the_mailbox_name() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb ENABLE IMAP4rev2\r\nc SELECT inbox\r\nd SEARCH FLAGGED\r\ne UID SEARCH UNSEEN\r\nf STATUS INBOX (MESSAGES DELETED SIZE)\r\ng ENABLE IMAP4rev2\r\n",
+    );
+    assert!(out.contains("IMAP4rev1 IMAP4rev2 "), "{out}");
+    assert!(out.contains("* ENABLED IMAP4rev2\r\n"), "{out}");
+    assert!(out.contains("* LIST () \"/\" \"INBOX\"\r\n"), "{out}");
+    assert!(!out.contains("RECENT"), "{out}");
+    assert!(out.contains("* ESEARCH (TAG \"d\") ALL 3\r\n"), "{out}");
+    assert!(
+        out.contains("* ESEARCH (TAG \"e\") UID ALL 1,3\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("* SEARCH"), "{out}");
+    assert!(
+        out.contains("* STATUS \"INBOX\" (MESSAGES 3 DELETED 0 SIZE "),
+        "{out}"
+    );
+    // Enabled once: the second ENABLE names nothing new.
+    assert!(out.contains("* ENABLED\r\ng OK"), "{out}");
+    // A rev1 client still gets SEARCH and RECENT.
+    let out = run_all("a LOGIN u secret\r\nb SELECT INBOX\r\nc SEARCH FLAGGED\r\n");
+    assert!(out.contains("* 0 RECENT\r\n"), "{out}");
+    assert!(out.contains("* SEARCH 3\r\n"), "{out}");
+}
+
+#[test]
+fn a_saved_search_result_is_used_by_dollar() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb SELECT INBOX\r\nc SEARCH RETURN (SAVE) UNSEEN\r\nd FETCH $ (UID)\r\ne UID SEARCH RETURN (SAVE MIN) ALL\r\nf UID FETCH $ (FLAGS)\r\ng SEARCH $ FLAGGED\r\nh SEARCH RETURN (SAVE COUNT) FLAGGED\r\ni UID STORE $ +FLAGS (\\Deleted)\r\nj UID EXPUNGE $\r\nk FETCH $ UID\r\nl UNSELECT\r\nm SELECT INBOX\r\nn FETCH $ UID\r\n",
+    );
+    // SAVE alone sends no result.
+    assert!(!out.contains("TAG \"c\""), "{out}");
+    assert!(!out.contains("* SEARCH\r\nc OK"), "{out}");
+    assert!(
+        out.contains("* 1 FETCH (UID 1)\r\n* 3 FETCH (UID 3)\r\nd OK"),
+        "{out}"
+    );
+    // SAVE with MIN saves the minimum only.
+    assert!(out.contains("* ESEARCH (TAG \"e\") UID MIN 1\r\n"), "{out}");
+    assert!(out.contains("* 1 FETCH (UID 1 FLAGS ())\r\nf OK"), "{out}");
+    assert!(out.contains("* SEARCH\r\ng OK"), "{out}");
+    assert!(out.contains("* ESEARCH (TAG \"h\") COUNT 1\r\n"), "{out}");
+    assert!(out.contains("* 3 EXPUNGE\r\nj OK"), "{out}");
+    // The saved message is gone: `$` names nothing now, and nothing after a new SELECT.
+    assert!(out.contains("j OK EXPUNGE completed\r\nk OK"), "{out}");
+    assert!(out.contains("n OK"), "{out}");
+    assert!(!out.contains("FETCH (UID 3)\r\nn OK"), "{out}");
+}
+
+#[test]
+fn list_extended_returns_subscriptions_and_recursive_matches() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb LIST \"\" \"*\" RETURN (SUBSCRIBED CHILDREN)\r\nc SUBSCRIBE Archive/2024\r\nd LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"\r\ne LIST (RECURSIVEMATCH) \"\" \"*\"\r\n",
+    );
+    assert!(
+        out.contains("* LIST (\\HasNoChildren \\Subscribed) \"/\" \"INBOX\"\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* LIST (\\HasNoChildren) \"/\" \"Archive/2024\"\r\n"),
+        "{out}"
+    );
+    let d = between(&out, "c OK", "d OK");
+    assert!(
+        d.contains("* LIST (\\NonExistent \\HasChildren) \"/\" \"Archive\" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n"),
+        "{out}"
+    );
+    assert!(!d.contains("Archive/2024"), "{out}");
+    assert!(out.contains("e BAD"), "{out}");
+}
+
+#[test]
+fn binary_append_and_fetch_keep_nul_bytes() {
+    let message = b"Subject: bin\r\nContent-Transfer-Encoding: binary\r\n\r\na\0b\r\n";
+    let script = [
+        b"a LOGIN u secret\r\nb APPEND INBOX ~{".as_slice(),
+        message.len().to_string().as_bytes(),
+        b"+}\r\n",
+        message,
+        b"\r\nc SELECT INBOX\r\nd FETCH 4 BINARY.PEEK[TEXT]\r\n",
+    ]
+    .concat();
+    let mut store = Store::new();
+    let out = run(&mut store, &script, 7);
+    assert!(out.contains("b OK [APPENDUID 7 4]"), "{out}");
+    assert!(
+        out.contains("* 4 FETCH (BINARY[TEXT] ~{5}\r\na\0b\r\n)"),
+        "{out}"
+    );
+}
