@@ -3,7 +3,8 @@
 //! and flags unchanged across a restart and a SIGKILL; on three nodes, a session on one node
 //! sees mail delivered through another and flags set on a third, and a flag change answered
 //! OK survives the SIGKILL of a node holding a copy; an expunge made through one node is
-//! announced to a session on another.
+//! announced to a session on another; IMAP4rev2 and QRESYNC resynchronise a client (VANISHED,
+//! changed flags, SEARCHRES, BINARY) and what it knew holds across a SIGKILL.
 
 mod common;
 
@@ -156,6 +157,36 @@ fn uids_uidvalidity_and_flags_survive_restart_and_sigkill() {
         inbox_uids(&before)
     );
     assert_eq!(uids.len(), 47, "{last}");
+}
+
+#[test]
+fn imap4rev2_and_qresync_resynchronise_a_client_and_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let imap = free_port();
+    let imap_addr = format!("127.0.0.1:{imap}");
+    let args = ["--imap", imap_addr.as_str()];
+    let node = Node::start(&data, &args);
+    let (smtp, pop3, admin) = (node.smtp, node.pop3, node.admin);
+    node.add_user(USER);
+    let out = python("imap.py", &[vec!["resync".into()], imap_args(&node)].concat());
+    let state: Vec<String> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("resync state "))
+        .unwrap_or_else(|| panic!("no state in {out}"))
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(state.len(), 3, "{out}");
+    // A client that knew this state finds it intact after a SIGKILL: nothing vanished,
+    // nothing changed, HIGHESTMODSEQ not lower.
+    node.kill();
+    let node = Node::start_on(&data, smtp, pop3, admin, &args);
+    let out = python(
+        "imap.py",
+        &[vec!["resync-check".into()], imap_args(&node), state].concat(),
+    );
+    assert!(out.contains("resync unchanged"), "{out}");
 }
 
 fn start(dir: &Path, n: usize, ports: &Ports) -> Node {

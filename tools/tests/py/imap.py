@@ -21,6 +21,14 @@ API, IDLE and hostile input). Subcommands:
       sends one message by SMTP; prints `delivered`.
   flags-of HOST IMAP USER PASSWORD UID SECONDS
       NOOPs until UID's flags change from what the first FETCH shows; prints them.
+  resync HOST IMAP USER PASSWORD
+      IMAP4rev2 and QRESYNC on a raw socket while imaplib changes the folder `Resync`:
+      VANISHED at NOOP, QRESYNC at SELECT and in UID FETCH, SEARCH RETURN (SAVE) and $,
+      STATUS DELETED/SIZE, a BINARY APPEND with a NUL read back; prints
+      `resync state UIDVALIDITY HIGHESTMODSEQ UIDS`.
+  resync-check HOST IMAP USER PASSWORD UIDVALIDITY HIGHESTMODSEQ UIDS
+      SELECT (QRESYNC ...) with that state: nothing may have vanished or changed, and
+      HIGHESTMODSEQ may not have gone down; prints `resync unchanged`.
 """
 
 import email.utils
@@ -389,6 +397,167 @@ def expunge_seen(host, imap, user, password, uid, seconds):
     fail(f"no EXPUNGE of UID {uid} announced in {seconds} s")
 
 
+def raw_login(host, imap, user, password, enable="QRESYNC IMAP4rev2"):
+    raw = Raw(host, imap)
+    raw.send(b"a LOGIN " + quoted(user) + b" " + quoted(password) + b"\r\n")
+    check(raw.until_tagged(b"a")[-1].startswith(b"a OK"), "raw LOGIN")
+    raw.send(b"b ENABLE " + enable.encode() + b"\r\n")
+    lines = raw.until_tagged(b"b")
+    check(lines[-1].startswith(b"b OK"), f"ENABLE: {lines}")
+    return raw, lines
+
+
+def must(raw, tag, text):
+    raw.send(tag + b" " + text + b"\r\n")
+    lines = raw.until_tagged(tag)
+    check(lines[-1].startswith(tag + b" OK"), f"{text!r}: {lines}")
+    return lines
+
+
+def code_value(lines, name):
+    for line in lines:
+        found = re.search(rb"\[" + name + rb" (\d+)\]", line)
+        if found:
+            return int(found.group(1))
+    fail(f"no {name!r} in {lines}")
+
+
+def fetched(lines):
+    """{uid: (flags, modseq)} of the FETCH lines."""
+    out = {}
+    for line in lines:
+        found = re.match(rb"\* \d+ FETCH \((.*)\)$", line)
+        if not found:
+            continue
+        body = found.group(1)
+        uid = int(re.search(rb"UID (\d+)", body).group(1))
+        flags = re.search(rb"FLAGS \(([^)]*)\)", body)
+        modseq = re.search(rb"MODSEQ \((\d+)\)", body)
+        out[uid] = (
+            sorted(flags.group(1).decode().split()) if flags else None,
+            int(modseq.group(1)) if modseq else None,
+        )
+    return out
+
+
+def vanished(lines, earlier):
+    prefix = b"* VANISHED (EARLIER) " if earlier else b"* VANISHED "
+    uids = set()
+    for line in lines:
+        if line.startswith(prefix) and (earlier or not line.startswith(b"* VANISHED (")):
+            for part in line[len(prefix):].decode().split(","):
+                a, _, b = part.partition(":")
+                uids.update(range(int(a), int(b or a) + 1))
+    return uids
+
+
+def resync(host, imap, user, password):
+    m = login(host, imap, user, password)
+    typ, _ = m.create("Resync")
+    uids = []
+    for i in range(5):
+        body = f"Subject: resync {i}\r\nFrom: r@example.org\r\n\r\nbody {i}\r\n".encode()
+        data = ok(m.append("Resync", None, None, body), "APPEND")
+        uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+
+    raw, enabled = raw_login(host, imap, user, password)
+    check(b"* ENABLED QRESYNC IMAP4rev2" in enabled, f"ENABLE: {enabled}")
+    lines = must(raw, b"c", b"SELECT Resync")
+    check(b'* LIST () "/" "Resync"' in lines, f"rev2 SELECT names the mailbox: {lines}")
+    check(not any(l.endswith(b" RECENT") for l in lines), f"rev2 SELECT sent RECENT: {lines}")
+    validity = code_value(lines, b"UIDVALIDITY")
+    modseq0 = code_value(lines, b"HIGHESTMODSEQ")
+
+    # Another session flags one message and expunges another.
+    ok(m.select("Resync"), "SELECT Resync")
+    ok(m.uid("STORE", str(uids[1]), "+FLAGS", r"(\Flagged)"), "STORE \\Flagged")
+    ok(m.uid("STORE", str(uids[3]), "+FLAGS", r"(\Deleted)"), "STORE \\Deleted")
+    ok(m.expunge(), "EXPUNGE")
+
+    # Told at NOOP: the expunge as VANISHED (no EXPUNGE), the flag with its MODSEQ.
+    lines = must(raw, b"d", b"NOOP")
+    check(vanished(lines, False) == {uids[3]}, f"NOOP under QRESYNC: {lines}")
+    check(not any(l.endswith(b" EXPUNGE") for l in lines), f"EXPUNGE under QRESYNC: {lines}")
+    changed = fetched(lines)
+    check(uids[1] in changed and "\\Flagged" in changed[uids[1]][0], f"flag at NOOP: {lines}")
+    check(changed[uids[1]][1] > modseq0, f"MODSEQ did not grow: {lines}")
+    raw.send(b"z LOGOUT\r\n")
+
+    # A client back with what it knew: the vanished UID and the changed flag, nothing else.
+    raw, _ = raw_login(host, imap, user, password)
+    known = f"{uids[0]}:{uids[-1]}".encode()
+    lines = must(
+        raw, b"c", b"SELECT Resync (QRESYNC (%d %d %s))" % (validity, modseq0, known)
+    )
+    check(vanished(lines, True) == {uids[3]}, f"QRESYNC SELECT vanished: {lines}")
+    changed = fetched(lines)
+    check(set(changed) == {uids[1]}, f"QRESYNC SELECT changes: {lines}")
+    modseq1 = code_value(lines, b"HIGHESTMODSEQ")
+    check(modseq1 > modseq0, f"HIGHESTMODSEQ after STORE and EXPUNGE: {modseq0} {modseq1}")
+    lines = must(
+        raw, b"d", b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % modseq0
+    )
+    check(vanished(lines, True) == {uids[3]}, f"UID FETCH VANISHED: {lines}")
+    check(set(fetched(lines)) == {uids[1]}, f"UID FETCH CHANGEDSINCE: {lines}")
+    check(
+        lines.index(next(l for l in lines if l.startswith(b"* VANISHED")))
+        < lines.index(next(l for l in lines if b" FETCH " in l)),
+        f"VANISHED (EARLIER) must come before the FETCH responses: {lines}",
+    )
+
+    # SEARCHRES: a saved result used by the next command; rev2 answers SEARCH by ESEARCH.
+    lines = must(raw, b"e", b"UID SEARCH RETURN (SAVE) FLAGGED")
+    check(not any(l.startswith(b"* ESEARCH") or l.startswith(b"* SEARCH") for l in lines), f"SAVE alone: {lines}")
+    lines = must(raw, b"f", b"UID FETCH $ (FLAGS)")
+    check(set(fetched(lines)) == {uids[1]}, f"FETCH $: {lines}")
+    lines = must(raw, b"g", b"SEARCH ALL")
+    check(any(l.startswith(b'* ESEARCH (TAG "g") ALL 1:4') for l in lines), f"rev2 SEARCH: {lines}")
+    lines = must(raw, b"h", b"STATUS Resync (MESSAGES DELETED SIZE)")
+    check(any(re.match(rb'\* STATUS "Resync" \(MESSAGES 4 DELETED 0 SIZE \d+\)', l) for l in lines), f"STATUS: {lines}")
+
+    # BINARY: a literal8 APPEND with a NUL, read back byte for byte.
+    message = b"Subject: binary\r\nContent-Transfer-Encoding: binary\r\n\r\nzero \x00 byte\r\n"
+    raw.send(b"i APPEND Resync ~{%d+}\r\n" % len(message) + message + b"\r\n")
+    lines = raw.until_tagged(b"i")
+    check(lines[-1].startswith(b"i OK [APPENDUID"), f"binary APPEND: {lines}")
+    new_uid = int(re.search(rb"APPENDUID \d+ (\d+)", lines[-1]).group(1))
+    raw.send(b"j UID FETCH %d BINARY.PEEK[]\r\n" % new_uid)
+    head = raw.line()
+    found = re.search(rb"BINARY\[\] ~\{(\d+)\}$", head)
+    check(found, f"BINARY literal8: {head}")
+    size = int(found.group(1))
+    while len(raw.buf) < size:
+        raw.buf += raw.sock.recv(65536)
+    body, raw.buf = raw.buf[:size], raw.buf[size:]
+    check(body == message, f"BINARY[] differs: {body!r}")
+    check(raw.until_tagged(b"j")[-1].startswith(b"j OK"), "BINARY FETCH")
+    lines = must(raw, b"k", b"NOOP")
+    raw.send(b"z LOGOUT\r\n")
+    m.logout()
+
+    remaining = [u for u in uids if u != uids[3]] + [new_uid]
+    state = ",".join(map(str, remaining))
+    # The last HIGHESTMODSEQ this client was told.
+    raw, _ = raw_login(host, imap, user, password)
+    lines = must(raw, b"c", b"SELECT Resync")
+    modseq2 = code_value(lines, b"HIGHESTMODSEQ")
+    raw.send(b"z LOGOUT\r\n")
+    print(f"resync state {validity} {modseq2} {state}")
+
+
+def resync_check(host, imap, user, password, validity, modseq, known):
+    raw, _ = raw_login(host, imap, user, password)
+    lines = must(
+        raw, b"c", b"SELECT Resync (QRESYNC (%s %s %s))" % (validity.encode(), modseq.encode(), known.encode())
+    )
+    check(code_value(lines, b"UIDVALIDITY") == int(validity), f"UIDVALIDITY changed: {lines}")
+    check(code_value(lines, b"HIGHESTMODSEQ") >= int(modseq), f"HIGHESTMODSEQ went down: {lines}")
+    check(not vanished(lines, True), f"known UIDs vanished: {lines}")
+    check(not fetched(lines), f"changes reported where there were none: {lines}")
+    raw.send(b"z LOGOUT\r\n")
+    print("resync unchanged")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     {
@@ -400,5 +569,7 @@ if __name__ == "__main__":
         "flags-of": flags_of,
         "expunge": expunge,
         "expunge-seen": expunge_seen,
+        "resync": resync,
+        "resync-check": resync_check,
         "deliver": lambda host, smtp, user, subject: (deliver(host, smtp, user, subject), print("delivered")),
     }[command](*args)
