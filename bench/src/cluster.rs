@@ -208,7 +208,7 @@ impl Layout {
             .args(["--admin", &format!("{host}:{}", self.admin)])
             .args(["--cluster", &format!("{host}:{}", self.cluster)])
             .arg("--no-pop3s")
-            .args(["--imap", &format!("{host}:0"), "--no-imaps"])
+            .args(["--imap", &format!("{host}:0"), "--no-imaps", "--no-lmtp"])
             .arg("--admin-token-file")
             .arg(admin_token_file(base)?)
             .args(if extra.contains(&"--insecure-plaintext-cluster") {

@@ -1,4 +1,12 @@
-//! The SMTP server session (RFC 5321), sans-IO: bytes in, replies and requests out.
+//! The SMTP server session (RFC 5321), and LMTP's (RFC 2033), sans-IO: bytes in, replies and
+//! requests out.
+//!
+//! LMTP is SMTP for the last hop, from an MTA that keeps the queue (Postfix's `lmtp` client)
+//! to the mail store, and differs in three places, so it is a [`Dialect`] of this session
+//! rather than a session of its own: the greeting is `LHLO` (EHLO and HELO are refused), the
+//! end of the message gets one reply per accepted recipient, in RCPT order, each saying whether
+//! that recipient's copy is durable ([`SmtpSession::delivered_each`]), and the trace header
+//! says `with LMTP`.
 //!
 //! The caller [`push`](SmtpSession::push)es whatever it read and calls
 //! [`step`](SmtpSession::step) until it returns [`Step::NeedInput`]. Replies are appended to
@@ -40,6 +48,26 @@ impl Default for SmtpLimits {
     }
 }
 
+/// Which protocol the session speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Smtp,
+    /// RFC 2033.
+    Lmtp,
+}
+
+impl Dialect {
+    /// The `with` of the `Received:` header (RFC 3848).
+    pub fn received_with(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (Dialect::Smtp, false) => "ESMTP",
+            (Dialect::Smtp, true) => "ESMTPS",
+            (Dialect::Lmtp, false) => "LMTP",
+            (Dialect::Lmtp, true) => "LMTPS",
+        }
+    }
+}
+
 /// What the session needs from its caller next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -47,7 +75,8 @@ pub enum Step {
     NeedInput,
     /// Is this a local user? Answer with `recipient_checked`.
     CheckRecipient(Mailbox),
-    /// Store the message for every recipient, durably; answer with `delivered`.
+    /// Store the message for every recipient, durably; answer with `delivered` (SMTP) or
+    /// `delivered_each` (LMTP: an outcome per recipient).
     Deliver(Envelope),
     /// STARTTLS was accepted (its 220 is in the output): write the output, run the TLS
     /// handshake, then call [`SmtpSession::tls_started`] (or [`SmtpSession::tls_failed`]).
@@ -129,6 +158,7 @@ enum Pending {
 /// One SMTP connection.
 #[derive(Debug)]
 pub struct SmtpSession {
+    dialect: Dialect,
     limits: SmtpLimits,
     hostname: String,
     local_domains: Vec<String>,
@@ -163,7 +193,17 @@ fn reply(out: &mut Vec<u8>, text: &str) {
 
 impl SmtpSession {
     pub fn new(limits: SmtpLimits, hostname: &str, local_domains: &[String]) -> Self {
+        Self::with_dialect(Dialect::Smtp, limits, hostname, local_domains)
+    }
+
+    pub fn with_dialect(
+        dialect: Dialect,
+        limits: SmtpLimits,
+        hostname: &str,
+        local_domains: &[String],
+    ) -> Self {
         Self {
+            dialect,
             limits,
             hostname: hostname.to_owned(),
             local_domains: local_domains
@@ -217,7 +257,18 @@ impl SmtpSession {
 
     /// The 220 banner, to send first.
     pub fn greeting(&self, out: &mut Vec<u8>) {
-        reply(out, &format!("220 {} ESMTP porcupine ready", self.hostname));
+        let name = match self.dialect {
+            Dialect::Smtp => "ESMTP",
+            Dialect::Lmtp => "LMTP",
+        };
+        reply(
+            out,
+            &format!("220 {} {name} porcupine ready", self.hostname),
+        );
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// The 421 to send when the node shuts down or a client idles too long.
@@ -369,9 +420,14 @@ impl SmtpSession {
             Some(i) => (&text[..i], text[i + 1..].trim()),
             None => (text.trim(), ""),
         };
+        let lmtp = self.dialect == Dialect::Lmtp;
         match verb.to_ascii_uppercase().as_str() {
-            "EHLO" | "HELO" if arg.is_empty() => self.error(out, "501 5.5.4 Syntax: EHLO hostname"),
-            "EHLO" => {
+            "EHLO" | "HELO" if lmtp => self.error(out, "500 5.5.1 This is LMTP: greet with LHLO"),
+            "LHLO" if !lmtp => self.error(out, "500 5.5.2 Command not recognized"),
+            "EHLO" | "HELO" | "LHLO" if arg.is_empty() => {
+                self.error(out, "501 5.5.4 Syntax: EHLO hostname")
+            }
+            "EHLO" | "LHLO" => {
                 self.helo = arg.to_owned();
                 self.reset_transaction();
                 self.state = State::Ready;
@@ -437,7 +493,11 @@ impl SmtpSession {
             "EXPN" => self.error(out, "502 5.5.1 EXPN not supported"),
             "HELP" => reply(
                 out,
-                "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                if lmtp {
+                    "214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"
+                } else {
+                    "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"
+                },
             ),
             "STARTTLS" => return self.starttls(arg, out),
             "AUTH" | "ETRN" | "TURN" => self.error(out, "502 5.5.1 Command not implemented"),
@@ -727,20 +787,29 @@ impl SmtpSession {
     /// `None` when the message was refused and the session goes on with the next command.
     fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Step> {
         self.state = State::Ready;
+        // LMTP (RFC 2033 4.2): one reply per accepted recipient, refusals included.
+        let replies = match self.dialect {
+            Dialect::Smtp => 1,
+            Dialect::Lmtp => self.recipients.len().max(1),
+        };
         if self.data_no_memory {
             self.reset_transaction();
-            reply(
-                out,
-                "451 4.3.1 Insufficient system storage for the message now, try again later",
-            );
+            for _ in 0..replies {
+                reply(
+                    out,
+                    "451 4.3.1 Insufficient system storage for the message now, try again later",
+                );
+            }
             return None;
         }
         if self.data_too_big {
             self.reset_transaction();
-            reply(
-                out,
-                "552 5.3.4 Message size exceeds fixed maximum message size",
-            );
+            for _ in 0..replies {
+                reply(
+                    out,
+                    "552 5.3.4 Message size exceeds fixed maximum message size",
+                );
+            }
             return None;
         }
         self.state = State::Waiting(Pending::Delivery);
@@ -765,6 +834,48 @@ impl SmtpSession {
             DeliveryOutcome::NoSpace => reply(out, "452 4.3.1 Insufficient system storage"),
             DeliveryOutcome::Failed => {
                 reply(out, "451 4.3.0 Local error in processing, try again later")
+            }
+        }
+    }
+
+    /// The answer to [`Step::Deliver`] with an outcome per recipient of the envelope, in its
+    /// order. LMTP replies to each (a 250 only for a durable copy); SMTP, which has one reply
+    /// for the message, answers with the worst of them.
+    pub fn delivered_each(
+        &mut self,
+        recipients: &[Mailbox],
+        outcomes: &[DeliveryOutcome],
+        out: &mut Vec<u8>,
+    ) {
+        if self.dialect == Dialect::Smtp {
+            let worst = outcomes
+                .iter()
+                .find(|o| **o == DeliveryOutcome::NoSpace)
+                .or_else(|| outcomes.iter().find(|o| **o == DeliveryOutcome::Failed))
+                .or(outcomes.first())
+                .cloned()
+                .unwrap_or(DeliveryOutcome::Failed);
+            return self.delivered(worst, out);
+        }
+        if self.state != State::Waiting(Pending::Delivery) {
+            return;
+        }
+        self.state = State::Ready;
+        self.reset_transaction();
+        for (i, recipient) in recipients.iter().enumerate() {
+            match outcomes.get(i) {
+                Some(DeliveryOutcome::Stored(id)) => reply(
+                    out,
+                    &format!("250 2.0.0 <{recipient}> Ok: delivered as {id}"),
+                ),
+                Some(DeliveryOutcome::NoSpace) => reply(
+                    out,
+                    &format!("452 4.3.1 <{recipient}> Insufficient system storage"),
+                ),
+                Some(DeliveryOutcome::Failed) | None => reply(
+                    out,
+                    &format!("451 4.3.0 <{recipient}> Local error in processing, try again later"),
+                ),
             }
         }
     }
@@ -793,17 +904,16 @@ fn split_path(text: &str) -> (&str, &str) {
 
 /// The `Received:` header the node prepends (RFC 5321 §4.4); `date` is RFC 5322 text. It names
 /// no recipient, so one stored copy serves every recipient's mailbox.
+/// `with` names the protocol ([`Dialect::received_with`]).
 pub fn received_header(
     helo: &str,
     peer: &str,
     hostname: &str,
-    tls: bool,
+    with: &str,
     id: &str,
     date: &str,
 ) -> String {
     let helo: String = helo.chars().filter(|c| !c.is_control()).take(255).collect();
-    // RFC 3848: ESMTPS names a transfer that was protected by TLS.
-    let with = if tls { "ESMTPS" } else { "ESMTP" };
     format!("Received: from {helo} ({peer})\r\n\tby {hostname} (porcupine) with {with} id {id};\r\n\t{date}\r\n")
 }
 

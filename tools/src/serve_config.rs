@@ -93,6 +93,16 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_unset")]
     pub no_imaps: bool,
+    /// LMTP listen address, for an MTA in front (Postfix: `virtual_transport =
+    /// lmtp:inet:127.0.0.1:2424`); it asks for no credentials, so keep it on loopback or a
+    /// private network [default: 127.0.0.1:2424]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmtp: Option<SocketAddr>,
+    /// Do not listen for LMTP
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_unset")]
+    pub no_lmtp: bool,
     /// Admin HTTP address [default: 127.0.0.1:8025]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -169,7 +169,10 @@ fn imap4rev2_and_qresync_resynchronise_a_client_and_survive_sigkill() {
     let node = Node::start(&data, &args);
     let (smtp, pop3, admin) = (node.smtp, node.pop3, node.admin);
     node.add_user(USER);
-    let out = python("imap.py", &[vec!["resync".into()], imap_args(&node)].concat());
+    let out = python(
+        "imap.py",
+        &[vec!["resync".into()], imap_args(&node)].concat(),
+    );
     let state: Vec<String> = out
         .lines()
         .find_map(|l| l.strip_prefix("resync state "))

@@ -34,7 +34,7 @@ fn no_other_process_can_take_a_share_of_a_nodes_listeners() {
         .arg(dir.path().join("second"))
         .args(["--smtp", &format!("127.0.0.1:{}", node.smtp)])
         .args(["--pop3", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--imap", "127.0.0.1:0", "--no-imaps"])
+        .args(["--imap", "127.0.0.1:0", "--no-imaps", "--no-lmtp"])
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -82,10 +82,18 @@ fn no_other_process_can_take_a_share_of_a_nodes_listeners() {
 fn a_node_refuses_to_start_where_another_process_listens() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = squatter.local_addr().unwrap().port();
-    for flag in ["--smtp", "--pop3", "--imap", "--admin", "--cluster"] {
+    let flags = [
+        "--smtp",
+        "--pop3",
+        "--imap",
+        "--lmtp",
+        "--admin",
+        "--cluster",
+    ];
+    for flag in flags {
         let dir = tempfile::tempdir().unwrap();
         let key = common::cluster_key(dir.path());
-        let mut args: Vec<String> = ["--smtp", "--pop3", "--imap", "--admin", "--cluster"]
+        let mut args: Vec<String> = flags
             .iter()
             .flat_map(|f| [f.to_string(), "127.0.0.1:0".to_owned()])
             .collect();

@@ -235,6 +235,7 @@ fn off_loopback_a_password_waits_for_tls_and_the_admin_endpoint_speaks_https() {
             "127.0.0.1:0",
             "--imaps",
             "127.0.0.1:0",
+            "--no-lmtp",
         ])
         .args(["--admin", &format!("{}:{admin}", outside.host_ip)])
         .output()

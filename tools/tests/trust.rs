@@ -397,8 +397,8 @@ fn a_lone_node_listens_for_no_other_node_and_a_cluster_needs_its_key() {
     let node = Node::start(&dir.path().join("data"), &[]);
     assert_eq!(
         listening_sockets(node.child.id()),
-        6,
-        "SMTP, POP3, POP3S, IMAP, IMAPS and admin only"
+        7,
+        "SMTP, POP3, POP3S, IMAP, IMAPS, LMTP and admin only"
     );
     common::assert_refused(
         &["--cluster", "127.0.0.1:0"],
@@ -438,6 +438,7 @@ fn a_panic_on_a_core_stops_the_node_loudly_instead_of_leaving_it_half_alive() {
             "--no-pin",
             "--no-pop3s",
             "--no-imaps",
+            "--no-lmtp",
             "--imap",
             "127.0.0.1:0",
             "--cores",

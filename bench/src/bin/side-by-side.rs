@@ -312,6 +312,7 @@ fn measure(
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--no-pop3s")
             .args(["--imap", &format!("127.0.0.1:{imap_port}"), "--no-imaps"])
+            .arg("--no-lmtp")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

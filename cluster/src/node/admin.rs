@@ -580,6 +580,11 @@ async fn metrics(context: &CoreContext) -> String {
             &m.imap_sessions,
         ),
         (
+            "porcupine_lmtp_sessions_total",
+            "LMTP connections accepted",
+            &m.lmtp_sessions,
+        ),
+        (
             "porcupine_imap_errors_total",
             "IMAP BAD and NO replies",
             &m.imap_errors,

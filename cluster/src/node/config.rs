@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub imap: SocketAddr,
     /// IMAP over TLS from the first byte (RFC 8314; 993 in production).
     pub imaps: Option<SocketAddr>,
+    /// LMTP (RFC 2033), for an MTA in front of the store (Postfix's `lmtp:` transport). It
+    /// asks for no credentials, like SMTP's port 25: keep it on loopback or a private network.
+    pub lmtp: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// The cluster port (framed TCP between nodes); other nodes reach this node there. A lone
     /// node (no cluster port and no seeds) listens for no other node.
@@ -137,6 +140,7 @@ impl Default for NodeConfig {
             pop3: addr("127.0.0.1:1110"),
             imap: addr("127.0.0.1:1143"),
             imaps: addr("127.0.0.1:1993").into(),
+            lmtp: addr("127.0.0.1:2424").into(),
             admin: addr("127.0.0.1:8025"),
             cluster: None,
             cluster_security: crate::secure::ClusterSecurity::Plaintext,

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 
+use porcupine_protocols::smtp::Dialect;
+
 use super::conn::SessionWatch;
 use super::core_context::CoreContext;
 use super::metrics;
@@ -41,6 +43,7 @@ pub enum Protocol {
     Imap,
     /// IMAP in TLS from the first byte.
     Imaps,
+    Lmtp,
     /// The admin HTTP endpoint, served on core 0.
     Admin,
     /// Other nodes (framed TCP).
@@ -55,6 +58,7 @@ impl Protocol {
             Protocol::Pop3s => "POP3S",
             Protocol::Imap => "IMAP",
             Protocol::Imaps => "IMAPS",
+            Protocol::Lmtp => "LMTP",
             Protocol::Admin => "admin",
             Protocol::Cluster => "the cluster",
         }
@@ -69,6 +73,7 @@ impl Protocol {
                 | Protocol::Pop3s
                 | Protocol::Imap
                 | Protocol::Imaps
+                | Protocol::Lmtp
                 | Protocol::Admin
         )
     }
@@ -101,6 +106,9 @@ fn bind_all_within(config: &mut NodeConfig, wait: Duration) -> Result<Vec<Bound>
     }
     if let Some(imaps) = &mut config.imaps {
         wanted.push((Protocol::Imaps, imaps));
+    }
+    if let Some(lmtp) = &mut config.lmtp {
+        wanted.push((Protocol::Lmtp, lmtp));
     }
     if let Some(cluster) = &mut config.cluster {
         wanted.push((Protocol::Cluster, cluster));
@@ -462,7 +470,9 @@ fn serve(handoff: Handoff, context: Rc<CoreContext>, watch: &SessionWatch) {
     let clock = watch.register(idle, context.config.write_timeout);
     glommio::spawn_local(async move {
         match protocol {
-            Protocol::Smtp => super::smtp_conn::serve(stream, context, clock).await,
+            Protocol::Smtp => super::smtp_conn::serve(stream, context, clock, Dialect::Smtp).await,
+            // One MTA delivers from one address over many connections: no per-address share.
+            Protocol::Lmtp => super::smtp_conn::serve(stream, context, clock, Dialect::Lmtp).await,
             Protocol::Pop3 => {
                 super::pop3_conn::serve(stream, context, clock, super::client_start::Start::Plain)
                     .await
@@ -495,6 +505,7 @@ fn refuse_address(protocol: Protocol, why: crate::abuse::Admission, stream: TcpS
             b"421 4.7.0 Too many connections from your address too fast, slow down\r\n"
         }
         (Protocol::Smtp, _) => b"421 4.7.0 Too many connections from your address\r\n",
+        (Protocol::Lmtp, _) => b"421 4.7.0 Too many connections from your address\r\n",
         (Protocol::Pop3, _) => b"-ERR [SYS/TEMP] too many connections from your address\r\n",
         (Protocol::Imap, _) => b"* BYE [UNAVAILABLE] too many connections from your address\r\n",
         _ => b"",
@@ -505,7 +516,7 @@ fn refuse_address(protocol: Protocol, why: crate::abuse::Admission, stream: TcpS
 /// Tells a client over the connection limit to come back later, and closes.
 fn refuse(protocol: Protocol, stream: TcpStream) {
     let refusal: &'static [u8] = match protocol {
-        Protocol::Smtp => b"421 4.7.0 Too many connections, try again later\r\n",
+        Protocol::Smtp | Protocol::Lmtp => b"421 4.7.0 Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections\r\n",
         Protocol::Imap => b"* BYE [UNAVAILABLE] too many connections\r\n",
         Protocol::Pop3s | Protocol::Imaps | Protocol::Admin | Protocol::Cluster => b"",

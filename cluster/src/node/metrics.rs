@@ -7,6 +7,7 @@ pub struct NodeMetrics {
     pub smtp_sessions: AtomicU64,
     pub pop3_sessions: AtomicU64,
     pub imap_sessions: AtomicU64,
+    pub lmtp_sessions: AtomicU64,
     pub sessions_refused: AtomicU64,
     /// Cluster connections closed because they could not prove they hold the cluster key.
     pub peers_refused: AtomicU64,
@@ -46,6 +47,7 @@ impl Default for NodeMetrics {
             smtp_sessions: AtomicU64::new(0),
             pop3_sessions: AtomicU64::new(0),
             imap_sessions: AtomicU64::new(0),
+            lmtp_sessions: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
             peers_refused: AtomicU64::new(0),
             peer_messages_refused: AtomicU64::new(0),

@@ -1,10 +1,13 @@
-//! The SMTP edge: a glommio socket on one side, the sans-IO [`SmtpSession`] on the other.
+//! The SMTP and LMTP edge: a glommio socket on one side, the sans-IO [`SmtpSession`] on the
+//! other.
 //!
 //! A message for several recipients is stored once per recipient, each copy in a fragment of
-//! that recipient's mailbox, on the node the cluster places it ([`super::delivery`]); the 250 is
-//! sent only after every copy is durable. If any copy fails the client gets 451/452 and retries
-//! the whole message, so recipients already stored may receive it twice (Porcupine's known
-//! duplicate anomaly); never zero times after a 250.
+//! that recipient's mailbox, on the node the cluster places it ([`super::delivery`]). Over SMTP
+//! the 250 is sent only after every copy is durable; if any copy fails the client gets 451/452
+//! and retries the whole message, so recipients already stored may receive it twice
+//! (Porcupine's known duplicate anomaly); never zero times after a 250. Over LMTP each
+//! recipient gets its own reply once its copy is durable (or failed), so the MTA retries only
+//! the recipients that failed and nobody gets the message twice.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use porcupine_protocols::smtp::{DeliveryOutcome, RecipientCheck, SmtpSession, Step, Tls};
+use porcupine_protocols::smtp::{DeliveryOutcome, Dialect, RecipientCheck, SmtpSession, Step, Tls};
 
 use super::conn::{self, Read, SessionClock};
 use super::core_context::CoreContext;
@@ -20,20 +23,32 @@ use super::metrics::add;
 use super::service::StoreError;
 use super::tls::ClientStream;
 
-pub async fn serve(stream: TcpStream, context: Rc<CoreContext>, clock: Rc<SessionClock>) {
+pub async fn serve(
+    stream: TcpStream,
+    context: Rc<CoreContext>,
+    clock: Rc<SessionClock>,
+    dialect: Dialect,
+) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown".into());
     let mut stream = ClientStream::Plain(stream);
     let config = &context.config;
-    add(&context.metrics.smtp_sessions, 1);
-    let mut session = SmtpSession::new(
+    let mut session = SmtpSession::with_dialect(
+        dialect,
         config.smtp_limits.clone(),
         &config.hostname,
         &config.domains,
     );
-    session.set_tls(Tls::Offered);
+    match dialect {
+        Dialect::Smtp => {
+            add(&context.metrics.smtp_sessions, 1);
+            session.set_tls(Tls::Offered);
+        }
+        // The MTA's last hop, on loopback or a private network: no TLS offered.
+        Dialect::Lmtp => add(&context.metrics.lmtp_sessions, 1),
+    }
     let mut reserved = context.transfer.reservation();
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
@@ -62,8 +77,9 @@ pub async fn serve(stream: TcpStream, context: Rc<CoreContext>, clock: Rc<Sessio
                     session.recipient_checked(check, &mut out);
                 }
                 Step::Deliver(envelope) => {
-                    let outcome = deliver(&context, &peer, envelope).await;
-                    session.delivered(outcome, &mut out);
+                    let recipients = envelope.recipients.clone();
+                    let outcomes = deliver(&context, &peer, dialect, envelope).await;
+                    session.delivered_each(&recipients, &outcomes, &mut out);
                     let _ = context
                         .transfer
                         .cover(&mut reserved, session.buffered_bytes());
@@ -128,11 +144,13 @@ pub async fn serve(stream: TcpStream, context: Rc<CoreContext>, clock: Rc<Sessio
     }
 }
 
+/// Stores the message for every recipient; the outcome for each, in the envelope's order.
 async fn deliver(
     context: &Rc<CoreContext>,
     peer: &str,
+    dialect: Dialect,
     envelope: porcupine_protocols::smtp::Envelope,
-) -> DeliveryOutcome {
+) -> Vec<DeliveryOutcome> {
     let id = context.new_message_id();
     let id_text = format!("{id:032x}");
     let now = SystemTime::now()
@@ -143,7 +161,7 @@ async fn deliver(
         &envelope.helo,
         peer,
         &context.config.hostname,
-        envelope.tls,
+        dialect.received_with(envelope.tls),
         &id_text,
         &porcupine_protocols::date::rfc5322(now),
     );
@@ -155,17 +173,18 @@ async fn deliver(
         // "Infinitely fast disk" (DESIGN.md §8.3): everything but storage is done.
         add(&context.metrics.messages_accepted, 1);
         add(&context.metrics.bytes_accepted, message.len() as u64);
-        return DeliveryOutcome::Stored(format!("{id:032x}"));
+        return vec![DeliveryOutcome::Stored(id_text); envelope.recipients.len()];
     }
-    let mut outcome = DeliveryOutcome::Stored(id_text);
-    let mut note = |result: Result<(), StoreError>| match result {
-        Ok(()) => add(&context.metrics.recipients_delivered, 1),
-        Err(StoreError::NoSpace) => outcome = DeliveryOutcome::NoSpace,
-        Err(StoreError::Failed | StoreError::Unavailable) => {
-            if outcome != DeliveryOutcome::NoSpace {
-                outcome = DeliveryOutcome::Failed;
+    let mut outcomes = Vec::with_capacity(envelope.recipients.len());
+    let mut note = |result: Result<(), StoreError>| {
+        outcomes.push(match result {
+            Ok(()) => {
+                add(&context.metrics.recipients_delivered, 1);
+                DeliveryOutcome::Stored(id_text.clone())
             }
-        }
+            Err(StoreError::NoSpace) => DeliveryOutcome::NoSpace,
+            Err(StoreError::Failed | StoreError::Unavailable) => DeliveryOutcome::Failed,
+        })
     };
     if let [recipient] = envelope.recipients.as_slice() {
         // The usual case: no task to spawn for one copy.
@@ -185,9 +204,15 @@ async fn deliver(
             note(task.await);
         }
     }
-    if matches!(outcome, DeliveryOutcome::Stored(_)) {
+    let stored = |o: &DeliveryOutcome| matches!(o, DeliveryOutcome::Stored(_));
+    // Over SMTP a message is accepted only whole; over LMTP each stored copy is an acceptance.
+    let accepted = match dialect {
+        Dialect::Smtp => outcomes.iter().all(stored),
+        Dialect::Lmtp => outcomes.iter().any(stored),
+    };
+    if accepted {
         add(&context.metrics.messages_accepted, 1);
         add(&context.metrics.bytes_accepted, message.len() as u64);
     }
-    outcome
+    outcomes
 }

@@ -415,3 +415,126 @@ fn starttls_starts_over_and_what_was_pipelined_in_clear_is_never_run() {
     assert!(out.contains("454 4.7.0 TLS not available"), "{out}");
     assert!(!delivered[0].tls);
 }
+
+fn lmtp_session() -> SmtpSession {
+    let limits = SmtpLimits {
+        message_bytes_max: 1000,
+        recipients_max: 3,
+        errors_max: 5,
+        ..SmtpLimits::default()
+    };
+    SmtpSession::with_dialect(Dialect::Lmtp, limits, "mx.test", &["localhost".to_owned()])
+}
+
+/// Drives an LMTP session; deliveries to local parts starting with "ufail" fail, others succeed.
+fn drive_lmtp(script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
+    let mut s = lmtp_session();
+    let mut out = Vec::new();
+    s.greeting(&mut out);
+    let mut delivered = Vec::new();
+    'feed: for piece in script.chunks(chunk) {
+        s.push(piece);
+        loop {
+            match s.step(&mut out) {
+                Step::NeedInput => break,
+                Step::Close => break 'feed,
+                Step::CheckRecipient(m) => {
+                    let check = if m.local.starts_with('u') {
+                        RecipientCheck::Local
+                    } else {
+                        RecipientCheck::Unknown
+                    };
+                    s.recipient_checked(check, &mut out);
+                }
+                Step::Deliver(envelope) => {
+                    let outcomes: Vec<DeliveryOutcome> = envelope
+                        .recipients
+                        .iter()
+                        .map(|r| {
+                            if r.local.starts_with("ufail") {
+                                DeliveryOutcome::Failed
+                            } else {
+                                DeliveryOutcome::Stored("X1".into())
+                            }
+                        })
+                        .collect();
+                    let recipients = envelope.recipients.clone();
+                    delivered.push(envelope);
+                    s.delivered_each(&recipients, &outcomes, &mut out);
+                }
+                Step::StartTls => s.tls_started(),
+            }
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), delivered)
+}
+
+#[test]
+fn lmtp_replies_once_per_recipient_after_the_data() {
+    let script = b"EHLO c\r\nLHLO client\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\n\
+RCPT TO:<nobody@localhost>\r\nRCPT TO:<ufail@localhost>\r\nRCPT TO:<u2@localhost>\r\nDATA\r\n\
+hello\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u3@localhost>\r\nBDAT 5 LAST\r\nhelloQUIT\r\n";
+    let (expected, envelopes) = drive_lmtp(script, script.len());
+    for chunk in [1, 2, 7, 64] {
+        assert_eq!(drive_lmtp(script, chunk).0, expected, "chunk {chunk}");
+    }
+    assert!(expected.starts_with("220 mx.test LMTP"), "{expected}");
+    // EHLO is not LMTP; LHLO offers what EHLO does, STARTTLS aside.
+    assert_eq!(
+        codes(&expected)[..4],
+        ["220", "500", "250", "250"],
+        "{expected}"
+    );
+    assert!(expected.contains("250-PIPELINING\r\n"), "{expected}");
+    assert!(expected.contains("250-CHUNKING\r\n"), "{expected}");
+    assert!(!expected.contains("STARTTLS"), "{expected}");
+    // The unknown recipient is refused alone at RCPT; after the data, one reply for each of
+    // the three accepted, in order: the failed copy is a 451 for that recipient only.
+    assert!(expected.contains("550 5.1.1"), "{expected}");
+    assert!(
+        expected.contains(
+            "354 Start mail input; end with <CRLF>.<CRLF>\r\n\
+250 2.0.0 <u1@localhost> Ok: delivered as X1\r\n\
+451 4.3.0 <ufail@localhost> Local error in processing, try again later\r\n\
+250 2.0.0 <u2@localhost> Ok: delivered as X1\r\n"
+        ),
+        "{expected}"
+    );
+    assert!(
+        expected.contains("250 2.0.0 <u3@localhost> Ok: delivered as X1\r\n221"),
+        "{expected}"
+    );
+    assert_eq!(envelopes.len(), 2);
+    assert_eq!(envelopes[0].recipients.len(), 3);
+    assert_eq!(envelopes[0].data, b"hello\r\n");
+    assert_eq!(envelopes[1].data, b"hello");
+}
+
+#[test]
+fn lmtp_refuses_an_oversized_message_once_per_recipient() {
+    let big = "x".repeat(1100);
+    let script = format!(
+        "LHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\nRCPT TO:<u2@localhost>\r\nDATA\r\n{big}\r\n.\r\nNOOP\r\n"
+    );
+    let (out, envelopes) = drive_lmtp(script.as_bytes(), 13);
+    assert!(envelopes.is_empty());
+    assert_eq!(out.matches("552 5.3.4").count(), 2, "{out}");
+    assert!(out.ends_with("250 2.0.0 Ok\r\n"), "{out}");
+    // SMTP still has one reply per message, and no LHLO.
+    let (out, _) = drive(b"LHLO c\r\n", 64);
+    assert!(out.contains("500 5.5.2"), "{out}");
+}
+
+#[test]
+fn received_names_the_protocol() {
+    let header = received_header(
+        "c",
+        "127.0.0.1:5",
+        "mx",
+        Dialect::Lmtp.received_with(false),
+        "X",
+        "d",
+    );
+    assert!(header.contains("with LMTP id X"), "{header}");
+    assert_eq!(Dialect::Smtp.received_with(true), "ESMTPS");
+}

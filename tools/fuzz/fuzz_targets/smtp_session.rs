@@ -1,11 +1,12 @@
-//! The SMTP session on any bytes, fed in chunks the input chooses, every request answered
-//! (recipients known or not, deliveries stored or failed, STARTTLS completing): it must never
-//! panic, and what it delivers must be within the size limit.
+//! The SMTP session, and its LMTP dialect, on any bytes, fed in chunks the input chooses, every
+//! request answered (recipients known or not, deliveries stored or failed, per recipient in
+//! LMTP, STARTTLS completing): it must never panic, and what it delivers must be within the
+//! size limit.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use porcupine_protocols::smtp::{
-    DeliveryOutcome, RecipientCheck, SmtpLimits, SmtpSession, Step, Tls,
+    Dialect, DeliveryOutcome, RecipientCheck, SmtpLimits, SmtpSession, Step, Tls,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -17,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
         ..SmtpLimits::default()
     };
     let max = limits.message_bytes_max;
-    let mut session = SmtpSession::new(limits, "mx.fuzz", &["localhost".to_owned()]);
+    let dialect = if control & 0x80 == 0 { Dialect::Smtp } else { Dialect::Lmtp };
+    let mut session =
+        SmtpSession::with_dialect(dialect, limits, "mx.fuzz", &["localhost".to_owned()]);
     session.set_tls(if control & 1 == 0 { Tls::Offered } else { Tls::Unavailable });
     let mut out = Vec::new();
     session.greeting(&mut out);
@@ -40,12 +43,16 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Step::Deliver(envelope) => {
                     assert!(envelope.data.len() <= max, "a message over the limit was delivered");
-                    let outcome = if answers & 2 == 0 {
-                        DeliveryOutcome::Stored("id".into())
-                    } else {
-                        DeliveryOutcome::Failed
-                    };
-                    session.delivered(outcome, &mut out);
+                    let outcomes: Vec<DeliveryOutcome> = (0..envelope.recipients.len())
+                        .map(|i| {
+                            if (answers >> (i % 8)) & 2 == 0 {
+                                DeliveryOutcome::Stored("id".into())
+                            } else {
+                                DeliveryOutcome::Failed
+                            }
+                        })
+                        .collect();
+                    session.delivered_each(&envelope.recipients, &outcomes, &mut out);
                 }
                 Step::StartTls => session.tls_started(),
             }

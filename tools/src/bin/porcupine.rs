@@ -309,6 +309,11 @@ fn serve(flags: ServeArgs) -> Result<()> {
         } else {
             args.imaps.or(defaults.imaps)
         },
+        lmtp: if args.no_lmtp {
+            None
+        } else {
+            args.lmtp.or(defaults.lmtp)
+        },
         tls_files: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(node::tls::TlsFiles {
                 cert: cert.clone(),
@@ -347,6 +352,13 @@ fn serve(flags: ServeArgs) -> Result<()> {
         disk_weights,
         ..defaults
     };
+    if let Some(lmtp) = config.lmtp.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            %lmtp,
+            "LMTP listens off loopback: it asks for no credentials, so anyone who reaches it \
+             can deliver to local users; firewall it to the MTA's address"
+        );
+    }
     if config.discard_bodies {
         tracing::warn!(
             "--discard-bodies: deliveries are acknowledged and NOT stored (experiment mode)"
@@ -424,13 +436,14 @@ fn serve(flags: ServeArgs) -> Result<()> {
     // The addresses bound (a port 0 in the configuration is the port the kernel chose).
     let bound = &handle.context().config;
     println!(
-        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, IMAP {}, IMAPS {}, admin http://{}, cluster {} (domains: {})",
+        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, IMAP {}, IMAPS {}, LMTP {}, admin http://{}, cluster {} (domains: {})",
         bound.cores,
         bound.smtp,
         bound.pop3,
         bound.pop3s.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         bound.imap,
         bound.imaps.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        bound.lmtp.map_or_else(|| "none".to_owned(), |a| a.to_string()),
         bound.admin,
         bound
             .cluster

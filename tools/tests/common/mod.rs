@@ -28,6 +28,8 @@ pub struct Node {
     pub imap: u16,
     /// 0: none (`--no-imaps`).
     pub imaps: u16,
+    /// 0: none (`--no-lmtp`).
+    pub lmtp: u16,
     pub admin: u16,
     pub data: PathBuf,
     /// The admin endpoint speaks HTTPS (`--admin-public`): the CLI trusts the node's cert.
@@ -112,6 +114,15 @@ impl Node {
             None if extra.contains(&"--no-imaps") => 0,
             None => free_port(),
         };
+        let lmtp = match extra.iter().position(|a| *a == "--lmtp") {
+            Some(at) => extra
+                .get(at + 1)
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|port| port.parse().ok())
+                .expect("--lmtp ADDR:PORT"),
+            None if extra.contains(&"--no-lmtp") => 0,
+            None => free_port(),
+        };
         let mut child = command
             .args(["serve", "--no-pin", "--no-first-user"])
             .args(default("--segment-mib", "40"))
@@ -135,6 +146,13 @@ impl Node {
                     Vec::new()
                 } else {
                     vec!["--imaps".to_owned(), format!("{ip}:{imaps}")]
+                },
+            )
+            .args(
+                if extra.contains(&"--lmtp") || extra.contains(&"--no-lmtp") {
+                    Vec::new()
+                } else {
+                    vec!["--lmtp".to_owned(), format!("{ip}:{lmtp}")]
                 },
             )
             .args(
@@ -186,6 +204,7 @@ impl Node {
             pop3,
             imap,
             imaps,
+            lmtp,
             admin,
             data: data.to_path_buf(),
             admin_https: extra.contains(&"--admin-public"),
@@ -375,6 +394,7 @@ pub fn assert_refused(args: &[&str], expected: &str) {
         .args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
         .args(["--imap", "127.0.0.1:0", "--imaps", "127.0.0.1:0"])
+        .args(["--lmtp", "127.0.0.1:0"])
         .args(args)
         .output()
         .unwrap();
