@@ -10,3 +10,4 @@ pub mod admin_client;
 pub mod duration;
 pub mod load;
 pub mod serve_config;
+pub mod service_manager;

@@ -119,6 +119,9 @@ pub struct NodeConfig {
 pub enum Fault {
     /// A task on this core panics a second after the node starts serving.
     PanicOnCore(usize),
+    /// A task on this core blocks its thread for good a second after the node starts
+    /// serving: a core that is alive but answers nothing (the watchdog must notice).
+    StallCore(usize),
     /// Every write and sync of data directory `dir` fails with EIO while the file `trigger`
     /// exists (looked at every 50 ms): a disk that starts failing under a running node.
     EioWhile { dir: PathBuf, trigger: PathBuf },

@@ -126,6 +126,31 @@ impl Router {
         gathered
     }
 
+    /// Whether every core runs tasks: each is handed a job that answers from a task of its
+    /// own, within `timeout` (from any thread; the service manager's watchdog asks this).
+    /// `Err(core)`: the first core that did not answer.
+    pub fn ping_each(&self, timeout: std::time::Duration) -> Result<(), usize> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut answers = Vec::with_capacity(self.cores.len());
+        for (core, sender) in self.cores.iter().enumerate() {
+            let (reply, answer) = flume::bounded(1);
+            let job: Job = Box::new(move |_: &Rc<CoreService>| {
+                glommio::spawn_local(async move {
+                    let _ = reply.send(());
+                })
+                .detach();
+            });
+            sender
+                .send_deadline(ToCore::Call(job), deadline)
+                .map_err(|_| core)?;
+            answers.push(answer);
+        }
+        for (core, answer) in answers.into_iter().enumerate() {
+            answer.recv_deadline(deadline).map_err(|_| core)?;
+        }
+        Ok(())
+    }
+
     /// Asks `core` to close its shards; the answer arrives on `reply` (usable from any thread).
     pub fn send_shutdown(&self, core: usize, reply: flume::Sender<()>) -> bool {
         self.cores

@@ -528,6 +528,16 @@ async fn run_core(
     }
     let watch = SessionWatch::default();
     glommio::spawn_local(watch.clone().run(stop.clone())).detach();
+    if config.fault == Some(Fault::StallCore(core)) {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            tracing::warn!(core, "injected fault: this core's thread blocks for good");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        })
+        .detach();
+    }
     if config.fault == Some(Fault::PanicOnCore(core)) {
         glommio::spawn_local(async move {
             glommio::timer::sleep(Duration::from_secs(1)).await;

@@ -14,6 +14,7 @@ use porcupine_cluster::secure::{ClusterKey, ClusterSecurity};
 use porcupine_engine::ThrottleLimits;
 use porcupine_tools::admin_client;
 use porcupine_tools::serve_config::{merge, AckArg, PlacementArg, ServeArgs};
+use porcupine_tools::service_manager;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,6 +28,41 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as one JSON object per line (for journald or a log shipper);
+    /// also $PORCUPINE_LOG_FORMAT. The filter is $RUST_LOG (default: info)
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to standard error in the format asked for (the flag, else $PORCUPINE_LOG_FORMAT).
+fn init_logging(flag: Option<LogFormat>) -> Result<()> {
+    use clap::ValueEnum;
+    let format = match (flag, std::env::var("PORCUPINE_LOG_FORMAT")) {
+        (Some(format), _) => format,
+        (None, Ok(text)) => LogFormat::from_str(&text, true)
+            .map_err(|_| anyhow::anyhow!("PORCUPINE_LOG_FORMAT={text:?}: expected text or json"))?,
+        (None, Err(_)) => LogFormat::Text,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,14 +153,11 @@ enum UserCommand {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Err(error) = init_logging(cli.log_format) {
+        eprintln!("porcupine: {error:#}");
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::User { command, access } => user(command, &access),
@@ -152,6 +185,7 @@ fn exit_on_panic() {
 }
 
 /// `PORCUPINE_FAULT` (tests only): `panic-core:N`, a task on core N panics once serving;
+/// `stall-core:N`, a task on core N blocks its thread for good once serving;
 /// `eio:DIR:TRIGGER`, every write and sync of data directory DIR fails with EIO while the
 /// file TRIGGER exists.
 fn fault_from_env() -> Result<Option<node::Fault>> {
@@ -172,11 +206,20 @@ fn fault_from_env() -> Result<Option<node::Fault>> {
             trigger: trigger.into(),
         }));
     }
+    if let Some(core) = spec.strip_prefix("stall-core:") {
+        let core = core
+            .parse()
+            .with_context(|| format!("PORCUPINE_FAULT={spec:?}: expected stall-core:N"))?;
+        tracing::warn!(core, "fault injection: this core will stop answering");
+        return Ok(Some(node::Fault::StallCore(core)));
+    }
     let core = spec
         .strip_prefix("panic-core:")
         .and_then(|n| n.parse().ok())
         .with_context(|| {
-            format!("PORCUPINE_FAULT={spec:?}: expected panic-core:N or eio:DIR:TRIGGER")
+            format!(
+                "PORCUPINE_FAULT={spec:?}: expected panic-core:N, stall-core:N or eio:DIR:TRIGGER"
+            )
         })?;
     tracing::warn!(core, "fault injection: a task on this core will panic");
     Ok(Some(node::Fault::PanicOnCore(core)))
@@ -452,8 +495,14 @@ fn serve(flags: ServeArgs) -> Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    service_manager::ready(&format!(
+        "serving SMTP {}, IMAP {} on {} cores",
+        bound.smtp, bound.imap, bound.cores
+    ));
+    service_manager::start_watchdog(handle.context().router.clone());
     for signal in signals.forever() {
         if signal == signal_hook::consts::SIGHUP {
+            service_manager::reloading();
             // New handshakes take the new certificate; sessions in TLS keep theirs.
             match handle.reload_tls() {
                 Ok(()) => {
@@ -463,6 +512,7 @@ fn serve(flags: ServeArgs) -> Result<()> {
                     tracing::error!(%error, "TLS reload failed; the certificate in use stays")
                 }
             }
+            service_manager::reloaded();
             continue;
         }
         tracing::info!(
@@ -471,6 +521,7 @@ fn serve(flags: ServeArgs) -> Result<()> {
         );
         break;
     }
+    service_manager::stopping();
     handle.stop()?;
     tracing::info!("stopped cleanly");
     Ok(())
