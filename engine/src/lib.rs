@@ -31,6 +31,7 @@ pub mod compaction;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod fsck;
 pub mod hlc;
 pub mod index;
 pub mod memory_storage;

@@ -311,7 +311,7 @@ pub(crate) async fn recover<S: Storage>(
 
 /// The unit of the log's writes: as configured, else the device's logical block size; never
 /// below the device's, 512 or 4096.
-fn write_block<F: StorageFile>(config: &EngineConfig, file: &F) -> u64 {
+pub(crate) fn write_block<F: StorageFile>(config: &EngineConfig, file: &F) -> u64 {
     let device = file.alignment().clamp(512, BLOCK_BYTES);
     let wanted = match config.write_block_bytes {
         0 => device,
@@ -321,7 +321,7 @@ fn write_block<F: StorageFile>(config: &EngineConfig, file: &F) -> u64 {
 }
 
 /// How far past the durable end an unfinished write group can have reached.
-fn in_flight_bytes_max(config: &EngineConfig) -> u64 {
+pub(crate) fn in_flight_bytes_max(config: &EngineConfig) -> u64 {
     let batch = config
         .batch_bytes_max
         .max(config.record_bytes_max + crate::record::USER_BYTES_MAX + 2 * BLOCK_BYTES);

@@ -8,6 +8,7 @@
 
 pub mod admin_client;
 pub mod duration;
+pub mod fsck;
 pub mod load;
 pub mod serve_config;
 pub mod service_manager;

@@ -21,6 +21,7 @@ pub mod core_call;
 pub mod core_calls;
 pub mod core_context;
 pub mod core_shards;
+pub mod data_lock;
 pub mod delivery;
 pub mod healing;
 pub mod imap_authority;
@@ -156,6 +157,8 @@ pub struct NodeHandle {
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The first user's address and password, if this start created one.
     pub first_user: Option<(String, String)>,
+    /// Held until the node is gone ([`data_lock`]).
+    _locks: data_lock::DataLocks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +185,11 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
             ))
         })?;
     }
+    let locks = data_lock::lock_all(
+        config.data_dirs.iter().map(|d| d.as_path()),
+        Duration::from_secs(10),
+    )
+    .map_err(start_error)?;
     check_cluster_security(&config)?;
     if !config.admin.ip().is_loopback() && !config.admin_public {
         return Err(start_error(format!(
@@ -394,6 +402,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         context,
         executors,
         first_user,
+        _locks: locks,
     })
 }
 
