@@ -37,6 +37,38 @@ pub struct Quantiles {
     pub mean: f64,
 }
 
+/// Upper bounds, in microseconds, of the latency histograms' buckets (as `/metrics` shows
+/// them: a Prometheus histogram per shard).
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
+/// A latency histogram since the shard opened: the count in each bucket of
+/// [`LATENCY_BOUNDS_US`] (one more at the end: above the last bound), their sum and count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatencyBuckets {
+    pub counts: Vec<u64>,
+    pub sum_micros: f64,
+    pub count: u64,
+}
+
+fn buckets(h: &Histogram<u64>) -> LatencyBuckets {
+    let mut counts = Vec::with_capacity(LATENCY_BOUNDS_US.len() + 1);
+    let mut below = 0;
+    for bound in LATENCY_BOUNDS_US {
+        let upto = h.count_between(0, bound);
+        counts.push(upto.saturating_sub(below));
+        below = below.max(upto);
+    }
+    counts.push(h.len().saturating_sub(below));
+    LatencyBuckets {
+        counts,
+        sum_micros: h.mean() * h.len() as f64,
+        count: h.len(),
+    }
+}
+
 /// A copy of a shard's metrics at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
@@ -55,6 +87,8 @@ pub struct MetricsSnapshot {
     pub records_per_sync: Quantiles,
     pub sync_micros: Quantiles,
     pub ack_micros: Quantiles,
+    pub sync_buckets: LatencyBuckets,
+    pub ack_buckets: LatencyBuckets,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -131,6 +165,35 @@ impl ShardMetrics {
             records_per_sync: quantiles(&self.records_per_sync),
             sync_micros: quantiles(&self.sync_micros),
             ack_micros: quantiles(&self.ack_micros),
+            sync_buckets: buckets(&self.sync_micros),
+            ack_buckets: buckets(&self.ack_micros),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_count_each_latency_once() {
+        let mut m = ShardMetrics::new();
+        for micros in [10, 60, 60, 900, 3_000_000, 20_000_000] {
+            m.record_ack(Duration::from_micros(micros));
+        }
+        let b = m.snapshot().ack_buckets;
+        assert_eq!(b.counts.len(), LATENCY_BOUNDS_US.len() + 1);
+        assert_eq!(b.counts.iter().sum::<u64>(), 6);
+        assert_eq!(b.count, 6);
+        assert_eq!(b.counts[0], 1, "10 µs ≤ 50");
+        assert_eq!(b.counts[1], 2, "60 µs ≤ 100");
+        assert_eq!(b.counts[4], 1, "900 µs ≤ 1 ms");
+        assert_eq!(b.counts[15], 1, "3 s ≤ 10 s");
+        assert_eq!(b.counts[16], 1, "20 s above every bound");
+        assert!(
+            (b.sum_micros - 23_001_030.0).abs() / 23_001_030.0 < 0.01,
+            "{}",
+            b.sum_micros
+        );
     }
 }

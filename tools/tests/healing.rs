@@ -125,7 +125,7 @@ fn a_dead_nodes_copies_are_made_again_and_a_second_death_loses_nothing() {
             "{text}"
         );
         assert!(
-            text.contains("# TYPE porcupine_copies_healed_total counter"),
+            text.contains("# TYPE porcupine_copies_healed counter"),
             "{text}"
         );
     }

@@ -228,7 +228,7 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
         ("GET", "/status") => json(200, &status(context).await),
         ("GET", "/metrics") => Response {
             status: 200,
-            content_type: "text/plain; version=0.0.4",
+            content_type: super::metrics_text::CONTENT_TYPE,
             body: metrics(context).await.into_bytes(),
         },
         ("GET", "/users") => {
@@ -556,241 +556,339 @@ async fn status(context: &CoreContext) -> Status {
     }
 }
 
-/// A per-shard gauge: name, help text, and how to read it from a report.
-type ShardGauge = (&'static str, &'static str, fn(&ShardReport) -> f64);
+/// A per-shard figure: its name and help, and how to read it from a report.
+type ShardFigure<T> = (super::metrics_text::Name, fn(&ShardReport) -> T);
 
 async fn metrics(context: &CoreContext) -> String {
-    use std::fmt::Write;
+    use super::metrics_text::{render, Figures, Name};
     let m = &context.metrics;
-    let mut out = String::new();
-    let counters = [
+    let counters: [(Name, &std::sync::atomic::AtomicU64); 22] = [
         (
-            "porcupine_smtp_sessions_total",
-            "SMTP connections accepted",
+            ("porcupine_smtp_sessions", "SMTP connections accepted"),
             &m.smtp_sessions,
         ),
         (
-            "porcupine_pop3_sessions_total",
-            "POP3 connections accepted",
+            ("porcupine_pop3_sessions", "POP3 connections accepted"),
             &m.pop3_sessions,
         ),
         (
-            "porcupine_imap_sessions_total",
-            "IMAP connections accepted (IMAP and IMAPS)",
+            (
+                "porcupine_imap_sessions",
+                "IMAP connections accepted (IMAP and IMAPS)",
+            ),
             &m.imap_sessions,
         ),
         (
-            "porcupine_lmtp_sessions_total",
-            "LMTP connections accepted",
+            ("porcupine_lmtp_sessions", "LMTP connections accepted"),
             &m.lmtp_sessions,
         ),
         (
-            "porcupine_imap_errors_total",
-            "IMAP BAD and NO replies",
+            ("porcupine_imap_errors", "IMAP BAD and NO replies"),
             &m.imap_errors,
         ),
         (
-            "porcupine_sessions_refused_total",
-            "connections refused over the limit",
+            (
+                "porcupine_sessions_refused",
+                "connections refused over the limit",
+            ),
             &m.sessions_refused,
         ),
         (
-            "porcupine_cluster_connections_refused_total",
-            "cluster connections closed for not holding the cluster key",
+            (
+                "porcupine_cluster_connections_refused",
+                "cluster connections closed for not holding the cluster key",
+            ),
             &m.peers_refused,
         ),
         (
-            "porcupine_cluster_messages_refused_total",
-            "messages from members refused as implausible (broken views, far-future stamps)",
+            (
+                "porcupine_cluster_messages_refused",
+                "messages from members refused as implausible (broken views, far-future stamps)",
+            ),
             &m.peer_messages_refused,
         ),
         (
-            "porcupine_tls_handshakes_total",
-            "client TLS handshakes completed (STARTTLS, STLS, POP3S, IMAPS)",
+            (
+                "porcupine_tls_handshakes",
+                "client TLS handshakes completed (STARTTLS, STLS, POP3S, IMAPS)",
+            ),
             &m.tls_handshakes,
         ),
         (
-            "porcupine_tls_failures_total",
-            "client TLS handshakes that failed",
+            (
+                "porcupine_tls_failures",
+                "client TLS handshakes that failed",
+            ),
             &m.tls_failures,
         ),
         (
-            "porcupine_transfer_refused_total",
-            "messages refused 451 4.3.1 for want of transfer memory",
+            (
+                "porcupine_transfer_refused",
+                "messages refused 451 4.3.1 for want of transfer memory",
+            ),
             &m.transfer_refused,
         ),
         (
-            "porcupine_deliveries_total",
-            "messages accepted with 250",
+            ("porcupine_deliveries", "messages accepted with 250"),
             &m.messages_accepted,
         ),
         (
-            "porcupine_recipients_delivered_total",
-            "mailbox copies stored",
+            ("porcupine_recipients_delivered", "mailbox copies stored"),
             &m.recipients_delivered,
         ),
         (
-            "porcupine_delivered_bytes_total",
-            "bytes of messages accepted",
+            ("porcupine_delivered_bytes", "bytes of messages accepted"),
             &m.bytes_accepted,
         ),
         (
-            "porcupine_pop3_retrieved_total",
-            "messages retrieved by POP3",
+            ("porcupine_pop3_retrieved", "messages retrieved by POP3"),
             &m.messages_retrieved,
         ),
         (
-            "porcupine_pop3_deleted_total",
-            "messages deleted by POP3",
+            ("porcupine_pop3_deleted", "messages deleted by POP3"),
             &m.messages_deleted,
         ),
         (
-            "porcupine_pop3_errors_total",
-            "POP3 -ERR replies",
+            ("porcupine_pop3_errors", "POP3 -ERR replies"),
             &m.pop3_errors,
         ),
         (
-            "porcupine_copies_healed_total",
-            "copies of a dead node's mail made again by this node",
+            (
+                "porcupine_copies_healed",
+                "copies of a dead node's mail made again by this node",
+            ),
             &m.copies_healed,
         ),
         (
-            "porcupine_heal_failures_total",
-            "copies healing could not make again (tried again at the next survey)",
+            (
+                "porcupine_heal_failures",
+                "copies healing could not make again (tried again at the next survey)",
+            ),
             &m.heal_failures,
         ),
         (
-            "porcupine_anti_entropy_rounds_total",
-            "anti-entropy rounds begun with another member",
+            (
+                "porcupine_anti_entropy_rounds",
+                "anti-entropy rounds begun with another member",
+            ),
             &m.anti_entropy_rounds,
         ),
         (
-            "porcupine_anti_entropy_buckets_differing_total",
-            "digest buckets found to differ from a member's",
+            (
+                "porcupine_anti_entropy_buckets_differing",
+                "digest buckets found to differ from a member's",
+            ),
             &m.anti_entropy_buckets_differing,
         ),
         (
-            "porcupine_anti_entropy_repairs_total",
-            "copies pushed to a member that lacked them",
+            (
+                "porcupine_anti_entropy_repairs",
+                "copies pushed to a member that lacked them",
+            ),
             &m.anti_entropy_repairs,
         ),
     ];
-    for (name, help, counter) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            NodeMetrics::get(counter)
-        );
-    }
-    let _ = writeln!(out, "# HELP porcupine_smtp_replies_total SMTP replies by code\n# TYPE porcupine_smtp_replies_total counter");
-    for (code, count) in m.smtp_replies() {
-        let _ = writeln!(
-            out,
-            "porcupine_smtp_replies_total{{code=\"{code}\"}} {count}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP porcupine_copies_under_replicated copies here with fewer holders than --replicas that are not dead\n# TYPE porcupine_copies_under_replicated gauge\nporcupine_copies_under_replicated {}",
-        NodeMetrics::get(&m.copies_under_replicated)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP porcupine_dead_nodes nodes this node declared dead (gone longer than --dead-after)\n# TYPE porcupine_dead_nodes gauge\nporcupine_dead_nodes {}",
-        context.cluster.dead.load().len()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP porcupine_sessions_open client sessions open, by the core serving them\n# TYPE porcupine_sessions_open gauge"
-    );
-    for core in 0..context.config.cores {
-        let _ = writeln!(
-            out,
-            "porcupine_sessions_open{{core=\"{core}\"}} {}",
-            context.sessions.open(core)
-        );
-    }
-    let shards: Vec<_> = context.call_each(ShardReports).await;
-    let per_shard: [ShardGauge; 15] = [
+    let mut figures = Figures {
+        counters: counters
+            .iter()
+            .map(|(name, counter)| (*name, NodeMetrics::get(counter)))
+            .collect(),
+        ..Figures::default()
+    };
+    figures.labeled_counters.push((
+        ("porcupine_smtp_replies", "SMTP and LMTP replies by code"),
+        "code",
+        m.smtp_replies()
+            .into_iter()
+            .map(|(code, n)| (code.to_string(), n))
+            .collect(),
+    ));
+    let sessions = [
+        ("smtp", &m.smtp_sessions),
+        ("lmtp", &m.lmtp_sessions),
+        ("pop3", &m.pop3_sessions),
+        ("imap", &m.imap_sessions),
+    ];
+    figures.labeled_counters.push((
         (
-            "porcupine_shard_load",
-            "operations under way that may touch the shard's disk",
+            "porcupine_sessions",
+            "client connections accepted, by protocol",
+        ),
+        "protocol",
+        sessions
+            .iter()
+            .map(|(p, c)| (p.to_string(), NodeMetrics::get(c)))
+            .collect(),
+    ));
+    // SMTP and LMTP errors are their 4xx and 5xx replies; POP3's -ERR; IMAP's NO and BAD.
+    let smtp_errors: u64 = m
+        .smtp_replies()
+        .into_iter()
+        .filter(|(code, _)| *code >= 400)
+        .map(|(_, n)| n)
+        .sum();
+    figures.labeled_counters.push((
+        ("porcupine_errors", "error replies to clients, by protocol"),
+        "protocol",
+        vec![
+            ("smtp".into(), smtp_errors),
+            ("pop3".into(), NodeMetrics::get(&m.pop3_errors)),
+            ("imap".into(), NodeMetrics::get(&m.imap_errors)),
+        ],
+    ));
+    figures.gauges.push((
+        (
+            "porcupine_copies_under_replicated",
+            "copies here with fewer holders than --replicas that are not dead",
+        ),
+        NodeMetrics::get(&m.copies_under_replicated) as f64,
+    ));
+    figures.gauges.push((
+        (
+            "porcupine_dead_nodes",
+            "nodes this node declared dead (gone longer than --dead-after)",
+        ),
+        context.cluster.dead.load().len() as f64,
+    ));
+    figures.gauges.push((
+        (
+            "porcupine_members",
+            "members in this node's view of the cluster",
+        ),
+        context.cluster.view.load().members.len() as f64,
+    ));
+    figures.labeled_gauges.push((
+        (
+            "porcupine_sessions_open",
+            "client sessions open, by the core serving them",
+        ),
+        "core",
+        (0..context.config.cores)
+            .map(|core| (core.to_string(), context.sessions.open(core) as f64))
+            .collect(),
+    ));
+    let shards: Vec<ShardReport> = context.call_each(ShardReports).await;
+    let by_shard = |value: fn(&ShardReport) -> f64| -> Vec<(String, f64)> {
+        shards.iter().map(|s| (s.name.clone(), value(s))).collect()
+    };
+    let by_shard_count = |value: fn(&ShardReport) -> u64| -> Vec<(String, u64)> {
+        shards.iter().map(|s| (s.name.clone(), value(s))).collect()
+    };
+    let shard_gauges: [ShardFigure<f64>; 5] = [
+        (
+            (
+                "porcupine_shard_load",
+                "operations under way that may touch the shard's disk",
+            ),
             |s| f64::from(s.load),
         ),
         (
-            "porcupine_shard_replication_pending",
-            "replicated updates not yet on every replica",
+            (
+                "porcupine_shard_replication_pending",
+                "replicated updates not yet on every replica",
+            ),
             |s| s.pending_updates as f64,
         ),
-        ("porcupine_shard_messages", "messages stored", |s| {
+        (("porcupine_shard_messages", "messages stored"), |s| {
             s.messages as f64
         }),
         (
-            "porcupine_shard_appended_bytes_total",
-            "bytes appended to the log",
-            |s| s.appended_bytes as f64,
+            (
+                "porcupine_shard_poisoned",
+                "1 when the shard stopped writing after a disk error (its mail is served by replicas)",
+            ),
+            |s| f64::from(u8::from(s.poisoned.is_some())),
         ),
         (
-            "porcupine_shard_segments_recycled_total",
-            "new segments made from compacted ones (no zeros written)",
-            |s| s.segments_recycled as f64,
-        ),
-        (
-            "porcupine_shard_segments_created_total",
-            "new segments created with reserved blocks (none to recycle: the store grows)",
-            |s| s.segments_created as f64,
-        ),
-        (
-            "porcupine_shard_zeroed_bytes_total",
-            "zeros written ahead of the log in idle time (a second write of those bytes)",
-            |s| s.zeroed_bytes as f64,
-        ),
-        (
-            "porcupine_shard_compacted_bytes_total",
-            "bytes compaction copied forward",
-            |s| s.compacted_bytes as f64,
-        ),
-        (
-            "porcupine_shard_checkpoint_bytes_total",
-            "bytes of index checkpoints written",
-            |s| s.checkpoint_bytes as f64,
-        ),
-        (
-            "porcupine_shard_fsyncs_total",
-            "group-commit fdatasyncs",
-            |s| s.fsyncs as f64,
-        ),
-        (
-            "porcupine_shard_records_per_fsync_mean",
-            "mean records per fdatasync",
+            ("porcupine_shard_records_per_fsync_mean", "mean records per fdatasync"),
             |s| s.records_per_fsync_mean,
         ),
-        (
-            "porcupine_shard_fsync_p50_seconds",
-            "fdatasync latency p50",
-            |s| s.fsync_p50_us as f64 / 1e6,
-        ),
-        (
-            "porcupine_shard_fsync_p99_seconds",
-            "fdatasync latency p99",
-            |s| s.fsync_p99_us as f64 / 1e6,
-        ),
-        (
-            "porcupine_shard_ack_p99_seconds",
-            "append-to-durable latency p99",
-            |s| s.ack_p99_us as f64 / 1e6,
-        ),
-        (
-            "porcupine_shard_ack_p999_seconds",
-            "append-to-durable latency p99.9",
-            |s| s.ack_p999_us as f64 / 1e6,
-        ),
     ];
-    for (name, help, value) in per_shard {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for s in &shards {
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.name, value(s));
-        }
+    for (name, value) in shard_gauges {
+        figures
+            .labeled_gauges
+            .push((name, "shard", by_shard(value)));
     }
-    out
+    let shard_counters: [ShardFigure<u64>; 8] = [
+        (
+            (
+                "porcupine_shard_appended_bytes",
+                "bytes appended to the log",
+            ),
+            |s| s.appended_bytes,
+        ),
+        (
+            (
+                "porcupine_shard_appended_records",
+                "records appended to the log",
+            ),
+            |s| s.appended_records,
+        ),
+        (
+            (
+                "porcupine_shard_segments_recycled",
+                "new segments made from compacted ones (no zeros written)",
+            ),
+            |s| s.segments_recycled,
+        ),
+        (
+            (
+                "porcupine_shard_segments_created",
+                "new segments created with reserved blocks (none to recycle: the store grows)",
+            ),
+            |s| s.segments_created,
+        ),
+        (
+            (
+                "porcupine_shard_zeroed_bytes",
+                "zeros written ahead of the log in idle time (a second write of those bytes)",
+            ),
+            |s| s.zeroed_bytes,
+        ),
+        (
+            (
+                "porcupine_shard_compacted_bytes",
+                "bytes compaction copied forward",
+            ),
+            |s| s.compacted_bytes,
+        ),
+        (
+            (
+                "porcupine_shard_checkpoint_bytes",
+                "bytes of index checkpoints written",
+            ),
+            |s| s.checkpoint_bytes,
+        ),
+        (("porcupine_shard_fsyncs", "group-commit fdatasyncs"), |s| {
+            s.fsyncs
+        }),
+    ];
+    for (name, value) in shard_counters {
+        figures
+            .labeled_counters
+            .push((name, "shard", by_shard_count(value)));
+    }
+    figures.histograms.push((
+        (
+            "porcupine_shard_fsync_seconds",
+            "group-commit fdatasync latency",
+        ),
+        "shard",
+        shards
+            .iter()
+            .map(|s| (s.name.clone(), s.fsync_histogram.clone()))
+            .collect(),
+    ));
+    figures.histograms.push((
+        (
+            "porcupine_shard_ack_seconds",
+            "append-to-durable latency of each update",
+        ),
+        "shard",
+        shards
+            .iter()
+            .map(|s| (s.name.clone(), s.ack_histogram.clone()))
+            .collect(),
+    ));
+    render(figures)
 }

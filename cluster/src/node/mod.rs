@@ -29,6 +29,7 @@ pub mod imap_conn;
 pub mod listeners;
 pub mod maildrop;
 pub mod metrics;
+pub mod metrics_text;
 pub mod peer_calls;
 pub mod pop3_conn;
 pub mod replicas;

@@ -307,6 +307,8 @@ impl CoreService {
                     pending_updates: shard.pending_count(),
                     load: shard.load(),
                     throttle: shard.storage().throttle().map(|t| t.to_string()),
+                    fsync_histogram: super::status::Histogram::of(&m.sync_buckets),
+                    ack_histogram: super::status::Histogram::of(&m.ack_buckets),
                 }
             })
             .collect();

@@ -174,6 +174,35 @@ pub struct ShardReport {
     pub load: u32,
     /// The simulated disk of the shard's directory, if it is throttled (experiments).
     pub throttle: Option<String>,
+    /// Latency histograms since the shard opened (`/metrics`).
+    #[serde(default)]
+    pub fsync_histogram: Histogram,
+    #[serde(default)]
+    pub ack_histogram: Histogram,
+}
+
+/// A latency histogram: the count in each bucket (upper bounds in `bounds_seconds`, then one
+/// more above the last), their sum and count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bounds_seconds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn of(buckets: &porcupine_engine::metrics::LatencyBuckets) -> Self {
+        Self {
+            bounds_seconds: porcupine_engine::metrics::LATENCY_BOUNDS_US
+                .iter()
+                .map(|us| *us as f64 / 1e6)
+                .collect(),
+            counts: buckets.counts.clone(),
+            sum_seconds: buckets.sum_micros / 1e6,
+            count: buckets.count,
+        }
+    }
 }
 
 #[cfg(test)]
