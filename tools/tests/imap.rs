@@ -160,6 +160,66 @@ fn uids_uidvalidity_and_flags_survive_restart_and_sigkill() {
 }
 
 #[test]
+fn user_show_reports_folders_counts_and_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &[]);
+    node.add_user(USER);
+    let out = python(
+        "imap.py",
+        &[
+            vec!["populate".into()],
+            imap_args(&node),
+            vec!["show".into(), "30".into()],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("populated 30"), "{out}");
+    let show = |args: &[&str]| {
+        std::process::Command::new(common::binary())
+            .args(["user", "show"])
+            .args(args)
+            .args(node.admin_args())
+            .output()
+            .unwrap()
+    };
+    let out = show(&[USER, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let folder = |name: &str| {
+        usage["folders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {usage}"))
+    };
+    // populate puts every third message in Archive, the rest in INBOX.
+    assert_eq!(folder("INBOX")["messages"], 20, "{usage}");
+    assert_eq!(folder("Archive")["messages"], 10, "{usage}");
+    assert_eq!(folder("Sent")["messages"], 0, "{usage}");
+    assert_eq!(usage["messages"], 30, "{usage}");
+    let unseen = folder("INBOX")["unseen"].as_u64().unwrap();
+    assert!(unseen > 0 && unseen < 20, "{usage}");
+    let nodes = usage["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{usage}");
+    assert_eq!(nodes[0]["copies"], 30, "{usage}");
+    assert_eq!(nodes[0]["bytes"], usage["bytes"], "{usage}");
+    let text = show(&[USER]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("30 messages") && text.contains("Archive"),
+        "{text}"
+    );
+    let unknown = show(&["nobody@localhost"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stdout).contains("no user nobody@localhost"),
+        "{unknown:?}"
+    );
+}
+
+#[test]
 fn imap4rev2_and_qresync_resynchronise_a_client_and_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -261,6 +261,16 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
                 Err((status, message)) => text(status, message),
             }
         }
+        ("POST", "/users/show") => {
+            let email = String::from_utf8_lossy(&request.body).trim().to_lowercase();
+            match super::user_usage::usage(context, &email).await {
+                Ok(usage) => json(200, &usage),
+                Err(error @ super::user_usage::UsageError::NoSuchUser(_)) => {
+                    text(404, format!("{error}\n"))
+                }
+                Err(error) => text(503, format!("{error}\n")),
+            }
+        }
         ("POST", "/users/import") => import(context, &request.body).await,
         ("POST", "/users/bulk") => bulk(context, &request.body).await,
         _ => text(404, "not found: try /status, /metrics, /users\n"),

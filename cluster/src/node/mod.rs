@@ -38,6 +38,7 @@ pub mod smtp_conn;
 pub mod status;
 pub mod tls;
 pub mod transfer;
+pub mod user_usage;
 pub mod users;
 
 use std::collections::HashMap;

@@ -160,6 +160,13 @@ enum UserCommand {
     },
     /// List users.
     List,
+    /// Show a user's folders (messages, unseen, bytes) and the nodes holding the copies.
+    Show {
+        email: String,
+        /// The report as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -634,6 +641,13 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
             admin.request("POST", "/users/bulk", body.to_string().as_bytes())?
         }
         UserCommand::List => admin.request("GET", "/users", b"")?,
+        UserCommand::Show { email, json } => {
+            let response = admin.request("POST", "/users/show", email.as_bytes())?;
+            if response.status == 200 && !json {
+                return print_usage(&response.body);
+            }
+            response
+        }
     };
     print!("{body}");
     if !body.ends_with('\n') && !body.is_empty() {
@@ -641,6 +655,40 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
     }
     if !(200..300).contains(&status) {
         bail!("the node answered {status}");
+    }
+    Ok(())
+}
+
+/// `user show` as a table.
+fn print_usage(body: &str) -> Result<()> {
+    use porcupine_cluster::node::user_usage::UserUsage;
+    let usage: UserUsage =
+        serde_json::from_str(body).with_context(|| format!("unexpected answer: {body}"))?;
+    println!(
+        "{}: {} messages, {} bytes",
+        usage.user, usage.messages, usage.bytes
+    );
+    println!(
+        "  {:<24} {:>9} {:>9} {:>12}",
+        "folder", "messages", "unseen", "bytes"
+    );
+    for f in &usage.folders {
+        let name = match &f.special_use {
+            Some(special) => format!("{} {special}", f.name),
+            None => f.name.clone(),
+        };
+        println!(
+            "  {:<24} {:>9} {:>9} {:>12}",
+            name, f.messages, f.unseen, f.bytes
+        );
+    }
+    println!("  {:<24} {:>9} {:>12}", "copies on node", "copies", "bytes");
+    for n in &usage.nodes {
+        let name = match &n.addr {
+            Some(addr) => format!("{} ({addr})", n.node),
+            None => format!("{} (not a member)", n.node),
+        };
+        println!("  {:<24} {:>9} {:>12}", name, n.copies, n.bytes);
     }
     Ok(())
 }
