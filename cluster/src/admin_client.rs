@@ -110,6 +110,20 @@ impl AdminClient {
 
     /// Sends one request; any HTTP status is an answer.
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<Response, AdminError> {
+        let (status, body) = self.request_bytes(method, path, body)?;
+        Ok(Response {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    /// As [`Self::request`], the body's bytes as they came (a message is not text).
+    pub fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), AdminError> {
         let addr = self.addr;
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|source| AdminError::Unreachable { addr, source })?;
@@ -166,7 +180,7 @@ impl AdminClient {
         method: &str,
         path: &str,
         body: &[u8],
-    ) -> Result<Response, AdminError> {
+    ) -> Result<(u16, Vec<u8>), AdminError> {
         let addr = self.addr;
         let io = |source| AdminError::Io { addr, source };
         let authorization = self
@@ -188,9 +202,13 @@ impl AdminClient {
 }
 
 /// An HTTP/1.x answer: the status from its status line and everything after the head.
-fn parse_response(answer: &[u8]) -> Result<Response, &'static str> {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of the head")?;
+fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>), &'static str> {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of the head")?;
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let body = &answer[end + 4..];
     let status_line = head.lines().next().unwrap_or_default();
     let mut words = status_line.split(' ');
     if !words.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
@@ -201,10 +219,7 @@ fn parse_response(answer: &[u8]) -> Result<Response, &'static str> {
         .and_then(|code| code.parse::<u16>().ok())
         .filter(|code| (100..600).contains(code))
         .ok_or("no status code")?;
-    Ok(Response {
-        status,
-        body: body.to_owned(),
-    })
+    Ok((status, body.to_vec()))
 }
 
 /// A TLS client configuration that trusts the certificates in `ca` (PEM) and nothing else.
@@ -240,13 +255,7 @@ mod tests {
     #[test]
     fn answers_parse_into_status_and_body() {
         let answer = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nno\r\n\r\n";
-        assert_eq!(
-            parse_response(answer),
-            Ok(Response {
-                status: 403,
-                body: "no\r\n\r\n".into()
-            })
-        );
+        assert_eq!(parse_response(answer), Ok((403, b"no\r\n\r\n".to_vec())));
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\n"),
             Err("no end of the head")

@@ -10,5 +10,6 @@ pub mod admin_client;
 pub mod duration;
 pub mod fsck;
 pub mod load;
+pub mod migrate;
 pub mod serve_config;
 pub mod service_manager;

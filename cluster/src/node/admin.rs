@@ -261,6 +261,51 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
                 Err((status, message)) => text(status, message),
             }
         }
+        ("POST", "/users/messages") => {
+            let email = String::from_utf8_lossy(&request.body).trim().to_lowercase();
+            transfer_answer(super::mail_transfer::list(context, &email).await, |list| {
+                json(200, &list)
+            })
+        }
+        ("POST", "/users/message") => {
+            // `user id holder,holder,…`
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            let mut words = body.split_whitespace();
+            let (user, id) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let holders: Vec<u64> = words
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let fetched =
+                super::mail_transfer::fetch(context, &user.to_lowercase(), id, &holders).await;
+            transfer_answer(fetched, |bytes| Response {
+                status: 200,
+                content_type: "message/rfc822",
+                body: bytes,
+            })
+        }
+        ("POST", "/users/append") => {
+            // A JSON line (`NewMail`), then the message's bytes.
+            let split = request.body.iter().position(|&b| b == b'\n');
+            let Some(at) = split else {
+                return text(400, "expected a JSON line, then the message\n");
+            };
+            let mail: super::mail_transfer::NewMail =
+                match serde_json::from_slice(&request.body[..at]) {
+                    Ok(mail) => mail,
+                    Err(e) => return text(400, format!("bad request line: {e}\n")),
+                };
+            let message = request.body[at + 1..].to_vec();
+            let stored = super::mail_transfer::store(context, mail, message).await;
+            transfer_answer(stored, |(uid_validity, uid)| {
+                json(
+                    201,
+                    &serde_json::json!({ "uid_validity": uid_validity, "uid": uid }),
+                )
+            })
+        }
         ("POST", "/users/show") => {
             let email = String::from_utf8_lossy(&request.body).trim().to_lowercase();
             match super::user_usage::usage(context, &email).await {
@@ -274,6 +319,20 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
         ("POST", "/users/import") => import(context, &request.body).await,
         ("POST", "/users/bulk") => bulk(context, &request.body).await,
         _ => text(404, "not found: try /status, /metrics, /users\n"),
+    }
+}
+
+/// The answer to an import or export call: the value, or the error's status and text.
+fn transfer_answer<T>(
+    result: Result<T, super::mail_transfer::TransferError>,
+    ok: impl FnOnce(T) -> Response,
+) -> Response {
+    use super::mail_transfer::TransferError;
+    match result {
+        Ok(value) => ok(value),
+        Err(error @ TransferError::NoSuchUser(_)) => text(404, format!("{error}\n")),
+        Err(error @ TransferError::Refused(_)) => text(422, format!("{error}\n")),
+        Err(error @ TransferError::Unavailable) => text(503, format!("{error}\n")),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::rpc::FetchMessage;
 /// How often an idling session asks for changes.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-fn flags_of(message: &WireMessage) -> Vec<Flag> {
+pub(super) fn flags_of(message: &WireMessage) -> Vec<Flag> {
     let mut flags = Vec::new();
     for (bit, flag) in [
         (mailbox::SEEN, Flag::Seen),
@@ -46,7 +46,7 @@ fn flags_of(message: &WireMessage) -> Vec<Flag> {
 }
 
 /// System flag bits and keywords of IMAP flags.
-fn bits_of(flags: &[Flag]) -> (u32, Vec<String>) {
+pub(super) fn bits_of(flags: &[Flag]) -> (u32, Vec<String>) {
     let mut bits = 0;
     let mut keywords = Vec::new();
     for flag in flags {
@@ -124,7 +124,12 @@ impl Selected {
 }
 
 /// Reads message `id` from the first of its holders that answers.
-async fn read(context: &CoreContext, user: &str, id: u128, holders: &[NodeId]) -> Option<Vec<u8>> {
+pub(super) async fn read(
+    context: &CoreContext,
+    user: &str,
+    id: u128,
+    holders: &[NodeId],
+) -> Option<Vec<u8>> {
     for node in maildrop::read_order(context, holders) {
         if node == context.cluster.me.id {
             let read = ReadMessage {

@@ -27,6 +27,7 @@ pub mod healing;
 pub mod imap_authority;
 pub mod imap_conn;
 pub mod listeners;
+pub mod mail_transfer;
 pub mod maildrop;
 pub mod metrics;
 pub mod metrics_text;

@@ -89,12 +89,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bring a user's mail in from a Maildir (Maildir++ folders, Dovecot's flags and
+    /// keywords) or an mbox, through a running node; a second run stores nothing twice.
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
+        #[command(flatten)]
+        access: AdminAccess,
+    },
+    /// Take a user's mail out as a Maildir (folders as Maildir++, flags in the file names)
+    /// that Dovecot can serve; a second run writes only what is new.
+    Export {
+        #[command(subcommand)]
+        what: ExportCommand,
+        #[command(flatten)]
+        access: AdminAccess,
+    },
     /// Show a running node's state.
     Status {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         access: AdminAccess,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// A Maildir: its cur/ and new/ are INBOX, each .Folder.Sub/ is Folder/Sub.
+    Maildir {
+        dir: PathBuf,
+        #[arg(long)]
+        user: String,
+    },
+    /// An mbox file (mboxrd), into one folder.
+    Mbox {
+        file: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportCommand {
+    /// Into DIR (made if missing): INBOX in DIR, each folder in DIR/.Folder.Sub.
+    Maildir {
+        #[arg(long)]
+        user: String,
+        dir: PathBuf,
     },
 }
 
@@ -180,6 +224,8 @@ fn main() {
         Command::User { command, access } => user(command, &access),
         Command::ClusterKey { file } => cluster_key(&file),
         Command::Status { json, access } => status(json, &access),
+        Command::Import { what, access } => migrate_import(what, &access),
+        Command::Export { what, access } => migrate_export(what, &access),
         // 0 clean, 1 problems found, 2 could not check (as e2fsck tells them apart).
         Command::Fsck { dirs, json } => match porcupine_tools::fsck::run(&dirs, json) {
             Ok(code) => std::process::exit(code),
@@ -655,6 +701,41 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
     }
     if !(200..300).contains(&status) {
         bail!("the node answered {status}");
+    }
+    Ok(())
+}
+
+fn migrate_import(what: ImportCommand, access: &AdminAccess) -> Result<()> {
+    use porcupine_tools::migrate;
+    let admin = access.admin()?.with_timeout(Duration::from_secs(600));
+    let summary = match what {
+        ImportCommand::Maildir { dir, user } => {
+            migrate::import_maildir(&admin, &dir, &user.to_lowercase())?
+        }
+        ImportCommand::Mbox { file, user, folder } => {
+            migrate::import_mbox(&admin, &file, &user.to_lowercase(), &folder)?
+        }
+    };
+    println!("{}", summary.line("imported"));
+    if summary.failed > 0 {
+        bail!(
+            "{} messages were not imported (see above); run again to retry them",
+            summary.failed
+        );
+    }
+    Ok(())
+}
+
+fn migrate_export(what: ExportCommand, access: &AdminAccess) -> Result<()> {
+    let admin = access.admin()?.with_timeout(Duration::from_secs(600));
+    let ExportCommand::Maildir { user, dir } = what;
+    let summary = porcupine_tools::migrate::export_maildir(&admin, &user.to_lowercase(), &dir)?;
+    println!("{}", summary.line("exported"));
+    if summary.failed > 0 {
+        bail!(
+            "{} messages were not exported (see above); run again to retry them",
+            summary.failed
+        );
     }
     Ok(())
 }

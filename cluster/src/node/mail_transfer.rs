@@ -1,0 +1,198 @@
+//! Moving a user's mail in and out (`porcupine import` and `porcupine export`), through the
+//! user's IMAP authority like any client's APPEND and FETCH: the user's messages as a list
+//! (folder, UID, id, flags, date, size, holders), one message's bytes, and a message stored
+//! into a folder (made if missing) with its flags, date and an id the caller chose, so that a
+//! run repeated after an interruption finds what it stored already and stores nothing twice.
+
+use std::rc::Rc;
+
+use porcupine_protocols::imap::command::Flag;
+use serde::{Deserialize, Serialize};
+
+use super::core_context::CoreContext;
+use super::imap_authority;
+use super::imap_conn::{bits_of, flags_of, read};
+use crate::mailbox::{ImapAnswer, ImapOp};
+
+/// One message of the user, as export and import see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredMail {
+    pub folder: String,
+    pub uid: u32,
+    /// The message id, 32 hex digits.
+    pub id: String,
+    /// IMAP flags and keywords (`\Seen`, `$Forwarded`, …).
+    pub flags: Vec<String>,
+    /// INTERNALDATE, Unix seconds.
+    pub date: i64,
+    pub size: u64,
+    pub holders: Vec<u64>,
+}
+
+/// A message to store ([`store`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewMail {
+    pub user: String,
+    pub folder: String,
+    pub flags: Vec<String>,
+    /// INTERNALDATE, Unix seconds (0: now).
+    pub date: i64,
+    /// The message id, 32 hex digits: the same message imported again has the same one.
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("no user {0}")]
+    NoSuchUser(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "the user's mailbox could not be reached now (a node or a majority unreachable); try again"
+    )]
+    Unavailable,
+}
+
+async fn known_user(context: &Rc<CoreContext>, user: &str) -> Result<(), TransferError> {
+    match context.user_exists(user).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TransferError::NoSuchUser(user.to_owned())),
+        Err(_) => Err(TransferError::Unavailable),
+    }
+}
+
+/// Every message of `user`, folder by folder, in UID order.
+pub async fn list(context: &Rc<CoreContext>, user: &str) -> Result<Vec<StoredMail>, TransferError> {
+    known_user(context, user).await?;
+    let folders = match imap_authority::call(context, user, ImapOp::Folders).await {
+        ImapAnswer::Folders(folders) => folders,
+        _ => return Err(TransferError::Unavailable),
+    };
+    let mut out = Vec::new();
+    for (i, info) in folders.into_iter().enumerate() {
+        let op = ImapOp::Folder {
+            folder: info.name.clone(),
+            refresh: i == 0,
+        };
+        let folder = match imap_authority::call(context, user, op).await {
+            ImapAnswer::Folder(folder) => folder,
+            ImapAnswer::NoSuchMailbox => continue,
+            _ => return Err(TransferError::Unavailable),
+        };
+        for message in &folder.messages {
+            out.push(StoredMail {
+                folder: info.name.clone(),
+                uid: message.uid,
+                id: format!("{:032x}", message.id),
+                flags: flags_of(message)
+                    .iter()
+                    .map(|f| f.as_str().to_owned())
+                    .collect(),
+                date: message.date,
+                size: message.size,
+                holders: message.holders.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of message `id` (hex), read from one of `holders`.
+pub async fn fetch(
+    context: &Rc<CoreContext>,
+    user: &str,
+    id: &str,
+    holders: &[u64],
+) -> Result<Vec<u8>, TransferError> {
+    let id = parse_id(id)?;
+    read(context, user, id, holders)
+        .await
+        .ok_or(TransferError::Unavailable)
+}
+
+fn parse_id(id: &str) -> Result<u128, TransferError> {
+    if id.len() != 32 {
+        return Err(TransferError::Refused(format!(
+            "bad message id {id:?}: 32 hex digits"
+        )));
+    }
+    u128::from_str_radix(id, 16)
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| TransferError::Refused(format!("bad message id {id:?}: 32 hex digits")))
+}
+
+/// A flag as IMAP writes it: a system flag, or a keyword (an atom).
+fn parse_flag(text: &str) -> Result<Flag, TransferError> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "\\seen" => Flag::Seen,
+        "\\answered" => Flag::Answered,
+        "\\flagged" => Flag::Flagged,
+        "\\deleted" => Flag::Deleted,
+        "\\draft" => Flag::Draft,
+        _ if !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b)) =>
+        {
+            Flag::Keyword(text.to_owned())
+        }
+        _ => return Err(TransferError::Refused(format!("bad flag {text:?}"))),
+    })
+}
+
+/// Stores `message` as `mail` says, making its folder first if it does not exist; the
+/// folder's UIDVALIDITY and the message's UID.
+pub async fn store(
+    context: &Rc<CoreContext>,
+    mail: NewMail,
+    message: Vec<u8>,
+) -> Result<(u32, u32), TransferError> {
+    known_user(context, &mail.user).await?;
+    let id = parse_id(&mail.id)?;
+    let flags = mail
+        .flags
+        .iter()
+        .map(|f| parse_flag(f))
+        .collect::<Result<Vec<Flag>, _>>()?;
+    let (bits, keywords) = bits_of(&flags);
+    if message.len() > context.config.smtp_limits.message_bytes_max {
+        return Err(TransferError::Refused(format!(
+            "message of {} bytes, over --message-bytes-max",
+            message.len()
+        )));
+    }
+    for attempt in 0..2 {
+        let op = ImapOp::Append {
+            id,
+            folder: mail.folder.clone(),
+            flags: bits,
+            keywords: keywords.clone(),
+            date: mail.date,
+            message: message.clone(),
+        };
+        match imap_authority::call(context, &mail.user, op).await {
+            ImapAnswer::Placed { uid_validity, uid } => return Ok((uid_validity, uid)),
+            ImapAnswer::NoSuchMailbox if attempt == 0 => {
+                let create = ImapOp::Create {
+                    folder: mail.folder.clone(),
+                };
+                match imap_authority::call(context, &mail.user, create).await {
+                    ImapAnswer::Done | ImapAnswer::AlreadyExists => {}
+                    ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
+                    _ => return Err(TransferError::Unavailable),
+                }
+            }
+            ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
+            ImapAnswer::NoSuchMailbox => {
+                return Err(TransferError::Refused(format!(
+                    "folder {} could not be made",
+                    mail.folder
+                )))
+            }
+            _ => return Err(TransferError::Unavailable),
+        }
+    }
+    Err(TransferError::Unavailable)
+}
