@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use porcupine_cluster::admin_client::AdminClient;
-use porcupine_cluster::node::mail_transfer::{NewMail, StoredMail};
+use porcupine_cluster::node::mail_transfer::{
+    NewItem, NewMails, StoredMail, MANY_BYTES_MAX, MANY_MESSAGES_MAX,
+};
 
 /// What a run did.
 #[derive(Debug, Default)]
@@ -349,6 +351,46 @@ fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Stores one batch of messages of `folder`.
+fn send_batch(
+    admin: &AdminClient,
+    user: &str,
+    folder: &str,
+    batch: Vec<(NewItem, Vec<u8>)>,
+    summary: &mut Summary,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let count = batch.len() as u64;
+    let bytes: u64 = batch.iter().map(|(_, b)| b.len() as u64).sum();
+    let (items, contents): (Vec<NewItem>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+    let mails = NewMails {
+        user: user.to_owned(),
+        folder: folder.to_owned(),
+        items,
+    };
+    let mut body = serde_json::to_vec(&mails)?;
+    body.push(b'\n');
+    for content in contents {
+        body.extend_from_slice(&content);
+    }
+    let response = admin.request("POST", "/users/append-many", &body)?;
+    match response.status {
+        201 => {
+            summary.stored += count;
+            summary.bytes += bytes;
+        }
+        404 => bail!("{}", response.body.trim()),
+        _ => {
+            summary.failed += count;
+            bar.println(format!(
+                "{count} messages of {folder}: {}",
+                response.body.trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The user's messages as the node lists them.
 fn stored(admin: &AdminClient, user: &str) -> Result<Vec<StoredMail>> {
     let response = admin.request("POST", "/users/messages", user.as_bytes())?;
@@ -366,6 +408,11 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
         ..Summary::default()
     };
     let bar = progress(found.len() as u64, "importing");
+    // Messages go in batches of one folder, stored together on the node (their writes share
+    // group commits), in the order found.
+    let mut batch: Vec<(NewItem, Vec<u8>)> = Vec::new();
+    let mut batch_folder = String::new();
+    let mut batch_bytes = 0usize;
     for message in found {
         bar.inc(1);
         let id = format!("{:032x}", message.id);
@@ -379,33 +426,35 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
             }
         };
-        let mail = NewMail {
-            user: user.to_owned(),
-            folder: message.folder.clone(),
-            flags: message.flags,
-            date: message.date,
-            id,
-        };
-        let mut body = serde_json::to_vec(&mail)?;
-        body.push(b'\n');
-        body.extend_from_slice(&bytes);
-        let response = admin.request("POST", "/users/append", &body)?;
-        match response.status {
-            201 => {
-                summary.stored += 1;
-                summary.bytes += bytes.len() as u64;
-            }
-            404 => bail!("{}", response.body.trim()),
-            _ => {
-                summary.failed += 1;
-                bar.println(format!(
-                    "{} in {}: {}",
-                    mail.id,
-                    message.folder,
-                    response.body.trim()
-                ));
-            }
+        if !batch.is_empty()
+            && (message.folder != batch_folder
+                || batch.len() >= MANY_MESSAGES_MAX
+                || batch_bytes + bytes.len() > MANY_BYTES_MAX)
+        {
+            send_batch(
+                admin,
+                user,
+                &batch_folder,
+                std::mem::take(&mut batch),
+                &mut summary,
+                &bar,
+            )?;
+            batch_bytes = 0;
         }
+        batch_folder = message.folder;
+        batch_bytes += bytes.len();
+        batch.push((
+            NewItem {
+                flags: message.flags,
+                date: message.date,
+                id,
+                len: bytes.len(),
+            },
+            bytes,
+        ));
+    }
+    if !batch.is_empty() {
+        send_batch(admin, user, &batch_folder, batch, &mut summary, &bar)?;
     }
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();

@@ -847,6 +847,16 @@ pub struct WireCounts {
     pub deleted: u32,
 }
 
+/// One message of [`ImapOp::AppendMany`], as [`ImapOp::Append`] carries one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub id: u128,
+    pub flags: u32,
+    pub keywords: Vec<String>,
+    pub date: i64,
+    pub message: Vec<u8>,
+}
+
 /// What a session asks of the authority.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ImapOp {
@@ -884,6 +894,12 @@ pub enum ImapOp {
         date: i64,
         #[serde(with = "serde_bytes")]
         message: Vec<u8>,
+    },
+    /// Several APPENDs into one folder, stored together so their writes share group commits
+    /// (an import): answered `PlacedMany`, the UIDs in the order given.
+    AppendMany {
+        folder: String,
+        messages: Vec<NewMessage>,
     },
     /// Copy (or move) UIDs of `from` into `to`: answered `Copied`.
     Copy {
@@ -924,6 +940,10 @@ pub enum ImapAnswer {
     Placed {
         uid_validity: u32,
         uid: u32,
+    },
+    PlacedMany {
+        uid_validity: u32,
+        uids: Vec<u32>,
     },
     Copied {
         uid_validity: u32,

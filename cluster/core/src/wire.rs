@@ -7,7 +7,7 @@
 //! | offset | size | field         | meaning                                                      |
 //! |-------:|-----:|---------------|--------------------------------------------------------------|
 //! | 0      | 4    | `magic`       | `0x5043_4c55` (`"ULCP"` on the wire)                          |
-//! | 4      | 1    | `version`     | frame format version, currently 11; other versions are refused |
+//! | 4      | 1    | `version`     | frame format version, currently 12; other versions are refused |
 //! | 5      | 1    | `kind`        | [`FrameKind`]: request, reply or one-way                      |
 //! | 6      | 2    | `flags`       | zero                                                         |
 //! | 8      | 4    | `payload_len` | bytes after the header, at most [`PAYLOAD_BYTES_MAX`]         |
@@ -27,7 +27,8 @@
 //! version 9 the epoch a peer is in (`CurrentEpoch`: a maildrop's view confirmed by a majority);
 //! version 10 listings carry each message's delivery time and IMAP state, and the calls of
 //! the IMAP authority (`FileMessages`, `UserFragments`, `ImapRequest`); version 11 a folder's
-//! count of `\Deleted` messages in the IMAP authority's counts (IMAP4rev2's STATUS DELETED).
+//! count of `\Deleted` messages in the IMAP authority's counts (IMAP4rev2's STATUS DELETED);
+//! version 12 several APPENDs in one call (`AppendMany`, for imports).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,7 +36,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 11;
+pub const FRAME_VERSION: u8 = 12;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -279,8 +280,8 @@ mod tests {
             // manager's state; 4 listed messages without their replica sets; 5 answered with
             // tagged bodies; 6 knew no anti-entropy; 7 stored without the nodes an earlier
             // attempt may have left a copy on; 8 could not confirm a view; 9 listed no IMAP
-            // state and knew no IMAP authority; 10 counted no deleted messages: each is
-            // refused, never misread.
+            // state and knew no IMAP authority; 10 counted no deleted messages; 11 knew no
+            // AppendMany: each is refused, never misread.
             bytes[4] = old;
             assert_eq!(
                 decode_frame::<Request>(&bytes).unwrap_err(),

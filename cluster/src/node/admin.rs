@@ -306,6 +306,22 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
                 )
             })
         }
+        ("POST", "/users/append-many") => {
+            // A JSON line (`NewMails`), then the messages' bytes one after another.
+            let Some(at) = request.body.iter().position(|&b| b == b'\n') else {
+                return text(400, "expected a JSON line, then the messages\n");
+            };
+            let mails: super::mail_transfer::NewMails =
+                match serde_json::from_slice(&request.body[..at]) {
+                    Ok(mails) => mails,
+                    Err(e) => return text(400, format!("bad request line: {e}\n")),
+                };
+            let stored =
+                super::mail_transfer::store_many(context, mails, &request.body[at + 1..]).await;
+            transfer_answer(stored, |uids| {
+                json(201, &serde_json::json!({ "uids": uids }))
+            })
+        }
         ("POST", "/users/show") => {
             let email = String::from_utf8_lossy(&request.body).trim().to_lowercase();
             match super::user_usage::usage(context, &email).await {

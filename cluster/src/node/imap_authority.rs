@@ -391,6 +391,80 @@ async fn run(
                 Err(error) => error.into(),
             }
         }
+        ImapOp::AppendMany { folder, messages } => {
+            if with(authority, |boxes| boxes.folder_view(&folder).is_err()) {
+                return Ok(ImapAnswer::NoSuchMailbox);
+            }
+            let mut bits = Vec::with_capacity(messages.len());
+            for m in &messages {
+                match with(authority, |boxes| boxes.flag_bits(m.flags, &m.keywords)) {
+                    Some(b) => bits.push(b),
+                    None => return Ok(ImapAnswer::NotAllowed("too many keywords".into())),
+                }
+            }
+            for m in &messages {
+                with(authority, |boxes| boxes.expect(m.id));
+            }
+            // Every copy is written at once: the writes share the shards' group commits.
+            let tasks: Vec<_> = messages
+                .iter()
+                .map(|m| {
+                    let (context, user, id) = (context.clone(), user.to_owned(), m.id);
+                    let message = Arc::new(m.message.clone());
+                    glommio::spawn_local(async move {
+                        super::delivery::deliver_to_holders(&context, &user, id, message).await
+                    })
+                })
+                .collect();
+            let mut stored = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                stored.push(task.await);
+            }
+            if stored.iter().any(Result::is_err) {
+                for m in &messages {
+                    with(authority, |boxes| boxes.unexpect(m.id));
+                }
+                return Err(Unavailable);
+            }
+            let mut persist_all = Vec::new();
+            let mut uids = Vec::with_capacity(messages.len());
+            let mut validity = 0;
+            for ((m, holders), bits) in messages.iter().zip(stored).zip(bits) {
+                let holders = holders.map_err(|_| Unavailable)?;
+                let placed = with(authority, |boxes| {
+                    boxes.place(
+                        &folder,
+                        Listed {
+                            id: m.id,
+                            size: m.message.len() as u64,
+                            delivered: now_secs() as i64,
+                            holders,
+                            meta: None,
+                            listed_by: None,
+                        },
+                        bits,
+                        m.date,
+                    )
+                });
+                match placed {
+                    Ok((uid_validity, uid, persist)) => {
+                        validity = uid_validity;
+                        uids.push(uid);
+                        persist_all.extend(persist);
+                    }
+                    Err(error) => {
+                        execute(context, user, persist_all).await?;
+                        return Ok(error.into());
+                    }
+                }
+            }
+            // Every filing goes to each holder in one call.
+            execute(context, user, persist_all).await?;
+            ImapAnswer::PlacedMany {
+                uid_validity: validity,
+                uids,
+            }
+        }
         ImapOp::Append {
             id,
             folder,

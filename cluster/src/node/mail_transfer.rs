@@ -41,6 +41,27 @@ pub struct NewMail {
     pub id: String,
 }
 
+/// Several messages for one folder ([`store_many`]): each one's flags, date, id and length;
+/// their bytes follow the request line, one after another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewMails {
+    pub user: String,
+    pub folder: String,
+    pub items: Vec<NewItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewItem {
+    pub flags: Vec<String>,
+    pub date: i64,
+    pub id: String,
+    pub len: usize,
+}
+
+/// Most messages of one [`store_many`] call, and most bytes (it travels in one frame).
+pub const MANY_MESSAGES_MAX: usize = 256;
+pub const MANY_BYTES_MAX: usize = 16 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     #[error("no user {0}")]
@@ -140,6 +161,78 @@ fn parse_flag(text: &str) -> Result<Flag, TransferError> {
         }
         _ => return Err(TransferError::Refused(format!("bad flag {text:?}"))),
     })
+}
+
+/// Stores several messages into one folder (made if missing) together, their writes sharing
+/// group commits; their UIDs in order.
+pub async fn store_many(
+    context: &Rc<CoreContext>,
+    mails: NewMails,
+    bytes: &[u8],
+) -> Result<Vec<u32>, TransferError> {
+    known_user(context, &mails.user).await?;
+    if mails.items.len() > MANY_MESSAGES_MAX || bytes.len() > MANY_BYTES_MAX {
+        return Err(TransferError::Refused(format!(
+            "at most {MANY_MESSAGES_MAX} messages and {MANY_BYTES_MAX} bytes per call"
+        )));
+    }
+    let mut messages = Vec::with_capacity(mails.items.len());
+    let mut at = 0usize;
+    for item in &mails.items {
+        let end = at
+            .checked_add(item.len)
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(|| {
+                TransferError::Refused("the messages are shorter than their lengths say".into())
+            })?;
+        if item.len > context.config.smtp_limits.message_bytes_max {
+            return Err(TransferError::Refused(format!(
+                "message {} of {} bytes, over --message-bytes-max",
+                item.id, item.len
+            )));
+        }
+        let flags = item
+            .flags
+            .iter()
+            .map(|f| parse_flag(f))
+            .collect::<Result<Vec<Flag>, _>>()?;
+        let (bits, keywords) = bits_of(&flags);
+        messages.push(crate::mailbox::NewMessage {
+            id: parse_id(&item.id)?,
+            flags: bits,
+            keywords,
+            date: item.date,
+            message: bytes[at..end].to_vec(),
+        });
+        at = end;
+    }
+    if at != bytes.len() {
+        return Err(TransferError::Refused(
+            "bytes left after the last message".into(),
+        ));
+    }
+    for attempt in 0..2 {
+        let op = ImapOp::AppendMany {
+            folder: mails.folder.clone(),
+            messages: messages.clone(),
+        };
+        match imap_authority::call(context, &mails.user, op).await {
+            ImapAnswer::PlacedMany { uids, .. } => return Ok(uids),
+            ImapAnswer::NoSuchMailbox if attempt == 0 => {
+                let create = ImapOp::Create {
+                    folder: mails.folder.clone(),
+                };
+                match imap_authority::call(context, &mails.user, create).await {
+                    ImapAnswer::Done | ImapAnswer::AlreadyExists => {}
+                    ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
+                    _ => return Err(TransferError::Unavailable),
+                }
+            }
+            ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
+            _ => return Err(TransferError::Unavailable),
+        }
+    }
+    Err(TransferError::Unavailable)
 }
 
 /// Stores `message` as `mail` says, making its folder first if it does not exist; the
