@@ -168,7 +168,17 @@ fn porcupine_rate(bins: &Bins, run: &Run, source: &Path) -> Result<(f64, String)
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((seconds, text))
+    // Counted back through the user's IMAP view: every message is there.
+    let shown = Command::new(&bins.porcupine)
+        .args(["user", "show", USER, "--json"])
+        .args(&admin_args)
+        .output()?;
+    let usage: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .with_context(|| format!("user show: {}", String::from_utf8_lossy(&shown.stdout)))?;
+    Ok((
+        seconds,
+        format!("{text}; user show counts {} messages", usage["messages"]),
+    ))
 }
 
 fn dovecot_rate(run: &Run, source: &Path) -> Result<f64> {
@@ -295,6 +305,9 @@ fn main() -> Result<()> {
     );
     let result = (|| -> Result<()> {
         let (porcupine_s, summary) = porcupine_rate(&bins, &run, &source)?;
+        if !summary.contains(&format!("counts {} messages", args.messages)) {
+            bail!("porcupine does not hold every message: {summary}");
+        }
         let porcupine = args.messages as f64 / porcupine_s;
         println!(
             "porcupine import maildir: {porcupine_s:.1} s, {porcupine:.0} messages/s ({summary})"
