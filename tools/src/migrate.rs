@@ -402,7 +402,13 @@ fn stored(admin: &AdminClient, user: &str) -> Result<Vec<StoredMail>> {
 
 fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) -> Result<Summary> {
     let started = Instant::now();
-    let present: HashSet<String> = stored(admin, user)?.into_iter().map(|m| m.id).collect();
+    // Where each id is now. A message found only in INBOX while it belongs elsewhere is one a
+    // failed batch wrote but never filed (the node lists such copies as new mail): it is
+    // stored again, into its folder. Anywhere else it is where the last run put it.
+    let present: std::collections::HashMap<String, String> = stored(admin, user)?
+        .into_iter()
+        .map(|m| (m.id, m.folder))
+        .collect();
     let mut summary = Summary {
         folders,
         ..Summary::default()
@@ -416,9 +422,12 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
     for message in found {
         bar.inc(1);
         let id = format!("{:032x}", message.id);
-        if present.contains(&id) {
-            summary.skipped += 1;
-            continue;
+        match present.get(&id) {
+            Some(folder) if folder != "INBOX" || message.folder == "INBOX" => {
+                summary.skipped += 1;
+                continue;
+            }
+            _ => {}
         }
         let bytes = match message.source {
             Source::Bytes(bytes) => bytes,
