@@ -1,4 +1,5 @@
-//! `porcupine`: the mail node (`serve`) and its administration (`user`, `status`).
+//! `porcupine`: the mail node (`serve`) and its administration (`user`, `status`, `import`,
+//! `export`, `fsck`, `cluster-key`).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -67,7 +68,8 @@ fn init_logging(flag: Option<LogFormat>) -> Result<()> {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a node: SMTP, POP3 and the admin endpoint, on every core, until SIGTERM/SIGINT.
+    /// Run a node: SMTP, LMTP, POP3, IMAP and the admin endpoint, on every core, until
+    /// SIGTERM/SIGINT.
     Serve(Box<ServeArgs>),
     /// Manage users on a running node.
     User {
