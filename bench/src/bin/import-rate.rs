@@ -79,19 +79,6 @@ fn make_maildir(root: &Path, messages: usize, size: usize) -> Result<u64> {
     Ok(bytes)
 }
 
-fn user_ids(user: &str) -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&user))
-                .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
-                .flatten()
-        })
-        .with_context(|| format!("no user {user} in /etc/passwd"))
-}
-
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     if path.is_dir() {
@@ -182,7 +169,7 @@ fn porcupine_rate(bins: &Bins, run: &Run, source: &Path) -> Result<(f64, String)
 }
 
 fn dovecot_rate(run: &Run, source: &Path) -> Result<f64> {
-    let (uid, gid) = user_ids("nobody")?;
+    let (uid, gid) = porcupine_bench::peers::mail_owner()?;
     let base = run.dir().join("dovecot");
     let mail = base.join("mail");
     for dir in [&base, &mail, &base.join("run"), &base.join("state")] {

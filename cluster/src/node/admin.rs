@@ -286,26 +286,6 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
                 body: bytes,
             })
         }
-        ("POST", "/users/append") => {
-            // A JSON line (`NewMail`), then the message's bytes.
-            let split = request.body.iter().position(|&b| b == b'\n');
-            let Some(at) = split else {
-                return text(400, "expected a JSON line, then the message\n");
-            };
-            let mail: super::mail_transfer::NewMail =
-                match serde_json::from_slice(&request.body[..at]) {
-                    Ok(mail) => mail,
-                    Err(e) => return text(400, format!("bad request line: {e}\n")),
-                };
-            let message = request.body[at + 1..].to_vec();
-            let stored = super::mail_transfer::store(context, mail, message).await;
-            transfer_answer(stored, |(uid_validity, uid)| {
-                json(
-                    201,
-                    &serde_json::json!({ "uid_validity": uid_validity, "uid": uid }),
-                )
-            })
-        }
         ("POST", "/users/append-many") => {
             // A JSON line (`NewMails`), then the messages' bytes one after another.
             let Some(at) = request.body.iter().position(|&b| b == b'\n') else {
@@ -780,12 +760,13 @@ async fn metrics(context: &CoreContext) -> String {
             .collect(),
         ..Figures::default()
     };
+    let replies = m.smtp_replies();
     figures.labeled_counters.push((
         ("porcupine_smtp_replies", "SMTP and LMTP replies by code"),
         "code",
-        m.smtp_replies()
-            .into_iter()
-            .map(|(code, n)| (code.to_string(), n))
+        replies
+            .iter()
+            .map(|(code, n)| (code.to_string(), *n))
             .collect(),
     ));
     let sessions = [
@@ -806,9 +787,8 @@ async fn metrics(context: &CoreContext) -> String {
             .collect(),
     ));
     // SMTP and LMTP errors are their 4xx and 5xx replies; POP3's -ERR; IMAP's NO and BAD.
-    let smtp_errors: u64 = m
-        .smtp_replies()
-        .into_iter()
+    let smtp_errors: u64 = replies
+        .iter()
         .filter(|(code, _)| *code >= 400)
         .map(|(_, n)| n)
         .sum();

@@ -20,6 +20,7 @@ use super::core_context::CoreContext;
 use super::delivery::{PATIENCE, RETRY_PAUSE};
 use crate::mailbox::{
     FlagChange, ImapAnswer, ImapOp, Listed, MailboxProfile, Mailboxes, MessageMeta, Persist,
+    WireFolder, WireFolderInfo,
 };
 use crate::membership::{Epoch, NodeId};
 use crate::rpc::{
@@ -121,6 +122,31 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Every folder of the user with its messages, after one fresh listing of the copies (what
+/// `user show` and export read); `None` if the authority could not answer.
+pub async fn every_folder(
+    context: &Rc<CoreContext>,
+    user: &str,
+) -> Option<Vec<(WireFolderInfo, WireFolder)>> {
+    let ImapAnswer::Folders(infos) = call(context, user, ImapOp::Folders).await else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(infos.len());
+    for (i, info) in infos.into_iter().enumerate() {
+        let op = ImapOp::Folder {
+            folder: info.name.clone(),
+            refresh: i == 0,
+        };
+        match call(context, user, op).await {
+            ImapAnswer::Folder(folder) => out.push((info, folder)),
+            // Deleted since it was listed.
+            ImapAnswer::NoSuchMailbox => {}
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Runs `op` at the user's authority, wherever it is.

@@ -1,8 +1,8 @@
 //! Moving a user's mail in and out (`porcupine import` and `porcupine export`), through the
 //! user's IMAP authority like any client's APPEND and FETCH: the user's messages as a list
-//! (folder, UID, id, flags, date, size, holders), one message's bytes, and a message stored
-//! into a folder (made if missing) with its flags, date and an id the caller chose, so that a
-//! run repeated after an interruption finds what it stored already and stores nothing twice.
+//! (folder, UID, id, flags, date, size, holders), one message's bytes, and a folder's messages
+//! stored together (the folder made if missing), each with its flags, date and an id the
+//! caller chose, so a run repeated after an interruption stores nothing twice.
 
 use std::rc::Rc;
 
@@ -27,18 +27,6 @@ pub struct StoredMail {
     pub date: i64,
     pub size: u64,
     pub holders: Vec<u64>,
-}
-
-/// A message to store ([`store`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NewMail {
-    pub user: String,
-    pub folder: String,
-    pub flags: Vec<String>,
-    /// INTERNALDATE, Unix seconds (0: now).
-    pub date: i64,
-    /// The message id, 32 hex digits: the same message imported again has the same one.
-    pub id: String,
 }
 
 /// Several messages for one folder ([`store_many`]): each one's flags, date, id and length;
@@ -85,21 +73,11 @@ async fn known_user(context: &Rc<CoreContext>, user: &str) -> Result<(), Transfe
 /// Every message of `user`, folder by folder, in UID order.
 pub async fn list(context: &Rc<CoreContext>, user: &str) -> Result<Vec<StoredMail>, TransferError> {
     known_user(context, user).await?;
-    let folders = match imap_authority::call(context, user, ImapOp::Folders).await {
-        ImapAnswer::Folders(folders) => folders,
-        _ => return Err(TransferError::Unavailable),
-    };
+    let folders = imap_authority::every_folder(context, user)
+        .await
+        .ok_or(TransferError::Unavailable)?;
     let mut out = Vec::new();
-    for (i, info) in folders.into_iter().enumerate() {
-        let op = ImapOp::Folder {
-            folder: info.name.clone(),
-            refresh: i == 0,
-        };
-        let folder = match imap_authority::call(context, user, op).await {
-            ImapAnswer::Folder(folder) => folder,
-            ImapAnswer::NoSuchMailbox => continue,
-            _ => return Err(TransferError::Unavailable),
-        };
+    for (info, folder) in folders {
         for message in &folder.messages {
             out.push(StoredMail {
                 folder: info.name.clone(),
@@ -143,24 +121,11 @@ fn parse_id(id: &str) -> Result<u128, TransferError> {
         .ok_or_else(|| TransferError::Refused(format!("bad message id {id:?}: 32 hex digits")))
 }
 
-/// A flag as IMAP writes it: a system flag, or a keyword (an atom).
+/// A flag as IMAP writes it (the IMAP parser's rule): a system flag, or a keyword.
 fn parse_flag(text: &str) -> Result<Flag, TransferError> {
-    Ok(match text.to_ascii_lowercase().as_str() {
-        "\\seen" => Flag::Seen,
-        "\\answered" => Flag::Answered,
-        "\\flagged" => Flag::Flagged,
-        "\\deleted" => Flag::Deleted,
-        "\\draft" => Flag::Draft,
-        _ if !text.is_empty()
-            && text.len() <= 64
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b)) =>
-        {
-            Flag::Keyword(text.to_owned())
-        }
-        _ => return Err(TransferError::Refused(format!("bad flag {text:?}"))),
-    })
+    porcupine_protocols::imap::parser::parse_flag(text)
+        .filter(|flag| *flag != Flag::Recent)
+        .ok_or_else(|| TransferError::Refused(format!("bad flag {text:?}")))
 }
 
 /// Stores several messages into one folder (made if missing) together, their writes sharing
@@ -229,61 +194,6 @@ pub async fn store_many(
                 }
             }
             ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
-            _ => return Err(TransferError::Unavailable),
-        }
-    }
-    Err(TransferError::Unavailable)
-}
-
-/// Stores `message` as `mail` says, making its folder first if it does not exist; the
-/// folder's UIDVALIDITY and the message's UID.
-pub async fn store(
-    context: &Rc<CoreContext>,
-    mail: NewMail,
-    message: Vec<u8>,
-) -> Result<(u32, u32), TransferError> {
-    known_user(context, &mail.user).await?;
-    let id = parse_id(&mail.id)?;
-    let flags = mail
-        .flags
-        .iter()
-        .map(|f| parse_flag(f))
-        .collect::<Result<Vec<Flag>, _>>()?;
-    let (bits, keywords) = bits_of(&flags);
-    if message.len() > context.config.smtp_limits.message_bytes_max {
-        return Err(TransferError::Refused(format!(
-            "message of {} bytes, over --message-bytes-max",
-            message.len()
-        )));
-    }
-    for attempt in 0..2 {
-        let op = ImapOp::Append {
-            id,
-            folder: mail.folder.clone(),
-            flags: bits,
-            keywords: keywords.clone(),
-            date: mail.date,
-            message: message.clone(),
-        };
-        match imap_authority::call(context, &mail.user, op).await {
-            ImapAnswer::Placed { uid_validity, uid } => return Ok((uid_validity, uid)),
-            ImapAnswer::NoSuchMailbox if attempt == 0 => {
-                let create = ImapOp::Create {
-                    folder: mail.folder.clone(),
-                };
-                match imap_authority::call(context, &mail.user, create).await {
-                    ImapAnswer::Done | ImapAnswer::AlreadyExists => {}
-                    ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
-                    _ => return Err(TransferError::Unavailable),
-                }
-            }
-            ImapAnswer::NotAllowed(why) => return Err(TransferError::Refused(why)),
-            ImapAnswer::NoSuchMailbox => {
-                return Err(TransferError::Refused(format!(
-                    "folder {} could not be made",
-                    mail.folder
-                )))
-            }
             _ => return Err(TransferError::Unavailable),
         }
     }

@@ -77,9 +77,8 @@ pub async fn serve(
                     session.recipient_checked(check, &mut out);
                 }
                 Step::Deliver(envelope) => {
-                    let recipients = envelope.recipients.clone();
-                    let outcomes = deliver(&context, &peer, dialect, envelope).await;
-                    session.delivered_each(&recipients, &outcomes, &mut out);
+                    let outcomes = deliver(&context, &peer, dialect, &envelope).await;
+                    session.delivered_each(&envelope.recipients, &outcomes, &mut out);
                     let _ = context
                         .transfer
                         .cover(&mut reserved, session.buffered_bytes());
@@ -149,7 +148,7 @@ async fn deliver(
     context: &Rc<CoreContext>,
     peer: &str,
     dialect: Dialect,
-    envelope: porcupine_protocols::smtp::Envelope,
+    envelope: &porcupine_protocols::smtp::Envelope,
 ) -> Vec<DeliveryOutcome> {
     let id = context.new_message_id();
     let id_text = format!("{id:032x}");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::mailbox::{ImapAnswer, ImapOp, SEEN};
+use crate::mailbox::SEEN;
 use serde::{Deserialize, Serialize};
 
 use super::core_context::CoreContext;
@@ -56,10 +56,9 @@ pub async fn usage(context: &Rc<CoreContext>, user: &str) -> Result<UserUsage, U
         Ok(false) => return Err(UsageError::NoSuchUser(user.to_owned())),
         Err(_) => return Err(UsageError::Unavailable),
     }
-    let folders = match imap_authority::call(context, user, ImapOp::Folders).await {
-        ImapAnswer::Folders(folders) => folders,
-        _ => return Err(UsageError::Unavailable),
-    };
+    let folders = imap_authority::every_folder(context, user)
+        .await
+        .ok_or(UsageError::Unavailable)?;
     let members: BTreeMap<u64, String> = context
         .cluster
         .view
@@ -76,17 +75,7 @@ pub async fn usage(context: &Rc<CoreContext>, user: &str) -> Result<UserUsage, U
         nodes: Vec::new(),
     };
     let mut nodes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for (i, info) in folders.into_iter().enumerate() {
-        let op = ImapOp::Folder {
-            folder: info.name.clone(),
-            // One fresh listing of the copies is enough for every folder.
-            refresh: i == 0,
-        };
-        let folder = match imap_authority::call(context, user, op).await {
-            ImapAnswer::Folder(folder) => folder,
-            ImapAnswer::NoSuchMailbox => continue,
-            _ => return Err(UsageError::Unavailable),
-        };
+    for (info, folder) in folders {
         let mut usage = FolderUsage {
             name: info.name,
             special_use: info.special_use,

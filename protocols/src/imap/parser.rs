@@ -312,6 +312,18 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// One flag as IMAP writes it (`\Seen`, `$Forwarded`), nothing around it; `None` if it is
+/// not one.
+pub fn parse_flag(text: &str) -> Option<Flag> {
+    let mut c = Cursor {
+        bytes: text.as_bytes(),
+        at: 0,
+        depth: 0,
+    };
+    let flag = c.flag().ok()?;
+    (c.at == text.len()).then_some(flag)
+}
+
 /// Days since the Unix epoch of `d-Mon-yyyy`.
 pub fn parse_day(text: &str) -> Option<i64> {
     let mut parts = text.split('-');

@@ -951,7 +951,8 @@ impl ImapSession {
     ) -> Option<Step> {
         use Command as C;
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
-        let command = self.expand_saved(command);
+        let mut command = command;
+        self.expand_saved(&mut command);
         match command {
             C::Close | C::Unselect => {
                 self.saved.clear();
@@ -1179,107 +1180,59 @@ impl ImapSession {
             .collect()
     }
 
-    /// The command with `$` replaced by the saved search result (as UIDs or message
+    /// Replaces `$` in the command's sets by the saved search result (as UIDs or message
     /// numbers, as the command counts).
-    fn expand_saved(&self, command: Command) -> Command {
-        let expand = |set: SequenceSet, uid: bool| -> SequenceSet {
-            if !set.is_saved() {
-                return set;
-            }
-            let Some(selected) = &self.selected else {
-                return SequenceSet(Vec::new());
-            };
-            let values: Vec<u32> = if uid {
-                self.saved.clone()
-            } else {
-                selected
-                    .messages
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| self.saved.binary_search(&m.uid).is_ok())
-                    .map(|(i, _)| i as u32 + 1)
-                    .collect()
-            };
-            SequenceSet(
-                uid_ranges(&values)
-                    .into_iter()
-                    .filter_map(|(a, b)| {
-                        Some((
-                            SeqNum::Value(std::num::NonZeroU32::new(a)?),
-                            SeqNum::Value(std::num::NonZeroU32::new(b)?),
-                        ))
-                    })
-                    .collect(),
-            )
-        };
-        fn expand_key(
-            key: SearchKey,
-            expand: &dyn Fn(SequenceSet, bool) -> SequenceSet,
-        ) -> SearchKey {
-            match key {
-                SearchKey::Sequence(set) => SearchKey::Sequence(expand(set, false)),
-                SearchKey::Uid(set) => SearchKey::Uid(expand(set, true)),
-                SearchKey::And(keys) => {
-                    SearchKey::And(keys.into_iter().map(|k| expand_key(k, expand)).collect())
-                }
-                SearchKey::Or(a, b) => SearchKey::Or(
-                    Box::new(expand_key(*a, expand)),
-                    Box::new(expand_key(*b, expand)),
-                ),
-                SearchKey::Not(k) => SearchKey::Not(Box::new(expand_key(*k, expand))),
-                other => other,
-            }
-        }
+    fn expand_saved(&self, command: &mut Command) {
         match command {
-            Command::Fetch {
-                uid,
-                set,
-                items,
-                changed_since,
-                vanished,
-            } => Command::Fetch {
-                uid,
-                set: expand(set, uid),
-                items,
-                changed_since,
-                vanished,
-            },
-            Command::Store {
-                uid,
-                set,
-                action,
-                silent,
-                flags,
-                unchanged_since,
-            } => Command::Store {
-                uid,
-                set: expand(set, uid),
-                action,
-                silent,
-                flags,
-                unchanged_since,
-            },
-            Command::Copy {
-                uid,
-                set,
-                mailbox,
-                moving,
-            } => Command::Copy {
-                uid,
-                set: expand(set, uid),
-                mailbox,
-                moving,
-            },
-            Command::Expunge { uids: Some(set) } => Command::Expunge {
-                uids: Some(expand(set, true)),
-            },
-            Command::Search { uid, key, esearch } => Command::Search {
-                uid,
-                key: expand_key(key, &expand),
-                esearch,
-            },
-            other => other,
+            Command::Fetch { uid, set, .. }
+            | Command::Store { uid, set, .. }
+            | Command::Copy { uid, set, .. } => self.expand_set(set, *uid),
+            Command::Expunge { uids: Some(set) } => self.expand_set(set, true),
+            Command::Search { key, .. } => self.expand_key(key),
+            _ => {}
         }
+    }
+
+    fn expand_key(&self, key: &mut SearchKey) {
+        match key {
+            SearchKey::Sequence(set) => self.expand_set(set, false),
+            SearchKey::Uid(set) => self.expand_set(set, true),
+            SearchKey::And(keys) => keys.iter_mut().for_each(|k| self.expand_key(k)),
+            SearchKey::Or(a, b) => {
+                self.expand_key(a);
+                self.expand_key(b);
+            }
+            SearchKey::Not(k) => self.expand_key(k),
+            _ => {}
+        }
+    }
+
+    fn expand_set(&self, set: &mut SequenceSet, uid: bool) {
+        if !set.is_saved() {
+            return;
+        }
+        let values: Vec<u32> = match (&self.selected, uid) {
+            (None, _) => Vec::new(),
+            (Some(_), true) => self.saved.clone(),
+            (Some(selected), false) => selected
+                .messages
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| self.saved.binary_search(&m.uid).is_ok())
+                .map(|(i, _)| i as u32 + 1)
+                .collect(),
+        };
+        *set = SequenceSet(
+            uid_ranges(&values)
+                .into_iter()
+                .filter_map(|(a, b)| {
+                    Some((
+                        SeqNum::Value(std::num::NonZeroU32::new(a)?),
+                        SeqNum::Value(std::num::NonZeroU32::new(b)?),
+                    ))
+                })
+                .collect(),
+        );
     }
 
     /// The UIDs of `set` (a UID set; `*` up to UIDNEXT - 1) not in the mailbox now.
@@ -2179,8 +2132,8 @@ fn list_lines(
         let descendants = || folders.iter().filter(|f| f.name.starts_with(&prefix));
         let mut attrs: Vec<&str> = Vec::new();
         let mut child_info = None;
-        if *exists && qualifies(folder) {
-        } else if selection.recursive_match && descendants().any(qualifies) {
+        let listed_itself = *exists && qualifies(folder);
+        if !listed_itself && selection.recursive_match && descendants().any(qualifies) {
             // RFC 5258 3.5: listed for a descendant that qualifies.
             child_info = Some(if selection.subscribed_only {
                 "SUBSCRIBED"
@@ -2190,14 +2143,15 @@ fn list_lines(
             if !exists {
                 attrs.push("\\NonExistent");
             }
-        } else if !exists
+        } else if !listed_itself
+            && !exists
             && !selection.subscribed_only
             && !selection.special_use
             && !descendants().any(|f| matches(&f.name))
         {
             // RFC 3501 6.3.8: a parent whose children the pattern hides.
             attrs.push("\\Noselect");
-        } else {
+        } else if !listed_itself {
             continue;
         }
         attrs.push(if descendants().next().is_some() {
