@@ -90,8 +90,90 @@ pub struct ProfileEntry {
     pub body_len: u32,
 }
 
-/// One user's messages, by id: O(1) put, lookup and delete however large the mailbox grows.
-type Mailbox = HashMap<u128, MessageEntry>;
+impl ProfileEntry {
+    /// An empty profile is a removed user's tombstone: it replaces the profile everywhere (the
+    /// newest update wins), so the user is gone on every node and an older copy that comes
+    /// back later loses to it.
+    pub fn is_removed(&self) -> bool {
+        self.body_len == 0
+    }
+}
+
+/// One user's messages, by id (O(1) put, lookup and delete however large the mailbox grows),
+/// and what they add up to.
+#[derive(Debug, Default)]
+struct Mailbox {
+    messages: HashMap<u128, MessageEntry>,
+    usage: Vec<Usage>,
+}
+
+/// The messages of one user here that share one replica set, added up (a quota's usage is
+/// told from these without reading the mailbox: every holder of a set counts the same
+/// messages, so across nodes each set is counted once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// The replica set, its nodes in ascending order (empty: not replicated).
+    pub replicas: ReplicaSet,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// A replica set in the order [`Usage`] keys it by.
+fn usage_key(replicas: ReplicaSet) -> ReplicaSet {
+    let mut nodes = [0u32; crate::record::REPLICAS_MAX];
+    let slice = replicas.as_slice();
+    nodes[..slice.len()].copy_from_slice(slice);
+    nodes[..slice.len()].sort_unstable();
+    ReplicaSet::new(nodes[..slice.len()].iter().copied())
+}
+
+impl Mailbox {
+    fn count(&mut self, entry: &MessageEntry, sign: Sign) -> Result<(), String> {
+        let key = usage_key(entry.replicas);
+        let bytes = u64::from(entry.body_len);
+        let at = match self.usage.iter().position(|u| u.replicas == key) {
+            Some(at) => at,
+            None => {
+                self.usage.push(Usage {
+                    replicas: key,
+                    messages: 0,
+                    bytes: 0,
+                });
+                self.usage.len() - 1
+            }
+        };
+        let usage = &mut self.usage[at];
+        match sign {
+            Sign::Add => {
+                usage.messages = usage.messages.saturating_add(1);
+                usage.bytes = usage.bytes.saturating_add(bytes);
+            }
+            Sign::Sub => {
+                let (Some(messages), Some(left)) = (
+                    usage.messages.checked_sub(1),
+                    usage.bytes.checked_sub(bytes),
+                ) else {
+                    return Err(format!(
+                        "usage below zero removing message {} ({bytes} bytes) from {usage:?}",
+                        entry.id
+                    ));
+                };
+                usage.messages = messages;
+                usage.bytes = left;
+                if messages == 0 {
+                    self.usage.swap_remove(at);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Sign {
+    Add,
+    Sub,
+}
 
 #[derive(Debug, Default)]
 pub struct Index {
@@ -126,7 +208,7 @@ impl Index {
         let mut messages: Vec<MessageEntry> = self
             .mailboxes
             .get(user)
-            .map(|m| m.values().copied().collect())
+            .map(|m| m.messages.values().copied().collect())
             .unwrap_or_default();
         messages.sort_unstable_by_key(|m| (m.hlc, m.id));
         messages
@@ -137,7 +219,12 @@ impl Index {
     }
 
     pub fn message(&self, user: &str, id: u128) -> Option<&MessageEntry> {
-        self.mailboxes.get(user)?.get(&id)
+        self.mailboxes.get(user)?.messages.get(&id)
+    }
+
+    /// What the user's messages here add up to, by replica set.
+    pub fn usage(&self, user: &str) -> &[Usage] {
+        self.mailboxes.get(user).map_or(&[], |m| m.usage.as_slice())
     }
 
     pub fn profile(&self, user: &str) -> Option<&ProfileEntry> {
@@ -160,7 +247,7 @@ impl Index {
     ) -> impl Iterator<Item = (&str, usize, impl Iterator<Item = &MessageEntry>)> {
         self.mailboxes
             .iter()
-            .map(|(u, m)| (&**u, m.len(), m.values()))
+            .map(|(u, m)| (&**u, m.messages.len(), m.messages.values()))
     }
 
     pub fn message_count(&self) -> u64 {
@@ -348,7 +435,8 @@ impl Index {
             Some(mailbox) => mailbox,
             None => self.mailboxes.entry(user.into()).or_default(),
         };
-        match mailbox.insert(entry.id, entry) {
+        // The replaced message's location, or `None` for a new message; then the tally.
+        let (replaced, counted) = match mailbox.messages.insert(entry.id, entry) {
             Some(old) => {
                 entry.oldest_segment = entry.oldest_segment.min(old.oldest_segment);
                 // The same message written again (a wider replica set, compaction): its
@@ -356,8 +444,20 @@ impl Index {
                 if entry.filing == Filing::default() {
                     entry.filing = old.filing;
                 }
-                mailbox.insert(entry.id, entry);
-                self.sub_live(old.location);
+                mailbox.messages.insert(entry.id, entry);
+                let counted = mailbox
+                    .count(&old, Sign::Sub)
+                    .and_then(|()| mailbox.count(&entry, Sign::Add));
+                (Some(old.location), counted)
+            }
+            None => (None, mailbox.count(&entry, Sign::Add)),
+        };
+        if let Err(what) = counted {
+            self.violate(what);
+        }
+        match replaced {
+            Some(location) => {
+                self.sub_live(location);
                 false
             }
             None => {
@@ -385,9 +485,13 @@ impl Index {
     /// Removes a message; returns it if it was there.
     pub fn remove(&mut self, user: &str, id: u128) -> Option<MessageEntry> {
         let mailbox = self.mailboxes.get_mut(user)?;
-        let entry = mailbox.remove(&id)?;
-        if mailbox.is_empty() {
+        let entry = mailbox.messages.remove(&id)?;
+        let counted = mailbox.count(&entry, Sign::Sub);
+        if mailbox.messages.is_empty() {
             self.mailboxes.remove(user);
+        }
+        if let Err(what) = counted {
+            self.violate(what);
         }
         match self.message_count.checked_sub(1) {
             Some(count) => self.message_count = count,
@@ -398,7 +502,11 @@ impl Index {
     }
 
     pub fn set_flags(&mut self, user: &str, id: u128, flags: u32) -> bool {
-        match self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) {
+        match self
+            .mailboxes
+            .get_mut(user)
+            .and_then(|m| m.messages.get_mut(&id))
+        {
             Some(entry) => {
                 entry.flags = flags;
                 true
@@ -409,7 +517,11 @@ impl Index {
 
     /// Sets a message's flags and filing.
     pub fn set_filing(&mut self, user: &str, id: u128, flags: u32, filing: Filing) -> bool {
-        match self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) {
+        match self
+            .mailboxes
+            .get_mut(user)
+            .and_then(|m| m.messages.get_mut(&id))
+        {
             Some(entry) => {
                 entry.flags = flags;
                 entry.filing = filing;
@@ -422,7 +534,11 @@ impl Index {
     /// Points a message at its compacted copy, but only if it still lies at `from`: a delete
     /// or a newer put that raced with compaction wins.
     pub fn relocate(&mut self, user: &str, id: u128, from: Location, to: Location) -> bool {
-        let Some(entry) = self.mailboxes.get_mut(user).and_then(|m| m.get_mut(&id)) else {
+        let Some(entry) = self
+            .mailboxes
+            .get_mut(user)
+            .and_then(|m| m.messages.get_mut(&id))
+        else {
             return false;
         };
         if entry.location != from {
@@ -486,6 +602,33 @@ mod tests {
             replicas: ReplicaSet::NONE,
             filing: Filing::default(),
         }
+    }
+
+    #[test]
+    fn usage_adds_up_by_replica_set_and_follows_rewrites_and_deletes() {
+        let mut index = Index::new();
+        let replicated = |id, nodes: &[u32]| MessageEntry {
+            replicas: ReplicaSet::new(nodes.iter().copied()),
+            ..entry(id, loc(1, id as u32 * 100))
+        };
+        index.put("u", entry(1, loc(1, 0)));
+        index.put("u", replicated(2, &[2, 1]));
+        index.put("u", replicated(3, &[1, 2]));
+        let mut usage = index.usage("u").to_vec();
+        usage.sort_by_key(|u| u.replicas.len());
+        assert_eq!(usage.len(), 2, "{usage:?}");
+        assert_eq!((usage[0].messages, usage[0].bytes), (1, 10));
+        // One key for {2, 1} and {1, 2}: the holders of a set count the same messages.
+        assert_eq!(usage[1].replicas.as_slice(), &[1, 2]);
+        assert_eq!((usage[1].messages, usage[1].bytes), (2, 20));
+        // Written again with a wider set: it moves, it is not counted twice.
+        index.put("u", replicated(1, &[1, 3]));
+        assert_eq!(index.usage("u").iter().map(|u| u.messages).sum::<u64>(), 3);
+        index.remove("u", 2);
+        index.remove("u", 3);
+        index.remove("u", 1);
+        assert!(index.usage("u").is_empty());
+        assert!(index.take_violation().is_none());
     }
 
     #[test]

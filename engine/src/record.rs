@@ -74,7 +74,8 @@ pub enum RecordKind {
     Delete = 2,
     /// The flags (`aux`) of message `message_id` changed.
     FlagUpdate = 3,
-    /// The user's profile (opaque to the engine) is the body; the newest one wins.
+    /// The user's profile (opaque to the engine) is the body; the newest one wins. An empty
+    /// body removes the user (a tombstone that wins like any newer profile).
     ProfilePut = 4,
     /// Replicated updates that every replica has acknowledged (see the module table).
     Retire = 5,

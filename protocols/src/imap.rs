@@ -13,5 +13,5 @@ pub mod sets;
 
 pub use session::{
     Counts, Folder, ImapLimits, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView,
-    Snapshot, Step,
+    QuotaView, Snapshot, Step,
 };

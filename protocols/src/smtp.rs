@@ -106,6 +106,9 @@ pub struct Envelope {
 pub enum RecipientCheck {
     Local,
     Unknown,
+    /// The mailbox is at its quota, or would pass it with the size MAIL declared: 552 5.2.2
+    /// (RFC 1870 lets a server refuse at RCPT for a recipient's storage).
+    OverQuota,
     /// The user directory could not be reached (a storage error): 451, try later.
     Unavailable,
 }
@@ -119,6 +122,24 @@ pub enum DeliveryOutcome {
     NoSpace,
     /// Any other storage failure: 451, the client retries later.
     Failed,
+    /// The recipient no longer exists (deleted since RCPT): 550 5.1.1.
+    NoSuchUser,
+    /// The message would take the recipient past their quota: 552 5.2.2.
+    OverQuota,
+}
+
+impl DeliveryOutcome {
+    /// How bad an outcome is when one reply must speak for several (SMTP): temporary
+    /// failures first (the client tries again later), then permanent ones.
+    fn severity(&self) -> u8 {
+        match self {
+            DeliveryOutcome::NoSpace => 4,
+            DeliveryOutcome::Failed => 3,
+            DeliveryOutcome::OverQuota => 2,
+            DeliveryOutcome::NoSuchUser => 1,
+            DeliveryOutcome::Stored(_) => 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +193,8 @@ pub struct SmtpSession {
     helo: String,
     from: String,
     recipients: Vec<Mailbox>,
+    /// The size MAIL declared (RFC 1870), for the recipients' quota checks.
+    declared_size: Option<u64>,
     pending_recipient: Option<Mailbox>,
     data: Vec<u8>,
     data_too_big: bool,
@@ -219,6 +242,7 @@ impl SmtpSession {
             from: String::new(),
             recipients: Vec::new(),
             pending_recipient: None,
+            declared_size: None,
             data: Vec::new(),
             data_too_big: false,
             data_no_memory: false,
@@ -401,6 +425,7 @@ impl SmtpSession {
     fn reset_transaction(&mut self) {
         self.from.clear();
         self.recipients.clear();
+        self.declared_size = None;
         self.data = Vec::new();
         self.data_too_big = false;
         self.data_no_memory = false;
@@ -520,6 +545,7 @@ impl SmtpSession {
             Ok(from) => from,
             Err(_) => return self.error(out, "501 5.1.7 Bad sender address syntax"),
         };
+        let mut declared = None;
         for param in params.split_whitespace() {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -530,7 +556,7 @@ impl SmtpSession {
                             "552 5.3.4 Message size exceeds fixed maximum message size",
                         );
                     }
-                    Ok(_) => {}
+                    Ok(size) => declared = Some(size),
                     Err(_) => return self.error(out, "501 5.5.4 Bad SIZE value"),
                 },
                 "BODY" => {
@@ -544,6 +570,7 @@ impl SmtpSession {
         }
         self.reset_transaction();
         self.from = from.map(|m| m.to_string()).unwrap_or_default();
+        self.declared_size = declared;
         self.state = State::Transaction;
         reply(out, "250 2.1.0 Ok");
     }
@@ -587,6 +614,12 @@ impl SmtpSession {
         Some(Step::CheckRecipient(mailbox))
     }
 
+    /// The size the transaction's MAIL declared (SIZE=), if it did: what a recipient's quota
+    /// check at RCPT counts on.
+    pub fn declared_size(&self) -> Option<u64> {
+        self.declared_size
+    }
+
     /// The answer to [`Step::CheckRecipient`].
     pub fn recipient_checked(&mut self, check: RecipientCheck, out: &mut Vec<u8>) {
         if self.state != State::Waiting(Pending::Recipient) {
@@ -604,6 +637,10 @@ impl SmtpSession {
                 reply(out, "250 2.1.5 Ok");
             }
             RecipientCheck::Unknown => self.error(out, "550 5.1.1 No such user here"),
+            RecipientCheck::OverQuota => reply(
+                out,
+                &format!("552 5.2.2 <{mailbox}> Mailbox full: over quota"),
+            ),
             RecipientCheck::Unavailable => {
                 reply(out, "451 4.3.0 User directory unavailable, try again later")
             }
@@ -835,6 +872,8 @@ impl SmtpSession {
             DeliveryOutcome::Failed => {
                 reply(out, "451 4.3.0 Local error in processing, try again later")
             }
+            DeliveryOutcome::NoSuchUser => reply(out, "550 5.1.1 No such user here"),
+            DeliveryOutcome::OverQuota => reply(out, "552 5.2.2 Mailbox full: over quota"),
         }
     }
 
@@ -850,9 +889,7 @@ impl SmtpSession {
         if self.dialect == Dialect::Smtp {
             let worst = outcomes
                 .iter()
-                .find(|o| **o == DeliveryOutcome::NoSpace)
-                .or_else(|| outcomes.iter().find(|o| **o == DeliveryOutcome::Failed))
-                .or(outcomes.first())
+                .max_by_key(|o| o.severity())
                 .cloned()
                 .unwrap_or(DeliveryOutcome::Failed);
             return self.delivered(worst, out);
@@ -871,6 +908,13 @@ impl SmtpSession {
                 Some(DeliveryOutcome::NoSpace) => reply(
                     out,
                     &format!("452 4.3.1 <{recipient}> Insufficient system storage"),
+                ),
+                Some(DeliveryOutcome::NoSuchUser) => {
+                    reply(out, &format!("550 5.1.1 <{recipient}> No such user here"))
+                }
+                Some(DeliveryOutcome::OverQuota) => reply(
+                    out,
+                    &format!("552 5.2.2 <{recipient}> Mailbox full: over quota"),
                 ),
                 Some(DeliveryOutcome::Failed) | None => reply(
                     out,

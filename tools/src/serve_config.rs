@@ -207,6 +207,16 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_bytes_max: Option<usize>,
+    /// Every user's storage limit unless `porcupine user quota` sets their own: bytes, or with
+    /// K, M, G or T (powers of 1024), or `none` [default: none]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_storage: Option<String>,
+    /// Every user's message-count limit unless `porcupine user quota` sets their own, or
+    /// `none` [default: none]
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_messages: Option<String>,
     /// Recipients per message [default: 100]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

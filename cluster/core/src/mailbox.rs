@@ -741,6 +741,43 @@ impl Mailboxes {
         Ok(persist)
     }
 
+    /// The user is deleted: every message in every folder is expunged, and the mailbox list
+    /// starts again as a new user's, each folder's UIDVALIDITY above every one it had (a
+    /// client that kept the old state must not take the new mailboxes for the old ones).
+    /// Returns how many messages go, and the profile (first) and the deletes to persist.
+    pub fn remove_everything(&mut self, now_secs: u64) -> (u64, Vec<Persist>) {
+        let old_validity = self
+            .profile
+            .folders
+            .iter()
+            .map(|f| f.uid_validity)
+            .max()
+            .unwrap_or(0);
+        let mut fresh = MailboxProfile::new(now_secs);
+        let validity = fresh.folders.first().map_or(1, |f| f.uid_validity);
+        if validity <= old_validity {
+            for folder in &mut fresh.folders {
+                folder.uid_validity = old_validity.saturating_add(1);
+            }
+        }
+        // MODSEQs only grow, whoever asks.
+        fresh.modseq_reserved = self.profile.modseq_reserved.max(self.next_modseq);
+        let mut persist = vec![Persist::Profile(fresh.clone())];
+        let mut ids: Vec<u128> = self.messages.keys().copied().collect();
+        ids.sort_unstable();
+        let removed = ids.len() as u64;
+        for id in ids {
+            if let Some(message) = self.messages.remove(&id) {
+                persist.push(Persist::Delete {
+                    id,
+                    holders: message.holders,
+                });
+            }
+        }
+        *self = Mailboxes::new(Some(fresh), now_secs);
+        (removed, persist)
+    }
+
     /// RENAME (of INBOX: its messages move to the new folder, INBOX stays, empty).
     pub fn rename(
         &mut self,
@@ -929,6 +966,9 @@ pub enum ImapOp {
         folder: String,
         on: bool,
     },
+    /// The user is deleted (`user delete`): every message goes, the folders start again as a
+    /// new user's. Answered `Removed`.
+    RemoveAll,
 }
 
 /// The authority's answer.
@@ -952,6 +992,10 @@ pub enum ImapAnswer {
     Folders(Vec<WireFolderInfo>),
     Counts(Vec<Option<WireCounts>>),
     Done,
+    /// What `RemoveAll` expunged.
+    Removed {
+        messages: u64,
+    },
     NoSuchMailbox,
     AlreadyExists,
     NotAllowed(String),
@@ -1214,6 +1258,35 @@ mod tests {
         // Expunging nothing changes nothing.
         boxes.expunge("INBOX", &[2, 9]).unwrap();
         assert_eq!(boxes.folder_view("INBOX").unwrap().highest_modseq, after);
+    }
+
+    #[test]
+    fn removing_everything_expunges_all_and_starts_a_new_validity() {
+        let mut boxes = Mailboxes::new(None, 1_000);
+        boxes.refresh(vec![listed(1, None), listed(2, None), listed(3, None)]);
+        boxes.create("Work", 1_000).unwrap();
+        boxes.relocate("INBOX", &[3], "Work").unwrap();
+        let modseq_before = boxes.folder_view("INBOX").unwrap().highest_modseq;
+        // Within the same second as the old mailboxes were made.
+        let (removed, persist) = boxes.remove_everything(1_000);
+        assert_eq!(removed, 3);
+        let Persist::Profile(profile) = &persist[0] else {
+            panic!("the profile goes first: {persist:?}");
+        };
+        assert!(profile.folders.iter().all(|f| f.uid_validity > 1_000));
+        assert!(profile.folders.iter().all(|f| f.name != "Work"));
+        assert!(profile.modseq_reserved >= modseq_before);
+        let mut deleted: Vec<u128> = persist
+            .iter()
+            .filter_map(|p| match p {
+                Persist::Delete { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        deleted.sort_unstable();
+        assert_eq!(deleted, vec![1, 2, 3]);
+        assert!(uids(&boxes, "INBOX").is_empty());
+        assert!(boxes.folder_view("Work").is_err());
     }
 
     #[test]

@@ -109,6 +109,21 @@ pub struct Fragments {
     pub epoch: Epoch,
 }
 
+/// What `user`'s messages on the receiver add up to, by replica set (a quota's usage).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUsage {
+    pub user: String,
+}
+
+/// The messages of one replica set (its nodes ascending; empty: stored on the answering node
+/// only), added up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub replicas: Vec<u64>,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
 /// An IMAP operation for the authority of `user`'s mailboxes (on the node managing the user).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImapRequest {
@@ -362,6 +377,7 @@ calls! {
     FileMessages -> Vec<u128>;
     UserFragments -> Fragments;
     ImapRequest -> crate::mailbox::ImapAnswer;
+    UserUsage -> Vec<UsageEntry>;
 }
 
 /// What nodes tell each other without an answer.

@@ -28,7 +28,8 @@
 //! version 10 listings carry each message's delivery time and IMAP state, and the calls of
 //! the IMAP authority (`FileMessages`, `UserFragments`, `ImapRequest`); version 11 a folder's
 //! count of `\Deleted` messages in the IMAP authority's counts (IMAP4rev2's STATUS DELETED);
-//! version 12 several APPENDs in one call (`AppendMany`, for imports).
+//! version 12 several APPENDs in one call (`AppendMany`, for imports); version 13 the
+//! authority's `RemoveAll` (a deleted user's mail and folders) and `UserUsage` (quotas).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,7 +37,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 12;
+pub const FRAME_VERSION: u8 = 13;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;

@@ -679,7 +679,8 @@ impl Sim {
             | Request::CurrentEpoch(_)
             | Request::FileMessages(_)
             | Request::UserFragments(_)
-            | Request::ImapRequest(_)) => {
+            | Request::ImapRequest(_)
+            | Request::UserUsage(_)) => {
                 panic!("the simulated sessions do not send {}", request.name())
             }
         })

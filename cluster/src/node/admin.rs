@@ -312,6 +312,31 @@ async fn route(request: Request, context: &Rc<CoreContext>) -> Response {
                 Err(error) => text(503, format!("{error}\n")),
             }
         }
+        ("POST", "/users/delete") => {
+            let email = String::from_utf8_lossy(&request.body).trim().to_lowercase();
+            match super::user_removal::remove(context, &email).await {
+                Ok(removal) => json(200, &removal),
+                Err(error @ super::user_removal::RemovalError::NoSuchUser(_)) => {
+                    text(404, format!("{error}\n"))
+                }
+                Err(error) => text(503, format!("{error}\n")),
+            }
+        }
+        ("POST", "/users/quota") => {
+            // `EMAIL`, then optionally a line of `storage=… messages=…` to change.
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            let (email, settings) = body.split_once('\n').unwrap_or((body.as_str(), ""));
+            match super::quota::show_or_set(context, email.trim(), settings).await {
+                Ok(report) => json(200, &report),
+                Err(error @ super::quota::QuotaError::NoSuchUser(_)) => {
+                    text(404, format!("{error}\n"))
+                }
+                Err(error @ super::quota::QuotaError::Invalid(_)) => {
+                    text(400, format!("{error}\n"))
+                }
+                Err(error) => text(503, format!("{error}\n")),
+            }
+        }
         ("POST", "/users/import") => import(context, &request.body).await,
         ("POST", "/users/bulk") => bulk(context, &request.body).await,
         _ => text(404, "not found: try /status, /metrics, /users\n"),
@@ -355,7 +380,7 @@ async fn set_password(
 }
 
 /// Stores a profile made here and sends it, with its timestamp, to every other member.
-async fn store_profile(
+pub(super) async fn store_profile(
     context: &CoreContext,
     email: String,
     profile: Vec<u8>,

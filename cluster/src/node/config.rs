@@ -112,6 +112,8 @@ pub struct NodeConfig {
     /// Bytes of messages in transfer (being received, not yet stored) on the whole node; past
     /// it a message gets 451 4.3.1 and is dropped, instead of the node running out of memory.
     pub transfer_bytes_max: usize,
+    /// Every user's limits unless `porcupine user quota` set their own (unlimited by default).
+    pub quota: super::quota::Limits,
 }
 
 /// A fault a test can inject into a running node.
@@ -179,6 +181,7 @@ impl Default for NodeConfig {
             abuse: crate::abuse::AbuseSettings::default(),
             write_timeout: Duration::from_secs(60),
             transfer_bytes_max: 1 << 30,
+            quota: Default::default(),
             pop3s: addr("127.0.0.1:1995").into(),
         }
     }

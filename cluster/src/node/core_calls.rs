@@ -112,11 +112,88 @@ impl CoreCall for UserExists {
     async fn serve(self, service: &CoreService) -> Self::Reply {
         service
             .shard(&self.user)
-            .map(|s| s.has_profile(&self.user))
+            .map(|s| s.has_live_profile(&self.user))
             .ok_or(StoreError::Failed)
     }
     fn unanswered() -> Self::Reply {
         Err(StoreError::Failed)
+    }
+}
+
+/// What the user's messages on a core's shards add up to, by replica set (a quota's usage).
+#[derive(Clone, Debug)]
+pub struct UsageHere {
+    pub user: String,
+}
+
+impl CoreCall for UsageHere {
+    type Reply = Vec<crate::rpc::UsageEntry>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        let mut entries: Vec<crate::rpc::UsageEntry> = Vec::new();
+        for shard in service.shards().all() {
+            for usage in shard.usage(&self.user) {
+                let replicas: Vec<u64> = usage
+                    .replicas
+                    .as_slice()
+                    .iter()
+                    .map(|&n| u64::from(n))
+                    .collect();
+                match entries.iter_mut().find(|e| e.replicas == replicas) {
+                    Some(entry) => {
+                        entry.messages = entry.messages.saturating_add(usage.messages);
+                        entry.bytes = entry.bytes.saturating_add(usage.bytes);
+                    }
+                    None => entries.push(crate::rpc::UsageEntry {
+                        replicas,
+                        messages: usage.messages,
+                        bytes: usage.bytes,
+                    }),
+                }
+            }
+        }
+        entries
+    }
+    fn unanswered() -> Self::Reply {
+        Vec::new()
+    }
+}
+
+/// Whether the user's newest profile here is a removed one (`user delete` ran).
+#[derive(Debug)]
+pub struct ProfileRemoved {
+    pub user: String,
+}
+user_call!(ProfileRemoved);
+
+impl CoreCall for ProfileRemoved {
+    type Reply = Result<bool, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        service
+            .shard(&self.user)
+            .map(|s| s.has_profile(&self.user) && !s.has_live_profile(&self.user))
+            .ok_or(StoreError::Failed)
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
+/// Forget that these users exist (they were deleted): asked of every core.
+#[derive(Clone, Debug)]
+pub struct ForgetUsers {
+    pub users: Vec<String>,
+}
+
+impl CoreCall for ForgetUsers {
+    type Reply = Vec<()>;
+    async fn serve(self, service: &CoreService) -> Vec<()> {
+        if let Some(context) = service.context() {
+            context.forget_here(&self.users);
+        }
+        Vec::new()
+    }
+    fn unanswered() -> Vec<()> {
+        Vec::new()
     }
 }
 
@@ -461,10 +538,9 @@ impl CoreCall for ListUsers {
         let mut users = Vec::new();
         for shard in service.shards().all() {
             users.extend(
-                shard
-                    .users()
-                    .into_iter()
-                    .filter(|u| shard.has_profile(u) && !super::imap_authority::is_internal(u)),
+                shard.users().into_iter().filter(|u| {
+                    shard.has_live_profile(u) && !super::imap_authority::is_internal(u)
+                }),
             );
         }
         users

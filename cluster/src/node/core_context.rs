@@ -30,8 +30,11 @@ pub struct CoreContext {
     pub service: Rc<CoreService>,
     /// This core's connections to the other nodes.
     pub peers: Rc<Peers>,
-    /// Users this core has been told exist (users are never removed).
+    /// Users this core has been told exist (a deleted user is forgotten on every core of
+    /// every member when their removal arrives: [`CoreContext::forget_users`]).
     known_users: RefCell<HashSet<String>>,
+    /// Users' quota limits and usage, briefly ([`super::quota`]).
+    pub(super) quota_cache: super::quota::QuotaCache,
     /// Candidates the manager gave this core recently ([`super::delivery`]).
     pub(super) placements: RefCell<PlacementCache>,
     /// The epoch in which this core last warned that there are fewer nodes than replicas.
@@ -68,6 +71,7 @@ impl CoreContext {
             service,
             peers,
             known_users: RefCell::new(HashSet::new()),
+            quota_cache: Default::default(),
             placements: RefCell::new(PlacementCache::default()),
             warned_few_nodes: Cell::new(None),
             next_message: Cell::new(0),
@@ -117,6 +121,26 @@ impl CoreContext {
             known.insert(user.to_owned());
         }
         Ok(exists)
+    }
+
+    /// Forgets what this node's cores know of these users (they were deleted, or their quota
+    /// changed), on every core of this node.
+    pub async fn forget_users(&self, users: Vec<String>) {
+        if users.is_empty() {
+            return;
+        }
+        let _: Vec<()> = self
+            .call_each(super::core_calls::ForgetUsers { users })
+            .await;
+    }
+
+    /// This core's part of [`Self::forget_users`].
+    pub(super) fn forget_here(&self, users: &[String]) {
+        let mut known = self.known_users.borrow_mut();
+        for user in users {
+            known.remove(user);
+            self.quota_cache.forget(user);
+        }
     }
 
     /// A cluster-unique message id: microseconds since the epoch (high bits, so ids sort by

@@ -357,6 +357,8 @@ async fn run(
                     .get()
                     .is_none_or(|at| at.elapsed() > REFRESH_AFTER)
         }
+        // Every copy that exists must be listed, or one would outlive its user.
+        ImapOp::RemoveAll => true,
         ImapOp::Counts { .. } | ImapOp::Copy { .. } => authority
             .refreshed
             .get()
@@ -407,6 +409,11 @@ async fn run(
                 }
                 Err(answer) => answer,
             }
+        }
+        ImapOp::RemoveAll => {
+            let (messages, persist) = with(authority, |boxes| boxes.remove_everything(now_secs()));
+            execute(context, user, persist).await?;
+            ImapAnswer::Removed { messages }
         }
         ImapOp::Expunge { folder, uids } => {
             match with(authority, |boxes| boxes.expunge(&folder, &uids)) {

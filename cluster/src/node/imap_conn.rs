@@ -10,7 +10,8 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use porcupine_protocols::imap::command::{Flag, StoreAction};
 use porcupine_protocols::imap::{
-    Counts, Folder, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView, Snapshot, Step,
+    Counts, Folder, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView, QuotaView,
+    Snapshot, Step,
 };
 
 use super::client_start::{self, Start};
@@ -354,21 +355,27 @@ pub async fn serve(
                     date,
                     message,
                 } => {
-                    let (bits, keywords) = bits_of(&flags);
-                    let op = ImapOp::Append {
-                        id: context.new_message_id(),
-                        folder: mailbox,
-                        flags: bits,
-                        keywords,
-                        date: date.unwrap_or(0),
-                        message,
-                    };
-                    let result = match imap_authority::call(&context, &user, op).await {
-                        ImapAnswer::Placed { uid_validity, uid } => {
-                            add(&context.metrics.messages_accepted, 1);
-                            Ok((uid_validity, uid))
+                    let size = message.len() as u64;
+                    let result = match over_quota(&context, &user, size).await {
+                        Some(refusal) => Err(refusal),
+                        None => {
+                            let (bits, keywords) = bits_of(&flags);
+                            let op = ImapOp::Append {
+                                id: context.new_message_id(),
+                                folder: mailbox,
+                                flags: bits,
+                                keywords,
+                                date: date.unwrap_or(0),
+                                message,
+                            };
+                            match imap_authority::call(&context, &user, op).await {
+                                ImapAnswer::Placed { uid_validity, uid } => {
+                                    add(&context.metrics.messages_accepted, 1);
+                                    Ok((uid_validity, uid))
+                                }
+                                other => Err(error_of(other)),
+                            }
                         }
-                        other => Err(error_of(other)),
                     };
                     session.appended(result, &mut out)
                 }
@@ -377,22 +384,40 @@ pub async fn serve(
                     mailbox,
                     moving,
                 } => {
-                    let ids = uids.iter().map(|_| context.new_message_id()).collect();
-                    let op = ImapOp::Copy {
-                        from: selected.folder.clone(),
-                        uids,
-                        to: mailbox,
-                        moving,
-                        ids,
+                    // A copy adds messages (a move does not): refused at the quota. Its size
+                    // is not known here, so it is the message count, and storage already at
+                    // its limit, that refuse it.
+                    let refusal = if moving {
+                        None
+                    } else {
+                        over_quota(&context, &user, 0).await
                     };
-                    let result = match imap_authority::call(&context, &user, op).await {
-                        ImapAnswer::Copied {
-                            uid_validity,
-                            pairs,
-                        } => Ok((uid_validity, pairs)),
-                        other => Err(error_of(other)),
+                    let result = match refusal {
+                        Some(refusal) => Err(refusal),
+                        None => {
+                            let ids = uids.iter().map(|_| context.new_message_id()).collect();
+                            let op = ImapOp::Copy {
+                                from: selected.folder.clone(),
+                                uids,
+                                to: mailbox,
+                                moving,
+                                ids,
+                            };
+                            match imap_authority::call(&context, &user, op).await {
+                                ImapAnswer::Copied {
+                                    uid_validity,
+                                    pairs,
+                                } => Ok((uid_validity, pairs)),
+                                other => Err(error_of(other)),
+                            }
+                        }
                     };
                     session.copied(result, &mut out)
+                }
+                Step::Quota => {
+                    let told = quota_view(&context, &user).await;
+                    session.quota_told(told, &mut out);
+                    None
                 }
                 Step::Mailbox(op) => {
                     let op = match op {
@@ -458,4 +483,28 @@ pub async fn serve(
     }
     conn::flush(&mut stream, &mut out, &clock, |_| {}).await;
     let _ = stream.close().await;
+}
+
+/// The refusal of a message of `size` bytes that would take `user` past their quota.
+async fn over_quota(context: &Rc<CoreContext>, user: &str, size: u64) -> Option<MailboxError> {
+    match super::quota::check(context, user, size).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(MailboxError::OverQuota),
+        Err(_) => Some(MailboxError::Unavailable),
+    }
+}
+
+/// The user's quota as GETQUOTA tells it.
+async fn quota_view(context: &Rc<CoreContext>, user: &str) -> Result<QuotaView, MailboxError> {
+    let limits = super::quota::limits_of(context, user)
+        .await
+        .map_err(|_| MailboxError::Unavailable)?;
+    if limits.is_unlimited() {
+        return Ok(QuotaView::default());
+    }
+    let usage = super::quota::usage_of(context, user).await;
+    Ok(QuotaView {
+        storage: limits.storage.map(|limit| (usage.bytes, limit)),
+        messages: limits.messages.map(|limit| (usage.messages, limit)),
+    })
 }

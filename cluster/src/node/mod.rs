@@ -33,12 +33,14 @@ pub mod metrics;
 pub mod metrics_text;
 pub mod peer_calls;
 pub mod pop3_conn;
+pub mod quota;
 pub mod replicas;
 pub mod service;
 pub mod smtp_conn;
 pub mod status;
 pub mod tls;
 pub mod transfer;
+pub mod user_removal;
 pub mod user_usage;
 pub mod users;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::cluster_driver::stamp_ok;
 use super::core_calls::{
     ApplyUpdate, DeleteHere, DigestHeldFor, FileHere, ImapCall, ItemsHeldFor, ListHere, LogIn,
-    PutProfile, ReadMessage,
+    PutProfile, ReadMessage, UsageHere,
 };
 use super::core_context::CoreContext;
 use super::service::{Applied, Credential, LockMode, Login};
@@ -20,7 +20,7 @@ use crate::rpc::{
     Authenticate, Call, CurrentEpoch, DeleteMessages, Failure, FetchMessage, Fetched, FileMessages,
     Held, HeldDigest, HeldItems, ImapRequest, ListFragment, Listed, LockMaildrop, NoteFragment,
     PlaceMail, PushUpdate, Pushed, ReplicaUpdate, ReportFragments, Request, StoreMessage,
-    SyncProfiles, UnlockMaildrop, UserFragments,
+    SyncProfiles, UnlockMaildrop, UserFragments, UserUsage,
 };
 use crate::transport::Peers;
 use porcupine_engine::{Stamp, UpdateKind};
@@ -93,6 +93,10 @@ pub async fn answer(
             };
             let result = context.call(file).await.map_err(Failure::from);
             reply::<FileMessages>(peers, request_id, result)
+        }
+        Request::UserUsage(call) => {
+            let entries = context.call_each(UsageHere { user: call.user }).await;
+            reply::<UserUsage>(peers, request_id, Ok(entries))
         }
         Request::ImapRequest(call) => {
             let fence = matches!(call.op, crate::mailbox::ImapOp::Fence { .. });
@@ -222,6 +226,18 @@ async fn profiles(context: &Rc<CoreContext>, call: SyncProfiles) -> Result<(), F
     {
         return Err(Failure::Failed);
     }
+    // A deleted user's removal, or a user's new quota: this node's cores forget what they
+    // knew of the user.
+    let changed: Vec<String> = call
+        .profiles
+        .iter()
+        .filter_map(
+            |(name, _, profile)| match super::quota::user_of_profile(name) {
+                Some(user) => Some(user.to_owned()),
+                None => profile.is_empty().then(|| name.clone()),
+            },
+        )
+        .collect();
     // Many at once, so they share group commits. The newest update of each wins.
     let mut result = Ok(());
     let mut in_flight = VecDeque::new();
@@ -246,6 +262,7 @@ async fn profiles(context: &Rc<CoreContext>, call: SyncProfiles) -> Result<(), F
             result = Err(error.into());
         }
     }
+    context.forget_users(changed).await;
     result
 }
 

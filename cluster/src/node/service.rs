@@ -181,7 +181,7 @@ impl CoreService {
             if let Err(refused) = self.check_password(shard, user, password).await {
                 return refused;
             }
-        } else if !shard.has_profile(user) {
+        } else if !shard.has_live_profile(user) {
             return Login::BadCredentials;
         }
         if lock == LockMode::Local && !self.locked.borrow_mut().insert(user.to_owned()) {

@@ -69,11 +69,12 @@ pub async fn serve(
                 Step::CheckRecipient(mailbox) => {
                     // Flush what is answered so far: a pipelining client waits for nothing, but
                     // a lookup on another core should not hold earlier replies back.
-                    let check = match context.user_exists(&mailbox.canonical()).await {
-                        Ok(true) => RecipientCheck::Local,
-                        Ok(false) => RecipientCheck::Unknown,
-                        Err(_) => RecipientCheck::Unavailable,
-                    };
+                    let check = check_recipient(
+                        &context,
+                        &mailbox.canonical(),
+                        session.declared_size().unwrap_or(0),
+                    )
+                    .await;
                     session.recipient_checked(check, &mut out);
                 }
                 Step::Deliver(envelope) => {
@@ -143,6 +144,41 @@ pub async fn serve(
     }
 }
 
+/// Whether `user` exists and has room for a message of `size` bytes.
+async fn check_recipient(context: &Rc<CoreContext>, user: &str, size: u64) -> RecipientCheck {
+    match context.user_exists(user).await {
+        Ok(true) => {}
+        Ok(false) => return RecipientCheck::Unknown,
+        Err(_) => return RecipientCheck::Unavailable,
+    }
+    match super::quota::check(context, user, size).await {
+        Ok(Ok(())) => RecipientCheck::Local,
+        Ok(Err(_)) => RecipientCheck::OverQuota,
+        Err(_) => RecipientCheck::Unavailable,
+    }
+}
+
+/// Each recipient checked again now that the message's size is known (and a user deleted
+/// since RCPT is gone): `None` for those it may be stored for, else the outcome to answer.
+async fn recheck(
+    context: &Rc<CoreContext>,
+    envelope: &porcupine_protocols::smtp::Envelope,
+    size: u64,
+) -> Vec<Option<DeliveryOutcome>> {
+    let mut verdicts = Vec::with_capacity(envelope.recipients.len());
+    for recipient in &envelope.recipients {
+        verdicts.push(
+            match check_recipient(context, &recipient.canonical(), size).await {
+                RecipientCheck::Local => None,
+                RecipientCheck::Unknown => Some(DeliveryOutcome::NoSuchUser),
+                RecipientCheck::OverQuota => Some(DeliveryOutcome::OverQuota),
+                RecipientCheck::Unavailable => Some(DeliveryOutcome::Failed),
+            },
+        );
+    }
+    verdicts
+}
+
 /// Stores the message for every recipient; the outcome for each, in the envelope's order.
 async fn deliver(
     context: &Rc<CoreContext>,
@@ -174,33 +210,47 @@ async fn deliver(
         add(&context.metrics.bytes_accepted, message.len() as u64);
         return vec![DeliveryOutcome::Stored(id_text); envelope.recipients.len()];
     }
+    let size = message.len() as u64;
+    let verdicts = recheck(context, envelope, size).await;
+    if dialect == Dialect::Smtp && verdicts.iter().any(Option::is_some) {
+        // One reply speaks for the whole message: nothing is stored, so nobody gets a copy
+        // the sender will be told was not delivered.
+        return verdicts.into_iter().flatten().collect();
+    }
     let mut outcomes = Vec::with_capacity(envelope.recipients.len());
-    let mut note = |result: Result<(), StoreError>| {
-        outcomes.push(match result {
-            Ok(()) => {
-                add(&context.metrics.recipients_delivered, 1);
-                DeliveryOutcome::Stored(id_text.clone())
-            }
-            Err(StoreError::NoSpace) => DeliveryOutcome::NoSpace,
-            Err(StoreError::Failed | StoreError::Unavailable) => DeliveryOutcome::Failed,
-        })
+    let outcome_of = |result: Result<(), StoreError>| match result {
+        Ok(()) => {
+            add(&context.metrics.recipients_delivered, 1);
+            DeliveryOutcome::Stored(id_text.clone())
+        }
+        Err(StoreError::NoSpace) => DeliveryOutcome::NoSpace,
+        Err(StoreError::Failed | StoreError::Unavailable) => DeliveryOutcome::Failed,
     };
-    if let [recipient] = envelope.recipients.as_slice() {
+    if let ([recipient], [None]) = (envelope.recipients.as_slice(), verdicts.as_slice()) {
         // The usual case: no task to spawn for one copy.
-        note(super::delivery::deliver(context, &recipient.canonical(), id, message.clone()).await);
+        let stored =
+            super::delivery::deliver(context, &recipient.canonical(), id, message.clone()).await;
+        outcomes.push(outcome_of(stored));
     } else {
         // Copies for several recipients are stored concurrently (their shards may differ).
         let mut tasks = Vec::with_capacity(envelope.recipients.len());
-        for recipient in &envelope.recipients {
+        for (recipient, verdict) in envelope.recipients.iter().zip(&verdicts) {
             let context = context.clone();
             let user = recipient.canonical();
             let message = message.clone();
+            let refused = verdict.clone();
             tasks.push(glommio::spawn_local(async move {
-                super::delivery::deliver(&context, &user, id, message).await
+                match refused {
+                    Some(outcome) => Err(outcome),
+                    None => Ok(super::delivery::deliver(&context, &user, id, message).await),
+                }
             }));
         }
         for task in tasks {
-            note(task.await);
+            match task.await {
+                Ok(result) => outcomes.push(outcome_of(result)),
+                Err(refused) => outcomes.push(refused),
+            }
         }
     }
     let stored = |o: &DeliveryOutcome| matches!(o, DeliveryOutcome::Stored(_));

@@ -1,5 +1,5 @@
 //! What `porcupine user show` reports of one user: each folder's messages, unseen and bytes,
-//! the totals, and where the copies lie (node by node), from the user's IMAP authority after a
+//! the totals, the quota's limits, and where the copies lie (node by node), from the user's IMAP authority after a
 //! fresh listing of every fragment; the same view a client's SELECT gets.
 
 use std::collections::BTreeMap;
@@ -37,6 +37,9 @@ pub struct UserUsage {
     pub bytes: u64,
     pub folders: Vec<FolderUsage>,
     pub nodes: Vec<NodeUsage>,
+    /// The quota's limits in force (unlimited when absent: a report from an older node).
+    #[serde(default)]
+    pub quota: super::quota::Limits,
 }
 
 /// Why a user's usage could not be told.
@@ -73,6 +76,9 @@ pub async fn usage(context: &Rc<CoreContext>, user: &str) -> Result<UserUsage, U
         bytes: 0,
         folders: Vec::new(),
         nodes: Vec::new(),
+        quota: super::quota::limits_of(context, user)
+            .await
+            .map_err(|_| UsageError::Unavailable)?,
     };
     let mut nodes: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for (info, folder) in folders {

@@ -495,14 +495,38 @@ impl<S: Storage> Shard<S> {
         self.inner.state.borrow().index.has_messages(user)
     }
 
-    /// Whether the user has a profile on this shard (that is, exists), without reading it.
+    /// What the user's messages on this shard add up to, by replica set (from the index: no
+    /// message is read).
+    pub fn usage(&self, user: &str) -> Vec<crate::index::Usage> {
+        self.inner.state.borrow().index.usage(user).to_vec()
+    }
+
+    /// Whether the user has a profile record on this shard, a removed one included (where
+    /// the user's records live), without reading it.
     pub fn has_profile(&self, user: &str) -> bool {
         self.inner.state.borrow().index.profile(user).is_some()
     }
 
-    /// Number of users with a profile on this shard.
+    /// Whether the user exists here: their newest profile is not a removed one (an empty
+    /// profile is the tombstone of a deleted user; it wins by timestamp like any profile).
+    pub fn has_live_profile(&self, user: &str) -> bool {
+        self.inner
+            .state
+            .borrow()
+            .index
+            .profile(user)
+            .is_some_and(|p| !p.is_removed())
+    }
+
+    /// Number of users on this shard (removed ones not counted).
     pub fn profile_count(&self) -> usize {
-        self.inner.state.borrow().index.profile_users().count()
+        self.inner
+            .state
+            .borrow()
+            .index
+            .profile_users()
+            .filter(|(_, p)| !p.is_removed())
+            .count()
     }
 
     /// The user's newest profile, if any.

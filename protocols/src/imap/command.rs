@@ -43,6 +43,12 @@ pub enum Command {
     },
     Subscribe(String),
     Unsubscribe(String),
+    /// `GETQUOTA root` (RFC 9208).
+    GetQuota(String),
+    /// `GETQUOTAROOT mailbox` (RFC 9208).
+    GetQuotaRoot(String),
+    /// `SETQUOTA root (…)`: refused, quotas are the administrator's.
+    SetQuota,
     List {
         reference: String,
         patterns: Vec<String>,

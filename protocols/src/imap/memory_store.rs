@@ -4,8 +4,13 @@
 
 use super::command::{Flag, StoreAction};
 use super::session::{
-    Counts, Folder, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView, Snapshot, Step,
+    Counts, Folder, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView, QuotaView,
+    Snapshot, Step,
 };
+
+/// The quota of the user in memory: bytes, and messages.
+pub const QUOTA_STORAGE: u64 = 1 << 20;
+pub const QUOTA_MESSAGES: u64 = 1_000;
 
 /// A user's mailboxes, answering the session's steps the way the node does.
 #[derive(Debug, Clone)]
@@ -193,6 +198,15 @@ impl MemoryStore {
                 }
                 session.stored(Ok(views), out)
             }
+            Step::Quota => {
+                let bytes = self.messages.iter().map(|m| m.2.len() as u64).sum();
+                let quota = QuotaView {
+                    storage: Some((bytes, QUOTA_STORAGE)),
+                    messages: Some((self.messages.len() as u64, QUOTA_MESSAGES)),
+                };
+                session.quota_told(Ok(quota), out);
+                None
+            }
             Step::Expunge { uids } => {
                 let folder = selected.unwrap_or_default();
                 self.messages
@@ -207,6 +221,9 @@ impl MemoryStore {
             } => {
                 if !self.folders.iter().any(|f| f.0 == mailbox) {
                     return session.appended(Err(MailboxError::NoSuchMailbox), out);
+                }
+                if self.messages.len() as u64 >= QUOTA_MESSAGES {
+                    return session.appended(Err(MailboxError::OverQuota), out);
                 }
                 let uid = self.add(&mailbox, &message, flags);
                 let validity = self

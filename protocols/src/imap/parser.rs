@@ -446,7 +446,8 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tagged, ParseError> {
         }
         "AUTHENTICATE" | "LOGIN" | "ENABLE" | "ID" | "SELECT" | "EXAMINE" | "CREATE" | "DELETE"
         | "RENAME" | "SUBSCRIBE" | "UNSUBSCRIBE" | "LIST" | "LSUB" | "STATUS" | "APPEND"
-        | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE" => {
+        | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE" | "GETQUOTA" | "GETQUOTAROOT"
+        | "SETQUOTA" => {
             c.sp().map_err(syntax)?;
             body(&mut c, &name, false).map_err(syntax)?
         }
@@ -474,6 +475,18 @@ fn body(c: &mut Cursor<'_>, name: &str, uid: bool) -> Result<Command> {
                 None
             };
             Command::Authenticate { mechanism, initial }
+        }
+        "GETQUOTA" => Command::GetQuota(c.astring()?),
+        "GETQUOTAROOT" => Command::GetQuotaRoot(c.mailbox()?),
+        "SETQUOTA" => {
+            c.astring()?;
+            c.sp()?;
+            c.paren_list(|c| {
+                c.keyword()?;
+                c.sp()?;
+                c.number().map(|_| ())
+            })?;
+            Command::SetQuota
         }
         "LOGIN" => {
             let user = c.astring()?;

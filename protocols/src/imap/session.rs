@@ -102,6 +102,28 @@ pub enum MailboxError {
     Unavailable,
 }
 
+/// A user's quota: (used, limit) of each resource that has a limit; storage in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaView {
+    pub storage: Option<(u64, u64)>,
+    pub messages: Option<(u64, u64)>,
+}
+
+impl QuotaView {
+    /// The resource list of a `* QUOTA` line (storage in units of 1024 octets, RFC 9208 5.1:
+    /// usage rounded up, the limit down).
+    fn resources(&self) -> String {
+        let mut items = Vec::new();
+        if let Some((used, limit)) = self.storage {
+            items.push(format!("STORAGE {} {}", used.div_ceil(1024), limit / 1024));
+        }
+        if let Some((used, limit)) = self.messages {
+            items.push(format!("MESSAGE {used} {limit}"));
+        }
+        items.join(" ")
+    }
+}
+
 /// Operations on the user's set of mailboxes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MailboxOp {
@@ -171,6 +193,9 @@ pub enum Step {
     },
     /// Create, delete, rename, (un)subscribe a mailbox: answer with `mailbox_done`.
     Mailbox(MailboxOp),
+    /// The user's quota (RFC 9208; one quota root, `""`, for all their mailboxes): answer
+    /// with `quota_told`.
+    Quota,
     /// IDLE began (`+ idling` is in the output): read input, and call `poll_idle` now and
     /// then (about once a second) to learn of changes.
     Idle,
@@ -285,6 +310,11 @@ enum Waiting {
     Mailbox {
         tag: String,
         what: &'static str,
+    },
+    Quota {
+        tag: String,
+        /// GETQUOTAROOT's mailbox (`None`: GETQUOTA of the root `""`).
+        root_of: Option<String>,
     },
     /// `+ ` was sent for AUTHENTICATE PLAIN.
     AuthenticateData {
@@ -454,7 +484,7 @@ impl ImapSession {
         let mut caps = String::from(
             "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE \
              CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES CONDSTORE QRESYNC \
-             BINARY STATUS=SIZE",
+             BINARY STATUS=SIZE QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE",
         );
         caps.push_str(&format!(" APPENDLIMIT={}", self.append_limit));
         if self.tls == Tls::Offered && self.state == State::NotAuthenticated {
@@ -870,6 +900,33 @@ impl ImapSession {
             }
             C::Subscribe(name) => {
                 self.mailbox_op(tag, "SUBSCRIBE", MailboxOp::Subscribe(name, true))
+            }
+            C::GetQuota(root) => {
+                if !root.is_empty() {
+                    self.no(
+                        out,
+                        &tag,
+                        "[NONEXISTENT] no such quota root (the user's is \"\")",
+                    );
+                    return None;
+                }
+                self.waiting = Some(Waiting::Quota { tag, root_of: None });
+                Some(Step::Quota)
+            }
+            C::GetQuotaRoot(mailbox) => {
+                self.waiting = Some(Waiting::Quota {
+                    tag,
+                    root_of: Some(mailbox),
+                });
+                Some(Step::Quota)
+            }
+            C::SetQuota => {
+                self.no(
+                    out,
+                    &tag,
+                    "[NOPERM] quotas are set by the administrator (porcupine user quota)",
+                );
+                None
             }
             C::Unsubscribe(name) => {
                 self.mailbox_op(tag, "UNSUBSCRIBE", MailboxOp::Subscribe(name, false))
@@ -1864,6 +1921,40 @@ impl ImapSession {
             Err(error) => self.mailbox_error(out, &tag, &error),
         }
         None
+    }
+
+    /// The answer to [`Step::Quota`]: the user's quota (`None` resources unlimited).
+    pub fn quota_told(&mut self, quota: Result<QuotaView, MailboxError>, out: &mut Vec<u8>) {
+        let Some(Waiting::Quota { tag, root_of }) = self.waiting.take() else {
+            return;
+        };
+        let quota = match quota {
+            Ok(quota) => quota,
+            Err(error) => return self.mailbox_error(out, &tag, &error),
+        };
+        let limited = quota.storage.is_some() || quota.messages.is_some();
+        match root_of {
+            Some(mailbox) => {
+                // With no limit there is no quota root (RFC 9208 4.3.2).
+                let roots = if limited { " \"\"" } else { "" };
+                out.extend_from_slice(b"* QUOTAROOT ");
+                mime::write_string(out, mailbox.as_bytes());
+                out.extend_from_slice(format!("{roots}\r\n").as_bytes());
+                if limited {
+                    out.extend_from_slice(
+                        format!("* QUOTA \"\" ({})\r\n", quota.resources()).as_bytes(),
+                    );
+                }
+                status_line(out, &tag, "OK", "GETQUOTAROOT completed");
+            }
+            None if limited => {
+                out.extend_from_slice(
+                    format!("* QUOTA \"\" ({})\r\n", quota.resources()).as_bytes(),
+                );
+                status_line(out, &tag, "OK", "GETQUOTA completed");
+            }
+            None => self.no(out, &tag, "[NONEXISTENT] no quota applies to this user"),
+        }
     }
 
     /// The answer to [`Step::Copy`]: the target's UIDVALIDITY and (source, copy) UID pairs.

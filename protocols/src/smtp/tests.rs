@@ -439,7 +439,10 @@ fn drive_lmtp(script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
                 Step::NeedInput => break,
                 Step::Close => break 'feed,
                 Step::CheckRecipient(m) => {
-                    let check = if m.local.starts_with('u') {
+                    // "ufull" is at its quota: refused at RCPT when MAIL declared a size.
+                    let check = if m.local.starts_with("ufull") && s.declared_size().is_some() {
+                        RecipientCheck::OverQuota
+                    } else if m.local.starts_with('u') {
                         RecipientCheck::Local
                     } else {
                         RecipientCheck::Unknown
@@ -453,6 +456,10 @@ fn drive_lmtp(script: &[u8], chunk: usize) -> (String, Vec<Envelope>) {
                         .map(|r| {
                             if r.local.starts_with("ufail") {
                                 DeliveryOutcome::Failed
+                            } else if r.local.starts_with("ufull") {
+                                DeliveryOutcome::OverQuota
+                            } else if r.local.starts_with("ugone") {
+                                DeliveryOutcome::NoSuchUser
                             } else {
                                 DeliveryOutcome::Stored("X1".into())
                             }
@@ -537,4 +544,51 @@ fn received_names_the_protocol() {
     );
     assert!(header.contains("with LMTP id X"), "{header}");
     assert_eq!(Dialect::Smtp.received_with(true), "ESMTPS");
+}
+
+#[test]
+fn a_full_mailbox_is_refused_alone_at_rcpt_and_after_the_data() {
+    // MAIL declared a size: the full mailbox is refused at RCPT, the others go on.
+    let script = b"LHLO c\r\nMAIL FROM:<a@b> SIZE=10\r\nRCPT TO:<ufull@localhost>\r\n\
+RCPT TO:<u1@localhost>\r\nDATA\r\nhi\r\n.\r\n\
+MAIL FROM:<a@b>\r\nRCPT TO:<ufull@localhost>\r\nRCPT TO:<ugone@localhost>\r\n\
+RCPT TO:<u2@localhost>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n";
+    let (out, envelopes) = drive_lmtp(script, 9);
+    assert!(
+        out.contains("552 5.2.2 <ufull@localhost> Mailbox full: over quota\r\n250 2.1.5"),
+        "{out}"
+    );
+    assert_eq!(envelopes[0].recipients.len(), 1);
+    // Without SIZE it is found at the end of the data, for that recipient only.
+    assert!(
+        out.contains(
+            "552 5.2.2 <ufull@localhost> Mailbox full: over quota\r\n\
+550 5.1.1 <ugone@localhost> No such user here\r\n\
+250 2.0.0 <u2@localhost> Ok: delivered as X1\r\n"
+        ),
+        "{out}"
+    );
+    // SMTP answers for the whole message with the worst: a temporary failure first.
+    let mut s = session();
+    let mut out = Vec::new();
+    s.push(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u1@localhost>\r\nDATA\r\nx\r\n.\r\n");
+    loop {
+        match s.step(&mut out) {
+            Step::CheckRecipient(_) => s.recipient_checked(RecipientCheck::Local, &mut out),
+            Step::Deliver(envelope) => {
+                s.delivered_each(
+                    &envelope.recipients,
+                    &[DeliveryOutcome::NoSuchUser, DeliveryOutcome::OverQuota],
+                    &mut out,
+                );
+                break;
+            }
+            _ => break,
+        }
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.ends_with("552 5.2.2 Mailbox full: over quota\r\n"),
+        "{out}"
+    );
 }

@@ -206,7 +206,24 @@ enum UserCommand {
     },
     /// List users.
     List,
-    /// Show a user's folders (messages, unseen, bytes) and the nodes holding the copies.
+    /// Delete a user on every node: the address is refused from then on, the password no
+    /// longer logs in, every message and folder is removed (tombstones on every copy).
+    Delete { email: String },
+    /// Show a user's quota and what they use; with --storage or --messages, set their own
+    /// limits first (a number, `none` for no limit, or `default` for the node's default).
+    Quota {
+        email: String,
+        /// Storage limit: bytes, or with K, M, G or T (powers of 1024), `none` or `default`
+        #[arg(long)]
+        storage: Option<String>,
+        /// Message-count limit: a number, `none` or `default`
+        #[arg(long)]
+        messages: Option<String>,
+        /// The report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a user's folders (messages, unseen, bytes), quota, and the nodes holding the copies.
     Show {
         email: String,
         /// The report as JSON
@@ -483,6 +500,21 @@ fn serve(flags: ServeArgs) -> Result<()> {
     if let Some(bytes) = args.message_bytes_max {
         config.smtp_limits.message_bytes_max = bytes;
     }
+    {
+        use porcupine_cluster::node::quota::{parse_bytes, parse_count, Setting};
+        let limit =
+            |text: &Option<String>, flag: &str, parse: fn(&str) -> Result<u64, String>| match text
+                .as_deref()
+                .map(|t| Setting::parse(t, parse))
+            {
+                None => Ok(None),
+                Some(Ok(Setting::Limit(n))) => Ok(Some(n)),
+                Some(Ok(_)) => Ok(None),
+                Some(Err(e)) => Err(anyhow::anyhow!("--{flag}: {e}")),
+            };
+        config.quota.storage = limit(&args.quota_storage, "quota-storage", parse_bytes)?;
+        config.quota.messages = limit(&args.quota_messages, "quota-messages", parse_count)?;
+    }
     if let Some(n) = args.recipients_max {
         config.smtp_limits.recipients_max = n;
     }
@@ -689,6 +721,46 @@ fn user(command: UserCommand, access: &AdminAccess) -> Result<()> {
             admin.request("POST", "/users/bulk", body.to_string().as_bytes())?
         }
         UserCommand::List => admin.request("GET", "/users", b"")?,
+        UserCommand::Delete { email } => {
+            let response = admin.request("POST", "/users/delete", email.as_bytes())?;
+            if response.status == 200 {
+                let removal: porcupine_cluster::node::user_removal::Removal =
+                    serde_json::from_str(&response.body)
+                        .with_context(|| format!("unexpected answer: {}", response.body))?;
+                println!(
+                    "deleted {}: {} messages removed{}",
+                    removal.user,
+                    removal.messages,
+                    if removal.profile_removed {
+                        ""
+                    } else {
+                        " (the user was deleted before; this run finished removing the mail)"
+                    }
+                );
+                return Ok(());
+            }
+            response
+        }
+        UserCommand::Quota {
+            email,
+            storage,
+            messages,
+            json,
+        } => {
+            let mut settings = Vec::new();
+            if let Some(storage) = storage {
+                settings.push(format!("storage={storage}"));
+            }
+            if let Some(messages) = messages {
+                settings.push(format!("messages={messages}"));
+            }
+            let body = format!("{email}\n{}", settings.join(" "));
+            let response = admin.request("POST", "/users/quota", body.as_bytes())?;
+            if response.status == 200 && !json {
+                return print_quota(&response.body);
+            }
+            response
+        }
         UserCommand::Show { email, json } => {
             let response = admin.request("POST", "/users/show", email.as_bytes())?;
             if response.status == 200 && !json {
@@ -742,6 +814,44 @@ fn migrate_export(what: ExportCommand, access: &AdminAccess) -> Result<()> {
     Ok(())
 }
 
+/// A limit and how much of it is used, for people.
+fn of_limit(used: u64, limit: Option<u64>) -> String {
+    match limit {
+        Some(limit) => {
+            let percent = if limit == 0 {
+                100.0
+            } else {
+                used as f64 * 100.0 / limit as f64
+            };
+            format!("{used} of {limit} ({percent:.1}%)")
+        }
+        None => format!("{used} (no limit)"),
+    }
+}
+
+/// `user quota` for people.
+fn print_quota(body: &str) -> Result<()> {
+    use porcupine_cluster::node::quota::{QuotaReport, Setting};
+    let report: QuotaReport =
+        serde_json::from_str(body).with_context(|| format!("unexpected answer: {body}"))?;
+    let whose = |setting: Setting| match setting {
+        Setting::Default => "the node's default",
+        Setting::Unlimited | Setting::Limit(_) => "the user's own",
+    };
+    println!("{}", report.user);
+    println!(
+        "  storage (bytes): {}  [{}]",
+        of_limit(report.usage.bytes, report.limits.storage),
+        whose(report.own.storage)
+    );
+    println!(
+        "  messages:        {}  [{}]",
+        of_limit(report.usage.messages, report.limits.messages),
+        whose(report.own.messages)
+    );
+    Ok(())
+}
+
 /// `user show` as a table.
 fn print_usage(body: &str) -> Result<()> {
     use porcupine_cluster::node::user_usage::UserUsage;
@@ -765,6 +875,11 @@ fn print_usage(body: &str) -> Result<()> {
             name, f.messages, f.unseen, f.bytes
         );
     }
+    println!(
+        "  quota: storage {}, messages {}",
+        of_limit(usage.bytes, usage.quota.storage),
+        of_limit(usage.messages, usage.quota.messages)
+    );
     println!("  {:<24} {:>9} {:>12}", "copies on node", "copies", "bytes");
     for n in &usage.nodes {
         let name = match &n.addr {

@@ -410,3 +410,25 @@ fn binary_append_and_fetch_keep_nul_bytes() {
         "{out}"
     );
 }
+
+#[test]
+fn quota_is_told_for_the_one_root_and_cannot_be_set() {
+    let out = run_all(
+        "a LOGIN u secret\r\nb GETQUOTAROOT INBOX\r\nc GETQUOTA \"\"\r\nd GETQUOTA \"other\"\r\ne SETQUOTA \"\" (STORAGE 10)\r\nf GETQUOTAROOT\r\n",
+    );
+    assert!(
+        out.contains("* QUOTAROOT \"INBOX\" \"\"\r\n* QUOTA \"\" (STORAGE 1 1024 MESSAGE 3 1000)\r\nb OK GETQUOTAROOT completed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* QUOTA \"\" (STORAGE 1 1024 MESSAGE 3 1000)\r\nc OK GETQUOTA completed"),
+        "{out}"
+    );
+    assert!(out.contains("d NO [NONEXISTENT]"), "{out}");
+    assert!(out.contains("e NO [NOPERM]"), "{out}");
+    assert!(out.contains("f BAD"), "{out}");
+    assert!(
+        out.contains(" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE"),
+        "{out}"
+    );
+}

@@ -1,0 +1,190 @@
+//! The user lifecycle and quotas through the real binary and stock clients
+//! (tests/py/user_lifecycle.py):
+//! - `porcupine user delete` on a three-node cluster (`--replicas 2`): the address is refused
+//!   at RCPT and its logins fail on every node, every copy of its mail and its folders are
+//!   gone, a node killed with SIGKILL and restarted brings nothing back, and the address added
+//!   again is a new user (empty, a new UIDVALIDITY);
+//! - quotas on one node: the node's default and a user's own, met at RCPT, at the end of the
+//!   data, per recipient by LMTP, at IMAP APPEND, told by GETQUOTA, freed by a POP3 delete.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::{start_member, status, wait_settled, Ports};
+use common::{binary, python, Node, PASSWORD};
+
+fn cli(node: &Node, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .args(node.admin_args())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Messages held on all `nodes` together (each copy counted).
+fn copies(nodes: &[&Node]) -> u64 {
+    nodes.iter().map(|n| status(n).messages).sum()
+}
+
+fn wait_copies(nodes: &[&Node], expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = copies(nodes);
+        if held == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} copies held, expected {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_deleted_user_is_gone_from_every_node_and_stays_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::free();
+    let start =
+        |n: usize| start_member(dir.path(), "127.0.0", 130, n, &ports, &["--replicas", "2"]);
+    let mut nodes = vec![start(1), start(2), start(3)];
+    wait_settled(&nodes.iter().collect::<Vec<_>>(), 3);
+    let (user, other) = ("leaver@localhost", "stayer@localhost");
+    nodes[0].add_user(user);
+    nodes[0].add_user(other);
+    let fill = python(
+        "user_lifecycle.py",
+        &[
+            "fill".into(),
+            nodes[0].ip.clone(),
+            nodes[0].smtp.to_string(),
+            nodes[1].imap.to_string(),
+            PASSWORD.into(),
+            user.into(),
+            other.into(),
+        ],
+    );
+    let validity: serde_json::Value =
+        serde_json::from_str(fill.lines().last().unwrap_or("")).expect("fill's report");
+    // Six messages, each on two nodes.
+    wait_copies(&nodes.iter().collect::<Vec<_>>(), 12);
+    let (ok, shown) = cli(&nodes[2], &["user", "show", user, "--json"]);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("\"messages\":5"), "{shown}");
+
+    let (ok, said) = cli(&nodes[2], &["user", "delete", user]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!("deleted {user}: 5 messages removed")),
+        "{said}"
+    );
+    // Only the other user's message is left, on its two nodes.
+    wait_copies(&nodes.iter().collect::<Vec<_>>(), 2);
+    for node in &nodes {
+        let out = python(
+            "user_lifecycle.py",
+            &[
+                "gone".into(),
+                node.ip.clone(),
+                node.smtp.to_string(),
+                node.pop3.to_string(),
+                node.imap.to_string(),
+                PASSWORD.into(),
+                user.into(),
+                other.into(),
+            ],
+        );
+        assert!(out.contains("gone ok"), "{out}");
+        // `gone` gave the other user one more message each time.
+        let (ok, list) = cli(node, &["user", "list"]);
+        assert!(ok && list.contains(other) && !list.contains(user), "{list}");
+        let (ok, shown) = cli(node, &["user", "show", user]);
+        assert!(!ok && shown.contains(&format!("no user {user}")), "{shown}");
+    }
+    wait_copies(&nodes.iter().collect::<Vec<_>>(), 2 + 2 * 3);
+
+    // A node killed and started again brings back neither the user nor their mail.
+    let second = nodes.remove(1);
+    second.kill();
+    nodes.insert(1, start(2));
+    wait_settled(&nodes.iter().collect::<Vec<_>>(), 3);
+    wait_copies(&nodes.iter().collect::<Vec<_>>(), 2 + 2 * 3);
+    let (ok, shown) = cli(&nodes[1], &["user", "show", user]);
+    assert!(!ok && shown.contains("no user"), "{shown}");
+
+    // Deleting again says there is no such user; the address added again is a new user.
+    let (ok, said) = cli(&nodes[0], &["user", "delete", "nobody-here@localhost"]);
+    assert!(
+        !ok && said.contains("no user nobody-here@localhost"),
+        "{said}"
+    );
+    nodes[1].add_user(user);
+    let out = python(
+        "user_lifecycle.py",
+        &[
+            "fresh".into(),
+            nodes[2].ip.clone(),
+            nodes[2].imap.to_string(),
+            PASSWORD.into(),
+            user.into(),
+            validity["uidvalidity"].to_string(),
+        ],
+    );
+    assert!(out.contains("fresh ok"), "{out}");
+}
+
+#[test]
+fn quotas_refuse_at_every_door_and_a_delete_frees_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), &["--quota-storage", "20K"]);
+    let (a, b, c) = (
+        "quota-a@localhost",
+        "quota-b@localhost",
+        "quota-c@localhost",
+    );
+    for user in [a, b, c] {
+        node.add_user(user);
+    }
+    let (ok, said) = cli(
+        &node,
+        &["user", "quota", b, "--storage", "none", "--messages", "3"],
+    );
+    assert!(ok, "{said}");
+    assert!(said.contains("messages:        0 of 3"), "{said}");
+    assert!(said.contains("(no limit)  [the user's own]"), "{said}");
+    let (ok, said) = cli(&node, &["user", "quota", a, "--storage", "lots"]);
+    assert!(!ok && said.contains("bad size"), "{said}");
+    let out = python(
+        "user_lifecycle.py",
+        &[
+            "quota".into(),
+            node.ip.clone(),
+            node.smtp.to_string(),
+            node.lmtp.to_string(),
+            node.pop3.to_string(),
+            node.imap.to_string(),
+            PASSWORD.into(),
+            a.into(),
+            b.into(),
+            c.into(),
+        ],
+    );
+    assert!(out.contains("quota ok"), "{out}");
+    // A: two big messages and a small one left, then the big one sent after the deletes.
+    let (ok, report) = cli(&node, &["user", "quota", a, "--json"]);
+    assert!(ok, "{report}");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    assert_eq!(report["usage"]["messages"], 3, "{report}");
+    assert_eq!(report["limits"]["storage"], 20 * 1024, "{report}");
+    let (ok, shown) = cli(&node, &["user", "show", a]);
+    assert!(ok && shown.contains("quota: storage "), "{shown}");
+    assert!(shown.contains(" of 20480 ("), "{shown}");
+}
