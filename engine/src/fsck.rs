@@ -55,7 +55,11 @@ pub struct FsckReport {
     /// Live messages and mailboxes (users with mail), as the whole log says.
     pub messages: u64,
     pub users: usize,
+    /// Profiles whose newest record is not a removal (internal ones included: the engine
+    /// does not tell them apart).
     pub profiles: usize,
+    /// Profiles removed (`user delete`).
+    pub removed_profiles: usize,
     /// Damage inside the log, valid records after it (segment, range).
     pub damaged: Vec<(u32, SkippedRange)>,
     /// Sealed segments that end in damage (segment, offset, why).
@@ -134,6 +138,7 @@ pub async fn check_shard<S: Storage>(
         messages: 0,
         users: 0,
         profiles: 0,
+        removed_profiles: 0,
         damaged: Vec::new(),
         sealed_ends_damaged: Vec::new(),
         bad_headers: Vec::new(),
@@ -224,7 +229,11 @@ pub async fn check_shard<S: Storage>(
     }
     report.messages = index.message_count();
     report.users = index.user_count();
-    report.profiles = index.profile_users().count();
+    report.removed_profiles = index
+        .profile_users()
+        .filter(|(_, p)| p.is_removed())
+        .count();
+    report.profiles = index.profile_users().count() - report.removed_profiles;
     report.checkpoint = check_checkpoint(storage, dir, &seqs, &files).await?;
     Ok(report)
 }

@@ -110,8 +110,8 @@ fn checkpoint_text(check: &CheckpointCheck) -> String {
 
 fn print_report(report: &FsckReport) {
     println!(
-        "{}: {} segments, {} records ({} bytes) verified; {} messages of {} users, {} profiles; \
-         checkpoint: {}",
+        "{}: {} segments, {} records ({} bytes) verified; {} messages of {} users, {} profiles \
+         ({} removed); checkpoint: {}",
         report.dir.display(),
         report.segments,
         report.records,
@@ -119,6 +119,7 @@ fn print_report(report: &FsckReport) {
         report.messages,
         report.users,
         report.profiles,
+        report.removed_profiles,
         checkpoint_text(&report.checkpoint)
     );
     for problem in report.problems() {
@@ -138,6 +139,7 @@ fn to_json(report: &FsckReport) -> serde_json::Value {
         "messages": report.messages,
         "users": report.users,
         "profiles": report.profiles,
+        "removed_profiles": report.removed_profiles,
         "checkpoint": checkpoint_text(&report.checkpoint),
         "problems": report.problems(),
         "notes": report.notes(),

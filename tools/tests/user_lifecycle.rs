@@ -5,7 +5,9 @@
 //!   gone, a node killed with SIGKILL and restarted brings nothing back, and the address added
 //!   again is a new user (empty, a new UIDVALIDITY);
 //! - quotas on one node: the node's default and a user's own, met at RCPT, at the end of the
-//!   data, per recipient by LMTP, at IMAP APPEND, told by GETQUOTA, freed by a POP3 delete.
+//!   data, per recipient by LMTP, at IMAP APPEND, told by GETQUOTA, freed by a POP3 delete;
+//! - SIGHUP: a new quota default from the config file takes effect, a changed setting that
+//!   needs a restart is named, a broken file changes nothing.
 
 mod common;
 
@@ -187,4 +189,83 @@ fn quotas_refuse_at_every_door_and_a_delete_frees_room() {
     let (ok, shown) = cli(&node, &["user", "show", a]);
     assert!(ok && shown.contains("quota: storage "), "{shown}");
     assert!(shown.contains(" of 20480 ("), "{shown}");
+}
+
+fn send(node: &Node, rcpt: &str, expected: &str) {
+    let out = python(
+        "user_lifecycle.py",
+        &[
+            "send".into(),
+            node.ip.clone(),
+            node.smtp.to_string(),
+            rcpt.into(),
+            expected.into(),
+        ],
+    );
+    assert!(out.contains(expected), "{out}");
+}
+
+/// Sends SIGHUP and waits until the node's log has said `expected` once more than before.
+fn hangup(node: &Node, log: &std::path::Path, expected: &str) -> String {
+    let before = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(expected)
+        .count();
+    Command::new("kill")
+        .args(["-HUP", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(expected).count() > before {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {expected:?} in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_takes_live_settings_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("porcupine.toml");
+    std::fs::write(&file, "quota-messages = \"2\"\n").unwrap();
+    let file_arg = file.display().to_string();
+    let node = Node::start(&dir.path().join("data"), &["--config", &file_arg]);
+    let log = dir.path().join("data.log");
+    let user = "reload@localhost";
+    node.add_user(user);
+    let (ok, said) = cli(&node, &["user", "quota", user]);
+    assert!(
+        ok && said.contains("0 of 2 (0.0%)  [the node's default]"),
+        "{said}"
+    );
+    send(&node, user, "sent 250");
+    send(&node, user, "sent 250");
+    send(&node, user, "refused 552");
+
+    // A larger default, and a setting that needs a restart.
+    std::fs::write(
+        &file,
+        "quota-messages = \"5\"\nhostname = \"elsewhere.example\"\n",
+    )
+    .unwrap();
+    let text = hangup(&node, &log, "configuration reloaded");
+    assert!(text.contains("quota-messages"), "{text}");
+    assert!(text.contains("take effect only at a restart"), "{text}");
+    assert!(text.contains("hostname"), "{text}");
+    let (ok, said) = cli(&node, &["user", "quota", user]);
+    assert!(ok && said.contains("2 of 5 ("), "{said}");
+    send(&node, user, "sent 250");
+
+    // A file that does not read changes nothing.
+    std::fs::write(&file, "quota-messages = \"many\"\n").unwrap();
+    hangup(&node, &log, "the configuration was not reloaded");
+    let (ok, said) = cli(&node, &["user", "quota", user]);
+    assert!(ok && said.contains("3 of 5 ("), "{said}");
+    assert!(node.terminate().success());
 }

@@ -379,12 +379,24 @@ async fn set_password(
     store_profile(context, email, users::encode_profile(&secrets)).await
 }
 
-/// Stores a profile made here and sends it, with its timestamp, to every other member.
+/// Stores a profile made here and sends it, with its timestamp, to every other member (one
+/// that misses it gets it when it next joins).
 pub(super) async fn store_profile(
     context: &CoreContext,
     email: String,
     profile: Vec<u8>,
 ) -> Result<(), (u16, String)> {
+    store_profile_everywhere(context, email, profile)
+        .await
+        .map(|_| ())
+}
+
+/// [`store_profile`], answering with the members that did not take it.
+pub(super) async fn store_profile_everywhere(
+    context: &CoreContext,
+    email: String,
+    profile: Vec<u8>,
+) -> Result<Vec<u64>, (u16, String)> {
     let put = PutProfile {
         user: email.clone(),
         profile: Arc::new(profile.clone()),
@@ -400,8 +412,7 @@ pub(super) async fn store_profile(
                 "storage error: the profile was not written\n".to_string(),
             )
         })?;
-    super::cluster_driver::replicate_profiles(context, vec![(email, hlc, profile)]).await;
-    Ok(())
+    Ok(super::cluster_driver::replicate_profiles(context, vec![(email, hlc, profile)]).await)
 }
 
 /// Creates a user; `shared` is a profile made once for many users (bulk creation).
@@ -529,7 +540,7 @@ async fn bulk(context: &Rc<CoreContext>, body: &[u8]) -> Response {
         tally(task.await);
     }
     if context.cluster.clustered() {
-        super::cluster_driver::replicate_profiles(context, stored).await;
+        let _ = super::cluster_driver::replicate_profiles(context, stored).await;
     }
     json(
         200,

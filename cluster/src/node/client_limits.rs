@@ -16,7 +16,8 @@ const RECORDS_PER_SHARD_MAX: usize = 1 << 16;
 
 #[derive(Debug)]
 pub struct ClientLimits {
-    settings: AbuseSettings,
+    /// Changed live (SIGHUP) by [`ClientLimits::set_settings`].
+    settings: arc_swap::ArcSwap<AbuseSettings>,
     shards: Vec<Mutex<HashMap<IpAddr, IpRecord>>>,
     started: Instant,
 }
@@ -37,10 +38,16 @@ impl Drop for IpSlot {
 impl ClientLimits {
     pub fn new(settings: AbuseSettings) -> Self {
         Self {
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             started: Instant::now(),
         }
+    }
+
+    /// New limits (SIGHUP): the next connection and login are judged by them; what each
+    /// address did recently is kept.
+    pub fn set_settings(&self, settings: AbuseSettings) {
+        self.settings.store(std::sync::Arc::new(settings));
     }
 
     fn now_ms(&self) -> u64 {
@@ -55,20 +62,20 @@ impl ClientLimits {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if records.len() >= RECORDS_PER_SHARD_MAX && !records.contains_key(&ip) {
-            records.retain(|_, r| !r.idle(&self.settings, now));
+            records.retain(|_, r| !r.idle(&self.settings.load(), now));
         }
         let record = records
             .entry(ip)
-            .or_insert_with(|| IpRecord::new(&self.settings, now));
+            .or_insert_with(|| IpRecord::new(&self.settings.load(), now));
         f(record, now)
     }
 
     /// A new connection from `ip`: its slot (`None` for an exempt address), or why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Option<IpSlot>, Admission> {
-        if abuse::exempt(&self.settings, ip) {
+        if abuse::exempt(&self.settings.load(), ip) {
             return Ok(None);
         }
-        match self.with(ip, |record, now| record.admit(&self.settings, now)) {
+        match self.with(ip, |record, now| record.admit(&self.settings.load(), now)) {
             Admission::Admitted => Ok(Some(IpSlot {
                 limits: self.clone(),
                 ip,
@@ -79,7 +86,7 @@ impl ClientLimits {
 
     /// How long a login from `ip` waits, given its recent failures.
     pub fn login_penalty(&self, ip: IpAddr) -> Duration {
-        if abuse::exempt(&self.settings, ip) {
+        if abuse::exempt(&self.settings.load(), ip) {
             return Duration::ZERO;
         }
         self.with(ip, |record, now| abuse::penalty(record.failures.count(now)))
@@ -87,13 +94,13 @@ impl ClientLimits {
 
     /// A login from `ip` failed: the next ones wait longer.
     pub fn login_failed(&self, ip: IpAddr) {
-        if !abuse::exempt(&self.settings, ip) {
+        if !abuse::exempt(&self.settings.load(), ip) {
             self.with(ip, |record, now| record.failures.failed(now));
         }
     }
 
     pub fn login_succeeded(&self, ip: IpAddr) {
-        if !abuse::exempt(&self.settings, ip) {
+        if !abuse::exempt(&self.settings.load(), ip) {
             self.with(ip, |record, _| record.failures.succeeded());
         }
     }

@@ -47,7 +47,7 @@ pub async fn open(
 
 /// A password may cross in clear only from loopback, or where the operator allows it.
 pub fn plaintext_policy(context: &CoreContext, peer: Option<SocketAddr>) -> Plaintext {
-    if context.config.allow_plaintext_auth || peer.is_some_and(|p| p.ip().is_loopback()) {
+    if context.live.load().allow_plaintext_auth || peer.is_some_and(|p| p.ip().is_loopback()) {
         Plaintext::Allowed
     } else {
         Plaintext::Refused

@@ -548,10 +548,15 @@ const PEER_IDLE_CHECK: Duration = Duration::from_secs(10);
 /// Sends new or changed profiles, each with the timestamp of its update, to every other member
 /// (each node holds every profile; the newest update wins). A member that misses them gets
 /// them when it next joins: every member sends its profiles to a node that (re)joins.
-pub async fn replicate_profiles(context: &CoreContext, profiles: Vec<(String, u64, Vec<u8>)>) {
+/// Returns the members that did not take them.
+pub async fn replicate_profiles(
+    context: &CoreContext,
+    profiles: Vec<(String, u64, Vec<u8>)>,
+) -> Vec<u64> {
     let shared = &context.cluster;
     let view = shared.view.load_full();
     let peers = &context.peers;
+    let mut missed = Vec::new();
     for member in view.members.iter().filter(|m| m.id != shared.me.id) {
         for chunk in profiles.chunks(PROFILE_BATCH) {
             let sync = SyncProfiles {
@@ -566,8 +571,10 @@ pub async fn replicate_profiles(context: &CoreContext, profiles: Vec<(String, u6
                     node = member.id,
                     "a member did not take new profiles; it gets them when it next joins"
                 );
+                missed.push(member.id);
                 break;
             }
         }
     }
+    missed
 }

@@ -116,6 +116,20 @@ pub struct NodeConfig {
     pub quota: super::quota::Limits,
 }
 
+impl NodeConfig {
+    /// Takes the settings that can change live from `new` (see [`super::live_settings`]).
+    pub fn apply_live(&mut self, new: &NodeConfig) {
+        self.quota = new.quota;
+        self.connections_max = new.connections_max;
+        self.smtp_idle_timeout = new.smtp_idle_timeout;
+        self.pop3_idle_timeout = new.pop3_idle_timeout;
+        self.imap_idle_timeout = new.imap_idle_timeout;
+        self.write_timeout = new.write_timeout;
+        self.allow_plaintext_auth = new.allow_plaintext_auth;
+        self.abuse = new.abuse.clone();
+    }
+}
+
 /// A fault a test can inject into a running node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {

@@ -550,6 +550,31 @@ impl CoreCall for ListUsers {
     }
 }
 
+/// How many users ever had a profile on a core's shards (removed ones too): a node where
+/// every user was deleted is not a new node.
+#[derive(Clone, Copy, Debug)]
+pub struct ProfilesEver;
+
+impl CoreCall for ProfilesEver {
+    type Reply = Vec<usize>;
+    async fn serve(self, service: &CoreService) -> Vec<usize> {
+        service
+            .shards()
+            .all()
+            .map(|shard| {
+                shard
+                    .users()
+                    .iter()
+                    .filter(|u| shard.has_profile(u) && !super::imap_authority::is_internal(u))
+                    .count()
+            })
+            .collect()
+    }
+    fn unanswered() -> Vec<usize> {
+        Vec::new()
+    }
+}
+
 /// A summary of each of a core's shards, for `/status` and `/metrics`.
 #[derive(Clone, Copy, Debug)]
 pub struct ShardReports;

@@ -844,7 +844,7 @@ async fn execute(
                     .map_err(|_| Unavailable)?;
                 if let Some(hlc) = hlc {
                     if context.cluster.clustered() {
-                        super::cluster_driver::replicate_profiles(
+                        let _ = super::cluster_driver::replicate_profiles(
                             context,
                             vec![(name, hlc, bytes)],
                         )

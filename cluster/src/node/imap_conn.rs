@@ -21,6 +21,7 @@ use super::core_context::CoreContext;
 use super::imap_authority;
 use super::maildrop;
 use super::metrics::add;
+use super::quota::Tally;
 use crate::mailbox::{self, ImapAnswer, ImapOp, WireFolder, WireMessage};
 use crate::maildrop::OpenFailure;
 use crate::membership::NodeId;
@@ -101,11 +102,11 @@ fn error_of(answer: ImapAnswer) -> MailboxError {
     }
 }
 
-/// The selected folder's messages as the node needs them: UID → (id, holders).
+/// The selected folder's messages as the node needs them: UID → (id, holders, size).
 #[derive(Debug, Default)]
 struct Selected {
     folder: String,
-    messages: HashMap<u32, (u128, Vec<NodeId>)>,
+    messages: HashMap<u32, (u128, Vec<NodeId>, u64)>,
 }
 
 impl Selected {
@@ -113,7 +114,7 @@ impl Selected {
         self.messages = folder
             .messages
             .iter()
-            .map(|m| (m.uid, (m.id, m.holders.clone())))
+            .map(|m| (m.uid, (m.id, m.holders.clone(), m.size)))
             .collect();
         Snapshot {
             uid_validity: folder.uid_validity,
@@ -301,7 +302,7 @@ pub async fn serve(
                     let mut bodies = Vec::with_capacity(uids.len());
                     for uid in uids {
                         let body = match selected.messages.get(&uid) {
-                            Some((id, holders)) => read(&context, &user, *id, holders).await,
+                            Some((id, holders, _)) => read(&context, &user, *id, holders).await,
                             None => None,
                         };
                         if body.is_some() {
@@ -384,13 +385,19 @@ pub async fn serve(
                     mailbox,
                     moving,
                 } => {
-                    // A copy adds messages (a move does not): refused at the quota. Its size
-                    // is not known here, so it is the message count, and storage already at
-                    // its limit, that refuse it.
+                    // A copy adds messages (a move does not): refused if they would pass
+                    // the quota, all of them together.
                     let refusal = if moving {
                         None
                     } else {
-                        over_quota(&context, &user, 0).await
+                        let adding = uids
+                            .iter()
+                            .filter_map(|uid| selected.messages.get(uid))
+                            .fold(Tally::default(), |t, (_, _, size)| Tally {
+                                messages: t.messages.saturating_add(1),
+                                bytes: t.bytes.saturating_add(*size),
+                            });
+                        over_quota_adding(&context, &user, adding).await
                     };
                     let result = match refusal {
                         Some(refusal) => Err(refusal),
@@ -487,7 +494,26 @@ pub async fn serve(
 
 /// The refusal of a message of `size` bytes that would take `user` past their quota.
 async fn over_quota(context: &Rc<CoreContext>, user: &str, size: u64) -> Option<MailboxError> {
-    match super::quota::check(context, user, size).await {
+    let adding = Tally {
+        messages: 1,
+        bytes: size,
+    };
+    over_quota_adding(context, user, adding).await
+}
+
+/// The refusal of messages that would take `user` past their quota, or that a deleted user
+/// (a session opened before `user delete`) would store.
+async fn over_quota_adding(
+    context: &Rc<CoreContext>,
+    user: &str,
+    adding: Tally,
+) -> Option<MailboxError> {
+    match context.user_exists(user).await {
+        Ok(true) => {}
+        Ok(false) => return Some(MailboxError::NotAllowed("the user was deleted".into())),
+        Err(_) => return Some(MailboxError::Unavailable),
+    }
+    match super::quota::check_adding(context, user, adding).await {
         Ok(Ok(())) => None,
         Ok(Err(_)) => Some(MailboxError::OverQuota),
         Err(_) => Some(MailboxError::Unavailable),

@@ -377,7 +377,7 @@ pub async fn accept(
             hand_to(target, handoff, &context, &watch);
             continue;
         }
-        if protocol != Protocol::Admin && counts.total() >= context.config.connections_max {
+        if protocol != Protocol::Admin && counts.total() >= context.live.load().connections_max {
             metrics::add(&context.metrics.sessions_refused, 1);
             refuse(protocol, stream.bind_to_executor());
             continue;
@@ -462,12 +462,14 @@ fn serve(handoff: Handoff, context: Rc<CoreContext>, watch: &SessionWatch) {
         },
         _ => None,
     };
+    let live = context.live.load();
     let idle = match protocol {
-        Protocol::Pop3 | Protocol::Pop3s => context.config.pop3_idle_timeout,
-        Protocol::Imap | Protocol::Imaps => context.config.imap_idle_timeout,
-        _ => context.config.smtp_idle_timeout,
+        Protocol::Pop3 | Protocol::Pop3s => live.pop3_idle_timeout,
+        Protocol::Imap | Protocol::Imaps => live.imap_idle_timeout,
+        _ => live.smtp_idle_timeout,
     };
-    let clock = watch.register(idle, context.config.write_timeout);
+    let clock = watch.register(idle, live.write_timeout);
+    drop(live);
     glommio::spawn_local(async move {
         match protocol {
             Protocol::Smtp => super::smtp_conn::serve(stream, context, clock, Dialect::Smtp).await,

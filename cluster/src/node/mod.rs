@@ -27,6 +27,7 @@ pub mod healing;
 pub mod imap_authority;
 pub mod imap_conn;
 pub mod listeners;
+pub mod live_settings;
 pub mod mail_transfer;
 pub mod maildrop;
 pub mod metrics;
@@ -53,7 +54,7 @@ use porcupine_runtime as runtime;
 
 use self::conn::SessionWatch;
 use self::core_call::{Router, ToCore};
-use self::core_calls::{ListUsers, PutProfile};
+use self::core_calls::{ProfilesEver, PutProfile};
 use self::core_context::CoreContext;
 use self::listeners::{Bound, Handoff, SessionCounts};
 use self::metrics::NodeMetrics;
@@ -85,6 +86,8 @@ pub struct NodeContext {
     pub clients: Arc<client_limits::ClientLimits>,
     /// Message bytes in transfer on the node, against `transfer_bytes_max`.
     pub transfer: transfer::TransferBudget,
+    /// The settings SIGHUP can change ([`live_settings`]); read these, not `config`'s.
+    pub live: arc_swap::ArcSwap<live_settings::LiveSettings>,
 }
 
 /// The storage of each data directory: a directory named in `throttles` gets one simulated
@@ -327,6 +330,7 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
         admin_token,
         tls: server_tls,
         clients: Arc::new(client_limits::ClientLimits::new(config.abuse.clone())),
+        live: arc_swap::ArcSwap::from_pointee(live_settings::LiveSettings::of(&config)),
         transfer: transfer::TransferBudget::new(config.transfer_bytes_max),
     });
     let (stop_tx, stop_rx) = flume::unbounded::<()>();
@@ -450,7 +454,8 @@ fn ensure_first_user(context: &Arc<NodeContext>) -> Result<Option<(String, Strin
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let done = runtime::run_local(move || async move {
-        if !router.call_each(ListUsers).await.is_empty() {
+        // Users deleted since count: a node whose users were all deleted is not new.
+        if router.call_each(ProfilesEver).await.iter().sum::<usize>() > 0 {
             return Ok(None);
         }
         let password: String = {
@@ -601,9 +606,31 @@ async fn run_core(
     service_task.await;
 }
 
+/// What a reload of the settings did (by flag names).
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub changed: Vec<&'static str>,
+    pub restart_needed: Vec<&'static str>,
+}
+
 impl NodeHandle {
     pub fn context(&self) -> &Arc<NodeContext> {
         &self.context
+    }
+
+    /// Takes the live settings of `new` (SIGHUP; `old` is the configuration in force): what
+    /// changed, and what differs but needs a restart.
+    pub fn reload_settings(&self, old: &NodeConfig, new: &NodeConfig) -> Reloaded {
+        let fresh = live_settings::LiveSettings::of(new);
+        let changed = self.context.live.load().changes(&fresh);
+        if fresh.abuse != self.context.live.load().abuse {
+            self.context.clients.set_settings(fresh.abuse.clone());
+        }
+        self.context.live.store(Arc::new(fresh));
+        Reloaded {
+            changed,
+            restart_needed: live_settings::restart_needed(old, new),
+        }
     }
 
     /// Reads the TLS certificate and key again (SIGHUP): new handshakes use them, sessions

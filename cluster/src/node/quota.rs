@@ -16,7 +16,8 @@
 //!   once), only for a user with a limit: a cache on one core cannot see what the others
 //!   store. Messages taken in at the same moment through several sessions may each pass the
 //!   check before any is stored, so a limit can be passed by those few, as with any MTA's.
-//!   A core keeps users' limits until they change.
+//!   A core keeps users' own limits until they change; the node's default is read at each
+//!   check (SIGHUP changes it, [`super::live_settings`]).
 //!
 //! Quota profile, version 1 (unknown lines are ignored; `default`: the node's default):
 //!
@@ -38,7 +39,7 @@ use super::core_context::CoreContext;
 use super::service::StoreError;
 use crate::rpc::{UsageEntry, UserUsage};
 
-/// How long a core trusts a user's limits: a change is sent to every member, which forgets
+/// How long a core trusts a user's own limits: a change is sent to every member, which forgets
 /// them at once ([`super::core_context::CoreContext::forget_users`]); this bounds what a
 /// member that missed it keeps until anti-entropy brings it.
 pub const LIMITS_FRESH_FOR: Duration = Duration::from_secs(600);
@@ -206,15 +207,26 @@ pub enum Over {
 impl Tally {
     /// Whether one more message of `size` bytes stays within `limits`.
     pub fn admits(&self, size: u64, limits: Limits) -> Result<(), Over> {
+        self.admits_adding(
+            Tally {
+                messages: 1,
+                bytes: size,
+            },
+            limits,
+        )
+    }
+
+    /// Whether `adding` more stays within `limits`.
+    pub fn admits_adding(&self, adding: Tally, limits: Limits) -> Result<(), Over> {
         if limits
             .storage
-            .is_some_and(|max| self.bytes.saturating_add(size) > max)
+            .is_some_and(|max| self.bytes.saturating_add(adding.bytes) > max)
         {
             return Err(Over::Storage);
         }
         if limits
             .messages
-            .is_some_and(|max| self.messages.saturating_add(1) > max)
+            .is_some_and(|max| self.messages.saturating_add(adding.messages) > max)
         {
             return Err(Over::Messages);
         }
@@ -250,9 +262,10 @@ pub struct QuotaCache {
     users: RefCell<HashMap<String, Cached>>,
 }
 
+/// A user's own settings, as read when.
 #[derive(Debug, Default, Clone, Copy)]
 struct Cached {
-    limits: Option<(Instant, Limits)>,
+    own: Option<(Instant, UserQuota)>,
 }
 
 impl QuotaCache {
@@ -277,13 +290,14 @@ fn fresh<T: Copy>(slot: Option<(Instant, T)>, trust: Duration) -> Option<T> {
     slot.filter(|(at, _)| at.elapsed() < trust).map(|(_, v)| v)
 }
 
-/// The limits in force for `user`: their own, else the node's default.
+/// The limits in force for `user`: their own, else the node's default (as SIGHUP last set it).
 pub async fn limits_of(context: &Rc<CoreContext>, user: &str) -> Result<Limits, StoreError> {
-    if let Some(limits) = context
+    let default = context.live.load().quota;
+    if let Some(own) = context
         .quota_cache
-        .with(user, |c| fresh(c.limits, LIMITS_FRESH_FOR))
+        .with(user, |c| fresh(c.own, LIMITS_FRESH_FOR))
     {
-        return Ok(limits);
+        return Ok(own.resolve(default));
     }
     let own = context
         .call(ReadProfile {
@@ -292,11 +306,10 @@ pub async fn limits_of(context: &Rc<CoreContext>, user: &str) -> Result<Limits, 
         .await?
         .map(|bytes| UserQuota::decode(&bytes))
         .unwrap_or_default();
-    let limits = own.resolve(context.config.quota);
     context
         .quota_cache
-        .with(user, |c| c.limits = Some((Instant::now(), limits)));
-    Ok(limits)
+        .with(user, |c| c.own = Some((Instant::now(), own)));
+    Ok(own.resolve(default))
 }
 
 /// What `user` keeps now, over the whole cluster, asked afresh of this node's cores and every
@@ -354,11 +367,24 @@ pub async fn check(
     user: &str,
     size: u64,
 ) -> Result<Result<(), Over>, StoreError> {
+    let adding = Tally {
+        messages: 1,
+        bytes: size,
+    };
+    check_adding(context, user, adding).await
+}
+
+/// [`check`] for several messages at once (an IMAP COPY).
+pub async fn check_adding(
+    context: &Rc<CoreContext>,
+    user: &str,
+    adding: Tally,
+) -> Result<Result<(), Over>, StoreError> {
     let limits = limits_of(context, user).await?;
     if limits.is_unlimited() {
         return Ok(Ok(()));
     }
-    Ok(usage_of(context, user).await.admits(size, limits))
+    Ok(usage_of(context, user).await.admits_adding(adding, limits))
 }
 
 /// A user's quota as `porcupine user quota` shows it.
@@ -439,7 +465,7 @@ pub async fn show_or_set(
         context.forget_users(vec![user.clone()]).await;
     }
     Ok(QuotaReport {
-        limits: own.resolve(context.config.quota),
+        limits: own.resolve(context.live.load().quota),
         usage: usage_of(context, &user).await,
         own,
         user,

@@ -249,8 +249,9 @@ impl CoreService {
 
     async fn verify_once(&self, shard: &Shard, user: &str, password: &str) -> Result<(), Login> {
         let profile = match shard.read_profile(user).await {
-            Ok(Some(profile)) => profile,
-            Ok(None) => {
+            // A removed user (`user delete`) is refused as one that never existed.
+            Ok(Some(profile)) if !profile.is_empty() => profile,
+            Ok(_) => {
                 // Spend comparable time so a missing user is not told apart by timing.
                 let password = password.to_owned();
                 let _ = glommio::executor()
@@ -287,7 +288,8 @@ impl CoreService {
                     core: self.core,
                     dir: shard.dir().display().to_string(),
                     messages: stats.messages,
-                    users: shard.profile_count(),
+                    // Users, not the profiles the node keeps for itself (IMAP, quotas).
+                    users: shard.profile_count(|name| !super::imap_authority::is_internal(name)),
                     segments: stats.segments,
                     poisoned: stats.poisoned,
                     appended_records: m.records,

@@ -160,21 +160,34 @@ async fn check_recipient(context: &Rc<CoreContext>, user: &str, size: u64) -> Re
 
 /// Each recipient checked again now that the message's size is known (and a user deleted
 /// since RCPT is gone): `None` for those it may be stored for, else the outcome to answer.
+/// Several recipients are checked at once.
 async fn recheck(
     context: &Rc<CoreContext>,
     envelope: &porcupine_protocols::smtp::Envelope,
     size: u64,
 ) -> Vec<Option<DeliveryOutcome>> {
-    let mut verdicts = Vec::with_capacity(envelope.recipients.len());
-    for recipient in &envelope.recipients {
-        verdicts.push(
-            match check_recipient(context, &recipient.canonical(), size).await {
-                RecipientCheck::Local => None,
-                RecipientCheck::Unknown => Some(DeliveryOutcome::NoSuchUser),
-                RecipientCheck::OverQuota => Some(DeliveryOutcome::OverQuota),
-                RecipientCheck::Unavailable => Some(DeliveryOutcome::Failed),
-            },
-        );
+    let verdict = |check| match check {
+        RecipientCheck::Local => None,
+        RecipientCheck::Unknown => Some(DeliveryOutcome::NoSuchUser),
+        RecipientCheck::OverQuota => Some(DeliveryOutcome::OverQuota),
+        RecipientCheck::Unavailable => Some(DeliveryOutcome::Failed),
+    };
+    if let [recipient] = envelope.recipients.as_slice() {
+        return vec![verdict(
+            check_recipient(context, &recipient.canonical(), size).await,
+        )];
+    }
+    let tasks: Vec<_> = envelope
+        .recipients
+        .iter()
+        .map(|recipient| {
+            let (context, user) = (context.clone(), recipient.canonical());
+            glommio::spawn_local(async move { check_recipient(&context, &user, size).await })
+        })
+        .collect();
+    let mut verdicts = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        verdicts.push(verdict(task.await));
     }
     verdicts
 }
@@ -211,11 +224,26 @@ async fn deliver(
         return vec![DeliveryOutcome::Stored(id_text); envelope.recipients.len()];
     }
     let size = message.len() as u64;
-    let verdicts = recheck(context, envelope, size).await;
-    if dialect == Dialect::Smtp && verdicts.iter().any(Option::is_some) {
-        // One reply speaks for the whole message: nothing is stored, so nobody gets a copy
-        // the sender will be told was not delivered.
-        return verdicts.into_iter().flatten().collect();
+    let mut verdicts = recheck(context, envelope, size).await;
+    match (dialect, verdicts.as_slice()) {
+        // LMTP answers each recipient.
+        (Dialect::Lmtp, _) => {}
+        // One recipient: the one reply is theirs.
+        (Dialect::Smtp, [Some(refused)]) => return vec![refused.clone()],
+        (Dialect::Smtp, _) => {
+            // One reply for several recipients, each accepted at RCPT: refusing the message
+            // for one would bounce it for all. A mailbox found full only now takes this one
+            // message past its limit (as Dovecot's quota grace does); a user deleted since
+            // RCPT gets no copy; an unanswered check does not hold the mail back.
+            for verdict in &mut verdicts {
+                *verdict = match verdict {
+                    Some(DeliveryOutcome::NoSuchUser) => {
+                        Some(DeliveryOutcome::Stored(id_text.clone()))
+                    }
+                    _ => None,
+                };
+            }
+        }
     }
     let mut outcomes = Vec::with_capacity(envelope.recipients.len());
     let outcome_of = |result: Result<(), StoreError>| match result {

@@ -11,8 +11,8 @@
 //!    sent to every node holding a copy (the tombstones POP3 and IMAP deletes use, pending until
 //!    every replica has them), and starts the folder list again, UIDVALIDITY raised.
 //!
-//! Step 3 may fail (a holder unreachable past the patience of a delete): the user is gone
-//! already and the operator runs the command again, which repeats step 3 only.
+//! A member that does not take the removal in step 1, or a holder unreachable in step 3,
+//! makes the command fail saying so; running it again repeats every step (each is idempotent).
 
 use std::rc::Rc;
 
@@ -45,6 +45,11 @@ pub enum RemovalError {
          removed now (a node holding copies is unreachable); run the command again"
     )]
     MailRemains(String),
+    #[error(
+        "{0} is removed here, but members {1:?} did not take the removal (they still take \
+         the user's mail until they do); run the command again"
+    )]
+    NotEverywhere(String, Vec<u64>),
 }
 
 pub async fn remove(context: &Rc<CoreContext>, user: &str) -> Result<Removal, RemovalError> {
@@ -64,22 +69,29 @@ pub async fn remove(context: &Rc<CoreContext>, user: &str) -> Result<Removal, Re
         }
         Err(e) => return Err(RemovalError::Storage(format!("{e:?}"))),
     };
-    if profile_removed {
-        super::admin::store_profile(context, user.clone(), Vec::new())
-            .await
-            .map_err(|(_, why)| RemovalError::Storage(why.trim().to_owned()))?;
-        // A per-user quota goes with the user.
-        super::admin::store_profile(context, super::quota::profile_name(&user), Vec::new())
-            .await
-            .map_err(|(_, why)| RemovalError::Storage(why.trim().to_owned()))?;
+    // Sent again by a second run: a member that missed it the first time gets it now. A
+    // per-user quota goes with the user.
+    let mut missed = Vec::new();
+    for name in [user.clone(), super::quota::profile_name(&user)] {
+        missed.extend(
+            super::admin::store_profile_everywhere(context, name, Vec::new())
+                .await
+                .map_err(|(_, why)| RemovalError::Storage(why.trim().to_owned()))?,
+        );
     }
     context.forget_users(vec![user.clone()]).await;
-    match imap_authority::call(context, &user, ImapOp::RemoveAll).await {
-        ImapAnswer::Removed { messages } => Ok(Removal {
-            user,
-            messages,
-            profile_removed,
-        }),
-        _ => Err(RemovalError::MailRemains(user)),
+    let messages = match imap_authority::call(context, &user, ImapOp::RemoveAll).await {
+        ImapAnswer::Removed { messages } => messages,
+        _ => return Err(RemovalError::MailRemains(user)),
+    };
+    if !missed.is_empty() {
+        missed.sort_unstable();
+        missed.dedup();
+        return Err(RemovalError::NotEverywhere(user, missed));
     }
+    Ok(Removal {
+        user,
+        messages,
+        profile_removed,
+    })
 }

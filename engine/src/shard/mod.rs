@@ -518,14 +518,14 @@ impl<S: Storage> Shard<S> {
             .is_some_and(|p| !p.is_removed())
     }
 
-    /// Number of users on this shard (removed ones not counted).
-    pub fn profile_count(&self) -> usize {
+    /// Number of profiles on this shard that `counted` takes (removed ones never are).
+    pub fn profile_count(&self, counted: impl Fn(&str) -> bool) -> usize {
         self.inner
             .state
             .borrow()
             .index
             .profile_users()
-            .filter(|(_, p)| !p.is_removed())
+            .filter(|(name, p)| !p.is_removed() && counted(name))
             .count()
     }
 

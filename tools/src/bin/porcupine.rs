@@ -381,7 +381,98 @@ fn cluster_security(args: &ServeArgs) -> Result<ClusterSecurity> {
 }
 
 fn serve(flags: ServeArgs) -> Result<()> {
-    let args = merge(flags)?;
+    let mut config = node_config(merge(flags.clone())?)?;
+    config.fault = fault_from_env()?;
+    exit_on_panic();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
+    let handle = node::start(config.clone())?;
+    if let Some((email, password)) = &handle.first_user {
+        println!("created the first user: {email} with password {password}");
+    }
+    // The addresses bound (a port 0 in the configuration is the port the kernel chose).
+    let bound = &handle.context().config;
+    println!(
+        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, IMAP {}, IMAPS {}, LMTP {}, admin http://{}, cluster {} (domains: {})",
+        bound.cores,
+        bound.smtp,
+        bound.pop3,
+        bound.pop3s.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        bound.imap,
+        bound.imaps.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        bound.lmtp.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        bound.admin,
+        bound
+            .cluster
+            .map_or_else(|| "none (a lone node)".to_owned(), |a| a.to_string()),
+        bound.domains.join(", ")
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    service_manager::ready(&format!(
+        "serving SMTP {}, IMAP {} on {} cores",
+        bound.smtp, bound.imap, bound.cores
+    ));
+    service_manager::start_watchdog(handle.context().router.clone());
+    for signal in signals.forever() {
+        if signal == signal_hook::consts::SIGHUP {
+            service_manager::reloading();
+            reload(&handle, &flags, &mut config);
+            service_manager::reloaded();
+            continue;
+        }
+        tracing::info!(
+            signal,
+            "stopping: closing listeners, finishing sessions, flushing"
+        );
+        break;
+    }
+    service_manager::stopping();
+    handle.stop()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// SIGHUP: the TLS certificate is read again, and so is the config file, whose settings that
+/// can change live take effect (the flags given at start still win); a changed setting that
+/// needs a restart is named in the log and left as it is.
+fn reload(handle: &node::NodeHandle, flags: &ServeArgs, config: &mut NodeConfig) {
+    // New handshakes take the new certificate; sessions in TLS keep theirs.
+    match handle.reload_tls() {
+        Ok(()) => {
+            tracing::info!(cert = %handle.context().tls.files().cert.display(), "TLS certificate reloaded")
+        }
+        Err(error) => tracing::error!(%error, "TLS reload failed; the certificate in use stays"),
+    }
+    let fresh = match merge(flags.clone()).and_then(node_config) {
+        Ok(fresh) => fresh,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "the configuration was not reloaded; the settings in use stay");
+            return;
+        }
+    };
+    let reloaded = handle.reload_settings(config, &fresh);
+    if !reloaded.restart_needed.is_empty() {
+        tracing::warn!(
+            settings = %reloaded.restart_needed.join(", "),
+            "changed settings that take effect only at a restart; the values in use stay"
+        );
+    }
+    if reloaded.changed.is_empty() {
+        tracing::info!("configuration reloaded: no live setting changed");
+    } else {
+        tracing::info!(settings = %reloaded.changed.join(", "), "configuration reloaded");
+    }
+    // What later reloads compare with: the settings now in force.
+    config.apply_live(&fresh);
+}
+
+/// The node's configuration from the flags merged with the config file.
+fn node_config(args: ServeArgs) -> Result<NodeConfig> {
     let defaults = NodeConfig::default();
     let available = defaults.cores;
     let cores = args.cores.unwrap_or(available);
@@ -569,67 +660,7 @@ fn serve(flags: ServeArgs) -> Result<()> {
     }
     config.derive();
     config.validate()?;
-    config.fault = fault_from_env()?;
-    exit_on_panic();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("cannot install signal handlers")?;
-    let handle = node::start(config.clone())?;
-    if let Some((email, password)) = &handle.first_user {
-        println!("created the first user: {email} with password {password}");
-    }
-    // The addresses bound (a port 0 in the configuration is the port the kernel chose).
-    let bound = &handle.context().config;
-    println!(
-        "porcupine is serving on {} cores: SMTP {}, POP3 {}, POP3S {}, IMAP {}, IMAPS {}, LMTP {}, admin http://{}, cluster {} (domains: {})",
-        bound.cores,
-        bound.smtp,
-        bound.pop3,
-        bound.pop3s.map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        bound.imap,
-        bound.imaps.map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        bound.lmtp.map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        bound.admin,
-        bound
-            .cluster
-            .map_or_else(|| "none (a lone node)".to_owned(), |a| a.to_string()),
-        bound.domains.join(", ")
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    service_manager::ready(&format!(
-        "serving SMTP {}, IMAP {} on {} cores",
-        bound.smtp, bound.imap, bound.cores
-    ));
-    service_manager::start_watchdog(handle.context().router.clone());
-    for signal in signals.forever() {
-        if signal == signal_hook::consts::SIGHUP {
-            service_manager::reloading();
-            // New handshakes take the new certificate; sessions in TLS keep theirs.
-            match handle.reload_tls() {
-                Ok(()) => {
-                    tracing::info!(cert = %handle.context().tls.files().cert.display(), "TLS certificate reloaded")
-                }
-                Err(error) => {
-                    tracing::error!(%error, "TLS reload failed; the certificate in use stays")
-                }
-            }
-            service_manager::reloaded();
-            continue;
-        }
-        tracing::info!(
-            signal,
-            "stopping: closing listeners, finishing sessions, flushing"
-        );
-        break;
-    }
-    service_manager::stopping();
-    handle.stop()?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    Ok(config)
 }
 
 /// `DIR=WEIGHT` → the directory and its weight (a positive number).

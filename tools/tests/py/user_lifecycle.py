@@ -15,6 +15,8 @@ against the real node. Subcommands (HOST is the node's address; ports are number
       The limits are met at RCPT (SIZE), at the end of DATA (no SIZE), per recipient by LMTP,
       and at IMAP APPEND ([OVERQUOTA]); GETQUOTAROOT/GETQUOTA tell them; a POP3 DELE frees
       room. Prints `quota ok`.
+  send HOST SMTP RCPT EXPECTED
+      One message to RCPT; EXPECTED is 250 (taken) or the code it is refused with.
 """
 
 import imaplib
@@ -200,9 +202,27 @@ def quota(host, smtp, lmtp, pop3, imap, password, a, b, c):
     print("quota ok")
 
 
+def send_expecting(host, smtp, rcpt, expected):
+    """One message to RCPT: prints `sent 250` or `refused CODE`, and fails unless it is
+    EXPECTED's."""
+    try:
+        send(host, smtp, rcpt, message("one", 300))
+        said = "sent 250"
+    except smtplib.SMTPRecipientsRefused as e:
+        said = f"refused {e.recipients[rcpt][0]}"
+    print(said)
+    check(said.endswith(expected), f"expected {expected}, got {said}")
+
+
 def main():
     what, args = sys.argv[1], sys.argv[2:]
-    {"fill": fill, "gone": gone, "fresh": fresh, "quota": quota}[what](*args)
+    {
+        "fill": fill,
+        "gone": gone,
+        "fresh": fresh,
+        "quota": quota,
+        "send": send_expecting,
+    }[what](*args)
 
 
 if __name__ == "__main__":
