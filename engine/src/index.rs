@@ -222,6 +222,16 @@ impl Index {
         self.mailboxes.get(user)?.messages.get(&id)
     }
 
+    /// The timestamp of the user's oldest message here.
+    pub fn oldest_hlc(&self, user: &str) -> Option<u64> {
+        self.mailboxes
+            .get(user)?
+            .messages
+            .values()
+            .map(|m| m.hlc)
+            .min()
+    }
+
     /// What the user's messages here add up to, by replica set.
     pub fn usage(&self, user: &str) -> &[Usage] {
         self.mailboxes.get(user).map_or(&[], |m| m.usage.as_slice())

@@ -3,7 +3,9 @@
 //! - `porcupine user delete` on a three-node cluster (`--replicas 2`): the address is refused
 //!   at RCPT and its logins fail on every node, every copy of its mail and its folders are
 //!   gone, a node killed with SIGKILL and restarted brings nothing back, and the address added
-//!   again is a new user (empty, a new UIDVALIDITY);
+//!   again is a new user (empty, a new UIDVALIDITY); with one copy per message, the mail a
+//!   node held while it was down at the delete is removed when it returns, and never shows
+//!   up for the next user given the address;
 //! - quotas on one node: the node's default and a user's own, met at RCPT, at the end of the
 //!   data, per recipient by LMTP, at IMAP APPEND, told by GETQUOTA, freed by a POP3 delete;
 //! - SIGHUP: a new quota default from the config file takes effect, a changed setting that
@@ -268,4 +270,61 @@ fn sighup_takes_live_settings_from_the_config_file() {
     let (ok, said) = cli(&node, &["user", "quota", user]);
     assert!(ok && said.contains("3 of 5 ("), "{said}");
     assert!(node.terminate().success());
+}
+
+#[test]
+fn mail_left_on_a_node_that_was_down_at_the_delete_never_reaches_the_next_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::free();
+    // One copy of each message: the node that is down holds the only copies of some.
+    let start =
+        |n: usize| start_member(dir.path(), "127.0.0", 150, n, &ports, &["--replicas", "1"]);
+    let mut nodes = vec![start(1), start(2), start(3)];
+    wait_settled(&nodes.iter().collect::<Vec<_>>(), 3);
+    let user = "away@localhost";
+    nodes[0].add_user(user);
+    for node in &nodes {
+        for _ in 0..4 {
+            send(node, user, "sent 250");
+        }
+    }
+    wait_copies(&nodes.iter().collect::<Vec<_>>(), 12);
+    // The node holding the most of the user's mail goes away.
+    let held: Vec<u64> = nodes.iter().map(|n| status(n).messages).collect();
+    let away = (0..3).max_by_key(|&i| held[i]).unwrap_or(0);
+    assert!(held[away] > 0, "{held:?}");
+    let here = (away + 1) % 3;
+    nodes.remove(away).kill();
+    let live: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&live, 2);
+    // The delete may say that mail could not all be removed; either way the user is gone.
+    let (_, said) = cli(live[here.min(1)], &["user", "delete", user]);
+    assert!(said.contains(user), "{said}");
+    wait_copies(&live, 0);
+    // The address is given again, to a new user, who gets one message, before the node that
+    // was away returns with the earlier user's mail.
+    live[0].add_user(user);
+    send(live[0], user, "sent 250");
+    wait_copies(&live, 1);
+    nodes.insert(away, start(away + 1));
+    wait_settled(&nodes.iter().collect::<Vec<_>>(), 3);
+    // The node that was away removes what it held of the earlier user (its first look is
+    // 20 s after its start); the new user's message stays.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copies(&nodes.iter().collect::<Vec<_>>()) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted user's mail stayed: {:?}",
+            nodes.iter().map(|n| status(n).messages).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("node{}.log", away + 1)))
+        .unwrap_or_default();
+    assert!(
+        log.contains("removed messages that deleted users left behind"),
+        "{log}"
+    );
+    let (ok, shown) = cli(&nodes[0], &["user", "show", user, "--json"]);
+    assert!(ok && shown.contains("\"messages\":1,"), "{shown}");
 }

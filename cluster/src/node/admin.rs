@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 
 use super::admin_auth::{self, Refusal};
 use super::clock::now_ms;
-use super::core_calls::{ListUsers, PutProfile, ShardReports};
+use super::core_calls::{ListUsers, PutProfile, ReadProfile, RemovedAt, ShardReports};
 use super::core_context::CoreContext;
 use super::metrics::NodeMetrics;
 use super::service::StoreError;
@@ -376,7 +376,20 @@ async fn set_password(
     let secrets = users::secrets_off_core(password)
         .await
         .map_err(|e| (500, e))?;
-    store_profile(context, email, users::encode_profile(&secrets)).await
+    // The new profile keeps what the old one said besides the secrets.
+    let not_before = context
+        .call(ReadProfile {
+            user: email.clone(),
+        })
+        .await
+        .map_err(|_| (500, "storage unavailable\n".to_string()))?
+        .and_then(|profile| users::not_before_of(&profile));
+    store_profile(
+        context,
+        email,
+        users::encode_profile_after(&secrets, not_before),
+    )
+    .await
 }
 
 /// Stores a profile made here and sends it, with its timestamp, to every other member (one
@@ -434,12 +447,21 @@ async fn add_user(
         Ok(false) => {}
         Err(_) => return Err((500, "storage unavailable\n".into())),
     }
+    // An address deleted before: its earlier user's mail, wherever some is left, is not
+    // this user's (see `removed_users`).
+    let not_before = context
+        .call(RemovedAt {
+            user: email.clone(),
+        })
+        .await
+        .map_err(|_| (500, "storage unavailable\n".to_string()))?;
     let profile = match shared {
         Some(profile) => profile.to_vec(),
-        None => users::encode_profile(
+        None => users::encode_profile_after(
             &users::secrets_off_core(password)
                 .await
                 .map_err(|e| (500, e))?,
+            not_before,
         ),
     };
     store_profile(context, email, profile).await

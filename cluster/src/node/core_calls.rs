@@ -158,20 +158,20 @@ impl CoreCall for UsageHere {
     }
 }
 
-/// Whether the user's newest profile here is a removed one (`user delete` ran).
+/// When the user was deleted (the HLC of their newest profile, a removed one), if they were.
 #[derive(Debug)]
-pub struct ProfileRemoved {
+pub struct RemovedAt {
     pub user: String,
 }
-user_call!(ProfileRemoved);
+user_call!(RemovedAt);
 
-impl CoreCall for ProfileRemoved {
-    type Reply = Result<bool, StoreError>;
+impl CoreCall for RemovedAt {
+    type Reply = Result<Option<u64>, StoreError>;
     async fn serve(self, service: &CoreService) -> Self::Reply {
-        service
-            .shard(&self.user)
-            .map(|s| s.has_profile(&self.user) && !s.has_live_profile(&self.user))
-            .ok_or(StoreError::Failed)
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        Ok(shard
+            .profile_hlc(&self.user)
+            .filter(|_| !shard.has_live_profile(&self.user)))
     }
     fn unanswered() -> Self::Reply {
         Err(StoreError::Failed)

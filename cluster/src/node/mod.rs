@@ -35,6 +35,7 @@ pub mod metrics_text;
 pub mod peer_calls;
 pub mod pop3_conn;
 pub mod quota;
+pub mod removed_users;
 pub mod replicas;
 pub mod service;
 pub mod smtp_conn;
@@ -545,6 +546,7 @@ async fn run_core(
         glommio::spawn_local(cluster_driver::run(context.clone(), inbox, stop.clone())).detach();
         glommio::spawn_local(anti_entropy::run(context.clone(), stop.clone())).detach();
     }
+    glommio::spawn_local(removed_users::run(context.clone(), stop.clone())).detach();
     let watch = SessionWatch::default();
     glommio::spawn_local(watch.clone().run(stop.clone())).detach();
     if config.fault == Some(Fault::StallCore(core)) {

@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::core_calls::ProfileRemoved;
+use super::core_calls::RemovedAt;
 use super::core_context::CoreContext;
 use super::imap_authority;
 use crate::mailbox::{ImapAnswer, ImapOp};
@@ -59,10 +59,10 @@ pub async fn remove(context: &Rc<CoreContext>, user: &str) -> Result<Removal, Re
         Ok(false) => {
             // Only a user removed before (whose mail may remain) is removed again.
             let removed = context
-                .call(ProfileRemoved { user: user.clone() })
+                .call(RemovedAt { user: user.clone() })
                 .await
                 .map_err(|e| RemovalError::Storage(format!("{e:?}")))?;
-            if !removed {
+            if removed.is_none() {
                 return Err(RemovalError::NoSuchUser(user));
             }
             false

@@ -7,6 +7,9 @@
 //! | `porcupine-profile 1`                  | the format and its version                     |
 //! | `password <PHC string>`                | the argon2id hash (USER/PASS, SASL PLAIN)      |
 //! | `scram-sha-256 <i> <salt> <stored> <server>` | SCRAM-SHA-256 credentials, base64 (since wave 2; older profiles lack it, and those users log in by password until it next changes) |
+//! | `not-before <hlc>`                     | the address was deleted at this HLC and added again: mail stored up to then was the earlier user's ([`super::removed_users`]) |
+//!
+//! An empty profile is a deleted user's ([`super::user_removal`]).
 //!
 //! Unknown lines are ignored, so fields can be added without a version bump (the SCRAM line
 //! was); a different first line is refused.
@@ -20,6 +23,7 @@ use porcupine_protocols::sasl::{ScramCredentials, SCRAM_ITERATIONS};
 
 const HEADER: &str = "porcupine-profile 1\n";
 const SCRAM_FIELD: &str = "scram-sha-256 ";
+const NOT_BEFORE_FIELD: &str = "not-before ";
 
 /// What is stored to check a user's password: the argon2 hash and the SCRAM keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,12 +70,30 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 
 /// The stored profile of a user with these secrets.
 pub fn encode_profile(secrets: &Secrets) -> Vec<u8> {
-    format!(
+    encode_profile_after(secrets, None)
+}
+
+/// The stored profile of a user with these secrets whose address was deleted at HLC
+/// `not_before` (if it was) before this user had it.
+pub fn encode_profile_after(secrets: &Secrets, not_before: Option<u64>) -> Vec<u8> {
+    let mut text = format!(
         "{HEADER}password {}\n{SCRAM_FIELD}{}\n",
         secrets.phc,
         secrets.scram.to_text()
-    )
-    .into_bytes()
+    );
+    if let Some(hlc) = not_before {
+        text.push_str(&format!("{NOT_BEFORE_FIELD}{hlc}\n"));
+    }
+    text.into_bytes()
+}
+
+/// When the address was last deleted before this user had it (an HLC), if it was.
+pub fn not_before_of(profile: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(profile).ok()?;
+    let rest = text.strip_prefix(HEADER)?;
+    rest.lines()
+        .find_map(|l| l.strip_prefix(NOT_BEFORE_FIELD))
+        .and_then(|hlc| hlc.trim().parse().ok())
 }
 
 /// The SCRAM-SHA-256 credentials in a stored profile, if it has them.
@@ -100,6 +122,16 @@ pub fn valid_user(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_added_again_keeps_when_it_was_deleted() {
+        let secrets = make_secrets("pw").unwrap();
+        let profile = encode_profile_after(&secrets, Some(1234));
+        assert_eq!(not_before_of(&profile), Some(1234));
+        assert!(password_of(&profile).is_some());
+        assert_eq!(not_before_of(&encode_profile(&secrets)), None);
+        assert_eq!(not_before_of(b""), None);
+    }
 
     #[test]
     fn profile_round_trip_and_password_check() {

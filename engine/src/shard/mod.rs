@@ -495,6 +495,11 @@ impl<S: Storage> Shard<S> {
         self.inner.state.borrow().index.has_messages(user)
     }
 
+    /// The timestamp (HLC) of the user's oldest message on this shard.
+    pub fn oldest_message_hlc(&self, user: &str) -> Option<u64> {
+        self.inner.state.borrow().index.oldest_hlc(user)
+    }
+
     /// What the user's messages on this shard add up to, by replica set (from the index: no
     /// message is read).
     pub fn usage(&self, user: &str) -> Vec<crate::index::Usage> {
