@@ -7,8 +7,11 @@
 //! interruption or not, finds it stored and skips it: nothing is stored twice. Flags come from
 //! the Maildir info (`:2,DFPRST` and Dovecot's keyword letters, named in `dovecot-keywords`) or
 //! mbox `Status:`/`X-Status:` headers; INTERNALDATE from the file's time or the `From ` line.
-//! Messages go in in Dovecot's UID order (`dovecot-uidlist`) where there is one, so UIDs keep
-//! their order; the UID values themselves are given by the node.
+//! Where a folder has Dovecot's `dovecot-uidlist`, its messages go in in UID order and keep
+//! their UIDs and the folder its UIDVALIDITY, so a client that synced with Dovecot does not
+//! download them again: the node keeps them when the folder is new or empty here (or already
+//! has that UIDVALIDITY, for the UIDs above every one it gave); else it gives its own UIDs, in
+//! the same order.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -55,6 +58,8 @@ struct Found {
     date: i64,
     id: u128,
     source: Source,
+    /// Its UID and its folder's UIDVALIDITY in Dovecot's `dovecot-uidlist`.
+    uid: Option<(u32, u32)>,
 }
 
 enum Source {
@@ -131,25 +136,45 @@ fn dovecot_keywords(dir: &Path) -> BTreeMap<char, String> {
     out
 }
 
-/// Dovecot's UID per unique name (`dovecot-uidlist`: a header, then `UID [extensions] :name`).
-fn dovecot_uids(dir: &Path) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    if let Ok(text) = std::fs::read_to_string(dir.join("dovecot-uidlist")) {
-        for line in text.lines().skip(1) {
-            let Some((uid, rest)) = line.split_once(' ') else {
-                continue;
-            };
-            let Ok(uid) = uid.parse::<u64>() else {
-                continue;
-            };
-            if let Some(name) = rest.split(':').nth(1) {
-                out.insert(name.to_owned(), uid);
-            } else if let Some(name) = rest.split_whitespace().last() {
-                out.insert(name.trim_start_matches(':').to_owned(), uid);
-            }
+/// A folder's `dovecot-uidlist`: its UIDVALIDITY (header `3 V<validity> N<next> …`, or
+/// `1 <validity> <next>` in the first format), and the UID of each unique name (the lines
+/// `UID [extensions] :name`).
+struct UidList {
+    validity: Option<u32>,
+    uids: BTreeMap<String, u32>,
+}
+
+fn dovecot_uids(dir: &Path) -> UidList {
+    let mut list = UidList {
+        validity: None,
+        uids: BTreeMap::new(),
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join("dovecot-uidlist")) else {
+        return list;
+    };
+    let mut lines = text.lines();
+    let mut header = lines.next().unwrap_or("").split_whitespace();
+    list.validity = match header.next() {
+        Some("1") => header.next().and_then(|v| v.parse().ok()),
+        Some(_) => header.find_map(|field| field.strip_prefix('V')?.parse().ok()),
+        None => None,
+    }
+    .filter(|v| *v != 0);
+    for line in lines {
+        let Some((uid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(uid) = uid.parse::<u32>() else {
+            continue;
+        };
+        if let Some(name) = rest.split(':').nth(1) {
+            list.uids.insert(name.to_owned(), uid);
+        } else if let Some(name) = rest.split_whitespace().last() {
+            list.uids
+                .insert(name.trim_start_matches(':').to_owned(), uid);
         }
     }
-    out
+    list
 }
 
 /// Flags from a Maildir info (`2,DFRS` and keyword letters).
@@ -201,7 +226,8 @@ fn scan_maildir(root: &Path, user: &str) -> Result<(Vec<Found>, usize)> {
                 };
                 let path = entry.path();
                 let date = mtime(&path);
-                let order = uids.get(&unique).copied().unwrap_or(u64::MAX);
+                let uid = uids.uids.get(&unique).copied();
+                let order = uid.map_or(u64::MAX, u64::from);
                 here.push((
                     order,
                     date,
@@ -212,6 +238,7 @@ fn scan_maildir(root: &Path, user: &str) -> Result<(Vec<Found>, usize)> {
                         date,
                         id: import_id(date, user, folder, unique.as_bytes()),
                         source: Source::File(path),
+                        uid: uid.zip(uids.validity),
                     },
                 ));
             }
@@ -310,6 +337,7 @@ fn scan_mbox(path: &Path, user: &str, folder: &str) -> Result<Vec<Found>> {
             date,
             id: import_id(date, user, folder, &origin),
             source: Source::Bytes(message),
+            uid: None,
         });
     }
     Ok(found)
@@ -351,11 +379,12 @@ fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Stores one batch of messages of `folder`.
+/// Stores one batch of messages of `folder` (whose UIDVALIDITY where they come from is
+/// `uid_validity`, if their UIDs are to be kept).
 fn send_batch(
     admin: &AdminClient,
     user: &str,
-    folder: &str,
+    (folder, uid_validity): (&str, Option<u32>),
     batch: Vec<(NewItem, Vec<u8>)>,
     summary: &mut Summary,
     bar: &indicatif::ProgressBar,
@@ -367,6 +396,7 @@ fn send_batch(
         user: user.to_owned(),
         folder: folder.to_owned(),
         items,
+        uid_validity,
     };
     let mut body = serde_json::to_vec(&mails)?;
     body.push(b'\n');
@@ -418,6 +448,7 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
     // group commits), in the order found.
     let mut batch: Vec<(NewItem, Vec<u8>)> = Vec::new();
     let mut batch_folder = String::new();
+    let mut batch_validity = None;
     let mut batch_bytes = 0usize;
     for message in found {
         bar.inc(1);
@@ -429,21 +460,22 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
             }
             _ => {}
         }
-        let bytes = match message.source {
+        let bytes = with_crlf(match message.source {
             Source::Bytes(bytes) => bytes,
             Source::File(path) => {
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
             }
-        };
+        });
         if !batch.is_empty()
             && (message.folder != batch_folder
+                || message.uid.map(|(_, v)| v) != batch_validity
                 || batch.len() >= MANY_MESSAGES_MAX
                 || batch_bytes + bytes.len() > MANY_BYTES_MAX)
         {
             send_batch(
                 admin,
                 user,
-                &batch_folder,
+                (&batch_folder, batch_validity),
                 std::mem::take(&mut batch),
                 &mut summary,
                 &bar,
@@ -451,6 +483,7 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
             batch_bytes = 0;
         }
         batch_folder = message.folder;
+        batch_validity = message.uid.map(|(_, v)| v);
         batch_bytes += bytes.len();
         batch.push((
             NewItem {
@@ -458,16 +491,46 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
                 date: message.date,
                 id,
                 len: bytes.len(),
+                uid: message.uid.map(|(uid, _)| uid),
             },
             bytes,
         ));
     }
     if !batch.is_empty() {
-        send_batch(admin, user, &batch_folder, batch, &mut summary, &bar)?;
+        send_batch(
+            admin,
+            user,
+            (&batch_folder, batch_validity),
+            batch,
+            &mut summary,
+            &bar,
+        )?;
     }
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// A message with bare LF line ends (as Postfix and most MDAs write Maildir files) with
+/// CRLF ones, as IMAP serves it and as mail that came by SMTP is stored (Dovecot makes the
+/// same change as it reads such files); a message with CRLF already is left as it is.
+fn with_crlf(bytes: Vec<u8>) -> Vec<u8> {
+    let bare = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+        .count();
+    if bare == 0 {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + bare);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
 }
 
 pub fn import_maildir(admin: &AdminClient, dir: &Path, user: &str) -> Result<Summary> {
@@ -519,6 +582,32 @@ fn info_of(flags: &[String], keywords: &mut Vec<String>) -> String {
     format!("2,{}", letters.into_iter().collect::<String>())
 }
 
+/// Writes a folder's `dovecot-uidlist` (format 3) with porcupine's UIDVALIDITY and UIDs, so
+/// Dovecot serving the export shows clients the UIDs they know. A folder whose UIDVALIDITY
+/// differs from the one already written (the mailbox was deleted and made again since an
+/// earlier export) keeps the file's, and Dovecot gives the new messages UIDs of its own.
+fn write_uidlist(dir: &Path, validity: u32, list: &UidList) -> Result<()> {
+    let validity = match list.validity {
+        Some(written) if written != validity => return Ok(()),
+        _ => validity,
+    };
+    if validity == 0 || list.uids.is_empty() {
+        return Ok(());
+    }
+    let mut by_uid: Vec<(&u32, &String)> = list.uids.iter().map(|(n, u)| (u, n)).collect();
+    by_uid.sort();
+    let next = by_uid.last().map_or(1, |(uid, _)| uid.saturating_add(1));
+    let guid = xxhash_rust::xxh3::xxh3_128(dir.as_os_str().as_encoded_bytes());
+    let mut text = format!("3 V{validity} N{next} G{guid:032x}\n");
+    for (uid, name) in by_uid {
+        text.push_str(&format!("{uid} :{name}\n"));
+    }
+    let tmp = dir.join("dovecot-uidlist.porcupine-tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("dovecot-uidlist"))?;
+    Ok(())
+}
+
 pub fn export_maildir(admin: &AdminClient, user: &str, root: &Path) -> Result<Summary> {
     let started = Instant::now();
     let messages = stored(admin, user)?;
@@ -542,6 +631,8 @@ pub fn export_maildir(admin: &AdminClient, user: &str, root: &Path) -> Result<Su
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
         let mut keywords: Vec<String> = dovecot_keywords(&dir).into_values().collect();
+        let mut uidlist = dovecot_uids(&dir);
+        let validity = messages.first().map_or(0, |m| m.uid_validity);
         let existing: HashSet<String> = std::fs::read_dir(dir.join("cur"))?
             .filter_map(|e| e.ok())
             .map(|e| {
@@ -560,6 +651,7 @@ pub fn export_maildir(admin: &AdminClient, user: &str, root: &Path) -> Result<Su
                 summary.skipped += 1;
                 continue;
             }
+            uidlist.uids.insert(unique.clone(), message.uid);
             let holders: Vec<String> = message.holders.iter().map(u64::to_string).collect();
             let request = format!("{user} {} {}", message.id, holders.join(","));
             let (status, bytes) =
@@ -586,6 +678,7 @@ pub fn export_maildir(admin: &AdminClient, user: &str, root: &Path) -> Result<Su
             summary.stored += 1;
             summary.bytes += bytes.len() as u64;
         }
+        write_uidlist(&dir, validity, &uidlist)?;
         if !keywords.is_empty() {
             let text: String = keywords
                 .iter()

@@ -601,6 +601,46 @@ impl Mailboxes {
         flags: u32,
         date: i64,
     ) -> Result<(u32, u32, Vec<Persist>), MailboxError> {
+        self.place_as(name, message, flags, date, None)
+    }
+
+    /// Whether messages brought in from another server under its `uid_validity` may keep
+    /// their UIDs in folder `name`: yes if the folder has that UIDVALIDITY already, or if it
+    /// is empty, when it takes that UIDVALIDITY (a client that knew the empty folder sees the
+    /// change and starts over, losing nothing). Then [`Mailboxes::place_as`] keeps each UID
+    /// above every one the folder gave.
+    pub fn adopt_validity(&mut self, name: &str, uid_validity: u32) -> bool {
+        let Some(folder) = self.folder_id(name) else {
+            return false;
+        };
+        if uid_validity == 0 {
+            return false;
+        }
+        if self.folder(folder).map(|f| f.uid_validity) == Some(uid_validity) {
+            return true;
+        }
+        if self.by_folder.get(&folder).is_some_and(|m| !m.is_empty()) {
+            return false;
+        }
+        if let Some(record) = self.profile.folders.iter_mut().find(|f| f.id == folder) {
+            record.uid_validity = uid_validity;
+            record.uid_reserved = 1;
+        }
+        self.next_uid.insert(folder, 1);
+        self.profile_dirty = true;
+        true
+    }
+
+    /// [`Mailboxes::place`], with the UID the message had on another server when it is above
+    /// every UID the folder gave (see [`Mailboxes::adopt_validity`]); else a new one.
+    pub fn place_as(
+        &mut self,
+        name: &str,
+        message: Listed,
+        flags: u32,
+        date: i64,
+        kept_uid: Option<u32>,
+    ) -> Result<(u32, u32, Vec<Persist>), MailboxError> {
         let Listed {
             id,
             size,
@@ -615,9 +655,17 @@ impl Mailboxes {
             let old_id = old.id;
             self.unindex(old_id);
         }
+        let next = self.next_uid.get(&folder).copied().unwrap_or(1).max(1);
+        let uid = match kept_uid {
+            Some(kept) if kept >= next && kept < u32::MAX => {
+                self.next_uid.insert(folder, kept);
+                self.take_uid(folder)
+            }
+            _ => self.take_uid(folder),
+        };
         let meta = MessageMeta {
             folder,
-            uid: self.take_uid(folder),
+            uid,
             flags,
             modseq: self.take_modseq(),
             date,
@@ -892,6 +940,8 @@ pub struct NewMessage {
     pub keywords: Vec<String>,
     pub date: i64,
     pub message: Vec<u8>,
+    /// The UID it had on the server it comes from (an import), kept where it can be.
+    pub uid: Option<u32>,
 }
 
 /// What a session asks of the authority.
@@ -937,6 +987,9 @@ pub enum ImapOp {
     AppendMany {
         folder: String,
         messages: Vec<NewMessage>,
+        /// The UIDVALIDITY the messages' UIDs were given under (an import from a server
+        /// that keeps them, as Dovecot's `dovecot-uidlist`): see `Mailboxes::adopt_validity`.
+        uid_validity: Option<u32>,
     },
     /// Copy (or move) UIDs of `from` into `to`: answered `Copied`.
     Copy {
@@ -1258,6 +1311,31 @@ mod tests {
         // Expunging nothing changes nothing.
         boxes.expunge("INBOX", &[2, 9]).unwrap();
         assert_eq!(boxes.folder_view("INBOX").unwrap().highest_modseq, after);
+    }
+
+    #[test]
+    fn imported_uids_are_kept_in_an_empty_folder_and_only_above_what_was_given() {
+        let mut boxes = Mailboxes::new(None, 1_000);
+        let placed = |boxes: &mut Mailboxes, id: u128, uid: u32| {
+            let (validity, uid, _) = boxes
+                .place_as("Sent", listed(id, None), 0, 0, Some(uid))
+                .unwrap();
+            (validity, uid)
+        };
+        assert!(boxes.adopt_validity("Sent", 77));
+        assert_eq!(placed(&mut boxes, 1, 5), (77, 5));
+        assert_eq!(placed(&mut boxes, 2, 9), (77, 9));
+        // Not above what the folder gave: a new UID.
+        assert_eq!(placed(&mut boxes, 3, 7), (77, 10));
+        // Not empty and another UIDVALIDITY: not adopted, UIDs are the folder's own.
+        assert!(!boxes.adopt_validity("Sent", 78));
+        assert!(boxes.adopt_validity("Sent", 77));
+        assert_eq!(uids(&boxes, "Sent"), vec![(5, 1), (9, 2), (10, 3)]);
+        // INBOX has had mail under its own UIDVALIDITY: it keeps it.
+        let mut inbox = Mailboxes::new(None, 1_000);
+        inbox.refresh(vec![listed(4, None)]);
+        assert!(!inbox.adopt_validity("INBOX", 77));
+        assert_eq!(inbox.folder_view("INBOX").unwrap().uid_validity, 1_000);
     }
 
     #[test]

@@ -424,10 +424,17 @@ async fn run(
                 Err(error) => error.into(),
             }
         }
-        ImapOp::AppendMany { folder, messages } => {
+        ImapOp::AppendMany {
+            folder,
+            messages,
+            uid_validity,
+        } => {
             if with(authority, |boxes| boxes.folder_view(&folder).is_err()) {
                 return Ok(ImapAnswer::NoSuchMailbox);
             }
+            // An import that brings its UIDs keeps them where the folder allows.
+            let keep_uids = uid_validity
+                .is_some_and(|v| with(authority, |boxes| boxes.adopt_validity(&folder, v)));
             let mut bits = Vec::with_capacity(messages.len());
             for m in &messages {
                 match with(authority, |boxes| boxes.flag_bits(m.flags, &m.keywords)) {
@@ -465,7 +472,7 @@ async fn run(
             for ((m, holders), bits) in messages.iter().zip(stored).zip(bits) {
                 let holders = holders.map_err(|_| Unavailable)?;
                 let placed = with(authority, |boxes| {
-                    boxes.place(
+                    boxes.place_as(
                         &folder,
                         Listed {
                             id: m.id,
@@ -477,6 +484,7 @@ async fn run(
                         },
                         bits,
                         m.date,
+                        m.uid.filter(|_| keep_uids),
                     )
                 });
                 match placed {

@@ -18,6 +18,9 @@ use crate::mailbox::{ImapAnswer, ImapOp};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredMail {
     pub folder: String,
+    /// The folder's UIDVALIDITY (0 from a node that did not say).
+    #[serde(default)]
+    pub uid_validity: u32,
     pub uid: u32,
     /// The message id, 32 hex digits.
     pub id: String,
@@ -36,6 +39,9 @@ pub struct NewMails {
     pub user: String,
     pub folder: String,
     pub items: Vec<NewItem>,
+    /// The folder's UIDVALIDITY where the messages come from, if their UIDs should be kept.
+    #[serde(default)]
+    pub uid_validity: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +50,9 @@ pub struct NewItem {
     pub date: i64,
     pub id: String,
     pub len: usize,
+    /// The message's UID where it comes from.
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 /// Most messages of one [`store_many`] call, and most bytes (it travels in one frame).
@@ -81,6 +90,7 @@ pub async fn list(context: &Rc<CoreContext>, user: &str) -> Result<Vec<StoredMai
         for message in &folder.messages {
             out.push(StoredMail {
                 folder: info.name.clone(),
+                uid_validity: folder.uid_validity,
                 uid: message.uid,
                 id: format!("{:032x}", message.id),
                 flags: flags_of(message)
@@ -168,6 +178,7 @@ pub async fn store_many(
             keywords,
             date: item.date,
             message: bytes[at..end].to_vec(),
+            uid: item.uid,
         });
         at = end;
     }
@@ -180,6 +191,7 @@ pub async fn store_many(
         let op = ImapOp::AppendMany {
             folder: mails.folder.clone(),
             messages: messages.clone(),
+            uid_validity: mails.uid_validity,
         };
         match imap_authority::call(context, &mails.user, op).await {
             ImapAnswer::PlacedMany { uids, .. } => return Ok(uids),
