@@ -74,8 +74,16 @@ fuzz_target!(|payload: &[u8]| {
             | Request::HeldItems(_)
             | Request::CurrentEpoch(_)
             | Request::FileMessages(_)
-            | Request::ImapRequest(_) => {}
+            | Request::ImapRequest(_)
+            | Request::UserUsage(_) => {}
         }
+    }
+    // A peer's report of a user's usage: adding reports up never panics (it saturates), and
+    // a report heard twice counts once (each replica set is counted at its largest).
+    if let Ok(entries) = wire::decode::<Vec<porcupine_cluster::rpc::UsageEntry>>(payload) {
+        use porcupine_cluster::node::quota::merge;
+        let once = merge([(1, entries.clone())]);
+        assert_eq!(merge([(1, entries.clone()), (1, entries)]), once);
     }
     // A peer's anti-entropy answers: whatever shape they have, comparing them never panics.
     if let Ok(digest) = wire::decode::<porcupine_cluster::anti_entropy::Digest>(payload) {

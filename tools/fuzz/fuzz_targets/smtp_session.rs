@@ -34,22 +34,21 @@ fuzz_target!(|data: &[u8]| {
                 Step::NeedInput => break,
                 Step::Close => return,
                 Step::CheckRecipient(_) => {
-                    let check = if answers & 1 == 0 {
-                        RecipientCheck::Local
-                    } else {
-                        RecipientCheck::Unknown
+                    let check = match answers & 3 {
+                        0 | 1 => RecipientCheck::Local,
+                        2 => RecipientCheck::Unknown,
+                        _ => RecipientCheck::OverQuota,
                     };
                     session.recipient_checked(check, &mut out);
                 }
                 Step::Deliver(envelope) => {
                     assert!(envelope.data.len() <= max, "a message over the limit was delivered");
                     let outcomes: Vec<DeliveryOutcome> = (0..envelope.recipients.len())
-                        .map(|i| {
-                            if (answers >> (i % 8)) & 2 == 0 {
-                                DeliveryOutcome::Stored("id".into())
-                            } else {
-                                DeliveryOutcome::Failed
-                            }
+                        .map(|i| match (answers >> (i % 8)) & 6 {
+                            0 => DeliveryOutcome::Stored("id".into()),
+                            2 => DeliveryOutcome::Failed,
+                            4 => DeliveryOutcome::OverQuota,
+                            _ => DeliveryOutcome::NoSuchUser,
                         })
                         .collect();
                     session.delivered_each(&envelope.recipients, &outcomes, &mut out);
