@@ -54,7 +54,7 @@ mod zeroer;
 pub use config::{CompactionConfig, EngineConfig};
 pub use error::{EngineError, Result};
 pub use executor::PlainExecutor;
-pub use index::{Filing, Location, MessageEntry, Usage};
+pub use index::{Filing, Location, MessageEntry, ProfileEntry, Usage};
 pub use index::{PendingUpdate, Tomb, UpdateKind};
 pub use memory_storage::MemoryStorage;
 pub use placement::Placement;

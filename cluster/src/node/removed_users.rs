@@ -26,17 +26,28 @@ use crate::membership::NodeId;
 const FIRST_AFTER: Duration = Duration::from_secs(20);
 /// Between looks.
 const EVERY: Duration = Duration::from_secs(60);
+/// Profiles changed this long before a look's start are looked at again by the next.
+const MARGIN_MS: u64 = 60_000;
 
 /// Runs on every core until `stop`.
 pub async fn run(context: Rc<CoreContext>, stop: flume::Receiver<()>) {
     let mut read: HashMap<String, (u64, Option<u64>)> = HashMap::new();
     let mut wait = FIRST_AFTER;
+    // The first look takes every user with mail here (what this node held while it was
+    // away); later ones, the removed users and those whose profile changed since the look
+    // before (an address given again), so a look costs little however many users there are.
+    let mut since_ms: Option<u64> = None;
     loop {
         if !super::clock::sleep_unless_stopping(&stop, wait).await {
             return;
         }
         wait = EVERY;
-        let removed = sweep(&context, &mut read).await;
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let removed = sweep(&context, &mut read, since_ms).await;
+        // A margin for clocks that differ between members.
+        since_ms = Some(started_ms.saturating_sub(MARGIN_MS));
         if removed > 0 {
             tracing::info!(
                 removed,
@@ -48,16 +59,24 @@ pub async fn run(context: Rc<CoreContext>, stop: flume::Receiver<()>) {
 
 /// One look over this core's shards; the number of messages removed. `read` remembers each
 /// user's profile as last read (its HLC, and its `not-before`), so a profile is read again
-/// only when it changed.
+/// only when it changed. `since_ms`: only removed users and profiles changed since then
+/// (`None`: every user with mail).
 pub async fn sweep(
     context: &Rc<CoreContext>,
     read: &mut HashMap<String, (u64, Option<u64>)>,
+    since_ms: Option<u64>,
 ) -> u64 {
     let mut removed = 0u64;
     let mut looked = HashSet::new();
     let shards: Vec<_> = context.service.shards().all().cloned().collect();
     for shard in &shards {
-        for (n, user) in shard.fragment_users().into_iter().enumerate() {
+        let users = match since_ms {
+            None => shard.fragment_users(),
+            Some(since) => shard.users_with_mail_where(|p| {
+                p.is_removed() || porcupine_engine::hlc::millis_of(p.hlc) >= since
+            }),
+        };
+        for (n, user) in users.into_iter().enumerate() {
             if n % 256 == 0 {
                 glommio::yield_if_needed().await;
             }

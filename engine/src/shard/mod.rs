@@ -495,6 +495,18 @@ impl<S: Storage> Shard<S> {
         self.inner.state.borrow().index.has_messages(user)
     }
 
+    /// Users with messages on this shard whose profile here `picked` takes (a removed one
+    /// included), without reading any profile.
+    pub fn users_with_mail_where(&self, picked: impl Fn(&ProfileEntry) -> bool) -> Vec<String> {
+        let state = self.inner.state.borrow();
+        state
+            .index
+            .profile_users()
+            .filter(|(user, profile)| picked(profile) && state.index.has_messages(user))
+            .map(|(user, _)| user.to_owned())
+            .collect()
+    }
+
     /// The timestamp (HLC) of the user's oldest message on this shard.
     pub fn oldest_message_hlc(&self, user: &str) -> Option<u64> {
         self.inner.state.borrow().index.oldest_hlc(user)
