@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{binary, python, Node, PASSWORD};
+use common::{python, Node, PASSWORD};
 
 const USER: &str = "migrated@localhost";
 
@@ -83,22 +83,6 @@ fn dovecot_maildir(root: &Path) -> BTreeMap<String, Vec<(Vec<u8>, String, u64)>>
     made
 }
 
-fn cli(node: &Node, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(args)
-        .args(node.admin_args())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// What an exported Maildir holds per folder: (content, sorted flag letters, time), sorted.
 fn exported(root: &Path) -> BTreeMap<String, Vec<(Vec<u8>, String, u64)>> {
     let mut out = BTreeMap::new();
@@ -142,7 +126,7 @@ fn a_dovecot_maildir_and_an_mbox_come_in_and_go_out_byte_exact() {
     let maildir = dir.path().join("Maildir");
     let mut made = dovecot_maildir(&maildir);
     let maildir_arg = maildir.display().to_string();
-    let (ok, out) = cli(&node, &["import", "maildir", &maildir_arg, "--user", USER]);
+    let (ok, out) = node.cli(&["import", "maildir", &maildir_arg, "--user", USER]);
     assert!(ok, "{out}");
     assert!(out.contains("imported 24 messages"), "{out}");
     assert!(
@@ -150,7 +134,7 @@ fn a_dovecot_maildir_and_an_mbox_come_in_and_go_out_byte_exact() {
         "{out}"
     );
     // Again: nothing is stored twice.
-    let (ok, out) = cli(&node, &["import", "maildir", &maildir_arg, "--user", USER]);
+    let (ok, out) = node.cli(&["import", "maildir", &maildir_arg, "--user", USER]);
     assert!(ok, "{out}");
     assert!(
         out.contains("imported 0 messages") && out.contains("24 already there"),
@@ -166,12 +150,9 @@ fn a_dovecot_maildir_and_an_mbox_come_in_and_go_out_byte_exact() {
     )
     .unwrap();
     let mbox_arg = mbox.display().to_string();
-    let (ok, out) = cli(
-        &node,
-        &[
-            "import", "mbox", &mbox_arg, "--user", USER, "--folder", "Old",
-        ],
-    );
+    let (ok, out) = node.cli(&[
+        "import", "mbox", &mbox_arg, "--user", USER, "--folder", "Old",
+    ]);
     assert!(ok && out.contains("imported 2 messages"), "{out}");
     made.insert(
         "Old".into(),
@@ -246,9 +227,9 @@ fn a_dovecot_maildir_and_an_mbox_come_in_and_go_out_byte_exact() {
     // Out again: every message byte for byte, with its flags and its date.
     let export = dir.path().join("export");
     let export_arg = export.display().to_string();
-    let (ok, out) = cli(&node, &["export", "maildir", "--user", USER, &export_arg]);
+    let (ok, out) = node.cli(&["export", "maildir", "--user", USER, &export_arg]);
     assert!(ok && out.contains("exported 26 messages"), "{out}");
-    let (ok, out) = cli(&node, &["export", "maildir", "--user", USER, &export_arg]);
+    let (ok, out) = node.cli(&["export", "maildir", "--user", USER, &export_arg]);
     assert!(
         ok && out.contains("exported 0 messages") && out.contains("26 already there"),
         "{out}"
@@ -385,7 +366,7 @@ fn a_maildir_postfix_and_dovecot_wrote_comes_in_and_dovecot_serves_the_export_al
     node.add_user(USER);
     let maildir = run.dir().join("mail/dovecot.test/mover1");
     let maildir_arg = maildir.display().to_string();
-    let (ok, out) = cli(&node, &["import", "maildir", &maildir_arg, "--user", USER]);
+    let (ok, out) = node.cli(&["import", "maildir", &maildir_arg, "--user", USER]);
     assert!(ok && out.contains("imported 6 messages"), "{out}");
     let ours = imap_view(node.imap, USER);
     assert_eq!(ours, before, "porcupine's view differs from Dovecot's");
@@ -393,7 +374,7 @@ fn a_maildir_postfix_and_dovecot_wrote_comes_in_and_dovecot_serves_the_export_al
     // Out into the Maildir of another Dovecot user, and Dovecot serves it.
     let export = run.dir().join("mail/dovecot.test/back1");
     let export_arg = export.display().to_string();
-    let (ok, out) = cli(&node, &["export", "maildir", "--user", USER, &export_arg]);
+    let (ok, out) = node.cli(&["export", "maildir", "--user", USER, &export_arg]);
     assert!(ok && out.contains("exported 6 messages"), "{out}");
     let owned = Command::new("chown")
         .args(["-R", &format!("{}:{}", owner.0, owner.1), &export_arg])

@@ -17,21 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{start_member, status, wait_settled, Ports};
-use common::{binary, python, Node, PASSWORD};
-
-fn cli(node: &Node, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(args)
-        .args(node.admin_args())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use common::{python, Node, PASSWORD};
 
 /// Messages held on all `nodes` together (each copy counted).
 fn copies(nodes: &[&Node]) -> u64 {
@@ -80,11 +66,11 @@ fn a_deleted_user_is_gone_from_every_node_and_stays_gone() {
         serde_json::from_str(fill.lines().last().unwrap_or("")).expect("fill's report");
     // Six messages, each on two nodes.
     wait_copies(&nodes.iter().collect::<Vec<_>>(), 12);
-    let (ok, shown) = cli(&nodes[2], &["user", "show", user, "--json"]);
+    let (ok, shown) = nodes[2].cli(&["user", "show", user, "--json"]);
     assert!(ok, "{shown}");
     assert!(shown.contains("\"messages\":5"), "{shown}");
 
-    let (ok, said) = cli(&nodes[2], &["user", "delete", user]);
+    let (ok, said) = nodes[2].cli(&["user", "delete", user]);
     assert!(ok, "{said}");
     assert!(
         said.contains(&format!("deleted {user}: 5 messages removed")),
@@ -108,9 +94,9 @@ fn a_deleted_user_is_gone_from_every_node_and_stays_gone() {
         );
         assert!(out.contains("gone ok"), "{out}");
         // `gone` gave the other user one more message each time.
-        let (ok, list) = cli(node, &["user", "list"]);
+        let (ok, list) = node.cli(&["user", "list"]);
         assert!(ok && list.contains(other) && !list.contains(user), "{list}");
-        let (ok, shown) = cli(node, &["user", "show", user]);
+        let (ok, shown) = node.cli(&["user", "show", user]);
         assert!(!ok && shown.contains(&format!("no user {user}")), "{shown}");
     }
     wait_copies(&nodes.iter().collect::<Vec<_>>(), 2 + 2 * 3);
@@ -121,11 +107,11 @@ fn a_deleted_user_is_gone_from_every_node_and_stays_gone() {
     nodes.insert(1, start(2));
     wait_settled(&nodes.iter().collect::<Vec<_>>(), 3);
     wait_copies(&nodes.iter().collect::<Vec<_>>(), 2 + 2 * 3);
-    let (ok, shown) = cli(&nodes[1], &["user", "show", user]);
+    let (ok, shown) = nodes[1].cli(&["user", "show", user]);
     assert!(!ok && shown.contains("no user"), "{shown}");
 
     // Deleting again says there is no such user; the address added again is a new user.
-    let (ok, said) = cli(&nodes[0], &["user", "delete", "nobody-here@localhost"]);
+    let (ok, said) = nodes[0].cli(&["user", "delete", "nobody-here@localhost"]);
     assert!(
         !ok && said.contains("no user nobody-here@localhost"),
         "{said}"
@@ -157,14 +143,11 @@ fn quotas_refuse_at_every_door_and_a_delete_frees_room() {
     for user in [a, b, c] {
         node.add_user(user);
     }
-    let (ok, said) = cli(
-        &node,
-        &["user", "quota", b, "--storage", "none", "--messages", "3"],
-    );
+    let (ok, said) = node.cli(&["user", "quota", b, "--storage", "none", "--messages", "3"]);
     assert!(ok, "{said}");
     assert!(said.contains("messages:        0 of 3"), "{said}");
     assert!(said.contains("(no limit)  [the user's own]"), "{said}");
-    let (ok, said) = cli(&node, &["user", "quota", a, "--storage", "lots"]);
+    let (ok, said) = node.cli(&["user", "quota", a, "--storage", "lots"]);
     assert!(!ok && said.contains("bad size"), "{said}");
     let out = python(
         "user_lifecycle.py",
@@ -183,12 +166,12 @@ fn quotas_refuse_at_every_door_and_a_delete_frees_room() {
     );
     assert!(out.contains("quota ok"), "{out}");
     // A: two big messages and a small one left, then the big one sent after the deletes.
-    let (ok, report) = cli(&node, &["user", "quota", a, "--json"]);
+    let (ok, report) = node.cli(&["user", "quota", a, "--json"]);
     assert!(ok, "{report}");
     let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
     assert_eq!(report["usage"]["messages"], 3, "{report}");
     assert_eq!(report["limits"]["storage"], 20 * 1024, "{report}");
-    let (ok, shown) = cli(&node, &["user", "show", a]);
+    let (ok, shown) = node.cli(&["user", "show", a]);
     assert!(ok && shown.contains("quota: storage "), "{shown}");
     assert!(shown.contains(" of 20480 ("), "{shown}");
 }
@@ -241,7 +224,7 @@ fn sighup_takes_live_settings_from_the_config_file() {
     let log = dir.path().join("data.log");
     let user = "reload@localhost";
     node.add_user(user);
-    let (ok, said) = cli(&node, &["user", "quota", user]);
+    let (ok, said) = node.cli(&["user", "quota", user]);
     assert!(
         ok && said.contains("0 of 2 (0.0%)  [the node's default]"),
         "{said}"
@@ -260,14 +243,14 @@ fn sighup_takes_live_settings_from_the_config_file() {
     assert!(text.contains("quota-messages"), "{text}");
     assert!(text.contains("take effect only at a restart"), "{text}");
     assert!(text.contains("hostname"), "{text}");
-    let (ok, said) = cli(&node, &["user", "quota", user]);
+    let (ok, said) = node.cli(&["user", "quota", user]);
     assert!(ok && said.contains("2 of 5 ("), "{said}");
     send(&node, user, "sent 250");
 
     // A file that does not read changes nothing.
     std::fs::write(&file, "quota-messages = \"many\"\n").unwrap();
     hangup(&node, &log, "the configuration was not reloaded");
-    let (ok, said) = cli(&node, &["user", "quota", user]);
+    let (ok, said) = node.cli(&["user", "quota", user]);
     assert!(ok && said.contains("3 of 5 ("), "{said}");
     assert!(node.terminate().success());
 }
@@ -298,7 +281,7 @@ fn mail_left_on_a_node_that_was_down_at_the_delete_never_reaches_the_next_user()
     let live: Vec<&Node> = nodes.iter().collect();
     wait_settled(&live, 2);
     // The delete may say that mail could not all be removed; either way the user is gone.
-    let (_, said) = cli(live[here.min(1)], &["user", "delete", user]);
+    let (_, said) = live[here.min(1)].cli(&["user", "delete", user]);
     assert!(said.contains(user), "{said}");
     wait_copies(&live, 0);
     // The address is given again, to a new user, who gets one message, before the node that
@@ -325,6 +308,6 @@ fn mail_left_on_a_node_that_was_down_at_the_delete_never_reaches_the_next_user()
         log.contains("removed messages that deleted users left behind"),
         "{log}"
     );
-    let (ok, shown) = cli(&nodes[0], &["user", "show", user, "--json"]);
+    let (ok, shown) = nodes[0].cli(&["user", "show", user, "--json"]);
     assert!(ok && shown.contains("\"messages\":1,"), "{shown}");
 }

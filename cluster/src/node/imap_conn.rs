@@ -21,7 +21,7 @@ use super::core_context::CoreContext;
 use super::imap_authority;
 use super::maildrop;
 use super::metrics::add;
-use super::quota::Tally;
+use super::quota::{Admission, Tally};
 use crate::mailbox::{self, ImapAnswer, ImapOp, WireFolder, WireMessage};
 use crate::maildrop::OpenFailure;
 use crate::membership::NodeId;
@@ -357,7 +357,7 @@ pub async fn serve(
                     message,
                 } => {
                     let size = message.len() as u64;
-                    let result = match over_quota(&context, &user, size).await {
+                    let result = match refusal(&context, &user, Tally::one(size)).await {
                         Some(refusal) => Err(refusal),
                         None => {
                             let (bits, keywords) = bits_of(&flags);
@@ -397,7 +397,7 @@ pub async fn serve(
                                 messages: t.messages.saturating_add(1),
                                 bytes: t.bytes.saturating_add(*size),
                             });
-                        over_quota_adding(&context, &user, adding).await
+                        refusal(&context, &user, adding).await
                     };
                     let result = match refusal {
                         Some(refusal) => Err(refusal),
@@ -492,31 +492,14 @@ pub async fn serve(
     let _ = stream.close().await;
 }
 
-/// The refusal of a message of `size` bytes that would take `user` past their quota.
-async fn over_quota(context: &Rc<CoreContext>, user: &str, size: u64) -> Option<MailboxError> {
-    let adding = Tally {
-        messages: 1,
-        bytes: size,
-    };
-    over_quota_adding(context, user, adding).await
-}
-
 /// The refusal of messages that would take `user` past their quota, or that a deleted user
 /// (a session opened before `user delete`) would store.
-async fn over_quota_adding(
-    context: &Rc<CoreContext>,
-    user: &str,
-    adding: Tally,
-) -> Option<MailboxError> {
-    match context.user_exists(user).await {
-        Ok(true) => {}
-        Ok(false) => return Some(MailboxError::NotAllowed("the user was deleted".into())),
-        Err(_) => return Some(MailboxError::Unavailable),
-    }
-    match super::quota::check_adding(context, user, adding).await {
-        Ok(Ok(())) => None,
-        Ok(Err(_)) => Some(MailboxError::OverQuota),
-        Err(_) => Some(MailboxError::Unavailable),
+async fn refusal(context: &Rc<CoreContext>, user: &str, adding: Tally) -> Option<MailboxError> {
+    match super::quota::admit(context, user, adding).await {
+        Admission::Admitted => None,
+        Admission::NoSuchUser => Some(MailboxError::NotAllowed("the user was deleted".into())),
+        Admission::OverQuota(_) => Some(MailboxError::OverQuota),
+        Admission::Unavailable => Some(MailboxError::Unavailable),
     }
 }
 

@@ -205,15 +205,12 @@ pub enum Over {
 }
 
 impl Tally {
-    /// Whether one more message of `size` bytes stays within `limits`.
-    pub fn admits(&self, size: u64, limits: Limits) -> Result<(), Over> {
-        self.admits_adding(
-            Tally {
-                messages: 1,
-                bytes: size,
-            },
-            limits,
-        )
+    /// One message of `size` bytes.
+    pub fn one(size: u64) -> Self {
+        Tally {
+            messages: 1,
+            bytes: size,
+        }
     }
 
     /// Whether `adding` more stays within `limits`.
@@ -360,31 +357,36 @@ pub async fn usage_of(context: &Rc<CoreContext>, user: &str) -> Tally {
     merge(reports)
 }
 
-/// Whether `user` may take in one more message of `size` bytes. `Ok(())` when no limit
-/// applies (no usage is asked for then).
-pub async fn check(
-    context: &Rc<CoreContext>,
-    user: &str,
-    size: u64,
-) -> Result<Result<(), Over>, StoreError> {
-    let adding = Tally {
-        messages: 1,
-        bytes: size,
-    };
-    check_adding(context, user, adding).await
+/// Whether `user` may take in `adding` more: what SMTP, LMTP and IMAP ask before they store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// No such user (or deleted since the session began).
+    NoSuchUser,
+    OverQuota(Over),
+    /// The user directory or storage could not answer.
+    Unavailable,
 }
 
-/// [`check`] for several messages at once (an IMAP COPY).
-pub async fn check_adding(
-    context: &Rc<CoreContext>,
-    user: &str,
-    adding: Tally,
-) -> Result<Result<(), Over>, StoreError> {
-    let limits = limits_of(context, user).await?;
-    if limits.is_unlimited() {
-        return Ok(Ok(()));
+/// Whether `user` exists and may take in `adding` more. No usage is asked for when no limit
+/// applies (the usual case costs two cache lookups).
+pub async fn admit(context: &Rc<CoreContext>, user: &str, adding: Tally) -> Admission {
+    match context.user_exists(user).await {
+        Ok(true) => {}
+        Ok(false) => return Admission::NoSuchUser,
+        Err(_) => return Admission::Unavailable,
     }
-    Ok(usage_of(context, user).await.admits_adding(adding, limits))
+    let limits = match limits_of(context, user).await {
+        Ok(limits) => limits,
+        Err(_) => return Admission::Unavailable,
+    };
+    if limits.is_unlimited() {
+        return Admission::Admitted;
+    }
+    match usage_of(context, user).await.admits_adding(adding, limits) {
+        Ok(()) => Admission::Admitted,
+        Err(over) => Admission::OverQuota(over),
+    }
 }
 
 /// A user's quota as `porcupine user quota` shows it.
@@ -514,14 +516,23 @@ mod tests {
             messages: 2,
             bytes: 900,
         };
-        assert_eq!(tally.admits(100, limits), Ok(()));
-        assert_eq!(tally.admits(101, limits), Err(Over::Storage));
+        assert_eq!(tally.admits_adding(Tally::one(100), limits), Ok(()));
+        assert_eq!(
+            tally.admits_adding(Tally::one(101), limits),
+            Err(Over::Storage)
+        );
         let full = Tally {
             messages: 3,
             bytes: 0,
         };
-        assert_eq!(full.admits(1, limits), Err(Over::Messages));
-        assert_eq!(full.admits(u64::MAX, Limits::default()), Ok(()));
+        assert_eq!(
+            full.admits_adding(Tally::one(1), limits),
+            Err(Over::Messages)
+        );
+        assert_eq!(
+            full.admits_adding(Tally::one(u64::MAX), Limits::default()),
+            Ok(())
+        );
     }
 
     #[test]

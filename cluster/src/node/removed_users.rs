@@ -26,6 +26,8 @@ use crate::membership::NodeId;
 const FIRST_AFTER: Duration = Duration::from_secs(20);
 /// Between looks.
 const EVERY: Duration = Duration::from_secs(60);
+/// Profiles a core remembers having read.
+const READ_KEPT_MAX: usize = 1 << 20;
 /// Profiles changed this long before a look's start are looked at again by the next.
 const MARGIN_MS: u64 = 60_000;
 
@@ -109,6 +111,10 @@ pub async fn sweep(
                             continue;
                         };
                         let not_before = users::not_before_of(&profile);
+                        // A bound on memory, not on correctness: a forgotten one is read again.
+                        if read.len() >= READ_KEPT_MAX {
+                            read.clear();
+                        }
                         read.insert(user.clone(), (profile_hlc, not_before));
                         not_before
                     }

@@ -146,15 +146,12 @@ pub async fn serve(
 
 /// Whether `user` exists and has room for a message of `size` bytes.
 async fn check_recipient(context: &Rc<CoreContext>, user: &str, size: u64) -> RecipientCheck {
-    match context.user_exists(user).await {
-        Ok(true) => {}
-        Ok(false) => return RecipientCheck::Unknown,
-        Err(_) => return RecipientCheck::Unavailable,
-    }
-    match super::quota::check(context, user, size).await {
-        Ok(Ok(())) => RecipientCheck::Local,
-        Ok(Err(_)) => RecipientCheck::OverQuota,
-        Err(_) => RecipientCheck::Unavailable,
+    use super::quota::{admit, Admission, Tally};
+    match admit(context, user, Tally::one(size)).await {
+        Admission::Admitted => RecipientCheck::Local,
+        Admission::NoSuchUser => RecipientCheck::Unknown,
+        Admission::OverQuota(_) => RecipientCheck::OverQuota,
+        Admission::Unavailable => RecipientCheck::Unavailable,
     }
 }
 

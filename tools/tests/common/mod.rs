@@ -251,6 +251,21 @@ impl Node {
         (response.status, response.body)
     }
 
+    /// `porcupine ARGS…` with this node's admin flags: (success, stdout + stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(binary())
+            .args(args)
+            .args(self.admin_args())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// The node's admin token (from its data directory).
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data.join("admin.token"))
