@@ -4,7 +4,9 @@
 //! sees mail delivered through another and flags set on a third, and a flag change answered
 //! OK survives the SIGKILL of a node holding a copy; an expunge made through one node is
 //! announced to a session on another; IMAP4rev2 and QRESYNC resynchronise a client (VANISHED,
-//! changed flags, SEARCHRES, BINARY) and what it knew holds across a SIGKILL.
+//! changed flags, SEARCHRES, BINARY) and what it knew holds across a SIGKILL; a member back
+//! from a SIGKILL whose peers do not answer yet refuses IMAP rather than show, from its own
+//! copies, what was expunged while it was away.
 
 mod common;
 
@@ -256,20 +258,12 @@ fn start(dir: &Path, n: usize, ports: &Ports) -> Node {
     start_member(dir, "127.0.0", 70, n, ports, &["--replicas", "2"])
 }
 
-#[test]
-fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill() {
-    let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path().to_path_buf();
-    let ports = Ports::free();
-    let n1 = start(&dir, 1, &ports);
-    let n2 = start(&dir, 2, &ports);
-    let n3 = start(&dir, 3, &ports);
-    wait_members(&[&n1, &n2, &n3], 3);
-    n1.add_user(USER);
-    // Wait until the user is known everywhere (profiles replicate in the background).
+/// Waits until the user can log in over IMAP on every node (profiles replicate in the
+/// background).
+fn wait_user_everywhere(nodes: &[&Node]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let ok = [&n1, &n2, &n3].iter().all(|n| {
+        let ok = nodes.iter().all(|n| {
             std::process::Command::new("python3")
                 .args(["-c", &format!(
                     "import imaplib;m=imaplib.IMAP4('{}',{});m.login('{USER}','{PASSWORD}');m.logout()",
@@ -287,6 +281,19 @@ fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    let ports = Ports::free();
+    let n1 = start(&dir, 1, &ports);
+    let n2 = start(&dir, 2, &ports);
+    let n3 = start(&dir, 3, &ports);
+    wait_members(&[&n1, &n2, &n3], 3);
+    n1.add_user(USER);
+    wait_user_everywhere(&[&n1, &n2, &n3]);
 
     // A session IDLEs on node 1; mail arrives through node 2.
     let idle_args = [vec!["idle-for".into()], imap_args(&n1), vec!["10".into()]].concat();
@@ -410,4 +417,102 @@ fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill()
         inbox_uids(&view),
         "UIDs changed after a node's death"
     );
+}
+
+/// Sends SIGSTOP or SIGCONT to a node.
+fn signal(node: &Node, signal: &str) {
+    let pid = node.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[test]
+fn a_member_back_from_a_sigkill_shows_imap_nothing_before_it_has_merged() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
+    let ports = Ports::free();
+    let member = |n: usize| start_member(&dir, "127.0.0", 76, n, &ports, &["--replicas", "2"]);
+    let n1 = member(1);
+    let n2 = member(2);
+    let n3 = member(3);
+    wait_members(&[&n1, &n2, &n3], 3);
+    n1.add_user(USER);
+    wait_user_everywhere(&[&n1, &n2, &n3]);
+    for subject in ["kept", "doomed"] {
+        let out = python(
+            "imap.py",
+            &[
+                "deliver".into(),
+                n1.ip.clone(),
+                n1.smtp.to_string(),
+                USER.into(),
+                subject.into(),
+            ],
+        );
+        assert!(out.contains("delivered"), "{out}");
+    }
+    let uids = inbox_uids(&snapshot(&n1));
+    assert_eq!(uids.len(), 2, "{uids:?}");
+    let doomed = uids[1];
+
+    // Node 3 dies; while it is away a message is expunged.
+    n3.kill();
+    wait_members(&[&n1, &n2], 2);
+    let out = python(
+        "imap.py",
+        &[
+            vec!["expunge".into()],
+            imap_args(&n1),
+            vec![doomed.to_string()],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("expunged"), "{out}");
+
+    // Node 3 comes back while its peers cannot answer: alone, it holds no majority, and its
+    // copies do not know of the expunge. It must not serve the mailbox from them.
+    signal(&n1, "-STOP");
+    signal(&n2, "-STOP");
+    let n3 = member(3);
+    let out = python(
+        "imap.py",
+        &[vec!["inbox-or-refusal".into()], imap_args(&n3)].concat(),
+    );
+    println!("node 3 alone: {out}");
+    if let Some(line) = out.lines().find_map(|l| l.strip_prefix("inbox ")) {
+        assert!(
+            !line.split(',').any(|u| u == doomed.to_string()),
+            "a restarted node alone showed the expunged UID {doomed}: {out}"
+        );
+    }
+    assert!(
+        out.contains("refused") && out.contains("UNAVAILABLE"),
+        "node 3 served IMAP alone, without a majority: {out}"
+    );
+
+    // Once the peers answer again, node 3 merges and shows what they do.
+    signal(&n1, "-CONT");
+    signal(&n2, "-CONT");
+    wait_members(&[&n1, &n2, &n3], 3);
+    let view = snapshot(&n1);
+    assert_eq!(inbox_uids(&view), vec![uids[0]]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = python(
+            "imap.py",
+            &[vec!["inbox-or-refusal".into()], imap_args(&n3)].concat(),
+        );
+        if out.contains(&format!("inbox {}\n", uids[0])) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 never showed the mailbox as its peers do: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(snapshot(&n3), view);
 }

@@ -154,6 +154,15 @@ pub async fn call(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAnsw
     let shared = &context.cluster;
     let deadline = Instant::now() + PATIENCE;
     loop {
+        // A node that has not yet joined, or that sees no majority, would route every user to
+        // itself and answer from its own copies, which miss what was expunged while it was away.
+        if shared.is_joining() || !shared.has_majority() {
+            if Instant::now() >= deadline {
+                return ImapAnswer::Unavailable;
+            }
+            glommio::timer::sleep(RETRY_PAUSE).await;
+            continue;
+        }
         let view = shared.view.load_full();
         let manager = view.map.manager_of(user);
         let remote = view
@@ -191,7 +200,10 @@ pub async fn serve(context: &Rc<CoreContext>, user: &str, op: ImapOp) -> ImapAns
     }
     // A node on a partition's minority side may still think it manages the user while the
     // majority has moved the bucket: it must not give out UIDs the new authority gives too.
-    if shared.clustered() && !shared.has_majority() {
+    // A node back from a restart is alone in its view until it merges: it too thinks it manages
+    // everyone, and its copies miss the expunges made meanwhile (a lone node without peers
+    // always holds its majority).
+    if shared.is_joining() || !shared.has_majority() {
         return ImapAnswer::Unavailable;
     }
     let authority = {

@@ -21,6 +21,9 @@ API, IDLE and hostile input). Subcommands:
       sends one message by SMTP; prints `delivered`.
   flags-of HOST IMAP USER PASSWORD UID SECONDS
       NOOPs until UID's flags change from what the first FETCH shows; prints them.
+  inbox-or-refusal HOST IMAP USER PASSWORD
+      logs in and EXAMINEs INBOX; prints `inbox UIDS` (comma-separated) when it is shown, or
+      `refused TEXT` when the login or the EXAMINE is answered NO.
   resync HOST IMAP USER PASSWORD
       IMAP4rev2 and QRESYNC on a raw socket while imaplib changes the folder `Resync`:
       VANISHED at NOOP, QRESYNC at SELECT and in UID FETCH, SEARCH RETURN (SAVE) and $,
@@ -339,6 +342,22 @@ def snapshot(host, imap, user, password):
     print("snapshot", json.dumps(out, sort_keys=True))
 
 
+def inbox_or_refusal(host, imap, user, password):
+    m = imaplib.IMAP4(host, int(imap), timeout=30)
+    try:
+        m.login(user, password)
+    except imaplib.IMAP4.error as e:
+        print("refused", e)
+        return
+    typ, data = m.select("INBOX", readonly=True)
+    if typ != "OK":
+        print("refused", data)
+        return
+    uids = sorted(uid_fetch(m, "1:*", "(FLAGS)")) if int(data[0]) > 0 else []
+    m.logout()
+    print("inbox", ",".join(map(str, uids)))
+
+
 def idle_for(host, imap, user, password, seconds):
     exists, after = idle_until_exists(host, imap, user, password, float(seconds))
     print(f"idle saw {exists} EXISTS after {after:.3f} s")
@@ -388,6 +407,9 @@ def expunge_seen(host, imap, user, password, uid, seconds):
         typ, _ = m.noop()
         check(typ == "OK", "NOOP")
         if m.untagged_responses.pop("EXPUNGE", None):
+            # imaplib hands a command every FETCH response it kept, the unsolicited ones too:
+            # the \Deleted flag announced before the expunge would look like an answer.
+            m.untagged_responses.pop("FETCH", None)
             typ, data = m.uid("FETCH", uid, "(FLAGS)")
             check(typ == "OK" and data in ([None], []), f"expunged UID still answers: {data}")
             print("expunge seen")
@@ -569,6 +591,7 @@ if __name__ == "__main__":
         "flags-of": flags_of,
         "expunge": expunge,
         "expunge-seen": expunge_seen,
+        "inbox-or-refusal": inbox_or_refusal,
         "resync": resync,
         "resync-check": resync_check,
         "deliver": lambda host, smtp, user, subject: (deliver(host, smtp, user, subject), print("delivered")),
