@@ -12,10 +12,15 @@
 //!   of each set, added up: exact when the copies agree, whichever holder is down. A member
 //!   that does not answer is left out (its unreplicated mail uncounted): a check lets mail in
 //!   rather than refuse it for a node's absence.
-//! - **Checks** count the usage afresh each time (this node's cores, and every live member at
-//!   once), only for a user with a limit: a cache on one core cannot see what the others
-//!   store. Messages taken in at the same moment through several sessions may each pass the
-//!   check before any is stored, so a limit can be passed by those few, as with any MTA's.
+//! - **Checks** are made only for a user with a limit. They count the usage afresh (this
+//!   node's cores, and every live member at once), except while the user stays well within
+//!   every limit: a count made less than [`USAGE_FRESH_FOR`] ago on this core, plus what this
+//!   core has admitted since, stands in for a new one as long as it and the message stay
+//!   under [`USAGE_TRUSTED_PERCENT`] % of each limit. A core cannot see what the others take
+//!   in meanwhile, so to pass a limit through that window, more than the rest of the limit
+//!   would have to arrive elsewhere within it; near a limit every check counts afresh.
+//!   Messages taken in at the same moment through several sessions may each pass the check
+//!   before any is stored, so a limit can be passed by those few, as with any MTA's.
 //!   A core keeps users' own limits until they change; the node's default is read at each
 //!   check (SIGHUP changes it, [`super::live_settings`]).
 //!
@@ -43,6 +48,10 @@ use crate::rpc::{UsageEntry, UserUsage};
 /// them at once ([`super::core_context::CoreContext::forget_users`]); this bounds what a
 /// member that missed it keeps until anti-entropy brings it.
 pub const LIMITS_FRESH_FOR: Duration = Duration::from_secs(600);
+/// How long a core may answer a check from a user's last count (see the module docs).
+pub const USAGE_FRESH_FOR: Duration = Duration::from_secs(2);
+/// The share of each limit (percent) under which a recent count is trusted.
+pub const USAGE_TRUSTED_PERCENT: u64 = 90;
 /// Users whose quota a core remembers before it forgets them all.
 const CACHED_MAX: usize = 1 << 20;
 const HEADER: &str = "porcupine-quota 1\n";
@@ -67,6 +76,17 @@ pub struct Limits {
 impl Limits {
     pub fn is_unlimited(&self) -> bool {
         self.storage.is_none() && self.messages.is_none()
+    }
+
+    /// `percent` % of each limit (rounded down).
+    pub fn share(&self, percent: u64) -> Limits {
+        let part = |max: u64| {
+            u64::try_from(u128::from(max) * u128::from(percent) / 100).unwrap_or(u64::MAX)
+        };
+        Limits {
+            storage: self.storage.map(part),
+            messages: self.messages.map(part),
+        }
     }
 }
 
@@ -213,6 +233,14 @@ impl Tally {
         }
     }
 
+    /// This and `other` added up.
+    pub fn plus(&self, other: Tally) -> Tally {
+        Tally {
+            messages: self.messages.saturating_add(other.messages),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+
     /// Whether `adding` more stays within `limits`.
     pub fn admits_adding(&self, adding: Tally, limits: Limits) -> Result<(), Over> {
         if limits
@@ -259,10 +287,12 @@ pub struct QuotaCache {
     users: RefCell<HashMap<String, Cached>>,
 }
 
-/// A user's own settings, as read when.
+/// A user's own settings, as read when; their usage as last counted here, and when, plus
+/// what this core admitted since.
 #[derive(Debug, Default, Clone, Copy)]
 struct Cached {
     own: Option<(Instant, UserQuota)>,
+    usage: Option<(Instant, Tally)>,
 }
 
 impl QuotaCache {
@@ -383,8 +413,32 @@ pub async fn admit(context: &Rc<CoreContext>, user: &str, adding: Tally) -> Admi
     if limits.is_unlimited() {
         return Admission::Admitted;
     }
-    match usage_of(context, user).await.admits_adding(adding, limits) {
-        Ok(()) => Admission::Admitted,
+    let cache = &context.quota_cache;
+    let recent = cache.with(user, |c| fresh(c.usage, USAGE_FRESH_FOR));
+    let usage = match recent {
+        Some(usage)
+            if usage
+                .admits_adding(adding, limits.share(USAGE_TRUSTED_PERCENT))
+                .is_ok() =>
+        {
+            usage
+        }
+        _ => {
+            let counted = usage_of(context, user).await;
+            cache.with(user, |c| c.usage = Some((Instant::now(), counted)));
+            counted
+        }
+    };
+    match usage.admits_adding(adding, limits) {
+        Ok(()) => {
+            // Counted as stored at once: a later check here errs on the side of the limit.
+            cache.with(user, |c| {
+                if let Some((_, counted)) = &mut c.usage {
+                    *counted = counted.plus(adding);
+                }
+            });
+            Admission::Admitted
+        }
         Err(over) => Admission::OverQuota(over),
     }
 }
@@ -484,6 +538,43 @@ mod tests {
             messages,
             bytes,
         }
+    }
+
+    #[test]
+    fn a_share_of_limits_rounds_down_and_never_overflows() {
+        let limits = Limits {
+            storage: Some(20_480),
+            messages: Some(3),
+        };
+        assert_eq!(
+            limits.share(USAGE_TRUSTED_PERCENT),
+            Limits {
+                storage: Some(18_432),
+                messages: Some(2),
+            }
+        );
+        let huge = Limits {
+            storage: Some(u64::MAX),
+            messages: None,
+        };
+        assert_eq!(huge.share(90).storage, Some(16_602_069_666_338_596_453));
+        assert_eq!(huge.share(90).messages, None);
+        // A recent count near a limit is not trusted, far from it it is.
+        let near = Tally {
+            messages: 2,
+            bytes: 100,
+        };
+        assert!(near
+            .admits_adding(Tally::one(10), limits.share(USAGE_TRUSTED_PERCENT))
+            .is_err());
+        assert!(near.admits_adding(Tally::one(10), limits).is_ok());
+        assert_eq!(
+            near.plus(Tally::one(u64::MAX)),
+            Tally {
+                messages: 3,
+                bytes: u64::MAX
+            }
+        );
     }
 
     #[test]
