@@ -141,25 +141,38 @@ fn dovecot_keywords(dir: &Path) -> BTreeMap<char, String> {
 /// `UID [extensions] :name`).
 struct UidList {
     validity: Option<u32>,
+    /// The next UID Dovecot would give (`N`): UIDs below it may have named messages expunged
+    /// since, so they are never given again under this UIDVALIDITY.
+    next: Option<u32>,
     uids: BTreeMap<String, u32>,
 }
 
 fn dovecot_uids(dir: &Path) -> UidList {
     let mut list = UidList {
         validity: None,
+        next: None,
         uids: BTreeMap::new(),
     };
     let Ok(text) = std::fs::read_to_string(dir.join("dovecot-uidlist")) else {
         return list;
     };
     let mut lines = text.lines();
-    let mut header = lines.next().unwrap_or("").split_whitespace();
-    list.validity = match header.next() {
-        Some("1") => header.next().and_then(|v| v.parse().ok()),
-        Some(_) => header.find_map(|field| field.strip_prefix('V')?.parse().ok()),
-        None => None,
-    }
-    .filter(|v| *v != 0);
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let field = |key: char| {
+        header
+            .iter()
+            .skip(1)
+            .find_map(|f| f.strip_prefix(key)?.parse::<u32>().ok())
+    };
+    (list.validity, list.next) = match header.first() {
+        Some(&"1") => (
+            header.get(1).and_then(|v| v.parse().ok()),
+            header.get(2).and_then(|n| n.parse().ok()),
+        ),
+        Some(_) => (field('V'), field('N')),
+        None => (None, None),
+    };
+    list.validity = list.validity.filter(|v| *v != 0);
     for line in lines {
         let Some((uid, rest)) = line.split_once(' ') else {
             continue;
@@ -203,12 +216,27 @@ fn maildir_flags(info: &str, keywords: &BTreeMap<char, String>) -> Vec<String> {
     flags
 }
 
-fn scan_maildir(root: &Path, user: &str) -> Result<(Vec<Found>, usize)> {
+/// A folder's UIDVALIDITY and next UID where its messages come from.
+struct FolderUids {
+    folder: String,
+    validity: u32,
+    next: u32,
+}
+
+fn scan_maildir(root: &Path, user: &str) -> Result<(Vec<Found>, usize, Vec<FolderUids>)> {
     let folders = maildir_folders(root)?;
     let mut found = Vec::new();
+    let mut nexts = Vec::new();
     for (folder, dir) in &folders {
         let keywords = dovecot_keywords(dir);
         let uids = dovecot_uids(dir);
+        if let (Some(validity), Some(next)) = (uids.validity, uids.next) {
+            nexts.push(FolderUids {
+                folder: folder.clone(),
+                validity,
+                next,
+            });
+        }
         let mut here = Vec::new();
         for sub in ["cur", "new"] {
             let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
@@ -246,7 +274,7 @@ fn scan_maildir(root: &Path, user: &str) -> Result<(Vec<Found>, usize)> {
         here.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
         found.extend(here.into_iter().map(|(_, _, _, f)| f));
     }
-    Ok((found, folders.len()))
+    Ok((found, folders.len(), nexts))
 }
 
 /// Messages of an mbox (mboxrd: `>From ` lines lose one `>`), with their flags and dates.
@@ -380,11 +408,12 @@ fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Stores one batch of messages of `folder` (whose UIDVALIDITY where they come from is
-/// `uid_validity`, if their UIDs are to be kept).
+/// `uid_validity`, if their UIDs are to be kept; with `uid_next`, the folder's next UID
+/// there, once its messages are all sent).
 fn send_batch(
     admin: &AdminClient,
     user: &str,
-    (folder, uid_validity): (&str, Option<u32>),
+    (folder, uid_validity, uid_next): (&str, Option<u32>, Option<u32>),
     batch: Vec<(NewItem, Vec<u8>)>,
     summary: &mut Summary,
     bar: &indicatif::ProgressBar,
@@ -397,6 +426,7 @@ fn send_batch(
         folder: folder.to_owned(),
         items,
         uid_validity,
+        uid_next,
     };
     let mut body = serde_json::to_vec(&mails)?;
     body.push(b'\n');
@@ -412,10 +442,11 @@ fn send_batch(
         404 => bail!("{}", response.body.trim()),
         _ => {
             summary.failed += count;
-            bar.println(format!(
-                "{count} messages of {folder}: {}",
-                response.body.trim()
-            ));
+            bar.println(if count == 0 {
+                format!("the next UID of {folder}: {}", response.body.trim())
+            } else {
+                format!("{count} messages of {folder}: {}", response.body.trim())
+            });
         }
     }
     Ok(())
@@ -430,7 +461,13 @@ fn stored(admin: &AdminClient, user: &str) -> Result<Vec<StoredMail>> {
     serde_json::from_str(&response.body).context("the node's list of messages")
 }
 
-fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) -> Result<Summary> {
+fn import(
+    admin: &AdminClient,
+    user: &str,
+    found: Vec<Found>,
+    folders: usize,
+    nexts: Vec<FolderUids>,
+) -> Result<Summary> {
     let started = Instant::now();
     // Where each id is now. A message found only in INBOX while it belongs elsewhere is one a
     // failed batch wrote but never filed (the node lists such copies as new mail): it is
@@ -475,7 +512,7 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
             send_batch(
                 admin,
                 user,
-                (&batch_folder, batch_validity),
+                (&batch_folder, batch_validity, None),
                 std::mem::take(&mut batch),
                 &mut summary,
                 &bar,
@@ -500,8 +537,25 @@ fn import(admin: &AdminClient, user: &str, found: Vec<Found>, folders: usize) ->
         send_batch(
             admin,
             user,
-            (&batch_folder, batch_validity),
+            (&batch_folder, batch_validity, None),
             batch,
+            &mut summary,
+            &bar,
+        )?;
+    }
+    // Once a folder's messages are all in (this run or an earlier one), it gives no UID that
+    // Dovecot gave before, even to a message expunged there since.
+    for FolderUids {
+        folder,
+        validity,
+        next,
+    } in nexts
+    {
+        send_batch(
+            admin,
+            user,
+            (&folder, Some(validity), Some(next)),
+            Vec::new(),
             &mut summary,
             &bar,
         )?;
@@ -534,13 +588,13 @@ fn with_crlf(bytes: Vec<u8>) -> Vec<u8> {
 }
 
 pub fn import_maildir(admin: &AdminClient, dir: &Path, user: &str) -> Result<Summary> {
-    let (found, folders) = scan_maildir(dir, user)?;
-    import(admin, user, found, folders)
+    let (found, folders, nexts) = scan_maildir(dir, user)?;
+    import(admin, user, found, folders, nexts)
 }
 
 pub fn import_mbox(admin: &AdminClient, file: &Path, user: &str, folder: &str) -> Result<Summary> {
     let found = scan_mbox(file, user, folder)?;
-    import(admin, user, found, 1)
+    import(admin, user, found, 1, Vec::new())
 }
 
 /// The Maildir++ directory of `folder` under `root`.
@@ -596,7 +650,12 @@ fn write_uidlist(dir: &Path, validity: u32, list: &UidList) -> Result<()> {
     }
     let mut by_uid: Vec<(&u32, &String)> = list.uids.iter().map(|(n, u)| (u, n)).collect();
     by_uid.sort();
-    let next = by_uid.last().map_or(1, |(uid, _)| uid.saturating_add(1));
+    // Never below porcupine's own next UID: the UIDs of messages expunged here are not
+    // given again by Dovecot either.
+    let next = by_uid
+        .last()
+        .map_or(1, |(uid, _)| uid.saturating_add(1))
+        .max(list.next.unwrap_or(0));
     let guid = xxhash_rust::xxh3::xxh3_128(dir.as_os_str().as_encoded_bytes());
     let mut text = format!("3 V{validity} N{next} G{guid:032x}\n");
     for (uid, name) in by_uid {
@@ -633,6 +692,8 @@ pub fn export_maildir(admin: &AdminClient, user: &str, root: &Path) -> Result<Su
         let mut keywords: Vec<String> = dovecot_keywords(&dir).into_values().collect();
         let mut uidlist = dovecot_uids(&dir);
         let validity = messages.first().map_or(0, |m| m.uid_validity);
+        let uid_next = messages.first().map_or(0, |m| m.uid_next);
+        uidlist.next = uidlist.next.max(Some(uid_next));
         let existing: HashSet<String> = std::fs::read_dir(dir.join("cur"))?
             .filter_map(|e| e.ok())
             .map(|e| {

@@ -40,6 +40,9 @@ pub const KEYWORDS_MAX: usize = 27;
 pub const INBOX: u32 = 0;
 /// UIDs (and MODSEQs) are reserved this many at a time.
 pub const RESERVE_BLOCK: u32 = 256;
+/// The largest UID an import keeps: far below `u32::MAX`, so a folder whose source reached it
+/// still has UIDs to give (RFC 3501 §2.3.1.1: UIDs only grow).
+pub const KEPT_UID_MAX: u32 = 1 << 31;
 /// Most folders a user may have.
 pub const FOLDERS_MAX: usize = 1000;
 
@@ -606,9 +609,10 @@ impl Mailboxes {
 
     /// Whether messages brought in from another server under its `uid_validity` may keep
     /// their UIDs in folder `name`: yes if the folder has that UIDVALIDITY already, or if it
-    /// is empty, when it takes that UIDVALIDITY (a client that knew the empty folder sees the
-    /// change and starts over, losing nothing). Then [`Mailboxes::place_as`] keeps each UID
-    /// above every one the folder gave.
+    /// has never given out a UID, when it takes that UIDVALIDITY (a client that knew the empty
+    /// folder sees the change and starts over, losing nothing). Then
+    /// [`Mailboxes::place_as`] keeps each UID above every one the folder gave, and
+    /// [`Mailboxes::raise_uid_next`] carries on where the other server would have.
     pub fn adopt_validity(&mut self, name: &str, uid_validity: u32) -> bool {
         let Some(folder) = self.folder_id(name) else {
             return false;
@@ -619,7 +623,11 @@ impl Mailboxes {
         if self.folder(folder).map(|f| f.uid_validity) == Some(uid_validity) {
             return true;
         }
-        if self.by_folder.get(&folder).is_some_and(|m| !m.is_empty()) {
+        // A folder that gave UIDs under its own UIDVALIDITY (even to messages since
+        // expunged) keeps it: another would let those UIDs name other messages.
+        if self.by_folder.get(&folder).is_some_and(|m| !m.is_empty())
+            || self.folder(folder).is_some_and(|f| f.uid_reserved > 1)
+        {
             return false;
         }
         if let Some(record) = self.profile.folders.iter_mut().find(|f| f.id == folder) {
@@ -631,8 +639,32 @@ impl Mailboxes {
         true
     }
 
+    /// After an import that kept its UIDs (see [`Mailboxes::adopt_validity`]): the folder's
+    /// next UID is at least `uid_next`, the other server's next UID, so no UID it gave (to a
+    /// message expunged there since) names another message here. Called once a folder's
+    /// messages are all placed, as a kept UID must be above the folder's next.
+    pub fn raise_uid_next(&mut self, name: &str, uid_next: u32) -> Vec<Persist> {
+        let Some(folder) = self.folder_id(name) else {
+            return Vec::new();
+        };
+        let uid_next = uid_next.min(KEPT_UID_MAX);
+        let next = self.next_uid.get(&folder).copied().unwrap_or(1).max(1);
+        if uid_next > next {
+            self.next_uid.insert(folder, uid_next);
+            // Reserved now, so a restart's rebuild starts above it too.
+            if let Some(record) = self.profile.folders.iter_mut().find(|f| f.id == folder) {
+                if uid_next > record.uid_reserved {
+                    record.uid_reserved = uid_next;
+                    self.profile_dirty = true;
+                }
+            }
+        }
+        self.take_profile().into_iter().collect()
+    }
+
     /// [`Mailboxes::place`], with the UID the message had on another server when it is above
-    /// every UID the folder gave (see [`Mailboxes::adopt_validity`]); else a new one.
+    /// every UID the folder gave and at most [`KEPT_UID_MAX`] (see
+    /// [`Mailboxes::adopt_validity`]); else a new one.
     pub fn place_as(
         &mut self,
         name: &str,
@@ -657,7 +689,7 @@ impl Mailboxes {
         }
         let next = self.next_uid.get(&folder).copied().unwrap_or(1).max(1);
         let uid = match kept_uid {
-            Some(kept) if kept >= next && kept < u32::MAX => {
+            Some(kept) if kept >= next && kept <= KEPT_UID_MAX => {
                 self.next_uid.insert(folder, kept);
                 self.take_uid(folder)
             }
@@ -990,6 +1022,9 @@ pub enum ImapOp {
         /// The UIDVALIDITY the messages' UIDs were given under (an import from a server
         /// that keeps them, as Dovecot's `dovecot-uidlist`): see `Mailboxes::adopt_validity`.
         uid_validity: Option<u32>,
+        /// With a folder's last messages: the next UID the server they come from would have
+        /// given (`N` of the uidlist), see `Mailboxes::raise_uid_next`.
+        uid_next: Option<u32>,
     },
     /// Copy (or move) UIDs of `from` into `to`: answered `Copied`.
     Copy {
@@ -1316,12 +1351,13 @@ mod tests {
     #[test]
     fn imported_uids_are_kept_in_an_empty_folder_and_only_above_what_was_given() {
         let mut boxes = Mailboxes::new(None, 1_000);
-        let placed = |boxes: &mut Mailboxes, id: u128, uid: u32| {
+        let placed_in = |boxes: &mut Mailboxes, folder: &str, id: u128, uid: u32| {
             let (validity, uid, _) = boxes
-                .place_as("Sent", listed(id, None), 0, 0, Some(uid))
+                .place_as(folder, listed(id, None), 0, 0, Some(uid))
                 .unwrap();
             (validity, uid)
         };
+        let placed = |boxes: &mut Mailboxes, id: u128, uid: u32| placed_in(boxes, "Sent", id, uid);
         assert!(boxes.adopt_validity("Sent", 77));
         assert_eq!(placed(&mut boxes, 1, 5), (77, 5));
         assert_eq!(placed(&mut boxes, 2, 9), (77, 9));
@@ -1331,6 +1367,26 @@ mod tests {
         assert!(!boxes.adopt_validity("Sent", 78));
         assert!(boxes.adopt_validity("Sent", 77));
         assert_eq!(uids(&boxes, "Sent"), vec![(5, 1), (9, 2), (10, 3)]);
+        // The folder carries on where the source would have: no UID below its next, even
+        // those of messages expunged there, is given again.
+        // Within the UIDs reserved already: nothing to store.
+        assert!(boxes.raise_uid_next("Sent", 40).is_empty());
+        assert_eq!(placed(&mut boxes, 4, 12), (77, 40));
+        assert!(boxes.raise_uid_next("Sent", 20).is_empty());
+        // Beyond them: reserved in the stored profile, so a rebuild starts above it too.
+        assert_eq!(boxes.raise_uid_next("Sent", 5_000).len(), 1);
+        assert_eq!(placed(&mut boxes, 40, 13), (77, 5_000));
+        // A UID near the top of the range is not kept: the folder would have none left.
+        assert!(boxes.adopt_validity("Drafts", 78));
+        assert_eq!(placed_in(&mut boxes, "Drafts", 5, u32::MAX - 1), (78, 1));
+        boxes.raise_uid_next("Drafts", u32::MAX);
+        assert_eq!(placed_in(&mut boxes, "Drafts", 6, 7), (78, KEPT_UID_MAX));
+        // A folder that gave UIDs keeps its UIDVALIDITY, even with every message expunged.
+        boxes.create("Work", 1_000).unwrap();
+        let (validity, _, _) = boxes.place_as("Work", listed(7, None), 0, 0, None).unwrap();
+        boxes.expunge("Work", &[1]).unwrap();
+        assert!(!boxes.adopt_validity("Work", 79));
+        assert_eq!(boxes.folder_view("Work").unwrap().uid_validity, validity);
         // INBOX has had mail under its own UIDVALIDITY: it keeps it.
         let mut inbox = Mailboxes::new(None, 1_000);
         inbox.refresh(vec![listed(4, None)]);

@@ -29,7 +29,8 @@
 //! the IMAP authority (`FileMessages`, `UserFragments`, `ImapRequest`); version 11 a folder's
 //! count of `\Deleted` messages in the IMAP authority's counts (IMAP4rev2's STATUS DELETED);
 //! version 12 several APPENDs in one call (`AppendMany`, for imports); version 13 the
-//! authority's `RemoveAll` (a deleted user's mail and folders) and `UserUsage` (quotas).
+//! authority's `RemoveAll` (a deleted user's mail and folders) and `UserUsage` (quotas);
+//! version 14 the next UID an import's source would give (`AppendMany::uid_next`).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,7 +38,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const FRAME_MAGIC: u32 = 0x5043_4c55;
-pub const FRAME_VERSION: u8 = 13;
+pub const FRAME_VERSION: u8 = 14;
 pub const HEADER_BYTES: usize = 32;
 /// Largest payload accepted (a profile batch of 100,000 users is about 15 MiB).
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
@@ -282,7 +283,8 @@ mod tests {
             // tagged bodies; 6 knew no anti-entropy; 7 stored without the nodes an earlier
             // attempt may have left a copy on; 8 could not confirm a view; 9 listed no IMAP
             // state and knew no IMAP authority; 10 counted no deleted messages; 11 knew no
-            // AppendMany: each is refused, never misread.
+            // AppendMany; 12 knew no RemoveAll nor UserUsage; 13 sent AppendMany without
+            // the source's next UID: each is refused, never misread.
             bytes[4] = old;
             assert_eq!(
                 decode_frame::<Request>(&bytes).unwrap_err(),

@@ -440,6 +440,7 @@ async fn run(
             folder,
             messages,
             uid_validity,
+            uid_next,
         } => {
             if with(authority, |boxes| boxes.folder_view(&folder).is_err()) {
                 return Ok(ImapAnswer::NoSuchMailbox);
@@ -510,6 +511,9 @@ async fn run(
                         return Ok(error.into());
                     }
                 }
+            }
+            if let Some(next) = uid_next.filter(|_| keep_uids) {
+                persist_all.extend(with(authority, |boxes| boxes.raise_uid_next(&folder, next)));
             }
             // Every filing goes to each holder in one call.
             execute(context, user, persist_all).await?;

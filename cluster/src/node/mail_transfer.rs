@@ -21,6 +21,9 @@ pub struct StoredMail {
     /// The folder's UIDVALIDITY (0 from a node that did not say).
     #[serde(default)]
     pub uid_validity: u32,
+    /// The folder's next UID (0 from a node that did not say).
+    #[serde(default)]
+    pub uid_next: u32,
     pub uid: u32,
     /// The message id, 32 hex digits.
     pub id: String,
@@ -42,6 +45,10 @@ pub struct NewMails {
     /// The folder's UIDVALIDITY where the messages come from, if their UIDs should be kept.
     #[serde(default)]
     pub uid_validity: Option<u32>,
+    /// With a folder's last batch: the next UID where the messages come from (Dovecot's `N`),
+    /// so the folder's next UID here is at least that.
+    #[serde(default)]
+    pub uid_next: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,6 +98,7 @@ pub async fn list(context: &Rc<CoreContext>, user: &str) -> Result<Vec<StoredMai
             out.push(StoredMail {
                 folder: info.name.clone(),
                 uid_validity: folder.uid_validity,
+                uid_next: folder.uid_next,
                 uid: message.uid,
                 id: format!("{:032x}", message.id),
                 flags: flags_of(message)
@@ -192,6 +200,7 @@ pub async fn store_many(
             folder: mails.folder.clone(),
             messages: messages.clone(),
             uid_validity: mails.uid_validity,
+            uid_next: mails.uid_next,
         };
         match imap_authority::call(context, &mails.user, op).await {
             ImapAnswer::PlacedMany { uids, .. } => return Ok(uids),

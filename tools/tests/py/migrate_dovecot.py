@@ -4,9 +4,10 @@ Subcommands:
   prepare SMTP IMAP USER PASSWORD
       sends 6 messages to USER through Postfix (127.0.0.1:SMTP), waits until Dovecot's IMAP
       (127.0.0.1:IMAP) shows them, then as a client would: CREATE Work, MOVE two messages
-      there, and set flags and keywords (\\Seen, \\Flagged, \\Answered, $Work, Later).
+      there, set flags and keywords (\\Seen, \\Flagged, \\Answered, $Work, Later), and
+      expunge the newest, so the next UID is above every UID left.
   view PORT USER PASSWORD
-      prints `view {JSON}`: for INBOX and Work, the UIDVALIDITY and each message's UID,
+      prints `view {JSON}`: for INBOX and Work, the UIDVALIDITY, UIDNEXT and each message's UID,
       flags (sorted; \\Recent left out) and the SHA-256 of its BODY.PEEK[].
 """
 
@@ -57,6 +58,10 @@ def prepare(smtp, imap, user, password):
     check(m.uid("STORE", "1", "+FLAGS", "(\\Seen)")[0] == "OK", "STORE")
     check(m.uid("STORE", "3", "+FLAGS", "(\\Flagged $Work)")[0] == "OK", "STORE")
     check(m.uid("STORE", "5", "+FLAGS", "(\\Seen Later)")[0] == "OK", "STORE")
+    # The newest is expunged: Dovecot's next UID (7) is above every UID left (5), and
+    # must stay so through the import and the export.
+    check(m.uid("STORE", "6", "+FLAGS", "(\\Deleted)")[0] == "OK", "STORE \\Deleted")
+    check(m.expunge()[0] == "OK", "EXPUNGE")
     m.select("Work")
     check(m.uid("STORE", "1", "+FLAGS", "(\\Answered \\Seen)")[0] == "OK", "STORE in Work")
     m.logout()
@@ -71,6 +76,7 @@ def view(port, user, password):
         typ, data = m.select(folder, readonly=True)
         check(typ == "OK", (folder, data))
         validity = int(m.untagged_responses["UIDVALIDITY"][-1])
+        uid_next = int(m.untagged_responses["UIDNEXT"][-1])
         rows = []
         if int(data[0]) > 0:
             typ, data = m.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[])")
@@ -84,7 +90,7 @@ def view(port, user, password):
                 flags = sorted(f for f in flags if f != "\\Recent")
                 rows.append([uid, flags, hashlib.sha256(body).hexdigest(), len(body)])
         rows.sort()
-        out[folder] = {"uidvalidity": validity, "messages": rows}
+        out[folder] = {"uidvalidity": validity, "uidnext": uid_next, "messages": rows}
     m.logout()
     print("view", json.dumps(out, sort_keys=True))
 
