@@ -3,7 +3,8 @@
 //! - `porcupine user delete` on a three-node cluster (`--replicas 2`): the address is refused
 //!   at RCPT and its logins fail on every node, every copy of its mail and its folders are
 //!   gone, a node killed with SIGKILL and restarted brings nothing back, and the address added
-//!   again is a new user (empty, a new UIDVALIDITY); with one copy per message, the mail a
+//!   again is a new user (empty, a new UIDVALIDITY) whom an IMAP session of the deleted user,
+//!   idle through it all, is never shown; with one copy per message, the mail a
 //!   node held while it was down at the delete is removed when it returns, and never shows
 //!   up for the next user given the address;
 //! - quotas on one node: the node's default and a user's own, met at RCPT, at the end of the
@@ -70,6 +71,20 @@ fn a_deleted_user_is_gone_from_every_node_and_stays_gone() {
     assert!(ok, "{shown}");
     assert!(shown.contains("\"messages\":5"), "{shown}");
 
+    // A session logged in before the delete, idle through it and through the address being
+    // given to a new user, is never served the new user's mailbox.
+    let trigger = dir.path().join("stale-trigger");
+    let stale_args = vec![
+        "stale".to_string(),
+        nodes[0].ip.clone(),
+        nodes[0].imap.to_string(),
+        PASSWORD.into(),
+        user.into(),
+        trigger.display().to_string(),
+    ];
+    let stale = std::thread::spawn(move || python("user_lifecycle.py", &stale_args));
+    std::thread::sleep(Duration::from_millis(1500));
+
     let (ok, said) = nodes[2].cli(&["user", "delete", user]);
     assert!(ok, "{said}");
     assert!(
@@ -129,6 +144,9 @@ fn a_deleted_user_is_gone_from_every_node_and_stays_gone() {
         ],
     );
     assert!(out.contains("fresh ok"), "{out}");
+    std::fs::write(&trigger, b"").unwrap();
+    let out = stale.join().unwrap();
+    assert!(out.contains("stale refused"), "{out}");
 }
 
 #[test]

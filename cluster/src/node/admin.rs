@@ -456,7 +456,7 @@ async fn add_user(
         .await
         .map_err(|_| (500, "storage unavailable\n".to_string()))?;
     let profile = match shared {
-        Some(profile) => profile.to_vec(),
+        Some(profile) => users::with_not_before(profile, not_before),
         None => users::encode_profile_after(
             &users::secrets_off_core(password)
                 .await

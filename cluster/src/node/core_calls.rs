@@ -100,20 +100,33 @@ impl CoreCall for RetireUpdates {
     fn unanswered() {}
 }
 
-/// Whether the user has a profile here.
+/// Which of the address's users has it now, if one does: see [`Incarnation`].
 #[derive(Debug)]
-pub struct UserExists {
+pub struct UserIncarnation {
     pub user: String,
 }
-user_call!(UserExists);
+user_call!(UserIncarnation);
 
-impl CoreCall for UserExists {
-    type Reply = Result<bool, StoreError>;
+/// Tells apart the users an address has had: the time (HLC) the address was last deleted
+/// before this user had it (`not-before` in the profile; `None` for its first user). A
+/// session logged in as one never acts for the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incarnation(pub Option<u64>);
+
+impl CoreCall for UserIncarnation {
+    type Reply = Result<Option<Incarnation>, StoreError>;
     async fn serve(self, service: &CoreService) -> Self::Reply {
-        service
-            .shard(&self.user)
-            .map(|s| s.has_live_profile(&self.user))
-            .ok_or(StoreError::Failed)
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        if !shard.has_live_profile(&self.user) {
+            return Ok(None);
+        }
+        let profile = shard
+            .read_profile(&self.user)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(profile
+            .filter(|p| !p.is_empty())
+            .map(|p| Incarnation(super::users::not_before_of(&p))))
     }
     fn unanswered() -> Self::Reply {
         Err(StoreError::Failed)

@@ -5,14 +5,14 @@
 //! `Rc<CoreContext>`; nothing here is reached through a thread-local.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::core_call::{CoreCall, UserCall};
-use super::core_calls::UserExists;
+use super::core_calls::{Incarnation, UserIncarnation};
 use super::delivery::PlacementCache;
 use super::service::{CoreService, StoreError};
 use super::NodeContext;
@@ -30,9 +30,10 @@ pub struct CoreContext {
     pub service: Rc<CoreService>,
     /// This core's connections to the other nodes.
     pub peers: Rc<Peers>,
-    /// Users this core has been told exist (a deleted user is forgotten on every core of
-    /// every member when their removal arrives: [`CoreContext::forget_users`]).
-    known_users: RefCell<HashSet<String>>,
+    /// Users this core has been told exist, and which of their address's users each is (a
+    /// deleted user is forgotten on every core of every member when their removal arrives:
+    /// [`CoreContext::forget_users`]).
+    known_users: RefCell<HashMap<String, Incarnation>>,
     /// Users' quota limits and usage, briefly ([`super::quota`]).
     pub(super) quota_cache: super::quota::QuotaCache,
     /// Candidates the manager gave this core recently ([`super::delivery`]).
@@ -70,7 +71,7 @@ impl CoreContext {
             node,
             service,
             peers,
-            known_users: RefCell::new(HashSet::new()),
+            known_users: RefCell::new(HashMap::new()),
             quota_cache: Default::default(),
             placements: RefCell::new(PlacementCache::default()),
             warned_few_nodes: Cell::new(None),
@@ -105,22 +106,27 @@ impl CoreContext {
 
     /// Whether `user` exists; a user seen to exist is not asked about again.
     pub async fn user_exists(&self, user: &str) -> Result<bool, StoreError> {
-        if self.known_users.borrow().contains(user) {
-            return Ok(true);
+        Ok(self.user_incarnation(user).await?.is_some())
+    }
+
+    /// Which of the address's users has it now (`None`: no user has).
+    pub async fn user_incarnation(&self, user: &str) -> Result<Option<Incarnation>, StoreError> {
+        if let Some(known) = self.known_users.borrow().get(user) {
+            return Ok(Some(*known));
         }
-        let exists = self
-            .call(UserExists {
+        let incarnation = self
+            .call(UserIncarnation {
                 user: user.to_owned(),
             })
             .await?;
-        if exists {
+        if let Some(incarnation) = incarnation {
             let mut known = self.known_users.borrow_mut();
             if known.len() >= KNOWN_USERS_MAX {
                 known.clear();
             }
-            known.insert(user.to_owned());
+            known.insert(user.to_owned(), incarnation);
         }
-        Ok(exists)
+        Ok(incarnation)
     }
 
     /// Forgets what this node's cores know of these users (they were deleted, or their quota

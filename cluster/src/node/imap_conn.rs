@@ -165,6 +165,20 @@ pub(super) async fn read(
     None
 }
 
+/// Whether the address logged in as is still the account the session logged in to: not
+/// removed, and not given to another user since (a session never acts for the next user of
+/// an address). Storage that cannot answer now does not end the session.
+async fn same_account(
+    context: &CoreContext,
+    user: &str,
+    account: Option<super::core_calls::Incarnation>,
+) -> bool {
+    match context.user_incarnation(user).await {
+        Ok(now) => now == account,
+        Err(_) => true,
+    }
+}
+
 pub async fn serve(
     stream: TcpStream,
     context: Rc<CoreContext>,
@@ -183,11 +197,20 @@ pub async fn serve(
     session.greeting(&mut out);
     let mut buf = vec![0u8; 16 << 10];
     let mut user = String::new();
+    let mut account = None;
     let mut selected = Selected::default();
     let mut errors_counted = 0;
     'session: loop {
         let mut step = session.step(&mut out);
         loop {
+            if !user.is_empty()
+                && !matches!(step, Step::NeedInput | Step::Close)
+                && !same_account(&context, &user, account).await
+            {
+                out.extend_from_slice(b"* BYE [UNAVAILABLE] this account was removed\r\n");
+                let _ = conn::flush(&mut stream, &mut out, &clock, |_| {}).await;
+                break 'session;
+            }
             let next = match step {
                 Step::NeedInput => break,
                 Step::Close => break 'session,
@@ -229,9 +252,19 @@ pub async fn serve(
                             Err(_) => {}
                         }
                     }
+                    let checked = match checked {
+                        Ok(()) => match context.user_incarnation(&name).await {
+                            Ok(Some(incarnation)) => Ok(incarnation),
+                            // Removed since the password was checked.
+                            Ok(None) => Err(OpenFailure::BadCredentials),
+                            Err(_) => Err(OpenFailure::Unavailable),
+                        },
+                        Err(failure) => Err(failure),
+                    };
                     let outcome = match checked {
-                        Ok(()) => {
+                        Ok(incarnation) => {
                             user = name.clone();
+                            account = Some(incarnation);
                             LoginOutcome::Ok
                         }
                         Err(OpenFailure::BadCredentials) => LoginOutcome::BadCredentials,

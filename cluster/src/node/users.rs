@@ -87,6 +87,16 @@ pub fn encode_profile_after(secrets: &Secrets, not_before: Option<u64>) -> Vec<u
     text.into_bytes()
 }
 
+/// A profile made once for many users (bulk creation) for one of them: with their address's
+/// `not-before`, if it was deleted before.
+pub fn with_not_before(shared: &[u8], not_before: Option<u64>) -> Vec<u8> {
+    let mut profile = shared.to_vec();
+    if let Some(hlc) = not_before {
+        profile.extend_from_slice(format!("{NOT_BEFORE_FIELD}{hlc}\n").as_bytes());
+    }
+    profile
+}
+
 /// When the address was last deleted before this user had it (an HLC), if it was.
 pub fn not_before_of(profile: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(profile).ok()?;
@@ -128,6 +138,9 @@ mod tests {
         let secrets = make_secrets("pw").unwrap();
         let profile = encode_profile_after(&secrets, Some(1234));
         assert_eq!(not_before_of(&profile), Some(1234));
+        let shared = encode_profile(&secrets);
+        assert_eq!(not_before_of(&with_not_before(&shared, Some(99))), Some(99));
+        assert_eq!(with_not_before(&shared, None), shared);
         assert!(password_of(&profile).is_some());
         assert_eq!(not_before_of(&encode_profile(&secrets)), None);
         assert_eq!(not_before_of(b""), None);

@@ -10,6 +10,10 @@ against the real node. Subcommands (HOST is the node's address; ports are number
   fresh HOST IMAP PASSWORD USER OLD_UIDVALIDITY
       USER (added again) logs in to an empty INBOX with a new UIDVALIDITY and no Work folder.
       Prints `fresh ok`.
+  stale HOST IMAP PASSWORD USER TRIGGER
+      logs in as USER, prints `logged in`, waits (at most 120 s) until the file TRIGGER exists
+      (meanwhile USER is deleted and added again), then SELECTs INBOX: the session must be
+      closed with BYE, never shown the new user's mail. Prints `stale refused`.
   quota HOST SMTP LMTP POP3 IMAP PASSWORD A B C
       A has a 20 KiB storage limit (the node's default), B a 3-message limit, C the default.
       The limits are met at RCPT (SIZE), at the end of DATA (no SIZE), per recipient by LMTP,
@@ -141,6 +145,23 @@ def fresh(host, imap, password, user, old_validity):
     print("fresh ok")
 
 
+def stale(host, imap, password, user, trigger):
+    import os
+    m = imap_login(host, imap, user, password)
+    print("logged in", flush=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(trigger):
+        check(time.monotonic() < deadline, "never triggered")
+        time.sleep(0.1)
+    try:
+        typ, data = m.select("INBOX")
+    except imaplib.IMAP4.abort as e:
+        check("removed" in str(e), e)
+        print("stale refused")
+        return
+    fail(f"a session of the deleted user was served the address's next user: {typ} {data}")
+
+
 def quota(host, smtp, lmtp, pop3, imap, password, a, b, c):
     big = message("big", 6000)
     # A: 20 KiB. Three messages of about 6.2 KB (with the Received header) fit.
@@ -221,6 +242,7 @@ def main():
         "gone": gone,
         "fresh": fresh,
         "quota": quota,
+        "stale": stale,
         "send": send_expecting,
     }[what](*args)
 
