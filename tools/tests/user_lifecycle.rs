@@ -261,6 +261,8 @@ fn sighup_takes_live_settings_from_the_config_file() {
     assert!(text.contains("quota-messages"), "{text}");
     assert!(text.contains("take effect only at a restart"), "{text}");
     assert!(text.contains("hostname"), "{text}");
+    // Nothing else is named: a reload of the same file differs only where the file does.
+    assert!(!text.contains("other settings"), "{text}");
     let (ok, said) = node.cli(&["user", "quota", user]);
     assert!(ok && said.contains("2 of 5 ("), "{said}");
     send(&node, user, "sent 250");
@@ -270,6 +272,13 @@ fn sighup_takes_live_settings_from_the_config_file() {
     hangup(&node, &log, "the configuration was not reloaded");
     let (ok, said) = node.cli(&["user", "quota", user]);
     assert!(ok && said.contains("3 of 5 ("), "{said}");
+
+    // Back to the start's hostname, with a live change only: nothing needs a restart.
+    let warned = |text: &str| text.matches("take effect only at a restart").count();
+    let before = warned(&std::fs::read_to_string(&log).unwrap_or_default());
+    std::fs::write(&file, "quota-messages = \"6\"\n").unwrap();
+    let text = hangup(&node, &log, "configuration reloaded");
+    assert_eq!(warned(&text), before, "{text}");
     assert!(node.terminate().success());
 }
 

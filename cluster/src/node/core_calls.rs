@@ -473,10 +473,17 @@ impl CoreCall for PutProfile {
     type Reply = Result<Option<u64>, StoreError>;
     async fn serve(self, service: &CoreService) -> Self::Reply {
         let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
-        shard
+        let stored = shard
             .put_profile_stamped(&self.user, &self.profile, self.stamp)
             .await
-            .map_err(|e| store_error(&e))
+            .map_err(|e| store_error(&e))?;
+        if stored.is_some()
+            && self.stamp.is_some()
+            && !super::imap_authority::is_internal(&self.user)
+        {
+            service.note_profile_arrived(&self.user);
+        }
+        Ok(stored)
     }
     fn unanswered() -> Self::Reply {
         Err(StoreError::Failed)

@@ -124,6 +124,43 @@ pub fn restart_needed(old: &NodeConfig, new: &NodeConfig) -> Vec<&'static str> {
         old.transfer_bytes_max != new.transfer_bytes_max,
         "transfer-memory-mib",
     );
+    // Compared by their debug form: they need no equality of their own for this.
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    note(
+        differs(&old.cluster_security, &new.cluster_security),
+        "cluster-key",
+    );
+    note(differs(&old.ack_policy, &new.ack_policy), "ack");
+    note(
+        differs(&old.replication, &new.replication),
+        "log-retention-h",
+    );
+    note(
+        differs(&old.membership, &new.membership),
+        "dead-after/ping-ms/suspect-ms",
+    );
+    note(old.heal_rate != new.heal_rate, "heal-rate");
+    note(old.anti_entropy_s != new.anti_entropy_s, "anti-entropy-s");
+    note(old.overload_ops != new.overload_ops, "overload-ops");
+    note(differs(&old.throttles, &new.throttles), "throttle");
+    note(differs(&old.disk_weights, &new.disk_weights), "disk-weight");
+    note(
+        differs(&old.engine, &new.engine),
+        "segment-mib/commit-window-us/batch-kib/io-depth/read-cache-mib",
+    );
+    note(old.pin != new.pin, "no-pin");
+    note(old.first_user != new.first_user, "no-first-user");
+    note(old.discard_bodies != new.discard_bodies, "discard-bodies");
+    // Whatever else differs besides the live settings (a setting added later and not named
+    // above) is still told.
+    if changed.is_empty() {
+        let mut applied = old.clone();
+        applied.apply_live(new);
+        if differs(&applied, new) {
+            changed.push("other settings");
+        }
+    }
     changed
 }
 
@@ -143,6 +180,24 @@ mod tests {
             vec!["quota-storage", "connections-per-ip"]
         );
         assert_eq!(restart_needed(&old, &new), vec!["smtp"]);
+        let mut engine = old.clone();
+        engine.engine.segment_bytes *= 2;
+        engine.heal_rate += 1;
+        engine.membership.dead_after_ms += 1;
+        assert_eq!(
+            restart_needed(&old, &engine),
+            vec![
+                "dead-after/ping-ms/suspect-ms",
+                "heal-rate",
+                "segment-mib/commit-window-us/batch-kib/io-depth/read-cache-mib"
+            ]
+        );
+        let mut other = old.clone();
+        other.shutdown_grace += Duration::from_secs(1);
+        assert_eq!(restart_needed(&old, &other), vec!["other settings"]);
+        let mut live_only = old.clone();
+        live_only.quota.messages = Some(5);
+        assert!(restart_needed(&old, &live_only).is_empty());
         assert!(LiveSettings::of(&old)
             .changes(&LiveSettings::of(&old))
             .is_empty());

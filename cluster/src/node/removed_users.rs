@@ -36,8 +36,10 @@ pub async fn run(context: Rc<CoreContext>, stop: flume::Receiver<()>) {
     let mut read: HashMap<String, (u64, Option<u64>)> = HashMap::new();
     let mut wait = FIRST_AFTER;
     // The first look takes every user with mail here (what this node held while it was
-    // away); later ones, the removed users and those whose profile changed since the look
-    // before (an address given again), so a look costs little however many users there are.
+    // away); later ones, the removed users, those whose profile changed since the look
+    // before (an address given again), and those whose profile another node sent since (made
+    // long ago, perhaps, while this node was cut off), so a look costs little however many
+    // users there are.
     let mut since_ms: Option<u64> = None;
     loop {
         if !super::clock::sleep_unless_stopping(&stop, wait).await {
@@ -70,13 +72,20 @@ pub async fn sweep(
 ) -> u64 {
     let mut removed = 0u64;
     let mut looked = HashSet::new();
+    let arrived = context.service.take_profiles_arrived();
+    let since_ms = since_ms.filter(|_| arrived.is_some());
+    let arrived = arrived.unwrap_or_default();
     let shards: Vec<_> = context.service.shards().all().cloned().collect();
     for shard in &shards {
         let users = match since_ms {
             None => shard.fragment_users(),
-            Some(since) => shard.users_with_mail_where(|p| {
-                p.is_removed() || porcupine_engine::hlc::millis_of(p.hlc) >= since
-            }),
+            Some(since) => {
+                let mut users = shard.users_with_mail_where(|p| {
+                    p.is_removed() || porcupine_engine::hlc::millis_of(p.hlc) >= since
+                });
+                users.extend(arrived.iter().filter(|u| shard.has_messages(u)).cloned());
+                users
+            }
         };
         for (n, user) in users.into_iter().enumerate() {
             if n % 256 == 0 {

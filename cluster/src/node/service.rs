@@ -84,7 +84,14 @@ pub struct CoreService {
     /// When this service started (the clock of `account_failures`).
     started: std::time::Instant,
     replication: Rc<CoreReplication>,
+    /// Users whose profile another node sent, stored here since the removed-users sweep last
+    /// looked ([`super::removed_users`]): a profile's timestamp is when it was made, not when
+    /// it arrived. `None` when there were too many to list: the next look takes every user.
+    profiles_arrived: RefCell<Option<HashSet<String>>>,
 }
+
+/// Arrived profiles a core lists before its next look takes every user instead.
+const PROFILES_ARRIVED_MAX: usize = 1 << 16;
 
 /// Accounts whose failures a core remembers before it drops the forgotten ones.
 const ACCOUNT_FAILURES_MAX: usize = 1 << 16;
@@ -122,7 +129,25 @@ impl CoreService {
             account_failures: RefCell::new(HashMap::new()),
             started: std::time::Instant::now(),
             replication,
+            profiles_arrived: RefCell::new(Some(HashSet::new())),
         })
+    }
+
+    /// Notes that another node's profile for `user` was stored here.
+    pub fn note_profile_arrived(&self, user: &str) {
+        let mut arrived = self.profiles_arrived.borrow_mut();
+        if let Some(users) = arrived.as_mut() {
+            if users.len() >= PROFILES_ARRIVED_MAX {
+                *arrived = None;
+            } else {
+                users.insert(user.to_owned());
+            }
+        }
+    }
+
+    /// The users whose profile arrived since the last call (`None`: too many to list).
+    pub fn take_profiles_arrived(&self) -> Option<HashSet<String>> {
+        self.profiles_arrived.replace(Some(HashSet::new()))
     }
 
     /// Remembers this core's context (once, when it is made).
