@@ -18,7 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::hlc::HybridClock;
 use crate::index::{Index, Location, MessageEntry, ProfileEntry, Tomb};
 use crate::metrics::ShardMetrics;
-use crate::record::{self, RecordKind, RecordMeta, ReplicaSet};
+use crate::record::{self, Payload, RecordKind, RecordMeta, ReplicaSet};
 use crate::shard::Stamp;
 use crate::signal::{Completion, Notify};
 use crate::storage::{Storage, StorageFile};
@@ -266,7 +266,7 @@ impl<S: Storage> Inner<S> {
         replicas: ReplicaSet,
         id: u128,
         user: &str,
-        body: &[u8],
+        payload: impl Into<Payload<'_>>,
         decide: impl FnOnce(&State<S::File>) -> Option<u32>,
         op: impl FnOnce(Location, RecordMeta) -> IndexOp,
     ) -> Result<Option<(Rc<Completion<Outcome>>, Location, RecordMeta)>> {
@@ -275,7 +275,7 @@ impl<S: Storage> Inner<S> {
             stamp,
             id,
             user,
-            body,
+            payload.into(),
             |state| decide(state).map(|aux| (aux, replicas, None)),
             op,
         )
@@ -291,18 +291,19 @@ impl<S: Storage> Inner<S> {
         stamp: Option<Stamp>,
         id: u128,
         user: &str,
-        body: &[u8],
+        payload: Payload<'_>,
         decide: impl FnOnce(&State<S::File>) -> Option<(u32, ReplicaSet, Option<Stamp>)>,
         op: impl FnOnce(Location, RecordMeta) -> IndexOp,
     ) -> Result<Option<(Rc<Completion<Outcome>>, Location, RecordMeta)>> {
-        if body.len() + user.len() > self.config.record_bytes_max {
+        // The annex is the engine's own addition: only the body counts against the limit.
+        if payload.body.len() + user.len() > self.config.record_bytes_max {
             return Err(EngineError::TooLarge {
-                size: body.len() + user.len(),
+                size: payload.body.len() + user.len(),
                 max: self.config.record_bytes_max,
             });
         }
         // Room for the largest replica set: the set is decided only once there is room.
-        let len = record::encoded_len(user.len(), record::REPLICAS_MAX, body.len());
+        let len = record::encoded_len(user.len(), record::REPLICAS_MAX, payload.len());
         loop {
             let has_space = {
                 let state = self.state.borrow();
@@ -339,7 +340,7 @@ impl<S: Storage> Inner<S> {
             replicas,
         };
         let enqueued =
-            crate::writer::enqueue(self, &mut state, &meta, user, body, |loc| op(loc, meta));
+            crate::writer::enqueue(self, &mut state, &meta, user, payload, |loc| op(loc, meta));
         drop(state);
         let (done, location) = match enqueued {
             Ok(enqueued) => enqueued,

@@ -223,9 +223,13 @@ async fn compact<S: Storage>(inner: &Rc<Inner<S>>, seq: u32) -> Result<Compactio
                 id,
                 user,
                 if kind == RecordKind::FlagUpdate {
-                    &filing_body
+                    record::Payload::body(&filing_body)
                 } else {
-                    view.body
+                    // A put keeps its annex.
+                    record::Payload {
+                        annex: view.annex,
+                        body: view.body,
+                    }
                 },
                 decide,
                 |_, _| op,

@@ -33,6 +33,21 @@ pub struct EngineConfig {
     /// the device's logical block size.
     pub write_block_bytes: usize,
     pub compaction: CompactionConfig,
+    /// Derives a put's annex from its body as the message is stored (see [`crate::record`]);
+    /// `None`: puts carry none.
+    pub annotate: Option<Annotator>,
+}
+
+/// What the engine calls on a message's body, as it is stored, to make its annex: appends
+/// the annex to the buffer (at most [`crate::record::ANNEX_BYTES_MAX`] bytes are kept; a
+/// longer one is dropped whole).
+#[derive(Clone, Copy)]
+pub struct Annotator(pub fn(&[u8], &mut Vec<u8>));
+
+impl std::fmt::Debug for Annotator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Annotator")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +73,7 @@ impl Default for EngineConfig {
             read_cache_bytes: 64 << 20,
             node_id: 0,
             write_block_bytes: 0,
+            annotate: None,
             compaction: CompactionConfig::default(),
         }
     }

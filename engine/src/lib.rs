@@ -51,7 +51,7 @@ pub mod throttle;
 pub mod writer;
 mod zeroer;
 
-pub use config::{CompactionConfig, EngineConfig};
+pub use config::{Annotator, CompactionConfig, EngineConfig};
 pub use error::{EngineError, Result};
 pub use executor::PlainExecutor;
 pub use index::{Filing, Location, MessageEntry, ProfileEntry, Usage};

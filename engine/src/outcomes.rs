@@ -45,12 +45,18 @@ pub struct StoredRecord<R> {
     pub(crate) buf: R,
     pub meta: RecordMeta,
     pub(crate) user: Range<usize>,
+    pub(crate) annex: Range<usize>,
     pub(crate) body: Range<usize>,
 }
 
 impl<R: std::ops::Deref<Target = [u8]>> StoredRecord<R> {
     pub fn body(&self) -> &[u8] {
         &self.buf[self.body.clone()]
+    }
+    /// What the annotator made of the body when it was stored (empty: nothing, or stored
+    /// before annexes or without an annotator).
+    pub fn annex(&self) -> &[u8] {
+        &self.buf[self.annex.clone()]
     }
     pub fn user(&self) -> &str {
         std::str::from_utf8(&self.buf[self.user.clone()]).unwrap_or("")

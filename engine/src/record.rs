@@ -1,16 +1,16 @@
 //! The log record: the one on-disk unit of the engine, defined here and nowhere else.
 //!
 //! Every record is a 64-byte little-endian header followed by `payload_len` bytes of payload
-//! (the user name, then the replica set, then the body), padded with zeros to the next multiple
-//! of 8 bytes so that a scan can resynchronise on 8-byte boundaries.
+//! (the user name, then the replica set, then the annex, then the body), padded with zeros to
+//! the next multiple of 8 bytes so that a scan can resynchronise on 8-byte boundaries.
 //!
 //! | offset | size | field          | meaning                                                          |
 //! |-------:|-----:|----------------|------------------------------------------------------------------|
 //! | 0      | 4    | `magic`        | `0x5043_5252` (`"RRCP"` on disk); 0 marks the end of a segment     |
-//! | 4      | 1    | `version`      | format version, currently 3 (1 and 2 are read, see below)        |
+//! | 4      | 1    | `version`      | format version, currently 4 (1 to 3 are read, see below)         |
 //! | 5      | 1    | `kind`         | [`RecordKind`]                                                    |
 //! | 6      | 2    | `user_len`     | bytes of user name at the start of the payload (UTF-8)            |
-//! | 8      | 4    | `payload_len`  | user name + replica set + body bytes that follow the header       |
+//! | 8      | 4    | `payload_len`  | user name + replica set + annex + body bytes that follow the header |
 //! | 12     | 4    | `crc32`        | CRC-32 (IEEE, crc32fast) of the header with this field zeroed, then the payload |
 //! | 16     | 8    | `hlc`          | hybrid logical clock timestamp of the update ([`crate::hlc`])      |
 //! | 24     | 16   | `message_id`   | object id: a message id, or 0 for a profile and a retire record    |
@@ -18,11 +18,17 @@
 //! | 48     | 4    | `node_id`      | node that made the update: the replication coordinator (HLC tie break; 0 from engine-only tools) |
 //! | 52     | 4    | `aux`          | put / flag update: message flags; delete: the oldest segment that may hold the put |
 //! | 56     | 1    | `replica_count`| nodes in the update's replica set (0 or 1: not replicated), at most [`REPLICAS_MAX`] |
-//! | 57     | 3    | `reserved`     | zero; a reader rejects a record where it is not                   |
+//! | 57     | 3    | `annex_len`    | put: bytes of annex (24-bit); other kinds: zero (a reader rejects a record where it is not) |
 //! | 60     | 4    | `segment`      | the sequence number of the segment the record was written to (never 0) |
 //!
 //! The payload is the user name (`user_len` bytes), then `replica_count` little-endian `u32`
-//! node ids (the replica set, coordinator first), then the body.
+//! node ids (the replica set, coordinator first), then the annex (`annex_len` bytes), then the
+//! body.
+//!
+//! A put's *annex* is what the engine's annotator ([`crate::EngineConfig::annotate`]) derived
+//! from the body when the message was stored (the node stores a message's MIME structure
+//! there, so IMAP never parses a stored message again to describe it). The engine makes
+//! nothing of it; a copy of the record (compaction) keeps it.
 //!
 //! A *flag update* (kind 3) sets the message's flags (`aux`); its body is empty, or the
 //! message's 24-byte [`Filing`](crate::index::Filing) (little-endian `u32` folder, `u32` UID,
@@ -39,8 +45,9 @@
 //! compacted file becomes the next segment without being zeroed, so each byte reaches the disk
 //! once), and a record left over from a file's earlier life is valid but names another segment;
 //! the scan of a recycled segment ([`crate::segment`]) takes it for the end of the log. All three
-//! versions are read. Changing this layout requires a version bump and a test of the old
-//! version's bytes.
+//! versions are read. Version 4 gives a put the annex, in what version 3 kept as 3 reserved
+//! bytes (zero, so a version-3 record reads as a version-4 one without an annex). Changing
+//! this layout requires a version bump and a test of the old version's bytes.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -48,7 +55,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Marks the start of a record; chosen to be unlikely in mail text and never zero.
 pub const RECORD_MAGIC: u32 = 0x5043_5252;
 /// The record format written by this build.
-pub const RECORD_VERSION: u8 = 3;
+pub const RECORD_VERSION: u8 = 4;
 /// The oldest record format this build reads.
 pub const RECORD_VERSION_MIN: u8 = 1;
 /// Largest replica set a record can carry.
@@ -61,6 +68,8 @@ pub const HEADER_BYTES: usize = 64;
 pub const RECORD_ALIGN: usize = 8;
 /// Longest user name a record can carry.
 pub const USER_BYTES_MAX: usize = 320;
+/// Largest annex a put can carry.
+pub const ANNEX_BYTES_MAX: usize = (1 << 24) - 1;
 /// Largest payload a record may declare; anything larger is garbage, not a record.
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
 
@@ -110,7 +119,8 @@ pub struct RecordHeader {
     pub node_id: U32,
     pub aux: U32,
     pub replica_count: u8,
-    pub reserved: [u8; 3],
+    /// 24-bit little-endian; reserved (zero) before version 4.
+    pub annex_len: [u8; 3],
     pub segment: U32,
 }
 
@@ -283,6 +293,8 @@ pub enum DecodeError {
 pub struct RecordView<'a> {
     pub meta: RecordMeta,
     pub user: &'a str,
+    /// A put's annex (empty for every other record, and for puts before version 4).
+    pub annex: &'a [u8],
     pub body: &'a [u8],
     /// Bytes the record occupies in the log, padding included.
     pub encoded_len: usize,
@@ -319,17 +331,74 @@ pub(crate) fn align_up(value: usize, align: usize) -> usize {
     value.div_ceil(align) * align
 }
 
+/// A record's payload after its user and replica set: a put's annex, then the body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Payload<'a> {
+    pub annex: &'a [u8],
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a [u8]> for Payload<'a> {
+    fn from(body: &'a [u8]) -> Self {
+        Self::body(body)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Payload<'a> {
+    fn from(body: &'a [u8; N]) -> Self {
+        Self::body(body)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Payload<'a> {
+    fn from(body: &'a Vec<u8>) -> Self {
+        Self::body(body)
+    }
+}
+
+impl<'a> Payload<'a> {
+    /// A body without an annex.
+    pub fn body(body: &'a [u8]) -> Self {
+        Self { annex: &[], body }
+    }
+
+    /// Annex and body bytes.
+    pub fn len(&self) -> usize {
+        self.annex.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Writes a record of segment `segment` into `out`, which must be exactly
 /// `encoded_len(user.len(), meta.replicas.len(), body.len())` bytes. Padding is zeroed here so
 /// stale buffer contents never reach the disk.
 pub fn encode_into(out: &mut [u8], segment: u32, meta: &RecordMeta, user: &str, body: &[u8]) {
+    encode_payload_into(out, segment, meta, user, Payload::body(body));
+}
+
+/// [`encode_into`], with a put's annex before its body: `out` is
+/// `encoded_len(user.len(), meta.replicas.len(), payload.len())` bytes.
+pub fn encode_payload_into(
+    out: &mut [u8],
+    segment: u32,
+    meta: &RecordMeta,
+    user: &str,
+    payload: Payload<'_>,
+) {
+    let Payload { annex, body } = payload;
     let replicas = meta.replicas.as_slice();
-    let payload_len = user.len() + 4 * replicas.len() + body.len();
+    let payload_len = user.len() + 4 * replicas.len() + annex.len() + body.len();
     debug_assert_eq!(
         out.len(),
-        encoded_len(user.len(), replicas.len(), body.len())
+        encoded_len(user.len(), replicas.len(), payload.len())
     );
     debug_assert!(user.len() <= USER_BYTES_MAX && payload_len <= PAYLOAD_BYTES_MAX);
+    debug_assert!(annex.is_empty() || meta.kind == RecordKind::Put);
+    debug_assert!(annex.len() <= ANNEX_BYTES_MAX);
+    let annex_len = (annex.len() as u32).to_le_bytes();
     let mut header = RecordHeader {
         magic: U32::new(RECORD_MAGIC),
         version: RECORD_VERSION,
@@ -343,23 +412,26 @@ pub fn encode_into(out: &mut [u8], segment: u32, meta: &RecordMeta, user: &str, 
         node_id: U32::new(meta.node_id),
         aux: U32::new(meta.aux),
         replica_count: replicas.len() as u8,
-        reserved: [0; 3],
+        annex_len: [annex_len[0], annex_len[1], annex_len[2]],
         segment: U32::new(segment),
     };
     let (head, rest) = out.split_at_mut(HEADER_BYTES);
     let (user_out, rest) = rest.split_at_mut(user.len());
     let (replicas_out, rest) = rest.split_at_mut(4 * replicas.len());
+    let (annex_out, rest) = rest.split_at_mut(annex.len());
     let (body_out, padding) = rest.split_at_mut(body.len());
     user_out.copy_from_slice(user.as_bytes());
     for (slot, node) in replicas_out.chunks_exact_mut(4).zip(replicas) {
         slot.copy_from_slice(&node.to_le_bytes());
     }
+    annex_out.copy_from_slice(annex);
     body_out.copy_from_slice(body);
     padding.fill(0);
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(header.as_bytes());
     hasher.update(user.as_bytes());
     hasher.update(replicas_out);
+    hasher.update(annex);
     hasher.update(body);
     header.crc32 = U32::new(hasher.finalize());
     head.copy_from_slice(header.as_bytes());
@@ -368,9 +440,25 @@ pub fn encode_into(out: &mut [u8], segment: u32, meta: &RecordMeta, user: &str, 
 /// Encodes a record of segment `segment` into a fresh vector (tests, tools; the write path
 /// encodes in place).
 pub fn encode(segment: u32, meta: &RecordMeta, user: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![0; encoded_len(user.len(), meta.replicas.len(), body.len())];
-    encode_into(&mut out, segment, meta, user, body);
+    encode_payload(segment, meta, user, Payload::body(body))
+}
+
+/// [`encode`], with a put's annex.
+pub fn encode_payload(
+    segment: u32,
+    meta: &RecordMeta,
+    user: &str,
+    payload: Payload<'_>,
+) -> Vec<u8> {
+    let mut out = vec![0; encoded_len(user.len(), meta.replicas.len(), payload.len())];
+    encode_payload_into(&mut out, segment, meta, user, payload);
     out
+}
+
+/// The 24-bit annex length of a header.
+fn annex_len_of(header: &RecordHeader) -> usize {
+    let [a, b, c] = header.annex_len;
+    u32::from_le_bytes([a, b, c, 0]) as usize
 }
 
 /// Checks only the header: cheap, and enough to learn how many bytes the record needs.
@@ -398,10 +486,12 @@ pub fn check_header(bytes: &[u8]) -> Result<(RecordHeader, usize), DecodeError> 
     if RecordKind::from_u8(header.kind).is_none() {
         return Err(DecodeError::BadKind(header.kind));
     }
+    let no_annex = header.annex_len == [0; 3];
     let reserved_clear = match header.version {
-        1 => header.replica_count == 0 && header.reserved == [0; 3] && header.segment.get() == 0,
-        2 => header.reserved == [0; 3] && header.segment.get() == 0,
-        _ => header.reserved == [0; 3] && header.segment.get() != 0,
+        1 => header.replica_count == 0 && no_annex && header.segment.get() == 0,
+        2 => no_annex && header.segment.get() == 0,
+        3 => no_annex && header.segment.get() != 0,
+        _ => (no_annex || header.kind == RecordKind::Put as u8) && header.segment.get() != 0,
     };
     if !reserved_clear {
         return Err(DecodeError::BadReserved);
@@ -410,7 +500,7 @@ pub fn check_header(bytes: &[u8]) -> Result<(RecordHeader, usize), DecodeError> 
         return Err(DecodeError::BadReplicas(header.replica_count));
     }
     let user_len = header.user_len.get() as usize;
-    let prefix_len = user_len + 4 * usize::from(header.replica_count);
+    let prefix_len = user_len + 4 * usize::from(header.replica_count) + annex_len_of(&header);
     let payload_len = header.payload_len.get() as usize;
     if user_len > USER_BYTES_MAX || prefix_len > payload_len || payload_len > PAYLOAD_BYTES_MAX {
         return Err(DecodeError::BadLength {
@@ -442,7 +532,8 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
         return Err(DecodeError::BadCrc { stored, computed });
     }
     let (user_bytes, rest) = payload.split_at(header.user_len.get() as usize);
-    let (replica_bytes, body) = rest.split_at(4 * usize::from(header.replica_count));
+    let (replica_bytes, rest) = rest.split_at(4 * usize::from(header.replica_count));
+    let (annex, body) = rest.split_at(annex_len_of(&header));
     let replicas = ReplicaSet::new(replica_bytes.chunks_exact(4).map(|chunk| {
         let mut id = [0u8; 4];
         id.copy_from_slice(chunk);
@@ -467,6 +558,7 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>, DecodeError> {
             replicas,
         },
         user,
+        annex,
         body,
         encoded_len: encoded,
         written_in: (header.version >= 3).then(|| header.segment.get()),
@@ -499,15 +591,18 @@ mod tests {
             replica_nodes in proptest::collection::vec(any::<u32>(), 0..=REPLICAS_MAX),
             user in "[a-z0-9.@_-]{0,64}",
             body in proptest::collection::vec(any::<u8>(), 0..5000),
+            annex in proptest::collection::vec(any::<u8>(), 0..300),
             segment in 1u32..,
         ) {
             let replicas = ReplicaSet::new(replica_nodes);
             let meta = RecordMeta { kind, hlc, message_id, node_id, aux, replicas };
-            let bytes = encode(segment, &meta, &user, &body);
+            let annex = if kind == RecordKind::Put { &annex[..] } else { &[] };
+            let bytes = encode_payload(segment, &meta, &user, Payload { annex, body: &body });
             prop_assert_eq!(bytes.len() % RECORD_ALIGN, 0);
             let view = decode(&bytes).unwrap();
             prop_assert_eq!(view.meta, meta);
             prop_assert_eq!(view.user, user.as_str());
+            prop_assert_eq!(view.annex, annex);
             prop_assert_eq!(view.body, &body[..]);
             prop_assert_eq!(view.encoded_len, bytes.len());
             prop_assert_eq!(view.written_in, Some(segment));
@@ -627,9 +722,20 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap_err(), DecodeError::BadReserved);
     }
 
+    /// `bytes` (a valid record) under another version number, its CRC made again.
+    fn as_version(mut bytes: Vec<u8>, version: u8) -> Vec<u8> {
+        bytes[4] = version;
+        bytes[12..16].fill(0);
+        let payload_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        let crc = crc32fast::hash(&bytes[..HEADER_BYTES + payload_len]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
     #[test]
     fn version_three_layout_is_stable() {
-        // The exact bytes of a version-3 record: a change here is a format change.
+        // The exact bytes of a version-3 record (a version-4 one without an annex, but for its
+        // version number): a change here is a format change.
         let meta = RecordMeta {
             kind: RecordKind::Put,
             hlc: 0x0102_0304_0506_0708,
@@ -638,7 +744,7 @@ mod tests {
             aux: 5,
             replicas: ReplicaSet::new([3, 0x0a0b_0c0d]),
         };
-        let bytes = encode(0x0102_0304, &meta, "u", b"xy");
+        let bytes = as_version(encode(0x0102_0304, &meta, "u", b"xy"), 3);
         assert_eq!(bytes.len(), 80);
         assert_eq!(&bytes[0..4], &RECORD_MAGIC.to_le_bytes());
         assert_eq!(bytes[4], 3);
@@ -669,6 +775,52 @@ mod tests {
                 written_in: Some(0x0102_0304),
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn version_four_puts_carry_an_annex_before_the_body() {
+        let meta = RecordMeta {
+            kind: RecordKind::Put,
+            hlc: 7,
+            message_id: 0x22,
+            node_id: 1,
+            aux: 0,
+            replicas: ReplicaSet::new([1]),
+        };
+        let payload = Payload {
+            annex: b"ANNEX",
+            body: b"body",
+        };
+        let bytes = encode_payload(9, &meta, "u", payload);
+        assert_eq!(bytes[4], 4);
+        assert_eq!(&bytes[57..60], &[5, 0, 0]);
+        assert_eq!(&bytes[8..12], &(1u32 + 4 + 5 + 4).to_le_bytes());
+        assert_eq!(&bytes[69..74], b"ANNEX");
+        assert_eq!(&bytes[74..78], b"body");
+        let view = decode(&bytes).unwrap();
+        assert_eq!((view.annex, view.body), (&b"ANNEX"[..], &b"body"[..]));
+        // Without an annex the bytes are version 3's but for the version number.
+        let plain = encode(9, &meta, "u", b"body");
+        assert!(plain[57..60].iter().all(|&b| b == 0));
+        assert_eq!(decode(&plain).unwrap().annex, b"");
+        // A version-3 record with an annex length, or a delete with one, is not a record.
+        assert_eq!(
+            decode(&as_version(bytes.clone(), 3)).unwrap_err(),
+            DecodeError::BadReserved
+        );
+        let mut delete = bytes;
+        delete[5] = RecordKind::Delete as u8;
+        assert_eq!(
+            decode(&as_version(delete, 4)).unwrap_err(),
+            DecodeError::BadReserved
+        );
+        // An annex longer than the payload is refused, never sliced past it.
+        let mut long = encode_payload(9, &meta, "u", payload);
+        long[57] = 200;
+        assert!(matches!(
+            decode(&as_version(long, 4)).unwrap_err(),
+            DecodeError::BadLength { .. }
         ));
     }
 

@@ -47,10 +47,10 @@ pub(crate) fn enqueue<S: Storage>(
     state: &mut State<S::File>,
     meta: &RecordMeta,
     user: &str,
-    body: &[u8],
+    payload: record::Payload<'_>,
     op: impl FnOnce(Location) -> IndexOp,
 ) -> Result<(Rc<Completion<Outcome>>, Location)> {
-    let len = record::encoded_len(user.len(), meta.replicas.len(), body.len());
+    let len = record::encoded_len(user.len(), meta.replicas.len(), payload.len());
     if state.append_pos + len as u64 > inner.config.segment_bytes {
         // Seal the segment: this record and those after it go to the next one.
         state.append_seq += 1;
@@ -93,7 +93,7 @@ pub(crate) fn enqueue<S: Storage>(
             "a queued batch buffer is shared".into(),
         ));
     };
-    record::encode_into(&mut buf.bytes_mut()[at..at + len], seq, meta, user, body);
+    record::encode_payload_into(&mut buf.bytes_mut()[at..at + len], seq, meta, user, payload);
     batch.used += len;
     let location = Location {
         segment: seq,

@@ -377,3 +377,86 @@ fn reads_give_the_same_bytes_from_the_recent_batches_and_from_the_disk() {
         });
     }
 }
+
+/// The annotator's annex: the body's first 3 bytes and its length.
+fn first_bytes(body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&body[..body.len().min(3)]);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+}
+
+fn annex_for(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    first_bytes(body, &mut out);
+    out
+}
+
+#[test]
+fn a_put_keeps_its_annex_through_compaction_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let config = || porcupine_engine::EngineConfig {
+        annotate: Some(porcupine_engine::Annotator(first_bytes)),
+        ..small_config()
+    };
+    run(move || async move {
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, config(), "t")
+            .await
+            .unwrap();
+        for id in 1..=80u128 {
+            shard
+                .append_message("a@x", id, &body_for(id, 2000), 0)
+                .await
+                .unwrap();
+        }
+        let stored = shard.read_message("a@x", 5).await.unwrap();
+        assert_eq!(stored.body(), &body_for(5, 2000)[..]);
+        assert_eq!(stored.annex(), &annex_for(&body_for(5, 2000))[..]);
+        // The index counts the body only.
+        assert!(shard.messages("a@x").iter().all(|m| m.body_len == 2000));
+        // Most of the first segments deleted: compaction copies the rest forward.
+        for id in (1..=60u128).filter(|id| id % 10 != 0) {
+            shard.delete_message("a@x", id).await.unwrap();
+        }
+        let mut copied = 0;
+        while let Some(report) = shard.compact_once().await.unwrap() {
+            copied += report.records_copied;
+        }
+        assert!(copied > 0, "nothing was compacted");
+        shard.close().await.unwrap();
+        for round in 0..2 {
+            if round == 1 {
+                let _ = std::fs::remove_file(path.join("index.ckpt"));
+            }
+            let (shard, report) = Shard::open(DmaStorage::default(), &path, config(), "t")
+                .await
+                .unwrap();
+            assert_eq!(report.messages, 26);
+            for entry in shard.messages("a@x") {
+                let body = body_for(entry.id, 2000);
+                let stored = shard.read_message("a@x", entry.id).await.unwrap();
+                assert_eq!(stored.body(), &body[..], "message {}", entry.id);
+                assert_eq!(
+                    stored.annex(),
+                    &annex_for(&body)[..],
+                    "message {}",
+                    entry.id
+                );
+            }
+            shard.close().await.unwrap();
+        }
+        // Without an annotator, puts carry no annex and the old ones are still read.
+        let (shard, _) = Shard::open(DmaStorage::default(), &path, small_config(), "t")
+            .await
+            .unwrap();
+        shard
+            .append_message("a@x", 500, &body_for(500, 100), 0)
+            .await
+            .unwrap();
+        assert_eq!(shard.read_message("a@x", 500).await.unwrap().annex(), b"");
+        assert_eq!(
+            shard.read_message("a@x", 70).await.unwrap().annex().len(),
+            7
+        );
+        shard.close().await.unwrap();
+    });
+}

@@ -10,6 +10,7 @@ pub mod mime;
 pub mod parser;
 pub mod session;
 pub mod sets;
+pub mod structure;
 
 pub use session::{
     Counts, Folder, ImapLimits, ImapSession, LoginOutcome, MailboxError, MailboxOp, MessageView,

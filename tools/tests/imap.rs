@@ -74,6 +74,17 @@ fn stock_imap_clients_share_one_mailbox_with_pop3_on_one_node() {
     assert!(sessions >= 10.0, "IMAP sessions counted: {sessions}");
     let errors = node.metric("porcupine_imap_errors_total").unwrap_or(0.0);
     assert!(errors >= 5.0, "IMAP BAD/NO counted: {errors}");
+    // ENVELOPE and BODYSTRUCTURE came from the description stored with the message.
+    let read = node
+        .metric("porcupine_imap_descriptions_read_total")
+        .unwrap_or(0.0);
+    let made = node
+        .metric("porcupine_imap_descriptions_made_total")
+        .unwrap_or(-1.0);
+    assert!(
+        read >= 1.0 && made == 0.0,
+        "descriptions read {read}, made {made}"
+    );
 }
 
 #[test]

@@ -218,6 +218,13 @@ pub struct FetchMessage {
     pub id: u128,
 }
 
+/// A message's description for IMAP (ENVELOPE, BODYSTRUCTURE), as stored with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeMessage {
+    pub user: String,
+    pub id: u128,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fetched {
     #[serde(with = "serde_bytes")]
@@ -363,6 +370,8 @@ calls! {
     PushUpdate -> Pushed;
     ListFragment -> Listed;
     FetchMessage -> Fetched;
+    /// The message's description for IMAP, in `Fetched::message`.
+    DescribeMessage -> Fetched;
     DeleteMessages -> ();
     Authenticate -> ();
     LockMaildrop -> Locked;

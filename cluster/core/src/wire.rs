@@ -30,7 +30,8 @@
 //! count of `\Deleted` messages in the IMAP authority's counts (IMAP4rev2's STATUS DELETED);
 //! version 12 several APPENDs in one call (`AppendMany`, for imports); version 13 the
 //! authority's `RemoveAll` (a deleted user's mail and folders) and `UserUsage` (quotas);
-//! version 14 the next UID an import's source would give (`AppendMany::uid_next`).
+//! version 14 the next UID an import's source would give (`AppendMany::uid_next`) and a
+//! message's stored description (`DescribeMessage`).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

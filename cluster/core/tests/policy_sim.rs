@@ -672,6 +672,7 @@ impl Sim {
             // (`CurrentEpoch`) is not modelled: the simulated views never overlap.
             request @ (Request::PushUpdate(_)
             | Request::FetchMessage(_)
+            | Request::DescribeMessage(_)
             | Request::Authenticate(_)
             | Request::SyncProfiles(_)
             | Request::HeldDigest(_)

@@ -685,7 +685,7 @@ type ShardFigure<T> = (super::metrics_text::Name, fn(&ShardReport) -> T);
 async fn metrics(context: &CoreContext) -> String {
     use super::metrics_text::{render, Figures, Name};
     let m = &context.metrics;
-    let counters: [(Name, &std::sync::atomic::AtomicU64); 22] = [
+    let counters: [(Name, &std::sync::atomic::AtomicU64); 24] = [
         (
             ("porcupine_smtp_sessions", "SMTP connections accepted"),
             &m.smtp_sessions,
@@ -770,6 +770,21 @@ async fn metrics(context: &CoreContext) -> String {
         (
             ("porcupine_pop3_deleted", "messages deleted by POP3"),
             &m.messages_deleted,
+        ),
+        (
+            (
+                "porcupine_imap_descriptions_read",
+                "message descriptions (ENVELOPE, BODYSTRUCTURE) read as stored with the message",
+            ),
+            &m.descriptions_read,
+        ),
+        (
+            (
+                "porcupine_imap_descriptions_made",
+                "message descriptions made from the message's bytes at a FETCH (mail stored \
+                 before descriptions were)",
+            ),
+            &m.descriptions_made,
         ),
         (
             ("porcupine_pop3_errors", "POP3 -ERR replies"),

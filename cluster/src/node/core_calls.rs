@@ -324,6 +324,41 @@ impl CoreCall for ReadMessage {
     }
 }
 
+/// A message's description for IMAP (see `porcupine_protocols::imap::structure`): as stored
+/// with it, or made now from its bytes for mail stored before descriptions were.
+#[derive(Debug)]
+pub struct DescribeMessage {
+    pub user: String,
+    pub id: u128,
+}
+user_call!(DescribeMessage);
+
+impl CoreCall for DescribeMessage {
+    type Reply = Result<Vec<u8>, StoreError>;
+    async fn serve(self, service: &CoreService) -> Self::Reply {
+        use porcupine_protocols::imap::structure::{describe, Described};
+        let shard = service.shard(&self.user).ok_or(StoreError::Failed)?;
+        let stored = shard
+            .read_message(&self.user, self.id)
+            .await
+            .map_err(|e| store_error(&e))?;
+        let counter = |pick: fn(&super::metrics::NodeMetrics) -> &std::sync::atomic::AtomicU64| {
+            if let Some(context) = service.context() {
+                super::metrics::add(pick(&context.metrics), 1);
+            }
+        };
+        if Described::decode(stored.annex()).is_some() {
+            counter(|m| &m.descriptions_read);
+            return Ok(stored.annex().to_vec());
+        }
+        counter(|m| &m.descriptions_made);
+        Ok(describe(stored.body()))
+    }
+    fn unanswered() -> Self::Reply {
+        Err(StoreError::Failed)
+    }
+}
+
 /// Delete messages here; their tombstones also go to `fragments` (nodes that may hold copies),
 /// beside each message's replica set.
 #[derive(Debug)]

@@ -125,6 +125,47 @@ impl Selected {
     }
 }
 
+/// The description of message `id` (ENVELOPE, BODYSTRUCTURE; see
+/// `porcupine_protocols::imap::structure`) from the first of its holders that answers.
+async fn describe(
+    context: &CoreContext,
+    user: &str,
+    id: u128,
+    holders: &[NodeId],
+) -> Option<Vec<u8>> {
+    for node in maildrop::read_order(context, holders) {
+        if node == context.cluster.me.id {
+            let describe = super::core_calls::DescribeMessage {
+                user: user.to_owned(),
+                id,
+            };
+            if let Ok(described) = context.call(describe).await {
+                return Some(described);
+            }
+            continue;
+        }
+        let addr = context
+            .cluster
+            .view
+            .load()
+            .member(node)
+            .map(|m| m.addr.clone());
+        let Some(addr) = addr else { continue };
+        let call = crate::rpc::DescribeMessage {
+            user: user.to_owned(),
+            id,
+        };
+        if let Ok(described) = context
+            .peers
+            .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
+            .await
+        {
+            return Some(described.message);
+        }
+    }
+    None
+}
+
 /// Reads message `id` from the first of its holders that answers.
 pub(super) async fn read(
     context: &CoreContext,
@@ -344,6 +385,16 @@ pub async fn serve(
                         bodies.push(body);
                     }
                     session.loaded(bodies, &mut out)
+                }
+                Step::Describe { uids } => {
+                    let mut described = Vec::with_capacity(uids.len());
+                    for uid in uids {
+                        described.push(match selected.messages.get(&uid) {
+                            Some((id, holders, _)) => describe(&context, &user, *id, holders).await,
+                            None => None,
+                        });
+                    }
+                    session.loaded(described, &mut out)
                 }
                 Step::Store {
                     uids,

@@ -23,6 +23,10 @@ pub struct NodeMetrics {
     pub bytes_accepted: AtomicU64,
     pub messages_retrieved: AtomicU64,
     pub messages_deleted: AtomicU64,
+    /// Message descriptions (ENVELOPE, BODYSTRUCTURE) read as stored with the message, and
+    /// made from its bytes at a FETCH (mail stored before descriptions were).
+    pub descriptions_read: AtomicU64,
+    pub descriptions_made: AtomicU64,
     /// SMTP replies by code (200–599); index = code.
     smtp_replies: Vec<AtomicU64>,
     pub pop3_errors: AtomicU64,
@@ -59,6 +63,8 @@ impl Default for NodeMetrics {
             bytes_accepted: AtomicU64::new(0),
             messages_retrieved: AtomicU64::new(0),
             messages_deleted: AtomicU64::new(0),
+            descriptions_read: AtomicU64::new(0),
+            descriptions_made: AtomicU64::new(0),
             smtp_replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             pop3_errors: AtomicU64::new(0),
             imap_errors: AtomicU64::new(0),

@@ -295,6 +295,11 @@ pub fn start(mut config: NodeConfig) -> Result<NodeHandle, NodeError> {
     })?;
     // Every record names the node that wrote it (node ids fit in 32 bits by construction).
     config.engine.node_id = node_id as u32;
+    // Each message is described for IMAP once, as it is stored, beside it: a FETCH of its
+    // ENVELOPE or BODYSTRUCTURE reads the description and never parses the message again.
+    config.engine.annotate = Some(porcupine_engine::Annotator(
+        porcupine_protocols::imap::structure::annotate,
+    ));
     let (core_zero_tx, core_zero_rx) = flume::unbounded();
     let (handoff_txs, handoff_rxs): (Vec<_>, Vec<_>) = (0..config.cores)
         .map(|_| flume::unbounded::<Handoff>())

@@ -64,6 +64,18 @@ pub async fn answer(
         Request::FetchMessage(call) => {
             reply::<FetchMessage>(peers, request_id, fetch(context, call).await)
         }
+        Request::DescribeMessage(call) => {
+            let describe = super::core_calls::DescribeMessage {
+                user: call.user,
+                id: call.id,
+            };
+            let result = context
+                .call(describe)
+                .await
+                .map(|message| Fetched { message })
+                .map_err(Failure::from);
+            reply::<crate::rpc::DescribeMessage>(peers, request_id, result)
+        }
         Request::DeleteMessages(call) => {
             reply::<DeleteMessages>(peers, request_id, delete(context, call).await)
         }

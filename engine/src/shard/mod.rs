@@ -202,6 +202,7 @@ impl<S: Storage> Shard<S> {
         check_user(user)?;
         let started = Instant::now();
         let entry = |location, meta| put_entry(id, body.len(), location, meta);
+        let annex = self.annex_of(body);
         let submitted = self
             .inner
             .submit(
@@ -210,7 +211,10 @@ impl<S: Storage> Shard<S> {
                 ReplicaSet::NONE,
                 id,
                 user,
-                body,
+                record::Payload {
+                    annex: &annex,
+                    body,
+                },
                 |_| Some(flags),
                 |location, meta| IndexOp::Put(entry(location, meta)),
             )
@@ -440,14 +444,32 @@ impl<S: Storage> Shard<S> {
         let meta = view.meta;
         let user_start = record::HEADER_BYTES;
         let user_end = user_start + view.user.len();
-        let body_start = user_end + 4 * meta.replicas.len();
+        let annex_start = user_end + 4 * meta.replicas.len();
+        let body_start = annex_start + view.annex.len();
         let body_end = body_start + view.body.len();
         Ok(StoredRecord {
             buf,
             meta,
             user: user_start..user_end,
+            annex: annex_start..body_start,
             body: body_start..body_end,
         })
+    }
+
+    /// The annex the configured annotator makes of `body` (empty without one, or if it would
+    /// not fit a record: a record of at most `record_bytes_max` is what a segment is sized for).
+    fn annex_of(&self, body: &[u8]) -> Vec<u8> {
+        let Some(annotate) = self.inner.config.annotate else {
+            return Vec::new();
+        };
+        let mut annex = Vec::new();
+        (annotate.0)(body, &mut annex);
+        if annex.len() > record::ANNEX_BYTES_MAX
+            || body.len().saturating_add(annex.len()) > self.inner.config.record_bytes_max
+        {
+            annex.clear();
+        }
+        annex
     }
 
     /// Reads one message of a user by id.

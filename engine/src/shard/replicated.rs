@@ -67,6 +67,7 @@ impl<S: Storage> Shard<S> {
             Some((flags, replicas, None))
         };
         let entry = |location, meta| put_entry(id, body.len(), location, meta);
+        let annex = self.annex_of(body);
         let submitted = self
             .inner
             .submit_with(
@@ -74,7 +75,10 @@ impl<S: Storage> Shard<S> {
                 stamp,
                 id,
                 user,
-                body,
+                record::Payload {
+                    annex: &annex,
+                    body,
+                },
                 decide,
                 |location, meta| IndexOp::Put(entry(location, meta)),
             )
@@ -159,7 +163,7 @@ impl<S: Storage> Shard<S> {
                 pushed.map(|(stamp, _)| stamp),
                 id,
                 user,
-                &[],
+                record::Payload::default(),
                 |state| decide(state).map(|aux| (aux, replicas.get(), None)),
                 |_, meta| IndexOp::Remove {
                     id,

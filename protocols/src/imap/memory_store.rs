@@ -164,6 +164,20 @@ impl MemoryStore {
                     .collect();
                 session.loaded(bodies, out)
             }
+            Step::Describe { uids } => {
+                // Described as the node's engine does when a message is stored.
+                let folder = selected.unwrap_or_default();
+                let described = uids
+                    .iter()
+                    .map(|uid| {
+                        self.messages
+                            .iter()
+                            .find(|m| m.0 == folder && m.1.uid == *uid)
+                            .map(|m| super::structure::describe(&m.2))
+                    })
+                    .collect();
+                session.loaded(described, out)
+            }
             Step::Store {
                 uids,
                 action,

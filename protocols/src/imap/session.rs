@@ -25,6 +25,7 @@ use super::framer::{FrameError, FrameLimits, Framed, Framer};
 use super::mime;
 use super::parser::{self, ParseError};
 use super::sets::{absent_in, ordered_set, ranges as uid_ranges, uid_set, write_ranges};
+use super::structure::Described;
 pub use crate::security::{Plaintext, Tls};
 
 /// The session's limits.
@@ -167,6 +168,11 @@ pub enum Step {
     Load {
         uids: Vec<u32>,
     },
+    /// These messages' descriptions ([`super::structure`]: ENVELOPE and BODYSTRUCTURE, made
+    /// when each was stored, or now for one stored before): answer with `loaded`.
+    Describe {
+        uids: Vec<u32>,
+    },
     /// Change these messages' flags: answer with `stored`.
     Store {
         uids: Vec<u32>,
@@ -225,6 +231,16 @@ struct Selected {
     messages: Vec<MessageView>,
 }
 
+/// What a FETCH needs of each message besides its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// Its description only (ENVELOPE, BODYSTRUCTURE, BODY).
+    Description,
+    /// Its bytes.
+    Bytes,
+}
+
 /// FETCH in progress.
 #[derive(Debug)]
 struct FetchJob {
@@ -233,7 +249,7 @@ struct FetchJob {
     /// Message numbers (1-based) to answer, in order.
     msns: Vec<usize>,
     next: usize,
-    needs_bytes: bool,
+    needs: Needs,
     sets_seen: bool,
     /// UIDs this fetch marked `\Seen` (their FETCH reports the new flags).
     newly_seen: Vec<u32>,
@@ -1078,17 +1094,23 @@ impl ImapSession {
                 if items.contains(&FetchItem::ModSeq) {
                     self.condstore = true;
                 }
-                let needs_bytes = items.iter().any(|i| {
+                let needs = if items.iter().any(|i| {
                     matches!(
                         i,
-                        FetchItem::Envelope
-                            | FetchItem::BodyStructure
-                            | FetchItem::BodyShort
-                            | FetchItem::Rfc822(_)
-                            | FetchItem::Body { .. }
-                            | FetchItem::BinarySize(_)
+                        FetchItem::Rfc822(_) | FetchItem::Body { .. } | FetchItem::BinarySize(_)
                     )
-                });
+                }) {
+                    Needs::Bytes
+                } else if items.iter().any(|i| {
+                    matches!(
+                        i,
+                        FetchItem::Envelope | FetchItem::BodyStructure | FetchItem::BodyShort
+                    )
+                }) {
+                    Needs::Description
+                } else {
+                    Needs::Nothing
+                };
                 let sets_seen = !read_only
                     && items.iter().any(|i| {
                         matches!(
@@ -1106,7 +1128,7 @@ impl ImapSession {
                     items,
                     msns,
                     next: 0,
-                    needs_bytes,
+                    needs,
                     sets_seen,
                     newly_seen: Vec::new(),
                 };
@@ -1668,20 +1690,26 @@ impl ImapSession {
             return None;
         }
         let batch_end = (job.next + self.limits.load_batch).min(job.msns.len());
-        if job.needs_bytes {
+        if job.needs != Needs::Nothing {
             let selected = self.selected.as_ref()?;
             let uids = job.msns[job.next..batch_end]
                 .iter()
                 .map(|&n| selected.messages[n - 1].uid)
                 .collect();
+            let step = if job.needs == Needs::Bytes {
+                Step::Load { uids }
+            } else {
+                Step::Describe { uids }
+            };
             self.waiting = Some(Waiting::FetchLoad(job));
-            return Some(Step::Load { uids });
+            return Some(step);
         }
         let bodies = vec![None; batch_end - job.next];
         self.fetch_answer(job, bodies, out)
     }
 
-    /// The answer to [`Step::Load`].
+    /// The answer to [`Step::Load`] (the messages' bytes) and to [`Step::Describe`] (their
+    /// descriptions), `None` for a message gone or unreadable.
     pub fn loaded(&mut self, bodies: Vec<Option<Vec<u8>>>, out: &mut Vec<u8>) -> Option<Step> {
         match self.waiting.take() {
             Some(Waiting::FetchLoad(job)) => self.fetch_answer(job, bodies, out),
@@ -1737,7 +1765,7 @@ impl ImapSession {
             let Some(message) = selected.messages.get(n - 1).cloned() else {
                 continue;
             };
-            if job.needs_bytes && body.is_none() {
+            if job.needs != Needs::Nothing && body.is_none() {
                 // Gone (expunged elsewhere) or unreadable: answer with what is known.
                 out.extend_from_slice(
                     format!("* {n} FETCH (UID {} FLAGS ", message.uid).as_bytes(),
@@ -1746,12 +1774,16 @@ impl ImapSession {
                 out.extend_from_slice(b")\r\n");
                 continue;
             }
+            let (bytes, described) = match job.needs {
+                Needs::Description => (None, body.as_deref().and_then(Described::decode)),
+                _ => (body.as_deref(), None),
+            };
             write_fetch(
                 out,
                 n,
                 &message,
                 &job.items,
-                body.as_deref(),
+                Loaded { bytes, described },
                 self.condstore,
                 job.newly_seen.contains(&message.uid),
             );
@@ -2547,16 +2579,25 @@ fn decode_transfer(encoding: &str, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+/// What a FETCH response is written from besides the message's state: its bytes, or its
+/// stored description.
+#[derive(Clone, Copy, Debug, Default)]
+struct Loaded<'a> {
+    bytes: Option<&'a [u8]>,
+    described: Option<Described<'a>>,
+}
+
 /// One `* n FETCH (...)` response.
 fn write_fetch(
     out: &mut Vec<u8>,
     n: usize,
     m: &MessageView,
     items: &[FetchItem],
-    bytes: Option<&[u8]>,
+    loaded: Loaded<'_>,
     condstore: bool,
     newly_seen: bool,
 ) {
+    let Loaded { bytes, described } = loaded;
     let root = bytes.map(mime::parse);
     out.extend_from_slice(format!("* {n} FETCH (").as_bytes());
     let mut first = true;
@@ -2594,6 +2635,12 @@ fn write_fetch(
                 out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes());
             }
             FetchItem::Envelope => {
+                if let Some(described) = &described {
+                    sep(out);
+                    out.extend_from_slice(b"ENVELOPE ");
+                    out.extend_from_slice(described.envelope);
+                    continue;
+                }
                 let (Some(bytes), Some(root)) = (bytes, &root) else {
                     continue;
                 };
@@ -2602,16 +2649,27 @@ fn write_fetch(
                 mime::write_envelope(out, &mime::fields(&bytes[root.header.clone()]));
             }
             FetchItem::BodyStructure | FetchItem::BodyShort => {
+                let extensible = *item == FetchItem::BodyStructure;
+                let name: &[u8] = if extensible {
+                    b"BODYSTRUCTURE "
+                } else {
+                    b"BODY "
+                };
+                if let Some(described) = &described {
+                    sep(out);
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(if extensible {
+                        described.body_structure
+                    } else {
+                        described.body
+                    });
+                    continue;
+                }
                 let (Some(bytes), Some(root)) = (bytes, &root) else {
                     continue;
                 };
                 sep(out);
-                let extensible = *item == FetchItem::BodyStructure;
-                out.extend_from_slice(if extensible {
-                    b"BODYSTRUCTURE "
-                } else {
-                    b"BODY "
-                });
+                out.extend_from_slice(name);
                 mime::write_body_structure(out, root, bytes, extensible);
             }
             FetchItem::Rfc822(part) => {

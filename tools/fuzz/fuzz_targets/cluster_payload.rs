@@ -67,6 +67,7 @@ fuzz_target!(|payload: &[u8]| {
             | Request::PushUpdate(_)
             | Request::ListFragment(_)
             | Request::FetchMessage(_)
+            | Request::DescribeMessage(_)
             | Request::DeleteMessages(_)
             | Request::Authenticate(_)
             | Request::SyncProfiles(_)

@@ -156,6 +156,20 @@ fn main() {
             b"Subject: hi\r\n\r\nbody\r\n",
         ),
     );
+    let described_message = b"Subject: hi\r\nFrom: a@x\r\n\r\nbody\r\n";
+    write(
+        &corpus.join("record"),
+        "put-described",
+        &record::encode_payload(
+            1,
+            &meta(RecordKind::Put, 8),
+            "a@x",
+            record::Payload {
+                annex: &porcupine_protocols::imap::structure::describe(described_message),
+                body: described_message,
+            },
+        ),
+    );
     write(
         &corpus.join("record"),
         "delete",

@@ -215,6 +215,8 @@ def basics(host, smtp, imap, imaps, pop3, ca, user, password):
     structure = ok(m.uid("FETCH", str(appended_uid), "(BODYSTRUCTURE ENVELOPE)"), "BODYSTRUCTURE")
     text = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in structure)
     check(b'"MIXED"' in text.upper() and b'"BOUNDARY" "XX"' in text.upper(), f"BODYSTRUCTURE: {text}")
+    check(b"ENVELOPE (" in text and b"appended" in text
+          and b'((NIL NIL "me" "example.org"))' in text, f"ENVELOPE: {text}")
     part = uid_fetch(m, str(appended_uid), "(BODY.PEEK[2])")[appended_uid]["literal"]
     check(part == b"AAECAwQFBgc=", f"BODY[2]: {part!r}")
 
