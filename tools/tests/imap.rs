@@ -430,16 +430,6 @@ fn three_nodes_show_one_mailbox_live_and_keep_answered_flags_through_a_sigkill()
     );
 }
 
-/// Sends SIGSTOP or SIGCONT to a node.
-fn signal(node: &Node, signal: &str) {
-    let pid = node.child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 #[test]
 fn a_member_back_from_a_sigkill_shows_imap_nothing_before_it_has_merged() {
     let temp = tempfile::tempdir().unwrap();
@@ -485,8 +475,8 @@ fn a_member_back_from_a_sigkill_shows_imap_nothing_before_it_has_merged() {
 
     // Node 3 comes back while its peers cannot answer: alone, it holds no majority, and its
     // copies do not know of the expunge. It must not serve the mailbox from them.
-    signal(&n1, "-STOP");
-    signal(&n2, "-STOP");
+    n1.signal("-STOP");
+    n2.signal("-STOP");
     let n3 = member(3);
     let out = python(
         "imap.py",
@@ -505,8 +495,8 @@ fn a_member_back_from_a_sigkill_shows_imap_nothing_before_it_has_merged() {
     );
 
     // Once the peers answer again, node 3 merges and shows what they do.
-    signal(&n1, "-CONT");
-    signal(&n2, "-CONT");
+    n1.signal("-CONT");
+    n2.signal("-CONT");
     wait_members(&[&n1, &n2, &n3], 3);
     let view = snapshot(&n1);
     assert_eq!(inbox_uids(&view), vec![uids[0]]);

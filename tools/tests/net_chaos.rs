@@ -26,15 +26,6 @@ use common::{Node, PASSWORD};
 const USERS: u64 = 100;
 const LOAD_SECONDS: u64 = 40;
 
-fn signal(node: &Node, signal: &str) {
-    let pid = node.child.id().to_string();
-    assert!(Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
 #[test]
 fn acknowledged_mail_survives_loss_asymmetric_partitions_pauses_and_kills() {
     let net = match Netns::new(3) {
@@ -167,10 +158,10 @@ fn acknowledged_mail_survives_loss_asymmetric_partitions_pauses_and_kills() {
     if fault("pause") {
         at(21);
         let paused = nodes[2].as_ref().expect("node 3");
-        signal(paused, "-STOP");
+        paused.signal("-STOP");
         eprintln!("net_chaos {:?}: node 3 paused", started.elapsed());
         at(27);
-        signal(paused, "-CONT");
+        paused.signal("-CONT");
         eprintln!("net_chaos {:?}: node 3 resumed", started.elapsed());
     }
 

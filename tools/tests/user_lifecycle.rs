@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{start_member, status, wait_settled, Ports};
@@ -214,10 +213,7 @@ fn hangup(node: &Node, log: &std::path::Path, expected: &str) -> String {
         .unwrap_or_default()
         .matches(expected)
         .count();
-    Command::new("kill")
-        .args(["-HUP", &node.child.id().to_string()])
-        .status()
-        .unwrap();
+    node.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();

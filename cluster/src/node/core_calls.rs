@@ -342,17 +342,21 @@ impl CoreCall for DescribeMessage {
             .read_message(&self.user, self.id)
             .await
             .map_err(|e| store_error(&e))?;
-        let counter = |pick: fn(&super::metrics::NodeMetrics) -> &std::sync::atomic::AtomicU64| {
-            if let Some(context) = service.context() {
-                super::metrics::add(pick(&context.metrics), 1);
-            }
-        };
-        if Described::decode(stored.annex()).is_some() {
-            counter(|m| &m.descriptions_read);
-            return Ok(stored.annex().to_vec());
+        let as_stored = Described::decode(stored.annex()).is_some();
+        if let Some(context) = service.context() {
+            let metrics = &context.metrics;
+            let counter = if as_stored {
+                &metrics.descriptions_read
+            } else {
+                &metrics.descriptions_made
+            };
+            super::metrics::add(counter, 1);
         }
-        counter(|m| &m.descriptions_made);
-        Ok(describe(stored.body()))
+        Ok(if as_stored {
+            stored.annex().to_vec()
+        } else {
+            describe(stored.body())
+        })
     }
     fn unanswered() -> Self::Reply {
         Err(StoreError::Failed)

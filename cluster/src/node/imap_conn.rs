@@ -125,45 +125,13 @@ impl Selected {
     }
 }
 
-/// The description of message `id` (ENVELOPE, BODYSTRUCTURE; see
-/// `porcupine_protocols::imap::structure`) from the first of its holders that answers.
-async fn describe(
-    context: &CoreContext,
-    user: &str,
-    id: u128,
-    holders: &[NodeId],
-) -> Option<Vec<u8>> {
-    for node in maildrop::read_order(context, holders) {
-        if node == context.cluster.me.id {
-            let describe = super::core_calls::DescribeMessage {
-                user: user.to_owned(),
-                id,
-            };
-            if let Ok(described) = context.call(describe).await {
-                return Some(described);
-            }
-            continue;
-        }
-        let addr = context
-            .cluster
-            .view
-            .load()
-            .member(node)
-            .map(|m| m.addr.clone());
-        let Some(addr) = addr else { continue };
-        let call = crate::rpc::DescribeMessage {
-            user: user.to_owned(),
-            id,
-        };
-        if let Ok(described) = context
-            .peers
-            .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
-            .await
-        {
-            return Some(described.message);
-        }
-    }
-    None
+/// What a session wants of a message from its holders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wanted {
+    /// Its bytes.
+    Bytes,
+    /// Its description (ENVELOPE, BODYSTRUCTURE; see `porcupine_protocols::imap::structure`).
+    Description,
 }
 
 /// Reads message `id` from the first of its holders that answers.
@@ -173,14 +141,38 @@ pub(super) async fn read(
     id: u128,
     holders: &[NodeId],
 ) -> Option<Vec<u8>> {
+    from_holders(context, user, id, holders, Wanted::Bytes).await
+}
+
+/// What is `wanted` of message `id`, from the first of its holders that answers.
+async fn from_holders(
+    context: &CoreContext,
+    user: &str,
+    id: u128,
+    holders: &[NodeId],
+    wanted: Wanted,
+) -> Option<Vec<u8>> {
     for node in maildrop::read_order(context, holders) {
         if node == context.cluster.me.id {
-            let read = ReadMessage {
-                user: user.to_owned(),
-                id,
+            let here = match wanted {
+                Wanted::Bytes => {
+                    context
+                        .call(ReadMessage {
+                            user: user.to_owned(),
+                            id,
+                        })
+                        .await
+                }
+                Wanted::Description => {
+                    let describe = super::core_calls::DescribeMessage {
+                        user: user.to_owned(),
+                        id,
+                    };
+                    context.call(describe).await
+                }
             };
-            if let Ok(body) = context.call(read).await {
-                return Some(body);
+            if let Ok(bytes) = here {
+                return Some(bytes);
             }
             continue;
         }
@@ -191,15 +183,24 @@ pub(super) async fn read(
             .member(node)
             .map(|m| m.addr.clone());
         let Some(addr) = addr else { continue };
-        let call = FetchMessage {
-            user: user.to_owned(),
-            id,
+        let timeout = super::cluster_driver::PEER_TIMEOUT;
+        let there = match wanted {
+            Wanted::Bytes => {
+                let call = FetchMessage {
+                    user: user.to_owned(),
+                    id,
+                };
+                context.peers.call(&addr, call, timeout).await
+            }
+            Wanted::Description => {
+                let call = crate::rpc::DescribeMessage {
+                    user: user.to_owned(),
+                    id,
+                };
+                context.peers.call(&addr, call, timeout).await
+            }
         };
-        if let Ok(fetched) = context
-            .peers
-            .call(&addr, call, super::cluster_driver::PEER_TIMEOUT)
-            .await
-        {
+        if let Ok(fetched) = there {
             return Some(fetched.message);
         }
     }
@@ -390,7 +391,10 @@ pub async fn serve(
                     let mut described = Vec::with_capacity(uids.len());
                     for uid in uids {
                         described.push(match selected.messages.get(&uid) {
-                            Some((id, holders, _)) => describe(&context, &user, *id, holders).await,
+                            Some((id, holders, _)) => {
+                                from_holders(&context, &user, *id, holders, Wanted::Description)
+                                    .await
+                            }
                             None => None,
                         });
                     }

@@ -358,6 +358,13 @@ impl Node {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`, `-HUP`, …) to the node's process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// SIGTERM; returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
