@@ -131,6 +131,49 @@ impl DmaStorage {
     }
 }
 
+/// The options to open `path` for `O_DIRECT` writes with: write-only, unless the disk under it
+/// has polled completion queues (`queue/io_poll` is 1).
+///
+/// Why: glommio decides whether a device's I/O goes to its polled (`IORING_SETUP_IOPOLL`) ring
+/// by reading through the first direct file opened on it, and on Linux 6.x that read succeeds
+/// on any disk, polled queues or not. Completions on that ring are only ever found by asking,
+/// so the executor spins in `io_uring_enter` for as long as any write is in flight: on a disk
+/// without poll queues (virtio, SCSI, NVMe without `nvme.poll_queues`) that cost ~1 ms of CPU
+/// per message at one connection and put a 5 ms p99 on SMTP (bench/RESULTS.md, issue 20). A
+/// write-only descriptor fails that probe, and glommio keeps the disk on its interrupt-driven
+/// ring. Where polled queues exist, polling is what the operator set them up for: kept.
+pub fn direct_write_options(path: &Path) -> glommio::io::OpenOptions {
+    let mut options = glommio::io::OpenOptions::new();
+    options.write(true);
+    if polled_completions(path) {
+        options.read(true);
+    }
+    options
+}
+
+/// Whether the block device holding `path` (or its directory, for a file not made yet) has
+/// polled completion queues. Anything unreadable counts as no.
+fn polled_completions(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .or_else(|_| std::fs::metadata(path.parent().unwrap_or_else(|| Path::new("."))));
+    let Ok(meta) = meta else { return false };
+    let dev = meta.dev();
+    let device = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    // A partition's queue settings are its disk's, one directory up.
+    [
+        device.join("queue/io_poll"),
+        device.join("../queue/io_poll"),
+    ]
+    .iter()
+    .find_map(|file| std::fs::read_to_string(file).ok())
+    .is_some_and(|value| value.trim() == "1")
+}
+
 /// An open segment: an `O_DIRECT` descriptor for writes and a buffered one for reads.
 ///
 /// Reads use the buffered descriptor because glommio reads `O_DIRECT` files into registered
@@ -229,9 +272,7 @@ impl Storage for DmaStorage {
     type File = DmaStorageFile;
 
     async fn open(&self, path: &Path, create: bool) -> Result<Self::File> {
-        let file = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
+        let file = direct_write_options(path)
             .create(create)
             .dma_open(path)
             .await;

@@ -165,9 +165,8 @@ async fn raw_run(args: &Args, path: &Path, syncs: u64) -> Result<Measured> {
     let per_batch = total_records.div_ceil(syncs);
     let batch_bytes = (per_batch * record).div_ceil(4096) * 4096;
     let file_bytes = (batch_bytes * syncs + (1 << 20)) as u64;
-    let file = glommio::io::OpenOptions::new()
-        .read(true)
-        .write(true)
+    // Opened as the engine opens its segments, so both complete their writes the same way.
+    let file = porcupine_engine::storage::direct_write_options(path)
         .create(true)
         .dma_open(path)
         .await

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::DmaFile;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use porcupine_tune::{recommend, to_toml, DiskProbe};
 
@@ -181,9 +181,8 @@ async fn probe_dir(
     progress: &ProgressBar,
 ) -> Result<DiskProbe> {
     let path = dir.join(PROBE_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
+    // Opened as the engine opens its segments, so the probe completes writes as it will.
+    let file = porcupine_engine::storage::direct_write_options(&path)
         .create(true)
         .truncate(true)
         .dma_open(&path)
