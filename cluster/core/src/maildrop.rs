@@ -11,7 +11,10 @@
 //!   drop every message some node holds a tombstone for, and keep each id once, oldest first.
 //!   A fragment node that does not answer fails the open (the client is told to retry): its
 //!   tombstones are unknown, and a message it deleted could be shown again from a replica its
-//!   tombstone has not reached.
+//!   tombstone has not reached. A membership change before the last listing starts the open
+//!   again: views of a flapping partition can overlap, each with a majority and a manager that
+//!   granted the lock, and a listing taken under the older one may predate the other
+//!   session's deletes. The session is then confirmed in the view of its lock, not a later one.
 //! - [`Delete`]: a tombstone on every node that listed each message and on every member of
 //!   its replica set (a replica whose copy arrived after the listing holds one too); done only
 //!   when every one of them took it durably. Acknowledged with a tombstone on a single holder,
@@ -72,6 +75,9 @@ pub struct Opened {
     /// Every node the manager knew to hold mail of the user when the maildrop opened.
     pub fragments: Vec<NodeId>,
     pub owner: Owner,
+    /// The membership the lock was granted and recorded in, unchanged until the last listing:
+    /// the session's deletes are acknowledged only while a majority still confirms it.
+    pub epoch: Epoch,
 }
 
 /// Why a maildrop did not open.
@@ -144,9 +150,11 @@ enum OpenPhase {
         fragments: Vec<NodeId>,
     },
     Pausing,
+    /// Listing `fragments` under a lock granted and recorded in `granted`.
     Listing {
         fragments: Vec<NodeId>,
         next: usize,
+        granted: Epoch,
     },
     Done,
 }
@@ -214,14 +222,35 @@ impl Open {
                 // Granted in the membership this node now has: any later change finds the
                 // lock among this node's reports. Otherwise lock again (same owner).
                 if still_in(asked_in, granted, facts.view.epoch) && facts.majority {
-                    self.list_next(fragments, 0)
+                    self.list_next(fragments, 0, granted)
                 } else if facts.now_ms >= self.deadline_ms {
                     self.fail(OpenFailure::Unavailable)
                 } else {
                     self.ask_lock(facts)
                 }
             }
-            (OpenPhase::Listing { fragments, next }, input) => {
+            (
+                OpenPhase::Listing {
+                    fragments,
+                    next,
+                    granted,
+                },
+                input,
+            ) => {
+                // The membership changed while listing: the new one's manager may hold another
+                // session's lock, granted in a view that overlapped this one (both sides of a
+                // flapping partition can hold a majority for a moment), and what was listed may
+                // predate that session's deletes. Start again under a lock of the new view; the
+                // manager refuses it while the other session holds the maildrop.
+                if facts.view.epoch != granted || !facts.majority {
+                    self.by_id.clear();
+                    self.tombstoned.clear();
+                    self.filed.clear();
+                    if facts.now_ms >= self.deadline_ms {
+                        return self.fail(OpenFailure::Unavailable);
+                    }
+                    return self.ask_lock(facts);
+                }
                 let node = fragments.get(next).copied();
                 let mut listed = false;
                 if let (Some(node), OpenInput::Listed(Some(listing))) = (node, input) {
@@ -254,7 +283,7 @@ impl Open {
                 if !listed {
                     return self.fail(OpenFailure::Unavailable);
                 }
-                self.list_next(fragments, next.saturating_add(1))
+                self.list_next(fragments, next.saturating_add(1), granted)
             }
         }
     }
@@ -281,9 +310,13 @@ impl Open {
         })
     }
 
-    fn list_next(&mut self, fragments: Vec<NodeId>, next: usize) -> OpenAction {
+    fn list_next(&mut self, fragments: Vec<NodeId>, next: usize, granted: Epoch) -> OpenAction {
         if let Some(&node) = fragments.get(next) {
-            self.phase = OpenPhase::Listing { fragments, next };
+            self.phase = OpenPhase::Listing {
+                fragments,
+                next,
+                granted,
+            };
             return OpenAction::List(node);
         }
         // A copy on a replica that its tombstone has not reached yet is deleted all the same.
@@ -303,6 +336,7 @@ impl Open {
             messages: std::mem::take(&mut self.by_id).into_values().collect(),
             fragments,
             owner: self.owner,
+            epoch: granted,
         })
     }
 
@@ -632,6 +666,61 @@ mod tests {
         assert_eq!(
             open.step(OpenInput::Continue, facts(&new, 4)),
             OpenAction::List(1)
+        );
+    }
+
+    #[test]
+    fn a_membership_change_while_listing_starts_the_open_again() {
+        let (old, new) = (view(1), view(2));
+        let mut open = Open::new("u", (3, 1), MaildropSettings::default(), 0);
+        open.step(OpenInput::Start, facts(&old, 0));
+        let granted = Locked {
+            fragments: vec![1, 2],
+            epoch: old.epoch,
+        };
+        open.step(OpenInput::Locked(Ok(granted)), facts(&old, 1));
+        assert_eq!(
+            open.step(OpenInput::Continue, facts(&old, 2)),
+            OpenAction::List(1)
+        );
+        let listing = Listing {
+            messages: vec![ListedMessage {
+                hlc: 0,
+                meta: None,
+                id: 10,
+                size: 100,
+                replicas: vec![],
+            }],
+            deleted: vec![],
+        };
+        // Another session may have been granted the lock in a view overlapping the old one,
+        // and deleted message 10 after node 1 listed it: the listing cannot be trusted.
+        let mut late = open.clone();
+        assert!(matches!(
+            open.step(OpenInput::Listed(Some(listing.clone())), facts(&new, 3)),
+            OpenAction::Lock(LockMaildrop { .. })
+        ));
+        let regranted = Locked {
+            fragments: vec![2],
+            epoch: new.epoch,
+        };
+        open.step(OpenInput::Locked(Ok(regranted)), facts(&new, 4));
+        assert_eq!(
+            open.step(OpenInput::Continue, facts(&new, 5)),
+            OpenAction::List(2)
+        );
+        let OpenAction::Opened(opened) =
+            open.step(OpenInput::Listed(Some(Listing::default())), facts(&new, 6))
+        else {
+            panic!("not opened");
+        };
+        assert!(opened.messages.is_empty(), "the old listing was dropped");
+        assert_eq!(opened.epoch, new.epoch, "confirmed in the view of its lock");
+        // Past its patience, it gives up instead.
+        let patience = MaildropSettings::default().patience_ms;
+        assert_eq!(
+            late.step(OpenInput::Listed(Some(listing)), facts(&new, patience)),
+            OpenAction::Failed(OpenFailure::Unavailable)
         );
     }
 

@@ -162,7 +162,9 @@ pub async fn open(
                 return Err(failure);
             }
             OpenAction::Opened(opened) => {
-                let epoch = shared.view.load().epoch;
+                // The view the lock was granted in, not whichever this node has now: a session
+                // whose lock came from an older view must not be confirmed by a newer one.
+                let epoch = opened.epoch;
                 if !view_confirmed(context, epoch).await {
                     tracing::warn!(%user, "a maildrop did not open: no majority of this node's view confirmed it (the cluster may have moved on without this node)");
                     let (context, user) = (context.clone(), user.to_owned());
