@@ -340,15 +340,27 @@ impl Delivery {
     fn attempt(&mut self, facts: Facts<'_>) -> DeliveryAction {
         let view = facts.view;
         if view.members.len() <= 1 {
+            // Alone (or cut off from the others): stored here. An earlier attempt may have
+            // left a copy on a node it cannot reach now (a store that timed out in a
+            // partition lands when it heals); that copy's replica set does not name this node,
+            // so this copy names it and keeps pushing to it. Otherwise a session deleting the
+            // other copy would never delete this one, and once that tombstone retired this
+            // copy would be shown again.
+            let also = self.also_naming(&[facts.me]);
+            let replicas = if also.is_empty() {
+                Vec::new()
+            } else {
+                vec![facts.me]
+            };
             self.phase = Phase::Storing {
                 coordinator: facts.me,
                 lone: true,
-                named: Vec::new(),
+                named: replicas.iter().chain(&also).copied().collect(),
             };
             return DeliveryAction::StoreHere {
                 placed: view.epoch,
-                replicas: Vec::new(),
-                also: Vec::new(),
+                replicas,
+                also,
             };
         }
         self.phase = Phase::Placing { avoid: Vec::new() };
@@ -476,6 +488,48 @@ mod tests {
             ]
         );
         assert!(m.finished());
+    }
+
+    #[test]
+    fn a_node_left_alone_after_a_timed_out_store_names_where_that_store_may_have_landed() {
+        let (all, alone) = (view(&[1, 2, 3]), view(&[2]));
+        let mut rng = StdRng::seed_from_u64(1);
+        let facts = |view, now_ms| Facts {
+            me: 2,
+            view,
+            now_ms,
+            majority: true,
+        };
+        let mut m = Delivery::new(settings(2), 0);
+        let asked = m.step(DeliveryInput::Start, facts(&all, 0), idle, &mut rng);
+        assert!(matches!(asked, DeliveryAction::AskCandidates { .. }));
+        let candidates = DeliveryInput::Candidates(Some(vec![1, 3].into()));
+        let first = m.step(candidates, facts(&all, 1), idle, &mut rng);
+        assert!(matches!(
+            first,
+            DeliveryAction::StoreAt { coordinator: 1, .. }
+        ));
+        // The store at node 1 times out (a partition begins), and this node is left alone.
+        let mut input = DeliveryInput::Stored(Err(StoreError::Unavailable));
+        let mut now = 2;
+        let stored_alone = loop {
+            match m.step(input, facts(&alone, now), idle, &mut rng) {
+                action @ DeliveryAction::StoreHere { .. } => break action,
+                DeliveryAction::Sleep { ms } => now += ms,
+                DeliveryAction::Finish(result) => panic!("gave up: {result:?}"),
+                _ => {}
+            }
+            input = DeliveryInput::Continue;
+        };
+        assert_eq!(
+            stored_alone,
+            DeliveryAction::StoreHere {
+                placed: alone.epoch,
+                replicas: vec![2],
+                also: vec![1, 3]
+            },
+            "the copy made alone names the nodes the timed-out store may have reached"
+        );
     }
 
     #[test]
