@@ -340,27 +340,25 @@ impl Delivery {
     fn attempt(&mut self, facts: Facts<'_>) -> DeliveryAction {
         let view = facts.view;
         if view.members.len() <= 1 {
-            // Alone (or cut off from the others): stored here. An earlier attempt may have
-            // left a copy on a node it cannot reach now (a store that timed out in a
-            // partition lands when it heals); that copy's replica set does not name this node,
-            // so this copy names it and keeps pushing to it. Otherwise a session deleting the
-            // other copy would never delete this one, and once that tombstone retired this
-            // copy would be shown again.
-            let also = self.also_naming(&[facts.me]);
-            let replicas = if also.is_empty() {
-                Vec::new()
-            } else {
-                vec![facts.me]
-            };
+            // Alone (or cut off from the others) after an attempt that may have left a copy on
+            // a node out of reach (a store that timed out in a partition lands when it heals):
+            // a second copy made here would be named by no replica set of that one, so a
+            // session deleting either would never delete the other, and once the tombstone
+            // retired the other would be shown again. Wait for those nodes, then give up (451:
+            // the client sends again, at worst delivering twice, never showing a deleted
+            // message again).
+            if !self.may_hold.is_empty() {
+                return self.pause_or_give_up(facts);
+            }
             self.phase = Phase::Storing {
                 coordinator: facts.me,
                 lone: true,
-                named: replicas.iter().chain(&also).copied().collect(),
+                named: Vec::new(),
             };
             return DeliveryAction::StoreHere {
                 placed: view.epoch,
-                replicas,
-                also,
+                replicas: Vec::new(),
+                also: Vec::new(),
             };
         }
         self.phase = Phase::Placing { avoid: Vec::new() };
@@ -491,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_left_alone_after_a_timed_out_store_names_where_that_store_may_have_landed() {
+    fn a_node_left_alone_after_a_timed_out_store_makes_no_second_copy() {
         let (all, alone) = (view(&[1, 2, 3]), view(&[2]));
         let mut rng = StdRng::seed_from_u64(1);
         let facts = |view, now_ms| Facts {
@@ -509,26 +507,53 @@ mod tests {
             first,
             DeliveryAction::StoreAt { coordinator: 1, .. }
         ));
-        // The store at node 1 times out (a partition begins), and this node is left alone.
+        // The store at node 1 times out (a partition begins; it may land when that heals),
+        // and this node is left alone: it waits for the others and never stores a copy that
+        // no replica set of node 1's copy names.
         let mut input = DeliveryInput::Stored(Err(StoreError::Unavailable));
         let mut now = 2;
-        let stored_alone = loop {
+        let mut waited = false;
+        let mut resumed = m.clone();
+        let outcome = loop {
             match m.step(input, facts(&alone, now), idle, &mut rng) {
-                action @ DeliveryAction::StoreHere { .. } => break action,
-                DeliveryAction::Sleep { ms } => now += ms,
-                DeliveryAction::Finish(result) => panic!("gave up: {result:?}"),
+                DeliveryAction::StoreHere { .. } => panic!("stored a second, unlinked copy"),
+                DeliveryAction::Sleep { ms } => {
+                    waited = true;
+                    now += ms
+                }
+                DeliveryAction::Finish(result) => break result,
                 _ => {}
             }
             input = DeliveryInput::Continue;
+            if !waited {
+                resumed = m.clone();
+            }
         };
         assert_eq!(
-            stored_alone,
+            outcome,
+            Err(StoreError::Failed),
+            "451 once its patience is over"
+        );
+        // Back with the others in time, it places the message again, naming where the first
+        // attempt may have left it.
+        let mut input = DeliveryInput::Continue;
+        let placed = loop {
+            match resumed.step(input, facts(&all, 30), idle, &mut rng) {
+                DeliveryAction::AskCandidates { .. } => {
+                    input = DeliveryInput::Candidates(Some(vec![2, 3].into()))
+                }
+                action @ DeliveryAction::StoreHere { .. } => break action,
+                DeliveryAction::Finish(result) => panic!("gave up: {result:?}"),
+                _ => input = DeliveryInput::Continue,
+            }
+        };
+        assert_eq!(
+            placed,
             DeliveryAction::StoreHere {
-                placed: alone.epoch,
-                replicas: vec![2],
-                also: vec![1, 3]
-            },
-            "the copy made alone names the nodes the timed-out store may have reached"
+                placed: all.epoch,
+                replicas: vec![2, 3],
+                also: vec![1]
+            }
         );
     }
 

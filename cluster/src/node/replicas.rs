@@ -200,9 +200,7 @@ impl CoreReplication {
         let mut named = replicas.to_vec();
         named.extend(also.iter().copied().filter(|n| !replicas.contains(n)));
         named.truncate(REPLICAS_MAX);
-        // Replicated when this attempt or an earlier one involved another node: a copy made
-        // alone after a timed-out attempt names where that attempt may have left one.
-        let set = if named.len() > 1 {
+        let set = if replicas.len() > 1 {
             to_set(&named)
         } else {
             ReplicaSet::NONE
@@ -260,7 +258,7 @@ impl CoreReplication {
             let me = self.context.cluster.me.id;
             named.into_iter().filter(|&n| n != me).collect()
         };
-        let expected = replicas.len().saturating_sub(1);
+        let expected = replicas.len() - 1;
         let mut tasks = Vec::new();
         for to in pushes {
             let (edge, update, message) = (self.clone(), update.clone(), message.clone());
