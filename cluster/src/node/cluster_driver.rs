@@ -109,7 +109,14 @@ pub async fn run(
     let mut next = Box::pin(inbox.recv_async());
     loop {
         shared.note_running();
-        shared.set_majority(membership.majority());
+        // A majority is published only after the view holding it (below): a session that
+        // reads the flag and then the view must never see a majority beside a view of this
+        // node alone, or it would open a maildrop locally, without the cluster's lock. A loss
+        // is published at once, before the view that lost it.
+        let majority = membership.majority();
+        if !majority {
+            shared.set_majority(false);
+        }
         if memory_saved != Some(membership.memory_version()) {
             memory_saved = Some(membership.memory_version());
             shared.dead.store(Arc::new(membership.dead()));
@@ -159,6 +166,9 @@ pub async fn run(
                     .detach();
                 }
             }
+        }
+        if majority {
+            shared.set_majority(true);
         }
         let event = futures_lite::future::poll_fn(|cx| {
             use std::future::Future;

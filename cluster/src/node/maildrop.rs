@@ -84,6 +84,15 @@ pub async fn open(
         }
     }
     if !shared.clustered() {
+        // Read after the view: a view of this node alone that came with the loss of the
+        // majority (a partition, a pause) is published after that loss, so it is seen here;
+        // only a node that is the whole cluster it knows opens a maildrop without its lock.
+        if !shared.has_majority() {
+            if let Credential::Password(password) = credential {
+                authenticate(context, user, password).await?;
+            }
+            return Err(OpenFailure::Unavailable);
+        }
         let login = LogIn {
             user: user.to_owned(),
             credential: credential.clone(),
