@@ -510,23 +510,17 @@ mod tests {
         // The store at node 1 times out (a partition begins; it may land when that heals),
         // and this node is left alone: it waits for the others and never stores a copy that
         // no replica set of node 1's copy names.
-        let mut input = DeliveryInput::Stored(Err(StoreError::Unavailable));
-        let mut now = 2;
-        let mut waited = false;
+        let timed_out = DeliveryInput::Stored(Err(StoreError::Unavailable));
+        let forgot = m.step(timed_out, facts(&alone, 2), idle, &mut rng);
+        assert_eq!(forgot, DeliveryAction::ForgetCandidates);
         let mut resumed = m.clone();
+        let mut now = 3;
         let outcome = loop {
-            match m.step(input, facts(&alone, now), idle, &mut rng) {
+            match m.step(DeliveryInput::Continue, facts(&alone, now), idle, &mut rng) {
                 DeliveryAction::StoreHere { .. } => panic!("stored a second, unlinked copy"),
-                DeliveryAction::Sleep { ms } => {
-                    waited = true;
-                    now += ms
-                }
+                DeliveryAction::Sleep { ms } => now += ms,
                 DeliveryAction::Finish(result) => break result,
                 _ => {}
-            }
-            input = DeliveryInput::Continue;
-            if !waited {
-                resumed = m.clone();
             }
         };
         assert_eq!(

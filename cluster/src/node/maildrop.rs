@@ -76,11 +76,7 @@ pub async fn open(
             glommio::timer::sleep(RETRY_PAUSE).await;
         }
         if !shared.has_majority() {
-            // The password is still checked, so a wrong one is told as such.
-            if let Credential::Password(password) = credential {
-                authenticate(context, user, password).await?;
-            }
-            return Err(OpenFailure::Unavailable);
+            return unavailable(context, user, credential).await;
         }
     }
     if !shared.clustered() {
@@ -88,10 +84,7 @@ pub async fn open(
         // majority (a partition, a pause) is published after that loss, so it is seen here;
         // only a node that is the whole cluster it knows opens a maildrop without its lock.
         if !shared.has_majority() {
-            if let Credential::Password(password) = credential {
-                authenticate(context, user, password).await?;
-            }
-            return Err(OpenFailure::Unavailable);
+            return unavailable(context, user, credential).await;
         }
         let login = LogIn {
             user: user.to_owned(),
@@ -192,6 +185,19 @@ pub async fn open(
             }
         };
     }
+}
+
+/// A maildrop that cannot open now (no majority). The password is still checked, so a wrong
+/// one is told as such.
+async fn unavailable(
+    context: &CoreContext,
+    user: &str,
+    credential: &Credential,
+) -> Result<Maildrop, OpenFailure> {
+    if let Credential::Password(password) = credential {
+        authenticate(context, user, password).await?;
+    }
+    Err(OpenFailure::Unavailable)
 }
 
 /// Checks the password where the user's bucket is managed, so that one node's cache of
